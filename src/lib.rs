@@ -1,0 +1,2 @@
+//! `rlhf`: GPT-2-style decoders through the whole RLHF pipeline with an explicit, autograd-free engine.
+pub mod model;

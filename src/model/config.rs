@@ -1,0 +1,96 @@
+//! Decoder configuration and the named presets.
+//!
+//! The field names follow Hugging Face's GPT-2 `config.json` (`n_layer`, `n_head`, `n_embd`, `vocab_size`,
+//! `n_positions`), so a config read from or written beside a checkpoint needs no translation.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Number of transformer blocks (L).
+    pub n_layer: usize,
+    /// Number of attention heads (NH); `n_embd % n_head == 0`.
+    pub n_head: usize,
+    /// Model width (C).
+    pub n_embd: usize,
+    /// Vocabulary size (V): rows of `wte` that are real tokens.
+    pub vocab_size: usize,
+    /// Context length (maxT): rows of `wpe`.
+    pub n_positions: usize,
+}
+
+impl Config {
+    /// The presets: `tiny` is the CPU demo size; the others are the four published GPT-2 sizes.
+    pub fn preset(name: &str, vocab_size: usize) -> Result<Config> {
+        let (n_layer, n_head, n_embd, n_positions) = match name {
+            "tiny" => (4, 4, 128, 256),
+            "gpt2" => (12, 12, 768, 1024),
+            "gpt2-medium" => (24, 16, 1024, 1024),
+            "gpt2-large" => (36, 20, 1280, 1024),
+            "gpt2-xl" => (48, 25, 1600, 1024),
+            _ => bail!("unknown preset '{name}' (expected one of: {})", Self::PRESETS.join(", ")),
+        };
+        let cfg = Config { n_layer, n_head, n_embd, vocab_size, n_positions };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub const PRESETS: [&'static str; 5] = ["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
+
+    /// GPT-2's vocabulary size; the presets use it unless a tokenizer says otherwise.
+    pub const GPT2_VOCAB: usize = 50257;
+
+    pub fn validate(&self) -> Result<()> {
+        if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.vocab_size == 0 || self.n_positions == 0 {
+            bail!("config has a zero dimension: {self:?}");
+        }
+        if self.n_embd % self.n_head != 0 {
+            bail!("n_embd ({}) is not a multiple of n_head ({})", self.n_embd, self.n_head);
+        }
+        Ok(())
+    }
+
+    /// Head size (HS = C / NH).
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// Vocabulary padded to a multiple of 128 (Vp): the logits rows are Vp wide so that every row starts
+    /// 16-byte aligned for vectorised kernels and GEMMs; columns V..Vp are never real tokens.
+    pub fn padded_vocab(&self) -> usize {
+        self.vocab_size.div_ceil(128) * 128
+    }
+
+    /// Number of parameters (the tied LM head counted once).
+    pub fn num_params(&self) -> usize {
+        let (l, c, v, t) = (self.n_layer, self.n_embd, self.vocab_size, self.n_positions);
+        let per_block = 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + 2 * c + (c * 4 * c + 4 * c) + (4 * c * c + c);
+        v * c + t * c + l * per_block + 2 * c
+    }
+
+    /// Training FLOPs per token, the count llm.c uses for MFU: 6 N + 6 L C T
+    /// (matmuls forward + backward, plus the attention score and value products).
+    pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
+        6.0 * self.num_params() as f64 + 6.0 * (self.n_layer * self.n_embd * seq_len) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_small_has_124m_parameters() {
+        let cfg = Config::preset("gpt2", Config::GPT2_VOCAB).unwrap();
+        assert_eq!(cfg.num_params(), 124_439_808);
+        assert_eq!(cfg.padded_vocab(), 50304);
+    }
+
+    #[test]
+    fn bad_presets_and_shapes_are_rejected() {
+        assert!(Config::preset("gpt5", 100).is_err());
+        let bad = Config { n_layer: 1, n_head: 3, n_embd: 8, vocab_size: 10, n_positions: 4 };
+        assert!(bad.validate().is_err());
+    }
+}
