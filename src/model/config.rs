@@ -94,3 +94,61 @@ mod tests {
         assert!(bad.validate().is_err());
     }
 }
+
+/// One parameter tensor of the decoder: its Hugging Face GPT-2 name (without the `transformer.` prefix),
+/// its shape, and whether AdamW's weight decay applies (2-D weights only, as in GPT-2 training).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub decay: bool,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl Config {
+    /// Every parameter in the engine's canonical order. Linear weights are stored [in, out] exactly as
+    /// Hugging Face's Conv1D stores them (y = x @ W + b), so checkpoints map one to one; the LM head is
+    /// tied to `wte` and has no tensor of its own.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        let (c, v, t) = (self.n_embd, self.vocab_size, self.n_positions);
+        let p = |name: String, shape: Vec<usize>| ParamSpec { decay: shape.len() == 2, name, shape };
+        let mut specs = vec![p("wte.weight".into(), vec![v, c]), p("wpe.weight".into(), vec![t, c])];
+        for l in 0..self.n_layer {
+            let h = |s: &str| format!("h.{l}.{s}");
+            specs.extend([
+                p(h("ln_1.weight"), vec![c]),
+                p(h("ln_1.bias"), vec![c]),
+                p(h("attn.c_attn.weight"), vec![c, 3 * c]),
+                p(h("attn.c_attn.bias"), vec![3 * c]),
+                p(h("attn.c_proj.weight"), vec![c, c]),
+                p(h("attn.c_proj.bias"), vec![c]),
+                p(h("ln_2.weight"), vec![c]),
+                p(h("ln_2.bias"), vec![c]),
+                p(h("mlp.c_fc.weight"), vec![c, 4 * c]),
+                p(h("mlp.c_fc.bias"), vec![4 * c]),
+                p(h("mlp.c_proj.weight"), vec![4 * c, c]),
+                p(h("mlp.c_proj.bias"), vec![c]),
+            ]);
+        }
+        specs.extend([p("ln_f.weight".into(), vec![c]), p("ln_f.bias".into(), vec![c])]);
+        specs
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    #[test]
+    fn param_specs_count_matches_num_params() {
+        let cfg = Config::preset("gpt2", Config::GPT2_VOCAB).unwrap();
+        let specs = cfg.param_specs();
+        assert_eq!(specs.len(), 2 + 12 * 12 + 2);
+        assert_eq!(specs.iter().map(ParamSpec::numel).sum::<usize>(), cfg.num_params());
+    }
+}
