@@ -1,8 +1,11 @@
 //! `rlhf`: GPT-2-style decoders through the whole RLHF pipeline with an explicit, autograd-free engine.
 pub mod backend;
 pub mod bench;
+pub mod fsutil;
 pub mod gradcheck;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod run_dir;
 pub mod sample;
