@@ -241,11 +241,29 @@ pub fn check_adamw(rng: &mut Rng) -> CheckResult {
     CheckResult { op: "adamw (closed form)".into(), entries: n, max_abs_err: max_abs, max_rel_err: max_abs, tolerance, ok: max_abs <= tolerance }
 }
 
+/// The scalar (reward / value) head: L = sum_i coef_i * r_i over rows with nonzero coefficients.
+pub fn check_scalar_head(rng: &mut Rng) -> CheckResult {
+    use crate::model::ScalarHead;
+    let be = Be::new();
+    let (n, c) = (5, 6);
+    let coef = vec![0.5, 0.0, -1.0, 0.0, 2.0];
+    let inputs = vec![randn(rng, n * c, 1.0), randn(rng, c, 1.0), vec![rng.normal()]];
+    let f = |x: &Inputs| {
+        let head = ScalarHead::<Be> { w: x[1].clone(), b: x[2].clone() };
+        dot(&head.forward(&be, &x[0], c).unwrap(), &coef)
+    };
+    let head = ScalarHead::<Be> { w: inputs[1].clone(), b: inputs[2].clone() };
+    let mut g = head.zero_grads(&be).unwrap();
+    let mut dh = vec![0.0; n * c];
+    head.backward(&be, &mut g, &mut dh, &inputs[0], &coef, c).unwrap();
+    compare("scalar head", &inputs, f, &vec![dh, g.w, g.b], rng)
+}
+
 /// Every check, in a fixed order, from one seed.
 pub fn run_all(seed: u64) -> Vec<CheckResult> {
     let mut rng = Rng::new(seed);
-    let checks: [fn(&mut Rng) -> CheckResult; 9] =
-        [check_embedding, check_layernorm, check_linear, check_attention, check_gelu, check_residual, check_crossentropy, check_adamw, check_model];
+    let checks: [fn(&mut Rng) -> CheckResult; 10] =
+        [check_embedding, check_layernorm, check_linear, check_attention, check_gelu, check_residual, check_crossentropy, check_adamw, check_scalar_head, check_model];
     checks.iter().map(|c| c(&mut rng)).collect()
 }
 

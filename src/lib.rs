@@ -1,6 +1,7 @@
 //! `rlhf`: GPT-2-style decoders through the whole RLHF pipeline with an explicit, autograd-free engine.
 pub mod backend;
 pub mod bench;
+pub mod device;
 pub mod fsutil;
 pub mod gradcheck;
 pub mod metrics;
