@@ -5,6 +5,7 @@ pub mod device;
 pub mod fsutil;
 pub mod gradcheck;
 pub mod metrics;
+pub mod progress;
 pub mod model;
 pub mod ops;
 pub mod rng;
