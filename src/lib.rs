@@ -1,3 +1,4 @@
 //! `rlhf`: GPT-2-style decoders through the whole RLHF pipeline with an explicit, autograd-free engine.
+pub mod checkpoint;
 pub mod model;
 pub mod rng;
