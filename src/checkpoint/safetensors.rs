@@ -167,18 +167,26 @@ pub fn parse_header(header: &[u8], data_len: usize, file: &Path) -> Result<(Vec<
         entries.push(Entry { name: name.clone(), dtype, shape, begin, end });
     }
     entries.sort_by_key(|e| (e.begin, e.end));
-    let mut pos = 0usize;
-    let mut prev: Option<&Entry> = None;
-    for e in &entries {
-        if e.begin < pos {
-            let p = prev.map(|p| p.name.as_str()).unwrap_or("?");
-            bail!("{f}: tensor '{}' (bytes {}..{}) overlaps tensor '{p}' (ending at byte {pos})", e.name, e.begin, e.end);
+    // Overlaps first (the more specific diagnosis), then holes.
+    for w in entries.windows(2) {
+        if w[1].begin < w[0].end {
+            bail!(
+                "{f}: tensor '{}' (bytes {}..{}) overlaps tensor '{}' (bytes {}..{})",
+                w[1].name,
+                w[1].begin,
+                w[1].end,
+                w[0].name,
+                w[0].begin,
+                w[0].end
+            );
         }
+    }
+    let mut pos = 0usize;
+    for e in &entries {
         if e.begin > pos {
             bail!("{f}: the data buffer has a hole of {} bytes before tensor '{}' (bytes {pos}..{})", e.begin - pos, e.name, e.begin);
         }
         pos = e.end;
-        prev = Some(e);
     }
     if pos != data_len {
         bail!(
