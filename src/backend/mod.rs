@@ -1,0 +1,84 @@
+//! The backend interface: the one seam between the model code (written once, in `crate::model`) and the
+//! hardware. A backend owns its buffers (host memory for the CPU, device memory for CUDA) and implements
+//! each op of `crate::ops` on them. Shapes and formulas of every op are documented in `crate::ops::*`.
+//!
+//! Ops are infallible at this level: a failure inside a device op is a bug or a dead device, reported by a
+//! panic with the backend's message (as `cudaCheck` does in C); allocation and transfers return errors.
+
+pub mod cpu;
+
+use crate::ops::adamw::AdamWParams;
+use crate::ops::Float;
+use anyhow::Result;
+
+pub use cpu::Cpu;
+
+pub trait Backend: Sync {
+    /// Element type the host sees (uploads, downloads).
+    type F: Float;
+    /// A buffer of `F` on the device.
+    type Buf: Send + Sync;
+    /// A buffer of token ids (u32) on the device.
+    type Ids: Send + Sync;
+
+    fn name(&self) -> String;
+
+    // ---- memory ----
+    fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[Self::F]) -> Result<Self::Buf>;
+    fn download(&self, buf: &Self::Buf) -> Vec<Self::F>;
+    fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    fn fill_zero(&self, buf: &mut Self::Buf);
+    /// dst[dst_off..dst_off+n] = src[src_off..src_off+n]
+    fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, n: usize);
+
+    // ---- ops (see crate::ops::<name> for math and shapes) ----
+    #[allow(clippy::too_many_arguments)]
+    fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Ids, wte: &Self::Buf, wpe: &Self::Buf, pos0: &[u32], t: usize, c: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn encoder_backward(&self, dwte: &mut Self::Buf, dwpe: &mut Self::Buf, dout: &Self::Buf, tokens: &Self::Ids, pos0: &[u32], t: usize, c: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, b: &Self::Buf, c: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(&self, dinp: &mut Self::Buf, dw: &mut Self::Buf, db: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, c: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, m: usize, n: usize, k: usize, ta: bool, tb: bool, accumulate: bool);
+    fn bias_add(&self, out: &mut Self::Buf, bias: &Self::Buf);
+    fn bias_backward(&self, dbias: &mut Self::Buf, dout: &Self::Buf);
+    fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf);
+    fn gelu_backward(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf);
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf);
+    fn accumulate(&self, dst: &mut Self::Buf, src: &Self::Buf);
+    fn scale(&self, buf: &mut Self::Buf, s: f64);
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q_src: &Self::Buf, kv: &Self::Buf, pos0: &[u32], b: usize, tq: usize, tk: usize, c: usize, nh: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, b: usize, t: usize, c: usize, nh: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn crossentropy(&self, losses: &mut Self::Buf, logits: &mut Self::Buf, targets: &Self::Ids, weights: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool);
+    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamWParams);
+    fn sum_squares(&self, buf: &Self::Buf) -> f64;
+
+    // ---- composed ops: defaults a backend may replace with fused versions ----
+
+    /// out[N,OC] = inp[N,C] @ w[C,OC] + bias  (see crate::ops::linear)
+    fn linear_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, n: usize, c: usize, oc: usize) {
+        self.matmul(out, inp, w, n, oc, c, false, false, false);
+        if let Some(bias) = bias {
+            self.bias_add(out, bias);
+        }
+    }
+
+    /// dinp = dout @ w^T (overwrites; skipped when None); dw += inp^T @ dout; dbias += colsum(dout)
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(&self, dinp: Option<&mut Self::Buf>, dw: &mut Self::Buf, dbias: Option<&mut Self::Buf>, dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, n: usize, c: usize, oc: usize) {
+        if let Some(dinp) = dinp {
+            self.matmul(dinp, dout, w, n, c, oc, false, true, false);
+        }
+        self.matmul(dw, inp, dout, c, oc, n, true, false, true);
+        if let Some(dbias) = dbias {
+            self.bias_backward(dbias, dout);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! `rlhf bench`: time one full training step (forward, backward, AdamW) of a preset.
+//!
+//! FLOPs per step = tokens x (6 N + 6 L C T) (llm.c's count: matmuls forward and backward, plus the
+//! attention score and value products), so GFLOP/s compares with other implementations directly.
+
+use crate::backend::Backend;
+use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
+use crate::rng::Rng;
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct StepBench {
+    pub device: String,
+    pub preset: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub params: usize,
+    pub steps: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub tokens_per_s: f64,
+    pub gflops_per_s: f64,
+    pub loss_first: f64,
+    pub loss_last: f64,
+}
+
+/// Run `warmup + steps` training steps on random tokens and report the median step time.
+pub fn train_step<B: Backend>(be: &B, preset: &str, cfg: Config, batch: usize, seq: usize, warmup: usize, steps: usize) -> Result<StepBench> {
+    let model_seed = 0;
+    let mut model = Gpt2::init(be, cfg, model_seed)?;
+    let mut grads = Tensors::zeros(be, &cfg)?;
+    let mut opt = AdamW::new(be, &cfg, AdamWConfig::default())?;
+    let mut acts = Acts::new(be, &cfg, batch, seq)?;
+    let mut rng = Rng::new(1);
+    let n = batch * seq;
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let weights = vec![1.0 / n as f32; n];
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        grads.fill_zero(be);
+        model.forward(be, &mut acts, &tokens, None, None)?;
+        let loss = model.lm_loss(be, &mut acts, &targets, &weights, 1.0, Some(&mut grads))?;
+        model.backward(be, &mut acts, &mut grads);
+        opt.update(be, &mut model.params, &grads, 1e-4);
+        let dt = t0.elapsed().as_secs_f64();
+        losses.push(loss);
+        if i >= warmup {
+            times.push(dt);
+        }
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = times[times.len() / 2];
+    let flops = n as f64 * cfg.train_flops_per_token(seq);
+    Ok(StepBench {
+        device: be.name(),
+        preset: preset.into(),
+        batch,
+        seq,
+        params: cfg.num_params(),
+        steps,
+        median_ms: median * 1e3,
+        min_ms: times[0] * 1e3,
+        tokens_per_s: n as f64 / median,
+        gflops_per_s: flops / median / 1e9,
+        loss_first: losses[0],
+        loss_last: *losses.last().unwrap(),
+    })
+}

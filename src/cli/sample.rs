@@ -1,0 +1,57 @@
+//! `rlhf sample`: generate text from a checkpoint with a KV cache.
+
+use crate::device::{self, DeviceArg};
+use crate::rng::Rng;
+use crate::sample::{generate, SampleConfig};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// A checkpoint directory, a run directory (its latest checkpoint), or a Hugging Face GPT-2 folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The tokenizer.json the model was trained with.
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Text to continue (empty: start from <|endoftext|>).
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// How many samples to draw (in one batch).
+    #[arg(long, default_value_t = 1)]
+    pub num_samples: usize,
+    #[arg(long, default_value_t = 100)]
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1.0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    let tok = Tokenizer::load(&args.tokenizer)?;
+    let dev = device::select(args.device)?;
+    crate::with_backend!(dev, |be| {
+        let model = crate::checkpoint::load_policy(be, &args.checkpoint)?;
+        crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &args.tokenizer.display().to_string())?;
+        let mut prompt = vec![tok.eot()];
+        prompt.extend(tok.encode(&args.prompt));
+        let sc = SampleConfig { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, stop: Some(tok.eot()) };
+        let gens = generate(be, &model, &vec![prompt; args.num_samples], &sc, &mut Rng::new(args.seed))?;
+        for (i, g) in gens.iter().enumerate() {
+            let text = tok.decode(&g.tokens);
+            println!("--- sample {} ({} tokens{}) ---\n{}{}", i + 1, g.tokens.len(), if g.ended { ", ended" } else { "" }, args.prompt, text);
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,54 @@
+//! Choosing where to compute: `--device cpu|cuda|auto` on every command that computes.
+
+use anyhow::{bail, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA when a usable GPU is present, else the CPU.
+    Auto,
+    /// The CPU engine (multi-threaded f32; the reference every GPU kernel is checked against).
+    Cpu,
+    /// An NVIDIA GPU through the CUDA driver (fails with the exact reason when it is not usable).
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+}
+
+/// Why CUDA cannot be used on this machine with this build, or None when it can.
+pub fn cuda_unavailable_reason() -> Option<String> {
+    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
+    let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !driver {
+        return Some("no CUDA driver: libcuda.so could not be loaded on this machine (no NVIDIA GPU or driver installed)".into());
+    }
+    Some("this build has no CUDA backend for the training engine yet; the CUDA kernels are verified in the CPU simulator (see README, 'CUDA')".into())
+}
+
+pub fn select(arg: DeviceArg) -> Result<Device> {
+    match (arg, cuda_unavailable_reason()) {
+        (DeviceArg::Cpu, _) => Ok(Device::Cpu),
+        (DeviceArg::Cuda, Some(why)) => bail!("--device cuda is not available: {why}. Use --device cpu (or auto) to run on the CPU."),
+        (DeviceArg::Auto, Some(why)) => {
+            eprintln!("device: CPU ({why})");
+            Ok(Device::Cpu)
+        }
+        (_, None) => unreachable!("no CUDA backend is compiled in"),
+    }
+}
+
+/// Run `$body` with `$be` bound to the selected backend (monomorphised per backend).
+#[macro_export]
+macro_rules! with_backend {
+    ($device:expr, |$be:ident| $body:expr) => {
+        match $device {
+            $crate::device::Device::Cpu => {
+                $crate::backend::cpu::tune_allocator();
+                let $be = &$crate::backend::Cpu::<f32>::new();
+                $body
+            }
+        }
+    };
+}

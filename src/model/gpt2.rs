@@ -1,0 +1,366 @@
+//! The GPT-2 decoder over any [`Backend`]: parameters, activations, forward, backward, KV cache.
+//!
+//! Architecture (pre-norm, tied LM head), for tokens [B,T]:
+//!   x0 = wte[tokens] + wpe[pos]
+//!   per block l:  x = x + attn_proj(attention(c_attn(ln_1(x))));   x = x + mlp_proj(gelu(c_fc(ln_2(x))))
+//!   h = ln_f(x);   logits = h @ wte^T
+//! The forward keeps every activation the backward needs (llm.c style: one named buffer each); the
+//! backward walks the same list in reverse, each line the backward of one forward line.
+
+use super::{Config, ParamSpec};
+use crate::backend::Backend;
+use crate::rng::Rng;
+use anyhow::{bail, Result};
+
+/// Offsets of a block's tensors inside the canonical parameter list (see `Config::param_specs`).
+const LN1W: usize = 0;
+const LN1B: usize = 1;
+const QKVW: usize = 2;
+const QKVB: usize = 3;
+const ATTPROJW: usize = 4;
+const ATTPROJB: usize = 5;
+const LN2W: usize = 6;
+const LN2B: usize = 7;
+const FCW: usize = 8;
+const FCB: usize = 9;
+const FCPROJW: usize = 10;
+const FCPROJB: usize = 11;
+const PER_LAYER: usize = 12;
+const WTE: usize = 0;
+const WPE: usize = 1;
+
+/// A list of tensors in the canonical order: the parameters, their gradients, or optimizer moments.
+/// `wte` is held padded to [Vp, C] on the device (zero rows past V) so logits rows are Vp wide.
+pub struct Tensors<B: Backend> {
+    pub bufs: Vec<B::Buf>,
+}
+
+impl<B: Backend> Tensors<B> {
+    pub fn zeros(be: &B, cfg: &Config) -> Result<Self> {
+        let bufs = device_shapes(cfg).iter().map(|&n| be.zeros(n)).collect::<Result<_>>()?;
+        Ok(Tensors { bufs })
+    }
+    fn layer(&self, l: usize, k: usize) -> &B::Buf {
+        &self.bufs[2 + l * PER_LAYER + k]
+    }
+    fn lnf(&self) -> (&B::Buf, &B::Buf) {
+        let n = self.bufs.len();
+        (&self.bufs[n - 2], &self.bufs[n - 1])
+    }
+    pub fn fill_zero(&mut self, be: &B) {
+        self.bufs.iter_mut().for_each(|b| be.fill_zero(b));
+    }
+}
+
+/// Element counts of the device tensors (wte padded to Vp rows).
+fn device_shapes(cfg: &Config) -> Vec<usize> {
+    cfg.param_specs()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| if i == WTE { cfg.padded_vocab() * cfg.n_embd } else { s.numel() })
+        .collect()
+}
+
+pub struct Gpt2<B: Backend> {
+    pub cfg: Config,
+    pub params: Tensors<B>,
+}
+
+/// One block's saved activations.
+pub struct LayerActs<B: Backend> {
+    ln1: B::Buf,      // [B,T,C]
+    ln1_mean: B::Buf, // [B,T]
+    ln1_rstd: B::Buf, // [B,T]
+    qkv: B::Buf,      // [B,T,3C]
+    atty: B::Buf,     // [B,T,C]
+    lse: B::Buf,      // [B,NH,T]
+    res2: B::Buf,     // [B,T,C]  x after the attention residual
+    ln2: B::Buf,
+    ln2_mean: B::Buf,
+    ln2_rstd: B::Buf,
+    fch: B::Buf,      // [B,T,4C]
+    fch_gelu: B::Buf, // [B,T,4C]
+    res3: B::Buf,     // [B,T,C]  the block's output
+}
+
+/// Activations and gradient scratch for a batch of shape [B,T].
+pub struct Acts<B: Backend> {
+    pub b: usize,
+    pub t: usize,
+    tokens: Option<B::Ids>,
+    pos0: Vec<u32>,
+    encoded: B::Buf,
+    layers: Vec<LayerActs<B>>,
+    /// Final hidden states h = ln_f(x) [B,T,C]: what the reward and value heads read.
+    pub lnf: B::Buf,
+    lnf_mean: B::Buf,
+    lnf_rstd: B::Buf,
+    /// Logits [B,T,Vp]; after `lm_loss` with a gradient, dL/dlogits.
+    pub logits: B::Buf,
+    /// Per-token -log p(target) [B,T] from the last `lm_loss`.
+    pub losses: B::Buf,
+    scratch: B::Buf, // [B,T,C]
+    // gradient scratch
+    /// Gradient of the final hidden states [B,T,C]; heads add into it before `backward`.
+    pub dlnf: B::Buf,
+    dres: B::Buf,
+    dln: B::Buf,
+    datty: B::Buf,
+    dqkv: B::Buf,
+    dfch: B::Buf,
+    dfch_gelu: B::Buf,
+}
+
+impl<B: Backend> Acts<B> {
+    pub fn new(be: &B, cfg: &Config, b: usize, t: usize) -> Result<Self> {
+        if t > cfg.n_positions {
+            bail!("sequence length {t} exceeds the model's context n_positions = {}", cfg.n_positions);
+        }
+        let (c, n) = (cfg.n_embd, b * t);
+        let z = |k: usize| be.zeros(k);
+        let layers = (0..cfg.n_layer)
+            .map(|_| {
+                Ok(LayerActs {
+                    ln1: z(n * c)?,
+                    ln1_mean: z(n)?,
+                    ln1_rstd: z(n)?,
+                    qkv: z(n * 3 * c)?,
+                    atty: z(n * c)?,
+                    lse: z(b * cfg.n_head * t)?,
+                    res2: z(n * c)?,
+                    ln2: z(n * c)?,
+                    ln2_mean: z(n)?,
+                    ln2_rstd: z(n)?,
+                    fch: z(n * 4 * c)?,
+                    fch_gelu: z(n * 4 * c)?,
+                    res3: z(n * c)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Acts {
+            b,
+            t,
+            tokens: None,
+            pos0: vec![0; b],
+            encoded: z(n * c)?,
+            layers,
+            lnf: z(n * c)?,
+            lnf_mean: z(n)?,
+            lnf_rstd: z(n)?,
+            logits: z(n * cfg.padded_vocab())?,
+            losses: z(n)?,
+            scratch: z(n * c)?,
+            dlnf: z(n * c)?,
+            dres: z(n * c)?,
+            dln: z(n * c)?,
+            datty: z(n * c)?,
+            dqkv: z(n * 3 * c)?,
+            dfch: z(n * 4 * c)?,
+            dfch_gelu: z(n * 4 * c)?,
+        })
+    }
+}
+
+/// Keys and values of every block for incremental decoding: per block a [B, maxT, 3C] buffer holding the
+/// qkv rows of every position seen so far (the q third is unused; the layout matches the training qkv, so
+/// one attention op serves both).
+pub struct KvCache<B: Backend> {
+    pub b: usize,
+    pub capacity: usize,
+    layers: Vec<B::Buf>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(be: &B, cfg: &Config, b: usize, capacity: usize) -> Result<Self> {
+        if capacity > cfg.n_positions {
+            bail!("KV cache length {capacity} exceeds the model's context n_positions = {}", cfg.n_positions);
+        }
+        let layers = (0..cfg.n_layer).map(|_| be.zeros(b * capacity * 3 * cfg.n_embd)).collect::<Result<_>>()?;
+        Ok(KvCache { b, capacity, layers })
+    }
+}
+
+impl<B: Backend> Gpt2<B> {
+    /// GPT-2 initialisation: weights N(0, 0.02), the residual projections (attn.c_proj, mlp.c_proj)
+    /// N(0, 0.02/sqrt(2 L)), biases 0, layernorm gains 1.
+    pub fn init(be: &B, cfg: Config, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        let mut rng = Rng::new(seed);
+        let resid_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+        let host: Vec<Vec<f32>> = cfg
+            .param_specs()
+            .iter()
+            .map(|s| {
+                let n = s.numel();
+                if s.name.ends_with("ln_1.weight") || s.name.ends_with("ln_2.weight") || s.name == "ln_f.weight" {
+                    vec![1.0; n]
+                } else if s.shape.len() == 1 {
+                    vec![0.0; n]
+                } else {
+                    let std = if s.name.ends_with("c_proj.weight") { resid_std } else { 0.02 };
+                    (0..n).map(|_| (rng.normal() * std) as f32).collect()
+                }
+            })
+            .collect();
+        Self::from_host(be, cfg, &host)
+    }
+
+    /// Build from host tensors in the canonical order and shapes of `cfg.param_specs()` (wte unpadded).
+    pub fn from_host(be: &B, cfg: Config, tensors: &[Vec<f32>]) -> Result<Self> {
+        let specs = cfg.param_specs();
+        if tensors.len() != specs.len() {
+            bail!("expected {} parameter tensors, got {}", specs.len(), tensors.len());
+        }
+        let mut bufs = Vec::with_capacity(specs.len());
+        for (i, (spec, data)) in specs.iter().zip(tensors).enumerate() {
+            if data.len() != spec.numel() {
+                bail!("tensor '{}' has {} elements, expected {} for shape {:?}", spec.name, data.len(), spec.numel(), spec.shape);
+            }
+            let mut v: Vec<B::F> = data.iter().map(|&x| <B::F as crate::ops::Float>::of(x as f64)).collect();
+            if i == WTE {
+                v.resize(cfg.padded_vocab() * cfg.n_embd, <B::F as num_traits::Zero>::zero());
+            }
+            bufs.push(be.upload(&v)?);
+        }
+        Ok(Gpt2 { cfg, params: Tensors { bufs } })
+    }
+
+    /// The parameters as host f32 tensors in canonical order and shapes (wte unpadded).
+    pub fn to_host(&self, be: &B) -> Vec<(ParamSpec, Vec<f32>)> {
+        tensors_to_host(be, &self.cfg, &self.params)
+    }
+
+    fn p(&self, l: usize, k: usize) -> &B::Buf {
+        self.params.layer(l, k)
+    }
+
+    /// Forward through ln_f for tokens [B,T] (row b starting at absolute position pos0[b]; None = 0).
+    /// With a KV cache, each block appends its keys/values at pos0[b].. and attends to the cache.
+    pub fn forward(&self, be: &B, a: &mut Acts<B>, tokens: &[u32], pos0: Option<&[u32]>, mut cache: Option<&mut KvCache<B>>) -> Result<()> {
+        let (b, t, c, nh) = (a.b, a.t, self.cfg.n_embd, self.cfg.n_head);
+        let n = b * t;
+        if tokens.len() != n {
+            bail!("forward: {} tokens for a batch of {b} x {t}", tokens.len());
+        }
+        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= self.cfg.vocab_size) {
+            bail!("token id {bad} is outside the model's vocabulary ({})", self.cfg.vocab_size);
+        }
+        a.pos0 = pos0.map_or(vec![0; b], <[u32]>::to_vec);
+        let limit = cache.as_ref().map_or(self.cfg.n_positions, |kv| kv.capacity);
+        if let Some(p) = a.pos0.iter().find(|&&p| p as usize + t > limit) {
+            bail!("positions {p}..{} exceed the context ({limit})", *p as usize + t);
+        }
+        let ids = be.upload_ids(tokens)?;
+        be.encoder_forward(&mut a.encoded, &ids, &self.params.bufs[WTE], &self.params.bufs[WPE], &a.pos0, t, c);
+        a.tokens = Some(ids);
+        for l in 0..self.cfg.n_layer {
+            let (done, rest) = a.layers.split_at_mut(l);
+            let x = if l == 0 { &a.encoded } else { &done[l - 1].res3 };
+            let la = &mut rest[0];
+            be.layernorm_forward(&mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, x, self.p(l, LN1W), self.p(l, LN1B), c);
+            be.linear_forward(&mut la.qkv, &la.ln1, self.p(l, QKVW), Some(self.p(l, QKVB)), n, c, 3 * c);
+            match cache.as_deref_mut() {
+                Some(kv) => {
+                    for bi in 0..b {
+                        let dst = (bi * kv.capacity + a.pos0[bi] as usize) * 3 * c;
+                        be.copy(&mut kv.layers[l], dst, &la.qkv, bi * t * 3 * c, t * 3 * c);
+                    }
+                    be.attention_forward(&mut la.atty, &mut la.lse, &la.qkv, &kv.layers[l], &a.pos0, b, t, kv.capacity, c, nh);
+                }
+                None => be.attention_forward(&mut la.atty, &mut la.lse, &la.qkv, &la.qkv, &a.pos0, b, t, t, c, nh),
+            }
+            be.linear_forward(&mut a.scratch, &la.atty, self.p(l, ATTPROJW), Some(self.p(l, ATTPROJB)), n, c, c);
+            be.add(&mut la.res2, x, &a.scratch);
+            be.layernorm_forward(&mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, self.p(l, LN2W), self.p(l, LN2B), c);
+            be.linear_forward(&mut la.fch, &la.ln2, self.p(l, FCW), Some(self.p(l, FCB)), n, c, 4 * c);
+            be.gelu_forward(&mut la.fch_gelu, &la.fch);
+            be.linear_forward(&mut a.scratch, &la.fch_gelu, self.p(l, FCPROJW), Some(self.p(l, FCPROJB)), n, 4 * c, c);
+            be.add(&mut la.res3, &la.res2, &a.scratch);
+        }
+        let (w, bias) = self.params.lnf();
+        let x = &a.layers[self.cfg.n_layer - 1].res3;
+        be.layernorm_forward(&mut a.lnf, &mut a.lnf_mean, &mut a.lnf_rstd, x, w, bias, c);
+        Ok(())
+    }
+
+    /// logits [B,T,Vp] = h @ wte^T.
+    pub fn logits(&self, be: &B, a: &mut Acts<B>) {
+        let (n, c, vp) = (a.b * a.t, self.cfg.n_embd, self.cfg.padded_vocab());
+        be.matmul(&mut a.logits, &a.lnf, &self.params.bufs[WTE], n, vp, c, false, true, false);
+    }
+
+    /// LM head + fused cross-entropy: per-token losses -log p(target) (temperature-scaled by `inv_temp`),
+    /// and returns L = sum_i weights[i] * losses[i]. With `grads`, also backpropagates L through the head:
+    /// dwte += dlogits^T h and `a.dlnf` = dlogits @ wte (overwritten).
+    pub fn lm_loss(&self, be: &B, a: &mut Acts<B>, targets: &[u32], weights: &[f32], inv_temp: f64, grads: Option<&mut Tensors<B>>) -> Result<f64> {
+        let (n, c, v, vp) = (a.b * a.t, self.cfg.n_embd, self.cfg.vocab_size, self.cfg.padded_vocab());
+        if targets.len() != n || weights.len() != n {
+            bail!("lm_loss: {} targets / {} weights for {n} positions", targets.len(), weights.len());
+        }
+        if let Some(&bad) = targets.iter().find(|&&x| x as usize >= v) {
+            bail!("target id {bad} is outside the model's vocabulary ({v})");
+        }
+        self.logits(be, a);
+        let tgt = be.upload_ids(targets)?;
+        let w: Vec<B::F> = weights.iter().map(|&x| <B::F as crate::ops::Float>::of(x as f64)).collect();
+        let wbuf = be.upload(&w)?;
+        be.crossentropy(&mut a.losses, &mut a.logits, &tgt, &wbuf, v, vp, inv_temp, grads.is_some());
+        let losses = be.download(&a.losses);
+        let total: f64 = losses.iter().zip(weights).map(|(l, &w)| crate::ops::Float::f64(*l) * w as f64).sum();
+        if let Some(g) = grads {
+            be.matmul(&mut a.dlnf, &a.logits, &self.params.bufs[WTE], n, c, vp, false, false, false);
+            be.matmul(&mut g.bufs[WTE], &a.logits, &a.lnf, vp, c, n, true, false, true);
+        }
+        Ok(total)
+    }
+
+    /// Backward from `a.dlnf` (the gradient of the final hidden states) to every parameter, accumulating
+    /// into `g`. Call after `forward` (without a KV cache) and after whatever filled `a.dlnf`.
+    pub fn backward(&self, be: &B, a: &mut Acts<B>, g: &mut Tensors<B>) {
+        let (b, t, c, nh) = (a.b, a.t, self.cfg.n_embd, self.cfg.n_head);
+        let n = b * t;
+        let last = self.cfg.n_layer - 1;
+        be.fill_zero(&mut a.dres);
+        {
+            let nb = g.bufs.len();
+            let (gw, gb) = g.bufs[nb - 2..].split_at_mut(1);
+            let (w, _) = self.params.lnf();
+            be.layernorm_backward(&mut a.dres, &mut gw[0], &mut gb[0], &a.dlnf, &a.layers[last].res3, w, &a.lnf_mean, &a.lnf_rstd, c);
+        }
+        for l in (0..self.cfg.n_layer).rev() {
+            let (done, rest) = a.layers.split_at(l);
+            let x = if l == 0 { &a.encoded } else { &done[l - 1].res3 };
+            let la = &rest[0];
+            let gl = &mut g.bufs[2 + l * PER_LAYER..2 + (l + 1) * PER_LAYER];
+            let [g_ln1w, g_ln1b, g_qkvw, g_qkvb, g_attprojw, g_attprojb, g_ln2w, g_ln2b, g_fcw, g_fcb, g_fcprojw, g_fcprojb] = gl else {
+                unreachable!("a block has {PER_LAYER} tensors")
+            };
+            // x3 = x2 + fcproj(gelu(fc(ln2(x2))))
+            be.linear_backward(Some(&mut a.dfch_gelu), g_fcprojw, Some(g_fcprojb), &a.dres, &la.fch_gelu, self.p(l, FCPROJW), n, 4 * c, c);
+            be.gelu_backward(&mut a.dfch, &la.fch, &a.dfch_gelu);
+            be.linear_backward(Some(&mut a.dln), g_fcw, Some(g_fcb), &a.dfch, &la.ln2, self.p(l, FCW), n, c, 4 * c);
+            be.layernorm_backward(&mut a.dres, g_ln2w, g_ln2b, &a.dln, &la.res2, self.p(l, LN2W), &la.ln2_mean, &la.ln2_rstd, c);
+            // x2 = x + attproj(attention(qkv(ln1(x))))
+            be.linear_backward(Some(&mut a.datty), g_attprojw, Some(g_attprojb), &a.dres, &la.atty, self.p(l, ATTPROJW), n, c, c);
+            be.attention_backward(&mut a.dqkv, &a.datty, &la.qkv, &la.atty, &la.lse, b, t, c, nh);
+            be.linear_backward(Some(&mut a.dln), g_qkvw, Some(g_qkvb), &a.dqkv, &la.ln1, self.p(l, QKVW), n, c, 3 * c);
+            be.layernorm_backward(&mut a.dres, g_ln1w, g_ln1b, &a.dln, x, self.p(l, LN1W), &la.ln1_mean, &la.ln1_rstd, c);
+        }
+        let tokens = a.tokens.as_ref().expect("backward before forward");
+        let (gwte, rest) = g.bufs.split_at_mut(1);
+        be.encoder_backward(&mut gwte[0], &mut rest[0], &a.dres, tokens, &a.pos0, t, c);
+    }
+}
+
+/// Download tensors in canonical order as host f32, wte unpadded.
+pub fn tensors_to_host<B: Backend>(be: &B, cfg: &Config, t: &Tensors<B>) -> Vec<(ParamSpec, Vec<f32>)> {
+    cfg.param_specs()
+        .into_iter()
+        .zip(&t.bufs)
+        .map(|(spec, buf)| {
+            let mut v: Vec<f32> = be.download(buf).iter().map(|&x| crate::ops::Float::f64(x) as f32).collect();
+            v.truncate(spec.numel());
+            (spec, v)
+        })
+        .collect()
+}

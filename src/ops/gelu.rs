@@ -1,0 +1,36 @@
+//! GELU, tanh approximation (GPT-2's "gelu_new").
+//!
+//! Forward:  y = 0.5 x (1 + tanh(u)),  u = s (x + 0.044715 x^3),  s = sqrt(2/pi)
+//! Backward: dx = dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) s (1 + 3*0.044715 x^2))
+//!
+//! Shapes: any, elementwise. The backward overwrites dinp.
+
+use super::Float;
+use rayon::prelude::*;
+
+const CHUNK: usize = 4096;
+const K: f64 = 0.044715;
+
+fn s<F: Float>() -> F {
+    F::of((2.0 / std::f64::consts::PI).sqrt())
+}
+
+pub fn forward<F: Float>(out: &mut [F], inp: &[F]) {
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (y, &x) in o.iter_mut().zip(x) {
+            let u = s::<F>() * (x + F::of(K) * x * x * x);
+            *y = F::of(0.5) * x * (F::one() + u.tanh());
+        }
+    });
+}
+
+pub fn backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
+    dinp.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
+        for i in 0..dx.len() {
+            let x = x[i];
+            let th = (s::<F>() * (x + F::of(K) * x * x * x)).tanh();
+            let du = s::<F>() * (F::one() + F::of(3.0 * K) * x * x);
+            dx[i] = dy[i] * (F::of(0.5) * (F::one() + th) + F::of(0.5) * x * (F::one() - th * th) * du);
+        }
+    });
+}

@@ -1,0 +1,140 @@
+//! Batched autoregressive sampling with a KV cache.
+//!
+//! Prompts of different lengths are right-padded into one [B, Tp] prefill; causal attention means a row's
+//! real tokens never see its padding. Row b's first new token is predicted at position len_b - 1 and
+//! written at len_b, overwriting padding in the cache; from then on each step feeds one token per row at
+//! its own position, so every new token costs one O(T) attention over the cache, not a re-run of the
+//! prefix. The log-probability of each chosen token is taken under the temperature-scaled distribution
+//! (before top-k / top-p filtering), which is what PPO's ratio needs.
+
+use crate::backend::Backend;
+use crate::model::{Acts, Gpt2, KvCache};
+use crate::ops::Float;
+use crate::rng::Rng;
+use anyhow::{bail, Result};
+
+#[derive(Clone, Debug)]
+pub struct SampleConfig {
+    pub max_new_tokens: usize,
+    /// Softmax temperature (> 0); 0 means greedy (argmax).
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1.0 = off).
+    pub top_p: f64,
+    /// Stop a row when it emits this token (the token is kept in the output).
+    pub stop: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// New tokens, ending with the stop token when `ended`.
+    pub tokens: Vec<u32>,
+    /// log p(token) under the temperature-scaled distribution, one per token.
+    pub logprobs: Vec<f32>,
+    /// Whether the row stopped on the stop token (false: it hit `max_new_tokens`).
+    pub ended: bool,
+}
+
+impl<B: Backend> Gpt2<B> {
+    /// Logits [rows.len(), V] for the given flat positions (b*T + t) of the last forward.
+    pub fn logits_at(&self, be: &B, a: &Acts<B>, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let (c, v, vp) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.padded_vocab());
+        let mut h = be.zeros(rows.len() * c)?;
+        for (i, &r) in rows.iter().enumerate() {
+            be.copy(&mut h, i * c, &a.lnf, r * c, c);
+        }
+        let mut logits = be.zeros(rows.len() * vp)?;
+        be.matmul(&mut logits, &h, &self.params.bufs[0], rows.len(), vp, c, false, true, false);
+        let host = be.download(&logits);
+        Ok(host.chunks(vp).map(|r| r[..v].iter().map(|x| x.f64() as f32).collect()).collect())
+    }
+}
+
+/// Pick a token from `logits` (one row) and return it with its temperature-scaled log-probability.
+pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> (u32, f32) {
+    let t = if sc.temperature > 0.0 { sc.temperature } else { 1.0 };
+    let z: Vec<f64> = logits.iter().map(|&x| x as f64 / t).collect();
+    let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = mx + z.iter().map(|&x| (x - mx).exp()).sum::<f64>().ln();
+    let tok = if sc.temperature <= 0.0 {
+        // First maximum, so ties break towards the lower id (as torch.argmax does).
+        z.iter().enumerate().fold(0, |best, (i, &x)| if x > z[best] { i } else { best })
+    } else {
+        let mut idx: Vec<usize> = (0..z.len()).collect();
+        idx.sort_by(|&a, &b| z[b].partial_cmp(&z[a]).unwrap().then(a.cmp(&b)));
+        let mut keep = if sc.top_k > 0 { sc.top_k.min(idx.len()) } else { idx.len() };
+        if sc.top_p < 1.0 {
+            let mut cum = 0.0;
+            for (n, &i) in idx.iter().enumerate().take(keep) {
+                cum += (z[i] - lse).exp();
+                if cum >= sc.top_p {
+                    keep = n + 1;
+                    break;
+                }
+            }
+        }
+        let kept = &idx[..keep];
+        let total: f64 = kept.iter().map(|&i| (z[i] - mx).exp()).sum();
+        let mut u = rng.uniform() * total;
+        let mut choice = kept[keep - 1];
+        for &i in kept {
+            u -= (z[i] - mx).exp();
+            if u <= 0.0 {
+                choice = i;
+                break;
+            }
+        }
+        choice
+    };
+    (tok as u32, (z[tok] - lse) as f32)
+}
+
+/// Sample a continuation for every prompt in one batch.
+pub fn generate<B: Backend>(be: &B, model: &Gpt2<B>, prompts: &[Vec<u32>], sc: &SampleConfig, rng: &mut Rng) -> Result<Vec<Generation>> {
+    let b = prompts.len();
+    if b == 0 {
+        return Ok(vec![]);
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        bail!("prompt {i} is empty: sampling needs at least one token");
+    }
+    let tp = prompts.iter().map(Vec::len).max().unwrap();
+    let capacity = tp + sc.max_new_tokens;
+    let ctx = model.cfg.n_positions;
+    if capacity > ctx {
+        bail!("prompt of {tp} tokens + {} new tokens exceeds the model's context of {ctx} tokens", sc.max_new_tokens);
+    }
+    let mut cache = KvCache::new(be, &model.cfg, b, capacity)?;
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let mut out: Vec<Generation> = vec![Generation { tokens: vec![], logprobs: vec![], ended: false }; b];
+    // Prefill: all prompts, right-padded with their own last token (any valid id would do).
+    let mut acts = Acts::new(be, &model.cfg, b, tp)?;
+    let padded: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied().chain(std::iter::repeat(*p.last().unwrap()).take(tp - p.len()))).collect();
+    model.forward(be, &mut acts, &padded, None, Some(&mut cache))?;
+    let rows: Vec<usize> = (0..b).map(|i| i * tp + lens[i] - 1).collect();
+    let mut logits = model.logits_at(be, &acts, &rows)?;
+    let mut step_acts = Acts::new(be, &model.cfg, b, 1)?;
+    for step in 0..sc.max_new_tokens {
+        let mut next = vec![0u32; b];
+        for i in 0..b {
+            if out[i].ended {
+                next[i] = *out[i].tokens.last().unwrap();
+                continue;
+            }
+            let (tok, lp) = pick(&logits[i], sc, rng);
+            out[i].tokens.push(tok);
+            out[i].logprobs.push(lp);
+            out[i].ended = sc.stop == Some(tok);
+            next[i] = tok;
+        }
+        if out.iter().all(|g| g.ended) || step + 1 == sc.max_new_tokens {
+            break;
+        }
+        // Rows that ended keep being fed (their outputs are ignored) so the batch stays rectangular.
+        let pos: Vec<u32> = (0..b).map(|i| (lens[i] + step) as u32).collect();
+        model.forward(be, &mut step_acts, &next, Some(&pos), Some(&mut cache))?;
+        logits = model.logits_at(be, &step_acts, &(0..b).collect::<Vec<_>>())?;
+    }
+    Ok(out)
+}

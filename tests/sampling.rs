@@ -1,0 +1,66 @@
+//! The KV cache and batched sampling agree with full forward passes.
+
+use rlhf::backend::{Backend, Cpu};
+use rlhf::model::{Acts, Config, Gpt2};
+use rlhf::rng::Rng;
+use rlhf::sample::{generate, SampleConfig};
+
+fn tiny() -> Config {
+    Config { n_layer: 2, n_head: 2, n_embd: 16, vocab_size: 37, n_positions: 24 }
+}
+
+/// Next-token logits of `tokens` by a full forward pass (no cache).
+fn full_logits<B: Backend>(be: &B, m: &Gpt2<B>, tokens: &[u32]) -> Vec<f32> {
+    let mut a = Acts::new(be, &m.cfg, 1, tokens.len()).unwrap();
+    m.forward(be, &mut a, tokens, None, None).unwrap();
+    m.logits_at(be, &a, &[tokens.len() - 1]).unwrap().remove(0)
+}
+
+#[test]
+fn greedy_batched_cached_decoding_matches_full_forward() {
+    let be = Cpu::<f64>::new();
+    let m = Gpt2::init(&be, tiny(), 3).unwrap();
+    let prompts = vec![vec![1, 2, 3, 4, 5], vec![7, 8], vec![9, 10, 11]];
+    let sc = SampleConfig { max_new_tokens: 8, temperature: 0.0, top_k: 0, top_p: 1.0, stop: None };
+    let gens = generate(&be, &m, &prompts, &sc, &mut Rng::new(0)).unwrap();
+    for (p, g) in prompts.iter().zip(&gens) {
+        assert_eq!(g.tokens.len(), 8);
+        let mut seq = p.clone();
+        for (&tok, &lp) in g.tokens.iter().zip(&g.logprobs) {
+            let logits = full_logits(&be, &m, &seq);
+            let best = logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
+            assert_eq!(tok as usize, best, "cached greedy token differs from the full forward's argmax");
+            let lse = logits.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            assert!((lp as f64 - (logits[best] as f64 - lse)).abs() < 1e-5);
+            seq.push(tok);
+        }
+    }
+}
+
+#[test]
+fn sampling_is_deterministic_for_a_seed_and_stops_at_eos() {
+    let be = Cpu::<f32>::new();
+    let m = Gpt2::init(&be, tiny(), 4).unwrap();
+    let prompts = vec![vec![1, 2], vec![3]];
+    let sc = SampleConfig { max_new_tokens: 12, temperature: 1.0, top_k: 10, top_p: 0.95, stop: Some(5) };
+    let a = generate(&be, &m, &prompts, &sc, &mut Rng::new(9)).unwrap();
+    let b = generate(&be, &m, &prompts, &sc, &mut Rng::new(9)).unwrap();
+    assert_eq!(a, b);
+    for g in &a {
+        assert_eq!(g.tokens.len(), g.logprobs.len());
+        assert!(g.logprobs.iter().all(|&x| x <= 0.0 && x.is_finite()));
+        if g.ended {
+            assert_eq!(*g.tokens.last().unwrap(), 5);
+            assert_eq!(g.tokens.iter().filter(|&&t| t == 5).count(), 1, "nothing may follow the stop token");
+        }
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_an_error() {
+    let be = Cpu::<f32>::new();
+    let m = Gpt2::init(&be, tiny(), 4).unwrap();
+    let sc = SampleConfig { max_new_tokens: 10, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
+    let err = generate(&be, &m, &[vec![1; 20]], &sc, &mut Rng::new(1)).unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
+}
