@@ -245,10 +245,10 @@ pub fn hf_config_json(ck: &Checkpoint) -> Value {
         "torch_dtype": "float32",
         "rlhf": {"kind": ck.kind.as_str(), "format": FORMAT_VERSION},
     });
-    if c.vocab_size > 50256 {
-        v["bos_token_id"] = json!(50256);
-        v["eos_token_id"] = json!(50256);
-    }
+    // GPT-2's end-of-text id where the vocabulary has it; otherwise none (transformers would default to 50256).
+    let eot = if c.vocab_size > 50256 { json!(50256) } else { Value::Null };
+    v["bos_token_id"] = eot.clone();
+    v["eos_token_id"] = eot;
     if ck.kind == ModelKind::Reward {
         v["num_labels"] = json!(1);
         v["id2label"] = json!({"0": "LABEL_0"});
