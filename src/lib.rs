@@ -1,8 +1,11 @@
 //! `rlhf`: GPT-2-style decoders through the whole RLHF pipeline with an explicit, autograd-free engine.
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
+pub mod cli;
 pub mod device;
 pub mod fsutil;
+pub mod gpt2_tokenizer;
 pub mod gradcheck;
 pub mod metrics;
 pub mod progress;

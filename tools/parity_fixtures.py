@@ -1,0 +1,256 @@
+"""Reference data for the engine's parity tests, written by PyTorch + Hugging Face `transformers`.
+
+Modes:
+  fixtures [--out tests/fixtures]
+      For a few small random GPT-2 shapes (fixed seeds, dropout 0) writes tests/fixtures/parity/<name>/:
+        model.safetensors, config.json   as `save_pretrained` writes them
+        expected.json                     inputs [B][T], targets [B][T], mean loss, greedy prompt + tokens
+        expected.safetensors              "logits" [B, T, V] and "grad.<param>" for every parameter
+                                          (names without `transformer.`, the engine's canonical names)
+      and tests/fixtures/gpt2_tokenizer_ids.json: GPT-2 token ids of a fixed text set, from transformers'
+      GPT-2 tokenizer and cross-checked against an independent implementation of GPT-2's original
+      encoder (regex pre-tokenization + greedy lowest-rank BPE).
+  check-export DIR [--expected FIXTURE_DIR]
+      Loads DIR (written by `rlhf export`) with GPT2LMHeadModel.from_pretrained, prints its logits on the
+      fixture inputs and compares them with FIXTURE_DIR/expected.safetensors; loads DIR/tokenizer.json with
+      PreTrainedTokenizerFast when present and compares the ids of the fixed text set.
+"""
+import argparse
+import gzip
+import json
+import os
+import sys
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2LMHeadModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SHAPES = [
+    # name, n_layer, n_head, n_embd, vocab, n_positions, batch, seq, greedy prompt length, new tokens, seed
+    ("l2_h2_c32_v97_t16", 2, 2, 32, 97, 16, 2, 16, 4, 8, 1234),
+    ("l1_h4_c64_v300_t32", 1, 4, 64, 300, 32, 2, 24, 5, 10, 5678),
+    ("l3_h3_c48_v128_t20", 3, 3, 48, 128, 20, 1, 20, 3, 12, 91011),
+]
+
+TEXTS = [
+    "Hello world",
+    "Hello  world",
+    "   leading spaces and trailing   ",
+    "line one\nline two\n\n\nline five",
+    "tabs\tand\r\nwindows newlines",
+    "It's a dog's life; we'll see, they've gone, I'd say, you're right, I'm here.",
+    "numbers 12345 and 3.14159 and 1,000,000",
+    "unicode: héllo wörld, naïve café, Ελληνικά, русский, 日本語のテキスト",
+    "emoji: 🤗🚀 👍🏽 family 👨‍👩‍👧",
+    "<|endoftext|>",
+    "first document<|endoftext|>second document",
+    "text <|endoftext|> with spaces around <|endoftext|>",
+    "",
+    " ",
+    "\n",
+    "ALL CAPS and MiXeD CaSe words",
+    "punctuation!!! ??? ... --- *** ((())) [[]] {{}}",
+    "code: def f(x):\n    return x ** 2  # square",
+    "https://example.com/path?query=1&b=2",
+    "a" * 40,
+]
+
+
+def gpt2_files():
+    with gzip.open(os.path.join(ROOT, "data/gpt2/encoder.json.gz"), "rt", encoding="utf-8") as f:
+        vocab = json.load(f)
+    with gzip.open(os.path.join(ROOT, "data/gpt2/vocab.bpe.gz"), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [tuple(l.split(" ")) for l in lines if l and not l.startswith("#version")]
+    return vocab, merges
+
+
+def hf_tokenizer():
+    vocab, merges = gpt2_files()
+    from transformers import GPT2Tokenizer  # in transformers >= 5 the fast (tokenizers-backed) class
+
+    tok = GPT2Tokenizer(vocab=vocab, merges=merges)
+    return tok
+
+
+class ReferenceGPT2Encoder:
+    """GPT-2's original encoder algorithm, written out: byte -> unicode map, the pre-tokenizer regex,
+    and BPE that repeatedly merges the lowest-ranked adjacent pair."""
+
+    def __init__(self, vocab, merges):
+        import regex
+
+        self.vocab = vocab
+        self.ranks = {m: i for i, m in enumerate(merges)}
+        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+        cs = bs[:]
+        n = 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        self.byte_map = {b: chr(c) for b, c in zip(bs, cs)}
+        self.pat = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+    @lru_cache(maxsize=None)
+    def bpe(self, word):
+        parts = list(word)
+        while len(parts) > 1:
+            pairs = [(self.ranks.get((a, b), float("inf")), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            rank, _ = min(pairs)
+            if rank == float("inf"):
+                break
+            a, b = min((p for p in zip(parts, parts[1:]) if self.ranks.get(p) == rank))
+            out, i = [], 0
+            while i < len(parts):
+                if i < len(parts) - 1 and parts[i] == a and parts[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(parts[i])
+                    i += 1
+            parts = out
+        return tuple(parts)
+
+    def encode(self, text):
+        ids = []
+        pieces = text.split("<|endoftext|>")
+        for k, piece in enumerate(pieces):
+            for m in self.pat.findall(piece):
+                word = "".join(self.byte_map[b] for b in m.encode("utf-8"))
+                ids.extend(self.vocab[t] for t in self.bpe(word))
+            if k + 1 < len(pieces):
+                ids.append(50256)
+        return ids
+
+
+def tokenizer_fixture(out_dir):
+    tok = hf_tokenizer()
+    ref = ReferenceGPT2Encoder(*gpt2_files())
+    cases = []
+    for text in TEXTS:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        want = ref.encode(text)
+        if ids != want:
+            sys.exit(f"transformers and the reference encoder disagree on {text!r}:\n{ids}\n{want}")
+        cases.append({"text": text, "ids": ids})
+    path = os.path.join(out_dir, "gpt2_tokenizer_ids.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"source": "transformers GPT2Tokenizer (tokenizers backend), cross-checked", "cases": cases}, f, ensure_ascii=False, indent=1)
+    print(f"wrote {path} ({len(cases)} texts)")
+
+
+def make_model(n_layer, n_head, n_embd, vocab, n_pos, seed):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab, n_positions=n_pos,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+        bos_token_id=None, eos_token_id=None,
+    )
+    model = GPT2LMHeadModel(cfg).float()
+    # Perturb every parameter so that biases and LayerNorm gains are not at their trivial init values.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    return model
+
+
+def canonical(name):
+    return name[len("transformer."):] if name.startswith("transformer.") else name
+
+
+def greedy(model, prompt, n_new):
+    """Greedy continuation, and at each step the gap between the best and second-best logit (how far the
+    choice is from a tie)."""
+    toks, margins = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n_new):
+            logits = model(torch.tensor([toks])).logits[0, -1]
+            top = torch.topk(logits, 2).values
+            margins.append((top[0] - top[1]).item())
+            toks.append(int(torch.argmax(logits)))
+    return toks[len(prompt):], margins
+
+
+def parity_fixtures(out_dir):
+    for name, L, NH, C, V, T, B, S, P, N, seed in SHAPES:
+        d = os.path.join(out_dir, "parity", name)
+        os.makedirs(d, exist_ok=True)
+        model = make_model(L, NH, C, V, T, seed)
+        model.save_pretrained(d)
+        g = torch.Generator().manual_seed(seed + 1)
+        tokens = torch.randint(0, V, (B, S + 1), generator=g)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        model.zero_grad()
+        logits = model(inputs).logits
+        loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
+        loss.backward()
+        tensors = {"logits": logits.detach().contiguous()}
+        for pname, p in model.named_parameters():
+            if pname == "lm_head.weight":
+                continue  # tied: its gradient is already accumulated into wte
+            tensors["grad." + canonical(pname)] = p.grad.detach().contiguous()
+        save_file(tensors, os.path.join(d, "expected.safetensors"))
+        prompt = inputs[0, :P].tolist()
+        gen, margins = greedy(model, prompt, N)
+        with open(os.path.join(d, "expected.json"), "w") as f:
+            json.dump({
+                "inputs": inputs.tolist(), "targets": targets.tolist(), "loss": loss.item(),
+                "greedy_prompt": prompt, "greedy_tokens": gen, "greedy_margins": margins,
+            }, f, indent=1)
+        print(f"wrote {d}: loss {loss.item():.6f}, greedy {gen}, min margin {min(margins):.2e}")
+
+
+def check_export(export_dir, expected_dir):
+    model = GPT2LMHeadModel.from_pretrained(export_dir, attn_implementation="eager").float().eval()
+    ok = True
+    if expected_dir:
+        exp = json.load(open(os.path.join(expected_dir, "expected.json")))
+        want = load_file(os.path.join(expected_dir, "expected.safetensors"))["logits"]
+        with torch.no_grad():
+            got = model(torch.tensor(exp["inputs"])).logits
+        diff = (got - want).abs().max().item()
+        print(f"logits max |diff| = {diff:.3e} (shape {tuple(got.shape)})")
+        ok &= diff <= 1e-4
+    tj = os.path.join(export_dir, "tokenizer.json")
+    if os.path.exists(tj):
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+        tok = AutoTokenizer.from_pretrained(export_dir)
+        ref = json.load(open(os.path.join(ROOT, "tests/fixtures/gpt2_tokenizer_ids.json")))["cases"]
+        if model.config.vocab_size == 50257:
+            bad = [c["text"] for c in ref if tok(c["text"], add_special_tokens=False)["input_ids"] != c["ids"]]
+            print(f"tokenizer ({type(tok).__name__}): {len(ref) - len(bad)}/{len(ref)} texts match GPT-2's ids")
+            ok &= not bad
+        else:
+            print(f"tokenizer ({type(tok).__name__}) loads; {len(tok)} tokens")
+    print("OK" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="mode", required=True)
+    f = sub.add_parser("fixtures")
+    f.add_argument("--out", default=os.path.join(ROOT, "tests/fixtures"))
+    c = sub.add_parser("check-export")
+    c.add_argument("dir")
+    c.add_argument("--expected")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    if a.mode == "fixtures":
+        os.makedirs(a.out, exist_ok=True)
+        tokenizer_fixture(a.out)
+        parity_fixtures(a.out)
+        return 0
+    return check_export(a.dir, a.expected)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
