@@ -86,7 +86,14 @@ pub fn read_text(path: &Path) -> Result<String> {
 const PROBE: &str = "Hello, world!\n\n  \"Über\" naïve café — 日本語 🙂\ttabs\r\nend<|endoftext|>";
 
 impl Tokenizer {
-    fn from_inner(inner: tokenizers::Tokenizer, what: &str) -> Result<Self> {
+    fn from_inner(mut inner: tokenizers::Tokenizer, what: &str) -> Result<Self> {
+        // A tokenizer whose model vocabulary has <|endoftext|> but does not declare it as an added token
+        // would split the literal text into pieces; mark it special (same id) so it is one token in text.
+        if let Some(id) = inner.token_to_id(EOT) {
+            if !inner.get_added_tokens_decoder().contains_key(&id) {
+                inner.add_special_tokens(&[AddedToken::from(EOT.to_string(), true)]);
+            }
+        }
         let vocab = inner.get_vocab(true);
         let max_id = vocab
             .values()

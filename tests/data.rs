@@ -155,6 +155,51 @@ fn tokenizer_without_endoftext_is_rejected_at_load() {
     assert!(e.contains("noeot.json") && e.contains("<|endoftext|>"), "{e}");
 }
 
+#[test]
+fn tokenizer_training_is_deterministic() {
+    let (dir, _, tok) = shared_tokenizer();
+    let again = Tokenizer::train(&[dir.path().join("corpus.txt")], 400, &SPECIAL_TOKENS).unwrap();
+    assert_eq!(
+        again.inner().to_string(false).unwrap(),
+        tok.inner().to_string(false).unwrap()
+    );
+}
+
+#[test]
+fn endoftext_in_the_model_vocabulary_is_recognised_in_text() {
+    // A tokenizer.json that lists <|endoftext|> only in the BPE vocabulary (not as an added token).
+    let (_, path, tok) = shared_tokenizer();
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json["added_tokens"] = serde_json::Value::Array(vec![]);
+    assert!(json["model"]["vocab"]["<|endoftext|>"].is_number());
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_file(dir.path(), "plain.json", &json.to_string());
+    let plain = Tokenizer::load(&p).unwrap();
+    assert_eq!(plain.eot(), tok.eot());
+    let ids = plain.encode("a<|endoftext|>b");
+    assert_eq!(ids.iter().filter(|&&i| i == plain.eot()).count(), 1, "{ids:?}");
+}
+
+#[test]
+fn committed_corpus_is_clean_austen() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/austen.txt.gz");
+    let text = rlhf::tokenizer::read_text(&path).unwrap();
+    assert!(text.starts_with("SENSE AND SENSIBILITY\n"), "{:?}", &text[..40]);
+    assert!(text.len() > 3_500_000, "{}", text.len());
+    for title in [
+        "PRIDE AND PREJUDICE",
+        "MANSFIELD PARK",
+        "EMMA",
+        "NORTHANGER ABBEY",
+        "Persuasion",
+    ] {
+        assert!(text.contains(&format!("\n\n\n{title}\n")), "{title}");
+    }
+    assert!(text.contains("It is a truth universally acknowledged, that a single man in possession\nof a good fortune"));
+    assert!(!text.contains('\r') && !text.contains('\0') && !text.contains('\u{fffd}'));
+    assert!(!text.lines().any(|l| l == "NA" || l.ends_with(' ')));
+}
+
 // ---------------------------------------------------------------- shards
 
 #[test]
