@@ -72,7 +72,7 @@ fn write_raw(path: &Path, tensors: &[Raw], pad: usize, mangle: impl Fn(&mut serd
     }
     mangle(&mut h);
     let mut header = serde_json::to_vec(&Value::Object(h)).unwrap();
-    header.extend(std::iter::repeat(b' ').take(pad));
+    header.extend(std::iter::repeat_n(b' ', pad));
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend(header);
     for t in tensors {
