@@ -593,7 +593,9 @@ fn train_state_round_trip_and_torn_state() {
     };
     let d = tempfile::tempdir().unwrap();
     save(d.path(), &ck).unwrap();
+    assert!(!checkpoint::is_resumable(d.path()));
     save_train_state(d.path(), &state).unwrap();
+    assert!(checkpoint::is_resumable(d.path()));
     let back = load_train_state(d.path()).unwrap();
     assert_eq!(back, state);
     back.validate_for(&ck).unwrap();

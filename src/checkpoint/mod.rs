@@ -587,6 +587,8 @@ impl TrainState {
 
 /// Writes `train_state.safetensors` then `train_state.json` (each atomically). The JSON is written last
 /// and the moments file records the step in its metadata, so a state torn between two saves is detected.
+/// Save the model first and the training state after it: `train_state.json` then marks a complete
+/// resumable checkpoint, and a folder without it (a crash in between) is not one ([`is_resumable`]).
 pub fn save_train_state(dir: &Path, state: &TrainState) -> Result<()> {
     if state.m.len() != state.v.len() {
         bail!("train state has {} first moments but {} second moments", state.m.len(), state.v.len());
@@ -616,6 +618,12 @@ pub fn save_train_state(dir: &Path, state: &TrainState) -> Result<()> {
     };
     let text = serde_json::to_string_pretty(&j)? + "\n";
     safetensors::atomic_write(&dir.join(TRAIN_STATE_JSON), |w| Ok(w.write_all(text.as_bytes())?))
+}
+
+/// Whether `dir` holds a model and a complete training state (the files [`save`] and
+/// [`save_train_state`] write, the latter last).
+pub fn is_resumable(dir: &Path) -> bool {
+    [MODEL_FILE, CONFIG_FILE, TRAIN_STATE_FILE, TRAIN_STATE_JSON].iter().all(|f| dir.join(f).is_file())
 }
 
 /// Reads the training state saved beside a model in `dir`.
