@@ -15,45 +15,50 @@
 use super::{Float, SharedMut};
 use rayon::prelude::*;
 
-fn dot<F: Float>(a: &[F], b: &[F]) -> F {
-    a.iter().zip(b).fold(F::zero(), |s, (&x, &y)| s + x * y)
+/// out[m,n] (+)= alpha * sum_k a[m,k] b[k,n] on strided views (row stride, column stride), single-threaded:
+/// the callers already run one task per (batch row, head).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided<F: Float>(m: usize, n: usize, k: usize, out: *mut F, out_rs: usize, accumulate: bool, a: *const F, a_rs: usize, a_cs: usize, b: *const F, b_rs: usize, b_cs: usize, alpha: F) {
+    gemm::gemm(m, n, k, out, 1, out_rs as isize, accumulate, a, a_cs as isize, a_rs as isize, b, b_cs as isize, b_rs as isize, F::one(), alpha, false, false, false, gemm::Parallelism::None);
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn forward<F: Float>(out: &mut [F], lse: &mut [F], q_src: &[F], kv: &[F], pos0: &[u32], b: usize, tq: usize, tk: usize, c: usize, nh: usize) {
     let hs = c / nh;
     let scale = F::one() / F::of(hs as f64).sqrt();
+    assert!(out.len() >= b * tq * c && lse.len() >= b * nh * tq && q_src.len() >= b * tq * 3 * c && kv.len() >= b * tk * 3 * c);
+    for (bi, &p0) in pos0.iter().enumerate().take(b) {
+        assert!(p0 as usize + tq <= tk, "attention: row {bi} reaches position {} beyond the key length {tk}", p0 as usize + tq);
+    }
     let (out_p, lse_p) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
     (0..b * nh).into_par_iter().for_each(|bh| {
         let (bi, h) = (bh / nh, bh % nh);
-        let mut s = vec![F::zero(); tk];
+        let p0 = pos0[bi] as usize;
+        let tkeys = p0 + tq; // keys beyond the last query's position are never attended
+        let q = q_src[(bi * tq) * 3 * c + h * hs..].as_ptr();
+        let k = kv[(bi * tk) * 3 * c + c + h * hs..].as_ptr();
+        let v = kv[(bi * tk) * 3 * c + 2 * c + h * hs..].as_ptr();
+        // S [tq, tkeys] = scale * Q K^T
+        let mut s = vec![F::zero(); tq * tkeys];
+        // SAFETY: all views stay inside the buffers asserted above; each task writes only its own
+        // out[b, :, h*HS..(h+1)*HS] and lse[b, h, :].
+        unsafe { gemm_strided(tq, tkeys, hs, s.as_mut_ptr(), tkeys, false, q, 3 * c, 1, k, 1, 3 * c, scale) };
         for t in 0..tq {
-            let p = pos0[bi] as usize + t;
-            assert!(p < tk, "attention: position {p} beyond the key length {tk}");
-            let q = &q_src[(bi * tq + t) * 3 * c + h * hs..][..hs];
-            let mut mx = F::neg_infinity();
-            for j in 0..=p {
-                let k = &kv[(bi * tk + j) * 3 * c + c + h * hs..][..hs];
-                s[j] = dot(q, k) * scale;
-                mx = mx.max(s[j]);
-            }
+            let row = &mut s[t * tkeys..(t + 1) * tkeys];
+            let last = p0 + t; // causal: keys 0..=last
+            let mx = row[..=last].iter().fold(F::neg_infinity(), |m, &x| m.max(x));
             let mut sum = F::zero();
-            for sj in &mut s[..=p] {
-                *sj = (*sj - mx).exp();
-                sum += *sj;
+            for x in &mut row[..=last] {
+                *x = (*x - mx).exp();
+                sum += *x;
             }
-            // SAFETY: each (b, h, t) owns out[b,t,h*HS..(h+1)*HS] and lse[b,h,t]; no two tasks share them.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_p.ptr().add((bi * tq + t) * c + h * hs), hs) };
-            o.iter_mut().for_each(|x| *x = F::zero());
-            for j in 0..=p {
-                let v = &kv[(bi * tk + j) * 3 * c + 2 * c + h * hs..][..hs];
-                let w = s[j] / sum;
-                for d in 0..hs {
-                    o[d] += w * v[d];
-                }
-            }
+            let inv = F::one() / sum;
+            row[..=last].iter_mut().for_each(|x| *x *= inv);
+            row[last + 1..].iter_mut().for_each(|x| *x = F::zero());
             unsafe { *lse_p.ptr().add((bi * nh + h) * tq + t) = mx + sum.ln() };
         }
+        // out [tq, HS] = P V
+        unsafe { gemm_strided(tq, hs, tkeys, out_p.ptr().add(bi * tq * c + h * hs), c, false, s.as_ptr(), tkeys, 1, v, 3 * c, 1, F::one()) };
     });
 }
 
@@ -61,42 +66,42 @@ pub fn forward<F: Float>(out: &mut [F], lse: &mut [F], q_src: &[F], kv: &[F], po
 pub fn backward<F: Float>(dqkv: &mut [F], dout: &[F], qkv: &[F], out: &[F], lse: &[F], b: usize, t: usize, c: usize, nh: usize) {
     let hs = c / nh;
     let scale = F::one() / F::of(hs as f64).sqrt();
+    assert!(dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && lse.len() >= b * nh * t);
     let dp = SharedMut(dqkv.as_mut_ptr());
     (0..b * nh).into_par_iter().for_each(|bh| {
         let (bi, h) = (bh / nh, bh % nh);
-        let row = |ti: usize, sec: usize| (bi * t + ti) * 3 * c + sec * c + h * hs;
-        // SAFETY: task (b, h) owns the columns of head h in the three sections of rows b*T..(b+1)*T.
-        let dq_k_v = |ti: usize, sec: usize| unsafe { std::slice::from_raw_parts_mut(dp.ptr().add(row(ti, sec)), hs) };
+        let base = bi * t * 3 * c + h * hs;
+        let (q, k, v) = (qkv[base..].as_ptr(), qkv[base + c..].as_ptr(), qkv[base + 2 * c..].as_ptr());
+        let dov = dout[bi * t * c + h * hs..].as_ptr();
+        // SAFETY: views stay inside the asserted buffers; task (b, h) writes only head h's columns of the
+        // three sections of rows b*T..(b+1)*T of dqkv.
+        let (dq, dk, dv) = unsafe { (dp.ptr().add(base), dp.ptr().add(base + c), dp.ptr().add(base + 2 * c)) };
+        // P [t, t] recomputed from the saved log-sum-exp: P = exp(scale Q K^T - lse), zero above the diagonal.
+        let mut p = vec![F::zero(); t * t];
+        unsafe { gemm_strided(t, t, hs, p.as_mut_ptr(), t, false, q, 3 * c, 1, k, 1, 3 * c, scale) };
         for ti in 0..t {
-            for sec in 0..3 {
-                dq_k_v(ti, sec).iter_mut().for_each(|x| *x = F::zero());
+            let l = lse[(bi * nh + h) * t + ti];
+            let row = &mut p[ti * t..(ti + 1) * t];
+            row[..=ti].iter_mut().for_each(|x| *x = (*x - l).exp());
+            row[ti + 1..].iter_mut().for_each(|x| *x = F::zero());
+        }
+        // dV = P^T dO
+        unsafe { gemm_strided(t, hs, t, dv, 3 * c, false, p.as_ptr(), 1, t, dov, c, 1, F::one()) };
+        // dP = dO V^T, then dS = P * (dP - D) with D_t = dO_t . O_t
+        let mut ds = vec![F::zero(); t * t];
+        unsafe { gemm_strided(t, t, hs, ds.as_mut_ptr(), t, false, dov, c, 1, v, 1, 3 * c, F::one()) };
+        for ti in 0..t {
+            let o = &out[bi * t * c + ti * c + h * hs..][..hs];
+            let d = &dout[bi * t * c + ti * c + h * hs..][..hs];
+            let dd = o.iter().zip(d).fold(F::zero(), |s, (&x, &y)| s + x * y);
+            for j in 0..t {
+                ds[ti * t + j] = p[ti * t + j] * (ds[ti * t + j] - dd);
             }
         }
-        let mut pr = vec![F::zero(); t];
-        for ti in 0..t {
-            let q = &qkv[row(ti, 0)..][..hs];
-            let dov = &dout[(bi * t + ti) * c + h * hs..][..hs];
-            let o = &out[(bi * t + ti) * c + h * hs..][..hs];
-            let dd = dot(dov, o);
-            let l = lse[(bi * nh + h) * t + ti];
-            let dq = dq_k_v(ti, 0);
-            for j in 0..=ti {
-                let k = &qkv[row(j, 1)..][..hs];
-                let v = &qkv[row(j, 2)..][..hs];
-                pr[j] = (dot(q, k) * scale - l).exp();
-                let ds = pr[j] * (dot(dov, v) - dd) * scale;
-                let dv = dq_k_v(j, 2);
-                for d in 0..hs {
-                    dv[d] += pr[j] * dov[d];
-                }
-                for d in 0..hs {
-                    dq[d] += ds * k[d];
-                }
-                let dk = dq_k_v(j, 1);
-                for d in 0..hs {
-                    dk[d] += ds * q[d];
-                }
-            }
+        // dQ = scale dS K;  dK = scale dS^T Q
+        unsafe {
+            gemm_strided(t, hs, t, dq, 3 * c, false, ds.as_ptr(), t, 1, k, 3 * c, 1, scale);
+            gemm_strided(t, hs, t, dk, 3 * c, false, ds.as_ptr(), 1, t, q, 3 * c, 1, scale);
         }
     });
 }
