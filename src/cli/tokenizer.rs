@@ -30,9 +30,9 @@ pub enum TokenizerCmd {
         /// Tokenizer file (tokenizer.json).
         #[arg(long)]
         tokenizer: PathBuf,
-        /// Text to encode; special tokens such as <|endoftext|> are recognised.
+        /// Text to encode (standard input when absent); special tokens such as <|endoftext|> are recognised.
         #[arg(long)]
-        text: String,
+        text: Option<String>,
         /// Also print each token's string, one per line.
         #[arg(long)]
         verbose: bool,
@@ -77,6 +77,15 @@ pub fn run(cmd: TokenizerCmd) -> Result<()> {
             verbose,
         } => {
             let tok = Tokenizer::load(&tokenizer)?;
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    let mut t = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                        .context("cannot read the text to encode from standard input")?;
+                    t
+                }
+            };
             let ids = tok.try_encode(&text)?;
             let line: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
             println!("{}", line.join(" "));
