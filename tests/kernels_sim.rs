@@ -123,7 +123,7 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     for (file, arch, k, regs, st, ld) in rlhf::kernels::ptxas_summary().iter().filter(|r| r.1 == "sm_90") {
         println!("ptxas {file} {arch} {k}: {regs} registers, spill stores {st} B, spill loads {ld} B");
     }
-    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw", "sum_squares_partial"] {
+    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw", "sum_squares_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
         for dt in DTYPES {
             let n = format!("{op}_{}", dt.suffix());
             assert!(sim::has_kernel(&n), "{n} is not in the simulator");
@@ -412,6 +412,73 @@ fn adamw_and_sum_squares() {
     assert!(kl::adamw(&l, DType::BF16, 0, 0, 0, 0, 0, 1, &ops::adamw::AdamWParams { lr: 1.0, beta1: 0.9, beta2: 0.9, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 }).is_err());
 }
 
+// ------------------------------------------------------------------------------------------------ attention
+
+/// Forward with keys from `kv` (Tk rows) and queries at positions pos0[b] + t; returns (out, lse).
+#[allow(clippy::too_many_arguments)]
+fn attention_fwd_case(l: &dyn Launcher, dt: DType, b: usize, tq: usize, tk: usize, c: usize, nh: usize, pos0: &[u32], seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let mut rng = Rng::new(seed);
+    let q_src = DBuf::new(dt, &randn(&mut rng, b * tq * 3 * c, 1.0));
+    let kv_vals = randn(&mut rng, b * tk * 3 * c, 1.0);
+    let kv = DBuf::new(dt, &kv_vals);
+    let pd = SimBuf::from_slice(pos0);
+    let out = DBuf::poisoned(dt, b * tq * c);
+    let lse = SimBuf::<f32>::poisoned(b * nh * tq, 0xff);
+    kl::attention_forward(l, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh).unwrap();
+    let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh);
+    let what = format!("attention_forward B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
+    check(&format!("{what} out"), dt, &out.get(), &wo);
+    check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
+    (out.get(), f64s(&lse))
+}
+
+#[test]
+fn attention_forward_training_and_kv_cache() {
+    let l = launcher();
+    for dt in DTYPES {
+        // training form: kv = q_src (here: separate random buffers of the same shape, pos0 = 0)
+        for (i, (b, t, c, nh)) in [(2usize, 37usize, 64usize, 2usize), (1, 70, 128, 2), (2, 20, 48, 3), (1, 9, 192, 2)].into_iter().enumerate() {
+            attention_fwd_case(&l, dt, b, t, t, c, nh, &vec![0; b], 60 + i as u64);
+        }
+        // sampling with a KV cache: few new queries at ragged absolute positions
+        attention_fwd_case(&l, dt, 2, 5, 40, 64, 2, &[10, 35], 65);
+        attention_fwd_case(&l, dt, 3, 1, 33, 96, 3, &[0, 32, 17], 66);
+    }
+}
+
+fn attention_bwd_case(l: &dyn Launcher, dt: DType, b: usize, t: usize, c: usize, nh: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    let qkv = DBuf::new(dt, &randn(&mut rng, b * t * 3 * c, 1.0));
+    let dout = DBuf::new(dt, &randn(&mut rng, b * t * c, 1.0));
+    let pos0 = vec![0u32; b];
+    let pd = SimBuf::from_slice(&pos0);
+    let out = DBuf::poisoned(dt, b * t * c);
+    let lse = SimBuf::<f32>::poisoned(b * nh * t, 0xff);
+    kl::attention_forward(l, dt, out.ptr(), lse.ptr(), qkv.ptr(), qkv.ptr(), pd.ptr(), b, t, t, c, nh).unwrap();
+    let dqkv = DBuf::poisoned(dt, b * t * 3 * c);
+    let s = scratch(kl::attention_backward_scratch_bytes(b, t, nh));
+    kl::attention_backward(l, dt, dqkv.ptr(), dout.ptr(), qkv.ptr(), out.ptr(), lse.ptr(), b, t, c, nh, s.ptr()).unwrap();
+    // reference backward from the reference forward's out/lse (f64) on the same inputs
+    let (mut wo, mut wl) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh);
+    let mut want = vec![f64::NAN; b * t * 3 * c];
+    ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh);
+    check(&format!("attention_backward B={b} T={t} C={c} NH={nh}"), dt, &dqkv.get(), &want);
+    dqkv.get()
+}
+
+#[test]
+fn attention_backward_matches_reference() {
+    let l = launcher();
+    for dt in DTYPES {
+        for (i, (b, t, c, nh)) in [(2usize, 37usize, 64usize, 2usize), (1, 45, 128, 2), (2, 20, 48, 3), (1, 7, 192, 2)].into_iter().enumerate() {
+            attention_bwd_case(&l, dt, b, t, c, nh, 70 + i as u64);
+        }
+    }
+    assert!(kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2).is_err(), "head size 160 must be refused");
+}
+
 // ------------------------------------------------------------------------------------------------ race mode
 
 /// Kernels with reductions and barriers give bit-identical results under random block order and random
@@ -422,11 +489,13 @@ fn race_mode_same_bits() {
         let a = layernorm_case(&SimLauncher::ordered(), dt, 37, 67, 77);
         let e = encoder_case(&SimLauncher::ordered(), dt, 78);
         let c = crossentropy_case(&SimLauncher::ordered(), dt, 5, 300, 304, 0.9, true, 79);
+        let att = attention_bwd_case(&SimLauncher::ordered(), dt, 2, 37, 64, 2, 80);
         for seed in [1u64, 2, 3] {
             let r = SimLauncher::racy(seed);
             assert_eq!(layernorm_case(&r, dt, 37, 67, 77), a, "layernorm differs under race mode seed {seed}");
             assert_eq!(encoder_case(&r, dt, 78), e, "encoder differs under race mode seed {seed}");
             assert_eq!(crossentropy_case(&r, dt, 5, 300, 304, 0.9, true, 79), c, "crossentropy differs under race mode seed {seed}");
+            assert_eq!(attention_bwd_case(&r, dt, 2, 37, 64, 2, 80), att, "attention differs under race mode seed {seed}");
         }
     }
 }

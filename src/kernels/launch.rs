@@ -376,3 +376,70 @@ pub fn sum_squares(l: &dyn Launcher, dt: DType, x: DevPtr, n: usize, scratch: De
         &[Arg::Ptr(scratch), Arg::Ptr(partial), Arg::I32(g as i32)],
     )
 }
+
+// ------------------------------------------------------------------------------------------------ attention
+const ATT_WARPS: usize = 4; // kernels/attention.cu ATT_WARPS: one warp per row
+
+/// The kernel variant for head size `hs`: lanes own hs/32 (rounded up to 1, 2, 4) dims each.
+fn att_variant(c: usize, nh: usize) -> Result<(usize, u32)> {
+    ensure!(nh > 0 && c % nh == 0, "attention: C ({c}) must be a multiple of NH ({nh})");
+    let hs = c / nh;
+    let kpl = match hs {
+        1..=32 => 1,
+        33..=64 => 2,
+        65..=128 => 4,
+        _ => bail!("attention: head size {hs} not supported by the kernels (max 128)"),
+    };
+    Ok((hs, kpl))
+}
+
+fn att_cfg(rows: usize, nh: usize, b: usize, smem_floats_per_warp: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid: [rows.div_ceil(ATT_WARPS) as u32, nh as u32, b as u32],
+        block: [32 * ATT_WARPS as u32, 1, 1],
+        smem: (ATT_WARPS * smem_floats_per_warp * 4) as u32,
+    }
+}
+
+/// Causal attention forward (contract of `crate::ops::attention::forward`): out [B,Tq,C], lse f32 [B,NH,Tq],
+/// q_src [B,Tq,3C], kv [B,Tk,3C], pos0 u32 [B] (device).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(l: &dyn Launcher, dt: DType, out: DevPtr, lse: DevPtr, q_src: DevPtr, kv: DevPtr, pos0: DevPtr, b: usize, tq: usize, tk: usize, c: usize, nh: usize) -> Result<()> {
+    let (hs, kpl) = att_variant(c, nh)?;
+    i32_of(b * tq.max(tk) * 3 * c, "B*T*3C")?;
+    if b == 0 || tq == 0 {
+        return Ok(());
+    }
+    l.launch(
+        &format!("attention_forward_hs{kpl}_{}", dt.suffix()),
+        att_cfg(tq, nh, b, hs + 32),
+        &[Arg::Ptr(out), Arg::Ptr(lse), Arg::Ptr(q_src), Arg::Ptr(kv), Arg::Ptr(pos0), Arg::I32(tq as i32), Arg::I32(tk as i32), Arg::I32(nh as i32), Arg::I32(c as i32)],
+    )
+}
+
+/// f32 D = dout . out per (b, h, t).
+pub fn attention_backward_scratch_bytes(b: usize, t: usize, nh: usize) -> usize {
+    b * nh * t * 4
+}
+
+/// Causal attention backward, training form (contract of `crate::ops::attention::backward`): dqkv [B,T,3C]
+/// is overwritten; lse f32 from the forward.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(l: &dyn Launcher, dt: DType, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, out: DevPtr, lse: DevPtr, b: usize, t: usize, c: usize, nh: usize, scratch: DevPtr) -> Result<()> {
+    let (hs, kpl) = att_variant(c, nh)?;
+    i32_of(b * t * 3 * c, "B*T*3C")?;
+    if b == 0 || t == 0 {
+        return Ok(());
+    }
+    let (ti, nhi, ci) = (t as i32, nh as i32, c as i32);
+    l.launch(
+        &format!("attention_backward_dq_hs{kpl}_{}", dt.suffix()),
+        att_cfg(t, nh, b, 2 * hs + 32),
+        &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(out), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)],
+    )?;
+    l.launch(
+        &format!("attention_backward_dkv_hs{kpl}_{}", dt.suffix()),
+        att_cfg(t, nh, b, 2 * hs + 64),
+        &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)],
+    )
+}
