@@ -37,7 +37,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
-use crate::tokenizer::write_atomic;
+use crate::fsutil::write_atomic;
 
 /// First header word of every shard.
 pub const SHARD_MAGIC: i32 = 20240520;

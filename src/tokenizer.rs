@@ -136,7 +136,7 @@ impl Tokenizer {
             .inner
             .to_string(true)
             .map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
-        write_atomic(path, json.as_bytes())
+        crate::fsutil::write_atomic(path, json.as_bytes())
     }
 
     /// Trains a GPT-2-style byte-level BPE of `vocab_size` ids (special tokens first, then the 256 byte
@@ -274,32 +274,6 @@ pub fn check_vocab(tokenizer_vocab: usize, model_vocab: usize, what: &str) -> Re
         );
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file next to it, flushed, then renamed over it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("cannot flush {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -335,7 +335,7 @@ pub fn save_with_config(dir: &Path, ck: &Checkpoint, config: Value) -> Result<()
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::save_f32(&dir.join(MODEL_FILE), &refs, &meta)?;
     let text = serde_json::to_string_pretty(&config)? + "\n";
-    safetensors::atomic_write(&dir.join(CONFIG_FILE), |w| Ok(w.write_all(text.as_bytes())?))?;
+    crate::fsutil::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
     Ok(())
 }
 
@@ -617,7 +617,7 @@ pub fn save_train_state(dir: &Path, state: &TrainState) -> Result<()> {
         moments_file: TRAIN_STATE_FILE.to_string(),
     };
     let text = serde_json::to_string_pretty(&j)? + "\n";
-    safetensors::atomic_write(&dir.join(TRAIN_STATE_JSON), |w| Ok(w.write_all(text.as_bytes())?))
+    crate::fsutil::write_atomic(&dir.join(TRAIN_STATE_JSON), text.as_bytes())
 }
 
 /// Whether `dir` holds a model and a complete training state (the files [`save`] and

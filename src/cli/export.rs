@@ -84,7 +84,7 @@ pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: Option<&Path>) -> R
             bail!("tokenizer {} has {n} tokens but the model's vocab_size is {}", src.display(), ck.config.vocab_size);
         }
         if std::fs::canonicalize(&src).ok() != std::fs::canonicalize(&dest).ok() {
-            checkpoint::safetensors::atomic_write(&dest, |w| Ok(w.write_all(text.as_bytes())?))?;
+            crate::fsutil::write_atomic(&dest, text.as_bytes())?;
         }
         Some(tok)
     } else if ck.config.vocab_size == crate::gpt2_tokenizer::VOCAB_SIZE {
@@ -118,7 +118,7 @@ fn write_tokenizer_side_files(out: &Path, tok: &tokenizers::Tokenizer, max_len: 
     }
     for (name, v) in [("tokenizer_config.json", cfg), ("special_tokens_map.json", special)] {
         let text = serde_json::to_string_pretty(&v)? + "\n";
-        checkpoint::safetensors::atomic_write(&out.join(name), |w| Ok(w.write_all(text.as_bytes())?))?;
+        crate::fsutil::write_atomic(&out.join(name), text.as_bytes())?;
     }
     Ok(())
 }

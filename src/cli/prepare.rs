@@ -201,7 +201,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             },
         };
         let json = serde_json::to_string_pretty(&meta)?;
-        crate::tokenizer::write_atomic(&staging.join("meta.json"), json.as_bytes())?;
+        crate::fsutil::write_atomic(&staging.join("meta.json"), json.as_bytes())?;
         install(&staging, &args.out, &meta)?;
         Ok(meta)
     })();
