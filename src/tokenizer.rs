@@ -264,13 +264,14 @@ impl Tokenizer {
     }
 }
 
-/// Errors unless a tokenizer with `tokenizer_vocab` ids fits a model with `model_vocab` embedding rows.
+/// Errors unless a tokenizer with `tokenizer_vocab` ids is the one for a model with `model_vocab` embedding
+/// rows. The sizes must be equal: a smaller tokenizer would encode with ids the model learnt for other
+/// tokens (a different tokenizer), a larger one would produce ids the model has no row for.
 pub fn check_vocab(tokenizer_vocab: usize, model_vocab: usize, what: &str) -> Result<()> {
-    if tokenizer_vocab > model_vocab {
+    if tokenizer_vocab != model_vocab {
         bail!(
-            "{what}: the tokenizer produces ids up to {} but the model's vocabulary has only {model_vocab} entries \
-             (use a model with vocab_size >= {tokenizer_vocab}, or the tokenizer the model was trained with)",
-            tokenizer_vocab - 1
+            "{what}: the tokenizer has {tokenizer_vocab} ids but the model's vocabulary has {model_vocab}: \
+             this is not the tokenizer the model was trained with"
         );
     }
     Ok(())
@@ -281,12 +282,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn check_vocab_accepts_fits_and_rejects_overflow() {
+    fn check_vocab_accepts_only_the_same_size() {
         assert!(check_vocab(100, 100, "m").is_ok());
-        assert!(check_vocab(100, 128, "m").is_ok());
+        assert!(check_vocab(100, 128, "m").is_err());
         let e = check_vocab(50257, 4096, "model.safetensors").unwrap_err().to_string();
         assert!(
-            e.contains("model.safetensors") && e.contains("50256") && e.contains("4096"),
+            e.contains("model.safetensors") && e.contains("50257") && e.contains("4096"),
             "{e}"
         );
     }

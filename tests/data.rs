@@ -93,7 +93,8 @@ fn tokenizer_special_tokens_come_first_and_count_in_vocab_size() {
     // Merges compress: fewer tokens than bytes on the training text.
     let text = sample_text();
     assert!(tok.encode(&text).len() * 2 < text.len());
-    assert!(check_vocab(tok.vocab_size(), 400, "model").is_ok());
+    assert!(check_vocab(tok.vocab_size(), tok.vocab_size(), "model").is_ok());
+    assert!(check_vocab(tok.vocab_size(), tok.vocab_size() + 1, "model").is_err());
     assert!(check_vocab(tok.vocab_size(), 100, "model").is_err());
 }
 
