@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod progress;
 pub mod model;
 pub mod ops;
+pub mod ppo;
 pub mod rng;
 pub mod run_dir;
 pub mod sample;
