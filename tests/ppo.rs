@@ -107,3 +107,236 @@ fn ppo_gradchecks_pass() {
         assert!(r.ok && r.entries > 0, "{r:?}");
     }
 }
+
+// ---- the trainer on tiny random models ----
+
+mod tiny {
+    use rlhf::backend::Cpu;
+    use rlhf::model::{Config, Gpt2, ScalarHead};
+    use rlhf::ppo::{PpoConfig, TrunkHead};
+    use rlhf::rng::Rng;
+    use std::path::Path;
+
+    pub type Be = Cpu<f32>;
+    pub const STOP: u32 = 1;
+    pub const PAD: u32 = 0;
+
+    pub fn cfg() -> Config {
+        Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 16, n_positions: 32 }
+    }
+
+    pub fn models(be: &Be) -> (Gpt2<Be>, TrunkHead<Be>) {
+        let sft = Gpt2::init(be, cfg(), 1).unwrap();
+        let rm = TrunkHead { trunk: Gpt2::init(be, cfg(), 2).unwrap(), head: ScalarHead::init(be, 16, 3).unwrap() };
+        (sft, rm)
+    }
+
+    pub fn prompts(n: usize) -> Vec<Vec<u32>> {
+        let mut rng = Rng::new(9);
+        (0..n).map(|_| (0..3 + rng.below(4)).map(|_| 2 + rng.below(14) as u32).collect()).collect()
+    }
+
+    pub fn ppo_cfg(out: &Path, iterations: u64) -> PpoConfig {
+        let mut c = PpoConfig::new(out.to_owned(), STOP, PAD);
+        c.iterations = iterations;
+        c.batch = 8;
+        c.minibatch = 4;
+        c.ppo_epochs = 2;
+        c.max_new_tokens = 6;
+        c.save_every = 2;
+        c.lr = 1e-3;
+        c.value_lr = 1e-3;
+        c.init_kl_coef = 0.05;
+        c
+    }
+
+    /// The metrics log without its wall-clock fields.
+    pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
+        let mut recs = rlhf::metrics::read(&out.join("metrics.jsonl")).unwrap();
+        for r in &mut recs {
+            let o = r.as_object_mut().unwrap();
+            o.remove("rollout_s");
+            o.remove("iteration_s");
+        }
+        recs
+    }
+}
+
+use rlhf::ppo::rollout::SeqBatch;
+use rlhf::ppo::trainer::{score_rollout, Models};
+use rlhf::ppo::{Episode, Hooks};
+use tiny::*;
+
+fn ep(prompt: &[u32], answer: &[u32], ended: bool) -> Episode {
+    Episode { prompt: prompt.to_vec(), answer: answer.to_vec(), logprobs: vec![-2.0; answer.len()], ended }
+}
+
+#[test]
+fn layout_reads_the_reward_at_the_answer_end_and_nothing_after_it() {
+    let be = Be::new();
+    let a = ep(&[2, 3, 4], &[5, 6, STOP], true);
+    let b = ep(&[7], &[8, STOP], true);
+    let sb = SeqBatch::new(&[&a, &b], PAD).unwrap();
+    assert_eq!((sb.b, sb.t), (2, 6));
+    assert_eq!(sb.tokens, vec![2, 3, 4, 5, 6, STOP, 7, 8, STOP, PAD, PAD, PAD]);
+    // targets: next token, then padding from each sequence's last token on
+    assert_eq!(sb.targets, vec![3, 4, 5, 6, STOP, PAD, 8, STOP, PAD, PAD, PAD, PAD]);
+    assert_eq!((sb.last_row(0), sb.last_row(1)), (5, 8));
+    assert_eq!((0..3).map(|j| sb.answer_row(0, j)).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!((0..2).map(|j| sb.answer_row(1, j)).collect::<Vec<_>>(), vec![6, 7]);
+    let w = sb.scatter(&[vec![1.0, 2.0, 3.0], vec![4.0, 5.0]]);
+    assert_eq!(w, vec![0.0, 0.0, 1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(sb.gather(&w), vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0]]);
+
+    // The padded batch scores each answer as it scores it alone (the reward is read at its <|end|>).
+    let (sft, rm) = models(&be);
+    let mut acts = rlhf::model::Acts::new(&be, &cfg(), 2, 6).unwrap();
+    let both = rm.scores(&be, &mut acts, &sb).unwrap();
+    for (i, e) in [&a, &b].iter().enumerate() {
+        let one = SeqBatch::new(&[e], PAD).unwrap();
+        let mut acts1 = rlhf::model::Acts::new(&be, &cfg(), 1, one.t).unwrap();
+        let alone = rm.scores(&be, &mut acts1, &one).unwrap()[0];
+        assert!((both[i] - alone).abs() < 1e-5, "episode {i}: padded {} vs alone {alone}", both[i]);
+        // ... and that is the head's output at the row of the last token, not at the padding after it.
+        let all = rm.all_rows(&be, &mut acts1, &one).unwrap();
+        assert_eq!(alone, all[one.t - 1]);
+    }
+    assert!((both[1] - rm.all_rows(&be, &mut acts, &sb).unwrap()[11]).abs() > 1e-6, "the score must not be the padding's");
+
+    // Scoring: the answer without <|end|> gets the penalty; rewards cover the answer tokens only.
+    let c = ppo_cfg(Path::new("/nonexistent"), 1);
+    let m = Models { policy: rlhf::ppo::rollout::clone_model(&be, &sft).unwrap(), reference: sft, reward: rm, value: models(&be).1 };
+    let cut = ep(&[7], &[8, 9, 10], false);
+    let ro = score_rollout(&be, &m, &c, 0.1, vec![a.clone(), cut]).unwrap();
+    assert_eq!(ro.scores[1], c.no_eos_penalty);
+    assert!((ro.scores[0] - ro.rm_scores[0]).abs() < 1e-12 && ro.rm_scores[1] != c.no_eos_penalty);
+    assert_eq!(ro.rewards.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3]);
+    assert_eq!(ro.advantages.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3]);
+    for i in 0..2 {
+        let kl_last = -2.0 - ro.ref_logprobs[i][2];
+        assert!((ro.rewards[i][2] - (-0.1 * kl_last + ro.scores[i])).abs() < 1e-9);
+        assert!((ro.rewards[i][0] + 0.1 * (-2.0 - ro.ref_logprobs[i][0])).abs() < 1e-9);
+    }
+}
+
+use std::path::Path;
+
+#[test]
+fn rollouts_stop_at_eos_and_a_real_iteration_has_ratio_one() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let c = ppo_cfg(&out, 1);
+    let mut rng = rlhf::rng::Rng::new(5);
+    let eps = rlhf::ppo::trainer::rollout(&be, &sft, &prompts(8), &c, &mut rng).unwrap();
+    assert!(eps.iter().any(|e| e.ended) && eps.iter().any(|e| !e.ended), "want both kinds in this seed's rollout");
+    for e in &eps {
+        let stops = e.answer.iter().filter(|&&t| t == STOP).count();
+        assert_eq!(stops, e.ended as usize, "{e:?}");
+        if e.ended {
+            assert_eq!(*e.answer.last().unwrap(), STOP);
+        } else {
+            assert_eq!(e.answer.len(), c.max_new_tokens);
+        }
+    }
+    let s = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    assert_eq!(s.iterations, 1);
+    let m = metrics(&out);
+    let dev = m[0]["first_ratio_dev"].as_f64().unwrap();
+    assert!(dev < 1e-4, "first-minibatch |ratio - 1| = {dev}");
+    for k in ["score", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "explained_variance", "answer_len", "eos_frac", "beta"] {
+        assert!(m[0].get(k).is_some(), "metric {k} missing");
+    }
+    assert!(out.join("ppo_scores.svg").is_file());
+}
+
+#[test]
+fn the_ratio_check_stops_loudly() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ppo_cfg(&dir.path().join("run"), 1);
+    c.ratio_tol = 1e-13; // below f32 rounding: sampler and training forward cannot agree this closely
+    let e = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("ratio check failed") && msg.contains("iteration 1"), "{msg}");
+}
+
+#[test]
+fn same_seed_same_run_and_resume_equals_unbroken() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, k) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("k"));
+    rlhf::ppo::train(&be, ppo_cfg(&a, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    rlhf::ppo::train(&be, ppo_cfg(&b, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    assert_eq!(metrics(&a), metrics(&b), "two runs with one seed differ");
+    assert_eq!(metrics(&a).len(), 4);
+    // "Killed" after iteration 3 with the last checkpoint at 2: metrics has a line past the checkpoint.
+    rlhf::ppo::train(&be, ppo_cfg(&k, 3), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    std::fs::remove_dir_all(k.join("step-000003")).unwrap();
+    std::fs::write(k.join("latest"), "step-000002").unwrap();
+    assert_eq!(metrics(&k).len(), 3);
+    let e = rlhf::ppo::train(&be, ppo_cfg(&k, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap_err();
+    assert!(format!("{e:#}").contains("--resume"), "{e:#}");
+    rlhf::ppo::train(&be, ppo_cfg(&k, 4), &prompts(12), &sft, &rm, Hooks::default(), true).unwrap();
+    assert_eq!(metrics(&a), metrics(&k), "resumed run differs from the unbroken one");
+    let read = |d: &Path| std::fs::read(d.join("step-000004/model.safetensors")).unwrap();
+    assert!(read(&a) == read(&k), "final policies differ");
+    let readv = |d: &Path| std::fs::read(d.join("step-000004/value/model.safetensors")).unwrap();
+    assert!(readv(&a) == readv(&k), "final value models differ");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, prompts: &[Vec<u32>], rm: &rlhf::ppo::TrunkHead<Be>, hooks: Hooks| {
+        let e = rlhf::ppo::train(&be, ppo_cfg(&dir.path().join(name), 2), prompts, &sft, rm, hooks, false).unwrap_err();
+        format!("{e:#}")
+    };
+    assert!(run("empty", &[], &rm, Hooks::default()).contains("no prompts"));
+    let other = rlhf::model::Config { vocab_size: 20, ..cfg() };
+    let rm20 = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    let msg = run("vocab", &prompts(8), &rm20, Hooks::default());
+    assert!(msg.contains("vocabulary (20)") && msg.contains("(16)"), "{msg}");
+    let decode = |t: &[u32]| format!("{t:?}");
+    let mut failing = |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge command exited with status 3") };
+    let msg = run("judge", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(&mut failing), ..Default::default() });
+    assert!(msg.contains("gold judge failed") && msg.contains("status 3") && msg.contains("iteration 1"), "{msg}");
+    let mut garbage = |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0; p.len() - 1]) };
+    let msg = run("garbage", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(&mut garbage), ..Default::default() });
+    assert!(msg.contains("gold judge returned 7 scores") && msg.contains("for 8 answers"), "{msg}");
+    // A reward model that yields NaN: stop, naming the iteration; no checkpoint is written over.
+    let mut bad = rlhf::ppo::rollout::clone_trunk_head(&be, &rm).unwrap();
+    bad.head.b = vec![f32::NAN];
+    let msg = run("nan", &prompts(8), &bad, Hooks::default());
+    assert!(msg.contains("iteration 1") && msg.contains("NaN") && msg.contains("no checkpoint had been written"), "{msg}");
+}
+
+#[test]
+fn ppo_raises_the_reward_model_score() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut c = ppo_cfg(&out, 16);
+    c.batch = 16;
+    c.minibatch = 8;
+    c.ppo_epochs = 4;
+    c.save_every = 100;
+    rlhf::ppo::train(&be, c, &prompts(32), &sft, &rm, Hooks::default(), false).unwrap();
+    let m = metrics(&out);
+    // The optimised score: the reward model's at <|end|>, or the no-EOS penalty.
+    let avg = |r: &[serde_json::Value], k: &str| r.iter().map(|x| x[k].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    let (first, last) = (avg(&m[..4], "score"), avg(&m[12..], "score"));
+    eprintln!(
+        "score: first 4 iterations {first:.4}, last 4 {last:.4}; eos frac {:.3} -> {:.3}; kl last {}",
+        avg(&m[..4], "eos_frac"),
+        avg(&m[12..], "eos_frac"),
+        m[15]["kl"]
+    );
+    assert!(last > first + 0.1, "score did not rise: {first} -> {last}");
+}
