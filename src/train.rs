@@ -79,7 +79,7 @@ pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>
     if resume {
         let dir = run_dir::latest(&cfg.out)?.with_context(|| format!("--resume: {} holds no checkpoint to resume from", cfg.out.display()))?;
         let state = checkpoint::load_train_state(&dir)?;
-        let saved: PretrainConfig = serde_json::from_value(state.run.clone()).context("reading the run's saved configuration")?;
+        let saved: PretrainConfig = serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
         // The run's own settings win, except how far to go.
         cfg = PretrainConfig { steps: cfg.steps.max(saved.steps), ..saved };
         log_len = Some(state.metrics_len);
@@ -92,7 +92,7 @@ pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>
         }
         if let Some(path) = init {
             let ck = checkpoint::load(&run_dir::resolve_checkpoint(path)?)?;
-            ck.expect_kind(ModelKind::Policy, path)?;
+            ck.expect_kind(ModelKind::Policy, &path.display().to_string())?;
             cfg.model = ck.config;
             start_model = Some(ck);
         }

@@ -7,7 +7,9 @@
 //! exports as `GPT2ForSequenceClassification` with `num_labels` 1: its `score.weight` [1, C] is that class's
 //! head; a `score.bias` [1], which the class does not have, is kept in the file as an extra tensor (Hugging
 //! Face ignores it with a warning, so its scores there are ours minus that constant, which leaves every
-//! preference comparison unchanged).
+//! preference comparison unchanged). A value model exports as `GPT2ForTokenClassification` with `num_labels`
+//! 1: `classifier.weight` [1, C] + `classifier.bias` [1], the class's own layout, so its per-token values
+//! in Hugging Face equal ours.
 //!
 //! The tokenizer is `--tokenizer` if given, else a `tokenizer.json` beside the checkpoint, else GPT-2's
 //! (built offline) when the vocabulary has GPT-2's 50257 tokens; otherwise none is written and a note says so.

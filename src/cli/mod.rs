@@ -1,3 +1,9 @@
 //! Subcommand implementations: one clap `Args` struct and one `run` function per command.
+pub mod bench;
 pub mod export;
 pub mod gpt2_tokenizer;
+pub mod gradcheck;
+pub mod prepare;
+pub mod pretrain;
+pub mod sample;
+pub mod tokenizer;

@@ -42,7 +42,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
-        let model = crate::checkpoint::load_policy(be, &args.checkpoint)?;
+        let model = crate::model::persist::load_policy(be, &args.checkpoint)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &args.tokenizer.display().to_string())?;
         let mut prompt = vec![tok.eot()];
         prompt.extend(tok.encode(&args.prompt));
