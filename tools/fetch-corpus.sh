@@ -24,7 +24,7 @@ for arg in "$@"; do
     --install) install=1 ;;
     fortunes) want_fortunes=1 ;;
     austen) ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fetch-corpus: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done

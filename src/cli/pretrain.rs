@@ -63,7 +63,7 @@ pub struct PretrainArgs {
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
-    let meta_vocab = crate::data::read_meta_vocab(&args.data)?;
+    let meta_vocab = crate::data::Meta::load(&args.data)?.vocab_size;
     let cfg = PretrainConfig {
         data: args.data,
         out: args.out,

@@ -23,14 +23,16 @@ pub enum TokenizerCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write GPT-2's own tokenizer (its 50257-token byte-level BPE, built offline) as tokenizer.json.
+    Gpt2(crate::cli::gpt2_tokenizer::Gpt2TokenizerArgs),
     /// Print the token ids of a text, space-separated.
     Encode {
         /// Tokenizer file (tokenizer.json).
         #[arg(long)]
         tokenizer: PathBuf,
-        /// Text to encode; special tokens such as <|endoftext|> are recognised.
+        /// Text to encode (standard input when absent); special tokens such as <|endoftext|> are recognised.
         #[arg(long)]
-        text: String,
+        text: Option<String>,
         /// Also print each token's string, one per line.
         #[arg(long)]
         verbose: bool,
@@ -49,6 +51,7 @@ pub enum TokenizerCmd {
 /// Runs one `tokenizer` subcommand.
 pub fn run(cmd: TokenizerCmd) -> Result<()> {
     match cmd {
+        TokenizerCmd::Gpt2(args) => crate::cli::gpt2_tokenizer::run(&args)?,
         TokenizerCmd::Train { input, vocab_size, out } => {
             let start = std::time::Instant::now();
             let tok = Tokenizer::train(&input, vocab_size, &SPECIAL_TOKENS)?;
@@ -74,6 +77,15 @@ pub fn run(cmd: TokenizerCmd) -> Result<()> {
             verbose,
         } => {
             let tok = Tokenizer::load(&tokenizer)?;
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    let mut t = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                        .context("cannot read the text to encode from standard input")?;
+                    t
+                }
+            };
             let ids = tok.try_encode(&text)?;
             let line: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
             println!("{}", line.join(" "));
