@@ -340,3 +340,130 @@ fn ppo_raises_the_reward_model_score() {
     );
     assert!(last > first + 0.1, "score did not rise: {first} -> {last}");
 }
+
+// ---- labelling ----
+
+use rlhf::ppo::label::{self, parse_ranking, RankedRecord};
+
+#[test]
+fn typed_rankings_are_validated() {
+    assert_eq!(parse_ranking("1 0 2 2", 4), Ok(vec![1, 0, 2, 2]));
+    assert_eq!(parse_ranking("1,0,3,2", 4), Ok(vec![1, 0, 3, 2]));
+    assert_eq!(parse_ranking("bacd", 4), Ok(vec![1, 0, 2, 3]));
+    assert_eq!(parse_ranking("D C B A", 4), Ok(vec![3, 2, 1, 0]));
+    for bad in ["", "1 0 2", "0 1 2 4", "1 1 2 3", "ABC", "ABCE", "AABC", "x y z w"] {
+        assert!(parse_ranking(bad, 4).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(label::ranks_from_scores(&[0.5, 2.0, 0.5, -1.0]).unwrap(), vec![1, 0, 1, 3]);
+    assert!(label::ranks_from_scores(&[f64::NAN, 1.0]).is_err());
+}
+
+#[test]
+fn interactive_labelling_with_scripted_input_resumes_and_never_loses_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("labels.jsonl");
+    let prompts: Vec<String> = ["p1", "p2", "p3", "p4"].iter().map(|s| s.to_string()).collect();
+    let mut calls = 0;
+    let mut gen = |p: &str| -> anyhow::Result<Vec<String>> {
+        calls += 1;
+        Ok((0..3).map(|i| format!("{p}-answer-{i}")).collect())
+    };
+    // p1: bad input twice, then ranks; p2: skipped; p3: an order; then quit before p4.
+    let mut input = std::io::Cursor::new("1 2\nhello\n1 0 2\ns\nCAB\nq\n");
+    let mut ui = Vec::new();
+    let st = label::label(&prompts, 3, &out, &mut gen, None, &mut input, &mut ui, ).unwrap();
+    assert_eq!((st.labelled, st.skipped_by_user, st.quit), (2, 1, true));
+    let ui = String::from_utf8(ui).unwrap();
+    assert_eq!(ui.matches("not a ranking").count(), 2, "{ui}");
+    assert!(ui.contains("p1-answer-2") && ui.contains("--- C ---"));
+    let recs = label::read_records(&out).unwrap();
+    assert_eq!(recs[0], RankedRecord { prompt: "p1".into(), completions: vec!["p1-answer-0".into(), "p1-answer-1".into(), "p1-answer-2".into()], ranking: vec![1, 0, 2] });
+    assert_eq!((recs[1].prompt.as_str(), recs[1].ranking.clone()), ("p3", vec![1, 2, 0]));
+    // A torn last line (killed mid-write) is dropped; the complete labels stay.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&out).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"prompt\": \"p4\", \"compl").unwrap();
+    // Next session: p1, p3 are done; p2 and p4 are asked; end of input stops cleanly.
+    let mut input = std::io::Cursor::new("0 1 2\n");
+    let st = label::label(&prompts, 3, &out, &mut gen, None, &mut input, &mut Vec::new()).unwrap();
+    assert_eq!((st.skipped_done, st.labelled, st.quit), (2, 1, true));
+    let recs = label::read_records(&out).unwrap();
+    assert_eq!(recs.iter().map(|r| r.prompt.as_str()).collect::<Vec<_>>(), vec!["p1", "p3", "p2"]);
+    // A corrupt line in the middle is an error naming the line, not a silent loss.
+    std::fs::write(&out, "{\"prompt\":\"a\",\"completions\":[\"x\",\"y\"],\"ranking\":[0,1]}\nnot json\n{\"prompt\":\"b\",\"completions\":[\"x\",\"y\"],\"ranking\":[0,1]}\n").unwrap();
+    let e = label::read_records(&out).unwrap_err();
+    assert!(format!("{e:#}").contains("labels.jsonl:2"), "{e:#}");
+    assert!(calls >= 4);
+}
+
+#[test]
+fn judge_labelling_runs_unattended_and_reports_a_failing_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("labels.jsonl");
+    let prompts: Vec<String> = vec!["a".into(), "b".into()];
+    let mut gen = |p: &str| -> anyhow::Result<Vec<String>> { Ok(vec![format!("{p}!"), format!("{p}!!!"), format!("{p}")]) };
+    let mut judge = |_: &str, answers: &[String]| -> anyhow::Result<Vec<f64>> { Ok(answers.iter().map(|a| a.len() as f64).collect()) };
+    let st = label::label(&prompts, 3, &out, &mut gen, Some(&mut judge), &mut std::io::empty(), &mut std::io::sink()).unwrap();
+    assert_eq!(st.labelled, 2);
+    assert_eq!(label::read_records(&out).unwrap()[0].ranking, vec![1, 0, 2]);
+    let out2 = dir.path().join("l2.jsonl");
+    let mut garbage = |_: &str, _: &[String]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0]) };
+    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut garbage), &mut std::io::empty(), &mut std::io::sink()).unwrap_err();
+    assert!(format!("{e:#}").contains("returned 1 scores for 3 answers"), "{e:#}");
+    let mut failing = |_: &str, _: &[String]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge crashed") };
+    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut failing), &mut std::io::empty(), &mut std::io::sink()).unwrap_err();
+    assert!(format!("{e:#}").contains("judge failed") && format!("{e:#}").contains("judge crashed"), "{e:#}");
+}
+
+// ---- evaluation ----
+
+#[test]
+fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
+    use rlhf::ppo::eval;
+    assert_eq!(eval::win_rate(&[1.0, 2.0, 3.0, 0.0], &[0.0, 2.0, 4.0, -1.0]).unwrap(), 2.5 / 4.0);
+    assert!(eval::win_rate(&[], &[]).is_err());
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let c = ppo_cfg(Path::new("/x"), 1);
+    let decode = |t: &[u32]| format!("{t:?}");
+    let mut gold = |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(p.iter().map(|(_, a)| a.len() as f64).collect()) };
+    let r = eval::evaluate(&be, &sft, &sft, &rm, &prompts(6), &eval::sample_config(&c), PAD, -1.0, 3, &decode, Some(&mut gold)).unwrap();
+    // The SFT model against itself: no KL (the same weights score the same tokens).
+    assert!(r.kl_to_sft.abs() < 1e-9, "{r:?}");
+    assert!(r.win_rate_gold.is_some() && (0.0..=1.0).contains(&r.win_rate_rm));
+    let dir = tempfile::tempdir().unwrap();
+    let e = eval::overoptimisation_plot(dir.path(), &dir.path().join("x.svg")).unwrap_err();
+    assert!(format!("{e:#}").contains("metrics.jsonl"), "{e:#}");
+}
+
+// ---- command-line inputs ----
+
+#[test]
+fn prompt_files_and_judge_commands_fail_with_clear_errors() {
+    use rlhf::cli::ppo::{read_prompts, CommandJudge};
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.jsonl");
+    let err = |text: &str| {
+        std::fs::write(&f, text).unwrap();
+        format!("{:#}", read_prompts(&f).unwrap_err())
+    };
+    assert!(err("").contains("holds no prompts"));
+    assert!(err("{\"prompt\": \"a\"}\n{oops\n").contains("p.jsonl:2: not JSON"));
+    assert!(err("{\"text\": \"a\"}\n").contains("p.jsonl:1: expected an object with a \"prompt\" string"));
+    assert!(err("{\"prompt\": \"  \"}\n").contains("the prompt is empty"));
+    assert!(format!("{:#}", read_prompts(&dir.path().join("missing.jsonl")).unwrap_err()).contains("missing.jsonl"));
+    std::fs::write(&f, "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
+    assert_eq!(read_prompts(&f).unwrap(), vec!["a", "b"]);
+
+    let pairs = vec![("p".to_string(), "a".to_string()), ("p".to_string(), "bb".to_string())];
+    // One number per line: here the answer's length, computed by the command from its JSON input.
+    let mut ok = CommandJudge::new("while read -r l; do echo ${#l}; done");
+    let s = ok.score(&pairs).unwrap();
+    assert_eq!(s.len(), 2);
+    assert!(s[1] == s[0] + 1.0, "{s:?}");
+    let e = CommandJudge::new("cat >/dev/null; echo 1; echo banana").score(&pairs).unwrap_err();
+    assert!(format!("{e:#}").contains("'banana' is not a number"), "{e:#}");
+    let e = CommandJudge::new("cat >/dev/null; echo 1").score(&pairs).unwrap_err();
+    assert!(format!("{e:#}").contains("printed 1 scores for 2 answers"), "{e:#}");
+    let e = CommandJudge::new("cat >/dev/null; exit 3").score(&pairs).unwrap_err();
+    assert!(format!("{e:#}").contains("exited with") && format!("{e:#}").contains("3"), "{e:#}");
+}

@@ -525,7 +525,14 @@ fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoC
 
 /// Run (or, with `resume`, continue) PPO from an SFT policy and a reward model. `prompts` are token ids
 /// (each ending with the chat template's `<|assistant|>`).
-pub fn train<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], sft: &Gpt2<B>, reward: &TrunkHead<B>, mut hooks: Hooks, resume: bool) -> Result<PpoSummary> {
+pub fn train<B: Backend>(be: &B, cfg: PpoConfig, prompts: &[Vec<u32>], sft: &Gpt2<B>, reward: &TrunkHead<B>, hooks: Hooks, resume: bool) -> Result<PpoSummary> {
+    train_from(be, cfg, prompts, sft, sft, reward, hooks, resume)
+}
+
+/// As [`train`], with the policy starting from `init` while the KL penalty is taken against `reference`
+/// (the loop continues PPO from the current policy, still anchored to the SFT model).
+#[allow(clippy::too_many_arguments)]
+pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], init: &Gpt2<B>, sft: &Gpt2<B>, reward: &TrunkHead<B>, mut hooks: Hooks, resume: bool) -> Result<PpoSummary> {
     if prompts.is_empty() {
         bail!("no prompts to train on");
     }
@@ -538,7 +545,10 @@ pub fn train<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], sft: 
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         bail!("prompt {i} is empty");
     }
-    let mut m = Models { policy: clone_model(be, sft)?, reference: clone_model(be, sft)?, reward: clone_trunk_head(be, reward)?, value: clone_trunk_head(be, reward)? };
+    if init.cfg != sft.cfg {
+        bail!("the policy's shape {:?} differs from the reference's {:?}", init.cfg, sft.cfg);
+    }
+    let mut m = Models { policy: clone_model(be, init)?, reference: clone_model(be, sft)?, reward: clone_trunk_head(be, reward)?, value: clone_trunk_head(be, reward)? };
     let (mut st, log_len) = if resume {
         let (saved, st, len) = load_state(be, &cfg.out, &mut m)?;
         cfg = PpoConfig { iterations: cfg.iterations.max(saved.iterations), ..saved };
