@@ -102,7 +102,7 @@ fn adaptive_kl_controller_steps_by_hand() {
 #[test]
 fn ppo_gradchecks_pass() {
     let results = rlhf::ppo::gradchecks();
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 4);
     for r in &results {
         assert!(r.ok && r.entries > 0, "{r:?}");
     }
@@ -466,4 +466,30 @@ fn prompt_files_and_judge_commands_fail_with_clear_errors() {
     assert!(format!("{e:#}").contains("printed 1 scores for 2 answers"), "{e:#}");
     let e = CommandJudge::new("cat >/dev/null; exit 3").score(&pairs).unwrap_err();
     assert!(format!("{e:#}").contains("exited with") && format!("{e:#}").contains("3"), "{e:#}");
+}
+
+#[test]
+fn ppo_ptx_mixes_the_pretraining_loss_into_the_policy_gradient() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let ptx = |i: u64| -> anyhow::Result<(Vec<u32>, Vec<u32>, usize, usize)> {
+        let mut r = rlhf::rng::Rng::stream(5, i);
+        let seq: Vec<u32> = (0..4 * 9).map(|_| 2 + r.below(14) as u32).collect();
+        let (inp, tgt): (Vec<u32>, Vec<u32>) = seq.chunks(9).flat_map(|c| c[..8].iter().copied().zip(c[1..].iter().copied())).unzip();
+        Ok((inp, tgt, 4, 8))
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut c = ppo_cfg(&a, 2);
+    c.ptx_coef = 1.0;
+    c.ent_coef = 0.01;
+    rlhf::ppo::train(&be, c.clone(), &prompts(8), &sft, &rm, Hooks { ptx: Some(&ptx), ..Default::default() }, false).unwrap();
+    rlhf::ppo::train(&be, ppo_cfg(&b, 2), &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma[0]["score"], mb[0]["score"], "the first rollout precedes any update");
+    assert_ne!(ma[1]["score"], mb[1]["score"], "the ptx gradient changed nothing");
+    c.out = dir.path().join("c");
+    let e = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap_err();
+    assert!(format!("{e:#}").contains("--ptx-data"), "{e:#}");
+    eprintln!("first-minibatch max |ratio - 1|: {} and {}", ma[0]["first_ratio_dev"], ma[1]["first_ratio_dev"]);
 }

@@ -76,7 +76,7 @@ pub struct PpoArgs {
     pub cliprange_value: f64,
     #[arg(long, default_value_t = 1.0)]
     pub vf_coef: f64,
-    /// Entropy bonus coefficient (not implemented: must be 0; entropy is logged from the rollouts).
+    /// Entropy bonus coefficient (0 = off; the entropy is logged either way).
     #[arg(long, default_value_t = 0.0)]
     pub ent_coef: f64,
     #[arg(long, default_value_t = 1.0)]
@@ -131,9 +131,6 @@ fn answer_text(tok: &Tokenizer, answer: &[u32], end: u32) -> String {
 }
 
 pub fn run_ppo(args: PpoArgs) -> Result<()> {
-    if args.ent_coef != 0.0 {
-        bail!("--ent-coef: the entropy bonus is not implemented (the entropy is logged); use 0");
-    }
     let tok = Tokenizer::load(&args.tokenizer)?;
     let (end, pad) = (special(&tok, "<|end|>")?, tok.pad());
     let texts = read_prompts(&args.prompts)?;
@@ -154,6 +151,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
         cliprange: args.cliprange,
         cliprange_value: args.cliprange_value,
         vf_coef: args.vf_coef,
+        ent_coef: args.ent_coef,
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,

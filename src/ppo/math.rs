@@ -298,8 +298,24 @@ fn base_clone(be: &crate::backend::Cpu<f64>, cfg: crate::model::Config, x: &[Vec
     crate::model::Gpt2::from_host(be, cfg, &host).unwrap()
 }
 
+/// The entropy op (`crate::ops::entropy`, the entropy bonus): L = sum_i coef_i H_i wrt the logits,
+/// with padded rows (the pad columns must get zero gradient).
+pub fn check_entropy(rng: &mut Rng) -> CheckResult {
+    let (n, v, vp, inv_temp) = (5, 9, 12, 1.0 / 0.7);
+    let coef = vec![0.5, 0.0, -1.0, 2.0, 0.25];
+    let inputs = vec![randn(rng, n * vp, 2.0)];
+    let f = |x: &Vec<Vec<f64>>| {
+        let (mut h, mut d) = (vec![0.0; n], vec![0.0; n * vp]);
+        crate::ops::entropy::forward_backward(&mut h, &mut d, &x[0], &coef, v, vp, inv_temp, false);
+        h.iter().zip(&coef).map(|(a, b)| a * b).sum::<f64>()
+    };
+    let (mut h, mut d) = (vec![0.0; n], vec![0.0; n * vp]);
+    crate::ops::entropy::forward_backward(&mut h, &mut d, &inputs[0], &coef, v, vp, inv_temp, true);
+    compare("entropy (softmax, padded rows)", &inputs, f, &vec![d], rng)
+}
+
 /// Every PPO gradient check (the lead wires these into `rlhf gradcheck`).
 pub fn gradchecks() -> Vec<CheckResult> {
     let mut rng = Rng::new(4242);
-    vec![check_policy_loss(&mut rng), check_value_loss(&mut rng), check_policy_through_model(&mut rng)]
+    vec![check_policy_loss(&mut rng), check_value_loss(&mut rng), check_policy_through_model(&mut rng), check_entropy(&mut rng)]
 }

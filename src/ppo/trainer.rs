@@ -64,6 +64,9 @@ pub struct PpoConfig {
     pub cliprange_value: f64,
     /// Scale of the value loss gradient.
     pub vf_coef: f64,
+    /// Entropy bonus: the policy loss gets -ent_coef * mean entropy (0 = off).
+    #[serde(default)]
+    pub ent_coef: f64,
     pub temperature: f64,
     pub top_k: usize,
     pub top_p: f64,
@@ -107,6 +110,7 @@ impl PpoConfig {
             cliprange: 0.2,
             cliprange_value: 0.2,
             vf_coef: 1.0,
+            ent_coef: 0.0,
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
@@ -279,6 +283,9 @@ struct UpdateStats {
     clip_frac: f64,
     vf_clip_frac: f64,
     approx_kl: f64,
+    /// Mean policy entropy over the answer tokens at the first epoch (before the policy moves much).
+    entropy: f64,
+    entropy_batches: usize,
     first_ratio_dev: f64,
     grad_norm: f64,
     steps: usize,
@@ -328,6 +335,13 @@ fn update<B: Backend>(be: &B, m: &mut Models<B>, st: &mut State<B>, cfg: &PpoCon
             let weights: Vec<f32> = grad_rows.iter().map(|&g| -g as f32).collect();
             grads.fill_zero(be);
             m.policy.lm_loss(be, &mut acts, &sb.targets, &weights, inv_temp, Some(&mut grads))?;
+            if epoch == 0 || cfg.ent_coef > 0.0 {
+                let h = entropy_term(be, &m.policy, &mut acts, &sb, &mut grads, inv_temp, cfg.ent_coef)?;
+                if epoch == 0 {
+                    s.entropy += h;
+                    s.entropy_batches += 1;
+                }
+            }
             m.policy.backward(be, &mut acts, &mut grads);
             if cfg.ptx_coef > 0.0 {
                 let f = ptx.context("--ptx-coef > 0 needs pretraining data (--ptx-data)")?;
@@ -378,7 +392,28 @@ fn update<B: Backend>(be: &B, m: &mut Models<B>, st: &mut State<B>, cfg: &PpoCon
     s.vf_clip_frac /= d;
     s.approx_kl /= d;
     s.grad_norm /= d;
+    s.entropy /= s.entropy_batches.max(1) as f64;
     Ok(s)
+}
+
+/// Mean entropy of the policy over the answer rows of the last forward; with `ent_coef` > 0 also adds the
+/// gradient of -ent_coef * (that mean) into `acts.dlnf` and dwte. Call after `lm_loss` with gradients
+/// (which consumed the logits) and before `backward`.
+fn entropy_term<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, sb: &SeqBatch, grads: &mut Tensors<B>, inv_temp: f64, ent_coef: f64) -> Result<f64> {
+    let (n, c, v, vp) = (sb.b * sb.t, model.cfg.n_embd, model.cfg.vocab_size, model.cfg.padded_vocab());
+    let mask = sb.scatter(&sb.answer_len.iter().map(|&k| vec![1.0; k]).collect::<Vec<_>>());
+    let count: f64 = mask.iter().sum();
+    let coef = be.upload(&mask.iter().map(|m| B::F::of(-ent_coef * m / count)).collect::<Vec<_>>())?;
+    model.logits(be, acts);
+    let want_grad = ent_coef > 0.0;
+    let (mut ent, mut d) = (be.zeros(n)?, be.zeros(if want_grad { n * vp } else { 0 })?);
+    be.entropy(&mut ent, &mut d, &acts.logits, &coef, v, vp, inv_temp, want_grad)?;
+    if want_grad {
+        be.matmul(&mut acts.dlnf, &d, &model.params.bufs[0], n, c, vp, false, false, true);
+        be.matmul(&mut grads.bufs[0], &d, &acts.lnf, vp, c, n, true, false, true);
+    }
+    let h = be.download(&ent);
+    Ok(h.iter().zip(&mask).map(|(h, m)| h.f64() * m).sum::<f64>() / count)
 }
 
 /// Split a flat vector into the ragged shape of `like`.
@@ -614,7 +649,8 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
             "rm_score": mean(&ro.rm_scores),
             "kl": kl,
             "sqrt_kl": kl.max(0.0).sqrt(),
-            "entropy": entropy,
+            "entropy": us.entropy,
+            "entropy_sampled": entropy,
             "clip_frac": us.clip_frac,
             "approx_kl": us.approx_kl,
             "policy_loss": us.policy_loss,
