@@ -493,3 +493,66 @@ fn ppo_ptx_mixes_the_pretraining_loss_into_the_policy_gradient() {
     assert!(format!("{e:#}").contains("--ptx-data"), "{e:#}");
     eprintln!("first-minibatch max |ratio - 1|: {} and {}", ma[0]["first_ratio_dev"], ma[1]["first_ratio_dev"]);
 }
+
+// ---- the commands end to end (tokenizer, checkpoints on disk, judge command) ----
+
+#[test]
+fn ppo_eval_and_label_commands_end_to_end() {
+    use clap::Parser;
+    use rlhf::checkpoint::{self, Checkpoint, ModelKind};
+    use rlhf::cli::ppo::{run_eval, run_label, run_ppo, EvalArgs, LabelArgs, PpoArgs};
+    #[derive(Parser)]
+    struct P {
+        #[command(flatten)]
+        a: PpoArgs,
+    }
+    #[derive(Parser)]
+    struct E {
+        #[command(flatten)]
+        a: EvalArgs,
+    }
+    #[derive(Parser)]
+    struct L {
+        #[command(flatten)]
+        a: LabelArgs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    std::fs::write(d("corpus.txt"), "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.\n".repeat(20)).unwrap();
+    let tok = rlhf::tokenizer::Tokenizer::train(&[dir.path().join("corpus.txt")], 300, &rlhf::tokenizer::SPECIAL_TOKENS).unwrap();
+    tok.save(d("tok.json")).unwrap();
+    let be = Be::new();
+    let mcfg = rlhf::model::Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 64 };
+    let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
+    checkpoint::save(&dir.path().join("sft"), &Checkpoint::from_model(&be, &sft, ModelKind::Policy)).unwrap();
+    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    checkpoint::save(&dir.path().join("rm"), &rm.to_checkpoint(&be).unwrap()).unwrap();
+    let other = rlhf::model::Config { vocab_size: mcfg.vocab_size + 10, ..mcfg };
+    let rm_other = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    checkpoint::save(&dir.path().join("rm_other"), &rm_other.to_checkpoint(&be).unwrap()).unwrap();
+    std::fs::write(d("prompts.jsonl"), ["a truth", "a single man", "good fortune", "a wife", "universally", "in want"].iter().map(|p| format!("{{\"prompt\": \"{p}\"}}\n")).collect::<String>()).unwrap();
+    let judge = "while read -r l; do echo ${#l}; done";
+    let ppo = |reward: &str, out: &str| {
+        let a = P::parse_from([
+            "ppo", "--policy", &d("sft"), "--reward", &d(reward), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "--out", &d(out),
+            "--iterations", "2", "--batch", "4", "--minibatch", "2", "--ppo-epochs", "1", "--max-new-tokens", "5", "--judge", judge, "--gold-every", "1",
+            "--no-eos-penalty", "-1.5", "--device", "cpu",
+        ])
+        .a;
+        run_ppo(a)
+    };
+    ppo("rm", "run").unwrap();
+    let m = metrics(&dir.path().join("run"));
+    assert_eq!(m.len(), 2);
+    assert!(m.iter().all(|r| r["gold_score"].as_f64().is_some()), "{m:?}");
+    let e = ppo("rm_other", "run2").unwrap_err();
+    assert!(format!("{e:#}").contains("vocabulary"), "{e:#}");
+    let a = E::parse_from(["eval", "--policy", &d("run"), "--sft", &d("sft"), "--reward", &d("rm"), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "--judge", judge, "--ppo-run", &d("run"), "--max-new-tokens", "5", "--device", "cpu"]).a;
+    run_eval(a).unwrap();
+    assert!(dir.path().join("run/overoptimisation.svg").is_file());
+    let a = L::parse_from(["label", "--policy", &d("run"), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "-k", "3", "--out", &d("labels.jsonl"), "--judge", judge, "--max-new-tokens", "5", "--device", "cpu"]).a;
+    run_label(a).unwrap();
+    let recs = label::read_records(&dir.path().join("labels.jsonl")).unwrap();
+    assert_eq!(recs.len(), 6);
+    assert!(recs.iter().all(|r| r.completions.len() == 3 && r.ranking.len() == 3 && r.ranking.contains(&0)));
+}
