@@ -556,3 +556,23 @@ fn ppo_eval_and_label_commands_end_to_end() {
     assert_eq!(recs.len(), 6);
     assert!(recs.iter().all(|r| r.completions.len() == 3 && r.ranking.len() == 3 && r.ranking.contains(&0)));
 }
+
+/// Timing of the default settings on the tiny preset (random weights, a 4096-token vocabulary); run with
+/// `cargo test --release --test ppo -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn tiny_preset_iteration_time() {
+    let be = Be::new();
+    let mcfg = rlhf::model::Config::preset("tiny", 4096).unwrap();
+    let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
+    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, mcfg.n_embd, 3).unwrap() };
+    let mut rng = rlhf::rng::Rng::new(9);
+    let prompts: Vec<Vec<u32>> = (0..64).map(|_| (0..8 + rng.below(16)).map(|_| 5 + rng.below(4000) as u32).collect()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = rlhf::ppo::PpoConfig::new(dir.path().join("run"), 4, 1);
+    c.iterations = 3;
+    let t = std::time::Instant::now();
+    rlhf::ppo::train(&be, c, &prompts, &sft, &rm, Hooks::default(), false).unwrap();
+    let m = metrics(&dir.path().join("run"));
+    eprintln!("tiny preset, defaults: {:.2} s/iteration; {m:?}", t.elapsed().as_secs_f64() / 3.0);
+}

@@ -95,11 +95,11 @@ impl PpoConfig {
     pub fn new(out: PathBuf, stop_token: u32, pad_token: u32) -> Self {
         PpoConfig {
             out,
-            iterations: 40,
+            iterations: 60,
             batch: 32,
             minibatch: 8,
             ppo_epochs: 4,
-            lr: 3e-5,
+            lr: 5e-5,
             value_lr: 1e-4,
             init_kl_coef: 0.05,
             target_kl: 6.0,
