@@ -247,12 +247,11 @@ pub fn run_label(args: LabelArgs) -> Result<()> {
         let policy = crate::model::persist::load_policy(be, &args.policy)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), policy.cfg.vocab_size, &args.policy.display().to_string())?;
         let sc = SampleConfig { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: 0, top_p: 1.0, stop: Some(end) };
-        let mut n = 0u64;
         let mut gen = |p: &str| -> Result<Vec<String>> {
-            // A pure function of (seed, prompt index in this session), so answers are reproducible.
-            n += 1;
+            // A pure function of (seed, prompt text), so a resumed session draws the same answers.
+            let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
             let ids = encode_prompt(&tok, p)?;
-            let g = generate(be, &policy, &vec![ids; args.k], &sc, &mut Rng::stream(args.seed, n))?;
+            let g = generate(be, &policy, &vec![ids; args.k], &sc, &mut Rng::stream(args.seed, h))?;
             Ok(g.iter().map(|g| answer_text(&tok, &g.tokens, end)).collect())
         };
         let mut jf = |p: &str, answers: &[String]| -> Result<Vec<f64>> {
