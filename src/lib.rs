@@ -8,6 +8,7 @@ pub mod device;
 pub mod fsutil;
 pub mod gpt2_tokenizer;
 pub mod gradcheck;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod ops;

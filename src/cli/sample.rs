@@ -49,7 +49,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         let sc = SampleConfig { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, stop: Some(tok.eot()) };
         let gens = generate(be, &model, &vec![prompt; args.num_samples], &sc, &mut Rng::new(args.seed))?;
         for (i, g) in gens.iter().enumerate() {
-            let text = tok.decode(&g.tokens);
+            let body = if g.ended { &g.tokens[..g.tokens.len() - 1] } else { &g.tokens[..] };
+            let text = tok.decode(body);
             println!("--- sample {} ({} tokens{}) ---\n{}{}", i + 1, g.tokens.len(), if g.ended { ", ended" } else { "" }, args.prompt, text);
         }
         Ok(())

@@ -1,0 +1,78 @@
+// AdamW with fp32 state, and the sum-of-squares reduction for the global gradient norm.
+//   g = grad * grad_scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+//   p -= lr * ((m / bc1) / (sqrt(v / bc2) + eps) + wd * p)     with bc1 = 1 - b1^t, bc2 = 1 - b2^t (host, f64)
+// adamw_f32: the f32 params are the master weights. adamw_bf16: `master` (f32) is updated and the bf16
+// params receive round(master). m, v, master: f32 [n]; grad in the param dtype.
+// sum_squares: stage 1 (sum_squares_partial_*) grid-stride with f64 per-thread sums, one partial per block;
+// stage 2 (sum_squares_final) one 256-thread block sums the partials in a fixed order. The launch code fixes
+// the grid size from n alone, so the result is bit-identical run to run.
+#include "common.cuh"
+
+template <class T>
+__device__ void adamw_update(T* __restrict__ param, float* __restrict__ master, const T* __restrict__ grad,
+                             float* __restrict__ m, float* __restrict__ v, int n, float lr, float b1, float b2,
+                             float eps, float wd, float bc1, float bc2, float grad_scale) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float g = to_f32(grad[i]) * grad_scale;
+  const float mi = b1 * m[i] + (1.f - b1) * g;
+  const float vi = b2 * v[i] + (1.f - b2) * g * g;
+  m[i] = mi;
+  v[i] = vi;
+  float p = master ? master[i] : to_f32(param[i]);
+  p -= lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * p);
+  if (master) master[i] = p;
+  param[i] = from_f32<T>(p);
+}
+
+template <class T>
+__device__ void sum_squares_partial(double* __restrict__ partial, const T* __restrict__ x, int n) {
+  __shared__ double red[32];
+  double s = 0.0;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    double v = to_f32(x[i]);
+    s += v * v;
+  }
+  s = warp_sum_f64(s);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) red[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    s = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0;
+    s = warp_sum_f64(s);
+    if (lane == 0) partial[blockIdx.x] = s;
+  }
+}
+
+extern "C" __global__ void sum_squares_final(double* __restrict__ out, const double* __restrict__ partial, int G) {
+  __shared__ double red[32];
+  double s = 0.0;
+  for (int i = threadIdx.x; i < G; i += blockDim.x) s += partial[i];
+  s = warp_sum_f64(s);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) red[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    s = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0;
+    s = warp_sum_f64(s);
+    if (lane == 0) out[0] = s;
+  }
+}
+RLHF_EXPORT(sum_squares_final)
+
+#define ADAMW_INSTANTIATE(T, sfx)                                                                             \
+  extern "C" __global__ void adamw_##sfx(T* __restrict__ param, float* __restrict__ master,                   \
+                                         const T* __restrict__ grad, float* __restrict__ m,                    \
+                                         float* __restrict__ v, int n, float lr, float b1, float b2, float eps, \
+                                         float wd, float bc1, float bc2, float grad_scale) {                  \
+    adamw_update<T>(param, master, grad, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);                 \
+  }                                                                                                           \
+  RLHF_EXPORT(adamw_##sfx)                                                                                    \
+  extern "C" __global__ void sum_squares_partial_##sfx(double* __restrict__ partial, const T* __restrict__ x, \
+                                                       int n) {                                               \
+    sum_squares_partial<T>(partial, x, n);                                                                    \
+  }                                                                                                           \
+  RLHF_EXPORT(sum_squares_partial_##sfx)
+
+ADAMW_INSTANTIATE(float, f32)
+ADAMW_INSTANTIATE(bf16, bf16)

@@ -1,0 +1,44 @@
+// Deterministic column sums over rows (no float atomics): used by the bias gradient and layernorm's dw/db.
+// Stage 1 (colsum_partial): grid (ceil(C/32), R), block (32, 8). Block (bx, r) sums rows of chunk r
+//   (rows r*rows_per .. min(N, (r+1)*rows_per)) for columns bx*32 .. bx*32+31 and writes
+//   partial[k][r][c] for each of its K (1 or 2) quantities, reducing its 8 row-lanes in a fixed order.
+// Stage 2 (colsum_finalize_*, in linear.cu): thread per column sums the R partials in order and adds to dst.
+#pragma once
+#include "common.cuh"
+
+// Quantity per element: K=1 -> dout (bias gradient); K=2 -> (dout * xhat, dout) for layernorm (dw, db).
+template <class T, int K>
+__device__ void colsum_partial(float* __restrict__ partial, const T* __restrict__ dout, const T* __restrict__ inp,
+                               const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C,
+                               int rows_per) {
+  __shared__ float red[K][8][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int c = blockIdx.x * 32 + tx;
+  const int r = blockIdx.y, R = gridDim.y;
+  const int n0 = r * rows_per, n1 = min(N, n0 + rows_per);
+  float acc0 = 0.f, acc1 = 0.f;
+  if (c < C) {
+    for (int n = n0 + ty; n < n1; n += 8) {
+      float g = to_f32(dout[(long long)n * C + c]);
+      if (K == 2) {
+        float xhat = (to_f32(inp[(long long)n * C + c]) - mean[n]) * rstd[n];
+        acc0 += g * xhat;
+        acc1 += g;
+      } else {
+        acc0 += g;
+      }
+    }
+  }
+  red[0][ty][tx] = acc0;
+  if (K == 2) red[K - 1][ty][tx] = acc1;
+  __syncthreads();
+  if (ty == 0 && c < C) {
+    float s0 = 0.f, s1 = 0.f;
+    for (int y = 0; y < 8; y++) {
+      s0 += red[0][y][tx];
+      if (K == 2) s1 += red[K - 1][y][tx];
+    }
+    partial[(long long)r * C + c] = s0;
+    if (K == 2) partial[((long long)R + r) * C + c] = s1;
+  }
+}

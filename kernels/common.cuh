@@ -1,0 +1,97 @@
+// Shared by every kernel file: the two build modes, dtype helpers, packed 16-byte access, reductions.
+//
+// Build modes:
+//  - nvcc (PTX for the GPU): the CUDA headers.
+//  - RLHF_SIM (g++ through build.rs): kernels/sim/cuda_sim.h, the CPU simulator of this dialect.
+// Kernel entry points are `extern "C"` with a dtype suffix (`_f32`, `_bf16`) and are listed with
+// RLHF_EXPORT(name) so the simulator can find them by name (no-op under nvcc).
+#pragma once
+
+#ifdef RLHF_SIM
+#include "sim/cuda_sim.h"
+#define RLHF_EXPORT(name) SIM_EXPORT(name)
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#include <stdint.h>
+#define RLHF_EXPORT(name)
+#endif
+
+// Dynamic shared memory of the launch (bytes set by the launch code), viewed as `type* name`.
+#ifdef RLHF_SIM
+#define RLHF_DYN_SMEM(type, name) type* name = reinterpret_cast<type*>(::sim::dyn_smem())
+#else
+#define RLHF_DYN_SMEM(type, name)                          \
+  extern __shared__ __align__(16) unsigned char rlhf_dyn_smem_[]; \
+  type* name = reinterpret_cast<type*>(rlhf_dyn_smem_)
+#endif
+
+typedef __nv_bfloat16 bf16;
+
+// ---- scalar conversions: storage type <-> f32 compute type
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// ---- 16 bytes of T (4 floats or 8 bf16) for vectorised loads/stores; pointers must be 16-byte aligned.
+template <class T>
+struct alignas(16) Pack {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+template <class T>
+__device__ __forceinline__ Pack<T> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T>*>(p);
+}
+template <class T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T>& x) {
+  *reinterpret_cast<Pack<T>*>(p) = x;
+}
+
+// ---- reductions
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ double warp_sum_f64(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over a 1-D block whose size is a multiple of 32; every thread gets the result. `scratch` holds 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : 0.f;
+  return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// Instantiate a kernel template `name<T>` as extern "C" `name_f32` and `name_bf16` through a wrapper macro
+// written in each .cu file (the parameter lists differ per kernel).
+#define RLHF_CAT2(a, b) a##b
+#define RLHF_CAT(a, b) RLHF_CAT2(a, b)

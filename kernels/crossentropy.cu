@@ -1,0 +1,54 @@
+// Fused softmax + cross-entropy; the probabilities are never written.
+// Row i, z = inv_temp * logits[i, 0..V]:
+//   losses[i] = logsumexp(z) - z[target_i]
+//   if want_grad: logits[i, j] = weights[i] * inv_temp * (softmax(z)_j - [j == target_i])  (j < V), 0 (V <= j < Vp)
+// Shapes: logits [N, Vp] (storage T), targets [N] u32, weights/losses [N] f32.
+// One 256-thread block per row: pass 1 keeps a per-thread online (max, sum) and combines them across the
+// block; pass 2 (with want_grad) rewrites the row in place.
+#include "common.cuh"
+
+template <class T>
+__device__ void crossentropy_forward_backward(float* __restrict__ losses, T* __restrict__ logits,
+                                              const unsigned* __restrict__ targets, const float* __restrict__ weights,
+                                              int V, int Vp, float inv_temp, int want_grad) {
+  __shared__ float scratch[32];
+  const long long row = blockIdx.x;
+  T* x = logits + row * Vp;
+  float m = -INFINITY, s = 0.f;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    float z = inv_temp * to_f32(x[j]);
+    if (z > m) {
+      s = s * __expf(m - z) + 1.f;
+      m = z;
+    } else {
+      s += __expf(z - m);
+    }
+  }
+  const float M = block_max(m, scratch);
+  const float S = block_sum(m == -INFINITY ? 0.f : s * __expf(m - M), scratch);
+  const float lse = M + logf(S);
+  const unsigned tgt = targets[row];
+  // Every thread reads the target logit before any thread overwrites the row.
+  const float zt = inv_temp * to_f32(x[tgt]);
+  if (threadIdx.x == 0) losses[row] = lse - zt;
+  if (!want_grad) return;
+  __syncthreads();
+  const float w = weights[row] * inv_temp;
+  for (int j = threadIdx.x; j < Vp; j += blockDim.x) {
+    float g = 0.f;
+    if (j < V) g = w * (__expf(inv_temp * to_f32(x[j]) - lse) - (j == (int)tgt ? 1.f : 0.f));
+    x[j] = from_f32<T>(g);
+  }
+}
+
+#define CE_INSTANTIATE(T, sfx)                                                                                 \
+  extern "C" __global__ void crossentropy_##sfx(float* __restrict__ losses, T* __restrict__ logits,            \
+                                                const unsigned* __restrict__ targets,                          \
+                                                const float* __restrict__ weights, int V, int Vp,              \
+                                                float inv_temp, int want_grad) {                               \
+    crossentropy_forward_backward<T>(losses, logits, targets, weights, V, Vp, inv_temp, want_grad);           \
+  }                                                                                                            \
+  RLHF_EXPORT(crossentropy_##sfx)
+
+CE_INSTANTIATE(float, f32)
+CE_INSTANTIATE(bf16, bf16)

@@ -1,0 +1,445 @@
+//! The one launch layer: every kernel's grid, block and shared-memory size is computed here, and launched
+//! through a [`Launcher`] — the GPU (CUDA driver) or the CPU simulator — so the simulator tests exercise
+//! exactly the configurations the GPU gets.
+//!
+//! Conventions: pointers are device addresses ([`DevPtr`]); element types follow [`DType`] (`T` below);
+//! statistics, losses, weights, optimizer state and reduction partials are f32 (sum of squares: f64)
+//! whatever `T` is. Ops that need temporary device memory take a `scratch` pointer whose size in bytes the
+//! matching `*_scratch_bytes` function gives. Packed (16-byte) kernels require 16-byte-aligned pointers:
+//! checked here.
+
+use anyhow::{bail, ensure, Result};
+use std::ffi::c_void;
+
+/// A device address (a host address in the simulator).
+pub type DevPtr = u64;
+
+/// The storage type of a kernel instantiation; selects the `_f32` / `_bf16` entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    BF16,
+}
+
+impl DType {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 => 2,
+        }
+    }
+    /// Elements per 16-byte pack.
+    pub fn pack(self) -> usize {
+        16 / self.size()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub smem: u32,
+}
+
+impl LaunchConfig {
+    pub fn linear(n_threads: usize, block: u32) -> Self {
+        let g = n_threads.div_ceil(block as usize).max(1);
+        LaunchConfig { grid: [g as u32, 1, 1], block: [block, 1, 1], smem: 0 }
+    }
+}
+
+/// One kernel parameter, passed by value like cuLaunchKernel's `kernelParams`.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(DevPtr),
+    I32(i32),
+    U32(u32),
+    F32(f32),
+}
+
+impl Arg {
+    /// Address of the parameter's value (what cuLaunchKernel and the simulator read).
+    pub fn value_ptr(&self) -> *mut c_void {
+        match self {
+            Arg::Ptr(p) => p as *const u64 as *mut c_void,
+            Arg::I32(v) => v as *const i32 as *mut c_void,
+            Arg::U32(v) => v as *const u32 as *mut c_void,
+            Arg::F32(v) => v as *const f32 as *mut c_void,
+        }
+    }
+}
+
+/// Runs a kernel by its `extern "C"` name.
+pub trait Launcher {
+    fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()>;
+    fn name(&self) -> &'static str;
+}
+
+fn i32_of(n: usize, what: &str) -> Result<i32> {
+    ensure!(n <= i32::MAX as usize, "{what} = {n} exceeds the kernels' 32-bit sizes");
+    Ok(n as i32)
+}
+
+fn aligned16(ptrs: &[DevPtr], kernel: &str) -> Result<()> {
+    for &p in ptrs {
+        ensure!(p % 16 == 0, "{kernel}: pointer {p:#x} is not 16-byte aligned (packed loads)");
+    }
+    Ok(())
+}
+
+fn k(name: &str, dt: DType) -> String {
+    format!("{name}_{}", dt.suffix())
+}
+
+const EW_BLOCK: u32 = 256;
+
+/// Config of the packed elementwise kernels: one thread per 16-byte pack.
+fn packed_cfg(n: usize, dt: DType) -> LaunchConfig {
+    LaunchConfig::linear(n.div_ceil(dt.pack()), EW_BLOCK)
+}
+
+// ------------------------------------------------------------------------------------------------ GELU
+/// out[n] = gelu(inp[n]) (tanh form).
+pub fn gelu_forward(l: &dyn Launcher, dt: DType, out: DevPtr, inp: DevPtr, n: usize) -> Result<()> {
+    let name = k("gelu_forward", dt);
+    aligned16(&[out, inp], &name)?;
+    l.launch(&name, packed_cfg(n, dt), &[Arg::Ptr(out), Arg::Ptr(inp), Arg::I32(i32_of(n, "n")?)])
+}
+
+/// dinp[n] = gelu'(inp) * dout (overwrites).
+pub fn gelu_backward(l: &dyn Launcher, dt: DType, dinp: DevPtr, inp: DevPtr, dout: DevPtr, n: usize) -> Result<()> {
+    let name = k("gelu_backward", dt);
+    aligned16(&[dinp, inp, dout], &name)?;
+    l.launch(&name, packed_cfg(n, dt), &[Arg::Ptr(dinp), Arg::Ptr(inp), Arg::Ptr(dout), Arg::I32(i32_of(n, "n")?)])
+}
+
+// ------------------------------------------------------------------------------------------------ residual
+/// out = a + b.
+pub fn add(l: &dyn Launcher, dt: DType, out: DevPtr, a: DevPtr, b: DevPtr, n: usize) -> Result<()> {
+    let name = k("add", dt);
+    aligned16(&[out, a, b], &name)?;
+    l.launch(&name, packed_cfg(n, dt), &[Arg::Ptr(out), Arg::Ptr(a), Arg::Ptr(b), Arg::I32(i32_of(n, "n")?)])
+}
+
+/// dst += src.
+pub fn accumulate(l: &dyn Launcher, dt: DType, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
+    let name = k("accumulate", dt);
+    aligned16(&[dst, src], &name)?;
+    l.launch(&name, packed_cfg(n, dt), &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(i32_of(n, "n")?)])
+}
+
+/// buf *= s.
+pub fn scale(l: &dyn Launcher, dt: DType, buf: DevPtr, s: f32, n: usize) -> Result<()> {
+    let name = k("scale", dt);
+    aligned16(&[buf], &name)?;
+    l.launch(&name, packed_cfg(n, dt), &[Arg::Ptr(buf), Arg::F32(s), Arg::I32(i32_of(n, "n")?)])
+}
+
+/// dst (bf16) = round-to-nearest-even(src (f32)).
+pub fn cast_f32_to_bf16(l: &dyn Launcher, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
+    l.launch("cast_f32_to_bf16", LaunchConfig::linear(n, EW_BLOCK), &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(i32_of(n, "n")?)])
+}
+
+/// dst (f32) = src (bf16).
+pub fn cast_bf16_to_f32(l: &dyn Launcher, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
+    l.launch("cast_bf16_to_f32", LaunchConfig::linear(n, EW_BLOCK), &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(i32_of(n, "n")?)])
+}
+
+// ------------------------------------------------------------------------------------------------ column sums
+/// Rows per partial of the deterministic column sums (bias and layernorm parameter gradients).
+const COLSUM_ROWS: usize = 256;
+
+fn colsum_chunks(n: usize) -> usize {
+    n.div_ceil(COLSUM_ROWS).max(1)
+}
+
+fn colsum_partial_cfg(n: usize, c: usize) -> LaunchConfig {
+    LaunchConfig { grid: [c.div_ceil(32) as u32, colsum_chunks(n) as u32, 1], block: [32, 8, 1], smem: 0 }
+}
+
+fn colsum_finalize(l: &dyn Launcher, dt: DType, dst0: DevPtr, dst1: DevPtr, partial: DevPtr, r: usize, c: usize) -> Result<()> {
+    l.launch(
+        &k("colsum_finalize", dt),
+        LaunchConfig::linear(c, EW_BLOCK),
+        &[Arg::Ptr(dst0), Arg::Ptr(dst1), Arg::Ptr(partial), Arg::I32(i32_of(r, "chunks")?), Arg::I32(i32_of(c, "C")?)],
+    )
+}
+
+// ------------------------------------------------------------------------------------------------ linear
+/// out[N,OC] += bias[OC].
+pub fn bias_add(l: &dyn Launcher, dt: DType, out: DevPtr, bias: DevPtr, n: usize, oc: usize) -> Result<()> {
+    i32_of(n * oc, "N*OC")?;
+    l.launch(&k("bias_add", dt), LaunchConfig::linear(n * oc, EW_BLOCK), &[Arg::Ptr(out), Arg::Ptr(bias), Arg::I32(n as i32), Arg::I32(oc as i32)])
+}
+
+pub fn bias_backward_scratch_bytes(n: usize, oc: usize) -> usize {
+    colsum_chunks(n) * oc * 4
+}
+
+/// dbias[OC] += column sums of dout[N,OC] (deterministic: fixed-order partials, no atomics).
+pub fn bias_backward(l: &dyn Launcher, dt: DType, dbias: DevPtr, dout: DevPtr, n: usize, oc: usize, scratch: DevPtr) -> Result<()> {
+    i32_of(n * oc, "N*OC")?;
+    l.launch(
+        &k("bias_backward_partial", dt),
+        colsum_partial_cfg(n, oc),
+        &[Arg::Ptr(scratch), Arg::Ptr(dout), Arg::I32(n as i32), Arg::I32(oc as i32), Arg::I32(COLSUM_ROWS as i32)],
+    )?;
+    colsum_finalize(l, dt, dbias, 0, scratch, colsum_chunks(n), oc)
+}
+
+// ------------------------------------------------------------------------------------------------ layernorm
+const LN_BLOCK: u32 = 256; // one warp per row
+
+/// out[N,C] = layernorm(inp) * w + b; mean, rstd: f32 [N] (either may be 0 = not stored).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward(l: &dyn Launcher, dt: DType, out: DevPtr, mean: DevPtr, rstd: DevPtr, inp: DevPtr, w: DevPtr, b: DevPtr, n: usize, c: usize) -> Result<()> {
+    i32_of(n * c, "N*C")?;
+    l.launch(
+        &k("layernorm_forward", dt),
+        LaunchConfig::linear(n * 32, LN_BLOCK),
+        &[Arg::Ptr(out), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::Ptr(inp), Arg::Ptr(w), Arg::Ptr(b), Arg::I32(n as i32), Arg::I32(c as i32)],
+    )
+}
+
+pub fn layernorm_backward_scratch_bytes(n: usize, c: usize) -> usize {
+    2 * colsum_chunks(n) * c * 4
+}
+
+/// dinp[N,C] += ..., dw[C] += ..., db[C] += ... (see kernels/layernorm.cu); mean, rstd f32 from the forward.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    l: &dyn Launcher,
+    dt: DType,
+    dinp: DevPtr,
+    dw: DevPtr,
+    db: DevPtr,
+    dout: DevPtr,
+    inp: DevPtr,
+    w: DevPtr,
+    mean: DevPtr,
+    rstd: DevPtr,
+    n: usize,
+    c: usize,
+    scratch: DevPtr,
+) -> Result<()> {
+    i32_of(n * c, "N*C")?;
+    let (ni, ci) = (n as i32, c as i32);
+    l.launch(
+        &k("layernorm_backward_dinp", dt),
+        LaunchConfig::linear(n * 32, LN_BLOCK),
+        &[Arg::Ptr(dinp), Arg::Ptr(dout), Arg::Ptr(inp), Arg::Ptr(w), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::I32(ni), Arg::I32(ci)],
+    )?;
+    l.launch(
+        &k("layernorm_backward_partial", dt),
+        colsum_partial_cfg(n, c),
+        &[Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(inp), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::I32(ni), Arg::I32(ci), Arg::I32(COLSUM_ROWS as i32)],
+    )?;
+    colsum_finalize(l, dt, dw, db, scratch, colsum_chunks(n), c)
+}
+
+// ------------------------------------------------------------------------------------------------ encoder
+/// out[B,T,C] = wte[tokens] + wpe[pos0[b] + t]; tokens [B*T] u32, pos0 [B] u32 (device).
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_forward(l: &dyn Launcher, dt: DType, out: DevPtr, tokens: DevPtr, wte: DevPtr, wpe: DevPtr, pos0: DevPtr, b: usize, t: usize, c: usize) -> Result<()> {
+    i32_of(b * t * c, "B*T*C")?;
+    l.launch(
+        &k("encoder_forward", dt),
+        LaunchConfig::linear(b * t * c, EW_BLOCK),
+        &[Arg::Ptr(out), Arg::Ptr(tokens), Arg::Ptr(wte), Arg::Ptr(wpe), Arg::Ptr(pos0), Arg::I32(b as i32), Arg::I32(t as i32), Arg::I32(c as i32)],
+    )
+}
+
+/// dwte[V,C] += and dwpe[maxT,C] += (deterministic). `pos0_host` is the host copy of the device `pos0`
+/// (it fixes the range of positions to visit).
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, tokens: DevPtr, pos0: DevPtr, pos0_host: &[u32], t: usize, c: usize) -> Result<()> {
+    let b = pos0_host.len();
+    let n = b * t;
+    i32_of(n * c, "B*T*C")?;
+    if n == 0 {
+        return Ok(());
+    }
+    l.launch(
+        &k("encoder_backward_wte", dt),
+        LaunchConfig { grid: [n as u32, 1, 1], block: [c.clamp(32, 256).next_multiple_of(32) as u32, 1, 1], smem: 0 },
+        &[Arg::Ptr(dwte), Arg::Ptr(dout), Arg::Ptr(tokens), Arg::I32(n as i32), Arg::I32(c as i32)],
+    )?;
+    let lo = *pos0_host.iter().min().unwrap() as usize;
+    let hi = *pos0_host.iter().max().unwrap() as usize + t;
+    let p = hi - lo;
+    l.launch(
+        &k("encoder_backward_wpe", dt),
+        LaunchConfig::linear(p * c, EW_BLOCK),
+        &[
+            Arg::Ptr(dwpe),
+            Arg::Ptr(dout),
+            Arg::Ptr(pos0),
+            Arg::I32(b as i32),
+            Arg::I32(t as i32),
+            Arg::I32(c as i32),
+            Arg::I32(i32_of(lo, "pos0")?),
+            Arg::I32(i32_of(p, "positions")?),
+        ],
+    )
+}
+
+// ------------------------------------------------------------------------------------------------ cross-entropy
+/// losses[N] (f32) and, with want_grad, logits[N,Vp] overwritten by dlogits (see kernels/crossentropy.cu).
+/// targets [N] u32, weights [N] f32.
+#[allow(clippy::too_many_arguments)]
+pub fn crossentropy(l: &dyn Launcher, dt: DType, losses: DevPtr, logits: DevPtr, targets: DevPtr, weights: DevPtr, n: usize, v: usize, vp: usize, inv_temp: f32, want_grad: bool) -> Result<()> {
+    ensure!(v >= 1 && v <= vp, "crossentropy: need 1 <= V ({v}) <= Vp ({vp})");
+    i32_of(n * vp, "N*Vp")?;
+    if n == 0 {
+        return Ok(());
+    }
+    l.launch(
+        &k("crossentropy", dt),
+        LaunchConfig { grid: [n as u32, 1, 1], block: [256, 1, 1], smem: 0 },
+        &[
+            Arg::Ptr(losses),
+            Arg::Ptr(logits),
+            Arg::Ptr(targets),
+            Arg::Ptr(weights),
+            Arg::I32(v as i32),
+            Arg::I32(vp as i32),
+            Arg::F32(inv_temp),
+            Arg::I32(want_grad as i32),
+        ],
+    )
+}
+
+// ------------------------------------------------------------------------------------------------ AdamW
+/// One AdamW step over n parameters (contract of `crate::ops::adamw::step`). For `DType::BF16`, `master`
+/// holds the f32 master weights and `param` receives their bf16 rounding; for `DType::F32` pass master = 0.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(l: &dyn Launcher, dt: DType, param: DevPtr, master: DevPtr, grad: DevPtr, m: DevPtr, v: DevPtr, n: usize, h: &crate::ops::adamw::AdamWParams) -> Result<()> {
+    if dt == DType::BF16 && master == 0 {
+        bail!("adamw_bf16 needs f32 master weights");
+    }
+    ensure!(h.step >= 1, "adamw: step is 1-based");
+    let bc1 = 1.0 - h.beta1.powi(h.step as i32);
+    let bc2 = 1.0 - h.beta2.powi(h.step as i32);
+    l.launch(
+        &k("adamw", dt),
+        LaunchConfig::linear(n, EW_BLOCK),
+        &[
+            Arg::Ptr(param),
+            Arg::Ptr(master),
+            Arg::Ptr(grad),
+            Arg::Ptr(m),
+            Arg::Ptr(v),
+            Arg::I32(i32_of(n, "n")?),
+            Arg::F32(h.lr as f32),
+            Arg::F32(h.beta1 as f32),
+            Arg::F32(h.beta2 as f32),
+            Arg::F32(h.eps as f32),
+            Arg::F32(h.weight_decay as f32),
+            Arg::F32(bc1 as f32),
+            Arg::F32(bc2 as f32),
+            Arg::F32(h.grad_scale as f32),
+        ],
+    )
+}
+
+const SUMSQ_BLOCK: u32 = 256;
+const SUMSQ_MAX_GRID: usize = 1024;
+
+fn sum_squares_grid(n: usize) -> usize {
+    n.div_ceil(SUMSQ_BLOCK as usize * 8).clamp(1, SUMSQ_MAX_GRID)
+}
+
+/// f64 slots: result first, then one partial per block.
+pub fn sum_squares_scratch_bytes(n: usize) -> usize {
+    (1 + sum_squares_grid(n)) * 8
+}
+
+/// Writes sum(x^2) as f64 at `scratch` (deterministic: the grid depends on n only). Read it back from there.
+pub fn sum_squares(l: &dyn Launcher, dt: DType, x: DevPtr, n: usize, scratch: DevPtr) -> Result<()> {
+    let g = sum_squares_grid(n);
+    let partial = scratch + 8;
+    l.launch(
+        &k("sum_squares_partial", dt),
+        LaunchConfig { grid: [g as u32, 1, 1], block: [SUMSQ_BLOCK, 1, 1], smem: 0 },
+        &[Arg::Ptr(partial), Arg::Ptr(x), Arg::I32(i32_of(n, "n")?)],
+    )?;
+    l.launch(
+        "sum_squares_final",
+        LaunchConfig { grid: [1, 1, 1], block: [SUMSQ_BLOCK, 1, 1], smem: 0 },
+        &[Arg::Ptr(scratch), Arg::Ptr(partial), Arg::I32(g as i32)],
+    )
+}
+
+// ------------------------------------------------------------------------------------------------ attention
+const ATT_WARPS: usize = 4; // kernels/attention.cu ATT_WARPS: one warp per row
+
+/// The kernel variant for head size `hs`: lanes own hs/32 (rounded up to 1, 2, 4) dims each.
+fn att_variant(c: usize, nh: usize) -> Result<(usize, u32)> {
+    ensure!(nh > 0 && c % nh == 0, "attention: C ({c}) must be a multiple of NH ({nh})");
+    let hs = c / nh;
+    let kpl = match hs {
+        1..=32 => 1,
+        33..=64 => 2,
+        65..=128 => 4,
+        _ => bail!("attention: head size {hs} not supported by the kernels (max 128)"),
+    };
+    Ok((hs, kpl))
+}
+
+fn att_cfg(rows: usize, nh: usize, b: usize, smem_floats_per_warp: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid: [rows.div_ceil(ATT_WARPS) as u32, nh as u32, b as u32],
+        block: [32 * ATT_WARPS as u32, 1, 1],
+        smem: (ATT_WARPS * smem_floats_per_warp * 4) as u32,
+    }
+}
+
+/// Causal attention forward (contract of `crate::ops::attention::forward`): out [B,Tq,C], lse f32 [B,NH,Tq],
+/// q_src [B,Tq,3C], kv [B,Tk,3C], pos0 u32 [B] (device).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(l: &dyn Launcher, dt: DType, out: DevPtr, lse: DevPtr, q_src: DevPtr, kv: DevPtr, pos0: DevPtr, b: usize, tq: usize, tk: usize, c: usize, nh: usize) -> Result<()> {
+    let (hs, kpl) = att_variant(c, nh)?;
+    i32_of(b * tq.max(tk) * 3 * c, "B*T*3C")?;
+    if b == 0 || tq == 0 {
+        return Ok(());
+    }
+    l.launch(
+        &format!("attention_forward_hs{kpl}_{}", dt.suffix()),
+        att_cfg(tq, nh, b, hs + 32),
+        &[Arg::Ptr(out), Arg::Ptr(lse), Arg::Ptr(q_src), Arg::Ptr(kv), Arg::Ptr(pos0), Arg::I32(tq as i32), Arg::I32(tk as i32), Arg::I32(nh as i32), Arg::I32(c as i32)],
+    )
+}
+
+/// f32 D = dout . out per (b, h, t).
+pub fn attention_backward_scratch_bytes(b: usize, t: usize, nh: usize) -> usize {
+    b * nh * t * 4
+}
+
+/// Causal attention backward, training form (contract of `crate::ops::attention::backward`): dqkv [B,T,3C]
+/// is overwritten; lse f32 from the forward.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(l: &dyn Launcher, dt: DType, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, out: DevPtr, lse: DevPtr, b: usize, t: usize, c: usize, nh: usize, scratch: DevPtr) -> Result<()> {
+    let (hs, kpl) = att_variant(c, nh)?;
+    i32_of(b * t * 3 * c, "B*T*3C")?;
+    if b == 0 || t == 0 {
+        return Ok(());
+    }
+    let (ti, nhi, ci) = (t as i32, nh as i32, c as i32);
+    l.launch(
+        &format!("attention_backward_dq_hs{kpl}_{}", dt.suffix()),
+        att_cfg(t, nh, b, 2 * hs + 32),
+        &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(out), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)],
+    )?;
+    l.launch(
+        &format!("attention_backward_dkv_hs{kpl}_{}", dt.suffix()),
+        att_cfg(t, nh, b, 2 * hs + 64),
+        &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)],
+    )
+}

@@ -1,0 +1,590 @@
+//! Every CUDA kernel run in the CPU simulator through the engine's launch layer (`rlhf::kernels::launch`),
+//! on small random shapes including ragged ones (not multiples of the block or warp size), against the CPU
+//! reference ops (`rlhf::ops`) evaluated in f64 on the same (for bf16: bf16-rounded) inputs.
+//!
+//! Tolerances (relative L2 error ||got - want|| / ||want||):
+//! - f32: 1e-5. The kernels compute in f32 like the reference contract; differences come from summation
+//!   order and libm vs. CUDA math (a few ulps, ~1e-7 relative per element), amplified at most modestly by the
+//!   reductions over <= a few hundred terms tested here.
+//! - bf16 storage: 6e-3. One rounding of each output to bf16 (8 significant bits, round to nearest even)
+//!   contributes <= 2^-9 = 1.95e-3 relative per element; ops that read-modify-write a bf16 output (+=) or
+//!   whose bf16 input/intermediate rounding feeds a cancellation (layernorm backward) can lose a little more.
+//!
+//! Outputs are NaN-poisoned before the kernel runs so an element the kernel forgets to write fails the test.
+
+use half::bf16;
+use rlhf::kernels::launch::{self as kl, DType, DevPtr};
+use rlhf::kernels::sim::{self, SimBuf, SimLauncher};
+use rlhf::kernels::{Arg, LaunchConfig, Launcher};
+use rlhf::ops;
+use rlhf::rng::Rng;
+
+const TOL_F32: f64 = 1e-5;
+const TOL_BF16: f64 = 6e-3;
+
+fn tol(dt: DType) -> f64 {
+    match dt {
+        DType::F32 => TOL_F32,
+        DType::BF16 => TOL_BF16,
+    }
+}
+
+fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for (&g, &w) in got.iter().zip(want) {
+        if !g.is_finite() {
+            return f64::INFINITY;
+        }
+        num += (g - w) * (g - w);
+        den += w * w;
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn check(what: &str, dt: DType, got: &[f64], want: &[f64]) {
+    let e = rel_err(got, want);
+    assert!(e <= tol(dt), "{what} ({dt:?}): relative error {e:.3e} > {:.1e}", tol(dt));
+}
+
+fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+/// A "device" buffer of dtype `dt` holding `x` (rounded to bf16 for BF16) and the f64 values it holds.
+struct DBuf {
+    dt: DType,
+    f: Option<SimBuf<f32>>,
+    h: Option<SimBuf<bf16>>,
+}
+
+impl DBuf {
+    fn new(dt: DType, x: &[f64]) -> DBuf {
+        match dt {
+            DType::F32 => DBuf { dt, f: Some(SimBuf::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())), h: None },
+            DType::BF16 => DBuf { dt, f: None, h: Some(SimBuf::from_slice(&x.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())) },
+        }
+    }
+    fn poisoned(dt: DType, n: usize) -> DBuf {
+        match dt {
+            DType::F32 => DBuf { dt, f: Some(SimBuf::poisoned(n, 0xff)), h: None },
+            DType::BF16 => DBuf { dt, f: None, h: Some(SimBuf::poisoned(n, 0xff)) },
+        }
+    }
+    fn ptr(&self) -> DevPtr {
+        match self.dt {
+            DType::F32 => self.f.as_ref().unwrap().ptr(),
+            DType::BF16 => self.h.as_ref().unwrap().ptr(),
+        }
+    }
+    fn get(&self) -> Vec<f64> {
+        match self.dt {
+            DType::F32 => self.f.as_ref().unwrap().as_slice().iter().map(|&v| v as f64).collect(),
+            DType::BF16 => self.h.as_ref().unwrap().as_slice().iter().map(|v| v.to_f64()).collect(),
+        }
+    }
+}
+
+fn f32buf(x: &[f64]) -> SimBuf<f32> {
+    SimBuf::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())
+}
+fn f64s(b: &SimBuf<f32>) -> Vec<f64> {
+    b.as_slice().iter().map(|&v| v as f64).collect()
+}
+fn scratch(bytes: usize) -> SimBuf<u8> {
+    SimBuf::poisoned(bytes, 0xff)
+}
+
+const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+
+fn launcher() -> SimLauncher {
+    SimLauncher::new()
+}
+
+// ------------------------------------------------------------------------------------------------ inventory
+
+#[test]
+fn inventory_lists_simulated_and_gpu_only_kernels() {
+    let names = sim::kernel_names();
+    let engine: Vec<&String> = names.iter().filter(|n| !n.starts_with("planted_")).collect();
+    println!("kernel files in the simulator: {:?}", rlhf::kernels::SIM_FILES);
+    println!("kernels in the simulator ({}): {}", engine.len(), engine.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
+    if rlhf::kernels::GPU_ONLY_KERNELS.is_empty() {
+        println!("GPU-only kernels: none");
+    }
+    for (file, ks) in rlhf::kernels::GPU_ONLY_KERNELS {
+        println!("GPU-only (not run here): {file}.cu: {}", ks.join(" "));
+    }
+    match rlhf::kernels::PTX_UNAVAILABLE_REASON {
+        None => println!("PTX embedded for: {:?}", rlhf::kernels::PTX_MODULES.iter().map(|(s, a, _)| format!("{s}@sm_{a}")).collect::<Vec<_>>()),
+        Some(why) => println!("no PTX in this build: {why}"),
+    }
+    for (file, arch, k, regs, st, ld) in rlhf::kernels::ptxas_summary().iter().filter(|r| r.1 == "sm_90") {
+        println!("ptxas {file} {arch} {k}: {regs} registers, spill stores {st} B, spill loads {ld} B");
+    }
+    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw", "sum_squares_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
+        for dt in DTYPES {
+            let n = format!("{op}_{}", dt.suffix());
+            assert!(sim::has_kernel(&n), "{n} is not in the simulator");
+        }
+    }
+    assert!(sim::has_kernel("sum_squares_final"));
+    assert!(!sim::has_kernel("no_such_kernel"));
+    // Every PTX module must come from a kernel file the simulator also runs, or a declared GPU-only file.
+    for (stem, _, ptx) in rlhf::kernels::PTX_MODULES {
+        assert!(rlhf::kernels::SIM_FILES.contains(stem) || rlhf::kernels::GPU_ONLY_KERNELS.iter().any(|(f, _)| f == stem), "{stem}");
+        assert!(ptx.contains(".entry"), "{stem}: PTX without entry points");
+    }
+}
+
+#[test]
+fn launch_errors_are_reported_not_crashes() {
+    let l = launcher();
+    let e = l.launch("no_such_kernel", LaunchConfig::linear(1, 32), &[]).unwrap_err();
+    assert!(e.to_string().contains("no simulated kernel"), "{e}");
+    let e = l.launch("planted_scale2_ok", LaunchConfig { grid: [1, 1, 1], block: [2048, 1, 1], smem: 0 }, &[Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0)]).unwrap_err();
+    assert!(e.to_string().contains("max 1024"), "{e}");
+    // misaligned pointer into a packed kernel is refused by the launch layer
+    let b = SimBuf::<f32>::zeros(16);
+    let e = kl::gelu_forward(&l, DType::F32, b.ptr_at(1), b.ptr(), 8).unwrap_err();
+    assert!(e.to_string().contains("aligned"), "{e}");
+}
+
+// ------------------------------------------------------------------------------------------------ elementwise
+
+#[test]
+fn gelu_forward_backward() {
+    let l = launcher();
+    let mut rng = Rng::new(1);
+    for dt in DTYPES {
+        for n in [1usize, 7, 8, 9, 1000, 4099] {
+            let x = DBuf::new(dt, &randn(&mut rng, n, 2.0));
+            let dy = DBuf::new(dt, &randn(&mut rng, n, 1.0));
+            let out = DBuf::poisoned(dt, n);
+            kl::gelu_forward(&l, dt, out.ptr(), x.ptr(), n).unwrap();
+            let mut want = vec![0.0; n];
+            ops::gelu::forward::<f64>(&mut want, &x.get());
+            check(&format!("gelu_forward n={n}"), dt, &out.get(), &want);
+
+            let dx = DBuf::poisoned(dt, n);
+            kl::gelu_backward(&l, dt, dx.ptr(), x.ptr(), dy.ptr(), n).unwrap();
+            ops::gelu::backward::<f64>(&mut want, &x.get(), &dy.get());
+            check(&format!("gelu_backward n={n}"), dt, &dx.get(), &want);
+        }
+    }
+}
+
+#[test]
+fn residual_add_accumulate_scale() {
+    let l = launcher();
+    let mut rng = Rng::new(2);
+    for dt in DTYPES {
+        for n in [3usize, 16, 777] {
+            let a = DBuf::new(dt, &randn(&mut rng, n, 1.0));
+            let b = DBuf::new(dt, &randn(&mut rng, n, 1.0));
+            let out = DBuf::poisoned(dt, n);
+            kl::add(&l, dt, out.ptr(), a.ptr(), b.ptr(), n).unwrap();
+            let mut want = vec![0.0; n];
+            ops::residual::add::<f64>(&mut want, &a.get(), &b.get());
+            check("add", dt, &out.get(), &want);
+
+            let mut want = a.get();
+            ops::residual::accumulate::<f64>(&mut want, &b.get());
+            kl::accumulate(&l, dt, a.ptr(), b.ptr(), n).unwrap();
+            check("accumulate", dt, &a.get(), &want);
+
+            let mut want = b.get();
+            ops::residual::scale::<f64>(&mut want, -0.37);
+            kl::scale(&l, dt, b.ptr(), -0.37, n).unwrap();
+            check("scale", dt, &b.get(), &want);
+        }
+    }
+}
+
+#[test]
+fn casts_round_to_nearest_even() {
+    let l = launcher();
+    let mut rng = Rng::new(3);
+    let mut x: Vec<f32> = randn(&mut rng, 1001, 3.0).iter().map(|&v| v as f32).collect();
+    // exact ties: 1 + 2^-8 (tie, even -> 1), 1 + 3*2^-8 (tie, even -> 1 + 2^-6), a tiny subnormal, infinities
+    x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, 1e-40, f32::INFINITY, f32::NEG_INFINITY, -0.0, 65504.0]);
+    let n = x.len();
+    let src = SimBuf::from_slice(&x);
+    let dst = SimBuf::<bf16>::poisoned(n, 0xff);
+    kl::cast_f32_to_bf16(&l, dst.ptr(), src.ptr(), n).unwrap();
+    for (i, (&f, &h)) in x.iter().zip(dst.as_slice()).enumerate() {
+        assert_eq!(h.to_bits(), bf16::from_f32(f).to_bits(), "element {i}: {f}");
+    }
+    assert_eq!(dst.as_slice()[1001].to_f32(), 1.0);
+    assert_eq!(dst.as_slice()[1002].to_f32(), 1.0 + 4.0 / 256.0);
+    let back = SimBuf::<f32>::poisoned(n, 0xff);
+    kl::cast_bf16_to_f32(&l, back.ptr(), dst.ptr(), n).unwrap();
+    for (&b, &h) in back.as_slice().iter().zip(dst.as_slice()) {
+        assert_eq!(b.to_bits(), h.to_f32().to_bits());
+    }
+}
+
+#[test]
+fn bias_add_and_bias_backward() {
+    let l = launcher();
+    let mut rng = Rng::new(4);
+    for dt in DTYPES {
+        for (n, oc) in [(1usize, 5usize), (37, 67), (300, 33)] {
+            let out = DBuf::new(dt, &randn(&mut rng, n * oc, 1.0));
+            let bias = DBuf::new(dt, &randn(&mut rng, oc, 1.0));
+            let mut want = out.get();
+            ops::linear::bias_add::<f64>(&mut want, &bias.get());
+            kl::bias_add(&l, dt, out.ptr(), bias.ptr(), n, oc).unwrap();
+            check("bias_add", dt, &out.get(), &want);
+
+            let dout = DBuf::new(dt, &randn(&mut rng, n * oc, 1.0));
+            let db = DBuf::new(dt, &randn(&mut rng, oc, 1.0));
+            let mut want = db.get();
+            ops::linear::bias_backward::<f64>(&mut want, &dout.get());
+            let s = scratch(kl::bias_backward_scratch_bytes(n, oc));
+            kl::bias_backward(&l, dt, db.ptr(), dout.ptr(), n, oc, s.ptr()).unwrap();
+            check(&format!("bias_backward {n}x{oc}"), dt, &db.get(), &want);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ layernorm
+
+fn layernorm_case(l: &dyn Launcher, dt: DType, n: usize, c: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = Rng::new(seed);
+    let x = DBuf::new(dt, &randn(&mut rng, n * c, 1.5).iter().map(|v| v + 0.3).collect::<Vec<_>>());
+    let w = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+    let b = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+    let out = DBuf::poisoned(dt, n * c);
+    let mean = SimBuf::<f32>::poisoned(n, 0xff);
+    let rstd = SimBuf::<f32>::poisoned(n, 0xff);
+    kl::layernorm_forward(l, dt, out.ptr(), mean.ptr(), rstd.ptr(), x.ptr(), w.ptr(), b.ptr(), n, c).unwrap();
+    let (mut wo, mut wm, mut wr) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+    ops::layernorm::forward::<f64>(&mut wo, &mut wm, &mut wr, &x.get(), &w.get(), &b.get(), c);
+    check(&format!("layernorm_forward {n}x{c} out"), dt, &out.get(), &wo);
+    // statistics are f32 whatever the storage type
+    check(&format!("layernorm_forward {n}x{c} mean"), DType::F32, &f64s(&mean), &wm);
+    check(&format!("layernorm_forward {n}x{c} rstd"), DType::F32, &f64s(&rstd), &wr);
+
+    let dout = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+    let dinp = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+    let dw = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+    let db = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+    let (mut wdi, mut wdw, mut wdb) = (dinp.get(), dw.get(), db.get());
+    ops::layernorm::backward::<f64>(&mut wdi, &mut wdw, &mut wdb, &dout.get(), &x.get(), &w.get(), &wm, &wr, c);
+    let s = scratch(kl::layernorm_backward_scratch_bytes(n, c));
+    kl::layernorm_backward(l, dt, dinp.ptr(), dw.ptr(), db.ptr(), dout.ptr(), x.ptr(), w.ptr(), mean.ptr(), rstd.ptr(), n, c, s.ptr()).unwrap();
+    check(&format!("layernorm_backward {n}x{c} dinp"), dt, &dinp.get(), &wdi);
+    check(&format!("layernorm_backward {n}x{c} dw"), dt, &dw.get(), &wdw);
+    check(&format!("layernorm_backward {n}x{c} db"), dt, &db.get(), &wdb);
+    vec![out.get(), dinp.get(), dw.get(), db.get()]
+}
+
+#[test]
+fn layernorm_forward_backward() {
+    let l = launcher();
+    for dt in DTYPES {
+        for (i, (n, c)) in [(1usize, 1usize), (5, 31), (37, 67), (260, 96)].into_iter().enumerate() {
+            layernorm_case(&l, dt, n, c, 10 + i as u64);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ encoder
+
+fn encoder_case(l: &dyn Launcher, dt: DType, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = Rng::new(seed);
+    let (b, t, c, v, max_t) = (3usize, 13usize, 37usize, 11usize, 40usize);
+    // few distinct tokens: many repeats across rows; ragged pos0 (KV-cache style)
+    let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v as u64) as u32).collect();
+    let pos0: Vec<u32> = vec![0, 5, 27];
+    let wte = DBuf::new(dt, &randn(&mut rng, v * c, 1.0));
+    let wpe = DBuf::new(dt, &randn(&mut rng, max_t * c, 1.0));
+    let tok_d = SimBuf::from_slice(&tokens);
+    let pos_d = SimBuf::from_slice(&pos0);
+    let out = DBuf::poisoned(dt, b * t * c);
+    kl::encoder_forward(l, dt, out.ptr(), tok_d.ptr(), wte.ptr(), wpe.ptr(), pos_d.ptr(), b, t, c).unwrap();
+    let mut want = vec![0.0; b * t * c];
+    ops::embedding::forward::<f64>(&mut want, &tokens, &wte.get(), &wpe.get(), &pos0, t, c);
+    check("encoder_forward", dt, &out.get(), &want);
+
+    let dout = DBuf::new(dt, &randn(&mut rng, b * t * c, 1.0));
+    let dwte = DBuf::new(dt, &randn(&mut rng, v * c, 1.0));
+    let dwpe = DBuf::new(dt, &randn(&mut rng, max_t * c, 1.0));
+    let (mut w1, mut w2) = (dwte.get(), dwpe.get());
+    ops::embedding::backward::<f64>(&mut w1, &mut w2, &dout.get(), &tokens, &pos0, t, c);
+    kl::encoder_backward(l, dt, dwte.ptr(), dwpe.ptr(), dout.ptr(), tok_d.ptr(), pos_d.ptr(), &pos0, t, c).unwrap();
+    check("encoder_backward dwte", dt, &dwte.get(), &w1);
+    check("encoder_backward dwpe", dt, &dwpe.get(), &w2);
+    vec![out.get(), dwte.get(), dwpe.get()]
+}
+
+#[test]
+fn encoder_forward_backward() {
+    for dt in DTYPES {
+        encoder_case(&launcher(), dt, 20);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ cross-entropy
+
+fn crossentropy_case(l: &dyn Launcher, dt: DType, n: usize, v: usize, vp: usize, inv_temp: f64, want_grad: bool, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = Rng::new(seed);
+    let logits = DBuf::new(dt, &randn(&mut rng, n * vp, 3.0));
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
+    let weights: Vec<f64> = (0..n).map(|i| if i % 4 == 3 { 0.0 } else { rng.uniform() }).collect();
+    let (td, wd) = (SimBuf::from_slice(&targets), f32buf(&weights));
+    let losses = SimBuf::<f32>::poisoned(n, 0xff);
+    let mut want_logits = logits.get();
+    let mut want_losses = vec![0.0; n];
+    ops::crossentropy::forward_backward::<f64>(&mut want_losses, &mut want_logits, &targets, &weights, v, vp, inv_temp, want_grad);
+    kl::crossentropy(l, dt, losses.ptr(), logits.ptr(), td.ptr(), wd.ptr(), n, v, vp, inv_temp as f32, want_grad).unwrap();
+    // losses are f32 whatever the logits' type; with bf16 logits the inputs are the same bf16 values
+    check(&format!("crossentropy losses V={v}"), DType::F32, &f64s(&losses), &want_losses);
+    let got = logits.get();
+    check(&format!("crossentropy dlogits V={v} grad={want_grad}"), dt, &got, &want_logits);
+    if want_grad {
+        for i in 0..n {
+            assert!(got[i * vp + v..(i + 1) * vp].iter().all(|&x| x == 0.0), "pad columns of row {i} not zeroed");
+        }
+    }
+    vec![f64s(&losses), got]
+}
+
+#[test]
+fn crossentropy_fused() {
+    let l = launcher();
+    for dt in DTYPES {
+        for (n, v, vp) in [(1usize, 1usize, 1usize), (9, 97, 104), (6, 1000, 1024), (3, 300, 300)] {
+            crossentropy_case(&l, dt, n, v, vp, 1.0, true, 30 + v as u64);
+            crossentropy_case(&l, dt, n, v, vp, 0.7, true, 31 + v as u64);
+            crossentropy_case(&l, dt, n, v, vp, 1.3, false, 32 + v as u64);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ AdamW
+
+#[test]
+fn adamw_and_sum_squares() {
+    let l = launcher();
+    let mut rng = Rng::new(40);
+    for n in [1usize, 333, 5000] {
+        for step in [1u64, 7] {
+            let h = ops::adamw::AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.8 };
+            let p0 = randn(&mut rng, n, 1.0);
+            let g = randn(&mut rng, n, 1.0);
+            let m0: Vec<f64> = randn(&mut rng, n, 0.1);
+            let v0: Vec<f64> = randn(&mut rng, n, 0.1).iter().map(|x| x * x).collect();
+            // f32: params are the master weights
+            {
+                let (p, gd, m, v) = (f32buf(&p0), f32buf(&g), f32buf(&m0), f32buf(&v0));
+                let (mut wp, mut wm, mut wv) = (f64s(&p), f64s(&m), f64s(&v));
+                ops::adamw::step::<f64>(&mut wp, &f64s(&gd), &mut wm, &mut wv, &h);
+                kl::adamw(&l, DType::F32, p.ptr(), 0, gd.ptr(), m.ptr(), v.ptr(), n, &h).unwrap();
+                check("adamw f32 param", DType::F32, &f64s(&p), &wp);
+                check("adamw f32 m", DType::F32, &f64s(&m), &wm);
+                check("adamw f32 v", DType::F32, &f64s(&v), &wv);
+            }
+            // bf16 params + grads, f32 master/m/v
+            {
+                let (master, m, v) = (f32buf(&p0), f32buf(&m0), f32buf(&v0));
+                let param = DBuf::poisoned(DType::BF16, n);
+                let gd = DBuf::new(DType::BF16, &g);
+                let (mut wp, mut wm, mut wv) = (f64s(&master), f64s(&m), f64s(&v));
+                ops::adamw::step::<f64>(&mut wp, &gd.get(), &mut wm, &mut wv, &h);
+                kl::adamw(&l, DType::BF16, param.ptr(), master.ptr(), gd.ptr(), m.ptr(), v.ptr(), n, &h).unwrap();
+                check("adamw bf16 master", DType::F32, &f64s(&master), &wp);
+                check("adamw bf16 param", DType::BF16, &param.get(), &wp);
+                check("adamw bf16 m", DType::F32, &f64s(&m), &wm);
+            }
+        }
+        for dt in DTYPES {
+            let x = DBuf::new(dt, &randn(&mut rng, n, 1.0));
+            let s = SimBuf::<f64>::poisoned(kl::sum_squares_scratch_bytes(n) / 8, 0xff);
+            kl::sum_squares(&l, dt, x.ptr(), n, s.ptr()).unwrap();
+            let want = ops::adamw::sum_squares::<f64>(&x.get());
+            let got = s.as_slice()[0];
+            assert!(((got - want) / want).abs() < 1e-12, "sum_squares {dt:?} n={n}: {got} vs {want}");
+        }
+    }
+    assert!(kl::adamw(&l, DType::BF16, 0, 0, 0, 0, 0, 1, &ops::adamw::AdamWParams { lr: 1.0, beta1: 0.9, beta2: 0.9, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 }).is_err());
+}
+
+// ------------------------------------------------------------------------------------------------ attention
+
+/// Forward with keys from `kv` (Tk rows) and queries at positions pos0[b] + t; returns (out, lse).
+#[allow(clippy::too_many_arguments)]
+fn attention_fwd_case(l: &dyn Launcher, dt: DType, b: usize, tq: usize, tk: usize, c: usize, nh: usize, pos0: &[u32], seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let mut rng = Rng::new(seed);
+    let q_src = DBuf::new(dt, &randn(&mut rng, b * tq * 3 * c, 1.0));
+    let kv_vals = randn(&mut rng, b * tk * 3 * c, 1.0);
+    let kv = DBuf::new(dt, &kv_vals);
+    let pd = SimBuf::from_slice(pos0);
+    let out = DBuf::poisoned(dt, b * tq * c);
+    let lse = SimBuf::<f32>::poisoned(b * nh * tq, 0xff);
+    kl::attention_forward(l, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh).unwrap();
+    let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh);
+    let what = format!("attention_forward B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
+    check(&format!("{what} out"), dt, &out.get(), &wo);
+    check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
+    (out.get(), f64s(&lse))
+}
+
+#[test]
+fn attention_forward_training_and_kv_cache() {
+    let l = launcher();
+    for dt in DTYPES {
+        // training form: kv = q_src (here: separate random buffers of the same shape, pos0 = 0)
+        for (i, (b, t, c, nh)) in [(2usize, 37usize, 64usize, 2usize), (1, 70, 128, 2), (2, 20, 48, 3), (1, 9, 192, 2)].into_iter().enumerate() {
+            attention_fwd_case(&l, dt, b, t, t, c, nh, &vec![0; b], 60 + i as u64);
+        }
+        // sampling with a KV cache: few new queries at ragged absolute positions
+        attention_fwd_case(&l, dt, 2, 5, 40, 64, 2, &[10, 35], 65);
+        attention_fwd_case(&l, dt, 3, 1, 33, 96, 3, &[0, 32, 17], 66);
+    }
+}
+
+fn attention_bwd_case(l: &dyn Launcher, dt: DType, b: usize, t: usize, c: usize, nh: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    let qkv = DBuf::new(dt, &randn(&mut rng, b * t * 3 * c, 1.0));
+    let dout = DBuf::new(dt, &randn(&mut rng, b * t * c, 1.0));
+    let pos0 = vec![0u32; b];
+    let pd = SimBuf::from_slice(&pos0);
+    let out = DBuf::poisoned(dt, b * t * c);
+    let lse = SimBuf::<f32>::poisoned(b * nh * t, 0xff);
+    kl::attention_forward(l, dt, out.ptr(), lse.ptr(), qkv.ptr(), qkv.ptr(), pd.ptr(), b, t, t, c, nh).unwrap();
+    let dqkv = DBuf::poisoned(dt, b * t * 3 * c);
+    let s = scratch(kl::attention_backward_scratch_bytes(b, t, nh));
+    kl::attention_backward(l, dt, dqkv.ptr(), dout.ptr(), qkv.ptr(), out.ptr(), lse.ptr(), b, t, c, nh, s.ptr()).unwrap();
+    // reference backward from the reference forward's out/lse (f64) on the same inputs
+    let (mut wo, mut wl) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh);
+    let mut want = vec![f64::NAN; b * t * 3 * c];
+    ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh);
+    check(&format!("attention_backward B={b} T={t} C={c} NH={nh}"), dt, &dqkv.get(), &want);
+    dqkv.get()
+}
+
+#[test]
+fn attention_backward_matches_reference() {
+    let l = launcher();
+    for dt in DTYPES {
+        for (i, (b, t, c, nh)) in [(2usize, 37usize, 64usize, 2usize), (1, 45, 128, 2), (2, 20, 48, 3), (1, 7, 192, 2)].into_iter().enumerate() {
+            attention_bwd_case(&l, dt, b, t, c, nh, 70 + i as u64);
+        }
+    }
+    assert!(kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2).is_err(), "head size 160 must be refused");
+}
+
+// ------------------------------------------------------------------------------------------------ race mode
+
+/// Kernels with reductions and barriers give bit-identical results under random block order and random
+/// thread interleaving (they are deterministic and free of shared-memory races).
+#[test]
+fn race_mode_same_bits() {
+    for dt in DTYPES {
+        let a = layernorm_case(&SimLauncher::ordered(), dt, 37, 67, 77);
+        let e = encoder_case(&SimLauncher::ordered(), dt, 78);
+        let c = crossentropy_case(&SimLauncher::ordered(), dt, 5, 300, 304, 0.9, true, 79);
+        let att = attention_bwd_case(&SimLauncher::ordered(), dt, 2, 37, 64, 2, 80);
+        for seed in [1u64, 2, 3] {
+            let r = SimLauncher::racy(seed);
+            assert_eq!(layernorm_case(&r, dt, 37, 67, 77), a, "layernorm differs under race mode seed {seed}");
+            assert_eq!(encoder_case(&r, dt, 78), e, "encoder differs under race mode seed {seed}");
+            assert_eq!(crossentropy_case(&r, dt, 5, 300, 304, 0.9, true, 79), c, "crossentropy differs under race mode seed {seed}");
+            assert_eq!(attention_bwd_case(&r, dt, 2, 37, 64, 2, 80), att, "attention differs under race mode seed {seed}");
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ planted bugs
+
+fn run_simple(l: &dyn Launcher, kernel: &str, cfg: LaunchConfig, out_len: usize, inp: &[f32], extra: &[Arg]) -> Vec<f64> {
+    let out = SimBuf::<f32>::zeros(out_len);
+    let x = SimBuf::from_slice(inp);
+    let mut args = vec![Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())];
+    args.extend_from_slice(extra);
+    l.launch(kernel, cfg, &args).unwrap();
+    f64s(&out)
+}
+
+#[test]
+fn planted_missing_barrier_is_caught() {
+    let mut rng = Rng::new(50);
+    let inp: Vec<f32> = (0..4 * 256).map(|_| rng.normal() as f32).collect();
+    let want: Vec<f64> = inp.chunks(256).map(|c| c.iter().map(|&v| v as f64).sum()).collect();
+    let cfg = LaunchConfig { grid: [4, 1, 1], block: [256, 1, 1], smem: 0 };
+    for l in [SimLauncher::ordered(), SimLauncher::racy(5)] {
+        assert!(rel_err(&run_simple(&l, "planted_tree_sum_ok", cfg, 4, &inp, &[]), &want) < TOL_F32);
+        let bad = rel_err(&run_simple(&l, "planted_tree_sum_nobarrier", cfg, 4, &inp, &[]), &want);
+        assert!(bad > TOL_F32, "missing barrier not caught ({l:?}): error {bad:e}");
+    }
+}
+
+#[test]
+fn planted_missing_barrier_needs_race_mode() {
+    let mut rng = Rng::new(51);
+    let inp: Vec<f32> = (0..2 * 256).map(|_| rng.normal() as f32).collect();
+    let want: Vec<f64> = (0..inp.len()).map(|i| inp[i] as f64 - if i % 256 > 0 { inp[i - 1] as f64 } else { 0.0 }).collect();
+    let cfg = LaunchConfig { grid: [2, 1, 1], block: [256, 1, 1], smem: 0 };
+    let ordered = SimLauncher::ordered();
+    assert!(rel_err(&run_simple(&ordered, "planted_neighbor_diff_ok", cfg, 512, &inp, &[]), &want) < TOL_F32);
+    // The in-order schedule hides this bug (documented limitation) ...
+    assert!(rel_err(&run_simple(&ordered, "planted_neighbor_diff_nobarrier", cfg, 512, &inp, &[]), &want) < TOL_F32);
+    // ... race mode exposes it.
+    let racy = SimLauncher::racy(6);
+    assert!(rel_err(&run_simple(&racy, "planted_neighbor_diff_ok", cfg, 512, &inp, &[]), &want) < TOL_F32);
+    let bad = rel_err(&run_simple(&racy, "planted_neighbor_diff_nobarrier", cfg, 512, &inp, &[]), &want);
+    assert!(bad > TOL_F32, "race mode missed the missing barrier: error {bad:e}");
+}
+
+#[test]
+fn planted_off_by_one_is_caught() {
+    let l = launcher();
+    let n = 100usize;
+    let inp: Vec<f32> = (0..n + 1).map(|i| i as f32).collect(); // one readable element past n
+    // compare n elements plus one guard element that must stay 0
+    let mut want: Vec<f64> = (0..n).map(|i| 2.0 * i as f64).collect();
+    want.push(0.0);
+    let cfg = LaunchConfig::linear(n + 1, 64);
+    let ok = run_simple(&l, "planted_scale2_ok", cfg, n + 1, &inp, &[Arg::I32(n as i32)]);
+    assert_eq!(ok, want);
+    let bad = run_simple(&l, "planted_scale2_offbyone", cfg, n + 1, &inp, &[Arg::I32(n as i32)]);
+    assert_ne!(bad, want, "off-by-one bound not caught");
+    assert!(rel_err(&bad, &want) > TOL_F32);
+}
+
+#[test]
+fn planted_wrong_shuffle_offset_is_caught() {
+    let l = launcher();
+    let mut rng = Rng::new(52);
+    let inp: Vec<f32> = (0..96).map(|_| rng.normal() as f32).collect();
+    let want: Vec<f64> = inp.chunks(32).map(|c| c.iter().map(|&v| v as f64).sum()).collect();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [96, 1, 1], smem: 0 };
+    assert!(rel_err(&run_simple(&l, "planted_warp_sum_ok", cfg, 3, &inp, &[]), &want) < TOL_F32);
+    let bad = rel_err(&run_simple(&l, "planted_warp_sum_badoffset", cfg, 3, &inp, &[]), &want);
+    assert!(bad > TOL_F32, "wrong shuffle offset not caught: {bad:e}");
+}
+
+#[test]
+fn planted_divergent_barrier_reports_deadlock() {
+    let out = SimBuf::<f32>::zeros(64);
+    let x = SimBuf::<f32>::zeros(64);
+    let e = launcher().launch("planted_divergent_barrier", LaunchConfig { grid: [1, 1, 1], block: [64, 1, 1], smem: 0 }, &[Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())]).unwrap_err();
+    assert!(e.to_string().contains("deadlock"), "{e}");
+}
+
+#[test]
+fn early_exit_threads_leave_the_barrier() {
+    // 256-thread block, only the first 100 continue past the early return: the barrier must not wait for the rest.
+    let n = 100usize;
+    let inp: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let want: Vec<f64> = (0..256).map(|t| if t < n { ((t + 1) % n) as f64 } else { 0.0 }).collect();
+    for l in [SimLauncher::ordered(), SimLauncher::racy(9)] {
+        let got = run_simple(&l, "planted_early_exit_ok", LaunchConfig { grid: [1, 1, 1], block: [256, 1, 1], smem: 0 }, 256, &inp, &[Arg::I32(n as i32)]);
+        assert_eq!(got, want);
+    }
+}
