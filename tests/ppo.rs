@@ -102,7 +102,8 @@ fn adaptive_kl_controller_steps_by_hand() {
 #[test]
 fn ppo_gradchecks_pass() {
     let results = rlhf::ppo::gradchecks();
-    assert_eq!(results.len(), 4);
+    assert_eq!(results.len(), 6);
+    eprintln!("{}", rlhf::gradcheck::format_table(&results));
     for r in &results {
         assert!(r.ok && r.entries > 0, "{r:?}");
     }

@@ -314,8 +314,116 @@ pub fn check_entropy(rng: &mut Rng) -> CheckResult {
     compare("entropy (softmax, padded rows)", &inputs, f, &vec![d], rng)
 }
 
+/// A tiny f64 decoder, its parameters perturbed off the init (so every path is generic), and a two-episode
+/// batch with different prompt and answer lengths (padding included).
+fn tiny_f64(rng: &mut Rng) -> (crate::model::Config, Vec<Vec<f64>>, super::rollout::SeqBatch) {
+    use super::rollout::{Episode, SeqBatch};
+    let cfg = crate::model::Config { n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 11, n_positions: 8 };
+    let be = crate::backend::Cpu::<f64>::new();
+    let base = crate::model::Gpt2::init(&be, cfg, rng.next_u64()).unwrap();
+    let params: Vec<Vec<f64>> = base.to_host(&be).into_iter().map(|(_, v)| v.iter().map(|&x| x as f64 + rng.normal() * 0.1).collect()).collect();
+    let ep = |p: &[u32], a: &[u32]| Episode { prompt: p.to_vec(), answer: a.to_vec(), logprobs: vec![0.0; a.len()], ended: true };
+    let (e1, e2) = (ep(&[3, 4], &[5, 6, 1]), ep(&[7, 8, 9], &[2, 1]));
+    (cfg, params, SeqBatch::new(&[&e1, &e2], 0).unwrap())
+}
+
+fn model_f64(cfg: crate::model::Config, x: &[Vec<f64>]) -> crate::model::Gpt2<crate::backend::Cpu<f64>> {
+    let be = crate::backend::Cpu::<f64>::new();
+    let mut m = base_clone(&be, cfg, x);
+    for (i, v) in x.iter().enumerate() {
+        m.params.bufs[i][..v.len()].copy_from_slice(v);
+    }
+    m
+}
+
+/// The clipped value loss through the value head and the decoder (the trainer's path: dL/dv scattered to
+/// the answer rows, head backward into dlnf, trunk backward), against every parameter and the head.
+pub fn check_value_through_model(rng: &mut Rng) -> CheckResult {
+    use super::rollout::TrunkHead;
+    use crate::backend::{Backend, Cpu};
+    use crate::model::{Acts, ScalarHead, Tensors};
+    let be = Cpu::<f64>::new();
+    let (cfg, params, sb) = tiny_f64(rng);
+    let c = cfg.n_embd;
+    let nt = params.len();
+    let mut inputs = params;
+    inputs.push(randn(rng, c, 0.3));
+    inputs.push(vec![0.1]);
+    let values_at = |x: &Vec<Vec<f64>>| {
+        let vm = TrunkHead { trunk: model_f64(cfg, &x[..nt]), head: ScalarHead::<Cpu<f64>> { w: x[nt].clone(), b: x[nt + 1].clone() } };
+        let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
+        vm.values(&be, &mut a, &sb).unwrap().concat()
+    };
+    let v0 = values_at(&inputs);
+    let old: Vec<f64> = v0
+        .iter()
+        .map(|&v| loop {
+            let d = rng.normal() * 0.3;
+            if (d.abs() - 0.2).abs() > 0.02 {
+                break v - d;
+            }
+        })
+        .collect();
+    let ret = randn(rng, v0.len(), 1.0);
+    let f = |x: &Vec<Vec<f64>>| value_loss(&values_at(x), &old, &ret, 0.2).unwrap().0;
+    let vm = TrunkHead { trunk: model_f64(cfg, &inputs[..nt]), head: ScalarHead::<Cpu<f64>> { w: inputs[nt].clone(), b: inputs[nt + 1].clone() } };
+    let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
+    let v = vm.values(&be, &mut a, &sb).unwrap();
+    let g = value_loss(&v.concat(), &old, &ret, 0.2).unwrap().1;
+    let mut off = 0;
+    let per: Vec<Vec<f64>> = v.iter().map(|e| { let r = g[off..off + e.len()].to_vec(); off += e.len(); r }).collect();
+    let dr = sb.scatter(&per);
+    let mut grads = Tensors::zeros(&be, &cfg).unwrap();
+    let mut hg = vm.head.zero_grads(&be).unwrap();
+    be.fill_zero(&mut a.dlnf);
+    vm.head.backward(&be, &mut hg, &mut a.dlnf, &a.lnf, &dr, c).unwrap();
+    vm.trunk.backward(&be, &mut a, &mut grads);
+    let mut analytic: Vec<Vec<f64>> = grads.bufs.iter().zip(&inputs).map(|(g, x)| g[..x.len()].to_vec()).collect();
+    analytic.push(hg.w);
+    analytic.push(hg.b);
+    compare("ppo value loss through head + decoder", &inputs, f, &analytic, rng)
+}
+
+/// The entropy bonus through the decoder (the trainer's `entropy_term` after `lm_loss`): L = -c mean H.
+pub fn check_entropy_through_model(rng: &mut Rng) -> CheckResult {
+    use crate::backend::Cpu;
+    use crate::model::{Acts, Tensors};
+    let be = Cpu::<f64>::new();
+    let (cfg, inputs, sb) = tiny_f64(rng);
+    let (inv_temp, coef) = (1.0 / 0.9, 0.7);
+    let run = |x: &Vec<Vec<f64>>, grads: Option<&mut Tensors<Cpu<f64>>>| {
+        let m = model_f64(cfg, x);
+        let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
+        m.forward(&be, &mut a, &sb.tokens, None, None).unwrap();
+        let zero = vec![0.0f32; sb.b * sb.t];
+        match grads {
+            Some(g) => {
+                m.lm_loss(&be, &mut a, &sb.targets, &zero, inv_temp, Some(g)).unwrap();
+                let h = super::trainer::entropy_term(&be, &m, &mut a, &sb, g, inv_temp, coef).unwrap();
+                m.backward(&be, &mut a, g);
+                -coef * h
+            }
+            None => {
+                let mut g = Tensors::zeros(&be, &cfg).unwrap();
+                -coef * super::trainer::entropy_term(&be, &m, &mut a, &sb, &mut g, inv_temp, 0.0).unwrap()
+            }
+        }
+    };
+    let mut grads = Tensors::zeros(&be, &cfg).unwrap();
+    run(&inputs, Some(&mut grads));
+    let analytic: Vec<Vec<f64>> = grads.bufs.iter().zip(&inputs).map(|(g, x)| g[..x.len()].to_vec()).collect();
+    compare("ppo entropy bonus through the decoder", &inputs, |x| run(x, None), &analytic, rng)
+}
+
 /// Every PPO gradient check (the lead wires these into `rlhf gradcheck`).
 pub fn gradchecks() -> Vec<CheckResult> {
     let mut rng = Rng::new(4242);
-    vec![check_policy_loss(&mut rng), check_value_loss(&mut rng), check_policy_through_model(&mut rng), check_entropy(&mut rng)]
+    vec![
+        check_policy_loss(&mut rng),
+        check_value_loss(&mut rng),
+        check_policy_through_model(&mut rng),
+        check_entropy(&mut rng),
+        check_value_through_model(&mut rng),
+        check_entropy_through_model(&mut rng),
+    ]
 }

@@ -399,7 +399,7 @@ fn update<B: Backend>(be: &B, m: &mut Models<B>, st: &mut State<B>, cfg: &PpoCon
 /// Mean entropy of the policy over the answer rows of the last forward; with `ent_coef` > 0 also adds the
 /// gradient of -ent_coef * (that mean) into `acts.dlnf` and dwte. Call after `lm_loss` with gradients
 /// (which consumed the logits) and before `backward`.
-fn entropy_term<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, sb: &SeqBatch, grads: &mut Tensors<B>, inv_temp: f64, ent_coef: f64) -> Result<f64> {
+pub fn entropy_term<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, sb: &SeqBatch, grads: &mut Tensors<B>, inv_temp: f64, ent_coef: f64) -> Result<f64> {
     let (n, c, v, vp) = (sb.b * sb.t, model.cfg.n_embd, model.cfg.vocab_size, model.cfg.padded_vocab());
     let mask = sb.scatter(&sb.answer_len.iter().map(|&k| vec![1.0; k]).collect::<Vec<_>>());
     let count: f64 = mask.iter().sum();
