@@ -577,3 +577,16 @@ fn tiny_preset_iteration_time() {
     let m = metrics(&dir.path().join("run"));
     eprintln!("tiny preset, defaults: {:.2} s/iteration; {m:?}", t.elapsed().as_secs_f64() / 3.0);
 }
+
+#[test]
+fn a_reward_model_of_another_shape_works() {
+    let be = Be::new();
+    let (sft, _) = models(&be);
+    let big = rlhf::model::Config { n_layer: 2, n_head: 3, n_embd: 24, ..cfg() };
+    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, big, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 24, 3).unwrap() };
+    let dir = tempfile::tempdir().unwrap();
+    let s = rlhf::ppo::train(&be, ppo_cfg(&dir.path().join("run"), 2), &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    assert_eq!(s.iterations, 2);
+    let ck = rlhf::checkpoint::load(&dir.path().join("run/step-000002/value")).unwrap();
+    assert_eq!(ck.config, big, "the value model is the reward model's shape");
+}

@@ -223,9 +223,12 @@ pub fn score_rollout<B: Backend>(be: &B, m: &Models<B>, cfg: &PpoConfig, beta: f
     let (mut ref_lp, mut values, mut rm_scores) = (vec![], vec![], vec![]);
     for chunk in episodes.chunks(cfg.minibatch) {
         let sb = SeqBatch::new(&chunk.iter().collect::<Vec<_>>(), cfg.pad_token)?;
-        let mut acts = Acts::new(be, &m.policy.cfg, sb.b, sb.t)?;
+        // The reward and value models may have another shape than the policy (one vocabulary).
+        let mut acts = Acts::new(be, &m.reference.cfg, sb.b, sb.t)?;
         ref_lp.extend(answer_logprobs(be, &m.reference, &mut acts, &sb, inv_temp)?);
+        let mut acts = Acts::new(be, &m.value.cfg(), sb.b, sb.t)?;
         values.extend(m.value.values(be, &mut acts, &sb)?);
+        let mut acts = Acts::new(be, &m.reward.cfg(), sb.b, sb.t)?;
         rm_scores.extend(m.reward.scores(be, &mut acts, &sb)?);
     }
     let scores: Vec<f64> = episodes.iter().zip(&rm_scores).map(|(e, &s)| if e.ended { s } else { cfg.no_eos_penalty }).collect();
