@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod ppo;
 pub mod progress;
 pub mod rng;
 pub mod run_dir;

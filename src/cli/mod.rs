@@ -4,6 +4,7 @@ pub mod export;
 pub mod gpt2_tokenizer;
 pub mod gradcheck;
 pub mod prepare;
+pub mod ppo;
 pub mod pretrain;
 pub mod sample;
 pub mod tokenizer;
