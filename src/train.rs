@@ -1,14 +1,16 @@
-//! Pretraining: the language-model loop, written once over the backend.
+//! The language-model training loop, written once over the backend and shared by pretraining and SFT
+//! (they differ only in where batches come from and which tokens carry loss).
 //!
-//! One step, top to bottom:  batch(seed, step) -> zero grads -> forward -> fused LM loss -> backward ->
-//! global-norm clip + AdamW at the scheduled learning rate. Every `eval_every` steps the validation loss
-//! is measured on fixed batches; every `save_every` steps (and at the end) a checkpoint with the full
-//! training state is committed. Batches are a pure function of (seed, step), and the model, moments and
-//! step are restored exactly, so a resumed run is bit-identical to one that never stopped.
+//! One step, top to bottom:  batch(seed, step) -> zero grads -> forward -> fused weighted LM loss ->
+//! backward -> global-norm clip + AdamW at the scheduled learning rate. Every `eval_every` steps the
+//! validation loss is measured on fixed batches; every `save_every` steps (and at the end) a checkpoint with
+//! the full training state is committed. Batches are a pure function of (seed, step), and the model,
+//! moments and step are restored exactly, so a resumed run is bit-identical to one that never stopped.
 
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::{Batch, Dataset};
+use serde_json::Value;
 use crate::metrics::{self, MetricsLog};
 use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
 use crate::ops::adamw::lr_schedule;
@@ -19,21 +21,18 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Everything that defines a pretraining run (saved with each checkpoint; `--resume` restores it).
+/// The settings every training loop shares (saved with each checkpoint; `--resume` restores them).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PretrainConfig {
-    pub data: PathBuf,
+pub struct LoopConfig {
+    /// Run directory.
     pub out: PathBuf,
-    pub model: Config,
-    pub batch: usize,
-    pub seq: usize,
+    /// Total optimizer steps.
     pub steps: u64,
     pub lr: f64,
     pub min_lr: f64,
     pub warmup: u64,
     pub adamw: AdamWConfig,
     pub eval_every: u64,
-    pub eval_batches: usize,
     pub save_every: u64,
     pub seed: u64,
     /// End this invocation (with a checkpoint) once this global step is reached; `--resume` continues.
@@ -41,103 +40,103 @@ pub struct PretrainConfig {
     pub stop_after: Option<u64>,
 }
 
-/// The result a caller (and the README's demo) reports.
+/// One language-model batch: inputs and targets [B*T] and the per-token loss weights (summing to 1 over
+/// the positions that count: a mean over all tokens when pretraining, over answer tokens for SFT).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LmBatch {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub weights: Vec<f32>,
+}
+
+impl LmBatch {
+    /// Every position weighted equally.
+    pub fn uniform(b: Batch) -> LmBatch {
+        let n = b.inputs.len();
+        LmBatch { inputs: b.inputs, targets: b.targets, weights: vec![1.0 / n as f32; n] }
+    }
+}
+
+/// Where a training loop gets its batches: the training batch of a step is a pure function of
+/// (seed, step), so a resumed run sees exactly the batches the unbroken run would have.
+pub trait BatchSource {
+    /// (B, T) of every batch.
+    fn shape(&self) -> (usize, usize);
+    fn train_batch(&self, seed: u64, step: u64) -> Result<LmBatch>;
+    /// Fixed validation batches.
+    fn eval_batches(&self) -> &[LmBatch];
+}
+
+/// What a training loop reports.
 #[derive(Debug, Serialize)]
-pub struct PretrainSummary {
+pub struct FitSummary {
     pub steps: u64,
     pub train_loss: f64,
     pub val_loss: f64,
-    pub unigram_entropy: f64,
     pub checkpoint: PathBuf,
     pub tokens_per_s: f64,
 }
 
-/// Mean loss over the fixed validation batches.
-pub fn evaluate<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, batches: &[Batch]) -> Result<f64> {
-    let n = acts.b * acts.t;
-    let weights = vec![1.0 / n as f32; n];
+/// Mean weighted loss over fixed batches.
+pub fn evaluate<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, batches: &[LmBatch]) -> Result<f64> {
     let mut total = 0.0;
     for batch in batches {
         model.forward(be, acts, &batch.inputs, None, None)?;
-        total += model.lm_loss(be, acts, &batch.targets, &weights, 1.0, None)?;
+        total += model.lm_loss(be, acts, &batch.targets, &batch.weights, 1.0, None)?;
     }
     Ok(total / batches.len().max(1) as f64)
 }
 
-/// Save model + optimizer state as a complete checkpoint of the run.
-fn save<B: Backend>(be: &B, cfg: &PretrainConfig, model: &Gpt2<B>, opt: &AdamW<B>, log: &MetricsLog) -> Result<PathBuf> {
-    let ckpt = Checkpoint::from_model(be, model, ModelKind::Policy);
-    let state = TrainState::from_optimizer(be, &model.cfg, opt, serde_json::to_value(cfg)?, log.len()?);
-    run_dir::commit_checkpoint(&cfg.out, opt.step, |dir| {
-        checkpoint::save(dir, &ckpt)?;
-        checkpoint::save_train_state(dir, &state)
-    })
+/// A run directory's starting point: the latest checkpoint and training state when resuming (refusing
+/// when there is none), and refusing to start over a run that exists when not.
+pub fn resume_point(out: &Path, resume: bool) -> Result<Option<(Checkpoint, TrainState)>> {
+    match (resume, run_dir::latest(out)?) {
+        (true, Some(dir)) => {
+            eprintln!("resuming {} from {}", out.display(), dir.display());
+            Ok(Some((checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?)))
+        }
+        (true, None) => bail!("--resume: {} holds no checkpoint to resume from", out.display()),
+        (false, Some(_)) => bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display()),
+        (false, None) => Ok(None),
+    }
 }
 
-/// Run (or, with `resume`, continue) pretraining. `init` optionally starts from an existing model.
-pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>, resume: bool) -> Result<PretrainSummary> {
-    let mut start_model = None;
-    let mut opt_state = None;
-    let mut log_len = None;
-    if resume {
-        let dir = run_dir::latest(&cfg.out)?.with_context(|| format!("--resume: {} holds no checkpoint to resume from", cfg.out.display()))?;
-        let state = checkpoint::load_train_state(&dir)?;
-        let saved: PretrainConfig = serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
-        // The run's own settings win, except how far to go and where to pause.
-        cfg = PretrainConfig { steps: cfg.steps.max(saved.steps), stop_after: cfg.stop_after, ..saved };
-        log_len = Some(state.metrics_len);
-        start_model = Some(checkpoint::load(&dir)?);
-        opt_state = Some(state);
-        eprintln!("resuming {} from {}", cfg.out.display(), dir.display());
-    } else {
-        if run_dir::latest(&cfg.out)?.is_some() {
-            bail!("{} already holds a run; pass --resume to continue it or choose another --out", cfg.out.display());
-        }
-        if let Some(path) = init {
-            let ck = checkpoint::load(&run_dir::resolve_checkpoint(path)?)?;
-            ck.expect_kind(ModelKind::Policy, &path.display().to_string())?;
-            cfg.model = ck.config;
-            start_model = Some(ck);
-        }
-    }
-    let mcfg = cfg.model;
-    if cfg.seq > mcfg.n_positions {
-        bail!("--seq {} exceeds the model's context n_positions = {}", cfg.seq, mcfg.n_positions);
-    }
-    let train = Dataset::open(&cfg.data, "train", mcfg.vocab_size)?;
-    let val = Dataset::open(&cfg.data, "val", mcfg.vocab_size)?;
-    let val_batches = val.eval_batches(cfg.batch, cfg.seq, cfg.eval_batches)?;
-    let unigram = crate::data::unigram_entropy(&val);
-
-    let mut model = match &start_model {
-        Some(ck) => ck.to_model(be)?,
-        None => Gpt2::init(be, mcfg, cfg.seed)?,
-    };
-    let mut opt = AdamW::new(be, &mcfg, cfg.adamw)?;
-    if let Some(state) = &opt_state {
-        state.restore_optimizer(be, &mcfg, &mut opt)?;
-    }
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), log_len)?;
+/// The loop, top to bottom: batch(seed, step) -> zero grads -> forward -> fused weighted LM loss ->
+/// backward -> global-norm clip + AdamW at the scheduled learning rate; validation loss every `eval_every`
+/// steps, a checkpoint with the full training state (and `record`, the command's own settings) every
+/// `save_every` steps and at the end. A non-finite loss or gradient norm stops without saving.
+#[allow(clippy::too_many_arguments)]
+pub fn fit<B: Backend>(
+    be: &B,
+    name: &str,
+    lc: &LoopConfig,
+    model: &mut Gpt2<B>,
+    opt: &mut AdamW<B>,
+    src: &dyn BatchSource,
+    record: &Value,
+    log_len: Option<u64>,
+    baseline: Option<(&str, f64)>,
+) -> Result<FitSummary> {
+    let mcfg = model.cfg;
+    let (b, t) = src.shape();
+    std::fs::create_dir_all(&lc.out).with_context(|| format!("creating {}", lc.out.display()))?;
+    let mut log = MetricsLog::open(&lc.out.join("metrics.jsonl"), log_len)?;
     let mut grads = Tensors::zeros(be, &mcfg)?;
-    let mut acts = Acts::new(be, &mcfg, cfg.batch, cfg.seq)?;
-    let n = cfg.batch * cfg.seq;
-    let weights = vec![1.0 / n as f32; n];
-
-    let bar = crate::progress::bar(cfg.steps.saturating_sub(opt.step), "pretrain");
+    let mut acts = Acts::new(be, &mcfg, b, t)?;
+    let bar = crate::progress::bar(lc.steps.saturating_sub(opt.step), name);
     let (mut last_loss, mut val_loss) = (f64::NAN, f64::NAN);
-    let mut last_ckpt = run_dir::latest(&cfg.out)?;
+    let mut last_ckpt = run_dir::latest(&lc.out)?;
     let t_start = Instant::now();
     let first_step = opt.step;
-    let end = cfg.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    let end = lc.stop_after.map_or(lc.steps, |s| s.min(lc.steps));
     while opt.step < end {
         let step = opt.step;
         let t0 = Instant::now();
-        let batch = train.batch(cfg.seed, step, cfg.batch, cfg.seq)?;
-        let lr = lr_schedule(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
+        let batch = src.train_batch(lc.seed, step)?;
+        let lr = lr_schedule(step, lc.lr, lc.min_lr, lc.warmup, lc.steps);
         grads.fill_zero(be);
         model.forward(be, &mut acts, &batch.inputs, None, None)?;
-        let loss = model.lm_loss(be, &mut acts, &batch.targets, &weights, 1.0, Some(&mut grads))?;
+        let loss = model.lm_loss(be, &mut acts, &batch.targets, &batch.weights, 1.0, Some(&mut grads))?;
         if !loss.is_finite() {
             bail!("{}", nan_message("loss", loss, step, &last_ckpt));
         }
@@ -148,29 +147,34 @@ pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>
         }
         last_loss = loss;
         let dt = t0.elapsed().as_secs_f64();
-        let mut rec = json!({"step": opt.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": n as f64 / dt});
-        if opt.step % cfg.eval_every == 0 || opt.step == cfg.steps {
-            val_loss = evaluate(be, &model, &mut acts, &val_batches)?;
+        let mut rec = json!({"step": opt.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": (b * t) as f64 / dt});
+        if opt.step % lc.eval_every == 0 || opt.step == lc.steps {
+            val_loss = evaluate(be, model, &mut acts, src.eval_batches())?;
             rec["val_loss"] = json!(val_loss);
         }
         log.write(&rec)?;
-        bar.set_message(format!("loss {loss:.3} val {val_loss:.3} {:.0} tok/s", n as f64 / dt));
+        bar.set_message(format!("loss {loss:.3} val {val_loss:.3} {:.0} tok/s", (b * t) as f64 / dt));
         bar.inc(1);
         if rec.get("val_loss").is_some() {
-            plot_losses(&cfg.out, unigram)?;
+            plot_losses(&lc.out, name, baseline)?;
         }
-        if opt.step % cfg.save_every == 0 || opt.step == end {
-            last_ckpt = Some(save(be, &cfg, &model, &opt, &log)?);
+        if opt.step % lc.save_every == 0 || opt.step == end {
+            let ckpt = Checkpoint::from_model(be, model, ModelKind::Policy);
+            let state = TrainState::from_optimizer(be, &mcfg, opt, record.clone(), log.len()?);
+            last_ckpt = Some(run_dir::commit_checkpoint(&lc.out, opt.step, |dir| {
+                checkpoint::save(dir, &ckpt)?;
+                checkpoint::save_train_state(dir, &state)
+            })?);
         }
     }
     bar.finish();
     let steps_run = opt.step - first_step;
-    let tokens_per_s = (steps_run as usize * n) as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
+    let tokens_per_s = (steps_run as usize * b * t) as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
     if steps_run == 0 {
-        val_loss = evaluate(be, &model, &mut acts, &val_batches)?;
+        val_loss = evaluate(be, model, &mut acts, src.eval_batches())?;
     }
     let checkpoint = last_ckpt.context("no checkpoint was written")?;
-    Ok(PretrainSummary { steps: opt.step, train_loss: last_loss, val_loss, unigram_entropy: unigram, checkpoint, tokens_per_s })
+    Ok(FitSummary { steps: opt.step, train_loss: last_loss, val_loss, checkpoint, tokens_per_s })
 }
 
 fn nan_message(what: &str, value: f64, step: u64, last: &Option<PathBuf>) -> String {
@@ -181,13 +185,98 @@ fn nan_message(what: &str, value: f64, step: u64, last: &Option<PathBuf>) -> Str
     format!("{what} became {value} at step {} (lower --lr or check the data); stopped without saving: {keep}", step + 1)
 }
 
-/// Redraw `loss.svg` from the metrics log, with the unigram baseline as a reference line.
-fn plot_losses(out: &Path, unigram: f64) -> Result<()> {
+/// Redraw `loss.svg` from the metrics log, with an optional reference line (e.g. the unigram baseline).
+fn plot_losses(out: &Path, name: &str, baseline: Option<(&str, f64)>) -> Result<()> {
     let recs = metrics::read(&out.join("metrics.jsonl"))?;
     let train = metrics::series(&recs, "step", "loss");
     let val = metrics::series(&recs, "step", "val_loss");
     let last = train.last().map_or(1.0, |p| p.0);
-    let base = vec![(0.0, unigram), (last, unigram)];
-    let svg = metrics::svg_plot("pretraining loss (nats/token)", "step", &[("train", train), ("val", val), ("unigram baseline", base)]);
+    let mut series = vec![("train", train), ("val", val)];
+    if let Some((label, y)) = baseline {
+        series.push((label, vec![(0.0, y), (last, y)]));
+    }
+    let svg = metrics::svg_plot(&format!("{name} loss (nats/token)"), "step", &series);
     metrics::write_plot(&out.join("loss.svg"), &svg)
+}
+
+// ---- pretraining ----
+
+/// Everything that defines a pretraining run beyond the loop's own settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    pub data: PathBuf,
+    pub model: Config,
+    pub batch: usize,
+    pub seq: usize,
+    pub eval_batches: usize,
+    pub run: LoopConfig,
+}
+
+/// The result a caller (and the README's demo) reports.
+#[derive(Debug, Serialize)]
+pub struct PretrainSummary {
+    pub fit: FitSummary,
+    pub unigram_entropy: f64,
+}
+
+/// Token shards as a batch source: random windows for training, fixed consecutive windows for validation.
+struct ShardBatches {
+    train: Dataset,
+    eval: Vec<LmBatch>,
+    b: usize,
+    t: usize,
+}
+
+impl BatchSource for ShardBatches {
+    fn shape(&self) -> (usize, usize) {
+        (self.b, self.t)
+    }
+    fn train_batch(&self, seed: u64, step: u64) -> Result<LmBatch> {
+        Ok(LmBatch::uniform(self.train.batch(seed, step, self.b, self.t)?))
+    }
+    fn eval_batches(&self) -> &[LmBatch] {
+        &self.eval
+    }
+}
+
+/// Run (or, with `resume`, continue) pretraining. `init` optionally starts from an existing model.
+pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>, resume: bool) -> Result<PretrainSummary> {
+    let start = resume_point(&cfg.run.out, resume)?;
+    let mut log_len = None;
+    let mut opt_state = None;
+    let mut model = match start {
+        Some((ck, state)) => {
+            let saved: PretrainConfig = serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
+            // The run's own settings win, except how far to go and where to pause.
+            let run = LoopConfig { steps: cfg.run.steps.max(saved.run.steps), stop_after: cfg.run.stop_after, ..saved.run.clone() };
+            cfg = PretrainConfig { run, ..saved };
+            log_len = Some(state.metrics_len);
+            opt_state = Some(state);
+            ck.to_model(be)?
+        }
+        None => match init {
+            Some(path) => {
+                let m = crate::model::persist::load_policy(be, path)?;
+                cfg.model = m.cfg;
+                m
+            }
+            None => Gpt2::init(be, cfg.model, cfg.run.seed)?,
+        },
+    };
+    let mcfg = model.cfg;
+    if cfg.seq > mcfg.n_positions {
+        bail!("--seq {} exceeds the model's context n_positions = {}", cfg.seq, mcfg.n_positions);
+    }
+    let train = Dataset::open(&cfg.data, "train", mcfg.vocab_size)?;
+    let val = Dataset::open(&cfg.data, "val", mcfg.vocab_size)?;
+    let eval = val.eval_batches(cfg.batch, cfg.seq, cfg.eval_batches)?.into_iter().map(LmBatch::uniform).collect();
+    let unigram = crate::data::unigram_entropy(&val);
+    let src = ShardBatches { train, eval, b: cfg.batch, t: cfg.seq };
+    let mut opt = AdamW::new(be, &mcfg, cfg.run.adamw)?;
+    if let Some(state) = &opt_state {
+        state.restore_optimizer(be, &mcfg, &mut opt)?;
+    }
+    let record = serde_json::to_value(&cfg)?;
+    let fit = fit(be, "pretrain", &cfg.run, &mut model, &mut opt, &src, &record, log_len, Some(("unigram baseline", unigram)))?;
+    Ok(PretrainSummary { fit, unigram_entropy: unigram })
 }

@@ -4,7 +4,7 @@ use rlhf::backend::Cpu;
 use rlhf::cli::prepare::{self, DocSplit, PrepareArgs};
 use rlhf::model::{AdamWConfig, Config};
 use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
-use rlhf::train::{pretrain, PretrainConfig};
+use rlhf::train::{pretrain, LoopConfig, PretrainConfig};
 use std::path::{Path, PathBuf};
 
 /// A small real-text corpus (the committed Austen sample's first chapters) tokenized into shards.
@@ -24,20 +24,22 @@ fn config(data: &Path, out: &Path, steps: u64) -> PretrainConfig {
     let vocab = rlhf::data::Meta::load(data).unwrap().vocab_size;
     PretrainConfig {
         data: data.to_owned(),
-        out: out.to_owned(),
         model: Config { n_layer: 2, n_head: 2, n_embd: 32, vocab_size: vocab, n_positions: 32 },
         batch: 4,
         seq: 16,
-        steps,
-        lr: 3e-3,
-        min_lr: 3e-4,
-        warmup: 3,
-        adamw: AdamWConfig::default(),
-        eval_every: 4,
         eval_batches: 2,
-        save_every: 5,
-        seed: 7,
-        stop_after: None,
+        run: LoopConfig {
+            out: out.to_owned(),
+            steps,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup: 3,
+            adamw: AdamWConfig::default(),
+            eval_every: 4,
+            save_every: 5,
+            seed: 7,
+            stop_after: None,
+        },
     }
 }
 
@@ -57,14 +59,14 @@ fn same_seed_same_losses_and_resume_is_bit_identical() {
     assert_eq!(losses(&a), losses(&b), "two runs with one seed differ");
     assert_eq!(losses(&a).len(), 12);
     let vocab = rlhf::data::Meta::load(&data).unwrap().vocab_size as f64;
-    assert!(sa.val_loss < vocab.ln() && sa.train_loss.is_finite(), "12 steps learnt nothing: val loss {} vs uniform {}", sa.val_loss, vocab.ln());
+    assert!(sa.fit.val_loss < vocab.ln() && sa.fit.train_loss.is_finite(), "12 steps learnt nothing: val loss {} vs uniform {}", sa.fit.val_loss, vocab.ln());
     // Stop after step 7 (checkpoints at 5 and 7), then resume to 12.
     let mut first = config(&data, &c, 12);
-    first.stop_after = Some(7);
-    assert_eq!(pretrain(&be, first, None, false).unwrap().steps, 7);
+    first.run.stop_after = Some(7);
+    assert_eq!(pretrain(&be, first, None, false).unwrap().fit.steps, 7);
     let sc = pretrain(&be, config(&data, &c, 12), None, true).unwrap();
     assert_eq!(losses(&a), losses(&c), "resumed run differs from the unbroken one");
-    assert_eq!(sc.steps, 12);
+    assert_eq!(sc.fit.steps, 12);
     // The final weights are identical too.
     let wa = std::fs::read(a.join("step-000012/model.safetensors")).unwrap();
     let wc = std::fs::read(c.join("step-000012/model.safetensors")).unwrap();
@@ -90,9 +92,9 @@ fn user_errors_are_clear_and_lose_nothing() {
     // which stays loadable.
     let nan_out = tmp.path().join("nan");
     let mut cfg = config(&data, &nan_out, 40);
-    cfg.lr = 1e35;
-    cfg.warmup = 0;
-    cfg.adamw.grad_clip = 0.0;
+    cfg.run.lr = 1e35;
+    cfg.run.warmup = 0;
+    cfg.run.adamw.grad_clip = 0.0;
     let e = pretrain(&be, cfg, None, false).unwrap_err().to_string();
     assert!(e.contains("at step") && (e.contains("NaN") || e.contains("inf")), "{e}");
     if let Some(last) = rlhf::run_dir::latest(&nan_out).unwrap() {

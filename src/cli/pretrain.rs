@@ -2,7 +2,7 @@
 
 use crate::device::{self, DeviceArg};
 use crate::model::{AdamWConfig, Config};
-use crate::train::{pretrain, PretrainConfig};
+use crate::train::{pretrain, LoopConfig, PretrainConfig};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -69,25 +69,28 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     let meta_vocab = crate::data::Meta::load(&args.data)?.vocab_size;
     let cfg = PretrainConfig {
         data: args.data,
-        out: args.out,
         model: Config::preset(&args.preset, meta_vocab)?,
         batch: args.batch,
         seq: args.seq,
-        steps: args.steps,
-        lr: args.lr,
-        min_lr: args.lr * args.min_lr_frac,
-        warmup: args.warmup,
-        adamw: AdamWConfig { weight_decay: args.weight_decay, grad_clip: args.grad_clip, ..AdamWConfig::default() },
-        eval_every: args.eval_every.max(1),
         eval_batches: args.eval_batches.max(1),
-        save_every: args.save_every.max(1),
-        seed: args.seed,
-        stop_after: args.stop_after,
+        run: LoopConfig {
+            out: args.out,
+            steps: args.steps,
+            lr: args.lr,
+            min_lr: args.lr * args.min_lr_frac,
+            warmup: args.warmup,
+            adamw: AdamWConfig { weight_decay: args.weight_decay, grad_clip: args.grad_clip, ..AdamWConfig::default() },
+            eval_every: args.eval_every.max(1),
+            save_every: args.save_every.max(1),
+            seed: args.seed,
+            stop_after: args.stop_after,
+        },
     };
     let dev = device::select(args.device)?;
     let s = crate::with_backend!(dev, |be| pretrain(be, cfg, args.init.as_deref(), args.resume))?;
-    println!("pretraining done: {} steps, {:.0} tokens/s", s.steps, s.tokens_per_s);
-    println!("  train loss {:.4}   val loss {:.4}   unigram baseline {:.4} nats/token", s.train_loss, s.val_loss, s.unigram_entropy);
-    println!("  checkpoint {}", s.checkpoint.display());
+    let f = &s.fit;
+    println!("pretraining done: {} steps, {:.0} tokens/s", f.steps, f.tokens_per_s);
+    println!("  train loss {:.4}   val loss {:.4}   unigram baseline {:.4} nats/token", f.train_loss, f.val_loss, s.unigram_entropy);
+    println!("  checkpoint {}", f.checkpoint.display());
     Ok(())
 }
