@@ -264,14 +264,17 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
     let mut rng = Rng::new(seed);
     let checks: [fn(&mut Rng) -> CheckResult; 10] =
         [check_embedding, check_layernorm, check_linear, check_attention, check_gelu, check_residual, check_crossentropy, check_adamw, check_scalar_head, check_model];
-    checks.iter().map(|c| c(&mut rng)).collect()
+    let mut results: Vec<CheckResult> = checks.iter().map(|c| c(&mut rng)).collect();
+    results.extend(crate::reward::gradchecks());
+    results.extend(crate::ppo::gradchecks());
+    results
 }
 
 /// The table `rlhf gradcheck` prints.
 pub fn format_table(results: &[CheckResult]) -> String {
-    let mut s = format!("{:<30} {:>8} {:>12} {:>12} {:>12}  {}\n", "op", "entries", "max abs err", "max rel err", "tolerance", "ok");
+    let mut s = format!("{:<40} {:>8} {:>12} {:>12} {:>12}  {}\n", "op", "entries", "max abs err", "max rel err", "tolerance", "ok");
     for r in results {
-        s += &format!("{:<30} {:>8} {:>12.3e} {:>12.3e} {:>12.3e}  {}\n", r.op, r.entries, r.max_abs_err, r.max_rel_err, r.tolerance, if r.ok { "ok" } else { "FAIL" });
+        s += &format!("{:<40} {:>8} {:>12.3e} {:>12.3e} {:>12.3e}  {}\n", r.op, r.entries, r.max_abs_err, r.max_rel_err, r.tolerance, if r.ok { "ok" } else { "FAIL" });
     }
     s
 }

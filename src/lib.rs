@@ -1,9 +1,11 @@
 //! `rlhf`: GPT-2-style decoders through the whole RLHF pipeline with an explicit, autograd-free engine.
 pub mod backend;
 pub mod bench;
+pub mod chat;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod datasets;
 pub mod device;
 pub mod fsutil;
 pub mod gpt2_tokenizer;
@@ -14,8 +16,10 @@ pub mod model;
 pub mod ops;
 pub mod ppo;
 pub mod progress;
+pub mod reward;
 pub mod rng;
 pub mod run_dir;
 pub mod sample;
+pub mod sft;
 pub mod tokenizer;
 pub mod train;

@@ -12,6 +12,11 @@ use rlhf::cli;
 ///   rlhf prepare --tokenizer tokenizer.json --input corpus.txt --out data/tokens
 ///   rlhf pretrain --data data/tokens --preset tiny --out runs/pretrain
 ///   rlhf sample --checkpoint runs/pretrain --tokenizer tokenizer.json --prompt "It is a truth"
+///   rlhf sft --base runs/pretrain --data demos.jsonl --tokenizer tokenizer.json --out runs/sft
+///   rlhf label --policy runs/sft --prompts prompts.jsonl -k 4 --judge "rlhf judge" --out ranked.jsonl
+///   rlhf reward --base runs/sft --data ranked.jsonl --tokenizer tokenizer.json --out runs/reward
+///   rlhf ppo --policy runs/sft --reward runs/reward --prompts prompts.jsonl --out runs/ppo
+///   rlhf eval --policy runs/ppo --sft runs/sft --reward runs/reward --prompts heldout.jsonl
 ///
 /// Every command that computes takes --device cpu|cuda|auto (auto: CUDA when usable, else the CPU).
 #[derive(Parser, Debug)]
@@ -32,6 +37,18 @@ enum Command {
     Pretrain(cli::pretrain::PretrainArgs),
     /// Generate text from a checkpoint (KV cache; temperature, top-k, top-p).
     Sample(cli::sample::SampleArgs),
+    /// Step 1: supervised fine-tuning on prompt -> answer demonstrations (loss on answers only).
+    Sft(cli::sft::SftArgs),
+    /// Rank K answers per prompt from a policy, in the terminal or by a judge, into ranked-K JSONL.
+    Label(cli::ppo::LabelArgs),
+    /// Step 2: train a reward model on ranked answers (pairwise loss over all C(K,2) pairs of a prompt).
+    Reward(cli::reward::RewardArgs),
+    /// Score prompt/answer pairs with a reward model (JSONL in, JSONL out).
+    Score(cli::reward::ScoreArgs),
+    /// Step 3: PPO against the reward model, with a per-token KL penalty to the SFT model.
+    Ppo(cli::ppo::PpoArgs),
+    /// Held-out win rate of a policy against the SFT model; the over-optimisation curve of a PPO run.
+    Eval(cli::ppo::EvalArgs),
     /// Check every op's backward and the whole model's gradient against finite differences (f64).
     Gradcheck(cli::gradcheck::GradcheckArgs),
     /// Time a full training step (forward, backward, AdamW) of a preset.
@@ -46,6 +63,12 @@ fn main() {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Pretrain(args) => cli::pretrain::run(args),
         Command::Sample(args) => cli::sample::run(args),
+        Command::Sft(args) => cli::sft::run(args),
+        Command::Label(args) => cli::ppo::run_label(args),
+        Command::Reward(args) => cli::reward::run_reward(args),
+        Command::Score(args) => cli::reward::run_score(args),
+        Command::Ppo(args) => cli::ppo::run_ppo(args),
+        Command::Eval(args) => cli::ppo::run_eval(args),
         Command::Gradcheck(args) => cli::gradcheck::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Export(args) => cli::export::run(&args),

@@ -440,17 +440,18 @@ fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
 
 #[test]
 fn prompt_files_and_judge_commands_fail_with_clear_errors() {
-    use rlhf::cli::ppo::{read_prompts, CommandJudge};
+    use rlhf::cli::ppo::CommandJudge;
+    let read_prompts = |p: &std::path::Path| rlhf::datasets::read_prompts(p, false).map(|r| r.records);
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p.jsonl");
     let err = |text: &str| {
         std::fs::write(&f, text).unwrap();
         format!("{:#}", read_prompts(&f).unwrap_err())
     };
-    assert!(err("").contains("holds no prompts"));
+    assert!(err("").contains("holds no usable records"));
     assert!(err("{\"prompt\": \"a\"}\n{oops\n").contains("p.jsonl:2: not JSON"));
-    assert!(err("{\"text\": \"a\"}\n").contains("p.jsonl:1: expected an object with a \"prompt\" string"));
-    assert!(err("{\"prompt\": \"  \"}\n").contains("the prompt is empty"));
+    assert!(err("{\"text\": \"a\"}\n").contains("p.jsonl:1: missing field \"prompt\""));
+    assert!(err("{\"prompt\": \"  \"}\n").contains("field \"prompt\" is empty"));
     assert!(format!("{:#}", read_prompts(&dir.path().join("missing.jsonl")).unwrap_err()).contains("missing.jsonl"));
     std::fs::write(&f, "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
     assert_eq!(read_prompts(&f).unwrap(), vec!["a", "b"]);

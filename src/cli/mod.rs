@@ -8,3 +8,5 @@ pub mod ppo;
 pub mod pretrain;
 pub mod sample;
 pub mod tokenizer;
+pub mod reward;
+pub mod sft;

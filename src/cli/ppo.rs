@@ -9,14 +9,15 @@ use crate::device::{self, DeviceArg};
 use crate::model::AdamWConfig;
 use crate::ppo::eval;
 use crate::ppo::label;
-use crate::ppo::rollout::TrunkHead;
+use crate::chat::{self, ChatTokens};
+use crate::datasets;
 use crate::ppo::trainer::{train_from, Hooks, PpoConfig};
 use crate::rng::Rng;
 use crate::sample::{generate, SampleConfig};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 #[derive(clap::Args, Debug)]
@@ -121,10 +122,6 @@ pub struct PpoArgs {
     pub device: DeviceArg,
 }
 
-fn special(tok: &Tokenizer, name: &str) -> Result<u32> {
-    tok.token_id(name).with_context(|| format!("the tokenizer has no {name} token (train it with the chat special tokens)"))
-}
-
 /// Text of an answer without its end token.
 fn answer_text(tok: &Tokenizer, answer: &[u32], end: u32) -> String {
     let body = if answer.last() == Some(&end) { &answer[..answer.len() - 1] } else { answer };
@@ -133,9 +130,10 @@ fn answer_text(tok: &Tokenizer, answer: &[u32], end: u32) -> String {
 
 pub fn run_ppo(args: PpoArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
-    let (end, pad) = (special(&tok, "<|end|>")?, tok.pad());
-    let texts = read_prompts(&args.prompts)?;
-    let prompts: Vec<Vec<u32>> = texts.iter().map(|p| encode_prompt(&tok, p)).collect::<Result<_>>()?;
+    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let (end, pad) = (ct.end, ct.pad);
+    let texts = datasets::read_prompts(&args.prompts, false)?.records;
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|p| chat::encode_prompt(&tok, &ct, p)).collect::<Result<_>>()?;
     let cfg = PpoConfig {
         iterations: args.iterations,
         batch: args.batch,
@@ -180,7 +178,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
             Some(p) => crate::model::persist::load_policy(be, p)?,
             None => crate::ppo::rollout::clone_model(be, &init)?,
         };
-        let reward = load_reward(be, &args.reward)?;
+        let reward = crate::reward::load(be, &args.reward)?;
         let decode = |ids: &[u32]| answer_text(&tok, ids, end);
         let ptx = |i: u64| -> Result<(Vec<u32>, Vec<u32>, usize, usize)> {
             let d = ptx_data.as_ref().context("no --ptx-data")?;
@@ -239,8 +237,9 @@ pub struct LabelArgs {
 
 pub fn run_label(args: LabelArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
-    let end = special(&tok, "<|end|>")?;
-    let prompts = read_prompts(&args.prompts)?;
+    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let end = ct.end;
+    let prompts = datasets::read_prompts(&args.prompts, false)?.records;
     let mut judge = args.judge.as_deref().map(CommandJudge::new);
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
@@ -250,7 +249,7 @@ pub fn run_label(args: LabelArgs) -> Result<()> {
         let mut gen = |p: &str| -> Result<Vec<String>> {
             // A pure function of (seed, prompt text), so a resumed session draws the same answers.
             let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-            let ids = encode_prompt(&tok, p)?;
+            let ids = chat::encode_prompt(&tok, &ct, p)?;
             let g = generate(be, &policy, &vec![ids; args.k], &sc, &mut Rng::stream(args.seed, h))?;
             Ok(g.iter().map(|g| answer_text(&tok, &g.tokens, end)).collect())
         };
@@ -303,15 +302,16 @@ pub struct EvalArgs {
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
-    let (end, pad) = (special(&tok, "<|end|>")?, tok.pad());
-    let texts = read_prompts(&args.prompts)?;
-    let prompts: Vec<Vec<u32>> = texts.iter().map(|p| encode_prompt(&tok, p)).collect::<Result<_>>()?;
+    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let (end, pad) = (ct.end, ct.pad);
+    let texts = datasets::read_prompts(&args.prompts, false)?.records;
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|p| chat::encode_prompt(&tok, &ct, p)).collect::<Result<_>>()?;
     let mut judge = args.judge.as_deref().map(CommandJudge::new);
     let dev = device::select(args.device)?;
     let report: eval::EvalReport = crate::with_backend!(dev, |be| {
         let policy = crate::model::persist::load_policy(be, &args.policy)?;
         let sft = crate::model::persist::load_policy(be, &args.sft)?;
-        let reward = load_reward(be, &args.reward)?;
+        let reward = crate::reward::load(be, &args.reward)?;
         if policy.cfg.vocab_size != reward.cfg().vocab_size || sft.cfg.vocab_size != policy.cfg.vocab_size {
             bail!("vocabularies differ: policy {}, SFT {}, reward model {}", policy.cfg.vocab_size, sft.cfg.vocab_size, reward.cfg().vocab_size);
         }
@@ -340,42 +340,6 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
 }
 
 // ---- INTEGRATION: stand-ins until crate::chat / datasets / reward / judge land ----
-
-/// INTEGRATION (crate::datasets): prompts of a JSONL file of {"prompt": "..."} objects.
-pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts {}", path.display()))?;
-    let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        match v.get("prompt").and_then(|p| p.as_str()) {
-            Some(p) if !p.trim().is_empty() => out.push(p.to_string()),
-            Some(_) => bail!("{}:{}: the prompt is empty", path.display(), i + 1),
-            None => bail!("{}:{}: expected an object with a \"prompt\" string", path.display(), i + 1),
-        }
-    }
-    if out.is_empty() {
-        bail!("{} holds no prompts", path.display());
-    }
-    Ok(out)
-}
-
-/// INTEGRATION (crate::chat::encode_prompt): `<|user|>` prompt `<|assistant|>`.
-pub fn encode_prompt(tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
-    let mut ids = vec![special(tok, "<|user|>")?];
-    ids.extend(tok.try_encode(prompt)?);
-    ids.push(special(tok, "<|assistant|>")?);
-    Ok(ids)
-}
-
-/// INTEGRATION (crate::reward): a reward-kind checkpoint (or run directory) as decoder + scalar head.
-pub fn load_reward<B: crate::backend::Backend>(be: &B, path: &Path) -> Result<TrunkHead<B>> {
-    let dir = crate::run_dir::resolve_checkpoint(path)?;
-    let ck = crate::checkpoint::load(&dir)?;
-    TrunkHead::from_checkpoint(be, &ck, &path.display().to_string())
-}
 
 /// INTEGRATION (crate::judge::CommandJudge): runs `sh -c CMD` once per batch, writing one JSON object
 /// {"prompt", "answer"} per line to its stdin and reading one number per line from its stdout.

@@ -190,12 +190,18 @@ pub struct Models<B: Backend> {
     pub value: TrunkHead<B>,
 }
 
-/// AdamW moments of the value head (the trunk's live in an `AdamW`).
-struct HeadOpt<B: Backend> {
+/// AdamW moments of a scalar head (the trunk's live in an `AdamW`); used by the value and reward models.
+pub struct HeadOpt<B: Backend> {
     m_w: B::Buf,
     v_w: B::Buf,
     m_b: B::Buf,
     v_b: B::Buf,
+}
+
+impl<B: Backend> HeadOpt<B> {
+    pub fn zeros(be: &B, c: usize) -> Result<Self> {
+        Ok(HeadOpt { m_w: be.zeros(c)?, v_w: be.zeros(c)?, m_b: be.zeros(1)?, v_b: be.zeros(1)? })
+    }
 }
 
 /// The trainable state beyond the models.
@@ -294,7 +300,8 @@ struct UpdateStats {
     steps: usize,
 }
 
-fn head_step<B: Backend>(be: &B, v: &mut TrunkHead<B>, o: &mut HeadOpt<B>, g: &HeadGrads<B>, lr: f64, hp: &AdamWConfig, step: u64) {
+/// One AdamW step of a scalar head, its gradient norm clipped on its own (no weight decay on a head).
+pub fn head_step<B: Backend>(be: &B, v: &mut TrunkHead<B>, o: &mut HeadOpt<B>, g: &HeadGrads<B>, lr: f64, hp: &AdamWConfig, step: u64) {
     let norm = (be.sum_squares(&g.w) + be.sum_squares(&g.b)).sqrt();
     let grad_scale = if hp.grad_clip > 0.0 && norm > hp.grad_clip { hp.grad_clip / norm } else { 1.0 };
     let h = AdamWParams { lr, beta1: hp.beta1, beta2: hp.beta2, eps: hp.eps, weight_decay: 0.0, step, grad_scale };
@@ -599,7 +606,7 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
         let st = State {
             policy_opt: AdamW::new(be, &pcfg, cfg.adamw)?,
             value_opt: AdamW::new(be, &rcfg, cfg.adamw)?,
-            head_opt: HeadOpt { m_w: be.zeros(c)?, v_w: be.zeros(c)?, m_b: be.zeros(1)?, v_b: be.zeros(1)? },
+            head_opt: HeadOpt::zeros(be, c)?,
             kl: if cfg.fixed_kl { KlController::fixed(cfg.init_kl_coef) } else { KlController::adaptive(cfg.init_kl_coef, cfg.target_kl, cfg.horizon) },
             iteration: 0,
         };

@@ -1,0 +1,120 @@
+//! `rlhf reward` (train a reward model on ranked answers) and `rlhf score` (score prompt/answer pairs).
+
+use crate::chat::{self, ChatTokens};
+use crate::device::{self, DeviceArg};
+use crate::reward::{self, RewardConfig};
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct RewardArgs {
+    /// Start from a policy (usually the SFT model: a fresh scalar head is added) or a reward model (continue).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Comparisons, JSONL: {"prompt", "chosen", "rejected"} or {"prompt", "completions": [K], "ranking": [K]}
+    /// with ranking[i] the rank of completion i (0 = best; equal ranks are ties, dropped).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// SFT demonstrations ({"prompt", "completion"}): after training the bias is set so they score 0 on average.
+    #[arg(long)]
+    pub sft_data: Option<PathBuf>,
+    #[arg(long, default_value = "runs/reward")]
+    pub out: PathBuf,
+    /// Prompts per step (all K answers of each prompt in one batch).
+    #[arg(long, default_value_t = 8)]
+    pub prompts_per_step: usize,
+    /// Passes over the comparisons (1 is the published choice: more overfits).
+    #[arg(long, default_value_t = 1.0)]
+    pub epochs: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Fraction of prompts held out for the pairwise accuracy.
+    #[arg(long, default_value_t = 0.15)]
+    pub eval_fraction: f64,
+    #[arg(long)]
+    pub skip_bad: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+}
+
+pub fn run_reward(a: RewardArgs) -> Result<()> {
+    let cfg = RewardConfig {
+        base: a.base,
+        data: a.data,
+        tokenizer: a.tokenizer,
+        sft_data: a.sft_data,
+        out: a.out,
+        prompts_per_step: a.prompts_per_step.max(1),
+        epochs: a.epochs,
+        lr: a.lr,
+        eval_fraction: a.eval_fraction,
+        skip_bad: a.skip_bad,
+        seed: a.seed,
+    };
+    let dev = device::select(a.device)?;
+    let s = crate::with_backend!(dev, |be| reward::train(be, &cfg))?;
+    println!("reward model done: {} steps on {} prompts, final train loss {:.4}", s.steps, s.train_prompts, s.final_train_loss);
+    println!("  held-out pairwise accuracy: {:.1}% on {} pairs of {} prompts (before training {:.1}%)", 100.0 * s.eval_accuracy, s.eval_pairs, s.eval_prompts, 100.0 * s.eval_accuracy_before);
+    println!("  bias shifted by {:+.4} so the SFT demonstrations average 0", s.bias_shift);
+    println!("  checkpoint {}", s.checkpoint.display());
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    /// A reward model checkpoint (or its run directory).
+    #[arg(long)]
+    pub reward: PathBuf,
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// JSONL of {"prompt", "completion"} (or "answer") to score.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output JSONL (each input record with a "score" added); standard output when absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+}
+
+pub fn run_score(a: ScoreArgs) -> Result<()> {
+    let tok = Tokenizer::load(&a.tokenizer)?;
+    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let text = std::fs::read_to_string(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
+    let mut records = vec![];
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", a.data.display(), i + 1))?;
+        let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let prompt = get("prompt").with_context(|| format!("{}:{}: missing \"prompt\"", a.data.display(), i + 1))?;
+        let answer = get("completion").or_else(|| get("answer")).with_context(|| format!("{}:{}: missing \"completion\" (or \"answer\")", a.data.display(), i + 1))?;
+        records.push((v, prompt, answer));
+    }
+    let dev = device::select(a.device)?;
+    let scores = crate::with_backend!(dev, |be| {
+        let rm = reward::load(be, &a.reward)?;
+        crate::tokenizer::check_vocab(tok.vocab_size(), rm.trunk.cfg.vocab_size, &a.tokenizer.display().to_string())?;
+        let mut pairs = vec![];
+        for (_, p, ans) in &records {
+            let (mut pt, mut at) = (chat::encode_prompt(&tok, &ct, p)?, chat::encode_answer(&tok, &ct, ans)?);
+            chat::fit_context(&mut pt, &mut at, rm.trunk.cfg.n_positions);
+            pairs.push((pt, at));
+        }
+        reward::score_all(be, &rm, &pairs, ct.pad, 16)
+    })?;
+    let mut out = String::new();
+    for ((mut v, _, _), s) in records.into_iter().zip(scores) {
+        v["score"] = serde_json::json!(s);
+        out += &format!("{v}\n");
+    }
+    match &a.out {
+        Some(path) => crate::fsutil::write_atomic(path, out.as_bytes())?,
+        None => std::io::stdout().write_all(out.as_bytes())?,
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! Step 2: the reward model — the decoder with a scalar head read at the answer's last token.
+//!
+//! For a prompt x with K answers ranked by a labeller, the loss is the InstructGPT pairwise loss
+//!   loss(x) = 1/P * sum over the P = C(K,2) - ties pairs (w better than l) of -log sigmoid(r(x,y_w) - r(x,y_l))
+//! computed from ONE forward pass per answer: the K answers of a prompt are rows of one batch, the score of
+//! each is read at its `<|end|>` token, every pair's gradient is accumulated onto its two rows
+//! (d/dr_w = -sigmoid(r_l - r_w) / P, d/dr_l = +sigmoid(r_l - r_w) / P), then the head and the decoder
+//! backpropagate once. A batch holds several prompts; its loss is their mean. One epoch by default (more
+//! overfits, InstructGPT). After training the head's bias is shifted so that the SFT demonstrations score
+//! 0 on average (reward normalisation). Head init: N(0, 1/sqrt(C+1)), bias 0.
+
+use crate::backend::Backend;
+use crate::chat::{self, ChatTokens};
+use crate::checkpoint;
+use crate::datasets::{self, Ranked};
+use crate::gradcheck::{compare, CheckResult};
+use crate::metrics::{self, MetricsLog};
+use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
+use crate::ops::adamw::lr_schedule;
+use crate::ppo::rollout::TrunkHead;
+use crate::ppo::trainer::{head_step, HeadOpt};
+use crate::rng::Rng;
+use crate::sft::{pair_batch, Pair};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+pub type RewardModel<B> = TrunkHead<B>;
+
+/// Mean over `pairs` (better, worse) of -log sigmoid(r_better - r_worse), and its gradient wrt `r`.
+pub fn pairwise_loss(r: &[f64], pairs: &[(usize, usize)]) -> (f64, Vec<f64>) {
+    let mut dr = vec![0.0; r.len()];
+    if pairs.is_empty() {
+        return (0.0, dr);
+    }
+    let p = pairs.len() as f64;
+    let mut loss = 0.0;
+    for &(w, l) in pairs {
+        let m = r[w] - r[l];
+        // -log sigmoid(m) = softplus(-m), computed stably; its derivative is -sigmoid(-m).
+        loss += if m > 0.0 { (-m).exp().ln_1p() } else { -m + m.exp().ln_1p() };
+        let s = 1.0 / (1.0 + m.exp());
+        dr[w] -= s / p;
+        dr[l] += s / p;
+    }
+    (loss / p, dr)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RewardConfig {
+    pub base: PathBuf,
+    pub data: PathBuf,
+    pub tokenizer: PathBuf,
+    pub sft_data: Option<PathBuf>,
+    pub out: PathBuf,
+    /// Prompts (each with all its answers) per optimizer step.
+    pub prompts_per_step: usize,
+    pub epochs: f64,
+    pub lr: f64,
+    pub eval_fraction: f64,
+    pub skip_bad: bool,
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RewardSummary {
+    pub steps: u64,
+    pub train_prompts: usize,
+    pub eval_prompts: usize,
+    pub eval_pairs: usize,
+    pub eval_accuracy_before: f64,
+    pub eval_accuracy: f64,
+    pub final_train_loss: f64,
+    pub bias_shift: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// One ranked record, encoded: the prompt's chat-format tokens with each answer, and the pairs.
+pub struct Group {
+    pub pairs: Vec<Pair>,
+    pub better_worse: Vec<(usize, usize)>,
+}
+
+pub fn encode_groups(tok: &Tokenizer, ct: &ChatTokens, recs: &[Ranked], ctx: usize) -> Result<Vec<Group>> {
+    recs.iter()
+        .map(|r| {
+            let prompt = chat::encode_prompt(tok, ct, &r.prompt)?;
+            let pairs = r
+                .completions
+                .iter()
+                .map(|c| {
+                    let (mut p, mut a) = (prompt.clone(), chat::encode_answer(tok, ct, c)?);
+                    chat::fit_context(&mut p, &mut a, ctx);
+                    Ok((p, a))
+                })
+                .collect::<Result<_>>()?;
+            Ok(Group { pairs, better_worse: r.pairs() })
+        })
+        .collect()
+}
+
+/// Scores of right-padded (prompt, answer) rows, read at each answer's last token.
+pub fn score_pairs<B: Backend>(be: &B, rm: &RewardModel<B>, acts: &mut Acts<B>, pairs: &[&Pair], pad: u32) -> Result<Vec<f64>> {
+    let (b, t) = (acts.b, acts.t);
+    let batch = pair_batch(pairs, b, t, pad)?;
+    rm.trunk.forward(be, acts, &batch.inputs, None, None)?;
+    let all = rm.head.forward(be, &acts.lnf, rm.trunk.cfg.n_embd)?;
+    Ok(pairs.iter().enumerate().map(|(i, (p, a))| all[i * t + p.len() + a.len() - 1]).collect())
+}
+
+/// Scores of many pairs, in batches of the activations' size.
+pub fn score_all<B: Backend>(be: &B, rm: &RewardModel<B>, pairs: &[Pair], pad: u32, batch: usize) -> Result<Vec<f64>> {
+    let t = pairs.iter().map(|(p, a)| p.len() + a.len()).max().unwrap_or(1);
+    let mut acts = Acts::new(be, &rm.trunk.cfg, batch, t)?;
+    let mut out = vec![];
+    for chunk in pairs.chunks(batch) {
+        out.extend(score_pairs(be, rm, &mut acts, &chunk.iter().collect::<Vec<_>>(), pad)?);
+    }
+    Ok(out)
+}
+
+/// Fraction of (better, worse) pairs the model orders correctly (a tie counts half).
+pub fn accuracy<B: Backend>(be: &B, rm: &RewardModel<B>, groups: &[Group], pad: u32, batch: usize) -> Result<(f64, usize)> {
+    let (mut right, mut total) = (0.0, 0usize);
+    for g in groups {
+        let r = score_all(be, rm, &g.pairs, pad, batch)?;
+        for &(w, l) in &g.better_worse {
+            right += if r[w] > r[l] { 1.0 } else if r[w] == r[l] { 0.5 } else { 0.0 };
+            total += 1;
+        }
+    }
+    Ok((right / total.max(1) as f64, total))
+}
+
+pub fn train<B: Backend>(be: &B, cfg: &RewardConfig) -> Result<RewardSummary> {
+    if crate::run_dir::latest(&cfg.out)?.is_some() {
+        bail!("{} already holds a reward model; choose another --out", cfg.out.display());
+    }
+    let base = crate::run_dir::resolve_checkpoint(&cfg.base)?;
+    let ck = checkpoint::load(&base)?;
+    // A policy starts a new reward model (fresh head); a reward model continues (warm start).
+    let mut rm = match ck.kind {
+        checkpoint::ModelKind::Reward => RewardModel::from_checkpoint(be, &ck, &cfg.base.display().to_string())?,
+        checkpoint::ModelKind::Policy => TrunkHead { trunk: ck.to_model(be)?, head: ScalarHead::init(be, ck.config.n_embd, cfg.seed)? },
+        other => bail!("--base {} is a {} model; a reward model starts from a policy (SFT) or a reward checkpoint", cfg.base.display(), other.as_str()),
+    };
+    let mcfg = rm.trunk.cfg;
+    let tok = Tokenizer::load(&cfg.tokenizer)?;
+    crate::tokenizer::check_vocab(tok.vocab_size(), mcfg.vocab_size, &cfg.tokenizer.display().to_string())?;
+    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let read = datasets::read_ranked(&cfg.data, cfg.skip_bad)?;
+    let mut groups = encode_groups(&tok, &ct, &read.records, mcfg.n_positions)?;
+    groups.retain(|g| !g.better_worse.is_empty());
+    if groups.len() < 2 {
+        bail!("{} has {} prompt(s) with at least one untied pair: too few to train and hold out", cfg.data.display(), groups.len());
+    }
+    Rng::new(cfg.seed).shuffle(&mut groups);
+    let n_eval = ((groups.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, groups.len() - 1);
+    let train_groups = groups.split_off(n_eval);
+    let eval_groups = groups;
+    let k_max = train_groups.iter().map(|g| g.pairs.len()).max().unwrap();
+    let t = train_groups.iter().chain(&eval_groups).flat_map(|g| g.pairs.iter()).map(|(p, a)| p.len() + a.len()).max().unwrap();
+    let rows = cfg.prompts_per_step * k_max;
+    let eval_batch = 16;
+    let (acc_before, eval_pairs) = accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?;
+
+    let hp = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
+    let mut opt = AdamW::new(be, &mcfg, hp)?;
+    let mut head_opt = HeadOpt::zeros(be, mcfg.n_embd)?;
+    let mut grads = Tensors::zeros(be, &mcfg)?;
+    let mut acts = Acts::new(be, &mcfg, rows, t)?;
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), Some(0))?;
+    let steps = ((cfg.epochs * train_groups.len() as f64) / cfg.prompts_per_step as f64).ceil().max(1.0) as u64;
+    let bar = crate::progress::bar(steps, "reward");
+    let mut order: Vec<usize> = vec![];
+    let mut last_loss = f64::NAN;
+    for step in 0..steps {
+        // Prompts in a seeded order, reshuffled each epoch.
+        let mut batch_groups = vec![];
+        for i in 0..cfg.prompts_per_step {
+            let g = step as usize * cfg.prompts_per_step + i;
+            if g % train_groups.len() == 0 {
+                order = (0..train_groups.len()).collect();
+                Rng::stream(cfg.seed, (g / train_groups.len()) as u64).shuffle(&mut order);
+            }
+            batch_groups.push(&train_groups[order[g % train_groups.len()]]);
+        }
+        let pairs: Vec<&Pair> = batch_groups.iter().flat_map(|g| g.pairs.iter()).collect();
+        let batch = pair_batch(&pairs, rows, t, ct.pad)?;
+        grads.fill_zero(be);
+        let mut hg = rm.head.zero_grads(be)?;
+        rm.trunk.forward(be, &mut acts, &batch.inputs, None, None)?;
+        let all = rm.head.forward(be, &acts.lnf, mcfg.n_embd)?;
+        // Per prompt: its rows' scores, the pairwise loss, and the gradient placed on its rows' last tokens.
+        let mut dr_full = vec![0.0; rows * t];
+        let (mut loss, mut row, mut right, mut n_pairs) = (0.0, 0usize, 0usize, 0usize);
+        for g in &batch_groups {
+            let last: Vec<usize> = g.pairs.iter().enumerate().map(|(i, (p, a))| (row + i) * t + p.len() + a.len() - 1).collect();
+            let r: Vec<f64> = last.iter().map(|&i| all[i]).collect();
+            let (l, dr) = pairwise_loss(&r, &g.better_worse);
+            loss += l / batch_groups.len() as f64;
+            for (i, d) in last.iter().zip(dr) {
+                dr_full[*i] = d / batch_groups.len() as f64;
+            }
+            right += g.better_worse.iter().filter(|&&(w, l)| r[w] > r[l]).count();
+            n_pairs += g.better_worse.len();
+            row += g.pairs.len();
+        }
+        if !loss.is_finite() {
+            bail!("reward-model loss became {loss} at step {} (lower --lr); nothing was saved", step + 1);
+        }
+        be.fill_zero(&mut acts.dlnf);
+        rm.head.backward(be, &mut hg, &mut acts.dlnf, &acts.lnf, &dr_full, mcfg.n_embd)?;
+        rm.trunk.backward(be, &mut acts, &mut grads);
+        let lr = lr_schedule(step, cfg.lr, cfg.lr * 0.1, (steps / 10).max(1), steps);
+        let norm = opt.update(be, &mut rm.trunk.params, &grads, lr);
+        head_step(be, &mut rm, &mut head_opt, &hg, lr, &hp, step + 1);
+        last_loss = loss;
+        log.write(&json!({"step": step + 1, "loss": loss, "train_pair_accuracy": right as f64 / n_pairs.max(1) as f64, "lr": lr, "grad_norm": norm}))?;
+        bar.set_message(format!("loss {loss:.3}"));
+        bar.inc(1);
+    }
+    bar.finish();
+    let (acc, _) = accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?;
+    log.write(&json!({"step": steps, "eval_pair_accuracy": acc, "eval_pair_accuracy_before": acc_before}))?;
+    // Reward normalisation: the SFT demonstrations score 0 on average.
+    let bias_shift = match &cfg.sft_data {
+        Some(path) => {
+            let demos = datasets::read_sft(path, true)?;
+            let (pairs, _) = crate::sft::encode_examples(&tok, &ct, &demos.records, mcfg.n_positions)?;
+            let scores = score_all(be, &rm, &pairs, ct.pad, eval_batch)?;
+            let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+            let (w, b) = rm.head.to_host(be);
+            rm.head = ScalarHead::from_host(be, &w, b - mean as f32)?;
+            -mean
+        }
+        None => 0.0,
+    };
+    let ck = rm.to_checkpoint(be)?;
+    let dir = crate::run_dir::commit_checkpoint(&cfg.out, steps, |d| checkpoint::save(d, &ck))?;
+    let recs = metrics::read(&cfg.out.join("metrics.jsonl"))?;
+    let svg = metrics::svg_plot("reward model: pairwise loss", "step", &[("train loss", metrics::series(&recs, "step", "loss"))]);
+    metrics::write_plot(&cfg.out.join("loss.svg"), &svg)?;
+    Ok(RewardSummary {
+        steps,
+        train_prompts: train_groups.len(),
+        eval_prompts: eval_groups.len(),
+        eval_pairs,
+        eval_accuracy_before: acc_before,
+        eval_accuracy: acc,
+        final_train_loss: last_loss,
+        bias_shift,
+        checkpoint: dir,
+    })
+}
+
+/// Load a reward model (our checkpoint or a run directory), refusing a policy.
+pub fn load<B: Backend>(be: &B, path: &Path) -> Result<RewardModel<B>> {
+    let dir = crate::run_dir::resolve_checkpoint(path)?;
+    let ck = checkpoint::load(&dir)?;
+    RewardModel::from_checkpoint(be, &ck, &path.display().to_string())
+}
+
+/// The pairwise loss's gradient against finite differences (f64), for `rlhf gradcheck`.
+pub fn gradchecks() -> Vec<CheckResult> {
+    let mut rng = Rng::new(11);
+    let r: Vec<f64> = (0..5).map(|_| rng.normal() * 2.0).collect();
+    let rec = Ranked { prompt: "p".into(), completions: vec!["a".into(); 5], ranking: vec![2, 0, 1, 0, 3] };
+    let pairs = rec.pairs();
+    let (_, dr) = pairwise_loss(&r, &pairs);
+    vec![compare("reward pairwise loss", &vec![r], |x| pairwise_loss(&x[0], &pairs).0, &vec![dr], &mut rng)]
+}

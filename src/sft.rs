@@ -1,0 +1,177 @@
+//! Step 1: supervised fine-tuning on prompt -> answer demonstrations.
+//!
+//! Each example is laid out in the chat format (`crate::chat`) and right-padded with `<|pad|>`:
+//!   tokens  = <|user|> prompt <|assistant|> answer <|end|> <|pad|> ...
+//! The loss is the engine's masked cross-entropy with weight 1/(answer tokens in the batch) on the rows
+//! that predict answer tokens (including `<|end|>`) and 0 on prompt and padding rows, so prompt tokens
+//! carry no loss, and padding changes neither loss nor gradient (attention is causal: a row never sees
+//! the padding after it). Examples are not packed, so nothing leaks between neighbours. The training loop
+//! is the pretraining one (`crate::train::fit`).
+
+use crate::backend::Backend;
+use crate::chat::{self, ChatTokens};
+use crate::datasets::{self, SftExample};
+use crate::model::{AdamW, Gpt2};
+use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+use crate::train::{self, BatchSource, FitSummary, LmBatch, LoopConfig};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SftConfig {
+    pub base: PathBuf,
+    pub data: PathBuf,
+    pub tokenizer: PathBuf,
+    pub batch: usize,
+    pub epochs: f64,
+    pub eval_fraction: f64,
+    pub skip_bad: bool,
+    pub run: LoopConfig,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SftSummary {
+    pub fit: FitSummary,
+    /// Held-out answer loss of the base model, before fine-tuning.
+    pub base_eval_loss: f64,
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    pub truncated: usize,
+    pub skipped: usize,
+}
+
+/// A (prompt, answer) token pair, already in the chat format.
+pub type Pair = (Vec<u32>, Vec<u32>);
+
+/// A batch of pairs as right-padded [b, t] rows with answer-only loss weights; missing rows are padding
+/// with zero weight.
+pub fn pair_batch(pairs: &[&Pair], b: usize, t: usize, pad: u32) -> Result<LmBatch> {
+    let (mut inputs, mut targets, mut weights) = (vec![pad; b * t], vec![pad; b * t], vec![0.0f32; b * t]);
+    let mut count = 0usize;
+    for (i, (p, a)) in pairs.iter().enumerate() {
+        let seq: Vec<u32> = p.iter().chain(a.iter()).copied().collect();
+        if seq.len() > t || p.is_empty() || a.is_empty() {
+            bail!("example of {} + {} tokens does not fit rows of {t}", p.len(), a.len());
+        }
+        inputs[i * t..i * t + seq.len()].copy_from_slice(&seq);
+        targets[i * t..i * t + seq.len() - 1].copy_from_slice(&seq[1..]);
+        // Row p-1+j predicts answer token j.
+        for j in 0..a.len() {
+            weights[i * t + p.len() - 1 + j] = 1.0;
+        }
+        count += a.len();
+    }
+    weights.iter_mut().for_each(|w| *w /= count.max(1) as f32);
+    Ok(LmBatch { inputs, targets, weights })
+}
+
+struct PairBatches {
+    train: Vec<Pair>,
+    eval: Vec<LmBatch>,
+    b: usize,
+    t: usize,
+    pad: u32,
+}
+
+impl BatchSource for PairBatches {
+    fn shape(&self) -> (usize, usize) {
+        (self.b, self.t)
+    }
+    /// Step k takes examples k*b .. (k+1)*b of an endless sequence of epochs, each a permutation drawn
+    /// from (seed, epoch): a pure function of (seed, step).
+    fn train_batch(&self, seed: u64, step: u64) -> Result<LmBatch> {
+        let n = self.train.len() as u64;
+        let mut picked = Vec::with_capacity(self.b);
+        let mut perm_epoch = (u64::MAX, vec![]);
+        for i in 0..self.b as u64 {
+            let g = step * self.b as u64 + i;
+            let epoch = g / n;
+            if perm_epoch.0 != epoch {
+                let mut perm: Vec<usize> = (0..n as usize).collect();
+                Rng::stream(seed, epoch).shuffle(&mut perm);
+                perm_epoch = (epoch, perm);
+            }
+            picked.push(&self.train[perm_epoch.1[(g % n) as usize]]);
+        }
+        pair_batch(&picked, self.b, self.t, self.pad)
+    }
+    fn eval_batches(&self) -> &[LmBatch] {
+        &self.eval
+    }
+}
+
+/// Encode examples in the chat format, fitted to the context; returns the pairs and how many were cut.
+pub fn encode_examples(tok: &Tokenizer, ct: &ChatTokens, examples: &[SftExample], ctx: usize) -> Result<(Vec<Pair>, usize)> {
+    let mut truncated = 0;
+    let pairs = examples
+        .iter()
+        .map(|e| {
+            let (mut p, mut a) = match e {
+                SftExample::Pair { prompt, completion } => (chat::encode_prompt(tok, ct, prompt)?, chat::encode_answer(tok, ct, completion)?),
+                SftExample::Conversation(m) => chat::encode_messages(tok, ct, m)?,
+            };
+            truncated += chat::fit_context(&mut p, &mut a, ctx) as usize;
+            Ok((p, a))
+        })
+        .collect::<Result<_>>()?;
+    Ok((pairs, truncated))
+}
+
+pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSummary> {
+    let start = train::resume_point(&cfg.run.out, resume)?;
+    let (mut log_len, mut opt_state) = (None, None);
+    let mut model = match start {
+        Some((ck, state)) => {
+            let saved: SftConfig = serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
+            let run = LoopConfig { steps: saved.run.steps, stop_after: cfg.run.stop_after, ..saved.run.clone() };
+            cfg = SftConfig { run, ..saved };
+            log_len = Some(state.metrics_len);
+            opt_state = Some(state);
+            ck.to_model(be)?
+        }
+        None => crate::model::persist::load_policy(be, &cfg.base).with_context(|| format!("--base {}", cfg.base.display()))?,
+    };
+    let tok = Tokenizer::load(&cfg.tokenizer)?;
+    crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &cfg.tokenizer.display().to_string())?;
+    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let read = datasets::read_sft(&cfg.data, cfg.skip_bad)?;
+    let (pairs, truncated) = encode_examples(&tok, &ct, &read.records, model.cfg.n_positions)?;
+    // Held-out split: a seeded shuffle, the first eval_fraction held out.
+    let mut idx: Vec<usize> = (0..pairs.len()).collect();
+    Rng::new(cfg.run.seed).shuffle(&mut idx);
+    let n_eval = ((pairs.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, pairs.len().saturating_sub(1).max(1));
+    if pairs.len() < 2 {
+        bail!("{} holds {} example(s): SFT needs at least 2 (one held out)", cfg.data.display(), pairs.len());
+    }
+    let eval_pairs: Vec<Pair> = idx[..n_eval].iter().map(|&i| pairs[i].clone()).collect();
+    let train_pairs: Vec<Pair> = idx[n_eval..].iter().map(|&i| pairs[i].clone()).collect();
+    let t = pairs.iter().map(|(p, a)| p.len() + a.len()).max().unwrap();
+    let eval = eval_pairs.chunks(cfg.batch).map(|c| pair_batch(&c.iter().collect::<Vec<_>>(), cfg.batch, t, ct.pad)).collect::<Result<Vec<_>>>()?;
+    if cfg.run.steps == 0 {
+        cfg.run.steps = ((cfg.epochs * train_pairs.len() as f64) / cfg.batch as f64).ceil().max(1.0) as u64;
+    }
+    let src = PairBatches { train: train_pairs, eval, b: cfg.batch, t, pad: ct.pad };
+    let base_eval_loss = {
+        let base = base_model(be, &cfg, &model)?;
+        let mut acts = crate::model::Acts::new(be, &base.cfg, cfg.batch, t)?;
+        train::evaluate(be, &base, &mut acts, src.eval_batches())?
+    };
+    let mut opt = AdamW::new(be, &model.cfg, cfg.run.adamw)?;
+    if let Some(state) = &opt_state {
+        state.restore_optimizer(be, &model.cfg, &mut opt)?;
+    }
+    let record = serde_json::to_value(&cfg)?;
+    let fit = train::fit(be, "sft", &cfg.run, &mut model, &mut opt, &src, &record, log_len, Some(("base model (held out)", base_eval_loss)))?;
+    Ok(SftSummary { fit, base_eval_loss, train_examples: src.train.len(), eval_examples: n_eval, truncated, skipped: read.skipped })
+}
+
+/// The base model (reloaded when resuming, where `model` is already fine-tuned).
+fn base_model<B: Backend>(be: &B, cfg: &SftConfig, model: &Gpt2<B>) -> Result<Gpt2<B>> {
+    let base = crate::model::persist::load_policy(be, Path::new(&cfg.base))?;
+    if base.cfg != model.cfg {
+        bail!("--base {} has another shape than the run's model", cfg.base.display());
+    }
+    Ok(base)
+}
