@@ -1,0 +1,130 @@
+//! SFT masking and padding, the reward model's pairwise loss and data handling.
+
+use rlhf::backend::Cpu;
+use rlhf::datasets::{read_ranked, read_sft, Ranked};
+use rlhf::model::{Acts, Config, Gpt2, Tensors};
+use rlhf::reward::{pairwise_loss, score_pairs, RewardModel};
+use rlhf::sft::pair_batch;
+
+type Be = Cpu<f64>;
+const PAD: u32 = 1;
+
+fn model(be: &Be) -> Gpt2<Be> {
+    Gpt2::init(be, Config { n_layer: 2, n_head: 2, n_embd: 16, vocab_size: 23, n_positions: 16 }, 5).unwrap()
+}
+
+/// Loss and every gradient of the SFT objective on a batch of (prompt, answer) pairs in rows of `t`.
+fn loss_and_grads(be: &Be, m: &Gpt2<Be>, pairs: &[(Vec<u32>, Vec<u32>)], b: usize, t: usize, targets_override: Option<&dyn Fn(&mut Vec<u32>)>) -> (f64, Vec<Vec<f64>>) {
+    let refs: Vec<_> = pairs.iter().collect();
+    let mut batch = pair_batch(&refs, b, t, PAD).unwrap();
+    if let Some(f) = targets_override {
+        f(&mut batch.targets);
+    }
+    let mut acts = Acts::new(be, &m.cfg, b, t).unwrap();
+    let mut g = Tensors::zeros(be, &m.cfg).unwrap();
+    m.forward(be, &mut acts, &batch.inputs, None, None).unwrap();
+    let loss = m.lm_loss(be, &mut acts, &batch.targets, &batch.weights, 1.0, Some(&mut g)).unwrap();
+    m.backward(be, &mut acts, &mut g);
+    (loss, g.bufs)
+}
+
+fn max_rel_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y)).map(|(x, y)| (x - y).abs() / (x.abs().max(y.abs()).max(1e-12))).fold(0.0, f64::max)
+}
+
+#[test]
+fn prompt_tokens_carry_no_loss_and_padding_changes_nothing() {
+    let be = Be::new();
+    let m = model(&be);
+    let pairs = vec![(vec![2, 5, 6, 3], vec![7, 8, 4]), (vec![2, 9, 3], vec![10, 11, 12, 13, 4])];
+    let (l, g) = loss_and_grads(&be, &m, &pairs, 2, 8, None);
+    // Other targets at prompt rows (rows 0..p-2 of each example) change nothing.
+    let scramble = |t: &mut Vec<u32>| {
+        t[0] = 17;
+        t[1] = 18;
+        t[8] = 19;
+    };
+    let (l2, g2) = loss_and_grads(&be, &m, &pairs, 2, 8, Some(&scramble));
+    assert_eq!(l, l2);
+    assert!(max_rel_diff(&g, &g2) == 0.0);
+    // The same examples in longer rows and with an extra all-padding row: same loss, same gradients.
+    let (l3, g3) = loss_and_grads(&be, &m, &pairs, 3, 14, None);
+    assert!((l - l3).abs() <= 1e-12 * l.abs(), "{l} vs {l3}");
+    let d = max_rel_diff(&g, &g3);
+    assert!(d < 1e-6, "padding changed a gradient by {d:e} (relative)");
+}
+
+#[test]
+fn pairwise_loss_pairs_and_one_forward_per_answer() {
+    let rec = Ranked { prompt: "p".into(), completions: vec!["a".into(), "b".into(), "c".into(), "d".into()], ranking: vec![1, 0, 1, 2] };
+    let pairs = rec.pairs();
+    assert_eq!(pairs.len(), 6 - 1, "C(4,2) pairs minus the one tie");
+    assert!(pairs.contains(&(1, 0)) && pairs.contains(&(0, 3)) && !pairs.contains(&(0, 2)) && !pairs.contains(&(2, 0)));
+    // Loss: mean of -log sigmoid(r_w - r_l); zero margin gives ln 2.
+    let (l, dr) = pairwise_loss(&[0.0, 0.0], &[(0, 1)]);
+    assert!((l - 2f64.ln()).abs() < 1e-12 && (dr[0] + 0.5).abs() < 1e-12 && (dr[1] - 0.5).abs() < 1e-12);
+    for c in rlhf::reward::gradchecks() {
+        assert!(c.ok, "{c:?}");
+    }
+    // K answers are K rows of one forward pass, each read at its own last token.
+    let be = Be::new();
+    let trunk = model(&be);
+    let head = rlhf::model::ScalarHead::init(&be, 16, 3).unwrap();
+    let rm = RewardModel { trunk, head };
+    let answers: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![2, 5, 3], vec![7, 4]), (vec![2, 5, 3], vec![8, 9, 10, 4]), (vec![2, 5, 3], vec![11, 4])];
+    let refs: Vec<_> = answers.iter().collect();
+    let mut acts = Acts::new(&be, &rm.trunk.cfg, 3, 8).unwrap();
+    let together = score_pairs(&be, &rm, &mut acts, &refs, PAD).unwrap();
+    assert_eq!(together.len(), 3);
+    for (i, a) in answers.iter().enumerate() {
+        let mut one = Acts::new(&be, &rm.trunk.cfg, 1, a.0.len() + a.1.len()).unwrap();
+        let alone = score_pairs(&be, &rm, &mut one, &[a], PAD).unwrap()[0];
+        assert!((alone - together[i]).abs() < 1e-9, "answer {i}: {alone} alone vs {} in the batch", together[i]);
+    }
+}
+
+#[test]
+fn bad_jsonl_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("d.jsonl");
+    let sft_err = |text: &str| {
+        std::fs::write(&f, text).unwrap();
+        format!("{:#}", read_sft(&f, false).err().expect("accepted bad data"))
+    };
+    assert!(sft_err("{\"prompt\": \"a\", \"completion\": \"b\"}\nnot json\n").contains("d.jsonl:2: not JSON"));
+    assert!(sft_err("{\"prompt\": \"a\"}\n").contains("d.jsonl:1: missing field \"completion\""));
+    assert!(sft_err("{\"prompt\": \"a\", \"completion\": \"  \"}\n").contains("d.jsonl:1: field \"completion\" is empty"));
+    assert!(sft_err("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n").contains("no assistant turn"));
+    let rank_err = |text: &str| {
+        std::fs::write(&f, text).unwrap();
+        format!("{:#}", read_ranked(&f, false).err().expect("accepted bad data"))
+    };
+    assert!(rank_err("{\"prompt\": \"p\", \"completions\": [\"a\", \"b\"], \"ranking\": [0]}\n").contains("d.jsonl:1: the ranking has 1 entries for 2 completions"));
+    assert!(rank_err("{\"prompt\": \"p\", \"completions\": [\"a\", \"b\"], \"ranking\": [0, 5]}\n").contains("outside"));
+    assert!(rank_err("{\"prompt\": \"p\", \"completions\": [\"a\", \"b\"], \"ranking\": [0, -1]}\n").contains("not a rank"));
+    assert!(rank_err("{\"prompt\": \"p\", \"chosen\": \"a\"}\n").contains("missing field \"rejected\""));
+    // --skip-bad counts instead.
+    std::fs::write(&f, "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{bad\n").unwrap();
+    let r = read_ranked(&f, true).unwrap();
+    assert_eq!((r.records.len(), r.skipped), (1, 1));
+    assert_eq!(r.records[0].pairs(), vec![(0, 1)]);
+}
+
+#[test]
+fn reward_and_policy_checkpoints_are_not_interchangeable() {
+    let be = Cpu::<f32>::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 20, n_positions: 8 };
+    let m = Gpt2::init(&be, cfg, 1).unwrap();
+    let head = rlhf::model::ScalarHead::init(&be, 8, 1).unwrap();
+    let rm = RewardModel { trunk: m, head };
+    let rdir = dir.path().join("rm");
+    rlhf::checkpoint::save(&rdir, &rm.to_checkpoint(&be).unwrap()).unwrap();
+    let e = rlhf::model::persist::load_policy(&be, &rdir).err().expect("a reward model loaded as a policy");
+    assert!(format!("{e:#}").contains("reward"), "{e:#}");
+    let pdir = dir.path().join("policy");
+    rlhf::checkpoint::save(&pdir, &rlhf::checkpoint::Checkpoint::from_model(&be, &rm.trunk, rlhf::checkpoint::ModelKind::Policy)).unwrap();
+    let e = rlhf::reward::load(&be, &pdir).err().expect("a policy loaded as a reward model");
+    assert!(format!("{e:#}").contains("policy"), "{e:#}");
+    assert!(rlhf::reward::load(&be, &rdir).is_ok());
+}
