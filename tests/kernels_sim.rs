@@ -130,6 +130,7 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         }
     }
     assert!(sim::has_kernel("sum_squares_final"));
+    assert!(sim::has_kernel("attention_forward_wmma_bf16"));
     assert!(!sim::has_kernel("no_such_kernel"));
     // Every PTX module must come from a kernel file the simulator also runs, or a declared GPU-only file.
     for (stem, _, ptx) in rlhf::kernels::PTX_MODULES {
@@ -417,6 +418,11 @@ fn adamw_and_sum_squares() {
 /// Forward with keys from `kv` (Tk rows) and queries at positions pos0[b] + t; returns (out, lse).
 #[allow(clippy::too_many_arguments)]
 fn attention_fwd_case(l: &dyn Launcher, dt: DType, b: usize, tq: usize, tk: usize, c: usize, nh: usize, pos0: &[u32], seed: u64) -> (Vec<f64>, Vec<f64>) {
+    attention_fwd_case_with(l, kl::AttentionImpl::Auto, dt, b, tq, tk, c, nh, pos0, seed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_fwd_case_with(l: &dyn Launcher, imp: kl::AttentionImpl, dt: DType, b: usize, tq: usize, tk: usize, c: usize, nh: usize, pos0: &[u32], seed: u64) -> (Vec<f64>, Vec<f64>) {
     let mut rng = Rng::new(seed);
     let q_src = DBuf::new(dt, &randn(&mut rng, b * tq * 3 * c, 1.0));
     let kv_vals = randn(&mut rng, b * tk * 3 * c, 1.0);
@@ -424,13 +430,27 @@ fn attention_fwd_case(l: &dyn Launcher, dt: DType, b: usize, tq: usize, tk: usiz
     let pd = SimBuf::from_slice(pos0);
     let out = DBuf::poisoned(dt, b * tq * c);
     let lse = SimBuf::<f32>::poisoned(b * nh * tq, 0xff);
-    kl::attention_forward(l, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh).unwrap();
+    kl::attention_forward_with(l, imp, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh).unwrap();
     let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
     ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh);
-    let what = format!("attention_forward B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
+    let what = format!("attention_forward[{imp:?}] B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
     check(&format!("{what} out"), dt, &out.get(), &wo);
     check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
     (out.get(), f64s(&lse))
+}
+
+/// The tensor-core (WMMA) forward: bf16, head size 64; ragged T (not a multiple of the 64-row tiles), several
+/// key tiles, KV-cache positions. The CUDA-core kernel runs the same bf16 head-64 cases for comparison.
+#[test]
+fn attention_forward_tensor_cores() {
+    let l = launcher();
+    for imp in [kl::AttentionImpl::Wmma, kl::AttentionImpl::Simt] {
+        attention_fwd_case_with(&l, imp, DType::BF16, 2, 37, 37, 128, 2, &[0, 0], 90);
+        attention_fwd_case_with(&l, imp, DType::BF16, 1, 150, 150, 64, 1, &[0], 91);
+        attention_fwd_case_with(&l, imp, DType::BF16, 2, 3, 100, 128, 2, &[20, 97], 92);
+    }
+    let e = kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2).unwrap_err();
+    assert!(e.to_string().contains("bf16"), "{e}");
 }
 
 #[test]

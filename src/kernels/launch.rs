@@ -44,7 +44,8 @@ impl DType {
 pub struct LaunchConfig {
     pub grid: [u32; 3],
     pub block: [u32; 3],
-    /// Dynamic shared memory in bytes.
+    /// Dynamic shared memory in bytes. Above 48 KiB the device launcher must first raise the function's
+    /// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (the simulator accepts up to 227 KiB).
     pub smem: u32,
 }
 
@@ -401,14 +402,50 @@ fn att_cfg(rows: usize, nh: usize, b: usize, smem_floats_per_warp: usize) -> Lau
     }
 }
 
+/// Which attention forward kernel to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionImpl {
+    /// Tensor cores (WMMA) where available (bf16, head size 64), else CUDA cores.
+    Auto,
+    /// CUDA cores (any dtype, head size <= 128).
+    Simt,
+    /// Tensor cores: bf16, head size 64 only.
+    Wmma,
+}
+
+/// Dynamic shared memory of attention_forward_wmma_bf16 (kernels/attention.cu WA_SMEM).
+pub const ATTENTION_WMMA_SMEM: u32 = 72448;
+
 /// Causal attention forward (contract of `crate::ops::attention::forward`): out [B,Tq,C], lse f32 [B,NH,Tq],
 /// q_src [B,Tq,3C], kv [B,Tk,3C], pos0 u32 [B] (device).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(l: &dyn Launcher, dt: DType, out: DevPtr, lse: DevPtr, q_src: DevPtr, kv: DevPtr, pos0: DevPtr, b: usize, tq: usize, tk: usize, c: usize, nh: usize) -> Result<()> {
+    attention_forward_with(l, AttentionImpl::Auto, dt, out, lse, q_src, kv, pos0, b, tq, tk, c, nh)
+}
+
+/// [`attention_forward`] with an explicit kernel choice.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_with(l: &dyn Launcher, imp: AttentionImpl, dt: DType, out: DevPtr, lse: DevPtr, q_src: DevPtr, kv: DevPtr, pos0: DevPtr, b: usize, tq: usize, tk: usize, c: usize, nh: usize) -> Result<()> {
     let (hs, kpl) = att_variant(c, nh)?;
     i32_of(b * tq.max(tk) * 3 * c, "B*T*3C")?;
     if b == 0 || tq == 0 {
         return Ok(());
+    }
+    let wmma_ok = dt == DType::BF16 && hs == 64;
+    let use_wmma = match imp {
+        AttentionImpl::Auto => wmma_ok,
+        AttentionImpl::Simt => false,
+        AttentionImpl::Wmma => {
+            ensure!(wmma_ok, "attention_forward_wmma needs bf16 and head size 64 (got {dt:?}, {hs})");
+            true
+        }
+    };
+    if use_wmma {
+        return l.launch(
+            "attention_forward_wmma_bf16",
+            LaunchConfig { grid: [tq.div_ceil(64) as u32, nh as u32, b as u32], block: [128, 1, 1], smem: ATTENTION_WMMA_SMEM },
+            &[Arg::Ptr(out), Arg::Ptr(lse), Arg::Ptr(q_src), Arg::Ptr(kv), Arg::Ptr(pos0), Arg::I32(tq as i32), Arg::I32(tk as i32), Arg::I32(nh as i32), Arg::I32(c as i32)],
+        );
     }
     l.launch(
         &format!("attention_forward_hs{kpl}_{}", dt.suffix()),
