@@ -330,6 +330,7 @@ fn encoder_forward_backward() {
 
 // ------------------------------------------------------------------------------------------------ cross-entropy
 
+#[allow(clippy::too_many_arguments)]
 fn crossentropy_case(l: &dyn Launcher, dt: DType, n: usize, v: usize, vp: usize, inv_temp: f64, want_grad: bool, seed: u64) -> Vec<Vec<f64>> {
     let mut rng = Rng::new(seed);
     let logits = DBuf::new(dt, &randn(&mut rng, n * vp, 3.0));

@@ -383,7 +383,7 @@ const ATT_WARPS: usize = 4; // kernels/attention.cu ATT_WARPS: one warp per row
 
 /// The kernel variant for head size `hs`: lanes own hs/32 (rounded up to 1, 2, 4) dims each.
 fn att_variant(c: usize, nh: usize) -> Result<(usize, u32)> {
-    ensure!(nh > 0 && c % nh == 0, "attention: C ({c}) must be a multiple of NH ({nh})");
+    ensure!(nh > 0 && c.is_multiple_of(nh), "attention: C ({c}) must be a multiple of NH ({nh})");
     let hs = c / nh;
     let kpl = match hs {
         1..=32 => 1,
