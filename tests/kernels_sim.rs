@@ -315,10 +315,20 @@ fn encoder_case(l: &dyn Launcher, dt: DType, seed: u64) -> Vec<Vec<f64>> {
     let dwpe = DBuf::new(dt, &randn(&mut rng, max_t * c, 1.0));
     let (mut w1, mut w2) = (dwte.get(), dwpe.get());
     ops::embedding::backward::<f64>(&mut w1, &mut w2, &dout.get(), &tokens, &pos0, t, c);
-    kl::encoder_backward(l, dt, dwte.ptr(), dwpe.ptr(), dout.ptr(), tok_d.ptr(), pos_d.ptr(), &pos0, t, c).unwrap();
+    let plan = kl::EncoderPlan::new(&tokens);
+    let plan_d = SimBuf::from_slice(&plan.data);
+    kl::encoder_backward(l, dt, dwte.ptr(), dwpe.ptr(), dout.ptr(), plan_d.ptr(), plan.buckets, pos_d.ptr(), &pos0, t, c).unwrap();
     check("encoder_backward dwte", dt, &dwte.get(), &w1);
     check("encoder_backward dwpe", dt, &dwpe.get(), &w2);
     vec![out.get(), dwte.get(), dwpe.get()]
+}
+
+#[test]
+fn encoder_plan_buckets_rows_by_token() {
+    let p = kl::EncoderPlan::new(&[5, 2, 5, 9, 2, 5]);
+    assert_eq!(p.buckets, 3);
+    // start[4], token[3], rows[6]
+    assert_eq!(p.data, vec![0, 2, 5, 6, 2, 5, 9, 1, 4, 0, 2, 5, 3]);
 }
 
 #[test]

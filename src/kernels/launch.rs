@@ -257,20 +257,54 @@ pub fn encoder_forward(l: &dyn Launcher, dt: DType, out: DevPtr, tokens: DevPtr,
     )
 }
 
-/// dwte[V,C] += and dwpe[maxT,C] += (deterministic). `pos0_host` is the host copy of the device `pos0`
+/// The rows of a batch bucketed by token, for the deterministic embedding backward: `data` =
+/// [start[U+1], token[U], rows[N]] (u32), each bucket's rows ascending. Built on the host from the batch's
+/// token ids; upload `data` and pass it to [`encoder_backward`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncoderPlan {
+    pub data: Vec<u32>,
+    pub buckets: usize,
+}
+
+impl EncoderPlan {
+    pub fn new(tokens: &[u32]) -> Self {
+        let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
+        order.sort_by_key(|&i| (tokens[i as usize], i));
+        let (mut start, mut token) = (Vec::new(), Vec::new());
+        for (k, &i) in order.iter().enumerate() {
+            let v = tokens[i as usize];
+            if token.last() != Some(&v) {
+                start.push(k as u32);
+                token.push(v);
+            }
+        }
+        start.push(order.len() as u32);
+        let buckets = token.len();
+        let mut data = start;
+        data.extend(token);
+        data.extend(order);
+        EncoderPlan { data, buckets }
+    }
+}
+
+const ENC_WTE_MAX_GRID: usize = 65535;
+
+/// dwte[V,C] += and dwpe[maxT,C] += (deterministic). `plan` is the device copy of
+/// `EncoderPlan::new(tokens).data` with `buckets` buckets; `pos0_host` the host copy of the device `pos0`
 /// (it fixes the range of positions to visit).
 #[allow(clippy::too_many_arguments)]
-pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, tokens: DevPtr, pos0: DevPtr, pos0_host: &[u32], t: usize, c: usize) -> Result<()> {
+pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, plan: DevPtr, buckets: usize, pos0: DevPtr, pos0_host: &[u32], t: usize, c: usize) -> Result<()> {
     let b = pos0_host.len();
     let n = b * t;
     i32_of(n * c, "B*T*C")?;
     if n == 0 {
         return Ok(());
     }
+    ensure!(buckets >= 1 && buckets <= n, "encoder_backward: {buckets} token buckets for {n} rows");
     l.launch(
         &k("encoder_backward_wte", dt),
-        LaunchConfig { grid: [n as u32, 1, 1], block: [c.clamp(32, 256).next_multiple_of(32) as u32, 1, 1], smem: 0 },
-        &[Arg::Ptr(dwte), Arg::Ptr(dout), Arg::Ptr(tokens), Arg::I32(n as i32), Arg::I32(c as i32)],
+        LaunchConfig { grid: [buckets.min(ENC_WTE_MAX_GRID) as u32, 1, 1], block: [c.clamp(32, 256).next_multiple_of(32) as u32, 1, 1], smem: 0 },
+        &[Arg::Ptr(dwte), Arg::Ptr(dout), Arg::Ptr(plan), Arg::I32(buckets as i32), Arg::I32(c as i32)],
     )?;
     let lo = *pos0_host.iter().min().unwrap() as usize;
     let hi = *pos0_host.iter().max().unwrap() as usize + t;
