@@ -123,7 +123,7 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     for (file, arch, k, regs, st, ld) in rlhf::kernels::ptxas_summary().iter().filter(|r| r.1 == "sm_90") {
         println!("ptxas {file} {arch} {k}: {regs} registers, spill stores {st} B, spill loads {ld} B");
     }
-    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw", "sum_squares_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
+    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "residual_layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw", "sum_squares_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
         for dt in DTYPES {
             let n = format!("{op}_{}", dt.suffix());
             assert!(sim::has_kernel(&n), "{n} is not in the simulator");
@@ -288,6 +288,32 @@ fn layernorm_forward_backward() {
     for dt in DTYPES {
         for (i, (n, c)) in [(1usize, 1usize), (5, 31), (37, 67), (260, 96)].into_iter().enumerate() {
             layernorm_case(&l, dt, n, c, 10 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn residual_layernorm_fused_forward() {
+    let l = launcher();
+    let mut rng = Rng::new(15);
+    for dt in DTYPES {
+        for (n, c) in [(3usize, 31usize), (37, 67), (9, 768)] {
+            let a = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+            let b = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+            let w = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+            let bias = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+            let (res, out) = (DBuf::poisoned(dt, n * c), DBuf::poisoned(dt, n * c));
+            let (mean, rstd) = (SimBuf::<f32>::poisoned(n, 0xff), SimBuf::<f32>::poisoned(n, 0xff));
+            kl::residual_layernorm_forward(&l, dt, res.ptr(), out.ptr(), mean.ptr(), rstd.ptr(), a.ptr(), b.ptr(), w.ptr(), bias.ptr(), n, c).unwrap();
+            let mut want_res = vec![0.0; n * c];
+            ops::residual::add::<f64>(&mut want_res, &a.get(), &b.get());
+            check("residual_layernorm residual", dt, &res.get(), &want_res);
+            // the layernorm is of the stored (for bf16: rounded) residual
+            let (mut wo, mut wm, mut wr) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            ops::layernorm::forward::<f64>(&mut wo, &mut wm, &mut wr, &res.get(), &w.get(), &bias.get(), c);
+            check("residual_layernorm out", dt, &out.get(), &wo);
+            check("residual_layernorm mean", DType::F32, &f64s(&mean), &wm);
+            check("residual_layernorm rstd", DType::F32, &f64s(&rstd), &wr);
         }
     }
 }

@@ -209,6 +209,18 @@ pub fn layernorm_forward(l: &dyn Launcher, dt: DType, out: DevPtr, mean: DevPtr,
     )
 }
 
+/// residual[N,C] = a + b, then out = layernorm(residual) * w + bias with the stored residual's statistics
+/// (mean, rstd f32 [N], either may be 0): `add` and `layernorm_forward` in one pass.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(l: &dyn Launcher, dt: DType, residual: DevPtr, out: DevPtr, mean: DevPtr, rstd: DevPtr, a: DevPtr, b: DevPtr, w: DevPtr, bias: DevPtr, n: usize, c: usize) -> Result<()> {
+    i32_of(n * c, "N*C")?;
+    l.launch(
+        &k("residual_layernorm_forward", dt),
+        LaunchConfig::linear(n * 32, LN_BLOCK),
+        &[Arg::Ptr(residual), Arg::Ptr(out), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(w), Arg::Ptr(bias), Arg::I32(n as i32), Arg::I32(c as i32)],
+    )
+}
+
 pub fn layernorm_backward_scratch_bytes(n: usize, c: usize) -> usize {
     2 * colsum_chunks(n) * c * 4
 }
