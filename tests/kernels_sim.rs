@@ -132,6 +132,15 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     assert!(sim::has_kernel("sum_squares_final"));
     assert!(sim::has_kernel("attention_forward_wmma_bf16"));
     assert!(!sim::has_kernel("no_such_kernel"));
+    // The tensor-core attention forward really issues bf16 tensor-core MMAs (32 = 2 products x 4 x 4 tiles).
+    if let Some(ptx) = rlhf::kernels::ptx_for("attention", 90) {
+        let n = ptx.matches("wmma.mma.sync.aligned.row.col.m16n16k16.f32.bf16.bf16.f32").count()
+            + ptx.matches("wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32").count();
+        println!("attention PTX (sm_90): {n} bf16 wmma.mma.sync instructions");
+        assert!(n >= 2, "attention_forward_wmma_bf16 PTX has no bf16 wmma.mma.sync");
+    } else {
+        println!("no attention PTX in this build: tensor-core instruction check did not run");
+    }
     // Every PTX module must come from a kernel file the simulator also runs, or a declared GPU-only file.
     for (stem, _, ptx) in rlhf::kernels::PTX_MODULES {
         assert!(rlhf::kernels::SIM_FILES.contains(stem) || rlhf::kernels::GPU_ONLY_KERNELS.iter().any(|(f, _)| f == stem), "{stem}");
