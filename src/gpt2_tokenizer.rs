@@ -82,5 +82,5 @@ pub fn build() -> Result<Tokenizer> {
 pub fn write_tokenizer_json(path: &Path) -> Result<()> {
     let tok = build()?;
     let text = tok.to_string(true).map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
-    crate::checkpoint::safetensors::atomic_write(path, |w| Ok(w.write_all(text.as_bytes())?))
+    crate::fsutil::write_atomic(path, text.as_bytes())
 }

@@ -1,13 +1,57 @@
-use rlhf::backend::Cpu;
-use rlhf::model::Config;
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let preset = args.get(1).map(String::as_str).unwrap_or("gpt2");
-    let b: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(4);
-    let t: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(64);
-    rlhf::backend::cpu::tune_allocator();
-    let cfg = Config::preset(preset, Config::GPT2_VOCAB)?;
-    let r = rlhf::bench::train_step(&Cpu::<f32>::new(), preset, cfg, b, t, 1, 3)?;
-    println!("{r:?}");
-    Ok(())
+//! The `rlhf` command line: one binary for the whole pipeline.
+
+use clap::{Parser, Subcommand};
+use rlhf::cli;
+
+/// GPT-2-style decoders through the ChatGPT recipe: pretrain -> SFT -> reward model -> PPO.
+///
+/// Typical flow on a corpus (each step writes a run directory with metrics.jsonl, SVG plots and
+/// checkpoints that are also valid Hugging Face GPT-2 folders):
+///
+///   rlhf tokenizer train --input corpus.txt --vocab-size 4096 --out tokenizer.json
+///   rlhf prepare --tokenizer tokenizer.json --input corpus.txt --out data/tokens
+///   rlhf pretrain --data data/tokens --preset tiny --out runs/pretrain
+///   rlhf sample --checkpoint runs/pretrain --tokenizer tokenizer.json --prompt "It is a truth"
+///
+/// Every command that computes takes --device cpu|cuda|auto (auto: CUDA when usable, else the CPU).
+#[derive(Parser, Debug)]
+#[command(name = "rlhf", version, about, long_about, verbatim_doc_comment, max_term_width = 110)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train, build (GPT-2's), and use tokenizers.
+    #[command(subcommand)]
+    Tokenizer(cli::tokenizer::TokenizerCmd),
+    /// Tokenize text files into train/val token shards (llm.c layout) for pretraining.
+    Prepare(cli::prepare::PrepareArgs),
+    /// Pretrain (or continue training) a decoder on token shards.
+    Pretrain(cli::pretrain::PretrainArgs),
+    /// Generate text from a checkpoint (KV cache; temperature, top-k, top-p).
+    Sample(cli::sample::SampleArgs),
+    /// Check every op's backward and the whole model's gradient against finite differences (f64).
+    Gradcheck(cli::gradcheck::GradcheckArgs),
+    /// Time a full training step (forward, backward, AdamW) of a preset.
+    Bench(cli::bench::BenchArgs),
+    /// Write a checkpoint as a Hugging Face folder (GPT2LMHeadModel / reward head) with its tokenizer.
+    Export(cli::export::ExportArgs),
+}
+
+fn main() {
+    let result = match Cli::parse().command {
+        Command::Tokenizer(cmd) => cli::tokenizer::run(cmd),
+        Command::Prepare(args) => cli::prepare::run(args),
+        Command::Pretrain(args) => cli::pretrain::run(args),
+        Command::Sample(args) => cli::sample::run(args),
+        Command::Gradcheck(args) => cli::gradcheck::run(args),
+        Command::Bench(args) => cli::bench::run(args),
+        Command::Export(args) => cli::export::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

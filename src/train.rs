@@ -36,6 +36,9 @@ pub struct PretrainConfig {
     pub eval_batches: usize,
     pub save_every: u64,
     pub seed: u64,
+    /// End this invocation (with a checkpoint) once this global step is reached; `--resume` continues.
+    #[serde(default)]
+    pub stop_after: Option<u64>,
 }
 
 /// The result a caller (and the README's demo) reports.
@@ -79,9 +82,9 @@ pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>
     if resume {
         let dir = run_dir::latest(&cfg.out)?.with_context(|| format!("--resume: {} holds no checkpoint to resume from", cfg.out.display()))?;
         let state = checkpoint::load_train_state(&dir)?;
-        let saved: PretrainConfig = serde_json::from_value(state.run.clone()).context("reading the run's saved configuration")?;
-        // The run's own settings win, except how far to go.
-        cfg = PretrainConfig { steps: cfg.steps.max(saved.steps), ..saved };
+        let saved: PretrainConfig = serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
+        // The run's own settings win, except how far to go and where to pause.
+        cfg = PretrainConfig { steps: cfg.steps.max(saved.steps), stop_after: cfg.stop_after, ..saved };
         log_len = Some(state.metrics_len);
         start_model = Some(checkpoint::load(&dir)?);
         opt_state = Some(state);
@@ -92,7 +95,7 @@ pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>
         }
         if let Some(path) = init {
             let ck = checkpoint::load(&run_dir::resolve_checkpoint(path)?)?;
-            ck.expect_kind(ModelKind::Policy, path)?;
+            ck.expect_kind(ModelKind::Policy, &path.display().to_string())?;
             cfg.model = ck.config;
             start_model = Some(ck);
         }
@@ -121,12 +124,13 @@ pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>
     let n = cfg.batch * cfg.seq;
     let weights = vec![1.0 / n as f32; n];
 
-    let bar = crate::progress::bar(cfg.steps - opt.step, "pretrain");
+    let bar = crate::progress::bar(cfg.steps.saturating_sub(opt.step), "pretrain");
     let (mut last_loss, mut val_loss) = (f64::NAN, f64::NAN);
     let mut last_ckpt = run_dir::latest(&cfg.out)?;
     let t_start = Instant::now();
     let first_step = opt.step;
-    while opt.step < cfg.steps {
+    let end = cfg.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    while opt.step < end {
         let step = opt.step;
         let t0 = Instant::now();
         let batch = train.batch(cfg.seed, step, cfg.batch, cfg.seq)?;
@@ -155,7 +159,7 @@ pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>
         if rec.get("val_loss").is_some() {
             plot_losses(&cfg.out, unigram)?;
         }
-        if opt.step % cfg.save_every == 0 || opt.step == cfg.steps {
+        if opt.step % cfg.save_every == 0 || opt.step == end {
             last_ckpt = Some(save(be, &cfg, &model, &opt, &log)?);
         }
     }

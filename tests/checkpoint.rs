@@ -26,10 +26,10 @@ fn random_checkpoint(cfg: Config, kind: ModelKind, seed: u64) -> Checkpoint {
     let params: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
     let extra = match kind {
         ModelKind::Policy => vec![],
-        ModelKind::Reward => vec![
-            NamedTensor::new("score.weight", vec![1, cfg.n_embd], (0..cfg.n_embd).map(|_| rng.normal() as f32).collect()),
-            NamedTensor::new("score.bias", vec![1], vec![0.25]),
-        ],
+        ModelKind::Reward | ModelKind::Value => {
+            let w: Vec<f32> = (0..cfg.n_embd).map(|_| rng.normal() as f32).collect();
+            checkpoint::head_tensors(&w, 0.25)
+        }
     };
     Checkpoint::from_flat(cfg, kind, &params, extra).unwrap()
 }
@@ -72,7 +72,7 @@ fn write_raw(path: &Path, tensors: &[Raw], pad: usize, mangle: impl Fn(&mut serd
     }
     mangle(&mut h);
     let mut header = serde_json::to_vec(&Value::Object(h)).unwrap();
-    header.extend(std::iter::repeat(b' ').take(pad));
+    header.extend(std::iter::repeat_n(b' ', pad));
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend(header);
     for t in tensors {
@@ -118,7 +118,7 @@ fn hf_folder(tensors: &[Raw], pad: usize, mangle: impl Fn(&mut serde_json::Map<S
 
 #[test]
 fn save_load_round_trip_is_bit_identical() {
-    for kind in [ModelKind::Policy, ModelKind::Reward] {
+    for kind in [ModelKind::Policy, ModelKind::Reward, ModelKind::Value] {
         let ck = random_checkpoint(tiny(), kind, 7);
         let d = tempfile::tempdir().unwrap();
         save(d.path(), &ck).unwrap();
@@ -141,6 +141,28 @@ fn save_load_round_trip_is_bit_identical() {
         assert!(st.tensor("transformer.h.1.mlp.c_proj.weight").is_ok());
         assert_eq!(st.tensor("transformer.h.1.mlp.c_fc.weight").unwrap().shape(), &[8, 32]);
         assert_eq!(st.tensors().len(), ck.tensors.len() + ck.extra.len());
+        // The head: the Hugging Face class's names in the file, score.* in memory.
+        let (arch, head) = match kind {
+            ModelKind::Policy => ("GPT2LMHeadModel", None),
+            ModelKind::Reward => ("GPT2ForSequenceClassification", Some("score")),
+            ModelKind::Value => ("GPT2ForTokenClassification", Some("classifier")),
+        };
+        assert_eq!(cfg["architectures"], json!([arch]));
+        if let Some(h) = head {
+            assert_eq!(st.tensor(&format!("{h}.weight")).unwrap().shape(), &[1, 8]);
+            assert_eq!(st.tensor(&format!("{h}.bias")).unwrap().shape(), &[1]);
+            assert_eq!(cfg["num_labels"], 1);
+            let (w, b) = back.head().unwrap();
+            assert_eq!((w, b), (&ck.extra[0].data[..], 0.25));
+        } else {
+            assert!(back.head().is_none());
+        }
+        // Without our section the kind follows the architecture.
+        let p = d.path().join("config.json");
+        let mut c = cfg.clone();
+        c.as_object_mut().unwrap().remove("rlhf");
+        std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(load(d.path()).unwrap().kind, kind);
     }
 }
 
@@ -388,6 +410,7 @@ fn expected_shape_and_kind_are_enforced() {
     save(d.path(), &random_checkpoint(tiny(), ModelKind::Reward, 1)).unwrap();
     assert_err_contains(load_kind(d.path(), ModelKind::Policy), &["reward model", "policy model is expected"]);
     load_kind(d.path(), ModelKind::Reward).unwrap();
+    assert_err_contains(load_kind(d.path(), ModelKind::Value), &["reward model", "value model is expected"]);
     let d2 = tempfile::tempdir().unwrap();
     save(d2.path(), &random_checkpoint(tiny(), ModelKind::Policy, 1)).unwrap();
     assert_err_contains(load_kind(d2.path(), ModelKind::Reward), &["policy model", "reward model is expected"]);
@@ -396,6 +419,13 @@ fn expected_shape_and_kind_are_enforced() {
     let mut ck = random_checkpoint(tiny(), ModelKind::Reward, 1);
     ck.extra.retain(|t| t.name != "score.weight");
     assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck), &["score.weight"]);
+    let mut ck = random_checkpoint(tiny(), ModelKind::Value, 1);
+    ck.extra.retain(|t| t.name != "score.bias");
+    assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck), &["value model", "score.bias"]);
+    // A head on a policy is refused.
+    let mut ck = random_checkpoint(tiny(), ModelKind::Reward, 1);
+    ck.kind = ModelKind::Policy;
+    assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck), &["score.weight", "policy"]);
     let d3 = tempfile::tempdir().unwrap();
     save(d3.path(), &random_checkpoint(tiny(), ModelKind::Policy, 1)).unwrap();
     let p = d3.path().join("config.json");
@@ -563,7 +593,9 @@ fn train_state_round_trip_and_torn_state() {
     };
     let d = tempfile::tempdir().unwrap();
     save(d.path(), &ck).unwrap();
+    assert!(!checkpoint::is_resumable(d.path()));
     save_train_state(d.path(), &state).unwrap();
+    assert!(checkpoint::is_resumable(d.path()));
     let back = load_train_state(d.path()).unwrap();
     assert_eq!(back, state);
     back.validate_for(&ck).unwrap();

@@ -52,7 +52,11 @@ cat > "$TC/env.sh" <<ENV
 export CUDA_HOME="$CU"
 export PATH="$CU/bin:\$PATH"
 ENV
-echo "$NVCC" > "$TC/nvcc-path"
+if [[ "$(cat "$TC/nvcc-path" 2>/dev/null)" != "$NVCC" ]]; then
+  echo "$NVCC" > "$TC/nvcc-path"
+  # build.rs cannot watch for a file that does not exist yet: make cargo re-run it once, now that nvcc is here.
+  touch "$ROOT/build.rs"
+fi
 
 # Smoke test: version and a real PTX compile.
 "$NVCC" --version | tail -n 2

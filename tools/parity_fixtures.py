@@ -208,8 +208,20 @@ def parity_fixtures(out_dir):
 
 
 def check_export(export_dir, expected_dir):
-    model = GPT2LMHeadModel.from_pretrained(export_dir, attn_implementation="eager").float().eval()
-    ok = True
+    import transformers
+
+    arch = json.load(open(os.path.join(export_dir, "config.json")))["architectures"][0]
+    cls = getattr(transformers, arch)
+    model, info = cls.from_pretrained(export_dir, attn_implementation="eager", output_loading_info=True)
+    model = model.float().eval()
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    print(f"{arch}: missing keys {missing}, unexpected keys {unexpected}")
+    # A reward model's score.bias has no place in GPT2ForSequenceClassification (documented in export.rs).
+    ok = not missing and all(k == "score.bias" for k in unexpected)
+    if arch != "GPT2LMHeadModel":
+        with torch.no_grad():
+            out = model(torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])).logits
+        print(f"head output shape {tuple(out.shape)}: {out.flatten()[:8].tolist()}")
     if expected_dir:
         exp = json.load(open(os.path.join(expected_dir, "expected.json")))
         want = load_file(os.path.join(expected_dir, "expected.safetensors"))["logits"]

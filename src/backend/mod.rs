@@ -62,6 +62,21 @@ pub trait Backend: Sync {
 
     // ---- composed ops: defaults a backend may replace with fused versions ----
 
+    /// Per-row entropy of softmax(inv_temp * logits) and, with `want_grad`, coef-weighted dH/dlogits
+    /// (see crate::ops::entropy). The default runs the host reference through download/upload; a backend
+    /// may replace it with a kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn entropy(&self, ent: &mut Self::Buf, dlogits: &mut Self::Buf, logits: &Self::Buf, coef: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool) -> Result<()> {
+        let (l, c) = (self.download(logits), self.download(coef));
+        let (mut e, mut d) = (vec![<Self::F as num_traits::Zero>::zero(); c.len()], vec![<Self::F as num_traits::Zero>::zero(); l.len()]);
+        crate::ops::entropy::forward_backward(&mut e, &mut d, &l, &c, v, vp, <Self::F as Float>::of(inv_temp), want_grad);
+        *ent = self.upload(&e)?;
+        if want_grad {
+            *dlogits = self.upload(&d)?;
+        }
+        Ok(())
+    }
+
     /// out[N,OC] = inp[N,C] @ w[C,OC] + bias  (see crate::ops::linear)
     fn linear_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, n: usize, c: usize, oc: usize) {
         self.matmul(out, inp, w, n, oc, c, false, false, false);

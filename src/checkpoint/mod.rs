@@ -6,10 +6,14 @@
 //!   `GPT2LMHeadModel` saves them (`transformer.wte.weight` [V, C], ..., Conv1D weights [in, out]; the LM
 //!   head is tied to `wte` and not stored). A reward model adds its head as `score.weight` [1, C] (the
 //!   `GPT2ForSequenceClassification` layout, one label) and, when it has one, `score.bias` [1] (not part of
-//!   the Hugging Face class, which loads the rest and ignores it).
+//!   the Hugging Face class, which loads the rest and ignores it). A value model (PPO's critic) stores its
+//!   head as `classifier.weight` [1, C] + `classifier.bias` [1], exactly `GPT2ForTokenClassification` with
+//!   one label (one value per token).
 //! - `config.json`: Hugging Face GPT-2 keys (so `from_pretrained(DIR)` loads the folder as it is) plus our own
-//!   `"rlhf"` section: `{"kind": "policy" | "reward", "format": 1}`; a reward model given where a policy is
-//!   expected (or the reverse) is an error ([`Checkpoint::expect_kind`]).
+//!   `"rlhf"` section: `{"kind": "policy" | "reward" | "value", "format": 1}`; a reward model given where a
+//!   policy is expected (or any other mix-up) is an error ([`Checkpoint::expect_kind`]). Without the section
+//!   the kind follows `architectures` (`GPT2ForSequenceClassification`: reward, `GPT2ForTokenClassification`:
+//!   value, else policy).
 //! - optionally, for `--resume`, `train_state.safetensors` + `train_state.json` ([`save_train_state`]).
 //!
 //! Every file is written atomically (temporary file in the folder, fsync, rename).
@@ -23,7 +27,8 @@
 //!
 //! In memory, [`Checkpoint::tensors`] holds the decoder's parameters in the canonical order of
 //! [`Config::param_specs`] (names without `transformer.`), [`Checkpoint::extra`] anything else the model kind
-//! carries (the reward head).
+//! carries: the scalar head of a reward or value model, always under the names `score.weight` [1, C] and
+//! `score.bias` [1] in memory, whatever the file calls them ([`Checkpoint::head`], [`head_tensors`]).
 
 pub mod llmc;
 pub mod safetensors;
@@ -52,6 +57,9 @@ pub const HF_PREFIX: &str = "transformer.";
 pub const SCORE_WEIGHT: &str = "score.weight";
 /// The reward head's optional bias, [1].
 pub const SCORE_BIAS: &str = "score.bias";
+/// A value model's head in files (`GPT2ForTokenClassification`); `score.*` in memory.
+pub const CLASSIFIER_WEIGHT: &str = "classifier.weight";
+pub const CLASSIFIER_BIAS: &str = "classifier.bias";
 
 /// Version of our `"rlhf"` config section.
 pub const FORMAT_VERSION: u64 = 1;
@@ -64,6 +72,8 @@ pub enum ModelKind {
     Policy,
     /// A reward model: the decoder plus a scalar head on the last token's final hidden state.
     Reward,
+    /// A value model (PPO's critic): the decoder plus a scalar head on every token's final hidden state.
+    Value,
 }
 
 impl ModelKind {
@@ -71,8 +81,28 @@ impl ModelKind {
         match self {
             ModelKind::Policy => "policy",
             ModelKind::Reward => "reward",
+            ModelKind::Value => "value",
         }
     }
+
+    /// Whether the model carries a scalar head (`score.weight`, `score.bias`).
+    pub fn has_head(self) -> bool {
+        self != ModelKind::Policy
+    }
+
+    /// File names of the head tensors for this kind (weight, bias).
+    fn head_file_names(self) -> (&'static str, &'static str) {
+        match self {
+            ModelKind::Value => (CLASSIFIER_WEIGHT, CLASSIFIER_BIAS),
+            _ => (SCORE_WEIGHT, SCORE_BIAS),
+        }
+    }
+}
+
+/// The extra tensors of a scalar head with weight `w` [C] and bias `b` (what [`Checkpoint::extra`] holds
+/// for a reward or value model; the engine's `ScalarHead` keeps the same C values as a [C, 1] column).
+pub fn head_tensors(w: &[f32], b: f32) -> Vec<NamedTensor> {
+    vec![NamedTensor::new(SCORE_WEIGHT, vec![1, w.len()], w.to_vec()), NamedTensor::new(SCORE_BIAS, vec![1], vec![b])]
 }
 
 /// One named tensor (row-major f32).
@@ -138,6 +168,13 @@ impl Checkpoint {
         out
     }
 
+    /// The scalar head (w [C], b; b = 0 when the file has no bias), for reward and value models.
+    pub fn head(&self) -> Option<(&[f32], f32)> {
+        let w = self.extra.iter().find(|t| t.name == SCORE_WEIGHT)?;
+        let b = self.extra.iter().find(|t| t.name == SCORE_BIAS).map_or(0.0, |t| t.data[0]);
+        Some((&w.data, b))
+    }
+
     /// A tensor by name (decoder parameters first, then extras).
     pub fn get(&self, name: &str) -> Option<&NamedTensor> {
         self.tensors.iter().chain(self.extra.iter()).find(|t| t.name == name)
@@ -168,8 +205,8 @@ impl Checkpoint {
                 SCORE_BIAS => vec![1],
                 other => bail!("unexpected extra tensor '{other}' (known: {SCORE_WEIGHT}, {SCORE_BIAS})"),
             };
-            if self.kind != ModelKind::Reward {
-                bail!("tensor '{}' belongs to a reward model but the checkpoint is a {}", t.name, self.kind.as_str());
+            if !self.kind.has_head() {
+                bail!("tensor '{}' belongs to a reward or value model but the checkpoint is a {}", t.name, self.kind.as_str());
             }
             if t.shape != want {
                 bail!("tensor '{}' has shape {:?} but the config needs {want:?}", t.name, t.shape);
@@ -178,8 +215,11 @@ impl Checkpoint {
                 bail!("tensor '{}' has shape {:?} but holds {} values", t.name, t.shape, t.data.len());
             }
         }
-        if self.kind == ModelKind::Reward && !self.extra.iter().any(|t| t.name == SCORE_WEIGHT) {
-            bail!("reward model has no '{SCORE_WEIGHT}' tensor");
+        if self.kind.has_head() && !self.extra.iter().any(|t| t.name == SCORE_WEIGHT) {
+            bail!("{} model has no '{SCORE_WEIGHT}' tensor", self.kind.as_str());
+        }
+        if self.kind == ModelKind::Value && !self.extra.iter().any(|t| t.name == SCORE_BIAS) {
+            bail!("value model has no '{SCORE_BIAS}' tensor");
         }
         Ok(())
     }
@@ -222,6 +262,7 @@ pub fn hf_config_json(ck: &Checkpoint) -> Value {
         "architectures": [match ck.kind {
             ModelKind::Policy => "GPT2LMHeadModel",
             ModelKind::Reward => "GPT2ForSequenceClassification",
+            ModelKind::Value => "GPT2ForTokenClassification",
         }],
         "n_layer": c.n_layer,
         "n_head": c.n_head,
@@ -249,7 +290,10 @@ pub fn hf_config_json(ck: &Checkpoint) -> Value {
     let eot = if c.vocab_size > 50256 { json!(50256) } else { Value::Null };
     v["bos_token_id"] = eot.clone();
     v["eos_token_id"] = eot;
-    if ck.kind == ModelKind::Reward {
+    if ck.kind == ModelKind::Value {
+        v["classifier_dropout"] = json!(0.0);
+    }
+    if ck.kind.has_head() {
         v["num_labels"] = json!(1);
         v["id2label"] = json!({"0": "LABEL_0"});
         v["label2id"] = json!({"LABEL_0": 0});
@@ -278,11 +322,20 @@ pub fn save_with_config(dir: &Path, ck: &Checkpoint, config: Value) -> Result<()
         .zip(&names)
         .map(|(t, n)| TensorRef { name: n, shape: &t.shape, data: &t.data })
         .collect();
-    refs.extend(ck.extra.iter().map(|t| TensorRef { name: &t.name, shape: &t.shape, data: &t.data }));
+    let (hw, hb) = ck.kind.head_file_names();
+    refs.extend(ck.extra.iter().map(|t| TensorRef {
+        name: match t.name.as_str() {
+            SCORE_WEIGHT => hw,
+            SCORE_BIAS => hb,
+            other => other,
+        },
+        shape: &t.shape,
+        data: &t.data,
+    }));
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::save_f32(&dir.join(MODEL_FILE), &refs, &meta)?;
     let text = serde_json::to_string_pretty(&config)? + "\n";
-    safetensors::atomic_write(&dir.join(CONFIG_FILE), |w| Ok(w.write_all(text.as_bytes())?))?;
+    crate::fsutil::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
     Ok(())
 }
 
@@ -349,6 +402,7 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig> {
             match s {
                 "GPT2LMHeadModel" | "GPT2Model" | "GPT2DoubleHeadsModel" => kind_from_arch = Some(ModelKind::Policy),
                 "GPT2ForSequenceClassification" => kind_from_arch = Some(ModelKind::Reward),
+                "GPT2ForTokenClassification" => kind_from_arch = Some(ModelKind::Value),
                 s if s.starts_with("GPT2") => {}
                 s => bail!("{f}: architecture '{s}' is not a GPT-2 architecture"),
             }
@@ -399,7 +453,7 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig> {
         Some(r) => {
             let k = r.get("kind").ok_or_else(|| anyhow!("{f}: key 'rlhf.kind' is missing"))?;
             serde_json::from_value::<ModelKind>(k.clone())
-                .map_err(|_| anyhow!("{f}: rlhf.kind is {k}, expected \"policy\" or \"reward\""))?
+                .map_err(|_| anyhow!("{f}: rlhf.kind is {k}, expected \"policy\", \"reward\" or \"value\""))?
         }
         None => kind_from_arch.unwrap_or(ModelKind::Policy),
     };
@@ -457,16 +511,18 @@ pub fn from_safetensors(st: &SafeTensors, pc: &ParsedConfig) -> Result<Checkpoin
         bail!("{f}: config.json says tie_word_embeddings = false but there is no 'lm_head.weight'");
     }
     let mut extra = Vec::new();
-    for name in [SCORE_WEIGHT, SCORE_BIAS] {
-        if let Some(e) = by_name.remove(name) {
-            extra.push(NamedTensor::new(name, e.shape.clone(), st.read_entry_f32(e)?));
+    if pc.kind.has_head() {
+        let (hw, hb) = pc.kind.head_file_names();
+        for (file_name, name) in [(hw, SCORE_WEIGHT), (hb, SCORE_BIAS)] {
+            if let Some(e) = by_name.remove(file_name) {
+                extra.push(NamedTensor::new(name, e.shape.clone(), st.read_entry_f32(e)?));
+            } else if name == SCORE_WEIGHT || pc.kind == ModelKind::Value {
+                bail!("{f}: tensor '{file_name}' is missing (the head of a {} model)", pc.kind.as_str());
+            }
         }
-    }
-    if pc.kind == ModelKind::Policy {
-        // A policy folder that carries a score head (e.g. a reward model without our section) is ambiguous.
-        if let Some(t) = extra.first() {
-            bail!("{f}: tensor '{}' is a reward head but config.json describes a policy (language) model", t.name);
-        }
+    } else if let Some(n) = [SCORE_WEIGHT, CLASSIFIER_WEIGHT].into_iter().find(|n| by_name.contains_key(n)) {
+        // A policy folder that carries a scalar head (e.g. a reward model without our section) is ambiguous.
+        bail!("{f}: tensor '{n}' is a reward/value head but config.json describes a policy (language) model");
     }
     if let Some(n) = by_name.keys().min() {
         bail!("{f}: unexpected tensor '{n}' (not part of a GPT-2 model of this config)");
@@ -531,6 +587,8 @@ impl TrainState {
 
 /// Writes `train_state.safetensors` then `train_state.json` (each atomically). The JSON is written last
 /// and the moments file records the step in its metadata, so a state torn between two saves is detected.
+/// Save the model first and the training state after it: `train_state.json` then marks a complete
+/// resumable checkpoint, and a folder without it (a crash in between) is not one ([`is_resumable`]).
 pub fn save_train_state(dir: &Path, state: &TrainState) -> Result<()> {
     if state.m.len() != state.v.len() {
         bail!("train state has {} first moments but {} second moments", state.m.len(), state.v.len());
@@ -559,7 +617,13 @@ pub fn save_train_state(dir: &Path, state: &TrainState) -> Result<()> {
         moments_file: TRAIN_STATE_FILE.to_string(),
     };
     let text = serde_json::to_string_pretty(&j)? + "\n";
-    safetensors::atomic_write(&dir.join(TRAIN_STATE_JSON), |w| Ok(w.write_all(text.as_bytes())?))
+    crate::fsutil::write_atomic(&dir.join(TRAIN_STATE_JSON), text.as_bytes())
+}
+
+/// Whether `dir` holds a model and a complete training state (the files [`save`] and
+/// [`save_train_state`] write, the latter last).
+pub fn is_resumable(dir: &Path) -> bool {
+    [MODEL_FILE, CONFIG_FILE, TRAIN_STATE_FILE, TRAIN_STATE_JSON].iter().all(|f| dir.join(f).is_file())
 }
 
 /// Reads the training state saved beside a model in `dir`.

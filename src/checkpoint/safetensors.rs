@@ -374,33 +374,7 @@ pub fn write_f32<W: Write + ?Sized>(w: &mut W, tensors: &[TensorRef], metadata: 
     Ok(())
 }
 
-/// Writes `path` atomically: the content goes to a temporary file in the same folder, which is flushed to
-/// disk and then renamed over `path` (and the folder is synced), so a reader sees the old file or the new
-/// one, never a half-written one.
-pub fn atomic_write(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let fname = path.file_name().ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp.{}", fname.to_string_lossy(), std::process::id()));
-    let result = (|| -> Result<()> {
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        write(&mut w).with_context(|| format!("writing {}", path.display()))?;
-        let file = w.into_inner().map_err(|e| anyhow!("writing {}: {}", path.display(), e.error()))?;
-        file.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
-        drop(file);
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Writes F32 tensors to `path` atomically.
 pub fn save_f32(path: &Path, tensors: &[TensorRef], metadata: &BTreeMap<String, String>) -> Result<()> {
-    atomic_write(path, |w| write_f32(w, tensors, metadata))
+    crate::fsutil::atomic_write(path, |w| write_f32(w, tensors, metadata))
 }

@@ -7,7 +7,9 @@
 //! exports as `GPT2ForSequenceClassification` with `num_labels` 1: its `score.weight` [1, C] is that class's
 //! head; a `score.bias` [1], which the class does not have, is kept in the file as an extra tensor (Hugging
 //! Face ignores it with a warning, so its scores there are ours minus that constant, which leaves every
-//! preference comparison unchanged).
+//! preference comparison unchanged). A value model exports as `GPT2ForTokenClassification` with `num_labels`
+//! 1: `classifier.weight` [1, C] + `classifier.bias` [1], the class's own layout, so its per-token values
+//! in Hugging Face equal ours.
 //!
 //! The tokenizer is `--tokenizer` if given, else a `tokenizer.json` beside the checkpoint, else GPT-2's
 //! (built offline) when the vocabulary has GPT-2's 50257 tokens; otherwise none is written and a note says so.
@@ -82,7 +84,7 @@ pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: Option<&Path>) -> R
             bail!("tokenizer {} has {n} tokens but the model's vocab_size is {}", src.display(), ck.config.vocab_size);
         }
         if std::fs::canonicalize(&src).ok() != std::fs::canonicalize(&dest).ok() {
-            checkpoint::safetensors::atomic_write(&dest, |w| Ok(w.write_all(text.as_bytes())?))?;
+            crate::fsutil::write_atomic(&dest, text.as_bytes())?;
         }
         Some(tok)
     } else if ck.config.vocab_size == crate::gpt2_tokenizer::VOCAB_SIZE {
@@ -116,7 +118,7 @@ fn write_tokenizer_side_files(out: &Path, tok: &tokenizers::Tokenizer, max_len: 
     }
     for (name, v) in [("tokenizer_config.json", cfg), ("special_tokens_map.json", special)] {
         let text = serde_json::to_string_pretty(&v)? + "\n";
-        checkpoint::safetensors::atomic_write(&out.join(name), |w| Ok(w.write_all(text.as_bytes())?))?;
+        crate::fsutil::write_atomic(&out.join(name), text.as_bytes())?;
     }
     Ok(())
 }

@@ -1,3 +1,10 @@
 //! Subcommand implementations: one clap `Args` struct and one `run` function per command.
+pub mod bench;
 pub mod export;
 pub mod gpt2_tokenizer;
+pub mod gradcheck;
+pub mod prepare;
+pub mod ppo;
+pub mod pretrain;
+pub mod sample;
+pub mod tokenizer;

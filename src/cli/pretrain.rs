@@ -55,6 +55,9 @@ pub struct PretrainArgs {
     /// Write a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 250)]
     pub save_every: u64,
+    /// Pause after this global step (a checkpoint is written); continue later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
     /// Seed for initialisation and batch sampling: same seed, same run, bit for bit.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
@@ -63,7 +66,7 @@ pub struct PretrainArgs {
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
-    let meta_vocab = crate::data::read_meta_vocab(&args.data)?;
+    let meta_vocab = crate::data::Meta::load(&args.data)?.vocab_size;
     let cfg = PretrainConfig {
         data: args.data,
         out: args.out,
@@ -79,6 +82,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         eval_batches: args.eval_batches.max(1),
         save_every: args.save_every.max(1),
         seed: args.seed,
+        stop_after: args.stop_after,
     };
     let dev = device::select(args.device)?;
     let s = crate::with_backend!(dev, |be| pretrain(be, cfg, args.init.as_deref(), args.resume))?;

@@ -49,7 +49,7 @@ pub fn forward<F: Float>(out: &mut [F], lse: &mut [F], q_src: &[F], kv: &[F], po
             let mx = row[..=last].iter().fold(F::neg_infinity(), |m, &x| m.max(x));
             let mut sum = F::zero();
             for x in &mut row[..=last] {
-                *x = (*x - mx).exp();
+                *x = (*x - mx).fast_exp();
                 sum += *x;
             }
             let inv = F::one() / sum;
@@ -82,7 +82,7 @@ pub fn backward<F: Float>(dqkv: &mut [F], dout: &[F], qkv: &[F], out: &[F], lse:
         for ti in 0..t {
             let l = lse[(bi * nh + h) * t + ti];
             let row = &mut p[ti * t..(ti + 1) * t];
-            row[..=ti].iter_mut().for_each(|x| *x = (*x - l).exp());
+            row[..=ti].iter_mut().for_each(|x| *x = (*x - l).fast_exp());
             row[ti + 1..].iter_mut().for_each(|x| *x = F::zero());
         }
         // dV = P^T dO

@@ -9,29 +9,38 @@
 //!
 //! Shapes: logits [N,Vp] (the pad columns V..Vp are ignored), targets/weights/losses [N].
 
+use super::float::{lanes_max, lanes_sum};
 use super::Float;
 use rayon::prelude::*;
 
-/// The log-sum-exp of `inv_temp * row`, computed stably.
-pub fn logsumexp<F: Float>(row: &[F], inv_temp: F) -> F {
-    let mx = row.iter().fold(F::neg_infinity(), |m, &x| m.max(x * inv_temp));
-    mx + row.iter().map(|&x| (x * inv_temp - mx).exp()).sum::<F>().ln()
-}
-
 #[allow(clippy::too_many_arguments)]
 pub fn forward_backward<F: Float>(losses: &mut [F], logits: &mut [F], targets: &[u32], weights: &[F], v: usize, vp: usize, inv_temp: F, want_grad: bool) {
+    assert!(inv_temp > F::zero(), "cross-entropy: the inverse temperature must be positive");
     logits.par_chunks_mut(vp).zip(losses.par_iter_mut()).enumerate().for_each(|(i, (row, loss))| {
         let tgt = targets[i] as usize;
         assert!(tgt < v, "cross-entropy: target {tgt} at row {i} is outside the vocabulary ({v})");
-        let lse = logsumexp(&row[..v], inv_temp);
-        *loss = lse - row[tgt] * inv_temp;
+        let z_tgt = row[tgt] * inv_temp;
+        // max(inv_temp * x) = inv_temp * max(x) for inv_temp > 0
+        let mx = lanes_max(&row[..v]) * inv_temp;
         if want_grad {
-            let w = weights[i] * inv_temp;
-            for (j, x) in row[..v].iter_mut().enumerate() {
-                let p = (*x * inv_temp - lse).exp();
-                *x = w * (p - if j == tgt { F::one() } else { F::zero() });
-            }
+            // One exp per logit: store e_j = exp(z_j - max) in place, then scale to the gradient.
+            row[..v].iter_mut().for_each(|x| *x = (*x * inv_temp - mx).fast_exp());
+            let sum = lanes_sum(&row[..v]);
+            *loss = mx + sum.ln() - z_tgt;
+            let scale = weights[i] * inv_temp / sum;
+            row[..v].iter_mut().for_each(|x| *x *= scale);
+            row[tgt] -= weights[i] * inv_temp;
             row[v..].iter_mut().for_each(|x| *x = F::zero());
+        } else {
+            let mut sum = F::zero();
+            for chunk in row[..v].chunks(256) {
+                let mut e = [F::zero(); 256];
+                for (ei, &x) in e.iter_mut().zip(chunk) {
+                    *ei = (x * inv_temp - mx).fast_exp();
+                }
+                sum += lanes_sum(&e[..chunk.len()]);
+            }
+            *loss = mx + sum.ln() - z_tgt;
         }
     });
 }

@@ -21,7 +21,7 @@ fn s<F: Float>() -> F {
 #[inline]
 fn gate<F: Float>(x: F) -> F {
     let u = s::<F>() * (x + F::of(K) * x * x * x);
-    F::one() / (F::one() + (-(u + u)).exp())
+    F::one() / (F::one() + (-(u + u)).fast_exp())
 }
 
 pub fn forward<F: Float>(out: &mut [F], inp: &[F]) {

@@ -13,6 +13,7 @@ pub mod adamw;
 pub mod attention;
 pub mod crossentropy;
 pub mod embedding;
+pub mod entropy;
 pub mod float;
 pub mod gelu;
 pub mod layernorm;

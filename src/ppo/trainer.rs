@@ -1,0 +1,728 @@
+//! The PPO trainer (InstructGPT's step 3), written once over the backend.
+//!
+//! Four models: the policy (initialised from SFT, trained), the reference (the SFT model, frozen), the
+//! reward model (frozen), and the value model (a decoder + scalar head initialised from the reward model,
+//! trained with its own optimizer). One iteration, top to bottom:
+//!
+//!   1. prompts: the next `batch` prompts of a seeded shuffle (a pure function of seed and iteration)
+//!   2. rollout: sample an answer per prompt (KV cache; temperature T, top-k/top-p; stop at `<|end|>`),
+//!      keeping each token's logprob under logits / T
+//!   3. score: reference logprobs (same T), values, and the reward model's score at the answer's last token;
+//!      an answer that never emitted `<|end|>` gets the fixed `no_eos_penalty` instead (the EOS trick)
+//!   4. rewards r_t = -beta (logp_t - ref_t) + score at the last token; GAE; advantages whitened per batch
+//!   5. `ppo_epochs` passes over shuffled minibatches: the clipped surrogate's dL/dlogp is passed to
+//!      `lm_loss` as per-token weights (-dL/dlogp, since its per-token loss is -logp), backward, AdamW;
+//!      optionally the pretraining LM loss (PPO-ptx) on the same gradient; the clipped value loss through
+//!      the value head and trunk, AdamW. At the first minibatch of the first epoch the policy has not moved,
+//!      so every ratio must be 1: the trainer stops unless max |ratio - 1| < `ratio_tol` (1e-4 by default:
+//!      the rollout's logprobs come from the KV-cached sampler in f32, the training ones from a full
+//!      forward, which differ by rounding only, ~1e-6 on the tiny model)
+//!   6. the KL controller updates beta from the batch's mean KL; metrics are logged and plotted
+//!
+//! Randomness is drawn from streams of the seed indexed by the iteration, so a resumed run (which restores
+//! policy, value model, both optimizers, the head's moments, the KL controller and the iteration) is
+//! bit-identical to a run that never stopped.
+
+use super::math::{self, KlController};
+use super::rollout::{answer_logprobs, clone_model, clone_trunk_head, model_checkpoint, model_from_checkpoint, Episode, SeqBatch, TrunkHead};
+use crate::backend::Backend;
+use crate::checkpoint::{self, ModelKind, NamedTensor, TrainState};
+use crate::metrics::{self, MetricsLog};
+use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, HeadGrads, Tensors};
+use crate::ops::adamw::AdamWParams;
+use crate::ops::Float;
+use crate::rng::Rng;
+use crate::run_dir;
+use crate::sample::{generate, SampleConfig};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Everything that defines a PPO run (saved with each checkpoint; `--resume` restores it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PpoConfig {
+    pub out: PathBuf,
+    pub iterations: u64,
+    /// Prompts (episodes) per rollout.
+    pub batch: usize,
+    /// Episodes per gradient step.
+    pub minibatch: usize,
+    pub ppo_epochs: usize,
+    /// Policy learning rate.
+    pub lr: f64,
+    /// Value model learning rate.
+    pub value_lr: f64,
+    pub init_kl_coef: f64,
+    pub target_kl: f64,
+    pub horizon: f64,
+    /// Keep beta at `init_kl_coef`.
+    pub fixed_kl: bool,
+    pub gamma: f64,
+    pub lam: f64,
+    pub cliprange: f64,
+    pub cliprange_value: f64,
+    /// Scale of the value loss gradient.
+    pub vf_coef: f64,
+    /// Entropy bonus: the policy loss gets -ent_coef * mean entropy (0 = off).
+    #[serde(default)]
+    pub ent_coef: f64,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    /// The score of an answer that did not end with the stop token.
+    pub no_eos_penalty: f64,
+    /// PPO-ptx coefficient (0 = off); the batches come from `Hooks::ptx`.
+    pub ptx_coef: f64,
+    pub adamw: AdamWConfig,
+    /// Print sample answers every N iterations (0 = never).
+    pub sample_every: u64,
+    /// Save a checkpoint every N iterations (and at the end).
+    pub save_every: u64,
+    /// Score rollouts with the gold judge every N iterations (when one is given).
+    pub gold_every: u64,
+    pub seed: u64,
+    /// The answer's end token (`<|end|>`) and the id used for padding (never read).
+    pub stop_token: u32,
+    pub pad_token: u32,
+    /// Tolerance of the first-minibatch check |ratio - 1|.
+    pub ratio_tol: f64,
+}
+
+impl PpoConfig {
+    /// Defaults tuned for the tiny preset; `out`, `stop_token`, `pad_token` must be set by the caller.
+    pub fn new(out: PathBuf, stop_token: u32, pad_token: u32) -> Self {
+        PpoConfig {
+            out,
+            iterations: 60,
+            batch: 32,
+            minibatch: 8,
+            ppo_epochs: 4,
+            lr: 5e-5,
+            value_lr: 1e-4,
+            init_kl_coef: 0.05,
+            target_kl: 6.0,
+            horizon: 10000.0,
+            fixed_kl: false,
+            gamma: 1.0,
+            lam: 0.95,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 1.0,
+            ent_coef: 0.0,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 24,
+            no_eos_penalty: -1.0,
+            ptx_coef: 0.0,
+            adamw: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
+            sample_every: 10,
+            save_every: 10,
+            gold_every: 5,
+            seed: 1337,
+            stop_token,
+            pad_token,
+            ratio_tol: 1e-4,
+        }
+    }
+
+    pub fn validate(&self, vocab: usize) -> Result<()> {
+        let pos = |x: f64| x.is_finite() && x > 0.0;
+        if self.batch == 0 || self.minibatch == 0 || self.ppo_epochs == 0 || self.max_new_tokens == 0 {
+            bail!("--batch, --minibatch, --ppo-epochs and --max-new-tokens must be at least 1");
+        }
+        if self.minibatch > self.batch {
+            bail!("--minibatch {} exceeds --batch {}", self.minibatch, self.batch);
+        }
+        if !pos(self.lr) || !pos(self.value_lr) || !pos(self.temperature) || !pos(self.horizon) || !pos(self.target_kl) {
+            bail!("--lr, --value-lr, --temperature, --horizon and --target-kl must be positive");
+        }
+        if !(self.init_kl_coef >= 0.0) || !(self.cliprange > 0.0) || !(self.cliprange_value > 0.0) || !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--init-kl-coef must be >= 0, the clip ranges > 0 and --top-p in (0, 1]");
+        }
+        if self.stop_token as usize >= vocab || self.pad_token as usize >= vocab {
+            bail!("stop token {} / pad token {} outside the vocabulary ({vocab})", self.stop_token, self.pad_token);
+        }
+        if self.stop_token == self.pad_token {
+            bail!("the pad token must differ from the end token (both {})", self.stop_token);
+        }
+        Ok(())
+    }
+}
+
+/// What the trainer gets from the other layers (text, judge, pretraining data) as plain functions.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Token ids -> text (samples printed, the gold judge's input).
+    pub decode: Option<&'a dyn Fn(&[u32]) -> String>,
+    /// The gold judge: scores of (prompt, answer) texts.
+    pub gold: Option<&'a mut dyn FnMut(&[(String, String)]) -> Result<Vec<f64>>>,
+    /// A pretraining batch (inputs, targets, rows, columns) for PPO-ptx, a pure function of its index.
+    pub ptx: Option<&'a dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)>>,
+    /// Print sample answers and progress to stderr.
+    pub verbose: bool,
+}
+
+/// A rollout scored and turned into per-token training targets.
+pub struct Rollout {
+    pub episodes: Vec<Episode>,
+    /// The score used (reward model at the last token, or the no-EOS penalty).
+    pub scores: Vec<f64>,
+    /// The reward model's raw score of every answer (also of those that did not end).
+    pub rm_scores: Vec<f64>,
+    pub ref_logprobs: Vec<Vec<f64>>,
+    pub values: Vec<Vec<f64>>,
+    pub rewards: Vec<Vec<f64>>,
+    /// Per-answer sum of logp - ref (the sequence KL estimate).
+    pub kl: Vec<f64>,
+    /// Whitened advantages.
+    pub advantages: Vec<Vec<f64>>,
+    pub returns: Vec<Vec<f64>>,
+}
+
+/// The four models of a run.
+pub struct Models<B: Backend> {
+    pub policy: Gpt2<B>,
+    pub reference: Gpt2<B>,
+    pub reward: TrunkHead<B>,
+    pub value: TrunkHead<B>,
+}
+
+/// AdamW moments of the value head (the trunk's live in an `AdamW`).
+struct HeadOpt<B: Backend> {
+    m_w: B::Buf,
+    v_w: B::Buf,
+    m_b: B::Buf,
+    v_b: B::Buf,
+}
+
+/// The trainable state beyond the models.
+struct State<B: Backend> {
+    policy_opt: AdamW<B>,
+    value_opt: AdamW<B>,
+    head_opt: HeadOpt<B>,
+    kl: KlController,
+    iteration: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PpoSummary {
+    pub iterations: u64,
+    pub first_score: f64,
+    pub last_score: f64,
+    pub last_kl: f64,
+    pub beta: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// Score a batch of episodes with the frozen models and the value model, and build the training targets.
+pub fn score_rollout<B: Backend>(be: &B, m: &Models<B>, cfg: &PpoConfig, beta: f64, episodes: Vec<Episode>) -> Result<Rollout> {
+    let inv_temp = 1.0 / cfg.temperature;
+    let (mut ref_lp, mut values, mut rm_scores) = (vec![], vec![], vec![]);
+    for chunk in episodes.chunks(cfg.minibatch) {
+        let sb = SeqBatch::new(&chunk.iter().collect::<Vec<_>>(), cfg.pad_token)?;
+        // The reward and value models may have another shape than the policy (one vocabulary).
+        let mut acts = Acts::new(be, &m.reference.cfg, sb.b, sb.t)?;
+        ref_lp.extend(answer_logprobs(be, &m.reference, &mut acts, &sb, inv_temp)?);
+        let mut acts = Acts::new(be, &m.value.cfg(), sb.b, sb.t)?;
+        values.extend(m.value.values(be, &mut acts, &sb)?);
+        let mut acts = Acts::new(be, &m.reward.cfg(), sb.b, sb.t)?;
+        rm_scores.extend(m.reward.scores(be, &mut acts, &sb)?);
+    }
+    let scores: Vec<f64> = episodes.iter().zip(&rm_scores).map(|(e, &s)| if e.ended { s } else { cfg.no_eos_penalty }).collect();
+    let (mut rewards, mut kl, mut adv, mut ret) = (vec![], vec![], vec![], vec![]);
+    for (i, e) in episodes.iter().enumerate() {
+        let lp: Vec<f64> = e.logprobs.iter().map(|&x| x as f64).collect();
+        let (r, k) = math::token_rewards(&lp, &ref_lp[i], scores[i], beta)?;
+        let (a, rt) = math::gae(&r, &values[i], cfg.gamma, cfg.lam)?;
+        kl.push(k.iter().sum());
+        rewards.push(r);
+        adv.push(a);
+        ret.push(rt);
+    }
+    math::whiten(&mut adv);
+    Ok(Rollout { episodes, scores, rm_scores, ref_logprobs: ref_lp, values, rewards, kl, advantages: adv, returns: ret })
+}
+
+/// Indices of the prompts of `iteration`: consecutive slices of per-epoch seeded shuffles.
+pub fn prompt_indices(seed: u64, iteration: u64, batch: usize, n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(batch);
+    let mut perm_epoch = u64::MAX;
+    let mut perm: Vec<usize> = vec![];
+    for j in 0..batch as u64 {
+        let k = iteration * batch as u64 + j;
+        let epoch = k / n as u64;
+        if epoch != perm_epoch {
+            perm = (0..n).collect();
+            Rng::stream(seed ^ 0x5052_4f4d_5054, epoch).shuffle(&mut perm);
+            perm_epoch = epoch;
+        }
+        out.push(perm[(k % n as u64) as usize]);
+    }
+    out
+}
+
+fn sample_config(cfg: &PpoConfig) -> SampleConfig {
+    SampleConfig { max_new_tokens: cfg.max_new_tokens, temperature: cfg.temperature, top_k: cfg.top_k, top_p: cfg.top_p, stop: Some(cfg.stop_token) }
+}
+
+/// Sample one answer per prompt with the policy.
+pub fn rollout<B: Backend>(be: &B, policy: &Gpt2<B>, prompts: &[Vec<u32>], cfg: &PpoConfig, rng: &mut Rng) -> Result<Vec<Episode>> {
+    let mut eps = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(cfg.minibatch.max(1) * 4) {
+        let gens = generate(be, policy, chunk, &sample_config(cfg), rng)?;
+        eps.extend(chunk.iter().zip(gens).map(|(p, g)| Episode { prompt: p.clone(), answer: g.tokens, logprobs: g.logprobs, ended: g.ended }));
+    }
+    Ok(eps)
+}
+
+/// Statistics of the update phase of one iteration.
+#[derive(Default)]
+struct UpdateStats {
+    policy_loss: f64,
+    value_loss: f64,
+    clip_frac: f64,
+    vf_clip_frac: f64,
+    approx_kl: f64,
+    /// Mean policy entropy over the answer tokens at the first epoch (before the policy moves much).
+    entropy: f64,
+    entropy_batches: usize,
+    first_ratio_dev: f64,
+    grad_norm: f64,
+    steps: usize,
+}
+
+fn head_step<B: Backend>(be: &B, v: &mut TrunkHead<B>, o: &mut HeadOpt<B>, g: &HeadGrads<B>, lr: f64, hp: &AdamWConfig, step: u64) {
+    let norm = (be.sum_squares(&g.w) + be.sum_squares(&g.b)).sqrt();
+    let grad_scale = if hp.grad_clip > 0.0 && norm > hp.grad_clip { hp.grad_clip / norm } else { 1.0 };
+    let h = AdamWParams { lr, beta1: hp.beta1, beta2: hp.beta2, eps: hp.eps, weight_decay: 0.0, step, grad_scale };
+    be.adamw(&mut v.head.w, &g.w, &mut o.m_w, &mut o.v_w, &h);
+    be.adamw(&mut v.head.b, &g.b, &mut o.m_b, &mut o.v_b, &h);
+}
+
+/// PPO epochs over minibatches of a scored rollout.
+fn update<B: Backend>(be: &B, m: &mut Models<B>, st: &mut State<B>, cfg: &PpoConfig, ro: &Rollout, rng: &mut Rng, ptx: Option<&dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)>>) -> Result<UpdateStats> {
+    let inv_temp = 1.0 / cfg.temperature;
+    let mcfg = m.policy.cfg;
+    let mut grads = Tensors::zeros(be, &mcfg)?;
+    let mut vgrads = Tensors::zeros(be, &m.value.cfg())?;
+    let mut s = UpdateStats::default();
+    let n = ro.episodes.len();
+    for epoch in 0..cfg.ppo_epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut order);
+        for (k, idx) in order.chunks(cfg.minibatch).enumerate() {
+            let eps: Vec<&Episode> = idx.iter().map(|&i| &ro.episodes[i]).collect();
+            let sb = SeqBatch::new(&eps, cfg.pad_token)?;
+            let flat = |x: &[Vec<f64>]| idx.iter().flat_map(|&i| x[i].clone()).collect::<Vec<f64>>();
+            // ---- policy ----
+            let mut acts = Acts::new(be, &mcfg, sb.b, sb.t)?;
+            let logp = answer_logprobs(be, &m.policy, &mut acts, &sb, inv_temp)?;
+            let old: Vec<f64> = idx.iter().flat_map(|&i| ro.episodes[i].logprobs.iter().map(|&x| x as f64)).collect();
+            let pl = math::policy_loss(&logp.concat(), &old, &flat(&ro.advantages), cfg.cliprange)?;
+            if epoch == 0 && k == 0 {
+                s.first_ratio_dev = pl.max_ratio_dev;
+                if !(pl.max_ratio_dev < cfg.ratio_tol) {
+                    let (i, j, a, b) = worst_logprob(&logp, &eps);
+                    bail!(
+                        "ratio check failed at the first minibatch: max |ratio - 1| = {:.3e} >= {:.0e}; the training forward and the rollout disagree (episode {i} token {j}: training logprob {a:.6}, rollout {b:.6}); check temperature scaling and padding",
+                        pl.max_ratio_dev,
+                        cfg.ratio_tol
+                    );
+                }
+            }
+            // dL/dlogp -> per-token weights of lm_loss (its loss is -logp): w = -dL/dlogp.
+            let grad_rows = sb.scatter(&split_like(&pl.grad, &logp));
+            let weights: Vec<f32> = grad_rows.iter().map(|&g| -g as f32).collect();
+            grads.fill_zero(be);
+            m.policy.lm_loss(be, &mut acts, &sb.targets, &weights, inv_temp, Some(&mut grads))?;
+            if epoch == 0 || cfg.ent_coef > 0.0 {
+                let h = entropy_term(be, &m.policy, &mut acts, &sb, &mut grads, inv_temp, cfg.ent_coef)?;
+                if epoch == 0 {
+                    s.entropy += h;
+                    s.entropy_batches += 1;
+                }
+            }
+            m.policy.backward(be, &mut acts, &mut grads);
+            if cfg.ptx_coef > 0.0 {
+                let f = ptx.context("--ptx-coef > 0 needs pretraining data (--ptx-data)")?;
+                let (inp, tgt, pb, pt) = f(st.policy_opt.step)?;
+                let mut pacts = Acts::new(be, &mcfg, pb, pt)?;
+                let w = vec![(cfg.ptx_coef / (pb * pt) as f64) as f32; pb * pt];
+                m.policy.forward(be, &mut pacts, &inp, None, None)?;
+                let l = m.policy.lm_loss(be, &mut pacts, &tgt, &w, 1.0, Some(&mut grads))?;
+                if !l.is_finite() {
+                    bail!("the PPO-ptx loss became {l}");
+                }
+                m.policy.backward(be, &mut pacts, &mut grads);
+            }
+            let norm = st.policy_opt.update(be, &mut m.policy.params, &grads, cfg.lr);
+            if !pl.loss.is_finite() || !norm.is_finite() {
+                bail!("the policy loss ({}) or its gradient norm ({norm}) is not finite", pl.loss);
+            }
+            // ---- value ----
+            let vcfg = m.value.cfg();
+            let mut vacts = Acts::new(be, &vcfg, sb.b, sb.t)?;
+            let all = m.value.all_rows(be, &mut vacts, &sb)?;
+            let v = sb.gather(&all);
+            let (vl, vg, vcf) = math::value_loss(&v.concat(), &flat(&ro.values), &flat(&ro.returns), cfg.cliprange_value)?;
+            let dr: Vec<f64> = sb.scatter(&split_like(&vg, &v)).iter().map(|g| g * cfg.vf_coef).collect();
+            vgrads.fill_zero(be);
+            let mut hg = m.value.head.zero_grads(be)?;
+            be.fill_zero(&mut vacts.dlnf);
+            m.value.head.backward(be, &mut hg, &mut vacts.dlnf, &vacts.lnf, &dr, vcfg.n_embd)?;
+            m.value.trunk.backward(be, &mut vacts, &mut vgrads);
+            let vnorm = st.value_opt.update(be, &mut m.value.trunk.params, &vgrads, cfg.value_lr);
+            head_step(be, &mut m.value, &mut st.head_opt, &hg, cfg.value_lr, &cfg.adamw, st.value_opt.step);
+            if !vl.is_finite() || !vnorm.is_finite() {
+                bail!("the value loss ({vl}) or its gradient norm ({vnorm}) is not finite");
+            }
+            s.policy_loss += pl.loss;
+            s.value_loss += vl;
+            s.clip_frac += pl.clip_frac;
+            s.vf_clip_frac += vcf;
+            s.approx_kl += pl.approx_kl;
+            s.grad_norm += norm;
+            s.steps += 1;
+        }
+    }
+    let d = s.steps.max(1) as f64;
+    s.policy_loss /= d;
+    s.value_loss /= d;
+    s.clip_frac /= d;
+    s.vf_clip_frac /= d;
+    s.approx_kl /= d;
+    s.grad_norm /= d;
+    s.entropy /= s.entropy_batches.max(1) as f64;
+    Ok(s)
+}
+
+/// Mean entropy of the policy over the answer rows of the last forward; with `ent_coef` > 0 also adds the
+/// gradient of -ent_coef * (that mean) into `acts.dlnf` and dwte. Call after `lm_loss` with gradients
+/// (which consumed the logits) and before `backward`.
+pub fn entropy_term<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, sb: &SeqBatch, grads: &mut Tensors<B>, inv_temp: f64, ent_coef: f64) -> Result<f64> {
+    let (n, c, v, vp) = (sb.b * sb.t, model.cfg.n_embd, model.cfg.vocab_size, model.cfg.padded_vocab());
+    let mask = sb.scatter(&sb.answer_len.iter().map(|&k| vec![1.0; k]).collect::<Vec<_>>());
+    let count: f64 = mask.iter().sum();
+    let coef = be.upload(&mask.iter().map(|m| B::F::of(-ent_coef * m / count)).collect::<Vec<_>>())?;
+    model.logits(be, acts);
+    let want_grad = ent_coef > 0.0;
+    let (mut ent, mut d) = (be.zeros(n)?, be.zeros(if want_grad { n * vp } else { 0 })?);
+    be.entropy(&mut ent, &mut d, &acts.logits, &coef, v, vp, inv_temp, want_grad)?;
+    if want_grad {
+        be.matmul(&mut acts.dlnf, &d, &model.params.bufs[0], n, c, vp, false, false, true);
+        be.matmul(&mut grads.bufs[0], &d, &acts.lnf, vp, c, n, true, false, true);
+    }
+    let h = be.download(&ent);
+    Ok(h.iter().zip(&mask).map(|(h, m)| h.f64() * m).sum::<f64>() / count)
+}
+
+/// Split a flat vector into the ragged shape of `like`.
+fn split_like(flat: &[f64], like: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let mut off = 0;
+    like.iter()
+        .map(|v| {
+            let r = flat[off..off + v.len()].to_vec();
+            off += v.len();
+            r
+        })
+        .collect()
+}
+
+fn worst_logprob(logp: &[Vec<f64>], eps: &[&Episode]) -> (usize, usize, f64, f64) {
+    let mut best = (0, 0, 0.0, 0.0);
+    let mut worst = -1.0;
+    for (i, (lp, e)) in logp.iter().zip(eps).enumerate() {
+        for (j, (&a, &b)) in lp.iter().zip(&e.logprobs).enumerate() {
+            let d = (a - b as f64).abs();
+            if d > worst {
+                worst = d;
+                best = (i, j, a, b as f64);
+            }
+        }
+    }
+    best
+}
+
+fn mean(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        f64::NAN
+    } else {
+        x.iter().sum::<f64>() / x.len() as f64
+    }
+}
+
+// ---- persistence ----
+
+fn named<B: Backend>(be: &B, cfg: &Config, t: &Tensors<B>) -> Vec<NamedTensor> {
+    crate::model::gpt2::tensors_to_host(be, cfg, t).into_iter().map(|(s, d)| NamedTensor::new(s.name, s.shape, d)).collect()
+}
+
+fn upload_into<B: Backend>(be: &B, src: &[NamedTensor], dst: &mut Tensors<B>) -> Result<()> {
+    if src.len() < dst.bufs.len() {
+        bail!("optimizer state holds {} tensors, the model {}", src.len(), dst.bufs.len());
+    }
+    for (t, buf) in src.iter().zip(dst.bufs.iter_mut()) {
+        let n = be.len(buf);
+        if t.data.len() > n {
+            bail!("optimizer state tensor '{}' has {} values, the parameter {n}", t.name, t.data.len());
+        }
+        let mut v: Vec<B::F> = t.data.iter().map(|&x| B::F::of(x as f64)).collect();
+        v.resize(n, B::F::of(0.0));
+        *buf = be.upload(&v)?;
+    }
+    Ok(())
+}
+
+fn host<B: Backend>(be: &B, b: &B::Buf) -> Vec<f32> {
+    be.download(b).iter().map(|x| x.f64() as f32).collect()
+}
+
+fn upload_f32<B: Backend>(be: &B, x: &[f32]) -> Result<B::Buf> {
+    be.upload(&x.iter().map(|&v| B::F::of(v as f64)).collect::<Vec<_>>())
+}
+
+#[derive(Serialize, Deserialize)]
+struct RunRecord {
+    config: PpoConfig,
+    kl: KlController,
+    /// beta's exact bits (JSON floats are not guaranteed to round-trip to the last bit).
+    beta_bits: u64,
+    iteration: u64,
+    value_step: u64,
+}
+
+const VALUE_DIR: &str = "value";
+
+fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: &MetricsLog) -> Result<PathBuf> {
+    let rec = RunRecord { config: cfg.clone(), kl: st.kl.clone(), beta_bits: st.kl.beta.to_bits(), iteration: st.iteration, value_step: st.value_opt.step };
+    let metrics_len = log.len()?;
+    let pol = model_checkpoint(be, &m.policy, ModelKind::Policy);
+    let pstate = TrainState {
+        step: st.policy_opt.step,
+        rng: json!({"seed": cfg.seed, "note": "randomness is drawn from streams of the seed indexed by the iteration"}),
+        data_position: st.iteration,
+        metrics_len,
+        args: serde_json::to_value(&rec)?,
+        m: named(be, &m.policy.cfg, &st.policy_opt.m),
+        v: named(be, &m.policy.cfg, &st.policy_opt.v),
+    };
+    let vck = m.value.to_checkpoint(be)?;
+    let vcfg = m.value.cfg();
+    let c = vcfg.n_embd;
+    let head_m = |w: &B::Buf, b: &B::Buf| vec![NamedTensor::new("score.weight", vec![1, c], host(be, w)), NamedTensor::new("score.bias", vec![1], host(be, b))];
+    let mut vm = named(be, &vcfg, &st.value_opt.m);
+    vm.extend(head_m(&st.head_opt.m_w, &st.head_opt.m_b));
+    let mut vv = named(be, &vcfg, &st.value_opt.v);
+    vv.extend(head_m(&st.head_opt.v_w, &st.head_opt.v_b));
+    let vstate = TrainState { step: st.value_opt.step, rng: Value::Null, data_position: st.iteration, metrics_len, args: json!({}), m: vm, v: vv };
+    vstate.validate_for(&vck)?;
+    run_dir::commit_checkpoint(&cfg.out, st.iteration, |dir| {
+        checkpoint::save(dir, &pol)?;
+        checkpoint::save_train_state(dir, &pstate)?;
+        let vd = dir.join(VALUE_DIR);
+        checkpoint::save(&vd, &vck)?;
+        checkpoint::save_train_state(&vd, &vstate)
+    })
+}
+
+/// Restore a run from its latest checkpoint: (config, models' trainable parts, state, metrics length).
+fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoConfig, State<B>, u64)> {
+    let dir = run_dir::latest(out)?.with_context(|| format!("--resume: {} holds no checkpoint to resume from", out.display()))?;
+    let pstate = checkpoint::load_train_state(&dir)?;
+    let rec: RunRecord = serde_json::from_value(pstate.args.clone()).with_context(|| format!("{}: not a PPO run's training state", dir.display()))?;
+    let pol = checkpoint::load(&dir)?;
+    pol.expect_kind(ModelKind::Policy, &dir.display().to_string())?;
+    pol.expect_config(&m.reference.cfg, &format!("the policy in {}", dir.display()))?;
+    m.policy = model_from_checkpoint(be, &pol)?;
+    let vd = dir.join(VALUE_DIR);
+    let vck = checkpoint::load(&vd)?;
+    m.value = TrunkHead::from_checkpoint(be, &vck, &vd.display().to_string())?;
+    let vstate = checkpoint::load_train_state(&vd)?;
+    vstate.validate_for(&vck)?;
+    let mcfg = m.policy.cfg;
+    let vcfg = m.value.cfg();
+    let mut policy_opt = AdamW::new(be, &mcfg, rec.config.adamw)?;
+    upload_into(be, &pstate.m, &mut policy_opt.m)?;
+    upload_into(be, &pstate.v, &mut policy_opt.v)?;
+    policy_opt.step = pstate.step;
+    let mut value_opt = AdamW::new(be, &vcfg, rec.config.adamw)?;
+    upload_into(be, &vstate.m, &mut value_opt.m)?;
+    upload_into(be, &vstate.v, &mut value_opt.v)?;
+    value_opt.step = vstate.step;
+    let nt = vcfg.param_specs().len();
+    let head = |l: &[NamedTensor], k: usize| upload_f32(be, &l[nt + k].data);
+    let head_opt = HeadOpt { m_w: head(&vstate.m, 0)?, m_b: head(&vstate.m, 1)?, v_w: head(&vstate.v, 0)?, v_b: head(&vstate.v, 1)? };
+    let mut kl = rec.kl;
+    kl.beta = f64::from_bits(rec.beta_bits);
+    eprintln!("resuming {} from {} (iteration {})", out.display(), dir.display(), rec.iteration);
+    Ok((rec.config, State { policy_opt, value_opt, head_opt, kl, iteration: rec.iteration }, pstate.metrics_len))
+}
+
+/// Run (or, with `resume`, continue) PPO from an SFT policy and a reward model. `prompts` are token ids
+/// (each ending with the chat template's `<|assistant|>`).
+pub fn train<B: Backend>(be: &B, cfg: PpoConfig, prompts: &[Vec<u32>], sft: &Gpt2<B>, reward: &TrunkHead<B>, hooks: Hooks, resume: bool) -> Result<PpoSummary> {
+    train_from(be, cfg, prompts, sft, sft, reward, hooks, resume)
+}
+
+/// As [`train`], with the policy starting from `init` while the KL penalty is taken against `reference`
+/// (the loop continues PPO from the current policy, still anchored to the SFT model).
+#[allow(clippy::too_many_arguments)]
+pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], init: &Gpt2<B>, sft: &Gpt2<B>, reward: &TrunkHead<B>, mut hooks: Hooks, resume: bool) -> Result<PpoSummary> {
+    if prompts.is_empty() {
+        bail!("no prompts to train on");
+    }
+    let pcfg = sft.cfg;
+    let rcfg = reward.cfg();
+    if rcfg.vocab_size != pcfg.vocab_size {
+        bail!("the reward model's vocabulary ({}) differs from the policy's ({}): they must share one tokenizer", rcfg.vocab_size, pcfg.vocab_size);
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        bail!("prompt {i} is empty");
+    }
+    if init.cfg != sft.cfg {
+        bail!("the policy's shape {:?} differs from the reference's {:?}", init.cfg, sft.cfg);
+    }
+    let mut m = Models { policy: clone_model(be, init)?, reference: clone_model(be, sft)?, reward: clone_trunk_head(be, reward)?, value: clone_trunk_head(be, reward)? };
+    let (mut st, log_len) = if resume {
+        let (saved, st, len) = load_state(be, &cfg.out, &mut m)?;
+        cfg = PpoConfig { iterations: cfg.iterations.max(saved.iterations), ..saved };
+        (st, Some(len))
+    } else {
+        if run_dir::latest(&cfg.out)?.is_some() {
+            bail!("{} already holds a run; pass --resume to continue it or choose another --out", cfg.out.display());
+        }
+        let c = rcfg.n_embd;
+        let st = State {
+            policy_opt: AdamW::new(be, &pcfg, cfg.adamw)?,
+            value_opt: AdamW::new(be, &rcfg, cfg.adamw)?,
+            head_opt: HeadOpt { m_w: be.zeros(c)?, v_w: be.zeros(c)?, m_b: be.zeros(1)?, v_b: be.zeros(1)? },
+            kl: if cfg.fixed_kl { KlController::fixed(cfg.init_kl_coef) } else { KlController::adaptive(cfg.init_kl_coef, cfg.target_kl, cfg.horizon) },
+            iteration: 0,
+        };
+        (st, None)
+    };
+    cfg.validate(pcfg.vocab_size)?;
+    for lim in [pcfg.n_positions, rcfg.n_positions] {
+        if longest + cfg.max_new_tokens > lim {
+            bail!("the longest prompt ({longest} tokens) + --max-new-tokens {} exceeds the context ({lim})", cfg.max_new_tokens);
+        }
+    }
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), log_len)?;
+    let mut last_ckpt = run_dir::latest(&cfg.out)?;
+    let (mut first_score, mut last_score, mut last_kl) = (f64::NAN, f64::NAN, f64::NAN);
+    let bar = if hooks.verbose { Some(crate::progress::bar(cfg.iterations.saturating_sub(st.iteration), "ppo")) } else { None };
+    while st.iteration < cfg.iterations {
+        let it = st.iteration;
+        let fail = |what: String| -> anyhow::Error {
+            let keep = match &last_ckpt {
+                Some(p) => format!("the last good checkpoint is {}", p.display()),
+                None => "no checkpoint had been written yet".into(),
+            };
+            anyhow::anyhow!("PPO stopped at iteration {}: {what}; {keep}", it + 1)
+        };
+        let mut rng = Rng::stream(cfg.seed, it);
+        let idx = prompt_indices(cfg.seed, it, cfg.batch, prompts.len());
+        let batch: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
+        let t0 = std::time::Instant::now();
+        let eps = rollout(be, &m.policy, &batch, &cfg, &mut rng).map_err(|e| fail(format!("{e:#}")))?;
+        let t_roll = t0.elapsed().as_secs_f64();
+        let ro = score_rollout(be, &m, &cfg, st.kl.beta, eps).map_err(|e| fail(format!("{e:#}")))?;
+        if let Some(i) = ro.rm_scores.iter().position(|s| !s.is_finite()) {
+            return Err(fail(format!("the reward model's score of answer {i} is {} (NaN/inf)", ro.rm_scores[i])));
+        }
+        if ro.values.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(fail("the value model produced a non-finite value".into()));
+        }
+        let us = update(be, &mut m, &mut st, &cfg, &ro, &mut rng, hooks.ptx).map_err(|e| fail(format!("{e:#}")))?;
+        let beta_used = st.kl.beta;
+        let kl = mean(&ro.kl);
+        st.kl.update(kl, ro.episodes.len());
+        st.iteration += 1;
+        let n_tok: usize = ro.episodes.iter().map(|e| e.answer.len()).sum();
+        let entropy = -ro.episodes.iter().flat_map(|e| e.logprobs.iter().map(|&x| x as f64)).sum::<f64>() / n_tok as f64;
+        let score = mean(&ro.scores);
+        let mut rec = json!({
+            "iteration": st.iteration,
+            "score": score,
+            "rm_score": mean(&ro.rm_scores),
+            "kl": kl,
+            "sqrt_kl": kl.max(0.0).sqrt(),
+            "entropy": us.entropy,
+            "entropy_sampled": entropy,
+            "clip_frac": us.clip_frac,
+            "approx_kl": us.approx_kl,
+            "policy_loss": us.policy_loss,
+            "value_loss": us.value_loss,
+            "vf_clip_frac": us.vf_clip_frac,
+            "explained_variance": math::explained_variance(&ro.values.concat(), &ro.returns.concat()),
+            "answer_len": n_tok as f64 / ro.episodes.len() as f64,
+            "eos_frac": ro.episodes.iter().filter(|e| e.ended).count() as f64 / ro.episodes.len() as f64,
+            "beta": beta_used,
+            "first_ratio_dev": us.first_ratio_dev,
+            "grad_norm": us.grad_norm,
+            "rollout_s": t_roll,
+            "iteration_s": t0.elapsed().as_secs_f64(),
+        });
+        if let (Some(gold), Some(decode)) = (hooks.gold.as_mut(), hooks.decode) {
+            if cfg.gold_every > 0 && (it % cfg.gold_every == 0 || st.iteration == cfg.iterations) {
+                let pairs: Vec<(String, String)> = ro.episodes.iter().map(|e| (decode(&e.prompt), decode(&e.answer))).collect();
+                let g = gold(&pairs).map_err(|e| fail(format!("the gold judge failed: {e:#}")))?;
+                if g.len() != pairs.len() || g.iter().any(|x| !x.is_finite()) {
+                    return Err(fail(format!("the gold judge returned {} scores (some not finite?) for {} answers", g.len(), pairs.len())));
+                }
+                rec["gold_score"] = json!(mean(&g));
+            }
+        }
+        if !score.is_finite() || !kl.is_finite() {
+            return Err(fail(format!("mean score {score}, KL {kl}")));
+        }
+        log.write(&rec)?;
+        if first_score.is_nan() {
+            first_score = score;
+        }
+        (last_score, last_kl) = (score, kl);
+        if hooks.verbose {
+            if let Some(b) = &bar {
+                b.set_message(format!("score {score:.3} kl {kl:.3} beta {beta_used:.4}"));
+                b.inc(1);
+            }
+            if let Some(decode) = hooks.decode {
+                if cfg.sample_every > 0 && (it % cfg.sample_every == 0 || st.iteration == cfg.iterations) {
+                    for (e, s) in ro.episodes.iter().zip(&ro.scores).take(2) {
+                        eprintln!("[iter {}] score {s:+.3} | {} => {}", st.iteration, decode(&e.prompt).trim(), decode(&e.answer).trim());
+                    }
+                }
+            }
+        }
+        plot(&cfg.out)?;
+        if st.iteration % cfg.save_every.max(1) == 0 || st.iteration == cfg.iterations {
+            last_ckpt = Some(save(be, &cfg, &m, &st, &log)?);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    let checkpoint = last_ckpt.context("no checkpoint was written")?;
+    Ok(PpoSummary { iterations: st.iteration, first_score, last_score, last_kl, beta: st.kl.beta, checkpoint })
+}
+
+/// Redraw the run's plots from its metrics log.
+pub fn plot(out: &Path) -> Result<()> {
+    let recs = metrics::read(&out.join("metrics.jsonl"))?;
+    let s = |k: &str| metrics::series(&recs, "iteration", k);
+    let svg = metrics::svg_plot("PPO: scores and KL", "iteration", &[("score", s("score")), ("rm score", s("rm_score")), ("gold score", s("gold_score")), ("KL to reference", s("kl"))]);
+    metrics::write_plot(&out.join("ppo_scores.svg"), &svg)?;
+    let svg = metrics::svg_plot(
+        "PPO: update statistics",
+        "iteration",
+        &[("entropy", s("entropy")), ("clip frac", s("clip_frac")), ("approx KL", s("approx_kl")), ("value loss", s("value_loss")), ("explained var", s("explained_variance")), ("eos frac", s("eos_frac"))],
+    );
+    metrics::write_plot(&out.join("ppo_stats.svg"), &svg)?;
+    let svg = metrics::svg_plot("PPO: answer length and beta", "iteration", &[("answer length", s("answer_len")), ("beta x 100", s("beta").into_iter().map(|(x, y)| (x, 100.0 * y)).collect())]);
+    metrics::write_plot(&out.join("ppo_len_beta.svg"), &svg)
+}

@@ -1,0 +1,592 @@
+//! PPO: the per-token math against hand-computed values, gradient checks, and real tiny PPO iterations.
+
+use rlhf::ppo::math::*;
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol
+}
+
+fn assert_vec(got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "length: got {got:?} want {want:?}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(close(*g, *w, tol), "element {i}: got {g}, want {w} (all: {got:?} vs {want:?})");
+    }
+}
+
+#[test]
+fn rewards_are_kl_penalty_plus_score_at_the_last_token() {
+    let (r, kl) = token_rewards(&[-1.0, -2.0, -0.5], &[-1.5, -2.0, -1.0], 2.0, 0.1).unwrap();
+    assert_vec(&kl, &[0.5, 0.0, 0.5], 1e-12);
+    assert_vec(&r, &[-0.05, 0.0, 1.95], 1e-12);
+    assert!(token_rewards(&[], &[], 1.0, 0.1).is_err());
+    assert!(token_rewards(&[-1.0], &[-1.0, -2.0], 1.0, 0.1).is_err());
+}
+
+#[test]
+fn gae_matches_hand_computation() {
+    // gamma 1, lambda 0.5: deltas 1.5, 0.5, 0.5 (v_3 = 0), A = 1.875, 0.75, 0.5
+    let (a, ret) = gae(&[1.0, 0.0, 2.0], &[0.5, 1.0, 1.5], 1.0, 0.5).unwrap();
+    assert_vec(&a, &[1.875, 0.75, 0.5], 1e-12);
+    assert_vec(&ret, &[2.375, 1.75, 2.0], 1e-12);
+    // lambda 1: A_t = (sum of rewards from t) - v_t (Monte Carlo)
+    let (a, _) = gae(&[1.0, 0.0, 2.0], &[0.5, 1.0, 1.5], 1.0, 1.0).unwrap();
+    assert_vec(&a, &[2.5, 1.0, 0.5], 1e-12);
+    // gamma 0.9, lambda 0.95, two tokens: delta_1 = 1 - 0.2 = 0.8; delta_0 = 0 + 0.9*0.2 - 0.1 = 0.08;
+    // A_0 = 0.08 + 0.855 * 0.8 = 0.764
+    let (a, _) = gae(&[0.0, 1.0], &[0.1, 0.2], 0.9, 0.95).unwrap();
+    assert_vec(&a, &[0.764, 0.8], 1e-12);
+    assert!(gae(&[1.0], &[1.0, 2.0], 1.0, 0.95).is_err());
+}
+
+#[test]
+fn whitening_uses_every_valid_token_of_the_batch() {
+    let mut x = vec![vec![1.0, 2.0], vec![3.0]];
+    whiten(&mut x);
+    let s = (2.0f64 / 3.0 + 1e-8).sqrt();
+    assert_vec(&x[0], &[-1.0 / s, 0.0], 1e-12);
+    assert_vec(&x[1], &[1.0 / s], 1e-12);
+    let (m, v) = mean_var(&x);
+    assert!(close(m, 0.0, 1e-12) && close(v, 1.0, 1e-6), "mean {m} var {v}");
+}
+
+#[test]
+fn clipped_policy_loss_and_gradient_by_hand() {
+    let old = [-2.0, -1.0, -3.0, -0.5];
+    let ratios = [1.5f64, 0.5, 1.1, 1.5];
+    let logp: Vec<f64> = old.iter().zip(ratios).map(|(o, r)| o + r.ln()).collect();
+    let adv = [1.0, 1.0, -2.0, -1.0];
+    let p = policy_loss(&logp, &old, &adv, 0.2).unwrap();
+    // per token max(-A r, -A clip(r)): -1.2 (clipped), -0.5, 2.2 (tie), 1.5 -> mean 0.5
+    assert!(close(p.loss, 0.5, 1e-12), "loss {}", p.loss);
+    assert_vec(&p.grad, &[0.0, -0.125, 0.55, 0.375], 1e-12);
+    assert!(close(p.clip_frac, 0.75, 1e-12));
+    let k3: f64 = ratios.iter().map(|r| (r - 1.0) - r.ln()).sum::<f64>() / 4.0;
+    assert!(close(p.approx_kl, k3, 1e-12) && close(k3, 0.0967267, 1e-6), "approx kl {} vs {k3}", p.approx_kl);
+    assert!(close(p.max_ratio_dev, 0.5, 1e-12));
+    // At the rollout policy the ratio is 1: the loss is -mean(A) and nothing clips.
+    let p = policy_loss(&old, &old, &adv, 0.2).unwrap();
+    assert!(close(p.loss, 0.25, 1e-12) && p.clip_frac == 0.0 && p.approx_kl == 0.0);
+    assert!(policy_loss(&[], &[], &[], 0.2).is_err());
+}
+
+#[test]
+fn clipped_value_loss_and_gradient_by_hand() {
+    let (l, g, cf) = value_loss(&[1.0, 1.0, 0.1], &[0.5, 0.5, 0.0], &[2.0, 0.0, 1.0], 0.2).unwrap();
+    // (1.69 clipped, 1.0, 0.81) -> 0.5 * 3.5 / 3
+    assert!(close(l, 3.5 / 6.0, 1e-12), "loss {l}");
+    assert_vec(&g, &[0.0, 1.0 / 3.0, -0.3], 1e-12);
+    assert!(close(cf, 1.0 / 3.0, 1e-12));
+}
+
+#[test]
+fn explained_variance_by_hand() {
+    assert!(close(explained_variance(&[1.0, 2.0, 2.0], &[1.0, 2.0, 3.0]), 2.0 / 3.0, 1e-12));
+    assert!(close(explained_variance(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]), 1.0, 1e-12));
+    assert!(explained_variance(&[1.0, 2.0], &[1.0, 1.0]).is_nan());
+}
+
+#[test]
+fn adaptive_kl_controller_steps_by_hand() {
+    let mut k = KlController::adaptive(0.2, 6.0, 10000.0);
+    k.update(9.0, 64); // error 0.5 clipped to 0.2: beta * (1 + 0.2 * 64 / 10000)
+    assert!(close(k.beta, 0.200256, 1e-15), "{}", k.beta);
+    k.update(3.0, 100); // error -0.5 clipped to -0.2
+    assert!(close(k.beta, 0.200256 * 0.998, 1e-15), "{}", k.beta);
+    k.update(6.6, 10000); // error 0.1 within the clip
+    assert!(close(k.beta, 0.200256 * 0.998 * 1.1, 1e-15), "{}", k.beta);
+    let mut f = KlController::fixed(0.05);
+    f.update(100.0, 64);
+    assert_eq!(f.beta, 0.05);
+}
+
+#[test]
+fn ppo_gradchecks_pass() {
+    let results = rlhf::ppo::gradchecks();
+    assert_eq!(results.len(), 6);
+    eprintln!("{}", rlhf::gradcheck::format_table(&results));
+    for r in &results {
+        assert!(r.ok && r.entries > 0, "{r:?}");
+    }
+}
+
+// ---- the trainer on tiny random models ----
+
+mod tiny {
+    use rlhf::backend::Cpu;
+    use rlhf::model::{Config, Gpt2, ScalarHead};
+    use rlhf::ppo::{PpoConfig, TrunkHead};
+    use rlhf::rng::Rng;
+    use std::path::Path;
+
+    pub type Be = Cpu<f32>;
+    pub const STOP: u32 = 1;
+    pub const PAD: u32 = 0;
+
+    pub fn cfg() -> Config {
+        Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 16, n_positions: 32 }
+    }
+
+    pub fn models(be: &Be) -> (Gpt2<Be>, TrunkHead<Be>) {
+        let sft = Gpt2::init(be, cfg(), 1).unwrap();
+        let rm = TrunkHead { trunk: Gpt2::init(be, cfg(), 2).unwrap(), head: ScalarHead::init(be, 16, 3).unwrap() };
+        (sft, rm)
+    }
+
+    pub fn prompts(n: usize) -> Vec<Vec<u32>> {
+        let mut rng = Rng::new(9);
+        (0..n).map(|_| (0..3 + rng.below(4)).map(|_| 2 + rng.below(14) as u32).collect()).collect()
+    }
+
+    pub fn ppo_cfg(out: &Path, iterations: u64) -> PpoConfig {
+        let mut c = PpoConfig::new(out.to_owned(), STOP, PAD);
+        c.iterations = iterations;
+        c.batch = 8;
+        c.minibatch = 4;
+        c.ppo_epochs = 2;
+        c.max_new_tokens = 6;
+        c.save_every = 2;
+        c.lr = 1e-3;
+        c.value_lr = 1e-3;
+        c.init_kl_coef = 0.05;
+        c
+    }
+
+    /// The metrics log without its wall-clock fields.
+    pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
+        let mut recs = rlhf::metrics::read(&out.join("metrics.jsonl")).unwrap();
+        for r in &mut recs {
+            let o = r.as_object_mut().unwrap();
+            o.remove("rollout_s");
+            o.remove("iteration_s");
+        }
+        recs
+    }
+}
+
+use rlhf::ppo::rollout::SeqBatch;
+use rlhf::ppo::trainer::{score_rollout, Models};
+use rlhf::ppo::{Episode, Hooks};
+use tiny::*;
+
+fn ep(prompt: &[u32], answer: &[u32], ended: bool) -> Episode {
+    Episode { prompt: prompt.to_vec(), answer: answer.to_vec(), logprobs: vec![-2.0; answer.len()], ended }
+}
+
+#[test]
+fn layout_reads_the_reward_at_the_answer_end_and_nothing_after_it() {
+    let be = Be::new();
+    let a = ep(&[2, 3, 4], &[5, 6, STOP], true);
+    let b = ep(&[7], &[8, STOP], true);
+    let sb = SeqBatch::new(&[&a, &b], PAD).unwrap();
+    assert_eq!((sb.b, sb.t), (2, 6));
+    assert_eq!(sb.tokens, vec![2, 3, 4, 5, 6, STOP, 7, 8, STOP, PAD, PAD, PAD]);
+    // targets: next token, then padding from each sequence's last token on
+    assert_eq!(sb.targets, vec![3, 4, 5, 6, STOP, PAD, 8, STOP, PAD, PAD, PAD, PAD]);
+    assert_eq!((sb.last_row(0), sb.last_row(1)), (5, 8));
+    assert_eq!((0..3).map(|j| sb.answer_row(0, j)).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!((0..2).map(|j| sb.answer_row(1, j)).collect::<Vec<_>>(), vec![6, 7]);
+    let w = sb.scatter(&[vec![1.0, 2.0, 3.0], vec![4.0, 5.0]]);
+    assert_eq!(w, vec![0.0, 0.0, 1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(sb.gather(&w), vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0]]);
+
+    // The padded batch scores each answer as it scores it alone (the reward is read at its <|end|>).
+    let (sft, rm) = models(&be);
+    let mut acts = rlhf::model::Acts::new(&be, &cfg(), 2, 6).unwrap();
+    let both = rm.scores(&be, &mut acts, &sb).unwrap();
+    for (i, e) in [&a, &b].iter().enumerate() {
+        let one = SeqBatch::new(&[e], PAD).unwrap();
+        let mut acts1 = rlhf::model::Acts::new(&be, &cfg(), 1, one.t).unwrap();
+        let alone = rm.scores(&be, &mut acts1, &one).unwrap()[0];
+        assert!((both[i] - alone).abs() < 1e-5, "episode {i}: padded {} vs alone {alone}", both[i]);
+        // ... and that is the head's output at the row of the last token, not at the padding after it.
+        let all = rm.all_rows(&be, &mut acts1, &one).unwrap();
+        assert_eq!(alone, all[one.t - 1]);
+    }
+    assert!((both[1] - rm.all_rows(&be, &mut acts, &sb).unwrap()[11]).abs() > 1e-6, "the score must not be the padding's");
+
+    // Scoring: the answer without <|end|> gets the penalty; rewards cover the answer tokens only.
+    let c = ppo_cfg(Path::new("/nonexistent"), 1);
+    let m = Models { policy: rlhf::ppo::rollout::clone_model(&be, &sft).unwrap(), reference: sft, reward: rm, value: models(&be).1 };
+    let cut = ep(&[7], &[8, 9, 10], false);
+    let ro = score_rollout(&be, &m, &c, 0.1, vec![a.clone(), cut]).unwrap();
+    assert_eq!(ro.scores[1], c.no_eos_penalty);
+    assert!((ro.scores[0] - ro.rm_scores[0]).abs() < 1e-12 && ro.rm_scores[1] != c.no_eos_penalty);
+    assert_eq!(ro.rewards.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3]);
+    assert_eq!(ro.advantages.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3]);
+    for i in 0..2 {
+        let kl_last = -2.0 - ro.ref_logprobs[i][2];
+        assert!((ro.rewards[i][2] - (-0.1 * kl_last + ro.scores[i])).abs() < 1e-9);
+        assert!((ro.rewards[i][0] + 0.1 * (-2.0 - ro.ref_logprobs[i][0])).abs() < 1e-9);
+    }
+}
+
+use std::path::Path;
+
+#[test]
+fn rollouts_stop_at_eos_and_a_real_iteration_has_ratio_one() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let c = ppo_cfg(&out, 1);
+    let mut rng = rlhf::rng::Rng::new(5);
+    let eps = rlhf::ppo::trainer::rollout(&be, &sft, &prompts(8), &c, &mut rng).unwrap();
+    assert!(eps.iter().any(|e| e.ended) && eps.iter().any(|e| !e.ended), "want both kinds in this seed's rollout");
+    for e in &eps {
+        let stops = e.answer.iter().filter(|&&t| t == STOP).count();
+        assert_eq!(stops, e.ended as usize, "{e:?}");
+        if e.ended {
+            assert_eq!(*e.answer.last().unwrap(), STOP);
+        } else {
+            assert_eq!(e.answer.len(), c.max_new_tokens);
+        }
+    }
+    let s = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    assert_eq!(s.iterations, 1);
+    let m = metrics(&out);
+    let dev = m[0]["first_ratio_dev"].as_f64().unwrap();
+    assert!(dev < 1e-4, "first-minibatch |ratio - 1| = {dev}");
+    for k in ["score", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "explained_variance", "answer_len", "eos_frac", "beta"] {
+        assert!(m[0].get(k).is_some(), "metric {k} missing");
+    }
+    assert!(out.join("ppo_scores.svg").is_file());
+}
+
+#[test]
+fn the_ratio_check_stops_loudly() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ppo_cfg(&dir.path().join("run"), 1);
+    c.ratio_tol = 1e-13; // below f32 rounding: sampler and training forward cannot agree this closely
+    let e = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("ratio check failed") && msg.contains("iteration 1"), "{msg}");
+}
+
+#[test]
+fn same_seed_same_run_and_resume_equals_unbroken() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, k) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("k"));
+    rlhf::ppo::train(&be, ppo_cfg(&a, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    rlhf::ppo::train(&be, ppo_cfg(&b, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    assert_eq!(metrics(&a), metrics(&b), "two runs with one seed differ");
+    assert_eq!(metrics(&a).len(), 4);
+    // "Killed" after iteration 3 with the last checkpoint at 2: metrics has a line past the checkpoint.
+    rlhf::ppo::train(&be, ppo_cfg(&k, 3), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    std::fs::remove_dir_all(k.join("step-000003")).unwrap();
+    std::fs::write(k.join("latest"), "step-000002").unwrap();
+    assert_eq!(metrics(&k).len(), 3);
+    let e = rlhf::ppo::train(&be, ppo_cfg(&k, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap_err();
+    assert!(format!("{e:#}").contains("--resume"), "{e:#}");
+    rlhf::ppo::train(&be, ppo_cfg(&k, 4), &prompts(12), &sft, &rm, Hooks::default(), true).unwrap();
+    assert_eq!(metrics(&a), metrics(&k), "resumed run differs from the unbroken one");
+    let read = |d: &Path| std::fs::read(d.join("step-000004/model.safetensors")).unwrap();
+    assert!(read(&a) == read(&k), "final policies differ");
+    let readv = |d: &Path| std::fs::read(d.join("step-000004/value/model.safetensors")).unwrap();
+    assert!(readv(&a) == readv(&k), "final value models differ");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, prompts: &[Vec<u32>], rm: &rlhf::ppo::TrunkHead<Be>, hooks: Hooks| {
+        let e = rlhf::ppo::train(&be, ppo_cfg(&dir.path().join(name), 2), prompts, &sft, rm, hooks, false).unwrap_err();
+        format!("{e:#}")
+    };
+    assert!(run("empty", &[], &rm, Hooks::default()).contains("no prompts"));
+    let other = rlhf::model::Config { vocab_size: 20, ..cfg() };
+    let rm20 = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    let msg = run("vocab", &prompts(8), &rm20, Hooks::default());
+    assert!(msg.contains("vocabulary (20)") && msg.contains("(16)"), "{msg}");
+    let decode = |t: &[u32]| format!("{t:?}");
+    let mut failing = |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge command exited with status 3") };
+    let msg = run("judge", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(&mut failing), ..Default::default() });
+    assert!(msg.contains("gold judge failed") && msg.contains("status 3") && msg.contains("iteration 1"), "{msg}");
+    let mut garbage = |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0; p.len() - 1]) };
+    let msg = run("garbage", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(&mut garbage), ..Default::default() });
+    assert!(msg.contains("gold judge returned 7 scores") && msg.contains("for 8 answers"), "{msg}");
+    // A reward model that yields NaN: stop, naming the iteration; no checkpoint is written over.
+    let mut bad = rlhf::ppo::rollout::clone_trunk_head(&be, &rm).unwrap();
+    bad.head.b = vec![f32::NAN];
+    let msg = run("nan", &prompts(8), &bad, Hooks::default());
+    assert!(msg.contains("iteration 1") && msg.contains("NaN") && msg.contains("no checkpoint had been written"), "{msg}");
+}
+
+#[test]
+fn ppo_raises_the_reward_model_score() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut c = ppo_cfg(&out, 16);
+    c.batch = 16;
+    c.minibatch = 8;
+    c.ppo_epochs = 4;
+    c.save_every = 100;
+    rlhf::ppo::train(&be, c, &prompts(32), &sft, &rm, Hooks::default(), false).unwrap();
+    let m = metrics(&out);
+    // The optimised score: the reward model's at <|end|>, or the no-EOS penalty.
+    let avg = |r: &[serde_json::Value], k: &str| r.iter().map(|x| x[k].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    let (first, last) = (avg(&m[..4], "score"), avg(&m[12..], "score"));
+    eprintln!(
+        "score: first 4 iterations {first:.4}, last 4 {last:.4}; eos frac {:.3} -> {:.3}; kl last {}",
+        avg(&m[..4], "eos_frac"),
+        avg(&m[12..], "eos_frac"),
+        m[15]["kl"]
+    );
+    assert!(last > first + 0.1, "score did not rise: {first} -> {last}");
+}
+
+// ---- labelling ----
+
+use rlhf::ppo::label::{self, parse_ranking, RankedRecord};
+
+#[test]
+fn typed_rankings_are_validated() {
+    assert_eq!(parse_ranking("1 0 2 2", 4), Ok(vec![1, 0, 2, 2]));
+    assert_eq!(parse_ranking("1,0,3,2", 4), Ok(vec![1, 0, 3, 2]));
+    assert_eq!(parse_ranking("bacd", 4), Ok(vec![1, 0, 2, 3]));
+    assert_eq!(parse_ranking("D C B A", 4), Ok(vec![3, 2, 1, 0]));
+    for bad in ["", "1 0 2", "0 1 2 4", "1 1 2 3", "ABC", "ABCE", "AABC", "x y z w"] {
+        assert!(parse_ranking(bad, 4).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(label::ranks_from_scores(&[0.5, 2.0, 0.5, -1.0]).unwrap(), vec![1, 0, 1, 3]);
+    assert!(label::ranks_from_scores(&[f64::NAN, 1.0]).is_err());
+}
+
+#[test]
+fn interactive_labelling_with_scripted_input_resumes_and_never_loses_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("labels.jsonl");
+    let prompts: Vec<String> = ["p1", "p2", "p3", "p4"].iter().map(|s| s.to_string()).collect();
+    let mut calls = 0;
+    let mut gen = |p: &str| -> anyhow::Result<Vec<String>> {
+        calls += 1;
+        Ok((0..3).map(|i| format!("{p}-answer-{i}")).collect())
+    };
+    // p1: bad input twice, then ranks; p2: skipped; p3: an order; then quit before p4.
+    let mut input = std::io::Cursor::new("1 2\nhello\n1 0 2\ns\nCAB\nq\n");
+    let mut ui = Vec::new();
+    let st = label::label(&prompts, 3, &out, &mut gen, None, &mut input, &mut ui, ).unwrap();
+    assert_eq!((st.labelled, st.skipped_by_user, st.quit), (2, 1, true));
+    let ui = String::from_utf8(ui).unwrap();
+    assert_eq!(ui.matches("not a ranking").count(), 2, "{ui}");
+    assert!(ui.contains("p1-answer-2") && ui.contains("--- C ---"));
+    let recs = label::read_records(&out).unwrap();
+    assert_eq!(recs[0], RankedRecord { prompt: "p1".into(), completions: vec!["p1-answer-0".into(), "p1-answer-1".into(), "p1-answer-2".into()], ranking: vec![1, 0, 2] });
+    assert_eq!((recs[1].prompt.as_str(), recs[1].ranking.clone()), ("p3", vec![1, 2, 0]));
+    // A torn last line (killed mid-write) is dropped; the complete labels stay.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&out).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"prompt\": \"p4\", \"compl").unwrap();
+    // Next session: p1, p3 are done; p2 and p4 are asked; end of input stops cleanly.
+    let mut input = std::io::Cursor::new("0 1 2\n");
+    let st = label::label(&prompts, 3, &out, &mut gen, None, &mut input, &mut Vec::new()).unwrap();
+    assert_eq!((st.skipped_done, st.labelled, st.quit), (2, 1, true));
+    let recs = label::read_records(&out).unwrap();
+    assert_eq!(recs.iter().map(|r| r.prompt.as_str()).collect::<Vec<_>>(), vec!["p1", "p3", "p2"]);
+    // A corrupt line in the middle is an error naming the line, not a silent loss.
+    std::fs::write(&out, "{\"prompt\":\"a\",\"completions\":[\"x\",\"y\"],\"ranking\":[0,1]}\nnot json\n{\"prompt\":\"b\",\"completions\":[\"x\",\"y\"],\"ranking\":[0,1]}\n").unwrap();
+    let e = label::read_records(&out).unwrap_err();
+    assert!(format!("{e:#}").contains("labels.jsonl:2"), "{e:#}");
+    assert!(calls >= 4);
+}
+
+#[test]
+fn judge_labelling_runs_unattended_and_reports_a_failing_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("labels.jsonl");
+    let prompts: Vec<String> = vec!["a".into(), "b".into()];
+    let mut gen = |p: &str| -> anyhow::Result<Vec<String>> { Ok(vec![format!("{p}!"), format!("{p}!!!"), format!("{p}")]) };
+    let mut judge = |_: &str, answers: &[String]| -> anyhow::Result<Vec<f64>> { Ok(answers.iter().map(|a| a.len() as f64).collect()) };
+    let st = label::label(&prompts, 3, &out, &mut gen, Some(&mut judge), &mut std::io::empty(), &mut std::io::sink()).unwrap();
+    assert_eq!(st.labelled, 2);
+    assert_eq!(label::read_records(&out).unwrap()[0].ranking, vec![1, 0, 2]);
+    let out2 = dir.path().join("l2.jsonl");
+    let mut garbage = |_: &str, _: &[String]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0]) };
+    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut garbage), &mut std::io::empty(), &mut std::io::sink()).unwrap_err();
+    assert!(format!("{e:#}").contains("returned 1 scores for 3 answers"), "{e:#}");
+    let mut failing = |_: &str, _: &[String]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge crashed") };
+    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut failing), &mut std::io::empty(), &mut std::io::sink()).unwrap_err();
+    assert!(format!("{e:#}").contains("judge failed") && format!("{e:#}").contains("judge crashed"), "{e:#}");
+}
+
+// ---- evaluation ----
+
+#[test]
+fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
+    use rlhf::ppo::eval;
+    assert_eq!(eval::win_rate(&[1.0, 2.0, 3.0, 0.0], &[0.0, 2.0, 4.0, -1.0]).unwrap(), 2.5 / 4.0);
+    assert!(eval::win_rate(&[], &[]).is_err());
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let c = ppo_cfg(Path::new("/x"), 1);
+    let decode = |t: &[u32]| format!("{t:?}");
+    let mut gold = |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(p.iter().map(|(_, a)| a.len() as f64).collect()) };
+    let r = eval::evaluate(&be, &sft, &sft, &rm, &prompts(6), &eval::sample_config(&c), PAD, -1.0, 3, &decode, Some(&mut gold)).unwrap();
+    // The SFT model against itself: no KL (the same weights score the same tokens).
+    assert!(r.kl_to_sft.abs() < 1e-9, "{r:?}");
+    assert!(r.win_rate_gold.is_some() && (0.0..=1.0).contains(&r.win_rate_rm));
+    let dir = tempfile::tempdir().unwrap();
+    let e = eval::overoptimisation_plot(dir.path(), &dir.path().join("x.svg")).unwrap_err();
+    assert!(format!("{e:#}").contains("metrics.jsonl"), "{e:#}");
+}
+
+// ---- command-line inputs ----
+
+#[test]
+fn prompt_files_and_judge_commands_fail_with_clear_errors() {
+    use rlhf::cli::ppo::{read_prompts, CommandJudge};
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.jsonl");
+    let err = |text: &str| {
+        std::fs::write(&f, text).unwrap();
+        format!("{:#}", read_prompts(&f).unwrap_err())
+    };
+    assert!(err("").contains("holds no prompts"));
+    assert!(err("{\"prompt\": \"a\"}\n{oops\n").contains("p.jsonl:2: not JSON"));
+    assert!(err("{\"text\": \"a\"}\n").contains("p.jsonl:1: expected an object with a \"prompt\" string"));
+    assert!(err("{\"prompt\": \"  \"}\n").contains("the prompt is empty"));
+    assert!(format!("{:#}", read_prompts(&dir.path().join("missing.jsonl")).unwrap_err()).contains("missing.jsonl"));
+    std::fs::write(&f, "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
+    assert_eq!(read_prompts(&f).unwrap(), vec!["a", "b"]);
+
+    let pairs = vec![("p".to_string(), "a".to_string()), ("p".to_string(), "bb".to_string())];
+    // One number per line: here the answer's length, computed by the command from its JSON input.
+    let mut ok = CommandJudge::new("while read -r l; do echo ${#l}; done");
+    let s = ok.score(&pairs).unwrap();
+    assert_eq!(s.len(), 2);
+    assert!(s[1] == s[0] + 1.0, "{s:?}");
+    let e = CommandJudge::new("cat >/dev/null; echo 1; echo banana").score(&pairs).unwrap_err();
+    assert!(format!("{e:#}").contains("'banana' is not a number"), "{e:#}");
+    let e = CommandJudge::new("cat >/dev/null; echo 1").score(&pairs).unwrap_err();
+    assert!(format!("{e:#}").contains("printed 1 scores for 2 answers"), "{e:#}");
+    let e = CommandJudge::new("cat >/dev/null; exit 3").score(&pairs).unwrap_err();
+    assert!(format!("{e:#}").contains("exited with") && format!("{e:#}").contains("3"), "{e:#}");
+}
+
+#[test]
+fn ppo_ptx_mixes_the_pretraining_loss_into_the_policy_gradient() {
+    let be = Be::new();
+    let (sft, rm) = models(&be);
+    let dir = tempfile::tempdir().unwrap();
+    let ptx = |i: u64| -> anyhow::Result<(Vec<u32>, Vec<u32>, usize, usize)> {
+        let mut r = rlhf::rng::Rng::stream(5, i);
+        let seq: Vec<u32> = (0..4 * 9).map(|_| 2 + r.below(14) as u32).collect();
+        let (inp, tgt): (Vec<u32>, Vec<u32>) = seq.chunks(9).flat_map(|c| c[..8].iter().copied().zip(c[1..].iter().copied())).unzip();
+        Ok((inp, tgt, 4, 8))
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut c = ppo_cfg(&a, 2);
+    c.ptx_coef = 1.0;
+    c.ent_coef = 0.01;
+    rlhf::ppo::train(&be, c.clone(), &prompts(8), &sft, &rm, Hooks { ptx: Some(&ptx), ..Default::default() }, false).unwrap();
+    rlhf::ppo::train(&be, ppo_cfg(&b, 2), &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma[0]["score"], mb[0]["score"], "the first rollout precedes any update");
+    assert_ne!(ma[1]["score"], mb[1]["score"], "the ptx gradient changed nothing");
+    c.out = dir.path().join("c");
+    let e = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap_err();
+    assert!(format!("{e:#}").contains("--ptx-data"), "{e:#}");
+    eprintln!("first-minibatch max |ratio - 1|: {} and {}", ma[0]["first_ratio_dev"], ma[1]["first_ratio_dev"]);
+}
+
+// ---- the commands end to end (tokenizer, checkpoints on disk, judge command) ----
+
+#[test]
+fn ppo_eval_and_label_commands_end_to_end() {
+    use clap::Parser;
+    use rlhf::checkpoint::{self, Checkpoint, ModelKind};
+    use rlhf::cli::ppo::{run_eval, run_label, run_ppo, EvalArgs, LabelArgs, PpoArgs};
+    #[derive(Parser)]
+    struct P {
+        #[command(flatten)]
+        a: PpoArgs,
+    }
+    #[derive(Parser)]
+    struct E {
+        #[command(flatten)]
+        a: EvalArgs,
+    }
+    #[derive(Parser)]
+    struct L {
+        #[command(flatten)]
+        a: LabelArgs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    std::fs::write(d("corpus.txt"), "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.\n".repeat(20)).unwrap();
+    let tok = rlhf::tokenizer::Tokenizer::train(&[dir.path().join("corpus.txt")], 300, &rlhf::tokenizer::SPECIAL_TOKENS).unwrap();
+    tok.save(d("tok.json")).unwrap();
+    let be = Be::new();
+    let mcfg = rlhf::model::Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 64 };
+    let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
+    checkpoint::save(&dir.path().join("sft"), &Checkpoint::from_model(&be, &sft, ModelKind::Policy)).unwrap();
+    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    checkpoint::save(&dir.path().join("rm"), &rm.to_checkpoint(&be).unwrap()).unwrap();
+    let other = rlhf::model::Config { vocab_size: mcfg.vocab_size + 10, ..mcfg };
+    let rm_other = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    checkpoint::save(&dir.path().join("rm_other"), &rm_other.to_checkpoint(&be).unwrap()).unwrap();
+    std::fs::write(d("prompts.jsonl"), ["a truth", "a single man", "good fortune", "a wife", "universally", "in want"].iter().map(|p| format!("{{\"prompt\": \"{p}\"}}\n")).collect::<String>()).unwrap();
+    let judge = "while read -r l; do echo ${#l}; done";
+    let ppo = |reward: &str, out: &str| {
+        let a = P::parse_from([
+            "ppo", "--policy", &d("sft"), "--reward", &d(reward), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "--out", &d(out),
+            "--iterations", "2", "--batch", "4", "--minibatch", "2", "--ppo-epochs", "1", "--max-new-tokens", "5", "--judge", judge, "--gold-every", "1",
+            "--no-eos-penalty", "-1.5", "--device", "cpu",
+        ])
+        .a;
+        run_ppo(a)
+    };
+    ppo("rm", "run").unwrap();
+    let m = metrics(&dir.path().join("run"));
+    assert_eq!(m.len(), 2);
+    assert!(m.iter().all(|r| r["gold_score"].as_f64().is_some()), "{m:?}");
+    let e = ppo("rm_other", "run2").unwrap_err();
+    assert!(format!("{e:#}").contains("vocabulary"), "{e:#}");
+    let a = E::parse_from(["eval", "--policy", &d("run"), "--sft", &d("sft"), "--reward", &d("rm"), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "--judge", judge, "--ppo-run", &d("run"), "--max-new-tokens", "5", "--device", "cpu"]).a;
+    run_eval(a).unwrap();
+    assert!(dir.path().join("run/overoptimisation.svg").is_file());
+    let a = L::parse_from(["label", "--policy", &d("run"), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "-k", "3", "--out", &d("labels.jsonl"), "--judge", judge, "--max-new-tokens", "5", "--device", "cpu"]).a;
+    run_label(a).unwrap();
+    let recs = label::read_records(&dir.path().join("labels.jsonl")).unwrap();
+    assert_eq!(recs.len(), 6);
+    assert!(recs.iter().all(|r| r.completions.len() == 3 && r.ranking.len() == 3 && r.ranking.contains(&0)));
+}
+
+/// Timing of the default settings on the tiny preset (random weights, a 4096-token vocabulary); run with
+/// `cargo test --release --test ppo -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn tiny_preset_iteration_time() {
+    let be = Be::new();
+    let mcfg = rlhf::model::Config::preset("tiny", 4096).unwrap();
+    let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
+    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, mcfg.n_embd, 3).unwrap() };
+    let mut rng = rlhf::rng::Rng::new(9);
+    let prompts: Vec<Vec<u32>> = (0..64).map(|_| (0..8 + rng.below(16)).map(|_| 5 + rng.below(4000) as u32).collect()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = rlhf::ppo::PpoConfig::new(dir.path().join("run"), 4, 1);
+    c.iterations = 3;
+    let t = std::time::Instant::now();
+    rlhf::ppo::train(&be, c, &prompts, &sft, &rm, Hooks::default(), false).unwrap();
+    let m = metrics(&dir.path().join("run"));
+    eprintln!("tiny preset, defaults: {:.2} s/iteration; {m:?}", t.elapsed().as_secs_f64() / 3.0);
+}
+
+#[test]
+fn a_reward_model_of_another_shape_works() {
+    let be = Be::new();
+    let (sft, _) = models(&be);
+    let big = rlhf::model::Config { n_layer: 2, n_head: 3, n_embd: 24, ..cfg() };
+    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, big, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 24, 3).unwrap() };
+    let dir = tempfile::tempdir().unwrap();
+    let s = rlhf::ppo::train(&be, ppo_cfg(&dir.path().join("run"), 2), &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    assert_eq!(s.iterations, 2);
+    let ck = rlhf::checkpoint::load(&dir.path().join("run/step-000002/value")).unwrap();
+    assert_eq!(ck.config, big, "the value model is the reward model's shape");
+}
