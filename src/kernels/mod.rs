@@ -10,6 +10,7 @@
 pub mod cuda;
 pub mod launch;
 pub mod sim;
+pub mod sim_backend;
 
 pub use launch::{Arg, DType, DevPtr, LaunchConfig, Launcher};
 
