@@ -8,6 +8,7 @@
 //!   it is, which kernel files the simulator runs and which kernels are GPU-only.
 
 pub mod cuda;
+pub mod cuda_backend;
 pub mod launch;
 pub mod sim;
 pub mod sim_backend;
