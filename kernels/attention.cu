@@ -16,7 +16,8 @@
 // where each lane owns head dims d = lane + 32k (k < KPL, HS <= 32 * KPL).
 // Dynamic shared memory per warp (floats): forward HS + 32, backward_dq 2 HS + 32, backward_dkv 2 HS + 64.
 //
-// These kernels use CUDA cores (FFMA); a tensor-core (WMMA/mma.sync) variant is future work.
+// These kernels use CUDA cores (FFMA). attention_forward_wmma_bf16 (bottom) is the tensor-core forward for
+// bf16 with head size 64; the backward has no tensor-core variant yet.
 #include "common.cuh"
 
 #define ATT_WARPS 4
@@ -234,3 +235,143 @@ __device__ void attention_backward_dkv(T* __restrict__ dqkv, const float* __rest
 #define ATT_INST(T, sfx) ATT_INST_K(T, sfx, 1) ATT_INST_K(T, sfx, 2) ATT_INST_K(T, sfx, 4)
 ATT_INST(float, f32)
 ATT_INST(bf16, bf16)
+
+// ---------------------------------------------------------------------------------------------------------
+// Tensor-core forward (WMMA, bf16 inputs, f32 accumulation), head size 64: flash-attention-2 style.
+// Block: 4 warps, 64 query rows (16 per warp); key/value tiles of 64 rows staged in shared memory.
+// Per key tile each warp computes S = Q_w K^T (16 x 64, f32) with WMMA, applies scale and the causal mask,
+// updates the running row max / sum (2 lanes per row), writes P (bf16) and rescales its O accumulator
+// (16 x 64 f32, kept in shared memory because a fragment's element-to-row mapping is unspecified), then
+// O += P V with WMMA. Epilogue: out = O / l, lse = m + log l.
+// Dynamic shared memory: 72448 bytes (above the 48 KiB default: the device launcher opts in).
+#define WA_Q 64
+#define WA_K 64
+#define WA_D 64
+#define WA_LDH 72  // bf16 row stride (pad 8: 16 bytes)
+#define WA_LDF 68  // f32 row stride (pad 4: 16 bytes)
+#define WA_OFF_K (WA_Q * WA_LDH * 2)
+#define WA_OFF_V (WA_OFF_K + WA_K * WA_LDH * 2)
+#define WA_OFF_S (WA_OFF_V + WA_K * WA_LDH * 2)
+#define WA_OFF_P (WA_OFF_S + 4 * 16 * WA_LDF * 4)
+#define WA_OFF_O (WA_OFF_P + 4 * 16 * WA_LDH * 2)
+#define WA_OFF_M (WA_OFF_O + 4 * 16 * WA_LDF * 4)
+#define WA_SMEM (WA_OFF_M + 3 * 4 * 16 * 4)
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_forward_wmma_bf16(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q_src,
+                                const bf16* __restrict__ kv, const unsigned* __restrict__ pos0, int Tq, int Tk, int NH,
+                                int C) {
+  using namespace nvcuda;
+  RLHF_DYN_SMEM(unsigned char, sm);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  bf16* Qs = reinterpret_cast<bf16*>(sm);
+  bf16* Ks = reinterpret_cast<bf16*>(sm + WA_OFF_K);
+  bf16* Vs = reinterpret_cast<bf16*>(sm + WA_OFF_V);
+  float* Ss = reinterpret_cast<float*>(sm + WA_OFF_S) + warp * 16 * WA_LDF;
+  bf16* Ps = reinterpret_cast<bf16*>(sm + WA_OFF_P) + warp * 16 * WA_LDH;
+  float* Os = reinterpret_cast<float*>(sm + WA_OFF_O) + warp * 16 * WA_LDF;
+  float* Ms = reinterpret_cast<float*>(sm + WA_OFF_M) + warp * 16;  // running max per row
+  float* Ls = Ms + 64;                                               // running sum per row
+  float* Cs = Ms + 128;                                              // this tile's rescale factor per row
+  const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * WA_Q;
+  const long long C3 = 3LL * C;
+  const float scale = 0.125f;  // 1/sqrt(64)
+  const int p0 = (int)pos0[b];
+  const bf16 zero = __float2bfloat16(0.f);
+
+  for (int i = threadIdx.x; i < WA_Q * WA_D; i += blockDim.x) {
+    const int r = i / WA_D, d = i % WA_D, t = q0 + r;
+    Qs[r * WA_LDH + d] = t < Tq ? q_src[((long long)b * Tq + t) * C3 + h * WA_D + d] : zero;
+  }
+  for (int i = lane; i < 16 * WA_D; i += 32) Os[(i / WA_D) * WA_LDF + i % WA_D] = 0.f;
+  if (lane < 16) {
+    Ms[lane] = -INFINITY;
+    Ls[lane] = 0.f;
+  }
+  const int last_q = min(q0 + WA_Q, Tq) - 1;
+  const int nkeys = min(p0 + last_q + 1, Tk);
+  for (int k0 = 0; k0 < nkeys; k0 += WA_K) {
+    __syncthreads();  // Q staged; previous tile's K/V no longer read
+    for (int i = threadIdx.x; i < WA_K * WA_D; i += blockDim.x) {
+      const int r = i / WA_D, d = i % WA_D, j = k0 + r;
+      bf16 kx = zero, vx = zero;
+      if (j < Tk) {
+        const long long row = ((long long)b * Tk + j) * C3 + h * WA_D + d;
+        kx = kv[row + C];
+        vx = kv[row + 2 * C];
+      }
+      Ks[r * WA_LDH + d] = kx;
+      Vs[r * WA_LDH + d] = vx;
+    }
+    __syncthreads();
+    // S = Q_w K^T
+    for (int n = 0; n < WA_K / 16; n++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
+      wmma::fill_fragment(s, 0.f);
+      for (int kk = 0; kk < WA_D / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kt;
+        wmma::load_matrix_sync(a, Qs + warp * 16 * WA_LDH + kk * 16, WA_LDH);
+        wmma::load_matrix_sync(kt, Ks + n * 16 * WA_LDH + kk * 16, WA_LDH);
+        wmma::mma_sync(s, a, kt, s);
+      }
+      wmma::store_matrix_sync(Ss + n * 16, s, WA_LDF, wmma::mem_row_major);
+    }
+    __syncwarp();
+    {
+      const int r = lane / 2, half = lane % 2;
+      const int pabs = p0 + q0 + warp * 16 + r;
+      float mx = -INFINITY;
+      for (int c = half * 32; c < half * 32 + 32; c++) {
+        const int j = k0 + c;
+        const float sv = (j <= pabs && j < Tk) ? Ss[r * WA_LDF + c] * scale : -INFINITY;
+        Ss[r * WA_LDF + c] = sv;
+        mx = fmaxf(mx, sv);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      const float m_old = Ms[r];
+      const float m_new = fmaxf(m_old, mx);
+      const float base = m_new == -INFINITY ? 0.f : m_new;  // a row with no visible key yet (padding rows)
+      float sum = 0.f;
+      for (int c = half * 32; c < half * 32 + 32; c++) {
+        const float pv = __expf(Ss[r * WA_LDF + c] - base);
+        Ps[r * WA_LDH + c] = __float2bfloat16_rn(pv);
+        sum += pv;
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      const float corr = __expf(m_old - base);
+      __syncwarp();  // both lanes of the row have read Ms[r]
+      if (half == 0) {
+        Ms[r] = m_new;
+        Ls[r] = Ls[r] * corr + sum;
+        Cs[r] = corr;
+      }
+    }
+    __syncwarp();
+    for (int i = lane; i < 16 * WA_D; i += 32) Os[(i / WA_D) * WA_LDF + i % WA_D] *= Cs[i / WA_D];
+    __syncwarp();
+    // O += P V
+    for (int n = 0; n < WA_D / 16; n++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
+      wmma::load_matrix_sync(o, Os + n * 16, WA_LDF, wmma::mem_row_major);
+      for (int kk = 0; kk < WA_K / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> p;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> v;
+        wmma::load_matrix_sync(p, Ps + kk * 16, WA_LDH);
+        wmma::load_matrix_sync(v, Vs + kk * 16 * WA_LDH + n * 16, WA_LDH);
+        wmma::mma_sync(o, p, v, o);
+      }
+      wmma::store_matrix_sync(Os + n * 16, o, WA_LDF, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  for (int i = lane; i < 16 * WA_D; i += 32) {
+    const int r = i / WA_D, d = i % WA_D, t = q0 + warp * 16 + r;
+    if (t < Tq) out[((long long)b * Tq + t) * C + h * WA_D + d] = __float2bfloat16_rn(Os[r * WA_LDF + d] / Ls[r]);
+  }
+  if (lane < 16) {
+    const int t = q0 + warp * 16 + lane;
+    if (t < Tq) lse[((long long)b * NH + h) * Tq + t] = Ms[lane] + logf(Ls[lane]);
+  }
+}
+RLHF_EXPORT(attention_forward_wmma_bf16)

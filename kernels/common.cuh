@@ -22,9 +22,9 @@
 #ifdef RLHF_SIM
 #define RLHF_DYN_SMEM(type, name) type* name = reinterpret_cast<type*>(::sim::dyn_smem())
 #else
-#define RLHF_DYN_SMEM(type, name)                          \
-  extern __shared__ __align__(16) unsigned char rlhf_dyn_smem_[]; \
-  type* name = reinterpret_cast<type*>(rlhf_dyn_smem_)
+// Declared once at file scope: block-scope declarations in both C-linkage kernels and C++ templates conflict.
+extern __shared__ __align__(16) unsigned char rlhf_dyn_smem_[];
+#define RLHF_DYN_SMEM(type, name) type* name = reinterpret_cast<type*>(rlhf_dyn_smem_)
 #endif
 
 typedef __nv_bfloat16 bf16;

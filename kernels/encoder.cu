@@ -2,8 +2,9 @@
 // Forward:  out[b,t,:] = wte[tokens[b*T+t], :] + wpe[pos0[b] + t, :]            (thread per element)
 // Backward (deterministic, no float atomics):
 //   dwte[v,:] += sum over rows i with tokens[i] == v of dout[i,:], in row order.
-//     One block per row i; the block owns token v = tokens[i] only if i is v's first occurrence, and then sums
-//     every later occurrence in order (threads over C). O(N) token reads per block: fine for N up to ~64k.
+//     The launch code buckets the rows by token on the host (the token ids are host data when the batch is
+//     built): plan = [start[U+1], token[U], rows[N]] with each bucket's rows ascending. One block per bucket,
+//     threads over C, rows summed in order: O(N*C) work, deterministic.
 //   dwpe[p,:] += sum over b with 0 <= p - pos0[b] < T of dout[b, p - pos0[b], :], in b order.
 //     Thread per (p, c) for p in [p_lo, p_lo + P) (the launch code computes the range from host pos0).
 #include "common.cuh"
@@ -22,19 +23,20 @@ __device__ void encoder_forward(T* __restrict__ out, const unsigned* __restrict_
 }
 
 template <class T>
-__device__ void encoder_backward_wte(T* __restrict__ dwte, const T* __restrict__ dout,
-                                     const unsigned* __restrict__ tokens, int N, int C) {
-  const int i = blockIdx.x;
-  const unsigned v = tokens[i];
-  // Is row i the first occurrence of v? (every thread scans; broadcast loads)
-  for (int j = 0; j < i; j++)
-    if (tokens[j] == v) return;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float s = 0.f;
-    for (int j = i; j < N; j++)
-      if (tokens[j] == v) s += to_f32(dout[(long long)j * C + c]);
-    T* d = dwte + (long long)v * C + c;
-    *d = from_f32<T>(to_f32(*d) + s);
+__device__ void encoder_backward_wte(T* __restrict__ dwte, const T* __restrict__ dout, const unsigned* __restrict__ plan,
+                                     int U, int C) {
+  const unsigned* start = plan;
+  const unsigned* token = plan + U + 1;
+  const unsigned* rows = plan + 2 * U + 1;
+  for (int u = blockIdx.x; u < U; u += gridDim.x) {
+    const long long v = token[u];
+    const unsigned r0 = start[u], r1 = start[u + 1];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float s = 0.f;
+      for (unsigned k = r0; k < r1; k++) s += to_f32(dout[(long long)rows[k] * C + c]);
+      T* d = dwte + v * C + c;
+      *d = from_f32<T>(to_f32(*d) + s);
+    }
   }
 }
 
@@ -68,8 +70,8 @@ __device__ void encoder_backward_wpe(T* __restrict__ dwpe, const T* __restrict__
   }                                                                                                           \
   RLHF_EXPORT(encoder_forward_##sfx)                                                                          \
   extern "C" __global__ void encoder_backward_wte_##sfx(T* __restrict__ dwte, const T* __restrict__ dout,     \
-                                                        const unsigned* __restrict__ tokens, int N, int C) {  \
-    encoder_backward_wte<T>(dwte, dout, tokens, N, C);                                                        \
+                                                        const unsigned* __restrict__ plan, int U, int C) {    \
+    encoder_backward_wte<T>(dwte, dout, plan, U, C);                                                          \
   }                                                                                                           \
   RLHF_EXPORT(encoder_backward_wte_##sfx)                                                                     \
   extern "C" __global__ void encoder_backward_wpe_##sfx(T* __restrict__ dwpe, const T* __restrict__ dout,     \

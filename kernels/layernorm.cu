@@ -4,6 +4,8 @@
 // Backward: xhat = (x - mean) * rstd,  g = dout * w
 //           dinp += rstd * (g - mean(g) - xhat * mean(g * xhat))             (layernorm_backward_dinp)
 //           dw += sum_n dout * xhat;  db += sum_n dout     (colsum partials, then colsum_finalize in linear.cu)
+// Fused residual + layernorm forward: residual = a + b (stored, rounded to T), then out = layernorm(residual)
+//           with the statistics of the stored residual (same result as add followed by layernorm_forward).
 // Shapes: inp/out/dout/dinp [N,C]; w, b, dw, db [C]. One warp per row, 8 rows per 256-thread block.
 #include "colsum.cuh"
 
@@ -26,6 +28,35 @@ __device__ void layernorm_forward(T* __restrict__ out, float* __restrict__ mean,
   const float rs = rsqrtf(warp_sum(v) / C + 1e-5f);
   T* o = out + (long long)row * C;
   for (int c = lane; c < C; c += 32) o[c] = from_f32<T>((to_f32(x[c]) - m) * rs * to_f32(w[c]) + to_f32(b[c]));
+  if (lane == 0) {
+    if (mean) mean[row] = m;
+    if (rstd) rstd[row] = rs;
+  }
+}
+
+template <class T>
+__device__ void residual_layernorm_forward(T* __restrict__ residual, T* __restrict__ out, float* __restrict__ mean,
+                                           float* __restrict__ rstd, const T* __restrict__ a, const T* __restrict__ b,
+                                           const T* __restrict__ w, const T* __restrict__ bias, int N, int C) {
+  const int lane = threadIdx.x % 32;
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= N) return;
+  const long long off = (long long)row * C;
+  float s = 0.f;
+  for (int c = lane; c < C; c += 32) {
+    const T r = from_f32<T>(to_f32(a[off + c]) + to_f32(b[off + c]));
+    residual[off + c] = r;
+    s += to_f32(r);
+  }
+  const float m = warp_sum(s) / C;
+  float v = 0.f;
+  for (int c = lane; c < C; c += 32) {  // each lane re-reads only what it wrote itself
+    const float d = to_f32(residual[off + c]) - m;
+    v += d * d;
+  }
+  const float rs = rsqrtf(warp_sum(v) / C + 1e-5f);
+  for (int c = lane; c < C; c += 32)
+    out[off + c] = from_f32<T>((to_f32(residual[off + c]) - m) * rs * to_f32(w[c]) + to_f32(bias[c]));
   if (lane == 0) {
     if (mean) mean[row] = m;
     if (rstd) rstd[row] = rs;
@@ -65,6 +96,13 @@ __device__ void layernorm_backward_dinp(T* __restrict__ dinp, const T* __restric
     layernorm_forward<T>(out, mean, rstd, inp, w, b, N, C);                                                   \
   }                                                                                                           \
   RLHF_EXPORT(layernorm_forward_##sfx)                                                                        \
+  extern "C" __global__ void residual_layernorm_forward_##sfx(                                                \
+      T* __restrict__ residual, T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,      \
+      const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w, const T* __restrict__ bias,   \
+      int N, int C) {                                                                                         \
+    residual_layernorm_forward<T>(residual, out, mean, rstd, a, b, w, bias, N, C);                            \
+  }                                                                                                           \
+  RLHF_EXPORT(residual_layernorm_forward_##sfx)                                                               \
   extern "C" __global__ void layernorm_backward_dinp_##sfx(T* __restrict__ dinp, const T* __restrict__ dout,  \
                                                            const T* __restrict__ inp, const T* __restrict__ w, \
                                                            const float* __restrict__ mean,                    \

@@ -123,14 +123,24 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     for (file, arch, k, regs, st, ld) in rlhf::kernels::ptxas_summary().iter().filter(|r| r.1 == "sm_90") {
         println!("ptxas {file} {arch} {k}: {regs} registers, spill stores {st} B, spill loads {ld} B");
     }
-    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw", "sum_squares_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
+    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "residual_layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw", "sum_squares_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
         for dt in DTYPES {
             let n = format!("{op}_{}", dt.suffix());
             assert!(sim::has_kernel(&n), "{n} is not in the simulator");
         }
     }
     assert!(sim::has_kernel("sum_squares_final"));
+    assert!(sim::has_kernel("attention_forward_wmma_bf16"));
     assert!(!sim::has_kernel("no_such_kernel"));
+    // The tensor-core attention forward really issues bf16 tensor-core MMAs (32 = 2 products x 4 x 4 tiles).
+    if let Some(ptx) = rlhf::kernels::ptx_for("attention", 90) {
+        let n = ptx.matches("wmma.mma.sync.aligned.row.col.m16n16k16.f32.bf16.bf16.f32").count()
+            + ptx.matches("wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32").count();
+        println!("attention PTX (sm_90): {n} bf16 wmma.mma.sync instructions");
+        assert!(n >= 2, "attention_forward_wmma_bf16 PTX has no bf16 wmma.mma.sync");
+    } else {
+        println!("no attention PTX in this build: tensor-core instruction check did not run");
+    }
     // Every PTX module must come from a kernel file the simulator also runs, or a declared GPU-only file.
     for (stem, _, ptx) in rlhf::kernels::PTX_MODULES {
         assert!(rlhf::kernels::SIM_FILES.contains(stem) || rlhf::kernels::GPU_ONLY_KERNELS.iter().any(|(f, _)| f == stem), "{stem}");
@@ -291,6 +301,32 @@ fn layernorm_forward_backward() {
     }
 }
 
+#[test]
+fn residual_layernorm_fused_forward() {
+    let l = launcher();
+    let mut rng = Rng::new(15);
+    for dt in DTYPES {
+        for (n, c) in [(3usize, 31usize), (37, 67), (9, 768)] {
+            let a = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+            let b = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+            let w = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+            let bias = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+            let (res, out) = (DBuf::poisoned(dt, n * c), DBuf::poisoned(dt, n * c));
+            let (mean, rstd) = (SimBuf::<f32>::poisoned(n, 0xff), SimBuf::<f32>::poisoned(n, 0xff));
+            kl::residual_layernorm_forward(&l, dt, res.ptr(), out.ptr(), mean.ptr(), rstd.ptr(), a.ptr(), b.ptr(), w.ptr(), bias.ptr(), n, c).unwrap();
+            let mut want_res = vec![0.0; n * c];
+            ops::residual::add::<f64>(&mut want_res, &a.get(), &b.get());
+            check("residual_layernorm residual", dt, &res.get(), &want_res);
+            // the layernorm is of the stored (for bf16: rounded) residual
+            let (mut wo, mut wm, mut wr) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            ops::layernorm::forward::<f64>(&mut wo, &mut wm, &mut wr, &res.get(), &w.get(), &bias.get(), c);
+            check("residual_layernorm out", dt, &out.get(), &wo);
+            check("residual_layernorm mean", DType::F32, &f64s(&mean), &wm);
+            check("residual_layernorm rstd", DType::F32, &f64s(&rstd), &wr);
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------ encoder
 
 fn encoder_case(l: &dyn Launcher, dt: DType, seed: u64) -> Vec<Vec<f64>> {
@@ -314,10 +350,20 @@ fn encoder_case(l: &dyn Launcher, dt: DType, seed: u64) -> Vec<Vec<f64>> {
     let dwpe = DBuf::new(dt, &randn(&mut rng, max_t * c, 1.0));
     let (mut w1, mut w2) = (dwte.get(), dwpe.get());
     ops::embedding::backward::<f64>(&mut w1, &mut w2, &dout.get(), &tokens, &pos0, t, c);
-    kl::encoder_backward(l, dt, dwte.ptr(), dwpe.ptr(), dout.ptr(), tok_d.ptr(), pos_d.ptr(), &pos0, t, c).unwrap();
+    let plan = kl::EncoderPlan::new(&tokens);
+    let plan_d = SimBuf::from_slice(&plan.data);
+    kl::encoder_backward(l, dt, dwte.ptr(), dwpe.ptr(), dout.ptr(), plan_d.ptr(), plan.buckets, pos_d.ptr(), &pos0, t, c).unwrap();
     check("encoder_backward dwte", dt, &dwte.get(), &w1);
     check("encoder_backward dwpe", dt, &dwpe.get(), &w2);
     vec![out.get(), dwte.get(), dwpe.get()]
+}
+
+#[test]
+fn encoder_plan_buckets_rows_by_token() {
+    let p = kl::EncoderPlan::new(&[5, 2, 5, 9, 2, 5]);
+    assert_eq!(p.buckets, 3);
+    // start[4], token[3], rows[6]
+    assert_eq!(p.data, vec![0, 2, 5, 6, 2, 5, 9, 1, 4, 0, 2, 5, 3]);
 }
 
 #[test]
@@ -329,6 +375,7 @@ fn encoder_forward_backward() {
 
 // ------------------------------------------------------------------------------------------------ cross-entropy
 
+#[allow(clippy::too_many_arguments)]
 fn crossentropy_case(l: &dyn Launcher, dt: DType, n: usize, v: usize, vp: usize, inv_temp: f64, want_grad: bool, seed: u64) -> Vec<Vec<f64>> {
     let mut rng = Rng::new(seed);
     let logits = DBuf::new(dt, &randn(&mut rng, n * vp, 3.0));
@@ -417,6 +464,11 @@ fn adamw_and_sum_squares() {
 /// Forward with keys from `kv` (Tk rows) and queries at positions pos0[b] + t; returns (out, lse).
 #[allow(clippy::too_many_arguments)]
 fn attention_fwd_case(l: &dyn Launcher, dt: DType, b: usize, tq: usize, tk: usize, c: usize, nh: usize, pos0: &[u32], seed: u64) -> (Vec<f64>, Vec<f64>) {
+    attention_fwd_case_with(l, kl::AttentionImpl::Auto, dt, b, tq, tk, c, nh, pos0, seed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_fwd_case_with(l: &dyn Launcher, imp: kl::AttentionImpl, dt: DType, b: usize, tq: usize, tk: usize, c: usize, nh: usize, pos0: &[u32], seed: u64) -> (Vec<f64>, Vec<f64>) {
     let mut rng = Rng::new(seed);
     let q_src = DBuf::new(dt, &randn(&mut rng, b * tq * 3 * c, 1.0));
     let kv_vals = randn(&mut rng, b * tk * 3 * c, 1.0);
@@ -424,13 +476,27 @@ fn attention_fwd_case(l: &dyn Launcher, dt: DType, b: usize, tq: usize, tk: usiz
     let pd = SimBuf::from_slice(pos0);
     let out = DBuf::poisoned(dt, b * tq * c);
     let lse = SimBuf::<f32>::poisoned(b * nh * tq, 0xff);
-    kl::attention_forward(l, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh).unwrap();
+    kl::attention_forward_with(l, imp, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh).unwrap();
     let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
     ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh);
-    let what = format!("attention_forward B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
+    let what = format!("attention_forward[{imp:?}] B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
     check(&format!("{what} out"), dt, &out.get(), &wo);
     check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
     (out.get(), f64s(&lse))
+}
+
+/// The tensor-core (WMMA) forward: bf16, head size 64; ragged T (not a multiple of the 64-row tiles), several
+/// key tiles, KV-cache positions. The CUDA-core kernel runs the same bf16 head-64 cases for comparison.
+#[test]
+fn attention_forward_tensor_cores() {
+    let l = launcher();
+    for imp in [kl::AttentionImpl::Wmma, kl::AttentionImpl::Simt] {
+        attention_fwd_case_with(&l, imp, DType::BF16, 2, 37, 37, 128, 2, &[0, 0], 90);
+        attention_fwd_case_with(&l, imp, DType::BF16, 1, 150, 150, 64, 1, &[0], 91);
+        attention_fwd_case_with(&l, imp, DType::BF16, 2, 3, 100, 128, 2, &[20, 97], 92);
+    }
+    let e = kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2).unwrap_err();
+    assert!(e.to_string().contains("bf16"), "{e}");
 }
 
 #[test]

@@ -363,16 +363,19 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsign
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++)
       f.x[r * C + c] = std::is_same<L, row_major>::value ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
+  ::sim::warp_barrier();  // collective: every lane has read before any lane goes on (e.g. to store over it)
 }
 
 template <int M, int N, int K, class T>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void>& f, const T* p, unsigned ldm, layout_t l) {
   for (int r = 0; r < M; r++)
     for (int c = 0; c < N; c++) f.x[r * N + c] = l == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
+  ::sim::warp_barrier();
 }
 
 template <int M, int N, int K, class T>
 inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T, void>& f, unsigned ldm, layout_t l) {
+  ::sim::warp_barrier();  // collective: every lane holds the same tile; all arrive before the (identical) stores
   for (int r = 0; r < M; r++)
     for (int c = 0; c < N; c++) {
       T* d = l == mem_row_major ? &p[(size_t)r * ldm + c] : &p[(size_t)c * ldm + r];

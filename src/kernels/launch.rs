@@ -44,7 +44,8 @@ impl DType {
 pub struct LaunchConfig {
     pub grid: [u32; 3],
     pub block: [u32; 3],
-    /// Dynamic shared memory in bytes.
+    /// Dynamic shared memory in bytes. Above 48 KiB the device launcher must first raise the function's
+    /// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (the simulator accepts up to 227 KiB).
     pub smem: u32,
 }
 
@@ -208,6 +209,18 @@ pub fn layernorm_forward(l: &dyn Launcher, dt: DType, out: DevPtr, mean: DevPtr,
     )
 }
 
+/// residual[N,C] = a + b, then out = layernorm(residual) * w + bias with the stored residual's statistics
+/// (mean, rstd f32 [N], either may be 0): `add` and `layernorm_forward` in one pass.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(l: &dyn Launcher, dt: DType, residual: DevPtr, out: DevPtr, mean: DevPtr, rstd: DevPtr, a: DevPtr, b: DevPtr, w: DevPtr, bias: DevPtr, n: usize, c: usize) -> Result<()> {
+    i32_of(n * c, "N*C")?;
+    l.launch(
+        &k("residual_layernorm_forward", dt),
+        LaunchConfig::linear(n * 32, LN_BLOCK),
+        &[Arg::Ptr(residual), Arg::Ptr(out), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(w), Arg::Ptr(bias), Arg::I32(n as i32), Arg::I32(c as i32)],
+    )
+}
+
 pub fn layernorm_backward_scratch_bytes(n: usize, c: usize) -> usize {
     2 * colsum_chunks(n) * c * 4
 }
@@ -256,20 +269,54 @@ pub fn encoder_forward(l: &dyn Launcher, dt: DType, out: DevPtr, tokens: DevPtr,
     )
 }
 
-/// dwte[V,C] += and dwpe[maxT,C] += (deterministic). `pos0_host` is the host copy of the device `pos0`
+/// The rows of a batch bucketed by token, for the deterministic embedding backward: `data` =
+/// [start[U+1], token[U], rows[N]] (u32), each bucket's rows ascending. Built on the host from the batch's
+/// token ids; upload `data` and pass it to [`encoder_backward`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncoderPlan {
+    pub data: Vec<u32>,
+    pub buckets: usize,
+}
+
+impl EncoderPlan {
+    pub fn new(tokens: &[u32]) -> Self {
+        let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
+        order.sort_by_key(|&i| (tokens[i as usize], i));
+        let (mut start, mut token) = (Vec::new(), Vec::new());
+        for (k, &i) in order.iter().enumerate() {
+            let v = tokens[i as usize];
+            if token.last() != Some(&v) {
+                start.push(k as u32);
+                token.push(v);
+            }
+        }
+        start.push(order.len() as u32);
+        let buckets = token.len();
+        let mut data = start;
+        data.extend(token);
+        data.extend(order);
+        EncoderPlan { data, buckets }
+    }
+}
+
+const ENC_WTE_MAX_GRID: usize = 65535;
+
+/// dwte[V,C] += and dwpe[maxT,C] += (deterministic). `plan` is the device copy of
+/// `EncoderPlan::new(tokens).data` with `buckets` buckets; `pos0_host` the host copy of the device `pos0`
 /// (it fixes the range of positions to visit).
 #[allow(clippy::too_many_arguments)]
-pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, tokens: DevPtr, pos0: DevPtr, pos0_host: &[u32], t: usize, c: usize) -> Result<()> {
+pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, plan: DevPtr, buckets: usize, pos0: DevPtr, pos0_host: &[u32], t: usize, c: usize) -> Result<()> {
     let b = pos0_host.len();
     let n = b * t;
     i32_of(n * c, "B*T*C")?;
     if n == 0 {
         return Ok(());
     }
+    ensure!(buckets >= 1 && buckets <= n, "encoder_backward: {buckets} token buckets for {n} rows");
     l.launch(
         &k("encoder_backward_wte", dt),
-        LaunchConfig { grid: [n as u32, 1, 1], block: [c.clamp(32, 256).next_multiple_of(32) as u32, 1, 1], smem: 0 },
-        &[Arg::Ptr(dwte), Arg::Ptr(dout), Arg::Ptr(tokens), Arg::I32(n as i32), Arg::I32(c as i32)],
+        LaunchConfig { grid: [buckets.min(ENC_WTE_MAX_GRID) as u32, 1, 1], block: [c.clamp(32, 256).next_multiple_of(32) as u32, 1, 1], smem: 0 },
+        &[Arg::Ptr(dwte), Arg::Ptr(dout), Arg::Ptr(plan), Arg::I32(buckets as i32), Arg::I32(c as i32)],
     )?;
     let lo = *pos0_host.iter().min().unwrap() as usize;
     let hi = *pos0_host.iter().max().unwrap() as usize + t;
@@ -382,7 +429,7 @@ const ATT_WARPS: usize = 4; // kernels/attention.cu ATT_WARPS: one warp per row
 
 /// The kernel variant for head size `hs`: lanes own hs/32 (rounded up to 1, 2, 4) dims each.
 fn att_variant(c: usize, nh: usize) -> Result<(usize, u32)> {
-    ensure!(nh > 0 && c % nh == 0, "attention: C ({c}) must be a multiple of NH ({nh})");
+    ensure!(nh > 0 && c.is_multiple_of(nh), "attention: C ({c}) must be a multiple of NH ({nh})");
     let hs = c / nh;
     let kpl = match hs {
         1..=32 => 1,
@@ -401,14 +448,50 @@ fn att_cfg(rows: usize, nh: usize, b: usize, smem_floats_per_warp: usize) -> Lau
     }
 }
 
+/// Which attention forward kernel to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionImpl {
+    /// Tensor cores (WMMA) where available (bf16, head size 64), else CUDA cores.
+    Auto,
+    /// CUDA cores (any dtype, head size <= 128).
+    Simt,
+    /// Tensor cores: bf16, head size 64 only.
+    Wmma,
+}
+
+/// Dynamic shared memory of attention_forward_wmma_bf16 (kernels/attention.cu WA_SMEM).
+pub const ATTENTION_WMMA_SMEM: u32 = 72448;
+
 /// Causal attention forward (contract of `crate::ops::attention::forward`): out [B,Tq,C], lse f32 [B,NH,Tq],
 /// q_src [B,Tq,3C], kv [B,Tk,3C], pos0 u32 [B] (device).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(l: &dyn Launcher, dt: DType, out: DevPtr, lse: DevPtr, q_src: DevPtr, kv: DevPtr, pos0: DevPtr, b: usize, tq: usize, tk: usize, c: usize, nh: usize) -> Result<()> {
+    attention_forward_with(l, AttentionImpl::Auto, dt, out, lse, q_src, kv, pos0, b, tq, tk, c, nh)
+}
+
+/// [`attention_forward`] with an explicit kernel choice.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_with(l: &dyn Launcher, imp: AttentionImpl, dt: DType, out: DevPtr, lse: DevPtr, q_src: DevPtr, kv: DevPtr, pos0: DevPtr, b: usize, tq: usize, tk: usize, c: usize, nh: usize) -> Result<()> {
     let (hs, kpl) = att_variant(c, nh)?;
     i32_of(b * tq.max(tk) * 3 * c, "B*T*3C")?;
     if b == 0 || tq == 0 {
         return Ok(());
+    }
+    let wmma_ok = dt == DType::BF16 && hs == 64;
+    let use_wmma = match imp {
+        AttentionImpl::Auto => wmma_ok,
+        AttentionImpl::Simt => false,
+        AttentionImpl::Wmma => {
+            ensure!(wmma_ok, "attention_forward_wmma needs bf16 and head size 64 (got {dt:?}, {hs})");
+            true
+        }
+    };
+    if use_wmma {
+        return l.launch(
+            "attention_forward_wmma_bf16",
+            LaunchConfig { grid: [tq.div_ceil(64) as u32, nh as u32, b as u32], block: [128, 1, 1], smem: ATTENTION_WMMA_SMEM },
+            &[Arg::Ptr(out), Arg::Ptr(lse), Arg::Ptr(q_src), Arg::Ptr(kv), Arg::Ptr(pos0), Arg::I32(tq as i32), Arg::I32(tk as i32), Arg::I32(nh as i32), Arg::I32(c as i32)],
+        );
     }
     l.launch(
         &format!("attention_forward_hs{kpl}_{}", dt.suffix()),

@@ -2,12 +2,16 @@
 //!
 //! - [`launch`]: grid/block/shared-memory sizes for every kernel, computed in one place, over a [`Launcher`]
 //!   that is either the GPU (through the CUDA driver) or the CPU simulator ([`sim::SimLauncher`]).
+//! - [`cuda::CudaLauncher`]: the real-device launcher (PTX loaded once, kernels by name, cuLaunchKernel).
 //! - [`sim`]: the simulator's entry points (the same `.cu` sources compiled as C++, see `kernels/sim/`).
 //! - The generated constants below: the embedded PTX per kernel file and architecture, why it is missing if
 //!   it is, which kernel files the simulator runs and which kernels are GPU-only.
 
+pub mod cuda;
+pub mod cuda_backend;
 pub mod launch;
 pub mod sim;
+pub mod sim_backend;
 
 pub use launch::{Arg, DType, DevPtr, LaunchConfig, Launcher};
 
