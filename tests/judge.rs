@@ -142,6 +142,11 @@ fn rlhf_judge_protocol_matches_the_builtin_judge() {
     assert_eq!(parse_score_line(lines[1]).unwrap(), lex.score_text("not good"));
     assert!(lines[0].starts_with("{\"score\":"));
 
+    // The example in docs/demo.md.
+    let mut out = Vec::new();
+    rlhf::cli::judge::run_io("{\"prompt\": \"It was\", \"answer\": \" a happy day.\"}\n".as_bytes(), &mut out).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "{\"score\":0.5718850320700721}\n");
+
     for (bad, what) in [
         ("{\"answer\": \"ok\"}\nnot json\n", "input line 2"),
         ("{\"prompt\": \"x\"}\n", "no \"answer\""),
@@ -222,7 +227,7 @@ fn demo_data_from_the_real_corpus() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/austen.txt.gz");
     let text = rlhf::tokenizer::read_text(&path).unwrap();
     let d = build(&text, 1, 2000, 300, 100).unwrap();
-    assert!(d.candidates > 5000, "{}", d.candidates);
+    assert_eq!(d.candidates, 7245, "the count docs/demo.md quotes");
     for e in &d.sft {
         assert!(e.prompt.split_whitespace().count() <= MAX_PROMPT_WORDS);
         assert!(e.completion.split_whitespace().count() <= MAX_COMPLETION_WORDS);
