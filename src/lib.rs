@@ -10,6 +10,7 @@ pub mod device;
 pub mod fsutil;
 pub mod gpt2_tokenizer;
 pub mod gradcheck;
+pub mod judge; pub mod demo_data;
 pub mod kernels;
 pub mod metrics;
 pub mod model;

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod export;
 pub mod gpt2_tokenizer;
 pub mod gradcheck;
+pub mod judge; pub mod demo_data;
 pub mod prepare;
 pub mod ppo;
 pub mod pretrain;
