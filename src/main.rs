@@ -37,6 +37,10 @@ enum Command {
     Pretrain(cli::pretrain::PretrainArgs),
     /// Generate text from a checkpoint (KV cache; temperature, top-k, top-p).
     Sample(cli::sample::SampleArgs),
+    /// Build the demo task's data from the corpus: SFT demonstrations, prompts, held-out prompts.
+    DemoData(cli::demo_data::DemoDataArgs),
+    /// The built-in gold judge as a program: JSONL {"prompt", "answer"} in, {"score"} out (sentiment).
+    Judge(cli::judge::JudgeArgs),
     /// Step 1: supervised fine-tuning on prompt -> answer demonstrations (loss on answers only).
     Sft(cli::sft::SftArgs),
     /// Rank K answers per prompt from a policy, in the terminal or by a judge, into ranked-K JSONL.
@@ -63,6 +67,8 @@ fn main() {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Pretrain(args) => cli::pretrain::run(args),
         Command::Sample(args) => cli::sample::run(args),
+        Command::DemoData(args) => cli::demo_data::run(args),
+        Command::Judge(args) => cli::judge::run(args),
         Command::Sft(args) => cli::sft::run(args),
         Command::Label(args) => cli::ppo::run_label(args),
         Command::Reward(args) => cli::reward::run_reward(args),

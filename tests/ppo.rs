@@ -439,8 +439,7 @@ fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
 // ---- command-line inputs ----
 
 #[test]
-fn prompt_files_and_judge_commands_fail_with_clear_errors() {
-    use rlhf::cli::ppo::CommandJudge;
+fn prompt_files_fail_with_clear_errors() {
     let read_prompts = |p: &std::path::Path| rlhf::datasets::read_prompts(p, false).map(|r| r.records);
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p.jsonl");
@@ -456,18 +455,7 @@ fn prompt_files_and_judge_commands_fail_with_clear_errors() {
     std::fs::write(&f, "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
     assert_eq!(read_prompts(&f).unwrap(), vec!["a", "b"]);
 
-    let pairs = vec![("p".to_string(), "a".to_string()), ("p".to_string(), "bb".to_string())];
-    // One number per line: here the answer's length, computed by the command from its JSON input.
-    let mut ok = CommandJudge::new("while read -r l; do echo ${#l}; done");
-    let s = ok.score(&pairs).unwrap();
-    assert_eq!(s.len(), 2);
-    assert!(s[1] == s[0] + 1.0, "{s:?}");
-    let e = CommandJudge::new("cat >/dev/null; echo 1; echo banana").score(&pairs).unwrap_err();
-    assert!(format!("{e:#}").contains("'banana' is not a number"), "{e:#}");
-    let e = CommandJudge::new("cat >/dev/null; echo 1").score(&pairs).unwrap_err();
-    assert!(format!("{e:#}").contains("printed 1 scores for 2 answers"), "{e:#}");
-    let e = CommandJudge::new("cat >/dev/null; exit 3").score(&pairs).unwrap_err();
-    assert!(format!("{e:#}").contains("exited with") && format!("{e:#}").contains("3"), "{e:#}");
+    // The judge commands' own failures are covered in tests/judge.rs.
 }
 
 #[test]

@@ -1,9 +1,6 @@
 //! `rlhf ppo`, `rlhf label`, `rlhf eval`: PPO against a reward model, collecting ranked comparisons, and
-//! held-out evaluation against the SFT model.
-//!
-//! INTEGRATION POINTS (marked `INTEGRATION` below): the chat template, the prompt-file reader, the reward
-//! model loader and the judges come from `crate::chat`, `crate::datasets`, `crate::reward` and
-//! `crate::judge`; until those land, small stand-ins with the same contracts live at the end of this file.
+//! held-out evaluation against the SFT model. A `--judge` is `lexicon` (the built-in gold judge) or any
+//! command speaking the protocol of `crate::judge`.
 
 use crate::device::{self, DeviceArg};
 use crate::model::AdamWConfig;
@@ -16,9 +13,7 @@ use crate::rng::Rng;
 use crate::sample::{generate, SampleConfig};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 #[derive(clap::Args, Debug)]
 pub struct PpoArgs {
@@ -108,7 +103,8 @@ pub struct PpoArgs {
     pub sample_every: u64,
     #[arg(long, default_value_t = 10)]
     pub save_every: u64,
-    /// Gold judge command (scores rollouts every --gold-every iterations, for the over-optimisation curve).
+    /// Gold judge: `lexicon` (built in) or a command (see `rlhf judge --help`); scores rollouts every
+    /// --gold-every iterations, for the over-optimisation curve.
     #[arg(long)]
     pub judge: Option<String>,
     #[arg(long, default_value_t = 5)]
@@ -169,7 +165,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
         (None, true) => bail!("--ptx-coef > 0 needs --ptx-data"),
         _ => None,
     };
-    let mut judge = args.judge.as_deref().map(CommandJudge::new);
+    let mut judge = args.judge.as_deref().map(|spec| crate::judge::from_spec(Some(spec))).transpose()?;
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
         let init = crate::model::persist::load_policy(be, &args.policy)?;
@@ -222,7 +218,7 @@ pub struct LabelArgs {
     /// Ranked-K JSONL, appended per record; prompts already in it are skipped.
     #[arg(long)]
     pub out: PathBuf,
-    /// Rank with this judge command instead of asking at the terminal.
+    /// Rank with this judge (`lexicon`, or a command) instead of asking at the terminal.
     #[arg(long)]
     pub judge: Option<String>,
     #[arg(long, default_value_t = 1.0)]
@@ -240,7 +236,7 @@ pub fn run_label(args: LabelArgs) -> Result<()> {
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let end = ct.end;
     let prompts = datasets::read_prompts(&args.prompts, false)?.records;
-    let mut judge = args.judge.as_deref().map(CommandJudge::new);
+    let mut judge = args.judge.as_deref().map(|spec| crate::judge::from_spec(Some(spec))).transpose()?;
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
         let policy = crate::model::persist::load_policy(be, &args.policy)?;
@@ -279,7 +275,7 @@ pub struct EvalArgs {
     pub prompts: PathBuf,
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Gold judge command (win rate by the judge).
+    /// Gold judge (`lexicon`, or a command) for the win rate.
     #[arg(long)]
     pub judge: Option<String>,
     /// A PPO run directory: also draw gold and proxy score against sqrt(KL) (over-optimisation curve).
@@ -306,7 +302,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let (end, pad) = (ct.end, ct.pad);
     let texts = datasets::read_prompts(&args.prompts, false)?.records;
     let prompts: Vec<Vec<u32>> = texts.iter().map(|p| chat::encode_prompt(&tok, &ct, p)).collect::<Result<_>>()?;
-    let mut judge = args.judge.as_deref().map(CommandJudge::new);
+    let mut judge = args.judge.as_deref().map(|spec| crate::judge::from_spec(Some(spec))).transpose()?;
     let dev = device::select(args.device)?;
     let report: eval::EvalReport = crate::with_backend!(dev, |be| {
         let policy = crate::model::persist::load_policy(be, &args.policy)?;
@@ -337,47 +333,4 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         println!("  over-optimisation curve ({n} gold points): {}", svg.display());
     }
     Ok(())
-}
-
-// ---- INTEGRATION: stand-ins until crate::chat / datasets / reward / judge land ----
-
-/// INTEGRATION (crate::judge::CommandJudge): runs `sh -c CMD` once per batch, writing one JSON object
-/// {"prompt", "answer"} per line to its stdin and reading one number per line from its stdout.
-pub struct CommandJudge {
-    cmd: String,
-}
-
-impl CommandJudge {
-    pub fn new(cmd: &str) -> Self {
-        CommandJudge { cmd: cmd.to_string() }
-    }
-
-    pub fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
-        let mut child = Command::new("sh").arg("-c").arg(&self.cmd).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().with_context(|| format!("starting judge '{}'", self.cmd))?;
-        {
-            let mut stdin = child.stdin.take().context("judge stdin")?;
-            for (p, a) in pairs {
-                // A judge that stops reading early is reported by its exit status and output below.
-                if writeln!(stdin, "{}", serde_json::json!({"prompt": p, "answer": a})).is_err() {
-                    break;
-                }
-            }
-        }
-        let out = BufReader::new(child.stdout.take().context("judge stdout")?);
-        let lines: Vec<String> = out.lines().collect::<std::io::Result<_>>().with_context(|| format!("reading judge '{}'", self.cmd))?;
-        let status = child.wait()?;
-        if !status.success() {
-            bail!("judge '{}' exited with {status}", self.cmd);
-        }
-        let scores: Vec<f64> = lines
-            .iter()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(i, l)| l.trim().parse::<f64>().ok().filter(|x| x.is_finite()).with_context(|| format!("judge '{}' line {}: '{}' is not a number", self.cmd, i + 1, l.trim())))
-            .collect::<Result<_>>()?;
-        if scores.len() != pairs.len() {
-            bail!("judge '{}' printed {} scores for {} answers", self.cmd, scores.len(), pairs.len());
-        }
-        Ok(scores)
-    }
 }
