@@ -39,7 +39,7 @@ rlhf label --device "$DEVICE" --policy "$OUT/sft" --prompts "$OUT/data/prompts.j
 
 stage "2b. reward model (held-out pairwise accuracy against the gold judge)"
 rlhf reward --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" "${TOK[@]}" \
-  --sft-data "$OUT/data/sft.jsonl" --out "$OUT/reward"
+  --sft-data "$OUT/data/sft.jsonl" --out "$OUT/reward" --epochs 4 --lr 1e-3 --prompts-per-step 4
 
 stage "3. PPO against the reward model (score up, KL to SFT bounded)"
 rlhf ppo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts "$OUT/data/prompts.jsonl" "${TOK[@]}" \
