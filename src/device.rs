@@ -15,16 +15,16 @@ pub enum DeviceArg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
+    Cuda,
 }
 
-/// Why CUDA cannot be used on this machine with this build, or None when it can.
+/// Why CUDA cannot be used here, or None when the driver loads and this binary carries the kernels.
 pub fn cuda_unavailable_reason() -> Option<String> {
     // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
-    let driver = unsafe { cudarc::driver::sys::is_culib_present() };
-    if !driver {
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Some("no CUDA driver: libcuda.so could not be loaded on this machine (no NVIDIA GPU or driver installed)".into());
     }
-    Some("this build has no CUDA backend for the training engine yet; the CUDA kernels are verified in the CPU simulator (see README, 'CUDA')".into())
+    crate::kernels::PTX_UNAVAILABLE_REASON.map(|why| format!("this binary was built without its CUDA kernels ({why})"))
 }
 
 pub fn select(arg: DeviceArg) -> Result<Device> {
@@ -35,11 +35,12 @@ pub fn select(arg: DeviceArg) -> Result<Device> {
             eprintln!("device: CPU ({why})");
             Ok(Device::Cpu)
         }
-        (_, None) => unreachable!("no CUDA backend is compiled in"),
+        (DeviceArg::Cuda | DeviceArg::Auto, None) => Ok(Device::Cuda),
     }
 }
 
-/// Run `$body` with `$be` bound to the selected backend (monomorphised per backend).
+/// Run `$body` with `$be` bound to the selected backend (monomorphised per backend). Device creation
+/// errors (e.g. no GPU behind the driver) propagate with `?`.
 #[macro_export]
 macro_rules! with_backend {
     ($device:expr, |$be:ident| $body:expr) => {
@@ -47,6 +48,10 @@ macro_rules! with_backend {
             $crate::device::Device::Cpu => {
                 $crate::backend::cpu::tune_allocator();
                 let $be = &$crate::backend::Cpu::<f32>::new();
+                $body
+            }
+            $crate::device::Device::Cuda => {
+                let $be = &$crate::kernels::cuda_backend::CudaBackend::new(0)?;
                 $body
             }
         }

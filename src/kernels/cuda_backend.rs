@@ -4,7 +4,8 @@
 //! f32), one stream, modules loaded once.
 //!
 //! Status: compiled and shaped like the simulator-tested `SimBackend`, but not yet run on a GPU (no GPU
-//! here); `tests/kernels_gpu.rs` checks the launcher on a GPU. Not wired into `--device` selection.
+//! here); `tests/kernels_gpu.rs` checks the launcher on a GPU. `--device cuda` (and `auto` where a GPU is
+//! usable) selects it.
 
 use super::cuda::CudaLauncher;
 use super::launch::{self as kl, DType, DevPtr};
