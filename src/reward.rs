@@ -229,7 +229,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig) -> Result<RewardSummary> {
     // Reward normalisation: the SFT demonstrations score 0 on average.
     let bias_shift = match &cfg.sft_data {
         Some(path) => {
-            let demos = datasets::read_sft(path, true)?;
+            let demos = datasets::read_sft(path, cfg.skip_bad)?;
             let (pairs, _) = crate::sft::encode_examples(&tok, &ct, &demos.records, mcfg.n_positions)?;
             let scores = score_all(be, &rm, &pairs, ct.pad, eval_batch)?;
             let mean = scores.iter().sum::<f64>() / scores.len() as f64;

@@ -27,7 +27,7 @@ rlhf sample --device "$DEVICE" --checkpoint "$OUT/pretrain" "${TOK[@]}" \
   --prompt "It is a truth universally acknowledged" --num-samples 2 --max-new-tokens 40
 
 stage "demo data: SFT demonstrations and prompts cut from the corpus"
-rlhf demo-data --corpus data/corpus/austen.txt.gz --out "$OUT/data"
+rlhf demo-data --corpus data/corpus/austen.txt.gz --out "$OUT/data" --prompts 1200
 
 stage "1. SFT (held-out answer loss: base model vs fine-tuned)"
 rlhf sft --device "$DEVICE" --base "$OUT/pretrain" --data "$OUT/data/sft.jsonl" "${TOK[@]}" --out "$OUT/sft" \
@@ -39,11 +39,11 @@ rlhf label --device "$DEVICE" --policy "$OUT/sft" --prompts "$OUT/data/prompts.j
 
 stage "2b. reward model (held-out pairwise accuracy against the gold judge)"
 rlhf reward --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" "${TOK[@]}" \
-  --sft-data "$OUT/data/sft.jsonl" --out "$OUT/reward" --epochs 4 --lr 1e-3 --prompts-per-step 4
+  --sft-data "$OUT/data/sft.jsonl" --out "$OUT/reward" --epochs 2 --lr 1e-3 --prompts-per-step 4 --skip-bad
 
 stage "3. PPO against the reward model (score up, KL to SFT bounded)"
 rlhf ppo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts "$OUT/data/prompts.jsonl" "${TOK[@]}" \
-  --out "$OUT/ppo" --judge lexicon --max-new-tokens 32
+  --out "$OUT/ppo" --judge lexicon --max-new-tokens 32 --init-kl-coef 0.2 --horizon 1000
 
 stage "evaluation on held-out prompts: PPO policy vs SFT model"
 rlhf eval --device "$DEVICE" --policy "$OUT/ppo" --sft "$OUT/sft" --reward "$OUT/reward" \
