@@ -78,9 +78,25 @@ pub fn build() -> Result<Tokenizer> {
     Ok(tok)
 }
 
-/// Writes GPT-2's `tokenizer.json` (the Hugging Face format) to `path`, atomically.
-pub fn write_tokenizer_json(path: &Path) -> Result<()> {
-    let tok = build()?;
+/// GPT-2's tokenizer with the chat format's special tokens appended after `<|endoftext|>`
+/// (`<|pad|>`, `<|user|>`, `<|assistant|>`, `<|end|>` = ids 50257..50260): what SFT, the reward model and
+/// PPO need to start from a real GPT-2, whose embedding `rlhf sft` grows by those rows.
+pub fn build_chat() -> Result<Tokenizer> {
+    let mut tok = build()?;
+    let added: Vec<AddedToken> = crate::tokenizer::SPECIAL_TOKENS[1..].iter().map(|t| AddedToken::from(*t, true)).collect();
+    tok.add_special_tokens(&added);
+    for (i, t) in crate::tokenizer::SPECIAL_TOKENS[1..].iter().enumerate() {
+        if tok.token_to_id(t) != Some(EOT_ID + 1 + i as u32) {
+            bail!("{t} did not get id {}", EOT_ID + 1 + i as u32);
+        }
+    }
+    Ok(tok)
+}
+
+/// Writes GPT-2's `tokenizer.json` (the Hugging Face format) to `path`, atomically; with `chat`, the
+/// variant with the chat tokens ([`build_chat`]).
+pub fn write_tokenizer_json(path: &Path, chat: bool) -> Result<()> {
+    let tok = if chat { build_chat()? } else { build()? };
     let text = tok.to_string(true).map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
     crate::fsutil::write_atomic(path, text.as_bytes())
 }

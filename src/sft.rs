@@ -134,6 +134,11 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         None => crate::model::persist::load_policy(be, &cfg.base).with_context(|| format!("--base {}", cfg.base.display()))?,
     };
     let tok = Tokenizer::load(&cfg.tokenizer)?;
+    if tok.vocab_size() > model.cfg.vocab_size && opt_state.is_none() && tok.token_id(chat::USER).is_some_and(|id| id as usize >= model.cfg.vocab_size) {
+        // A base model without the chat tokens (e.g. GPT-2 with `rlhf tokenizer gpt2 --chat`): grow it.
+        eprintln!("sft: growing the base model's vocabulary from {} to {} tokens for the chat tokens", model.cfg.vocab_size, tok.vocab_size());
+        model = model.grow_vocab(be, tok.vocab_size())?;
+    }
     crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &cfg.tokenizer.display().to_string())?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let read = datasets::read_sft(&cfg.data, cfg.skip_bad)?;
@@ -169,7 +174,10 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
 
 /// The base model (reloaded when resuming, where `model` is already fine-tuned).
 fn base_model<B: Backend>(be: &B, cfg: &SftConfig, model: &Gpt2<B>) -> Result<Gpt2<B>> {
-    let base = crate::model::persist::load_policy(be, Path::new(&cfg.base))?;
+    let mut base = crate::model::persist::load_policy(be, Path::new(&cfg.base))?;
+    if base.cfg.vocab_size < model.cfg.vocab_size {
+        base = base.grow_vocab(be, model.cfg.vocab_size)?;
+    }
     if base.cfg != model.cfg {
         bail!("--base {} has another shape than the run's model", cfg.base.display());
     }

@@ -534,7 +534,7 @@ fn export_round_trips_hf_files_exactly() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("hf");
     let tok = d.path().join("tokenizer.json");
-    rlhf::gpt2_tokenizer::write_tokenizer_json(&tok).unwrap();
+    rlhf::gpt2_tokenizer::write_tokenizer_json(&tok, false).unwrap();
     // The fixture's vocabulary (97) is smaller than GPT-2's: a GPT-2 tokenizer does not fit it.
     assert_err_contains(rlhf::cli::export::export(&fixture(), &out, Some(&tok)), &["50257 tokens", "vocab_size is 97"]);
     let r = rlhf::cli::export::export(&fixture(), &out, None).unwrap();

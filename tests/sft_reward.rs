@@ -128,3 +128,22 @@ fn reward_and_policy_checkpoints_are_not_interchangeable() {
     assert!(format!("{e:#}").contains("policy"), "{e:#}");
     assert!(rlhf::reward::load(&be, &rdir).is_ok());
 }
+
+/// Growing the vocabulary (GPT-2 + chat tokens) keeps every existing token's logit exactly.
+#[test]
+fn growing_the_vocabulary_keeps_existing_logits() {
+    let be = Be::new();
+    let m = model(&be);
+    let grown = m.grow_vocab(&be, 27).unwrap();
+    assert_eq!(grown.cfg.vocab_size, 27);
+    let tokens = [2u32, 5, 7, 3];
+    let (a, b) = (m.logits_at(&be, &fwd(&be, &m, &tokens), &[3]).unwrap(), grown.logits_at(&be, &fwd(&be, &grown, &tokens), &[3]).unwrap());
+    assert_eq!(a[0][..], b[0][..23]);
+    assert!(m.grow_vocab(&be, 10).is_err());
+}
+
+fn fwd(be: &Be, m: &Gpt2<Be>, tokens: &[u32]) -> Acts<Be> {
+    let mut a = Acts::new(be, &m.cfg, 1, tokens.len()).unwrap();
+    m.forward(be, &mut a, tokens, None, None).unwrap();
+    a
+}

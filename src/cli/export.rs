@@ -88,7 +88,7 @@ pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: Option<&Path>) -> R
         }
         Some(tok)
     } else if ck.config.vocab_size == crate::gpt2_tokenizer::VOCAB_SIZE {
-        crate::gpt2_tokenizer::write_tokenizer_json(&dest)?;
+        crate::gpt2_tokenizer::write_tokenizer_json(&dest, false)?;
         Some(crate::gpt2_tokenizer::build()?)
     } else {
         None

@@ -9,13 +9,17 @@ pub struct Gpt2TokenizerArgs {
     /// Where to write the Hugging Face `tokenizer.json`.
     #[arg(long, default_value = "tokenizer.json")]
     pub out: PathBuf,
+    /// Append the chat tokens <|pad|> <|user|> <|assistant|> <|end|> (ids 50257..50260) for SFT, the reward
+    /// model and PPO; `rlhf sft` grows a GPT-2 model's embedding to match.
+    #[arg(long)]
+    pub chat: bool,
 }
 
 pub fn run(args: &Gpt2TokenizerArgs) -> Result<()> {
-    crate::gpt2_tokenizer::write_tokenizer_json(&args.out)?;
+    crate::gpt2_tokenizer::write_tokenizer_json(&args.out, args.chat)?;
     println!(
         "wrote GPT-2 tokenizer ({} tokens, {} = {}) to {}",
-        crate::gpt2_tokenizer::VOCAB_SIZE,
+        crate::gpt2_tokenizer::VOCAB_SIZE + if args.chat { 4 } else { 0 },
         crate::gpt2_tokenizer::EOT,
         crate::gpt2_tokenizer::EOT_ID,
         args.out.display()

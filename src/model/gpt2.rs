@@ -230,6 +230,22 @@ impl<B: Backend> Gpt2<B> {
         tensors_to_host(be, &self.cfg, &self.params)
     }
 
+    /// The same model with its vocabulary grown to `vocab` tokens (e.g. GPT-2 + the chat tokens): the new
+    /// `wte` rows start as the mean of the existing ones, so new tokens begin as an "average" token.
+    pub fn grow_vocab(&self, be: &B, vocab: usize) -> Result<Self> {
+        let old = self.cfg.vocab_size;
+        if vocab < old {
+            bail!("cannot shrink the vocabulary from {old} to {vocab} tokens");
+        }
+        let c = self.cfg.n_embd;
+        let mut host: Vec<Vec<f32>> = self.to_host(be).into_iter().map(|(_, v)| v).collect();
+        let mean: Vec<f32> = (0..c).map(|k| (0..old).map(|r| host[WTE][r * c + k] as f64).sum::<f64>() as f32 / old as f32).collect();
+        for _ in old..vocab {
+            host[WTE].extend_from_slice(&mean);
+        }
+        Self::from_host(be, Config { vocab_size: vocab, ..self.cfg }, &host)
+    }
+
     fn p(&self, l: usize, k: usize) -> &B::Buf {
         self.params.layer(l, k)
     }
