@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The iterated RLHF loop (InstructGPT steps 2-3, repeated): per round
 #   1. sample K answers per prompt from the current policy and rank them with the judge   (rlhf label)
-#   2. retrain the reward model on all labels so far, warm-started from the last one     (reward-model training)
+#   2. retrain the reward model on all labels so far, warm-started from the last one     (rlhf reward)
 #   3. continue PPO from the current policy against the new reward model, KL-anchored to SFT (rlhf ppo)
 #
 # Usage: tools/rlhf-loop.sh SFT_CKPT RM_CKPT PROMPTS.jsonl TOKENIZER.json JUDGE_CMD OUT_DIR [ROUNDS] [ITERS]
 # Environment: RLHF (the binary, default target/release/rlhf), K (answers per prompt, default 4),
-#   RM_TRAIN (the reward-model training command; it receives --init PREV_RM --data LABELS --out DIR
-#   --tokenizer TOK), PPO_ARGS (extra flags for rlhf ppo).
+#   RM_TRAIN (the reward-model training command, default `rlhf reward --skip-bad`; it receives
+#   --base PREV_RM --data LABELS --out DIR --tokenizer TOK), PPO_ARGS (extra flags for rlhf ppo).
 # Every step resumes: a round whose outputs exist is skipped, a label file continues where it stopped.
 set -euo pipefail
 if [ $# -lt 6 ]; then
@@ -16,7 +16,7 @@ fi
 SFT=$1 RM=$2 PROMPTS=$3 TOK=$4 JUDGE=$5 OUT=$6 ROUNDS=${7:-3} ITERS=${8:-20}
 RLHF=${RLHF:-target/release/rlhf}
 K=${K:-4}
-RM_TRAIN=${RM_TRAIN:-"$RLHF reward-model"}
+RM_TRAIN=${RM_TRAIN:-"$RLHF reward --skip-bad"}
 mkdir -p "$OUT"
 policy=$SFT
 rm_ckpt=$RM
@@ -28,7 +28,7 @@ for r in $(seq 1 "$ROUNDS"); do
   cat "$OUT"/round-*/labels.jsonl > "$OUT/labels-all.jsonl"
   if [ ! -e "$d/rm/latest" ]; then
     echo "== round $r: reward model from $rm_ckpt on $(wc -l < "$OUT/labels-all.jsonl") ranked prompts"
-    $RM_TRAIN --init "$rm_ckpt" --data "$OUT/labels-all.jsonl" --out "$d/rm" --tokenizer "$TOK"
+    $RM_TRAIN --base "$rm_ckpt" --data "$OUT/labels-all.jsonl" --out "$d/rm" --tokenizer "$TOK"
   fi
   rm_ckpt="$d/rm"
   echo "== round $r: PPO from $policy against $rm_ckpt"
