@@ -31,11 +31,13 @@ pub fn load_policy<B: Backend>(be: &B, path: &Path) -> Result<Gpt2<B>> {
     ck.to_model(be)
 }
 
-fn named<B: Backend>(be: &B, cfg: &Config, t: &Tensors<B>) -> Vec<NamedTensor> {
+/// Tensors (parameters, gradients or moments) as named host f32 tensors in canonical order.
+pub(crate) fn named<B: Backend>(be: &B, cfg: &Config, t: &Tensors<B>) -> Vec<NamedTensor> {
     super::gpt2::tensors_to_host(be, cfg, t).into_iter().map(|(s, d)| NamedTensor::new(s.name, s.shape, d)).collect()
 }
 
-fn upload<B: Backend>(be: &B, cfg: &Config, src: &[NamedTensor], dst: &mut Tensors<B>) -> Result<()> {
+/// Upload named host tensors into `dst`, checking each name and shape against `cfg`'s parameter list.
+pub(crate) fn upload<B: Backend>(be: &B, cfg: &Config, src: &[NamedTensor], dst: &mut Tensors<B>) -> Result<()> {
     let specs = cfg.param_specs();
     if src.len() != specs.len() {
         bail!("optimizer state holds {} tensors, the model {}", src.len(), specs.len());

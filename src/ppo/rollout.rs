@@ -126,7 +126,7 @@ impl<B: Backend> TrunkHead<B> {
         let (w, b) = self.head.to_host(be);
         let c = self.trunk.cfg.n_embd;
         let extra = vec![NamedTensor::new("score.weight", vec![1, c], w), NamedTensor::new("score.bias", vec![1], vec![b])];
-        let mut ck = model_checkpoint(be, &self.trunk, ModelKind::Reward);
+        let mut ck = Checkpoint::from_model(be, &self.trunk, ModelKind::Reward);
         ck.extra = extra;
         ck.validate()?;
         Ok(ck)
@@ -135,7 +135,7 @@ impl<B: Backend> TrunkHead<B> {
     /// Load a reward-kind checkpoint; `what` names it in errors.
     pub fn from_checkpoint(be: &B, ck: &Checkpoint, what: &str) -> Result<Self> {
         ck.expect_kind(ModelKind::Reward, what)?;
-        let trunk = model_from_checkpoint(be, ck)?;
+        let trunk = ck.to_model(be)?;
         let c = ck.config.n_embd;
         let w = ck.get("score.weight").with_context(|| format!("{what}: reward checkpoint has no 'score.weight'"))?;
         if w.numel() != c {
@@ -148,18 +148,6 @@ impl<B: Backend> TrunkHead<B> {
     pub fn cfg(&self) -> Config {
         self.trunk.cfg
     }
-}
-
-/// A checkpoint of `model`'s decoder parameters (host f32).
-pub fn model_checkpoint<B: Backend>(be: &B, model: &Gpt2<B>, kind: ModelKind) -> Checkpoint {
-    let tensors = model.to_host(be).into_iter().map(|(s, d)| NamedTensor::new(s.name, s.shape, d)).collect();
-    Checkpoint { config: model.cfg, kind, tensors, extra: vec![] }
-}
-
-/// The decoder of a checkpoint on `be`.
-pub fn model_from_checkpoint<B: Backend>(be: &B, ck: &Checkpoint) -> Result<Gpt2<B>> {
-    let host: Vec<Vec<f32>> = ck.tensors.iter().map(|t| t.data.clone()).collect();
-    Gpt2::from_host(be, ck.config, &host)
 }
 
 /// An exact copy of a model (through host f32, which is exact for an f32 backend).

@@ -24,11 +24,12 @@
 //! bit-identical to a run that never stopped.
 
 use super::math::{self, KlController};
-use super::rollout::{answer_logprobs, clone_model, clone_trunk_head, model_checkpoint, model_from_checkpoint, Episode, SeqBatch, TrunkHead};
+use super::rollout::{answer_logprobs, clone_model, clone_trunk_head, Episode, SeqBatch, TrunkHead};
 use crate::backend::Backend;
-use crate::checkpoint::{self, ModelKind, NamedTensor, TrainState};
+use crate::checkpoint::{self, Checkpoint, ModelKind, NamedTensor, TrainState};
 use crate::metrics::{self, MetricsLog};
-use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, HeadGrads, Tensors};
+use crate::model::persist::{named, upload};
+use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, HeadGrads, Tensors};
 use crate::ops::adamw::AdamWParams;
 use crate::ops::Float;
 use crate::rng::Rng;
@@ -463,26 +464,6 @@ fn mean(x: &[f64]) -> f64 {
 
 // ---- persistence ----
 
-fn named<B: Backend>(be: &B, cfg: &Config, t: &Tensors<B>) -> Vec<NamedTensor> {
-    crate::model::gpt2::tensors_to_host(be, cfg, t).into_iter().map(|(s, d)| NamedTensor::new(s.name, s.shape, d)).collect()
-}
-
-fn upload_into<B: Backend>(be: &B, src: &[NamedTensor], dst: &mut Tensors<B>) -> Result<()> {
-    if src.len() < dst.bufs.len() {
-        bail!("optimizer state holds {} tensors, the model {}", src.len(), dst.bufs.len());
-    }
-    for (t, buf) in src.iter().zip(dst.bufs.iter_mut()) {
-        let n = be.len(buf);
-        if t.data.len() > n {
-            bail!("optimizer state tensor '{}' has {} values, the parameter {n}", t.name, t.data.len());
-        }
-        let mut v: Vec<B::F> = t.data.iter().map(|&x| B::F::of(x as f64)).collect();
-        v.resize(n, B::F::of(0.0));
-        *buf = be.upload(&v)?;
-    }
-    Ok(())
-}
-
 fn host<B: Backend>(be: &B, b: &B::Buf) -> Vec<f32> {
     be.download(b).iter().map(|x| x.f64() as f32).collect()
 }
@@ -506,15 +487,11 @@ const VALUE_DIR: &str = "value";
 fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: &MetricsLog) -> Result<PathBuf> {
     let rec = RunRecord { config: cfg.clone(), kl: st.kl.clone(), beta_bits: st.kl.beta.to_bits(), iteration: st.iteration, value_step: st.value_opt.step };
     let metrics_len = log.len()?;
-    let pol = model_checkpoint(be, &m.policy, ModelKind::Policy);
+    let pol = Checkpoint::from_model(be, &m.policy, ModelKind::Policy);
     let pstate = TrainState {
-        step: st.policy_opt.step,
         rng: json!({"seed": cfg.seed, "note": "randomness is drawn from streams of the seed indexed by the iteration"}),
         data_position: st.iteration,
-        metrics_len,
-        args: serde_json::to_value(&rec)?,
-        m: named(be, &m.policy.cfg, &st.policy_opt.m),
-        v: named(be, &m.policy.cfg, &st.policy_opt.v),
+        ..TrainState::from_optimizer(be, &m.policy.cfg, &st.policy_opt, serde_json::to_value(&rec)?, metrics_len)
     };
     let vck = m.value.to_checkpoint(be)?;
     let vcfg = m.value.cfg();
@@ -543,7 +520,7 @@ fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoC
     let pol = checkpoint::load(&dir)?;
     pol.expect_kind(ModelKind::Policy, &dir.display().to_string())?;
     pol.expect_config(&m.reference.cfg, &format!("the policy in {}", dir.display()))?;
-    m.policy = model_from_checkpoint(be, &pol)?;
+    m.policy = pol.to_model(be)?;
     let vd = dir.join(VALUE_DIR);
     let vck = checkpoint::load(&vd)?;
     m.value = TrunkHead::from_checkpoint(be, &vck, &vd.display().to_string())?;
@@ -552,14 +529,13 @@ fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoC
     let mcfg = m.policy.cfg;
     let vcfg = m.value.cfg();
     let mut policy_opt = AdamW::new(be, &mcfg, rec.config.adamw)?;
-    upload_into(be, &pstate.m, &mut policy_opt.m)?;
-    upload_into(be, &pstate.v, &mut policy_opt.v)?;
-    policy_opt.step = pstate.step;
-    let mut value_opt = AdamW::new(be, &vcfg, rec.config.adamw)?;
-    upload_into(be, &vstate.m, &mut value_opt.m)?;
-    upload_into(be, &vstate.v, &mut value_opt.v)?;
-    value_opt.step = vstate.step;
+    pstate.restore_optimizer(be, &mcfg, &mut policy_opt)?;
+    // The value state holds the trunk's moments, then the head's two.
     let nt = vcfg.param_specs().len();
+    let mut value_opt = AdamW::new(be, &vcfg, rec.config.adamw)?;
+    upload(be, &vcfg, &vstate.m[..nt], &mut value_opt.m)?;
+    upload(be, &vcfg, &vstate.v[..nt], &mut value_opt.v)?;
+    value_opt.step = vstate.step;
     let head = |l: &[NamedTensor], k: usize| upload_f32(be, &l[nt + k].data);
     let head_opt = HeadOpt { m_w: head(&vstate.m, 0)?, m_b: head(&vstate.m, 1)?, v_w: head(&vstate.v, 0)?, v_b: head(&vstate.v, 1)? };
     let mut kl = rec.kl;
