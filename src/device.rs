@@ -8,14 +8,19 @@ pub enum DeviceArg {
     Auto,
     /// The CPU engine (multi-threaded f32; the reference every GPU kernel is checked against).
     Cpu,
-    /// An NVIDIA GPU through the CUDA driver (fails with the exact reason when it is not usable).
+    /// An NVIDIA GPU through the CUDA driver, bf16 compute with f32 master weights (fails with the exact
+    /// reason when it is not usable).
     Cuda,
+    /// The CUDA kernels in the CPU simulator, as on a GPU (bf16 compute): very slow; for checking kernels
+    /// and the GPU code path where there is no GPU.
+    CudaSim,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
     Cuda,
+    CudaSim,
 }
 
 /// Why CUDA cannot be used here, or None when the driver loads and this binary carries the kernels.
@@ -30,6 +35,7 @@ pub fn cuda_unavailable_reason() -> Option<String> {
 pub fn select(arg: DeviceArg) -> Result<Device> {
     match (arg, cuda_unavailable_reason()) {
         (DeviceArg::Cpu, _) => Ok(Device::Cpu),
+        (DeviceArg::CudaSim, _) => Ok(Device::CudaSim),
         (DeviceArg::Cuda, Some(why)) => bail!("--device cuda is not available: {why}. Use --device cpu (or auto) to run on the CPU."),
         (DeviceArg::Auto, Some(why)) => {
             eprintln!("device: CPU ({why})");
@@ -51,7 +57,11 @@ macro_rules! with_backend {
                 $body
             }
             $crate::device::Device::Cuda => {
-                let $be = &$crate::kernels::cuda_backend::CudaBackend::new(0)?;
+                let $be = &$crate::kernels::CudaBackend::cuda(0, $crate::kernels::DType::BF16)?;
+                $body
+            }
+            $crate::device::Device::CudaSim => {
+                let $be = &$crate::kernels::SimBackend::mixed();
                 $body
             }
         }

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod gpt2_tokenizer;
 pub mod gradcheck;
 pub mod judge;
+pub mod kernel_check;
 pub mod kernels;
 pub mod metrics;
 pub mod model;

@@ -8,7 +8,7 @@
 
 use rlhf::backend::{Backend, Cpu};
 use rlhf::checkpoint;
-use rlhf::kernels::sim_backend::SimBackend;
+use rlhf::kernels::SimBackend;
 use rlhf::model::{gpt2::tensors_to_host, Acts, Gpt2, Tensors};
 use rlhf::ops::adamw::AdamWParams;
 use rlhf::rng::Rng;
@@ -100,7 +100,7 @@ fn model_through_simulated_kernels_matches_cpu_engine() {
 /// since TF32 can flip near-ties). Prints why it did not run where there is no GPU.
 #[test]
 fn model_through_cuda_backend_matches_cpu_engine() {
-    let be = match rlhf::kernels::cuda_backend::CudaBackend::new(0) {
+    let be = match rlhf::kernels::CudaBackend::cuda(0, rlhf::kernels::DType::F32) {
         Ok(be) => be,
         Err(e) => {
             println!("CudaBackend model check did not run here: {e}");
@@ -129,4 +129,50 @@ fn model_through_cuda_backend_matches_cpu_engine() {
             assert!(e <= 1e-2, "{name}: gradient {i} differs by {e:.3e}");
         }
     }
+}
+
+/// `rlhf gradcheck --device cuda-sim`: every kernel op and one training step, f32 and mixed bf16, against
+/// the CPU engine within the tolerances documented in src/kernel_check.rs.
+#[test]
+fn kernel_check_passes_in_both_precisions() {
+    for be in [SimBackend::new(), SimBackend::mixed()] {
+        let rows = rlhf::kernel_check::run(&be, 1234).unwrap();
+        print!("{}", rlhf::gradcheck::format_table(&rows));
+        assert!(rows.len() >= 20, "every op and the training step are checked");
+        let failed: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| r.op.clone()).collect();
+        assert!(failed.is_empty(), "failed: {failed:?}");
+    }
+}
+
+/// The mixed-precision backend keeps what mixed precision promises: activations and gradients in bf16,
+/// statistics and master weights in f32, and a training step that learns.
+#[test]
+fn mixed_precision_storage_and_learning() {
+    use rlhf::kernels::DType;
+    use rlhf::model::{AdamW, AdamWConfig, Config};
+    let be = SimBackend::mixed();
+    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 128, vocab_size: 40, n_positions: 16 };
+    let (b, t) = (2, 8);
+    let mut m = Gpt2::init(&be, cfg, 5).unwrap();
+    let mut a = Acts::new(&be, &cfg, b, t).unwrap();
+    let mut g = Tensors::zeros(&be, &cfg).unwrap();
+    let mut opt = AdamW::new(&be, &cfg, AdamWConfig::default()).unwrap();
+    let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 40) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|i| (i * 3 % 40) as u32).collect();
+    let w = vec![1.0 / (b * t) as f32; b * t];
+    let mut losses = Vec::new();
+    for _ in 0..8 {
+        g.fill_zero(&be);
+        m.forward(&be, &mut a, &tokens, None, None).unwrap();
+        losses.push(m.lm_loss(&be, &mut a, &targets, &w, 1.0, Some(&mut g)).unwrap());
+        m.backward(&be, &mut a, &mut g);
+        opt.update(&be, &mut m.params, &g, 3e-3);
+    }
+    assert!(g.bufs.iter().all(|x| x.dtype() == DType::BF16), "parameter gradients are bf16");
+    assert!(m.params.bufs.iter().all(|x| x.dtype() == DType::F32), "parameters are f32 master weights");
+    assert!(opt.m.bufs.iter().chain(&opt.v.bufs).all(|x| x.dtype() == DType::F32), "AdamW moments are f32");
+    assert_eq!(a.logits.dtype(), DType::BF16, "activations are bf16");
+    assert_eq!(a.losses.dtype(), DType::F32, "losses are f32");
+    println!("mixed-precision losses: {losses:?}");
+    assert!(losses[7] < losses[0] - 0.5, "the loss falls: {losses:?}");
 }

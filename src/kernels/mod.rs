@@ -4,15 +4,20 @@
 //!   that is either the GPU (through the CUDA driver) or the CPU simulator ([`sim::SimLauncher`]).
 //! - [`cuda::CudaLauncher`]: the real-device launcher (PTX loaded once, kernels by name, cuLaunchKernel).
 //! - [`sim`]: the simulator's entry points (the same `.cu` sources compiled as C++, see `kernels/sim/`).
+//! - [`device::Device`]: memory, copies, launches and matrix products, on the GPU ([`cuda_device`]) or in
+//!   the simulator ([`device::SimDevice`]); [`engine::KernelBackend`], the engine's backend written once
+//!   over it (f32, or bf16 compute with f32 master weights).
 //! - The generated constants below: the embedded PTX per kernel file and architecture, why it is missing if
 //!   it is, which kernel files the simulator runs and which kernels are GPU-only.
 
 pub mod cuda;
-pub mod cuda_backend;
+pub mod cuda_device;
+pub mod device;
+pub mod engine;
 pub mod launch;
 pub mod sim;
-pub mod sim_backend;
 
+pub use engine::{CudaBackend, KernelBackend, SimBackend};
 pub use launch::{Arg, DType, DevPtr, LaunchConfig, Launcher};
 
 include!(concat!(env!("OUT_DIR"), "/kernels_gen.rs"));

@@ -1,0 +1,246 @@
+//! `rlhf gradcheck --device cuda` (or `cuda-sim`): every op of the kernel backend, forward and backward,
+//! in f32 and in mixed bf16, against the CPU engine on the same inputs, plus one whole training step
+//! (loss, every parameter gradient, the gradient norm, the AdamW update with clipping).
+//! The CPU engine is itself checked against finite differences in f64 (`crate::gradcheck`).
+//!
+//! Each op is one generic function run on both backends with inputs drawn from the same seed; a row
+//! passes when every output tensor's error, max|got - want| / max|want| (the error relative to the
+//! tensor's scale), is within the row's tolerance:
+//! - f32: 1e-4. Both sides are f32 with different summation orders and the CPU's polynomial exp (about
+//!   1e-6 relative each); the largest sums here have ~1e3 terms. A wrong index or formula gives 1e-2..1.
+//! - bf16 ops: 3e-2. Inputs, outputs and intermediates in global memory are rounded to bf16 (8 significant
+//!   bits: up to 2^-8 = 3.9e-3 relative per rounding); an output sees a few roundings, amplified where terms
+//!   cancel (layernorm and softmax backward subtract means): ~8 roundings' worth is the budget. Measured in
+//!   the simulator: at most 5.6e-3.
+//! - bf16 whole step: 6e-2. Two layers of the above compound in the backward (measured: 1.5e-2); still an
+//!   order of magnitude
+below what a broken kernel gives (0.3..1, or non-finite).
+
+use crate::backend::{Backend, Cpu};
+use crate::gradcheck::CheckResult;
+use crate::kernels::{DType, KernelBackend};
+use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
+use crate::ops::adamw::AdamWParams;
+use crate::rng::Rng;
+use anyhow::Result;
+
+pub const F32_TOL: f64 = 1e-4;
+pub const BF16_OP_TOL: f64 = 3e-2;
+pub const BF16_STEP_TOL: f64 = 6e-2;
+
+/// One output of one check: (row, tensor name, values).
+type Out = (&'static str, String, Vec<f32>);
+
+fn randn(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
+    (0..n).map(|_| (rng.normal() * std) as f32).collect()
+}
+
+fn up<B: Backend<F = f32>>(be: &B, x: &[f32]) -> B::Buf {
+    be.upload(x).expect("upload")
+}
+
+fn zeros<B: Backend<F = f32>>(be: &B, n: usize) -> B::Buf {
+    be.zeros(n).expect("alloc")
+}
+
+/// `x` in the backend's compute type (bf16 in mixed precision), as activations and gradients are.
+fn act<B: Backend<F = f32>>(be: &B, x: &[f32]) -> B::Buf {
+    let (src, mut dst) = (up(be, x), zeros(be, x.len()));
+    be.copy(&mut dst, 0, &src, 0, x.len());
+    dst
+}
+
+fn out<B: Backend<F = f32>>(be: &B, row: &'static str, name: &str, b: &B::Buf) -> Out {
+    (row, name.to_string(), be.download(b))
+}
+
+/// Token + position embedding, two rows at different start positions, repeated tokens.
+fn embedding<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (b, t, c, v, maxt) = (2, 7, 64, 50, 16);
+    let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(9) as u32 * 5).collect();
+    let pos0 = [0u32, 3];
+    let (wte, wpe, dout) = (up(be, &randn(rng, v * c, 1.0)), up(be, &randn(rng, maxt * c, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
+    let ids = be.upload_ids(&tokens).expect("ids");
+    let mut o = zeros(be, b * t * c);
+    be.encoder_forward(&mut o, &ids, &wte, &wpe, &pos0, t, c);
+    let (mut dwte, mut dwpe) = (zeros(be, v * c), zeros(be, maxt * c));
+    be.encoder_backward(&mut dwte, &mut dwpe, &dout, &ids, &pos0, t, c);
+    vec![out(be, "embedding forward", "out", &o), out(be, "embedding backward", "dwte", &dwte), out(be, "embedding backward", "dwpe", &dwpe)]
+}
+
+fn layernorm<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (n, c) = (33, 96);
+    let x: Vec<f32> = randn(rng, n * c, 2.0).iter().map(|v| v + 0.5).collect();
+    let (inp, w, bias, dout) = (act(be, &x), up(be, &randn(rng, c, 1.0)), up(be, &randn(rng, c, 1.0)), act(be, &randn(rng, n * c, 1.0)));
+    let (mut o, mut mean, mut rstd) = (zeros(be, n * c), zeros(be, n), zeros(be, n));
+    be.layernorm_forward(&mut o, &mut mean, &mut rstd, &inp, &w, &bias, c);
+    let (mut dinp, mut dw, mut db) = (zeros(be, n * c), zeros(be, c), zeros(be, c));
+    be.layernorm_backward(&mut dinp, &mut dw, &mut db, &dout, &inp, &w, &mean, &rstd, c);
+    vec![
+        out(be, "layernorm forward", "out", &o),
+        out(be, "layernorm forward", "mean", &mean),
+        out(be, "layernorm forward", "rstd", &rstd),
+        out(be, "layernorm backward", "dinp", &dinp),
+        out(be, "layernorm backward", "dw", &dw),
+        out(be, "layernorm backward", "db", &db),
+    ]
+}
+
+/// Matmul + bias forward and the three backward products (cuBLASLt on the GPU).
+fn linear<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (n, c, oc) = (17, 64, 96);
+    let (inp, w, bias, dout) = (act(be, &randn(rng, n * c, 1.0)), up(be, &randn(rng, c * oc, 0.2)), up(be, &randn(rng, oc, 1.0)), act(be, &randn(rng, n * oc, 1.0)));
+    let mut o = zeros(be, n * oc);
+    be.linear_forward(&mut o, &inp, &w, Some(&bias), n, c, oc);
+    let (mut dinp, mut dw, mut db) = (zeros(be, n * c), zeros(be, c * oc), zeros(be, oc));
+    be.linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, n, c, oc);
+    vec![out(be, "linear forward", "out", &o), out(be, "linear backward", "dinp", &dinp), out(be, "linear backward", "dw", &dw), out(be, "linear backward", "dbias", &db)]
+}
+
+/// GELU and the residual ops on a length that is not a multiple of the 16-byte packs.
+fn elementwise<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let n = 1003;
+    let (x, y, dout) = (act(be, &randn(rng, n, 2.0)), act(be, &randn(rng, n, 1.0)), act(be, &randn(rng, n, 1.0)));
+    let (mut g, mut dg) = (zeros(be, n), zeros(be, n));
+    be.gelu_forward(&mut g, &x);
+    be.gelu_backward(&mut dg, &x, &dout);
+    let mut s = zeros(be, n);
+    be.add(&mut s, &x, &y);
+    be.accumulate(&mut s, &dout);
+    be.scale(&mut s, 0.75);
+    vec![out(be, "gelu forward", "out", &g), out(be, "gelu backward", "dinp", &dg), out(be, "residual add/accumulate/scale", "out", &s)]
+}
+
+/// Causal attention; head size 64 takes the tensor-core kernel in bf16, 16 the CUDA-core one.
+fn attention<B: Backend<F = f32>>(be: &B, rng: &mut Rng, c: usize, nh: usize, fwd: &'static str, bwd: &'static str) -> Vec<Out> {
+    let (b, t) = (2, 19);
+    let (qkv, dout) = (act(be, &randn(rng, b * t * 3 * c, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
+    let (mut o, mut lse) = (zeros(be, b * t * c), zeros(be, b * nh * t));
+    be.attention_forward(&mut o, &mut lse, &qkv, &qkv, &[0, 0], b, t, t, c, nh);
+    let mut dqkv = zeros(be, b * t * 3 * c);
+    be.attention_backward(&mut dqkv, &dout, &qkv, &o, &lse, b, t, c, nh);
+    vec![out(be, fwd, "out", &o), out(be, fwd, "lse", &lse), out(be, bwd, "dqkv", &dqkv)]
+}
+
+/// Masked, temperature-scaled cross-entropy on padded rows (pad columns must come back zero).
+fn crossentropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (n, v, vp) = (9, 100, 128);
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
+    let weights: Vec<f32> = (0..n).map(|i| if i % 4 == 2 { 0.0 } else { 1.0 / 7.0 }).collect();
+    let (mut logits, w, ids) = (act(be, &randn(rng, n * vp, 3.0)), up(be, &weights), be.upload_ids(&targets).expect("ids"));
+    let mut losses = zeros(be, n);
+    be.crossentropy(&mut losses, &mut logits, &ids, &w, v, vp, 1.0 / 0.8, true);
+    vec![out(be, "crossentropy forward", "losses", &losses), out(be, "crossentropy backward", "dlogits", &logits)]
+}
+
+/// AdamW at step 3 from nonzero moments with clipping, and the sum of squares behind the clipping.
+fn adamw<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let n = 1003;
+    let (mut p, g) = (up(be, &randn(rng, n, 1.0)), act(be, &randn(rng, n, 0.5)));
+    let (mut m, mut v) = (up(be, &randn(rng, n, 0.1)), up(be, &randn(rng, n, 0.1).iter().map(|x| x * x).collect::<Vec<_>>()));
+    let norm = be.sum_squares(&g).sqrt();
+    let h = AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 3, grad_scale: (1.0 / norm).min(1.0) };
+    be.adamw(&mut p, &g, &mut m, &mut v, &h);
+    vec![("sum of squares", "norm".into(), vec![norm as f32]), out(be, "adamw", "param", &p), out(be, "adamw", "m", &m), out(be, "adamw", "v", &v)]
+}
+
+const UPDATE_LR: f64 = 1e-2;
+const UPDATE_ROW: &str = "train step: AdamW update / lr";
+const GRAD_ROW: &str = "train step: every gradient";
+/// Update entries compared: where |grad| >= this fraction of its tensor's largest |grad| on the CPU.
+const UPDATE_MIN_GRAD: f32 = 0.05;
+
+/// One whole training step of a 2-layer model (head size 64, padded vocabulary), as `rlhf pretrain` runs it.
+fn train_step<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
+    let cfg = Config { n_layer: 2, n_head: 2, n_embd: 128, vocab_size: 61, n_positions: 32 };
+    let (b, t) = (2, 16);
+    let host: Vec<Vec<f32>> = Gpt2::init(&Cpu::<f32>::new(), cfg, rng.next_u64())?.to_host(&Cpu::<f32>::new()).into_iter().map(|(_, v)| v).collect();
+    let mut model = Gpt2::from_host(be, cfg, &host)?;
+    let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(61) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|_| rng.below(61) as u32).collect();
+    let weights: Vec<f32> = (0..b * t).map(|i| if i % 5 == 0 { 0.0 } else { 1.0 / 25.0 }).collect();
+    let mut acts = Acts::new(be, &cfg, b, t)?;
+    let mut grads = Tensors::zeros(be, &cfg)?;
+    model.forward(be, &mut acts, &tokens, None, None)?;
+    let loss = model.lm_loss(be, &mut acts, &targets, &weights, 1.0, Some(&mut grads))?;
+    model.backward(be, &mut acts, &mut grads);
+    let mut opt = AdamW::new(be, &cfg, AdamWConfig { grad_clip: 0.5, ..AdamWConfig::default() })?;
+    let norm = opt.update(be, &mut model.params, &grads, UPDATE_LR);
+    let mut outs: Vec<Out> = vec![("train step: loss", "loss".into(), vec![loss as f32]), ("train step: gradient norm", "norm".into(), vec![norm as f32])];
+    for (spec, g) in crate::model::gpt2::tensors_to_host(be, &cfg, &grads) {
+        outs.push((GRAD_ROW, spec.name.clone(), g));
+    }
+    for ((spec, p), before) in model.to_host(be).into_iter().zip(&host) {
+        let update = p.iter().zip(before).map(|(a, b)| ((*a as f64 - *b as f64) / UPDATE_LR) as f32).collect();
+        outs.push((UPDATE_ROW, spec.name.clone(), update));
+    }
+    Ok(outs)
+}
+
+fn all<B: Backend<F = f32>>(be: &B, seed: u64) -> Result<Vec<Out>> {
+    let r = |k: u64| Rng::stream(seed, k);
+    let mut v = embedding(be, &mut r(1));
+    v.extend(layernorm(be, &mut r(2)));
+    v.extend(linear(be, &mut r(3)));
+    v.extend(elementwise(be, &mut r(4)));
+    v.extend(attention(be, &mut r(5), 128, 2, "attention forward (head size 64)", "attention backward (head size 64)"));
+    v.extend(attention(be, &mut r(6), 32, 2, "attention forward (head size 16)", "attention backward (head size 16)"));
+    v.extend(crossentropy(be, &mut r(7)));
+    v.extend(adamw(be, &mut r(8)));
+    v.extend(train_step(be, &mut r(9))?);
+    Ok(v)
+}
+
+/// The AdamW update entries whose reference gradient is clearly nonzero. Adam's first step moves each
+/// parameter by about lr * sign(grad), so where the true gradient is zero (the key biases, by softmax's
+/// shift invariance) or tiny, the sign of rounding noise decides the move and no two implementations agree;
+/// where |grad| is 5% of its tensor's largest, the gradient errors above (1e-4 f32, ~1.5e-2 bf16) cannot
+/// flip it, and the update must match. The AdamW kernel itself is checked on every entry by the "adamw" row.
+fn update_entries(want: &[Out], name: &str, got: &[f32], upd: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let grad = &want.iter().find(|(r, n, _)| *r == GRAD_ROW && n == name).expect("gradient of every parameter").2;
+    let limit = UPDATE_MIN_GRAD * grad.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let keep: Vec<usize> = (0..grad.len()).filter(|&i| grad[i].abs() >= limit && limit > 0.0).collect();
+    (keep.iter().map(|&i| got[i]).collect(), keep.iter().map(|&i| upd[i]).collect())
+}
+
+/// max|got - want| / max|want| (infinite when `got` has a non-finite entry).
+fn scaled_err(got: &[f32], want: &[f32]) -> (f64, f64) {
+    let scale = want.iter().fold(1e-30f64, |m, &x| m.max(x.abs() as f64));
+    let err = got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| if g.is_finite() { m.max((g as f64 - w as f64).abs()) } else { f64::INFINITY });
+    (err, err / scale)
+}
+
+fn tolerance(compute: DType, row: &str) -> f64 {
+    match compute {
+        DType::F32 => F32_TOL,
+        DType::BF16 if row.starts_with("train step") => BF16_STEP_TOL,
+        DType::BF16 => BF16_OP_TOL,
+    }
+}
+
+/// Every check on `be` against the CPU engine; one result per row, named after its worst tensor.
+pub fn run<D: crate::kernels::device::Device>(be: &KernelBackend<D>, seed: u64) -> Result<Vec<CheckResult>> {
+    let want = all(&Cpu::<f32>::new(), seed)?;
+    let got = all(be, seed)?;
+    let prec = match be.compute {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+    };
+    let mut rows: Vec<CheckResult> = Vec::new();
+    for ((row, name, g), (_, _, w)) in got.iter().zip(&want) {
+        let (g, w) = if *row == UPDATE_ROW { update_entries(&want, name, g, w) } else { (g.clone(), w.clone()) };
+        let (abs, rel) = scaled_err(&g, &w);
+        let tol = tolerance(be.compute, row);
+        let label = format!("{prec} {row}");
+        match rows.iter_mut().find(|r| r.op.starts_with(&format!("{label} ["))) {
+            Some(r) => {
+                r.entries += g.len();
+                if rel > r.max_rel_err || !rel.is_finite() {
+                    (r.op, r.max_abs_err, r.max_rel_err, r.ok) = (format!("{label} [{name}]"), abs, rel, rel <= tol);
+                }
+            }
+            None => rows.push(CheckResult { op: format!("{label} [{name}]"), entries: g.len(), max_abs_err: abs, max_rel_err: rel, tolerance: tol, ok: rel <= tol }),
+        }
+    }
+    Ok(rows)
+}

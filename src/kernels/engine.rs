@@ -1,0 +1,347 @@
+//! The engine's [`Backend`] on the CUDA kernels, written once over a [`Device`]: the GPU
+//! ([`CudaBackend`]) or the CPU simulator ([`SimBackend`], where CI runs the very same code).
+//!
+//! Two precisions ([`KernelBackend::compute`]):
+//! - `DType::F32`: every buffer f32, matrix products in true f32. The tight check against the CPU engine.
+//! - `DType::BF16`, mixed precision: activations, their gradients and the parameter gradients are bf16
+//!   (`zeros` allocates bf16); matrix products take bf16 inputs on the tensor cores with f32 accumulation;
+//!   layernorm statistics, attention logsumexps, losses, loss weights and the AdamW moments are f32; every
+//!   kernel computes in f32 registers. Parameters stay f32 master weights (what `upload` makes) with a bf16
+//!   working copy that the forward and backward read and AdamW rewrites (`adamw_bf16` rounds the updated
+//!   master).
+//!
+//! A buffer carries its storage type. An op runs its kernel in the type of the buffer it writes; inputs
+//! of another type are read through a converted view (an f32 buffer's bf16 copy is made once and kept
+//! until the buffer is next written). Outputs that are statistics are always f32, so no f32 value is
+//! silently narrowed.
+
+use super::cuda_device::CudaDevice;
+use super::device::{Device, Gemm, SimDevice};
+use super::launch::{self as kl, DType, DevPtr};
+use crate::backend::Backend;
+use crate::ops::adamw::AdamWParams;
+use anyhow::Result;
+use half::bf16;
+use std::sync::OnceLock;
+
+pub struct KernelBackend<D: Device> {
+    pub dev: D,
+    /// Storage type of new buffers and input type of matrix products (see the module docs).
+    pub compute: DType,
+}
+
+/// The kernels in the CPU simulator.
+pub type SimBackend = KernelBackend<SimDevice>;
+/// The kernels on an NVIDIA GPU.
+pub type CudaBackend = KernelBackend<CudaDevice>;
+
+impl SimBackend {
+    /// f32 throughout.
+    pub fn new() -> Self {
+        KernelBackend { dev: SimDevice::default(), compute: DType::F32 }
+    }
+    /// Mixed precision (bf16 compute, f32 master weights).
+    pub fn mixed() -> Self {
+        KernelBackend { dev: SimDevice::default(), compute: DType::BF16 }
+    }
+}
+
+impl Default for SimBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CudaBackend {
+    /// GPU `ordinal` computing in `compute`; an error where no GPU is usable.
+    pub fn cuda(ordinal: usize, compute: DType) -> Result<Self> {
+        Ok(KernelBackend { dev: CudaDevice::new(ordinal)?, compute })
+    }
+}
+
+/// A device buffer of `n` elements stored as `dt`; an f32 buffer may hold its bf16 copy in `half`.
+pub struct DevBuf<M> {
+    n: usize,
+    dt: DType,
+    mem: M,
+    half: OnceLock<M>,
+}
+
+impl<M> DevBuf<M> {
+    pub fn dtype(&self) -> DType {
+        self.dt
+    }
+}
+
+/// Token ids on the device, with the host copy the embedding backward buckets by token.
+pub struct DevIds<M> {
+    mem: M,
+    host: Vec<u32>,
+}
+
+/// An input as the kernel reads it: the buffer itself, its bf16 copy, or a temporary f32 conversion.
+enum View<M> {
+    Borrowed(DevPtr),
+    Temp(M, DevPtr),
+}
+
+impl<M> View<M> {
+    fn ptr(&self) -> DevPtr {
+        match self {
+            View::Borrowed(p) | View::Temp(_, p) => *p,
+        }
+    }
+}
+
+/// Device failures inside ops are bugs or a dead device: reported by a panic (see crate::backend).
+fn ok<T>(what: &str, r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e:#}"))
+}
+
+const F32: DType = DType::F32;
+
+impl<D: Device> KernelBackend<D> {
+    pub fn with_device(dev: D, compute: DType) -> Self {
+        KernelBackend { dev, compute }
+    }
+
+    fn l(&self) -> &dyn kl::Launcher {
+        self.dev.launcher()
+    }
+
+    fn alloc(&self, n: usize, dt: DType) -> D::Mem {
+        ok("device allocation", self.dev.alloc(n * dt.size()))
+    }
+
+    fn p(&self, m: &D::Mem) -> DevPtr {
+        self.dev.ptr(m)
+    }
+
+    /// Converts n elements from `src` (type `from`) into `dst` (type `to`).
+    fn cast(&self, dst: DevPtr, to: DType, src: DevPtr, from: DType, n: usize) {
+        let r = match (from, to) {
+            (a, b) if a == b => self.dev.dtod(dst, src, n * a.size()),
+            (DType::F32, DType::BF16) => kl::cast_f32_to_bf16(self.l(), dst, src, n),
+            _ => kl::cast_bf16_to_f32(self.l(), dst, src, n),
+        };
+        ok("cast", r)
+    }
+
+    /// `b` as a kernel reading type `dt` sees it.
+    fn view(&self, b: &DevBuf<D::Mem>, dt: DType) -> View<D::Mem> {
+        if b.dt == dt {
+            return View::Borrowed(self.p(&b.mem));
+        }
+        if b.dt == F32 {
+            let half = b.half.get_or_init(|| {
+                let h = self.alloc(b.n, DType::BF16);
+                self.cast(self.p(&h), DType::BF16, self.p(&b.mem), F32, b.n);
+                h
+            });
+            return View::Borrowed(self.p(half));
+        }
+        let tmp = self.alloc(b.n, F32);
+        let p = self.p(&tmp);
+        self.cast(p, F32, self.p(&b.mem), b.dt, b.n);
+        View::Temp(tmp, p)
+    }
+
+    /// `b` about to be written (or updated in place) by a kernel of type `dt`: converted (values kept) if
+    /// it is stored otherwise; its bf16 copy, now stale, is dropped.
+    fn target(&self, b: &mut DevBuf<D::Mem>, dt: DType) -> DevPtr {
+        b.half.take();
+        if b.dt != dt {
+            let m = self.alloc(b.n, dt);
+            self.cast(self.p(&m), dt, self.p(&b.mem), b.dt, b.n);
+            b.mem = m;
+            b.dt = dt;
+        }
+        self.p(&b.mem)
+    }
+
+    fn scratch(&self, bytes: usize) -> D::Mem {
+        ok("device allocation", self.dev.alloc(bytes))
+    }
+
+    fn upload_u32(&self, x: &[u32]) -> D::Mem {
+        let m = self.scratch(x.len() * 4);
+        ok("upload", self.dev.htod(self.p(&m), bytemuck::cast_slice(x)));
+        m
+    }
+}
+
+impl<D: Device> Backend for KernelBackend<D> {
+    type F = f32;
+    type Buf = DevBuf<D::Mem>;
+    type Ids = DevIds<D::Mem>;
+
+    fn name(&self) -> String {
+        match self.compute {
+            DType::F32 => format!("{}, f32", self.dev.name()),
+            DType::BF16 => format!("{}, bf16 compute / f32 master weights", self.dev.name()),
+        }
+    }
+
+    // ---- memory ----
+    fn zeros(&self, n: usize) -> Result<Self::Buf> {
+        Ok(DevBuf { n, dt: self.compute, mem: self.dev.alloc(n * self.compute.size())?, half: OnceLock::new() })
+    }
+    /// Host data is kept exactly: f32 storage (a bf16 copy is made when a bf16 kernel first reads it).
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
+        let mem = self.dev.alloc(data.len() * 4)?;
+        self.dev.htod(self.dev.ptr(&mem), bytemuck::cast_slice(data))?;
+        Ok(DevBuf { n: data.len(), dt: F32, mem, half: OnceLock::new() })
+    }
+    fn download(&self, buf: &Self::Buf) -> Vec<f32> {
+        match buf.dt {
+            DType::F32 => {
+                let mut v = vec![0f32; buf.n];
+                ok("download", self.dev.dtoh(bytemuck::cast_slice_mut(&mut v), self.p(&buf.mem)));
+                v
+            }
+            DType::BF16 => {
+                let mut v = vec![bf16::ZERO; buf.n];
+                ok("download", self.dev.dtoh(bytemuck::cast_slice_mut(&mut v), self.p(&buf.mem)));
+                v.iter().map(|x| x.to_f32()).collect()
+            }
+        }
+    }
+    fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids> {
+        Ok(DevIds { mem: self.upload_u32(ids), host: ids.to_vec() })
+    }
+    fn len(&self, buf: &Self::Buf) -> usize {
+        buf.n
+    }
+    fn fill_zero(&self, buf: &mut Self::Buf) {
+        buf.half.take();
+        ok("memset", self.dev.memset0(self.p(&buf.mem), buf.n * buf.dt.size()));
+    }
+    fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, n: usize) {
+        assert!(dst_off + n <= dst.n && src_off + n <= src.n, "copy of {n} elements out of bounds");
+        dst.half.take();
+        let d = self.p(&dst.mem) + (dst_off * dst.dt.size()) as u64;
+        let s = self.p(&src.mem) + (src_off * src.dt.size()) as u64;
+        self.cast(d, dst.dt, s, src.dt, n);
+    }
+
+    // ---- ops ----
+    fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Ids, wte: &Self::Buf, wpe: &Self::Buf, pos0: &[u32], t: usize, c: usize) {
+        let dt = out.dt;
+        let (vw, vp, pd) = (self.view(wte, dt), self.view(wpe, dt), self.upload_u32(pos0));
+        let o = self.target(out, dt);
+        ok("encoder_forward", kl::encoder_forward(self.l(), dt, o, self.p(&tokens.mem), vw.ptr(), vp.ptr(), self.p(&pd), pos0.len(), t, c));
+    }
+    fn encoder_backward(&self, dwte: &mut Self::Buf, dwpe: &mut Self::Buf, dout: &Self::Buf, tokens: &Self::Ids, pos0: &[u32], t: usize, c: usize) {
+        let dt = dwte.dt;
+        let plan = kl::EncoderPlan::new(&tokens.host[..pos0.len() * t]);
+        let (plan_d, pd, vd) = (self.upload_u32(&plan.data), self.upload_u32(pos0), self.view(dout, dt));
+        let (gw, gp) = (self.target(dwte, dt), self.target(dwpe, dt));
+        ok("encoder_backward", kl::encoder_backward(self.l(), dt, gw, gp, vd.ptr(), self.p(&plan_d), plan.buckets, self.p(&pd), pos0, t, c));
+    }
+    fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, b: &Self::Buf, c: usize) {
+        let (dt, n) = (out.dt, inp.n / c);
+        let (vi, vw, vb) = (self.view(inp, dt), self.view(w, dt), self.view(b, dt));
+        let (o, m, r) = (self.target(out, dt), self.target(mean, F32), self.target(rstd, F32));
+        ok("layernorm_forward", kl::layernorm_forward(self.l(), dt, o, m, r, vi.ptr(), vw.ptr(), vb.ptr(), n, c));
+    }
+    fn layernorm_backward(&self, dinp: &mut Self::Buf, dw: &mut Self::Buf, db: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, c: usize) {
+        let (dt, n) = (dinp.dt, inp.n / c);
+        let (vd, vi, vw) = (self.view(dout, dt), self.view(inp, dt), self.view(w, dt));
+        let (vm, vr) = (self.view(mean, F32), self.view(rstd, F32));
+        let s = self.scratch(kl::layernorm_backward_scratch_bytes(n, c));
+        let (gi, gw, gb) = (self.target(dinp, dt), self.target(dw, dt), self.target(db, dt));
+        ok("layernorm_backward", kl::layernorm_backward(self.l(), dt, gi, gw, gb, vd.ptr(), vi.ptr(), vw.ptr(), vm.ptr(), vr.ptr(), n, c, self.p(&s)));
+    }
+    fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, m: usize, n: usize, k: usize, ta: bool, tb: bool, accumulate: bool) {
+        let (va, vb) = (self.view(a, self.compute), self.view(b, self.compute));
+        let out_dt = out.dt;
+        let o = self.target(out, out_dt);
+        let g = Gemm::single(o, va.ptr(), vb.ptr(), m, n, k, ta, tb, self.compute, out_dt, if accumulate { 1.0 } else { 0.0 });
+        ok("matmul", self.dev.gemm(&g));
+    }
+    fn bias_add(&self, out: &mut Self::Buf, bias: &Self::Buf) {
+        let (dt, oc) = (out.dt, bias.n);
+        let vb = self.view(bias, dt);
+        let n = out.n / oc;
+        let o = self.target(out, dt);
+        ok("bias_add", kl::bias_add(self.l(), dt, o, vb.ptr(), n, oc));
+    }
+    fn bias_backward(&self, dbias: &mut Self::Buf, dout: &Self::Buf) {
+        let (dt, oc) = (dbias.dt, dbias.n);
+        let n = dout.n / oc;
+        let (vd, s) = (self.view(dout, dt), self.scratch(kl::bias_backward_scratch_bytes(n, oc)));
+        let g = self.target(dbias, dt);
+        ok("bias_backward", kl::bias_backward(self.l(), dt, g, vd.ptr(), n, oc, self.p(&s)));
+    }
+    fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf) {
+        let dt = out.dt;
+        let vi = self.view(inp, dt);
+        let o = self.target(out, dt);
+        ok("gelu_forward", kl::gelu_forward(self.l(), dt, o, vi.ptr(), inp.n));
+    }
+    fn gelu_backward(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf) {
+        let dt = dinp.dt;
+        let (vi, vd) = (self.view(inp, dt), self.view(dout, dt));
+        let g = self.target(dinp, dt);
+        ok("gelu_backward", kl::gelu_backward(self.l(), dt, g, vi.ptr(), vd.ptr(), inp.n));
+    }
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf) {
+        let dt = out.dt;
+        let (va, vb) = (self.view(a, dt), self.view(b, dt));
+        let o = self.target(out, dt);
+        ok("add", kl::add(self.l(), dt, o, va.ptr(), vb.ptr(), a.n));
+    }
+    fn accumulate(&self, dst: &mut Self::Buf, src: &Self::Buf) {
+        let dt = dst.dt;
+        let vs = self.view(src, dt);
+        let d = self.target(dst, dt);
+        ok("accumulate", kl::accumulate(self.l(), dt, d, vs.ptr(), src.n));
+    }
+    fn scale(&self, buf: &mut Self::Buf, s: f64) {
+        let (dt, n) = (buf.dt, buf.n);
+        let p = self.target(buf, dt);
+        ok("scale", kl::scale(self.l(), dt, p, s as f32, n));
+    }
+    fn attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q_src: &Self::Buf, kv: &Self::Buf, pos0: &[u32], b: usize, tq: usize, tk: usize, c: usize, nh: usize) {
+        let dt = out.dt;
+        let (vq, vkv, pd) = (self.view(q_src, dt), self.view(kv, dt), self.upload_u32(pos0));
+        let (o, l) = (self.target(out, dt), self.target(lse, F32));
+        ok("attention_forward", kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), self.p(&pd), b, tq, tk, c, nh));
+    }
+    fn attention_backward(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, b: usize, t: usize, c: usize, nh: usize) {
+        let dt = dqkv.dt;
+        let (vd, vq, vo, vl) = (self.view(dout, dt), self.view(qkv, dt), self.view(out, dt), self.view(lse, F32));
+        let s = self.scratch(kl::attention_backward_scratch_bytes(b, t, nh));
+        let g = self.target(dqkv, dt);
+        ok("attention_backward", kl::attention_backward(self.l(), dt, g, vd.ptr(), vq.ptr(), vo.ptr(), vl.ptr(), b, t, c, nh, self.p(&s)));
+    }
+    fn crossentropy(&self, losses: &mut Self::Buf, logits: &mut Self::Buf, targets: &Self::Ids, weights: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool) {
+        let (dt, n) = (logits.dt, losses.n);
+        let vw = self.view(weights, F32);
+        let (lo, lg) = (self.target(losses, F32), self.target(logits, dt));
+        ok("crossentropy", kl::crossentropy(self.l(), dt, lo, lg, self.p(&targets.mem), vw.ptr(), n, v, vp, inv_temp as f32, want_grad));
+    }
+    /// The parameter becomes (stays) f32 master weights. In mixed precision with a bf16 gradient the bf16
+    /// kernel updates the master and writes its rounding into the working copy in the same pass.
+    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamWParams) {
+        let n = param.n;
+        let (pm, pv) = (self.target(m, F32), self.target(v, F32));
+        if self.compute == DType::BF16 && grad.dt == DType::BF16 {
+            let half = param.half.take().unwrap_or_else(|| self.alloc(n, DType::BF16));
+            let master = self.target(param, F32);
+            ok("adamw", kl::adamw(self.l(), DType::BF16, self.p(&half), master, self.p(&grad.mem), pm, pv, n, h));
+            let _ = param.half.set(half);
+        } else {
+            let vg = self.view(grad, F32);
+            let master = self.target(param, F32);
+            ok("adamw", kl::adamw(self.l(), F32, master, 0, vg.ptr(), pm, pv, n, h));
+        }
+    }
+    fn sum_squares(&self, buf: &Self::Buf) -> f64 {
+        let s = self.scratch(kl::sum_squares_scratch_bytes(buf.n));
+        ok("sum_squares", kl::sum_squares(self.l(), buf.dt, self.p(&buf.mem), buf.n, self.p(&s)));
+        let mut out = [0u8; 8];
+        ok("download", self.dev.dtoh(&mut out, self.p(&s)));
+        f64::from_le_bytes(out)
+    }
+}
