@@ -13,8 +13,7 @@
 //!   cancel (layernorm and softmax backward subtract means): ~8 roundings' worth is the budget. Measured in
 //!   the simulator: at most 5.6e-3.
 //! - bf16 whole step: 6e-2. Two layers of the above compound in the backward (measured: 1.5e-2); still an
-//!   order of magnitude
-below what a broken kernel gives (0.3..1, or non-finite).
+//!   order of magnitude below what a broken kernel gives (0.3..1, or non-finite).
 
 use crate::backend::{Backend, Cpu};
 use crate::gradcheck::CheckResult;

@@ -44,6 +44,28 @@ fn device_cuda_without_a_gpu_fails_clearly_and_auto_runs_on_the_cpu() {
     let (ok, text) = rlhf(&["bench", "--preset", "tiny", "--vocab", "256", "--batch", "2", "--seq", "16", "--steps", "1", "--device", "auto", "--json"]);
     assert!(ok, "{text}");
     assert!(text.contains("\"device\": \"cpu"), "{text}");
+    let (ok, text) = rlhf(&["gradcheck", "--device", "cuda"]);
+    assert!(!ok && text.contains("--device cuda is not available"), "{text}");
+}
+
+/// The GPU commands' code, run on the simulated kernels: `gradcheck --device cuda-sim` (every kernel op
+/// and a training step, f32 and bf16, against the CPU engine) and the GPU benchmark report at tiny shapes.
+#[test]
+fn gradcheck_and_bench_on_the_simulated_kernels() {
+    let (ok, text) = rlhf(&["gradcheck", "--device", "cuda-sim"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("bf16 train step: every gradient") && text.contains("f32 attention backward (head size 64)"), "{text}");
+    let (ok, text) = rlhf(&["bench", "--device", "cuda-sim", "--json"]);
+    assert!(ok, "{text}");
+    let json = &text[text.find('{').unwrap()..=text.rfind('}').unwrap()];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let names: Vec<&str> = v["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    for k in ["layernorm_forward", "layernorm_backward", "gelu_forward", "crossentropy", "adamw", "encoder_forward"] {
+        assert!(names.contains(&k), "{k} missing from {names:?}");
+    }
+    let att = &v["attention"][0];
+    assert!(att["unfused_vs_fused_err"].as_f64().unwrap() < 2e-2, "unfused attention disagrees: {att}");
+    assert!(v["train_step"][0]["loss_first"].as_f64().unwrap().is_finite(), "{text}");
 }
 
 #[test]

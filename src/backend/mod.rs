@@ -59,6 +59,11 @@ pub trait Backend: Sync {
     fn crossentropy(&self, losses: &mut Self::Buf, logits: &mut Self::Buf, targets: &Self::Ids, weights: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool);
     fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamWParams);
     fn sum_squares(&self, buf: &Self::Buf) -> f64;
+    /// The sum of `sum_squares` over `bufs` (the global gradient norm squared); a device backend batches
+    /// the reductions so the host waits once.
+    fn sum_squares_all(&self, bufs: &[Self::Buf]) -> f64 {
+        bufs.iter().map(|b| self.sum_squares(b)).sum()
+    }
 
     // ---- composed ops: defaults a backend may replace with fused versions ----
 

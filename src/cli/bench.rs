@@ -1,12 +1,17 @@
-//! `rlhf bench`: time a full training step (forward + backward + AdamW) of a preset.
+//! `rlhf bench`: on the CPU, time a full training step (forward + backward + AdamW) of a preset; on
+//! `--device cuda`, the GPU report of `crate::kernels::bench` (ceilings, every memory-bound kernel,
+//! attention fused vs unfused, training steps at 8 and 16 x 1024 with MFU). `cuda-sim` runs that report's
+//! code at tiny shapes in the simulator (a smoke test: the times mean nothing).
 
-use crate::device::{self, DeviceArg};
+use crate::device::{self, Device, DeviceArg};
+use crate::kernels::bench::{self as kbench, BenchSizes};
+use crate::kernels::{CudaBackend, DType, SimBackend};
 use crate::model::Config;
 use anyhow::Result;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Model size: tiny, gpt2 (124M), gpt2-medium, gpt2-large, gpt2-xl.
+    /// Model size: tiny, gpt2 (124M), gpt2-medium, gpt2-large, gpt2-xl (CPU; the GPU report uses gpt2).
     #[arg(long, default_value = "gpt2")]
     pub preset: String,
     /// Sequences per step.
@@ -34,6 +39,20 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let cfg = Config::preset(&args.preset, args.vocab)?;
     let dev = device::select(args.device)?;
+    if dev != Device::Cpu {
+        let progress = |what: &str| eprintln!("bench: {what}");
+        let report = if dev == Device::Cuda {
+            kbench::run(&CudaBackend::cuda(0, DType::BF16)?, &BenchSizes::gpu(), progress)?
+        } else {
+            kbench::run(&SimBackend::mixed(), &BenchSizes::smoke(), progress)?
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", kbench::format(&report));
+        }
+        return Ok(());
+    }
     let r = crate::with_backend!(dev, |be| crate::bench::train_step(be, &args.preset, cfg, args.batch, args.seq, args.warmup, args.steps))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

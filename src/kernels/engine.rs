@@ -22,13 +22,17 @@ use crate::backend::Backend;
 use crate::ops::adamw::AdamWParams;
 use anyhow::Result;
 use half::bf16;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 pub struct KernelBackend<D: Device> {
     pub dev: D,
     /// Storage type of new buffers and input type of matrix products (see the module docs).
     pub compute: DType,
+    /// Recently used `pos0` arrays on the device: uploading them on every op would stall the stream.
+    positions: Mutex<Vec<(Vec<u32>, D::Mem)>>,
 }
+
+const POSITIONS_KEPT: usize = 16;
 
 /// The kernels in the CPU simulator.
 pub type SimBackend = KernelBackend<SimDevice>;
@@ -38,11 +42,11 @@ pub type CudaBackend = KernelBackend<CudaDevice>;
 impl SimBackend {
     /// f32 throughout.
     pub fn new() -> Self {
-        KernelBackend { dev: SimDevice::default(), compute: DType::F32 }
+        KernelBackend::with_device(SimDevice::default(), DType::F32)
     }
     /// Mixed precision (bf16 compute, f32 master weights).
     pub fn mixed() -> Self {
-        KernelBackend { dev: SimDevice::default(), compute: DType::BF16 }
+        KernelBackend::with_device(SimDevice::default(), DType::BF16)
     }
 }
 
@@ -55,7 +59,7 @@ impl Default for SimBackend {
 impl CudaBackend {
     /// GPU `ordinal` computing in `compute`; an error where no GPU is usable.
     pub fn cuda(ordinal: usize, compute: DType) -> Result<Self> {
-        Ok(KernelBackend { dev: CudaDevice::new(ordinal)?, compute })
+        Ok(KernelBackend::with_device(CudaDevice::new(ordinal)?, compute))
     }
 }
 
@@ -102,7 +106,23 @@ const F32: DType = DType::F32;
 
 impl<D: Device> KernelBackend<D> {
     pub fn with_device(dev: D, compute: DType) -> Self {
-        KernelBackend { dev, compute }
+        KernelBackend { dev, compute, positions: Mutex::new(Vec::new()) }
+    }
+
+    /// `pos0` on the device, from the cache of recent ones. (An evicted buffer is freed in stream order,
+    /// after the kernels that read it.)
+    fn positions(&self, pos0: &[u32]) -> DevPtr {
+        let mut cache = self.positions.lock().unwrap();
+        if let Some((_, m)) = cache.iter().find(|(p, _)| p == pos0) {
+            return self.p(m);
+        }
+        if cache.len() >= POSITIONS_KEPT {
+            cache.remove(0);
+        }
+        let m = self.upload_u32(pos0);
+        let p = self.p(&m);
+        cache.push((pos0.to_vec(), m));
+        p
     }
 
     fn l(&self) -> &dyn kl::Launcher {
@@ -227,16 +247,16 @@ impl<D: Device> Backend for KernelBackend<D> {
     // ---- ops ----
     fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Ids, wte: &Self::Buf, wpe: &Self::Buf, pos0: &[u32], t: usize, c: usize) {
         let dt = out.dt;
-        let (vw, vp, pd) = (self.view(wte, dt), self.view(wpe, dt), self.upload_u32(pos0));
+        let (vw, vp, pd) = (self.view(wte, dt), self.view(wpe, dt), self.positions(pos0));
         let o = self.target(out, dt);
-        ok("encoder_forward", kl::encoder_forward(self.l(), dt, o, self.p(&tokens.mem), vw.ptr(), vp.ptr(), self.p(&pd), pos0.len(), t, c));
+        ok("encoder_forward", kl::encoder_forward(self.l(), dt, o, self.p(&tokens.mem), vw.ptr(), vp.ptr(), pd, pos0.len(), t, c));
     }
     fn encoder_backward(&self, dwte: &mut Self::Buf, dwpe: &mut Self::Buf, dout: &Self::Buf, tokens: &Self::Ids, pos0: &[u32], t: usize, c: usize) {
         let dt = dwte.dt;
         let plan = kl::EncoderPlan::new(&tokens.host[..pos0.len() * t]);
-        let (plan_d, pd, vd) = (self.upload_u32(&plan.data), self.upload_u32(pos0), self.view(dout, dt));
+        let (plan_d, pd, vd) = (self.upload_u32(&plan.data), self.positions(pos0), self.view(dout, dt));
         let (gw, gp) = (self.target(dwte, dt), self.target(dwpe, dt));
-        ok("encoder_backward", kl::encoder_backward(self.l(), dt, gw, gp, vd.ptr(), self.p(&plan_d), plan.buckets, self.p(&pd), pos0, t, c));
+        ok("encoder_backward", kl::encoder_backward(self.l(), dt, gw, gp, vd.ptr(), self.p(&plan_d), plan.buckets, pd, pos0, t, c));
     }
     fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, b: &Self::Buf, c: usize) {
         let (dt, n) = (out.dt, inp.n / c);
@@ -304,9 +324,9 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
     fn attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q_src: &Self::Buf, kv: &Self::Buf, pos0: &[u32], b: usize, tq: usize, tk: usize, c: usize, nh: usize) {
         let dt = out.dt;
-        let (vq, vkv, pd) = (self.view(q_src, dt), self.view(kv, dt), self.upload_u32(pos0));
+        let (vq, vkv, pd) = (self.view(q_src, dt), self.view(kv, dt), self.positions(pos0));
         let (o, l) = (self.target(out, dt), self.target(lse, F32));
-        ok("attention_forward", kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), self.p(&pd), b, tq, tk, c, nh));
+        ok("attention_forward", kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh));
     }
     fn attention_backward(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, b: usize, t: usize, c: usize, nh: usize) {
         let dt = dqkv.dt;
@@ -338,10 +358,19 @@ impl<D: Device> Backend for KernelBackend<D> {
         }
     }
     fn sum_squares(&self, buf: &Self::Buf) -> f64 {
-        let s = self.scratch(kl::sum_squares_scratch_bytes(buf.n));
-        ok("sum_squares", kl::sum_squares(self.l(), buf.dt, self.p(&buf.mem), buf.n, self.p(&s)));
-        let mut out = [0u8; 8];
-        ok("download", self.dev.dtoh(&mut out, self.p(&s)));
-        f64::from_le_bytes(out)
+        self.sum_squares_all(std::slice::from_ref(buf))
+    }
+    /// Every reduction queued into one scratch buffer, then one download (one wait for the stream).
+    fn sum_squares_all(&self, bufs: &[Self::Buf]) -> f64 {
+        let offsets: Vec<usize> = bufs.iter().scan(0, |off, b| Some(std::mem::replace(off, *off + kl::sum_squares_scratch_bytes(b.n)))).collect();
+        let total = bufs.last().map_or(0, |b| offsets[bufs.len() - 1] + kl::sum_squares_scratch_bytes(b.n));
+        let s = self.scratch(total);
+        let base = self.p(&s);
+        for (b, &off) in bufs.iter().zip(&offsets) {
+            ok("sum_squares", kl::sum_squares(self.l(), b.dt, self.p(&b.mem), b.n, base + off as u64));
+        }
+        let mut host = vec![0f64; total / 8];
+        ok("download", self.dev.dtoh(bytemuck::cast_slice_mut(&mut host), base));
+        offsets.iter().map(|&off| host[off / 8]).sum()
     }
 }

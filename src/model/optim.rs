@@ -38,7 +38,7 @@ impl<B: Backend> AdamW<B> {
 
     /// The global L2 norm of the gradients.
     pub fn grad_norm(be: &B, grads: &Tensors<B>) -> f64 {
-        grads.bufs.iter().map(|g| be.sum_squares(g)).sum::<f64>().sqrt()
+        be.sum_squares_all(&grads.bufs).sqrt()
     }
 
     /// One update at learning rate `lr`; returns the gradient norm before clipping.

@@ -1,0 +1,330 @@
+//! `rlhf bench --device cuda`: the kernels against the machine's own ceilings, measured in the same run.
+//!
+//! - Ceilings: copy bandwidth (a device-to-device copy: bytes read + written per second) and the bf16
+//!   tensor-core rate (one large cuBLASLt product).
+//! - Memory-bound kernels (bf16, GPT-2 124M shapes at B x T): GB/s from the bytes each must move at least
+//!   (every input read once, every output written once), and that as a fraction of the copy ceiling.
+//! - Attention (B x NH x T x 64, causal): the fused kernels' TFLOP/s, and the forward against the unfused
+//!   route through cuBLAS (permute, Q K^T, causal softmax, P V, unpermute). FLOPs count only the causal
+//!   half: forward 2 B NH T^2 hs (two products of 2 T^2 hs, halved), forward + backward 3.5x that.
+//! - The whole training step (mixed precision) in tokens/s and MFU: 6N + 6LCT FLOPs per token over the
+//!   GPU's bf16 dense peak where the GPU is known, else over the measured GEMM ceiling.
+//!
+//! Written over [`Device`], so the same code runs in the simulator (tiny shapes, meaningless times) in tests.
+
+use super::device::{Device, Gemm};
+use super::engine::KernelBackend;
+use super::launch::{self as kl, DType, DevPtr};
+use crate::model::Config;
+use crate::ops::adamw::AdamWParams;
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchSizes {
+    /// Model whose shapes the kernels run at and whose training step is timed.
+    pub preset: String,
+    pub vocab: usize,
+    /// Rows (B x T) of the memory-bound kernels: batch, seq.
+    pub batch: usize,
+    pub seq: usize,
+    /// Training steps to time: (batch, seq).
+    pub steps: Vec<(usize, usize)>,
+    pub copy_bytes: usize,
+    pub gemm_dim: usize,
+    /// Timed repetitions per kernel (after one warm-up).
+    pub iters: usize,
+    pub warmup_steps: usize,
+    pub train_steps: usize,
+}
+
+impl BenchSizes {
+    /// GPT-2 124M at 8 x 1024 (the shapes), training steps at 8 and 16 x 1024.
+    pub fn gpu() -> Self {
+        BenchSizes { preset: "gpt2".into(), vocab: Config::GPT2_VOCAB, batch: 8, seq: 1024, steps: vec![(8, 1024), (16, 1024)], copy_bytes: 1 << 30, gemm_dim: 8192, iters: 20, warmup_steps: 2, train_steps: 10 }
+    }
+    /// Tiny shapes for the simulator: checks the code path, not the speed.
+    pub fn smoke() -> Self {
+        BenchSizes { preset: "tiny".into(), vocab: 300, batch: 1, seq: 64, steps: vec![(1, 32)], copy_bytes: 1 << 16, gemm_dim: 64, iters: 1, warmup_steps: 0, train_steps: 1 }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ceilings {
+    pub copy_gbps: f64,
+    pub gemm_bf16_tflops: f64,
+    pub gemm_shape: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelRow {
+    pub name: String,
+    pub dtype: String,
+    pub shape: String,
+    pub ms: f64,
+    pub bytes: u64,
+    pub gbps: f64,
+    pub frac_copy: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttentionRow {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub hs: usize,
+    pub fused_fwd_ms: f64,
+    pub fused_fwd_bwd_ms: f64,
+    pub unfused_fwd_ms: f64,
+    pub fused_fwd_tflops: f64,
+    pub fused_fwd_bwd_tflops: f64,
+    pub speedup_fwd_vs_unfused: f64,
+    /// max|unfused - fused| / max|fused| over the outputs: both routes compute the same attention.
+    pub unfused_vs_fused_err: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepRow {
+    pub batch: usize,
+    pub seq: usize,
+    pub median_ms: f64,
+    pub tokens_per_s: f64,
+    pub tflops: f64,
+    /// Over the datasheet bf16 dense peak (`peak_tflops`), or the measured GEMM ceiling when unknown.
+    pub mfu: f64,
+    pub peak_tflops: f64,
+    pub loss_first: f64,
+    pub loss_last: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub device: String,
+    pub ceilings: Ceilings,
+    pub kernels: Vec<KernelRow>,
+    pub attention: Vec<AttentionRow>,
+    pub train_step: Vec<StepRow>,
+}
+
+/// Published bf16 dense tensor-core peaks (TFLOP/s) of the GPUs this is run on, by name.
+fn datasheet_peak(name: &str) -> Option<f64> {
+    [("H200", 989.4), ("H100 SXM", 989.4), ("H100 80GB HBM3", 989.4), ("H100 PCIe", 756.0), ("A100", 312.0)].iter().find(|(k, _)| name.contains(k)).map(|&(_, v)| v)
+}
+
+/// Mean seconds per call of `f` over `iters` calls after one warm-up call.
+fn time<D: Device>(dev: &D, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    dev.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64() / iters as f64)
+}
+
+/// Device memory filled with small random values of type `dt` (so no kernel sees NaN or overflow).
+struct Rand<M> {
+    _mem: M,
+    ptr: DevPtr,
+}
+
+fn rand<D: Device>(dev: &D, n: usize, dt: DType, seed: u64) -> Result<Rand<D::Mem>> {
+    let mut rng = crate::rng::Rng::new(seed);
+    let host: Vec<f32> = (0..n).map(|_| (rng.uniform() as f32 - 0.5) * 0.5).collect();
+    let mem = dev.alloc(n * dt.size())?;
+    let ptr = dev.ptr(&mem);
+    match dt {
+        DType::F32 => dev.htod(ptr, bytemuck::cast_slice(&host))?,
+        DType::BF16 => dev.htod(ptr, bytemuck::cast_slice(&host.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>()))?,
+    }
+    Ok(Rand { _mem: mem, ptr })
+}
+
+fn download_bf16<D: Device>(dev: &D, p: DevPtr, n: usize) -> Result<Vec<f32>> {
+    let mut h = vec![half::bf16::ZERO; n];
+    dev.dtoh(bytemuck::cast_slice_mut(&mut h), p)?;
+    Ok(h.iter().map(|x| x.to_f32()).collect())
+}
+
+fn ceilings<D: Device>(dev: &D, s: &BenchSizes) -> Result<Ceilings> {
+    let (src, dst) = (dev.alloc(s.copy_bytes)?, dev.alloc(s.copy_bytes)?);
+    let (ps, pd) = (dev.ptr(&src), dev.ptr(&dst));
+    let t = time(dev, s.iters, || dev.dtod(pd, ps, s.copy_bytes))?;
+    let d = s.gemm_dim;
+    let (a, b, c) = (rand(dev, d * d, DType::BF16, 1)?, rand(dev, d * d, DType::BF16, 2)?, dev.alloc(d * d * 2)?);
+    let g = Gemm::single(dev.ptr(&c), a.ptr, b.ptr, d, d, d, false, false, DType::BF16, DType::BF16, 0.0);
+    let tg = time(dev, s.iters, || dev.gemm(&g))?;
+    Ok(Ceilings { copy_gbps: 2.0 * s.copy_bytes as f64 / t / 1e9, gemm_bf16_tflops: g.flops() / tg / 1e12, gemm_shape: format!("{d}x{d}x{d} bf16") })
+}
+
+/// The memory-bound kernels at the model's shapes, bf16.
+fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64) -> Result<Vec<KernelRow>> {
+    let l = dev.launcher();
+    let bf = DType::BF16;
+    let (n, c, vp) = (s.batch * s.seq, cfg.n_embd, cfg.padded_vocab());
+    let nc = n * c;
+    let shape = format!("{}x{}x{c}", s.batch, s.seq);
+    let mut rows = Vec::new();
+    let mut row = |name: &str, shape: &str, bytes: usize, secs: f64| {
+        let gbps = bytes as f64 / secs / 1e9;
+        rows.push(KernelRow { name: name.into(), dtype: "bf16".into(), shape: shape.into(), ms: secs * 1e3, bytes: bytes as u64, gbps, frac_copy: gbps / copy_gbps });
+    };
+    let (x, y, dy, out) = (rand(dev, 4 * nc, bf, 3)?, rand(dev, 4 * nc, bf, 4)?, rand(dev, 4 * nc, bf, 5)?, dev.alloc(4 * nc * 2)?);
+    let (w, b) = (rand(dev, 4 * c, bf, 6)?, rand(dev, 4 * c, bf, 7)?);
+    let (mean, rstd, po) = (dev.alloc(n * 4)?, dev.alloc(n * 4)?, dev.ptr(&out));
+    let (pm, pr) = (dev.ptr(&mean), dev.ptr(&rstd));
+
+    let t = time(dev, s.iters, || kl::layernorm_forward(l, bf, po, pm, pr, x.ptr, w.ptr, b.ptr, n, c))?;
+    row("layernorm_forward", &shape, 2 * nc * 2 + 8 * n, t);
+    let res = dev.alloc(nc * 2)?;
+    let t = time(dev, s.iters, || kl::residual_layernorm_forward(l, bf, dev.ptr(&res), po, pm, pr, x.ptr, y.ptr, w.ptr, b.ptr, n, c))?;
+    row("residual_layernorm_forward", &shape, 4 * nc * 2 + 8 * n, t);
+    let (dw, db, scratch) = (dev.alloc(c * 2)?, dev.alloc(c * 2)?, dev.alloc(kl::layernorm_backward_scratch_bytes(n, c))?);
+    let t = time(dev, s.iters, || kl::layernorm_backward(l, bf, po, dev.ptr(&dw), dev.ptr(&db), dy.ptr, x.ptr, w.ptr, pm, pr, n, c, dev.ptr(&scratch)))?;
+    row("layernorm_backward", &shape, 4 * nc * 2 + 8 * n, t);
+    let shape4 = format!("{}x{}x{}", s.batch, s.seq, 4 * c);
+    let t = time(dev, s.iters, || kl::gelu_forward(l, bf, po, x.ptr, 4 * nc))?;
+    row("gelu_forward", &shape4, 2 * 4 * nc * 2, t);
+    let t = time(dev, s.iters, || kl::gelu_backward(l, bf, po, x.ptr, dy.ptr, 4 * nc))?;
+    row("gelu_backward", &shape4, 3 * 4 * nc * 2, t);
+    let t = time(dev, s.iters, || kl::add(l, bf, po, x.ptr, y.ptr, nc))?;
+    row("add", &shape, 3 * nc * 2, t);
+    let (dbias, bscratch) = (dev.alloc(4 * c * 2)?, dev.alloc(kl::bias_backward_scratch_bytes(n, 4 * c))?);
+    let t = time(dev, s.iters, || kl::bias_backward(l, bf, dev.ptr(&dbias), dy.ptr, n, 4 * c, dev.ptr(&bscratch)))?;
+    row("bias_backward", &shape4, 4 * nc * 2, t);
+    drop((x, y, dy, out, res));
+
+    // token + position embedding: the gathered rows are read once each
+    let mut rng = crate::rng::Rng::new(8);
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let tok = dev.alloc(n * 4)?;
+    dev.htod(dev.ptr(&tok), bytemuck::cast_slice(&tokens))?;
+    let pos0 = dev.alloc(s.batch * 4)?;
+    let (wte, wpe, enc) = (rand(dev, vp * c, bf, 9)?, rand(dev, cfg.n_positions * c, bf, 10)?, dev.alloc(nc * 2)?);
+    let t = time(dev, s.iters, || kl::encoder_forward(l, bf, dev.ptr(&enc), dev.ptr(&tok), wte.ptr, wpe.ptr, dev.ptr(&pos0), s.batch, s.seq, c))?;
+    row("encoder_forward", &shape, 3 * nc * 2 + 4 * n, t);
+    drop((wte, wpe, enc));
+
+    // fused softmax-cross-entropy, forward and backward: logits read once, dlogits written in place
+    let logits = rand(dev, n * vp, bf, 11)?;
+    let weights = dev.alloc(n * 4)?;
+    let losses = dev.alloc(n * 4)?;
+    let t = time(dev, s.iters, || {
+        // each run overwrites the logits with their gradient; rerunning on gradients moves the same bytes
+        kl::crossentropy(l, bf, dev.ptr(&losses), logits.ptr, dev.ptr(&tok), dev.ptr(&weights), n, cfg.vocab_size, vp, 1.0, true)
+    })?;
+    row("crossentropy", &format!("{n}x{vp}"), 2 * n * vp * 2 + 12 * n, t);
+    drop(logits);
+
+    // AdamW over every parameter: bf16 param and grad, f32 master, m, v (read and written)
+    let np = cfg.num_params();
+    let (param, grad) = (dev.alloc(np * 2)?, rand(dev, np, bf, 12)?);
+    let (master, m, v) = (rand(dev, np, DType::F32, 13)?, dev.alloc(np * 4)?, dev.alloc(np * 4)?);
+    let h = AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
+    let t = time(dev, s.iters, || kl::adamw(l, bf, dev.ptr(&param), master.ptr, grad.ptr, dev.ptr(&m), dev.ptr(&v), np, &h))?;
+    row("adamw", &format!("{np}"), np * (2 + 2 + 3 * 8), t);
+    Ok(rows)
+}
+
+fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<AttentionRow> {
+    let l = dev.launcher();
+    let bf = DType::BF16;
+    let (b, t, c, nh) = (s.batch, s.seq, cfg.n_embd, cfg.n_head);
+    let hs = c / nh;
+    let (qkv, dout) = (rand(dev, b * t * 3 * c, bf, 20)?, rand(dev, b * t * c, bf, 21)?);
+    let (out, lse, dqkv) = (dev.alloc(b * t * c * 2)?, dev.alloc(b * nh * t * 4)?, dev.alloc(b * t * 3 * c * 2)?);
+    let pos0 = dev.alloc(b * 4)?;
+    let (po, pl) = (dev.ptr(&out), dev.ptr(&lse));
+    let fwd = || kl::attention_forward(l, bf, po, pl, qkv.ptr, qkv.ptr, dev.ptr(&pos0), b, t, t, c, nh);
+    let t_fwd = time(dev, s.iters, fwd)?;
+    let scratch = dev.alloc(kl::attention_backward_scratch_bytes(b, t, nh))?;
+    let t_both = time(dev, s.iters, || {
+        fwd()?;
+        kl::attention_backward(l, bf, dev.ptr(&dqkv), dout.ptr, qkv.ptr, po, pl, b, t, c, nh, dev.ptr(&scratch))
+    })?;
+    // unfused: q, k, v [B*NH, T, hs]; S = q k^T [B*NH, T, T]; P = causal softmax(S / sqrt(hs)); y = P v
+    let (q, k, v, y, out2) = (dev.alloc(b * t * c * 2)?, dev.alloc(b * t * c * 2)?, dev.alloc(b * t * c * 2)?, dev.alloc(b * t * c * 2)?, dev.alloc(b * t * c * 2)?);
+    let sbuf = dev.alloc(b * nh * t * t * 2)?;
+    let (pq, pk, pv, py, ps) = (dev.ptr(&q), dev.ptr(&k), dev.ptr(&v), dev.ptr(&y), dev.ptr(&sbuf));
+    let bh = b * nh;
+    let scores = Gemm { m: t, n: t, k: hs, ta: false, tb: true, a: pq, b: pk, out: ps, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * hs, stride_b: t * hs, stride_out: t * t };
+    let values = Gemm { m: t, n: hs, k: t, ta: false, tb: false, a: ps, b: pv, out: py, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * t, stride_b: t * hs, stride_out: t * hs };
+    let t_unf = time(dev, s.iters, || {
+        kl::attention_permute(l, bf, pq, pk, pv, qkv.ptr, b, t, nh, hs)?;
+        dev.gemm(&scores)?;
+        kl::softmax_causal(l, bf, ps, ps, bh, t, 1.0 / (hs as f32).sqrt())?;
+        dev.gemm(&values)?;
+        kl::attention_unpermute(l, bf, dev.ptr(&out2), py, b, t, nh, hs)
+    })?;
+    fwd()?;
+    let (fused, unfused) = (download_bf16(dev, po, b * t * c)?, download_bf16(dev, dev.ptr(&out2), b * t * c)?);
+    let scale = fused.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
+    let err = fused.iter().zip(&unfused).fold(0f32, |m, (a, b)| if b.is_finite() { m.max((a - b).abs()) } else { f32::INFINITY }) / scale;
+    let flops = 2.0 * (b * nh * t * t * hs) as f64;
+    Ok(AttentionRow {
+        b,
+        t,
+        nh,
+        hs,
+        fused_fwd_ms: t_fwd * 1e3,
+        fused_fwd_bwd_ms: t_both * 1e3,
+        unfused_fwd_ms: t_unf * 1e3,
+        fused_fwd_tflops: flops / t_fwd / 1e12,
+        fused_fwd_bwd_tflops: 3.5 * flops / t_both / 1e12,
+        speedup_fwd_vs_unfused: t_unf / t_fwd,
+        unfused_vs_fused_err: err as f64,
+    })
+}
+
+/// Everything above, then the training steps on `be` (mixed precision).
+pub fn run<D: Device>(be: &KernelBackend<D>, s: &BenchSizes, progress: impl Fn(&str)) -> Result<Report> {
+    let dev = &be.dev;
+    let cfg = Config::preset(&s.preset, s.vocab)?;
+    progress("ceilings (copy, bf16 GEMM)");
+    let ceilings = ceilings(dev, s)?;
+    progress("memory-bound kernels");
+    let kernels = memory_bound(dev, s, &cfg, ceilings.copy_gbps)?;
+    progress("attention, fused and unfused");
+    let attention = vec![attention(dev, s, &cfg)?];
+    let name = dev.name();
+    let (peak, known) = match datasheet_peak(&name) {
+        Some(p) => (p, true),
+        None => (ceilings.gemm_bf16_tflops, false),
+    };
+    let mut train_step = Vec::new();
+    for &(batch, seq) in &s.steps {
+        progress(&format!("training step {batch} x {seq}"));
+        let r = crate::bench::train_step(be, &s.preset, cfg, batch, seq, s.warmup_steps, s.train_steps)?;
+        let tflops = r.gflops_per_s / 1e3;
+        train_step.push(StepRow { batch, seq, median_ms: r.median_ms, tokens_per_s: r.tokens_per_s, tflops, mfu: tflops / peak, peak_tflops: peak, loss_first: r.loss_first, loss_last: r.loss_last });
+    }
+    let device = if known { name } else { format!("{name} (peak unknown: MFU is over the measured GEMM ceiling)") };
+    Ok(Report { device, ceilings, kernels, attention, train_step })
+}
+
+/// The text report.
+pub fn format(r: &Report) -> String {
+    let mut s = format!("device: {}\n", r.device);
+    s += &format!("ceilings: copy {:.0} GB/s; bf16 GEMM {:.1} TFLOP/s ({})\n\n", r.ceilings.copy_gbps, r.ceilings.gemm_bf16_tflops, r.ceilings.gemm_shape);
+    s += &format!("{:<28} {:<18} {:>10} {:>10} {:>8}\n", "kernel (bf16)", "shape", "ms", "GB/s", "of copy");
+    for k in &r.kernels {
+        s += &format!("{:<28} {:<18} {:>10.4} {:>10.0} {:>7.0}%\n", k.name, k.shape, k.ms, k.gbps, 100.0 * k.frac_copy);
+    }
+    for a in &r.attention {
+        s += &format!(
+            "\nattention B{} T{} NH{} hs{}: fused fwd {:.3} ms ({:.0} TFLOP/s), fwd+bwd {:.3} ms ({:.0} TFLOP/s); unfused cuBLAS fwd {:.3} ms: fused is {:.2}x (outputs agree to {:.1e})\n",
+            a.b, a.t, a.nh, a.hs, a.fused_fwd_ms, a.fused_fwd_tflops, a.fused_fwd_bwd_ms, a.fused_fwd_bwd_tflops, a.unfused_fwd_ms, a.speedup_fwd_vs_unfused, a.unfused_vs_fused_err
+        );
+    }
+    s += "\n";
+    for t in &r.train_step {
+        s += &format!(
+            "training step {} x {}: {:.1} ms, {:.0} tokens/s, {:.1} TFLOP/s, MFU {:.1}% of {:.0} TFLOP/s (loss {:.3} -> {:.3})\n",
+            t.batch, t.seq, t.median_ms, t.tokens_per_s, t.tflops, 100.0 * t.mfu, t.peak_tflops, t.loss_first, t.loss_last
+        );
+    }
+    s
+}
