@@ -5,15 +5,14 @@
 #                                       # test binaries; copies them (debug info stripped) into .gpu/
 #   tools/gpu-check.sh run [OUT_DIR]    # there: GPU tests, gradcheck, bench, the PyTorch reference, the table
 #
-# Use: run `tools/gpu-check.sh build` here, then on the GPU machine, with `.gpu` carried along with the working
-# tree (carry [".gpu"]), run `bash tools/gpu-check.sh run "$OUT"` with a time limit of about 420 s, so that a
-# second try fits in a 15-minute allowance. Each step has its own limit: kernels_gpu 60 s, engine_cuda 60 s,
+# Use: run `tools/gpu-check.sh build` here, copy the working tree with `.gpu/` to the GPU machine, and run
+# `bash tools/gpu-check.sh run "$OUT"` there with a time limit of about 420 s. Each step has its own limit: kernels_gpu 60 s, engine_cuda 60 s,
 # gradcheck 60 s, bench 90 s, torch 180 s (the PyTorch script keeps to 170 s itself: it skips a training batch
 # size that would not fit and still prints its JSON), table 15 s; and the whole run stops itself after
 # GPU_CHECK_DEADLINE_S seconds (default 380: a step's limit is cut to what is left). Most of the steps should
 # finish well inside their limits (the PyTorch training steps compile twice, about a minute each).
 #
-# What comes back from OUT_DIR (8 files, the most such a machine returns): env.log (nvidia-smi, how libcuda and
+# What it writes to OUT_DIR (8 files): env.log (nvidia-smi, how libcuda and
 # cuBLASLt were found), tests.log (both test binaries), gradcheck.log, bench.log (stderr of `rlhf bench`),
 # rlhf_bench.json, torch.log (progress of the PyTorch reference), torch.json, table.txt (the comparison table,
 # then one summary line per step). The run exits nonzero when any step failed; every step runs regardless.
@@ -115,7 +114,7 @@ build() {
   (( gpu_bytes + ${tree_bytes:-0} < 64 * 1048576 )) || echo "gpu-check: WARNING: over 64 MiB, the run would be refused" >&2
   cat "$GPU_DIR/build-info.txt"
   echo
-  echo "gpu-check: ready. On the GPU machine: carry [\".gpu\"], command: bash tools/gpu-check.sh run \"\$OUT\", timeout about 420 s"
+  echo "gpu-check: ready. Copy the tree with .gpu/ to the GPU machine and run there: bash tools/gpu-check.sh run OUT_DIR (about 420 s at most)"
 }
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -280,7 +279,7 @@ run() {
   out="$(cd "$out" && pwd)"
   export PYTHONUNBUFFERED=1
   [[ -x "$GPU_DIR/rlhf" ]] || chmod +x "$GPU_DIR"/* 2>/dev/null
-  [[ -x "$GPU_DIR/rlhf" ]] || die "no .gpu/rlhf: run 'tools/gpu-check.sh build' first and carry .gpu"
+  [[ -x "$GPU_DIR/rlhf" ]] || die "no .gpu/rlhf: run 'tools/gpu-check.sh build' first and copy .gpu/ along"
   local kgpu keng
   kgpu="$(ls -t "$GPU_DIR"/kernels_gpu-* 2>/dev/null | head -n 1)"
   keng="$(ls -t "$GPU_DIR"/kernels_engine_sim-* 2>/dev/null | head -n 1)"
