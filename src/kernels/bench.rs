@@ -113,13 +113,14 @@ fn datasheet_peak(name: &str) -> Option<f64> {
     [("H200", 989.4), ("H100 SXM", 989.4), ("H100 80GB HBM3", 989.4), ("H100 PCIe", 756.0), ("A100", 312.0)].iter().find(|(k, _)| name.contains(k)).map(|&(_, v)| v)
 }
 
-/// Mean seconds per call of `f` over `iters` calls after one warm-up call.
-fn time<D: Device>(dev: &D, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
+/// Mean seconds per call of `f` over `iters` calls after one warm-up call; `f` gets the call's index
+/// (kernels whose data would fit in L2 rotate over several slices with it, so every call reads DRAM).
+fn time<D: Device>(dev: &D, iters: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    f(iters)?;
     dev.synchronize()?;
     let t0 = Instant::now();
-    for _ in 0..iters {
-        f()?;
+    for i in 0..iters {
+        f(i)?;
     }
     dev.synchronize()?;
     Ok(t0.elapsed().as_secs_f64() / iters as f64)
@@ -152,11 +153,11 @@ fn download_bf16<D: Device>(dev: &D, p: DevPtr, n: usize) -> Result<Vec<f32>> {
 fn ceilings<D: Device>(dev: &D, s: &BenchSizes) -> Result<Ceilings> {
     let (src, dst) = (dev.alloc(s.copy_bytes)?, dev.alloc(s.copy_bytes)?);
     let (ps, pd) = (dev.ptr(&src), dev.ptr(&dst));
-    let t = time(dev, s.iters, || dev.dtod(pd, ps, s.copy_bytes))?;
+    let t = time(dev, s.iters, |_| dev.dtod(pd, ps, s.copy_bytes))?;
     let d = s.gemm_dim;
     let (a, b, c) = (rand(dev, d * d, DType::BF16, 1)?, rand(dev, d * d, DType::BF16, 2)?, dev.alloc(d * d * 2)?);
     let g = Gemm::single(dev.ptr(&c), a.ptr, b.ptr, d, d, d, false, false, DType::BF16, DType::BF16, 0.0);
-    let tg = time(dev, s.iters, || dev.gemm(&g))?;
+    let tg = time(dev, s.iters, |_| dev.gemm(&g))?;
     Ok(Ceilings { copy_gbps: 2.0 * s.copy_bytes as f64 / t / 1e9, gemm_bf16_tflops: g.flops() / tg / 1e12, gemm_shape: format!("{d}x{d}x{d} bf16") })
 }
 
@@ -176,24 +177,26 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let (w, b) = (rand(dev, 4 * c, bf, 6)?, rand(dev, 4 * c, bf, 7)?);
     let (mean, rstd, po) = (dev.alloc(n * 4)?, dev.alloc(n * 4)?, dev.ptr(&out));
     let (pm, pr) = (dev.ptr(&mean), dev.ptr(&rstd));
+    // [N,C] operands: slice i % 4 of the [4N,C] buffers (4 x (in + out) is twice an H100/H200's 50 MB L2)
+    let sl = |p: DevPtr, i: usize| p + ((i % 4) * nc * 2) as u64;
 
-    let t = time(dev, s.iters, || kl::layernorm_forward(l, bf, po, pm, pr, x.ptr, w.ptr, b.ptr, n, c))?;
+    let t = time(dev, s.iters, |i| kl::layernorm_forward(l, bf, sl(po, i), pm, pr, sl(x.ptr, i), w.ptr, b.ptr, n, c))?;
     row("layernorm_forward", &shape, 2 * nc * 2 + 8 * n, t);
-    let res = dev.alloc(nc * 2)?;
-    let t = time(dev, s.iters, || kl::residual_layernorm_forward(l, bf, dev.ptr(&res), po, pm, pr, x.ptr, y.ptr, w.ptr, b.ptr, n, c))?;
+    let res = dev.alloc(4 * nc * 2)?;
+    let t = time(dev, s.iters, |i| kl::residual_layernorm_forward(l, bf, sl(dev.ptr(&res), i), sl(po, i), pm, pr, sl(x.ptr, i), sl(y.ptr, i), w.ptr, b.ptr, n, c))?;
     row("residual_layernorm_forward", &shape, 4 * nc * 2 + 8 * n, t);
     let (dw, db, scratch) = (dev.alloc(c * 2)?, dev.alloc(c * 2)?, dev.alloc(kl::layernorm_backward_scratch_bytes(n, c))?);
-    let t = time(dev, s.iters, || kl::layernorm_backward(l, bf, po, dev.ptr(&dw), dev.ptr(&db), dy.ptr, x.ptr, w.ptr, pm, pr, n, c, dev.ptr(&scratch)))?;
+    let t = time(dev, s.iters, |i| kl::layernorm_backward(l, bf, sl(po, i), dev.ptr(&dw), dev.ptr(&db), sl(dy.ptr, i), sl(x.ptr, i), w.ptr, pm, pr, n, c, dev.ptr(&scratch)))?;
     row("layernorm_backward", &shape, 4 * nc * 2 + 8 * n, t);
     let shape4 = format!("{}x{}x{}", s.batch, s.seq, 4 * c);
-    let t = time(dev, s.iters, || kl::gelu_forward(l, bf, po, x.ptr, 4 * nc))?;
+    let t = time(dev, s.iters, |_| kl::gelu_forward(l, bf, po, x.ptr, 4 * nc))?;
     row("gelu_forward", &shape4, 2 * 4 * nc * 2, t);
-    let t = time(dev, s.iters, || kl::gelu_backward(l, bf, po, x.ptr, dy.ptr, 4 * nc))?;
+    let t = time(dev, s.iters, |_| kl::gelu_backward(l, bf, po, x.ptr, dy.ptr, 4 * nc))?;
     row("gelu_backward", &shape4, 3 * 4 * nc * 2, t);
-    let t = time(dev, s.iters, || kl::add(l, bf, po, x.ptr, y.ptr, nc))?;
+    let t = time(dev, s.iters, |i| kl::add(l, bf, sl(po, i), sl(x.ptr, i), sl(y.ptr, i), nc))?;
     row("add", &shape, 3 * nc * 2, t);
     let (dbias, bscratch) = (dev.alloc(4 * c * 2)?, dev.alloc(kl::bias_backward_scratch_bytes(n, 4 * c))?);
-    let t = time(dev, s.iters, || kl::bias_backward(l, bf, dev.ptr(&dbias), dy.ptr, n, 4 * c, dev.ptr(&bscratch)))?;
+    let t = time(dev, s.iters, |_| kl::bias_backward(l, bf, dev.ptr(&dbias), dy.ptr, n, 4 * c, dev.ptr(&bscratch)))?;
     row("bias_backward", &shape4, 4 * nc * 2, t);
     drop((x, y, dy, out, res));
 
@@ -204,7 +207,7 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     dev.htod(dev.ptr(&tok), bytemuck::cast_slice(&tokens))?;
     let pos0 = dev.alloc(s.batch * 4)?;
     let (wte, wpe, enc) = (rand(dev, vp * c, bf, 9)?, rand(dev, cfg.n_positions * c, bf, 10)?, dev.alloc(nc * 2)?);
-    let t = time(dev, s.iters, || kl::encoder_forward(l, bf, dev.ptr(&enc), dev.ptr(&tok), wte.ptr, wpe.ptr, dev.ptr(&pos0), s.batch, s.seq, c))?;
+    let t = time(dev, s.iters, |_| kl::encoder_forward(l, bf, dev.ptr(&enc), dev.ptr(&tok), wte.ptr, wpe.ptr, dev.ptr(&pos0), s.batch, s.seq, c))?;
     row("encoder_forward", &shape, 3 * nc * 2 + 4 * n, t);
     drop((wte, wpe, enc));
 
@@ -212,7 +215,7 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let logits = rand(dev, n * vp, bf, 11)?;
     let weights = dev.alloc(n * 4)?;
     let losses = dev.alloc(n * 4)?;
-    let t = time(dev, s.iters, || {
+    let t = time(dev, s.iters, |_| {
         // each run overwrites the logits with their gradient; rerunning on gradients moves the same bytes
         kl::crossentropy(l, bf, dev.ptr(&losses), logits.ptr, dev.ptr(&tok), dev.ptr(&weights), n, cfg.vocab_size, vp, 1.0, true)
     })?;
@@ -224,7 +227,7 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let (param, grad) = (dev.alloc(np * 2)?, rand(dev, np, bf, 12)?);
     let (master, m, v) = (rand(dev, np, DType::F32, 13)?, dev.alloc(np * 4)?, dev.alloc(np * 4)?);
     let h = AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
-    let t = time(dev, s.iters, || kl::adamw(l, bf, dev.ptr(&param), master.ptr, grad.ptr, dev.ptr(&m), dev.ptr(&v), np, &h))?;
+    let t = time(dev, s.iters, |_| kl::adamw(l, bf, dev.ptr(&param), master.ptr, grad.ptr, dev.ptr(&m), dev.ptr(&v), np, &h))?;
     row("adamw", &format!("{np}"), np * (2 + 2 + 3 * 8), t);
     Ok(rows)
 }
@@ -239,9 +242,9 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
     let pos0 = dev.alloc(b * 4)?;
     let (po, pl) = (dev.ptr(&out), dev.ptr(&lse));
     let fwd = || kl::attention_forward(l, bf, po, pl, qkv.ptr, qkv.ptr, dev.ptr(&pos0), b, t, t, c, nh);
-    let t_fwd = time(dev, s.iters, fwd)?;
+    let t_fwd = time(dev, s.iters, |_| fwd())?;
     let scratch = dev.alloc(kl::attention_backward_scratch_bytes(b, t, nh))?;
-    let t_both = time(dev, s.iters, || {
+    let t_both = time(dev, s.iters, |_| {
         fwd()?;
         kl::attention_backward(l, bf, dev.ptr(&dqkv), dout.ptr, qkv.ptr, po, pl, b, t, c, nh, dev.ptr(&scratch))
     })?;
@@ -252,7 +255,7 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
     let bh = b * nh;
     let scores = Gemm { m: t, n: t, k: hs, ta: false, tb: true, a: pq, b: pk, out: ps, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * hs, stride_b: t * hs, stride_out: t * t };
     let values = Gemm { m: t, n: hs, k: t, ta: false, tb: false, a: ps, b: pv, out: py, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * t, stride_b: t * hs, stride_out: t * hs };
-    let t_unf = time(dev, s.iters, || {
+    let t_unf = time(dev, s.iters, |_| {
         kl::attention_permute(l, bf, pq, pk, pv, qkv.ptr, b, t, nh, hs)?;
         dev.gemm(&scores)?;
         kl::softmax_causal(l, bf, ps, ps, bh, t, 1.0 / (hs as f32).sqrt())?;
