@@ -7,7 +7,7 @@
 //!   order and libm vs. CUDA math (a few ulps, ~1e-7 relative per element), amplified at most modestly by the
 //!   reductions over <= a few hundred terms tested here.
 //! - bf16 storage: 6e-3. One rounding of each output to bf16 (8 significant bits, round to nearest even)
-//!   contributes <= 2^-9 = 1.95e-3 relative per element; ops that read-modify-write a bf16 output (+=) or
+//!   contributes <= 2^-8 = 3.9e-3 relative per element (half that on average); ops that read-modify-write a bf16 output (+=) or
 //!   whose bf16 input/intermediate rounding feeds a cancellation (layernorm backward) can lose a little more.
 //!
 //! Outputs are NaN-poisoned before the kernel runs so an element the kernel forgets to write fails the test.
