@@ -10,8 +10,8 @@
 //!   1e-6 relative each); the largest sums here have ~1e3 terms. A wrong index or formula gives 1e-2..1.
 //! - bf16 ops: 3e-2. Inputs, outputs and intermediates in global memory are rounded to bf16 (8 significant
 //!   bits: up to 2^-8 = 3.9e-3 relative per rounding); an output sees a few roundings, amplified where terms
-//!   cancel (layernorm and softmax backward subtract means): ~8 roundings' worth is the budget. Measured in
-//!   the simulator: at most 5.6e-3.
+//!   cancel (layernorm, softmax and entropy backward subtract means): ~8 roundings' worth is the budget.
+//!   Measured in the simulator: at most 1.2e-2 (entropy backward), 5.6e-3 for every other op.
 //! - bf16 whole step: 6e-2. Two layers of the above compound in the backward (measured: 1.5e-2); still an
 //!   order of magnitude below what a broken kernel gives (0.3..1, or non-finite).
 
@@ -132,6 +132,16 @@ fn crossentropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     vec![out(be, "crossentropy forward", "losses", &losses), out(be, "crossentropy backward", "dlogits", &logits)]
 }
 
+/// Entropy of the tempered softmax and its coefficient-weighted gradient (PPO's entropy bonus).
+fn entropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (n, v, vp) = (7, 100, 128);
+    let coef: Vec<f32> = (0..n).map(|i| if i % 3 == 1 { 0.0 } else { -0.1 }).collect();
+    let (logits, c) = (act(be, &randn(rng, n * vp, 2.0)), up(be, &coef));
+    let (mut ent, mut d) = (zeros(be, n), zeros(be, n * vp));
+    be.entropy(&mut ent, &mut d, &logits, &c, v, vp, 1.0 / 0.7, true).expect("entropy");
+    vec![out(be, "entropy forward", "entropy", &ent), out(be, "entropy backward", "dlogits", &d)]
+}
+
 /// AdamW at step 3 from nonzero moments with clipping, and the sum of squares behind the clipping.
 fn adamw<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let n = 1003;
@@ -185,6 +195,7 @@ fn all<B: Backend<F = f32>>(be: &B, seed: u64) -> Result<Vec<Out>> {
     v.extend(attention(be, &mut r(5), 128, 2, "attention forward (head size 64)", "attention backward (head size 64)"));
     v.extend(attention(be, &mut r(6), 32, 2, "attention forward (head size 16)", "attention backward (head size 16)"));
     v.extend(crossentropy(be, &mut r(7)));
+    v.extend(entropy(be, &mut r(10)));
     v.extend(adamw(be, &mut r(8)));
     v.extend(train_step(be, &mut r(9))?);
     Ok(v)

@@ -68,8 +68,8 @@ pub trait Backend: Sync {
     // ---- composed ops: defaults a backend may replace with fused versions ----
 
     /// Per-row entropy of softmax(inv_temp * logits) and, with `want_grad`, coef-weighted dH/dlogits
-    /// (see crate::ops::entropy). The default runs the host reference through download/upload; a backend
-    /// may replace it with a kernel.
+    /// (see crate::ops::entropy). The default runs the host reference through download/upload (the CPU
+    /// engine's own path); the kernel backend has a kernel for it.
     #[allow(clippy::too_many_arguments)]
     fn entropy(&self, ent: &mut Self::Buf, dlogits: &mut Self::Buf, logits: &Self::Buf, coef: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool) -> Result<()> {
         let (l, c) = (self.download(logits), self.download(coef));
@@ -80,6 +80,14 @@ pub trait Backend: Sync {
             *dlogits = self.upload(&d)?;
         }
         Ok(())
+    }
+
+    /// residual = a + b, then out = layernorm(residual) * w + bias with mean, rstd of the residual: the
+    /// default composes `add` and `layernorm_forward`; a device backend fuses them into one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_layernorm_forward(&self, residual: &mut Self::Buf, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, w: &Self::Buf, bias: &Self::Buf, c: usize) {
+        self.add(residual, a, b);
+        self.layernorm_forward(out, mean, rstd, residual, w, bias, c);
     }
 
     /// out[N,OC] = inp[N,C] @ w[C,OC] + bias  (see crate::ops::linear)

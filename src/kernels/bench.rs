@@ -253,8 +253,8 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
     let sbuf = dev.alloc(b * nh * t * t * 2)?;
     let (pq, pk, pv, py, ps) = (dev.ptr(&q), dev.ptr(&k), dev.ptr(&v), dev.ptr(&y), dev.ptr(&sbuf));
     let bh = b * nh;
-    let scores = Gemm { m: t, n: t, k: hs, ta: false, tb: true, a: pq, b: pk, out: ps, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * hs, stride_b: t * hs, stride_out: t * t };
-    let values = Gemm { m: t, n: hs, k: t, ta: false, tb: false, a: ps, b: pv, out: py, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * t, stride_b: t * hs, stride_out: t * hs };
+    let scores = Gemm { m: t, n: t, k: hs, ta: false, tb: true, a: pq, b: pk, out: ps, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * hs, stride_b: t * hs, stride_out: t * t, bias: 0 };
+    let values = Gemm { m: t, n: hs, k: t, ta: false, tb: false, a: ps, b: pv, out: py, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * t, stride_b: t * hs, stride_out: t * hs, bias: 0 };
     let t_unf = time(dev, s.iters, |_| {
         kl::attention_permute(l, bf, pq, pk, pv, qkv.ptr, b, t, nh, hs)?;
         dev.gemm(&scores)?;

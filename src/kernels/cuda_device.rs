@@ -1,6 +1,6 @@
 //! The [`Device`] on an NVIDIA GPU: one context and stream (through cudarc's driver API, loaded at run
 //! time), the kernels through [`CudaLauncher`], memory as `CudaSlice<u8>`, matrix products through
-//! cuBLASLt with f32 accumulation (`CUBLAS_COMPUTE_32F`: bf16 inputs use the tensor cores; f32 inputs are
+//! cuBLASLt with f32 accumulation (and the bias added in its epilogue) (`CUBLAS_COMPUTE_32F`: bf16 inputs use the tensor cores; f32 inputs are
 //! true f32, never TF32, so the f32 engine can be checked tightly against the CPU).
 //!
 //! Row-major products are handed to cuBLASLt (column-major) as the transposed product:
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// The shape-and-type key of a product, for the cache of chosen algorithms.
-type GemmKey = (usize, usize, usize, bool, bool, DType, DType, usize, bool);
+type GemmKey = (usize, usize, usize, bool, bool, DType, DType, usize, bool, bool);
 
 struct Lt {
     handle: ltsys::cublasLtHandle_t,
@@ -167,11 +167,21 @@ impl Device for CudaDevice {
             cu("TRANSA", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &tb as *const i32 as *const c_void, 4))?;
             cu("TRANSB", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &ta as *const i32 as *const c_void, 4))?;
         }
+        if g.bias != 0 {
+            // D's rows (column-major out^T [N, M]) are our output features: a bias of N elements, our type.
+            let (epi, ptr, ty) = (ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS, g.bias, lt_type(g.out_dt));
+            // SAFETY: desc is live; EPILOGUE is a uint32 enum, BIAS_POINTER a device pointer, BIAS_DATA_TYPE an int32.
+            unsafe {
+                cu("EPILOGUE", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, 4))?;
+                cu("BIAS_POINTER", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr as *const u64 as *const c_void, 8))?;
+                cu("BIAS_DATA_TYPE", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &ty as *const _ as *const c_void, 4))?;
+            }
+        }
         // cuBLASLt's A = our b as stored, its B = our a as stored, its C = D = out^T [N,M].
         let la = if g.tb { Layout::new(g.in_dt, g.k, g.n, g.batch, g.stride_b)? } else { Layout::new(g.in_dt, g.n, g.k, g.batch, g.stride_b)? };
         let lb = if g.ta { Layout::new(g.in_dt, g.m, g.k, g.batch, g.stride_a)? } else { Layout::new(g.in_dt, g.k, g.m, g.batch, g.stride_a)? };
         let lc = Layout::new(g.out_dt, g.n, g.m, g.batch, g.stride_out)?;
-        let key = (g.m, g.n, g.k, g.ta, g.tb, g.in_dt, g.out_dt, g.batch, g.beta != 0.0);
+        let key = (g.m, g.n, g.k, g.ta, g.tb, g.in_dt, g.out_dt, g.batch, g.beta != 0.0, g.bias != 0);
         let algo = self.algo(key, &desc, &la, &lb, &lc)?;
         let ws = self.ptr(&self.workspace);
         // SAFETY: the Gemm describes live device buffers of these shapes (the caller's contract); alpha and

@@ -14,6 +14,7 @@ use half::bf16;
 /// A batch of row-major products `out[M,N] = alpha * op(a) op(b) + beta * out`, where op(a) is [M,K] (a is
 /// stored [K,M] when `ta`) and op(b) is [K,N] (b stored [N,K] when `tb`). Product `i` of the batch reads
 /// `a + i*stride_a` etc. (strides in elements). Inputs are `in_dt`, the output `out_dt`; accumulation is f32.
+/// With `bias` (not 0: a vector of N elements of `out_dt`), bias[j] is added to every row (a fused epilogue).
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {
     pub m: usize,
@@ -32,13 +33,14 @@ pub struct Gemm {
     pub stride_a: usize,
     pub stride_b: usize,
     pub stride_out: usize,
+    pub bias: DevPtr,
 }
 
 impl Gemm {
     /// One product (batch of 1).
     #[allow(clippy::too_many_arguments)]
     pub fn single(out: DevPtr, a: DevPtr, b: DevPtr, m: usize, n: usize, k: usize, ta: bool, tb: bool, in_dt: DType, out_dt: DType, beta: f32) -> Self {
-        Gemm { m, n, k, ta, tb, a, b, out, in_dt, out_dt, alpha: 1.0, beta, batch: 1, stride_a: 0, stride_b: 0, stride_out: 0 }
+        Gemm { m, n, k, ta, tb, a, b, out, in_dt, out_dt, alpha: 1.0, beta, batch: 1, stride_a: 0, stride_b: 0, stride_out: 0, bias: 0 }
     }
     pub fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k * self.batch) as f64
@@ -135,6 +137,10 @@ impl Device for SimDevice {
                 crate::ops::matmul::matmul(&mut out, &a, &b, g.m, g.n, g.k, g.ta, g.tb, false);
                 let old = if g.beta != 0.0 { read_f32(po, g.m * g.n, g.out_dt) } else { vec![0.0; g.m * g.n] };
                 out.iter_mut().zip(&old).for_each(|(o, &c)| *o = g.alpha * *o + g.beta * c);
+                if g.bias != 0 {
+                    let bias = read_f32(g.bias, g.n, g.out_dt);
+                    out.chunks_mut(g.n).for_each(|row| row.iter_mut().zip(&bias).for_each(|(o, b)| *o += b));
+                }
                 write_f32(po, &out, g.out_dt);
             }
         }

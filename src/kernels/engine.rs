@@ -264,6 +264,12 @@ impl<D: Device> Backend for KernelBackend<D> {
         let (o, m, r) = (self.target(out, dt), self.target(mean, F32), self.target(rstd, F32));
         ok("layernorm_forward", kl::layernorm_forward(self.l(), dt, o, m, r, vi.ptr(), vw.ptr(), vb.ptr(), n, c));
     }
+    fn residual_layernorm_forward(&self, residual: &mut Self::Buf, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, w: &Self::Buf, bias: &Self::Buf, c: usize) {
+        let (dt, n) = (out.dt, a.n / c);
+        let (va, vb, vw, vbias) = (self.view(a, dt), self.view(b, dt), self.view(w, dt), self.view(bias, dt));
+        let (r, o, m, s) = (self.target(residual, dt), self.target(out, dt), self.target(mean, F32), self.target(rstd, F32));
+        ok("residual_layernorm_forward", kl::residual_layernorm_forward(self.l(), dt, r, o, m, s, va.ptr(), vb.ptr(), vw.ptr(), vbias.ptr(), n, c));
+    }
     fn layernorm_backward(&self, dinp: &mut Self::Buf, dw: &mut Self::Buf, db: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, c: usize) {
         let (dt, n) = (dinp.dt, inp.n / c);
         let (vd, vi, vw) = (self.view(dout, dt), self.view(inp, dt), self.view(w, dt));
@@ -278,6 +284,27 @@ impl<D: Device> Backend for KernelBackend<D> {
         let o = self.target(out, out_dt);
         let g = Gemm::single(o, va.ptr(), vb.ptr(), m, n, k, ta, tb, self.compute, out_dt, if accumulate { 1.0 } else { 0.0 });
         ok("matmul", self.dev.gemm(&g));
+    }
+    /// The bias rides in the GEMM's epilogue (one pass over the output instead of two); should the library
+    /// refuse that combination, a separate bias kernel does it (said once on stderr).
+    fn linear_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, n: usize, c: usize, oc: usize) {
+        let (vi, vw) = (self.view(inp, self.compute), self.view(w, self.compute));
+        let out_dt = out.dt;
+        let vb = bias.map(|b| self.view(b, out_dt));
+        let o = self.target(out, out_dt);
+        let mut g = Gemm::single(o, vi.ptr(), vw.ptr(), n, oc, c, false, false, self.compute, out_dt, 0.0);
+        g.bias = vb.as_ref().map_or(0, |b| b.ptr());
+        match (self.dev.gemm(&g), &vb) {
+            (Ok(()), _) => {}
+            (Err(e), Some(vb)) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| eprintln!("note: GEMM with a bias epilogue refused ({e:#}); adding biases in a separate kernel"));
+                g.bias = 0;
+                ok("matmul", self.dev.gemm(&g));
+                ok("bias_add", kl::bias_add(self.l(), out_dt, o, vb.ptr(), n, oc));
+            }
+            (Err(e), None) => panic!("matmul: {e:#}"),
+        }
     }
     fn bias_add(&self, out: &mut Self::Buf, bias: &Self::Buf) {
         let (dt, oc) = (out.dt, bias.n);
@@ -340,6 +367,13 @@ impl<D: Device> Backend for KernelBackend<D> {
         let vw = self.view(weights, F32);
         let (lo, lg) = (self.target(losses, F32), self.target(logits, dt));
         ok("crossentropy", kl::crossentropy(self.l(), dt, lo, lg, self.p(&targets.mem), vw.ptr(), n, v, vp, inv_temp as f32, want_grad));
+    }
+    fn entropy(&self, ent: &mut Self::Buf, dlogits: &mut Self::Buf, logits: &Self::Buf, coef: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool) -> Result<()> {
+        let (dt, n) = (logits.dt, coef.n);
+        let (vl, vc) = (self.view(logits, dt), self.view(coef, F32));
+        let e = self.target(ent, F32);
+        let d = if want_grad { self.target(dlogits, dt) } else { 0 };
+        kl::entropy(self.l(), dt, e, d, vl.ptr(), vc.ptr(), n, v, vp, inv_temp as f32, want_grad)
     }
     /// The parameter becomes (stays) f32 master weights. In mixed precision with a bf16 gradient the bf16
     /// kernel updates the master and writes its rounding into the working copy in the same pass.

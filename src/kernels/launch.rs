@@ -363,6 +363,24 @@ pub fn crossentropy(l: &dyn Launcher, dt: DType, losses: DevPtr, logits: DevPtr,
     )
 }
 
+// ------------------------------------------------------------------------------------------------ entropy
+/// ent[N] (f32) and, with want_grad, dlogits[N,Vp] = coef-weighted dH/dlogits (see kernels/entropy.cu);
+/// coef [N] f32. Without want_grad `dlogits` may be 0.
+#[allow(clippy::too_many_arguments)]
+pub fn entropy(l: &dyn Launcher, dt: DType, ent: DevPtr, dlogits: DevPtr, logits: DevPtr, coef: DevPtr, n: usize, v: usize, vp: usize, inv_temp: f32, want_grad: bool) -> Result<()> {
+    ensure!(v >= 1 && v <= vp, "entropy: need 1 <= V ({v}) <= Vp ({vp})");
+    ensure!(!want_grad || dlogits != 0, "entropy: want_grad without a dlogits buffer");
+    i32_of(n * vp, "N*Vp")?;
+    if n == 0 {
+        return Ok(());
+    }
+    l.launch(
+        &k("entropy", dt),
+        LaunchConfig { grid: [n as u32, 1, 1], block: [256, 1, 1], smem: 0 },
+        &[Arg::Ptr(ent), Arg::Ptr(dlogits), Arg::Ptr(logits), Arg::Ptr(coef), Arg::I32(v as i32), Arg::I32(vp as i32), Arg::F32(inv_temp), Arg::I32(want_grad as i32)],
+    )
+}
+
 // ------------------------------------------------------------------------------------------------ AdamW
 /// One AdamW step over n parameters (contract of `crate::ops::adamw::step`). For `DType::BF16`, `master`
 /// holds the f32 master weights and `param` receives their bf16 rounding; for `DType::F32` pass master = 0.

@@ -4,6 +4,7 @@
 //!   x0 = wte[tokens] + wpe[pos]
 //!   per block l:  x = x + attn_proj(attention(c_attn(ln_1(x))));   x = x + mlp_proj(gelu(c_fc(ln_2(x))))
 //!   h = ln_f(x);   logits = h @ wte^T
+//! (each residual add is computed together with the layernorm that reads it: `residual_layernorm_forward`)
 //! The forward keeps every activation the backward needs (llm.c style: one named buffer each); the
 //! backward walks the same list in reverse, each line the backward of one forward line.
 
@@ -269,11 +270,16 @@ impl<B: Backend> Gpt2<B> {
         let ids = be.upload_ids(tokens)?;
         be.encoder_forward(&mut a.encoded, &ids, &self.params.bufs[WTE], &self.params.bufs[WPE], &a.pos0, t, c);
         a.tokens = Some(ids);
+        // Each block's closing residual add is fused with the layernorm that reads it: ln_2 inside the
+        // block, then ln_1 of the next block (ln_f after the last).
+        {
+            let l0 = &mut a.layers[0];
+            be.layernorm_forward(&mut l0.ln1, &mut l0.ln1_mean, &mut l0.ln1_rstd, &a.encoded, self.p(0, LN1W), self.p(0, LN1B), c);
+        }
         for l in 0..self.cfg.n_layer {
             let (done, rest) = a.layers.split_at_mut(l);
             let x = if l == 0 { &a.encoded } else { &done[l - 1].res3 };
-            let la = &mut rest[0];
-            be.layernorm_forward(&mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, x, self.p(l, LN1W), self.p(l, LN1B), c);
+            let (la, next) = rest.split_first_mut().expect("layer l exists");
             be.linear_forward(&mut la.qkv, &la.ln1, self.p(l, QKVW), Some(self.p(l, QKVB)), n, c, 3 * c);
             match cache.as_deref_mut() {
                 Some(kv) => {
@@ -286,16 +292,21 @@ impl<B: Backend> Gpt2<B> {
                 None => be.attention_forward(&mut la.atty, &mut la.lse, &la.qkv, &la.qkv, &a.pos0, b, t, t, c, nh),
             }
             be.linear_forward(&mut a.scratch, &la.atty, self.p(l, ATTPROJW), Some(self.p(l, ATTPROJB)), n, c, c);
-            be.add(&mut la.res2, x, &a.scratch);
-            be.layernorm_forward(&mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, self.p(l, LN2W), self.p(l, LN2B), c);
+            be.residual_layernorm_forward(&mut la.res2, &mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, x, &a.scratch, self.p(l, LN2W), self.p(l, LN2B), c);
             be.linear_forward(&mut la.fch, &la.ln2, self.p(l, FCW), Some(self.p(l, FCB)), n, c, 4 * c);
             be.gelu_forward(&mut la.fch_gelu, &la.fch);
             be.linear_forward(&mut a.scratch, &la.fch_gelu, self.p(l, FCPROJW), Some(self.p(l, FCPROJB)), n, 4 * c, c);
-            be.add(&mut la.res3, &la.res2, &a.scratch);
+            match next.first_mut() {
+                Some(nl) => {
+                    let (w, bias) = (self.p(l + 1, LN1W), self.p(l + 1, LN1B));
+                    be.residual_layernorm_forward(&mut la.res3, &mut nl.ln1, &mut nl.ln1_mean, &mut nl.ln1_rstd, &la.res2, &a.scratch, w, bias, c);
+                }
+                None => {
+                    let (w, bias) = self.params.lnf();
+                    be.residual_layernorm_forward(&mut la.res3, &mut a.lnf, &mut a.lnf_mean, &mut a.lnf_rstd, &la.res2, &a.scratch, w, bias, c);
+                }
+            }
         }
-        let (w, bias) = self.params.lnf();
-        let x = &a.layers[self.cfg.n_layer - 1].res3;
-        be.layernorm_forward(&mut a.lnf, &mut a.lnf_mean, &mut a.lnf_rstd, x, w, bias, c);
         Ok(())
     }
 
