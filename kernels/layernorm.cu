@@ -6,10 +6,27 @@
 //           dw += sum_n dout * xhat;  db += sum_n dout     (colsum partials, then colsum_finalize in linear.cu)
 // Fused residual + layernorm forward: residual = a + b (stored, rounded to T), then out = layernorm(residual)
 //           with the statistics of the stored residual (same result as add followed by layernorm_forward).
-// Shapes: inp/out/dout/dinp [N,C]; w, b, dw, db [C]. One warp per row, 8 rows per 256-thread block.
+// Shapes: inp/out/dout/dinp [N,C]; w, b, dw, db [C]. One warp per row, 8 rows per 256-thread block; rows of
+// 16-byte packs when C allows (pointers 16-byte aligned, as the launch layer's buffers are).
 #include "colsum.cuh"
 
-template <class T>
+// Row access: lane l of a row's warp takes the chunks l, l+32, ... of W consecutive elements. W = the 16-byte
+// pack (8 bf16 / 4 f32) when C is a multiple of it (every GPT-2 width: one load instruction per 16 bytes),
+// else W = 1. The entry points below pick W from C; each kernel is written once for both.
+template <class T, int W>
+struct alignas(W * sizeof(T)) Chunk {
+  T v[W];
+};
+template <class T, int W>
+__device__ __forceinline__ Chunk<T, W> load_chunk(const T* p) {
+  return *reinterpret_cast<const Chunk<T, W>*>(p);
+}
+template <class T, int W>
+__device__ __forceinline__ void store_chunk(T* p, const Chunk<T, W>& x) {
+  *reinterpret_cast<Chunk<T, W>*>(p) = x;
+}
+
+template <class T, int W>
 __device__ void layernorm_forward(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
                                   const T* __restrict__ inp, const T* __restrict__ w, const T* __restrict__ b, int N,
                                   int C) {
@@ -17,24 +34,38 @@ __device__ void layernorm_forward(T* __restrict__ out, float* __restrict__ mean,
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= N) return;
   const T* x = inp + (long long)row * C;
+  T* o = out + (long long)row * C;
   float s = 0.f;
-  for (int c = lane; c < C; c += 32) s += to_f32(x[c]);
+  for (int c = lane * W; c < C; c += 32 * W) {
+    const Chunk<T, W> xc = load_chunk<T, W>(x + c);
+#pragma unroll
+    for (int k = 0; k < W; k++) s += to_f32(xc.v[k]);
+  }
   const float m = warp_sum(s) / C;
   float v = 0.f;
-  for (int c = lane; c < C; c += 32) {
-    float d = to_f32(x[c]) - m;
-    v += d * d;
+  for (int c = lane * W; c < C; c += 32 * W) {
+    const Chunk<T, W> xc = load_chunk<T, W>(x + c);
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      const float d = to_f32(xc.v[k]) - m;
+      v += d * d;
+    }
   }
   const float rs = rsqrtf(warp_sum(v) / C + 1e-5f);
-  T* o = out + (long long)row * C;
-  for (int c = lane; c < C; c += 32) o[c] = from_f32<T>((to_f32(x[c]) - m) * rs * to_f32(w[c]) + to_f32(b[c]));
+  for (int c = lane * W; c < C; c += 32 * W) {
+    const Chunk<T, W> xc = load_chunk<T, W>(x + c), wc = load_chunk<T, W>(w + c), bc = load_chunk<T, W>(b + c);
+    Chunk<T, W> oc;
+#pragma unroll
+    for (int k = 0; k < W; k++) oc.v[k] = from_f32<T>((to_f32(xc.v[k]) - m) * rs * to_f32(wc.v[k]) + to_f32(bc.v[k]));
+    store_chunk<T, W>(o + c, oc);
+  }
   if (lane == 0) {
     if (mean) mean[row] = m;
     if (rstd) rstd[row] = rs;
   }
 }
 
-template <class T>
+template <class T, int W>
 __device__ void residual_layernorm_forward(T* __restrict__ residual, T* __restrict__ out, float* __restrict__ mean,
                                            float* __restrict__ rstd, const T* __restrict__ a, const T* __restrict__ b,
                                            const T* __restrict__ w, const T* __restrict__ bias, int N, int C) {
@@ -42,28 +73,43 @@ __device__ void residual_layernorm_forward(T* __restrict__ residual, T* __restri
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= N) return;
   const long long off = (long long)row * C;
+  T* r = residual + off;
   float s = 0.f;
-  for (int c = lane; c < C; c += 32) {
-    const T r = from_f32<T>(to_f32(a[off + c]) + to_f32(b[off + c]));
-    residual[off + c] = r;
-    s += to_f32(r);
+  for (int c = lane * W; c < C; c += 32 * W) {
+    const Chunk<T, W> ac = load_chunk<T, W>(a + off + c), bc = load_chunk<T, W>(b + off + c);
+    Chunk<T, W> rc;
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      rc.v[k] = from_f32<T>(to_f32(ac.v[k]) + to_f32(bc.v[k]));
+      s += to_f32(rc.v[k]);
+    }
+    store_chunk<T, W>(r + c, rc);
   }
   const float m = warp_sum(s) / C;
   float v = 0.f;
-  for (int c = lane; c < C; c += 32) {  // each lane re-reads only what it wrote itself
-    const float d = to_f32(residual[off + c]) - m;
-    v += d * d;
+  for (int c = lane * W; c < C; c += 32 * W) {  // each lane re-reads only what it wrote itself
+    const Chunk<T, W> rc = load_chunk<T, W>(r + c);
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      const float d = to_f32(rc.v[k]) - m;
+      v += d * d;
+    }
   }
   const float rs = rsqrtf(warp_sum(v) / C + 1e-5f);
-  for (int c = lane; c < C; c += 32)
-    out[off + c] = from_f32<T>((to_f32(residual[off + c]) - m) * rs * to_f32(w[c]) + to_f32(bias[c]));
+  for (int c = lane * W; c < C; c += 32 * W) {
+    const Chunk<T, W> rc = load_chunk<T, W>(r + c), wc = load_chunk<T, W>(w + c), bc = load_chunk<T, W>(bias + c);
+    Chunk<T, W> oc;
+#pragma unroll
+    for (int k = 0; k < W; k++) oc.v[k] = from_f32<T>((to_f32(rc.v[k]) - m) * rs * to_f32(wc.v[k]) + to_f32(bc.v[k]));
+    store_chunk<T, W>(out + off + c, oc);
+  }
   if (lane == 0) {
     if (mean) mean[row] = m;
     if (rstd) rstd[row] = rs;
   }
 }
 
-template <class T>
+template <class T, int W>
 __device__ void layernorm_backward_dinp(T* __restrict__ dinp, const T* __restrict__ dout, const T* __restrict__ inp,
                                         const T* __restrict__ w, const float* __restrict__ mean,
                                         const float* __restrict__ rstd, int N, int C) {
@@ -73,41 +119,60 @@ __device__ void layernorm_backward_dinp(T* __restrict__ dinp, const T* __restric
   const long long off = (long long)row * C;
   const float m = mean[row], rs = rstd[row];
   float sg = 0.f, sgx = 0.f;
-  for (int c = lane; c < C; c += 32) {
-    float g = to_f32(dout[off + c]) * to_f32(w[c]);
-    float xh = (to_f32(inp[off + c]) - m) * rs;
-    sg += g;
-    sgx += g * xh;
+  for (int c = lane * W; c < C; c += 32 * W) {
+    const Chunk<T, W> dc = load_chunk<T, W>(dout + off + c), xc = load_chunk<T, W>(inp + off + c), wc = load_chunk<T, W>(w + c);
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      const float g = to_f32(dc.v[k]) * to_f32(wc.v[k]);
+      sg += g;
+      sgx += g * (to_f32(xc.v[k]) - m) * rs;
+    }
   }
   sg = warp_sum(sg) / C;
   sgx = warp_sum(sgx) / C;
-  for (int c = lane; c < C; c += 32) {
-    float g = to_f32(dout[off + c]) * to_f32(w[c]);
-    float xh = (to_f32(inp[off + c]) - m) * rs;
-    dinp[off + c] = from_f32<T>(to_f32(dinp[off + c]) + rs * (g - sg - xh * sgx));
+  for (int c = lane * W; c < C; c += 32 * W) {
+    const Chunk<T, W> dc = load_chunk<T, W>(dout + off + c), xc = load_chunk<T, W>(inp + off + c), wc = load_chunk<T, W>(w + c);
+    Chunk<T, W> gc = load_chunk<T, W>(dinp + off + c);
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      const float g = to_f32(dc.v[k]) * to_f32(wc.v[k]);
+      const float xh = (to_f32(xc.v[k]) - m) * rs;
+      gc.v[k] = from_f32<T>(to_f32(gc.v[k]) + rs * (g - sg - xh * sgx));
+    }
+    store_chunk<T, W>(dinp + off + c, gc);
   }
 }
+
+// Chunk width for rows of C elements of T.
+#define LN_DISPATCH(T, C, call)                   \
+  if ((C) % Pack<T>::N == 0) {                    \
+    constexpr int W = Pack<T>::N;                 \
+    call;                                         \
+  } else {                                        \
+    constexpr int W = 1;                          \
+    call;                                         \
+  }
 
 #define LAYERNORM_INSTANTIATE(T, sfx)                                                                         \
   extern "C" __global__ void layernorm_forward_##sfx(T* __restrict__ out, float* __restrict__ mean,            \
                                                      float* __restrict__ rstd, const T* __restrict__ inp,      \
                                                      const T* __restrict__ w, const T* __restrict__ b, int N,  \
                                                      int C) {                                                  \
-    layernorm_forward<T>(out, mean, rstd, inp, w, b, N, C);                                                   \
+    LN_DISPATCH(T, C, (layernorm_forward<T, W>(out, mean, rstd, inp, w, b, N, C)))                             \
   }                                                                                                           \
   RLHF_EXPORT(layernorm_forward_##sfx)                                                                        \
   extern "C" __global__ void residual_layernorm_forward_##sfx(                                                \
       T* __restrict__ residual, T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,      \
       const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w, const T* __restrict__ bias,   \
       int N, int C) {                                                                                         \
-    residual_layernorm_forward<T>(residual, out, mean, rstd, a, b, w, bias, N, C);                            \
+    LN_DISPATCH(T, C, (residual_layernorm_forward<T, W>(residual, out, mean, rstd, a, b, w, bias, N, C)))      \
   }                                                                                                           \
   RLHF_EXPORT(residual_layernorm_forward_##sfx)                                                               \
   extern "C" __global__ void layernorm_backward_dinp_##sfx(T* __restrict__ dinp, const T* __restrict__ dout,  \
                                                            const T* __restrict__ inp, const T* __restrict__ w, \
                                                            const float* __restrict__ mean,                    \
                                                            const float* __restrict__ rstd, int N, int C) {    \
-    layernorm_backward_dinp<T>(dinp, dout, inp, w, mean, rstd, N, C);                                        \
+    LN_DISPATCH(T, C, (layernorm_backward_dinp<T, W>(dinp, dout, inp, w, mean, rstd, N, C)))                  \
   }                                                                                                           \
   RLHF_EXPORT(layernorm_backward_dinp_##sfx)                                                                  \
   extern "C" __global__ void layernorm_backward_partial_##sfx(float* __restrict__ partial,                    \

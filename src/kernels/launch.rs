@@ -198,10 +198,20 @@ pub fn bias_backward(l: &dyn Launcher, dt: DType, dbias: DevPtr, dout: DevPtr, n
 // ------------------------------------------------------------------------------------------------ layernorm
 const LN_BLOCK: u32 = 256; // one warp per row
 
+/// The layernorm kernels read rows in 16-byte packs when C is a multiple of the pack (kernels/layernorm.cu):
+/// their row pointers must then be 16-byte aligned.
+fn ln_aligned(dt: DType, c: usize, ptrs: &[DevPtr], kernel: &str) -> Result<()> {
+    if c.is_multiple_of(dt.pack()) {
+        aligned16(&ptrs.iter().copied().filter(|&p| p != 0).collect::<Vec<_>>(), kernel)?;
+    }
+    Ok(())
+}
+
 /// out[N,C] = layernorm(inp) * w + b; mean, rstd: f32 [N] (either may be 0 = not stored).
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(l: &dyn Launcher, dt: DType, out: DevPtr, mean: DevPtr, rstd: DevPtr, inp: DevPtr, w: DevPtr, b: DevPtr, n: usize, c: usize) -> Result<()> {
     i32_of(n * c, "N*C")?;
+    ln_aligned(dt, c, &[out, inp, w, b], "layernorm_forward")?;
     l.launch(
         &k("layernorm_forward", dt),
         LaunchConfig::linear(n * 32, LN_BLOCK),
@@ -214,6 +224,7 @@ pub fn layernorm_forward(l: &dyn Launcher, dt: DType, out: DevPtr, mean: DevPtr,
 #[allow(clippy::too_many_arguments)]
 pub fn residual_layernorm_forward(l: &dyn Launcher, dt: DType, residual: DevPtr, out: DevPtr, mean: DevPtr, rstd: DevPtr, a: DevPtr, b: DevPtr, w: DevPtr, bias: DevPtr, n: usize, c: usize) -> Result<()> {
     i32_of(n * c, "N*C")?;
+    ln_aligned(dt, c, &[residual, out, a, b, w, bias], "residual_layernorm_forward")?;
     l.launch(
         &k("residual_layernorm_forward", dt),
         LaunchConfig::linear(n * 32, LN_BLOCK),
@@ -243,6 +254,7 @@ pub fn layernorm_backward(
     scratch: DevPtr,
 ) -> Result<()> {
     i32_of(n * c, "N*C")?;
+    ln_aligned(dt, c, &[dinp, dout, inp, w], "layernorm_backward")?;
     let (ni, ci) = (n as i32, c as i32);
     l.launch(
         &k("layernorm_backward_dinp", dt),
