@@ -54,6 +54,21 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T>& x) {
   *reinterpret_cast<Pack<T>*>(p) = x;
 }
 
+// ---- W consecutive elements (W * sizeof(T) <= 16, a power of two) moved as one access: W = Pack<T>::N for
+// 16-byte loads where a row length allows it, W = 1 otherwise, so a kernel is written once for both widths.
+template <class T, int W>
+struct alignas(W * sizeof(T)) Chunk {
+  T v[W];
+};
+template <class T, int W>
+__device__ __forceinline__ Chunk<T, W> load_chunk(const T* p) {
+  return *reinterpret_cast<const Chunk<T, W>*>(p);
+}
+template <class T, int W>
+__device__ __forceinline__ void store_chunk(T* p, const Chunk<T, W>& x) {
+  *reinterpret_cast<Chunk<T, W>*>(p) = x;
+}
+
 // ---- reductions
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -4,10 +4,11 @@
 //   if want_grad: logits[i, j] = weights[i] * inv_temp * (softmax(z)_j - [j == target_i])  (j < V), 0 (V <= j < Vp)
 // Shapes: logits [N, Vp] (storage T), targets [N] u32, weights/losses [N] f32.
 // One 256-thread block per row: pass 1 keeps a per-thread online (max, sum) and combines them across the
-// block; pass 2 (with want_grad) rewrites the row in place.
+// block; pass 2 (with want_grad) rewrites the row in place. Rows move in 16-byte chunks when Vp is a multiple
+// of the pack (the row pointer is then 16-byte aligned; checked by the launch layer).
 #include "common.cuh"
 
-template <class T>
+template <class T, int W>
 __device__ void crossentropy_forward_backward(float* __restrict__ losses, T* __restrict__ logits,
                                               const unsigned* __restrict__ targets, const float* __restrict__ weights,
                                               int V, int Vp, float inv_temp, int want_grad) {
@@ -15,13 +16,18 @@ __device__ void crossentropy_forward_backward(float* __restrict__ losses, T* __r
   const long long row = blockIdx.x;
   T* x = logits + row * Vp;
   float m = -INFINITY, s = 0.f;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    float z = inv_temp * to_f32(x[j]);
-    if (z > m) {
-      s = s * __expf(m - z) + 1.f;
-      m = z;
-    } else {
-      s += __expf(z - m);
+  for (int c = threadIdx.x * W; c < V; c += blockDim.x * W) {
+    const Chunk<T, W> xc = load_chunk<T, W>(x + c);
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      if (c + k >= V) break;
+      const float z = inv_temp * to_f32(xc.v[k]);
+      if (z > m) {
+        s = s * __expf(m - z) + 1.f;
+        m = z;
+      } else {
+        s += __expf(z - m);
+      }
     }
   }
   const float M = block_max(m, scratch);
@@ -34,19 +40,35 @@ __device__ void crossentropy_forward_backward(float* __restrict__ losses, T* __r
   if (!want_grad) return;
   __syncthreads();
   const float w = weights[row] * inv_temp;
-  for (int j = threadIdx.x; j < Vp; j += blockDim.x) {
-    float g = 0.f;
-    if (j < V) g = w * (__expf(inv_temp * to_f32(x[j]) - lse) - (j == (int)tgt ? 1.f : 0.f));
-    x[j] = from_f32<T>(g);
+  for (int c = threadIdx.x * W; c < Vp; c += blockDim.x * W) {
+    Chunk<T, W> xc = load_chunk<T, W>(x + c);
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      const int j = c + k;
+      float g = 0.f;
+      if (j < V) g = w * (__expf(inv_temp * to_f32(xc.v[k]) - lse) - (j == (int)tgt ? 1.f : 0.f));
+      xc.v[k] = from_f32<T>(g);
+    }
+    store_chunk<T, W>(x + c, xc);
   }
 }
+
+// Rows in 16-byte chunks when Vp allows (the padded vocabulary always does), else element by element.
+#define CE_DISPATCH(T, Vp, call)   \
+  if ((Vp) % Pack<T>::N == 0) {    \
+    constexpr int W = Pack<T>::N;  \
+    call;                          \
+  } else {                         \
+    constexpr int W = 1;           \
+    call;                          \
+  }
 
 #define CE_INSTANTIATE(T, sfx)                                                                                 \
   extern "C" __global__ void crossentropy_##sfx(float* __restrict__ losses, T* __restrict__ logits,            \
                                                 const unsigned* __restrict__ targets,                          \
                                                 const float* __restrict__ weights, int V, int Vp,              \
                                                 float inv_temp, int want_grad) {                               \
-    crossentropy_forward_backward<T>(losses, logits, targets, weights, V, Vp, inv_temp, want_grad);           \
+    CE_DISPATCH(T, Vp, (crossentropy_forward_backward<T, W>(losses, logits, targets, weights, V, Vp, inv_temp, want_grad))) \
   }                                                                                                            \
   RLHF_EXPORT(crossentropy_##sfx)
 

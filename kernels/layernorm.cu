@@ -10,22 +10,9 @@
 // 16-byte packs when C allows (pointers 16-byte aligned, as the launch layer's buffers are).
 #include "colsum.cuh"
 
-// Row access: lane l of a row's warp takes the chunks l, l+32, ... of W consecutive elements. W = the 16-byte
-// pack (8 bf16 / 4 f32) when C is a multiple of it (every GPT-2 width: one load instruction per 16 bytes),
-// else W = 1. The entry points below pick W from C; each kernel is written once for both.
-template <class T, int W>
-struct alignas(W * sizeof(T)) Chunk {
-  T v[W];
-};
-template <class T, int W>
-__device__ __forceinline__ Chunk<T, W> load_chunk(const T* p) {
-  return *reinterpret_cast<const Chunk<T, W>*>(p);
-}
-template <class T, int W>
-__device__ __forceinline__ void store_chunk(T* p, const Chunk<T, W>& x) {
-  *reinterpret_cast<Chunk<T, W>*>(p) = x;
-}
-
+// Row access: lane l of a row's warp takes the chunks l, l+32, ... of W consecutive elements (Chunk in
+// common.cuh). W = the 16-byte pack when C is a multiple of it (every GPT-2 width), else 1; the entry points
+// pick W from C, and each kernel is written once for both.
 template <class T, int W>
 __device__ void layernorm_forward(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
                                   const T* __restrict__ inp, const T* __restrict__ w, const T* __restrict__ b, int N,

@@ -356,6 +356,9 @@ pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr,
 pub fn crossentropy(l: &dyn Launcher, dt: DType, losses: DevPtr, logits: DevPtr, targets: DevPtr, weights: DevPtr, n: usize, v: usize, vp: usize, inv_temp: f32, want_grad: bool) -> Result<()> {
     ensure!(v >= 1 && v <= vp, "crossentropy: need 1 <= V ({v}) <= Vp ({vp})");
     i32_of(n * vp, "N*Vp")?;
+    if vp.is_multiple_of(dt.pack()) {
+        aligned16(&[logits], "crossentropy")?;
+    }
     if n == 0 {
         return Ok(());
     }
@@ -383,6 +386,9 @@ pub fn entropy(l: &dyn Launcher, dt: DType, ent: DevPtr, dlogits: DevPtr, logits
     ensure!(v >= 1 && v <= vp, "entropy: need 1 <= V ({v}) <= Vp ({vp})");
     ensure!(!want_grad || dlogits != 0, "entropy: want_grad without a dlogits buffer");
     i32_of(n * vp, "N*Vp")?;
+    if vp.is_multiple_of(dt.pack()) {
+        aligned16(&[logits, if want_grad { dlogits } else { 0 }], "entropy")?;
+    }
     if n == 0 {
         return Ok(());
     }
