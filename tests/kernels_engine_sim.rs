@@ -149,7 +149,7 @@ fn kernel_check_passes_in_both_precisions() {
 }
 
 /// The mixed-precision backend keeps what mixed precision promises: activations and gradients in bf16,
-/// statistics and master weights in f32, and a training step that learns.
+/// logits, statistics and master weights in f32, and a training step that learns.
 #[test]
 fn mixed_precision_storage_and_learning() {
     use rlhf::kernels::DType;
@@ -175,7 +175,8 @@ fn mixed_precision_storage_and_learning() {
     assert!(g.bufs.iter().all(|x| x.dtype() == DType::BF16), "parameter gradients are bf16");
     assert!(m.params.bufs.iter().all(|x| x.dtype() == DType::F32), "parameters are f32 master weights");
     assert!(opt.m.bufs.iter().chain(&opt.v.bufs).all(|x| x.dtype() == DType::F32), "AdamW moments are f32");
-    assert_eq!(a.logits.dtype(), DType::BF16, "activations are bf16");
+    assert_eq!(a.lnf.dtype(), DType::BF16, "activations are bf16");
+    assert_eq!(a.logits.dtype(), DType::F32, "logits are f32 (from bf16 inputs)");
     assert_eq!(a.losses.dtype(), DType::F32, "losses are f32");
     println!("mixed-precision losses: {losses:?}");
     assert!(losses[7] < losses[0] - 0.5, "the loss falls: {losses:?}");

@@ -25,6 +25,17 @@ pub trait Backend: Sync {
 
     // ---- memory ----
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    /// A zeroed buffer in full precision (the host element type) where the compute type may be narrower:
+    /// for values a narrow type would distort, such as logits (GPT-2's reach |100|, where a bf16 step is
+    /// 0.5) and scalar scores.
+    fn zeros_full(&self, n: usize) -> Result<Self::Buf> {
+        self.zeros(n)
+    }
+    /// The compute type's unit roundoff (2^-24 for f32, 2^-8 for bf16): the scale of the differences two
+    /// mathematically equal computations may show, for checks that compare them.
+    fn roundoff(&self) -> f64 {
+        <Self::F as num_traits::Float>::epsilon().f64() / 2.0
+    }
     fn upload(&self, data: &[Self::F]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Vec<Self::F>;
     fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids>;

@@ -5,7 +5,8 @@
 //! - `DType::F32`: every buffer f32, matrix products in true f32. The tight check against the CPU engine.
 //! - `DType::BF16`, mixed precision: activations, their gradients and the parameter gradients are bf16
 //!   (`zeros` allocates bf16); matrix products take bf16 inputs on the tensor cores with f32 accumulation;
-//!   layernorm statistics, attention logsumexps, losses, loss weights and the AdamW moments are f32; every
+//!   logits (the LM head writes them in f32 from bf16 inputs), layernorm statistics, attention logsumexps,
+//!   losses, loss weights and the AdamW moments are f32; every
 //!   kernel computes in f32 registers. Parameters stay f32 master weights (what `upload` makes) with a bf16
 //!   working copy that the forward and backward read and AdamW rewrites (`adamw_bf16` rounds the updated
 //!   master).
@@ -205,6 +206,15 @@ impl<D: Device> Backend for KernelBackend<D> {
     // ---- memory ----
     fn zeros(&self, n: usize) -> Result<Self::Buf> {
         Ok(DevBuf { n, dt: self.compute, mem: self.dev.alloc(n * self.compute.size())?, half: OnceLock::new() })
+    }
+    fn zeros_full(&self, n: usize) -> Result<Self::Buf> {
+        Ok(DevBuf { n, dt: F32, mem: self.dev.alloc(n * 4)?, half: OnceLock::new() })
+    }
+    fn roundoff(&self) -> f64 {
+        match self.compute {
+            DType::F32 => f32::EPSILON as f64 / 2.0,
+            DType::BF16 => 2f64.powi(-8),
+        }
     }
     /// Host data is kept exactly: f32 storage (a bf16 copy is made when a bf16 kernel first reads it).
     fn upload(&self, data: &[f32]) -> Result<Self::Buf> {

@@ -148,7 +148,7 @@ impl<B: Backend> Acts<B> {
             lnf: z(n * c)?,
             lnf_mean: z(n)?,
             lnf_rstd: z(n)?,
-            logits: z(n * cfg.padded_vocab())?,
+            logits: be.zeros_full(n * cfg.padded_vocab())?,
             losses: z(n)?,
             scratch: z(n * c)?,
             dlnf: z(n * c)?,

@@ -50,9 +50,7 @@ impl<B: Backend> ScalarHead<B> {
     /// (each answer's last token), a value head uses them all.
     pub fn forward(&self, be: &B, h: &B::Buf, c: usize) -> Result<Vec<f64>> {
         let n = be.len(h) / c;
-        // An uploaded buffer is full precision on every backend, so the scores are not rounded to the
-        // compute type (bf16 on a GPU) on their way out.
-        let mut out = be.upload(&vec![<B::F as num_traits::Zero>::zero(); n])?;
+        let mut out = be.zeros_full(n)?; // scores are not rounded to a narrower compute type
         be.matmul(&mut out, h, &self.w, n, 1, c, false, false, false);
         let b = be.download(&self.b)[0].f64();
         Ok(be.download(&out).iter().map(|x| x.f64() + b).collect())
