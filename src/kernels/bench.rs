@@ -169,9 +169,9 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let nc = n * c;
     let shape = format!("{}x{}x{c}", s.batch, s.seq);
     let mut rows = Vec::new();
-    let mut row = |name: &str, shape: &str, bytes: usize, secs: f64| {
+    let mut row = |dt: DType, name: &str, shape: &str, bytes: usize, secs: f64| {
         let gbps = bytes as f64 / secs / 1e9;
-        rows.push(KernelRow { name: name.into(), dtype: "bf16".into(), shape: shape.into(), ms: secs * 1e3, bytes: bytes as u64, gbps, frac_copy: gbps / copy_gbps });
+        rows.push(KernelRow { name: name.into(), dtype: dt.suffix().into(), shape: shape.into(), ms: secs * 1e3, bytes: bytes as u64, gbps, frac_copy: gbps / copy_gbps });
     };
     let (x, y, dy, out) = (rand(dev, 4 * nc, bf, 3)?, rand(dev, 4 * nc, bf, 4)?, rand(dev, 4 * nc, bf, 5)?, dev.alloc(4 * nc * 2)?);
     let (w, b) = (rand(dev, 4 * c, bf, 6)?, rand(dev, 4 * c, bf, 7)?);
@@ -181,23 +181,23 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let sl = |p: DevPtr, i: usize| p + ((i % 4) * nc * 2) as u64;
 
     let t = time(dev, s.iters, |i| kl::layernorm_forward(l, bf, sl(po, i), pm, pr, sl(x.ptr, i), w.ptr, b.ptr, n, c))?;
-    row("layernorm_forward", &shape, 2 * nc * 2 + 8 * n, t);
+    row(bf, "layernorm_forward", &shape, 2 * nc * 2 + 8 * n, t);
     let res = dev.alloc(4 * nc * 2)?;
     let t = time(dev, s.iters, |i| kl::residual_layernorm_forward(l, bf, sl(dev.ptr(&res), i), sl(po, i), pm, pr, sl(x.ptr, i), sl(y.ptr, i), w.ptr, b.ptr, n, c))?;
-    row("residual_layernorm_forward", &shape, 4 * nc * 2 + 8 * n, t);
+    row(bf, "residual_layernorm_forward", &shape, 4 * nc * 2 + 8 * n, t);
     let (dw, db, scratch) = (dev.alloc(c * 2)?, dev.alloc(c * 2)?, dev.alloc(kl::layernorm_backward_scratch_bytes(n, c))?);
     let t = time(dev, s.iters, |i| kl::layernorm_backward(l, bf, sl(po, i), dev.ptr(&dw), dev.ptr(&db), sl(dy.ptr, i), sl(x.ptr, i), w.ptr, pm, pr, n, c, dev.ptr(&scratch)))?;
-    row("layernorm_backward", &shape, 4 * nc * 2 + 8 * n, t);
+    row(bf, "layernorm_backward", &shape, 4 * nc * 2 + 8 * n, t);
     let shape4 = format!("{}x{}x{}", s.batch, s.seq, 4 * c);
     let t = time(dev, s.iters, |_| kl::gelu_forward(l, bf, po, x.ptr, 4 * nc))?;
-    row("gelu_forward", &shape4, 2 * 4 * nc * 2, t);
+    row(bf, "gelu_forward", &shape4, 2 * 4 * nc * 2, t);
     let t = time(dev, s.iters, |_| kl::gelu_backward(l, bf, po, x.ptr, dy.ptr, 4 * nc))?;
-    row("gelu_backward", &shape4, 3 * 4 * nc * 2, t);
+    row(bf, "gelu_backward", &shape4, 3 * 4 * nc * 2, t);
     let t = time(dev, s.iters, |i| kl::add(l, bf, sl(po, i), sl(x.ptr, i), sl(y.ptr, i), nc))?;
-    row("add", &shape, 3 * nc * 2, t);
+    row(bf, "add", &shape, 3 * nc * 2, t);
     let (dbias, bscratch) = (dev.alloc(4 * c * 2)?, dev.alloc(kl::bias_backward_scratch_bytes(n, 4 * c))?);
     let t = time(dev, s.iters, |_| kl::bias_backward(l, bf, dev.ptr(&dbias), dy.ptr, n, 4 * c, dev.ptr(&bscratch)))?;
-    row("bias_backward", &shape4, 4 * nc * 2, t);
+    row(bf, "bias_backward", &shape4, 4 * nc * 2, t);
     drop((x, y, dy, out, res));
 
     // token + position embedding: the gathered rows are read once each
@@ -208,19 +208,19 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let pos0 = dev.alloc(s.batch * 4)?;
     let (wte, wpe, enc) = (rand(dev, vp * c, bf, 9)?, rand(dev, cfg.n_positions * c, bf, 10)?, dev.alloc(nc * 2)?);
     let t = time(dev, s.iters, |_| kl::encoder_forward(l, bf, dev.ptr(&enc), dev.ptr(&tok), wte.ptr, wpe.ptr, dev.ptr(&pos0), s.batch, s.seq, c))?;
-    row("encoder_forward", &shape, 3 * nc * 2 + 4 * n, t);
+    row(bf, "encoder_forward", &shape, 3 * nc * 2 + 4 * n, t);
     drop((wte, wpe, enc));
 
-    // fused softmax-cross-entropy, forward and backward: logits read once, dlogits written in place
-    let logits = rand(dev, n * vp, bf, 11)?;
-    let weights = dev.alloc(n * 4)?;
-    let losses = dev.alloc(n * 4)?;
-    let t = time(dev, s.iters, |_| {
+    // fused softmax-cross-entropy, forward and backward: logits read once, dlogits written in place; bf16
+    // logits (comparable with other frameworks) and f32 logits (what mixed-precision training keeps)
+    let (weights, losses) = (dev.alloc(n * 4)?, dev.alloc(n * 4)?);
+    for ldt in [bf, DType::F32] {
+        let logits = rand(dev, n * vp, ldt, 11)?;
         // each run overwrites the logits with their gradient; rerunning on gradients moves the same bytes
-        kl::crossentropy(l, bf, dev.ptr(&losses), logits.ptr, dev.ptr(&tok), dev.ptr(&weights), n, cfg.vocab_size, vp, 1.0, true)
-    })?;
-    row("crossentropy", &format!("{n}x{vp}"), 2 * n * vp * 2 + 12 * n, t);
-    drop(logits);
+        let t = time(dev, s.iters, |_| kl::crossentropy(l, ldt, dev.ptr(&losses), logits.ptr, dev.ptr(&tok), dev.ptr(&weights), n, cfg.vocab_size, vp, 1.0, true))?;
+        let name = if ldt == bf { "crossentropy" } else { "crossentropy_f32_logits" };
+        row(ldt, name, &format!("{n}x{vp}"), 2 * n * vp * ldt.size() + 12 * n, t);
+    }
 
     // AdamW over every parameter: bf16 param and grad, f32 master, m, v (read and written)
     let np = cfg.num_params();
@@ -228,7 +228,7 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let (master, m, v) = (rand(dev, np, DType::F32, 13)?, dev.alloc(np * 4)?, dev.alloc(np * 4)?);
     let h = AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
     let t = time(dev, s.iters, |_| kl::adamw(l, bf, dev.ptr(&param), master.ptr, grad.ptr, dev.ptr(&m), dev.ptr(&v), np, &h))?;
-    row("adamw", &format!("{np}"), np * (2 + 2 + 3 * 8), t);
+    row(bf, "adamw", &format!("{np}"), np * (2 + 2 + 3 * 8), t);
     Ok(rows)
 }
 
@@ -312,9 +312,9 @@ pub fn run<D: Device>(be: &KernelBackend<D>, s: &BenchSizes, progress: impl Fn(&
 pub fn format(r: &Report) -> String {
     let mut s = format!("device: {}\n", r.device);
     s += &format!("ceilings: copy {:.0} GB/s; bf16 GEMM {:.1} TFLOP/s ({})\n\n", r.ceilings.copy_gbps, r.ceilings.gemm_bf16_tflops, r.ceilings.gemm_shape);
-    s += &format!("{:<28} {:<18} {:>10} {:>10} {:>8}\n", "kernel (bf16)", "shape", "ms", "GB/s", "of copy");
+    s += &format!("{:<28} {:<6} {:<18} {:>10} {:>10} {:>8}\n", "kernel", "dtype", "shape", "ms", "GB/s", "of copy");
     for k in &r.kernels {
-        s += &format!("{:<28} {:<18} {:>10.4} {:>10.0} {:>7.0}%\n", k.name, k.shape, k.ms, k.gbps, 100.0 * k.frac_copy);
+        s += &format!("{:<28} {:<6} {:<18} {:>10.4} {:>10.0} {:>7.0}%\n", k.name, k.dtype, k.shape, k.ms, k.gbps, 100.0 * k.frac_copy);
     }
     for a in &r.attention {
         s += &format!(
