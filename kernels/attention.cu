@@ -16,8 +16,8 @@
 // where each lane owns head dims d = lane + 32k (k < KPL, HS <= 32 * KPL).
 // Dynamic shared memory per warp (floats): forward HS + 32, backward_dq 2 HS + 32, backward_dkv 2 HS + 64.
 //
-// These kernels use CUDA cores (FFMA). attention_forward_wmma_bf16 (bottom) is the tensor-core forward for
-// bf16 with head size 64; the backward has no tensor-core variant yet.
+// These kernels use CUDA cores (FFMA). At the bottom: the tensor-core (WMMA) forward and backward for bf16 with
+// head size 64 (attention_forward_wmma_bf16, attention_backward_dq_wmma_bf16, attention_backward_dkv_wmma_bf16).
 #include "common.cuh"
 
 #define ATT_WARPS 4
@@ -375,3 +375,256 @@ extern "C" __global__ void __launch_bounds__(128)
   }
 }
 RLHF_EXPORT(attention_forward_wmma_bf16)
+
+// ---------------------------------------------------------------------------------------------------------
+// Tensor-core backward (WMMA, bf16 inputs, f32 accumulation), head size 64, training form; same contract and
+// the same two-kernel split as the CUDA-core backward (no atomics, fixed summation order: deterministic).
+// Both kernels: 4 warps, 64-row tiles (16 rows per warp), tiles of q, k, v, dout staged in shared memory as
+// bf16 (row stride WA_LDH); S and dP of a warp go through shared memory in f32 because the element-wise
+// step needs each element's row and column (a fragment's element mapping is unspecified); P and dS are
+// rounded to bf16 in shared memory to feed the next products. Element-wise work: lane owns columns lane and
+// lane + 32 of the warp's 16 x 64 tile, so shared-memory accesses are conflict-free.
+//
+// attention_backward_dq_wmma_bf16: block = 64 queries (heaviest tiles first), loops over key tiles up to the
+// diagonal. D_t = dout_t . out_t (f32, written to Dbuf [B,NH,T] for the dkv kernel);
+//   S = Q_w K^T, dP = dO_w V^T (WMMA), P = exp(S / 8 - lse) (causal), dS = P (dP - D) (bf16),
+//   dQ_w += dS K (WMMA, 4 accumulator fragments in registers); dq = dQ / 8.
+// attention_backward_dkv_wmma_bf16: block = 64 keys, loops over query tiles from the diagonal on; each warp
+// works on the transposed tiles of its 16 keys:
+//   S^T = K_w Q^T, dP^T = V_w dO^T (Q^T, dO^T: col_major loads), P^T, dS^T element-wise (lse, D per column),
+//   dV_w += P^T dO, dK_w += dS^T Q (8 accumulator fragments in registers); dk = dK / 8, dv = dV.
+// On the diagonal tile, 16-wide sub-tiles that the causal mask empties for a warp are skipped.
+// Dynamic shared memory: dq 81408 bytes, dkv 90112 bytes (2 blocks per SM on sm_80 / sm_90).
+#define WB_T 64                          // rows per tile (queries or keys)
+#define WB_TILE (WB_T * WA_LDH * 2)      // bytes of a staged bf16 tile
+#define WB_WF (4 * 16 * WA_LDF * 4)      // bytes of the 4 warps' 16 x 64 f32 tiles
+#define WB_WH (4 * 16 * WA_LDH * 2)      // bytes of the 4 warps' 16 x 64 bf16 tiles
+#define WBQ_OFF_S (4 * WB_TILE)          // dq: Q, dO, K, V tiles, then S, dP (f32), dS (bf16), L, D
+#define WBQ_OFF_DP (WBQ_OFF_S + WB_WF)
+#define WBQ_OFF_DS (WBQ_OFF_DP + WB_WF)
+#define WBQ_OFF_L (WBQ_OFF_DS + WB_WH)
+#define WBQ_SMEM (WBQ_OFF_L + 2 * WB_T * 4)
+#define WBK_OFF_S (4 * WB_TILE)          // dkv: K, V, Q, dO tiles, then S^T, dP^T (f32), P^T, dS^T (bf16)
+#define WBK_OFF_DP (WBK_OFF_S + WB_WF)
+#define WBK_OFF_P (WBK_OFF_DP + WB_WF)
+#define WBK_OFF_DS (WBK_OFF_P + WB_WH)
+#define WBK_SMEM (WBK_OFF_DS + WB_WH)
+static_assert(WBQ_SMEM == 81408 && WBK_SMEM == 90112, "src/kernels/launch.rs ATTENTION_BWD_*_WMMA_SMEM");
+
+// Stage rows row0 .. row0+63 (64 bf16 each, row stride `stride` elements) of src into a padded tile; rows at
+// or beyond n are zero. 16-byte packs: src and stride must keep 16-byte alignment (checked by the launcher).
+__device__ __forceinline__ void wb_stage(bf16* dst, const bf16* __restrict__ src, long long stride, int row0, int n) {
+  for (int i = threadIdx.x; i < WB_T * (WA_D / 8); i += blockDim.x) {
+    const int r = i / (WA_D / 8), c = (i % (WA_D / 8)) * 8;
+    Pack<bf16> p;
+    if (row0 + r < n) {
+      p = load_pack(src + (long long)(row0 + r) * stride + c);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; k++) p.v[k] = __float2bfloat16(0.f);
+    }
+    store_pack(dst + r * WA_LDH + c, p);
+  }
+}
+
+// One warp: acc (16 x 64 f32, row-major, stride WA_LDF) = A (16 x 64 bf16, row-major) B^T, where B is a
+// 64 x 64 bf16 row-major tile read as col_major; only the 16-column blocks n0 <= n < n1 are computed.
+__device__ __forceinline__ void wb_abt(float* acc, const bf16* a, const bf16* bt, int n0, int n1) {
+  using namespace nvcuda;
+#pragma unroll
+  for (int n = 0; n < 4; n++) {
+    if (n < n0 || n >= n1) continue;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
+    wmma::fill_fragment(s, 0.f);
+#pragma unroll
+    for (int kk = 0; kk < WA_D / 16; kk++) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> fb;
+      wmma::load_matrix_sync(fa, a + kk * 16, WA_LDH);
+      wmma::load_matrix_sync(fb, bt + n * 16 * WA_LDH + kk * 16, WA_LDH);
+      wmma::mma_sync(s, fa, fb, s);
+    }
+    wmma::store_matrix_sync(acc + n * 16, s, WA_LDF, wmma::mem_row_major);
+  }
+}
+
+typedef nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> wb_acc;
+
+// One warp: acc[n] (16 x 16 column block n of a 16 x 64 f32 product) += A (16 x 64 bf16, row-major) B (64 x 64
+// bf16 row-major); only the 16-row blocks kk0 <= kk < kk1 of B (columns of A) contribute.
+__device__ __forceinline__ void wb_ab(wb_acc* acc, const bf16* a, const bf16* b, int kk0, int kk1) {
+  using namespace nvcuda;
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    if (kk < kk0 || kk >= kk1) continue;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa;
+    wmma::load_matrix_sync(fa, a + kk * 16, WA_LDH);
+#pragma unroll
+    for (int n = 0; n < WA_D / 16; n++) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fb;
+      wmma::load_matrix_sync(fb, b + kk * 16 * WA_LDH + n * 16, WA_LDH);
+      wmma::mma_sync(acc[n], fa, fb, acc[n]);
+    }
+  }
+}
+
+// One warp: write acc * mul (16 x 64) as bf16 to rows row0 .. row0+15 (those < n) of dst (row stride `stride`),
+// through the warp's f32 staging tile st.
+__device__ __forceinline__ void wb_write(bf16* __restrict__ dst, long long stride, int row0, int n, wb_acc* acc,
+                                         float mul, float* st) {
+  using namespace nvcuda;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int k = 0; k < WA_D / 16; k++) wmma::store_matrix_sync(st + k * 16, acc[k], WA_LDF, wmma::mem_row_major);
+  __syncwarp();
+  for (int i = lane; i < 16 * (WA_D / 8); i += 32) {
+    const int r = i / (WA_D / 8), c = (i % (WA_D / 8)) * 8;
+    if (row0 + r >= n) continue;
+    Pack<bf16> p;
+#pragma unroll
+    for (int k = 0; k < 8; k++) p.v[k] = __float2bfloat16_rn(st[r * WA_LDF + c + k] * mul);
+    store_pack(dst + (long long)(row0 + r) * stride + c, p);
+  }
+  __syncwarp();
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_backward_dq_wmma_bf16(bf16* __restrict__ dqkv, float* __restrict__ Dbuf, const bf16* __restrict__ dout,
+                                    const bf16* __restrict__ qkv, const bf16* __restrict__ out,
+                                    const float* __restrict__ lse, int Tn, int NH, int C) {
+  using namespace nvcuda;
+  RLHF_DYN_SMEM(unsigned char, sm);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  bf16* Qs = reinterpret_cast<bf16*>(sm);
+  bf16* dOs = reinterpret_cast<bf16*>(sm + WB_TILE);
+  bf16* Ks = reinterpret_cast<bf16*>(sm + 2 * WB_TILE);
+  bf16* Vs = reinterpret_cast<bf16*>(sm + 3 * WB_TILE);
+  float* Ss = reinterpret_cast<float*>(sm + WBQ_OFF_S) + warp * 16 * WA_LDF;
+  float* dPs = reinterpret_cast<float*>(sm + WBQ_OFF_DP) + warp * 16 * WA_LDF;
+  bf16* dSs = reinterpret_cast<bf16*>(sm + WBQ_OFF_DS) + warp * 16 * WA_LDH;
+  float* Lr = reinterpret_cast<float*>(sm + WBQ_OFF_L) + warp * 16;  // lse per row of the warp
+  float* Dr = Lr + WB_T;                                             // D per row of the warp
+  const int qt = gridDim.x - 1 - blockIdx.x;  // longest key loops first
+  const int h = blockIdx.y, b = blockIdx.z, q0 = qt * WB_T, r0 = q0 + warp * 16;
+  const long long C3 = 3LL * C;
+  const float scale = 0.125f;  // 1/sqrt(64)
+  const bf16* base = qkv + (long long)b * Tn * C3 + h * WA_D;
+  const long long bh = ((long long)b * NH + h) * Tn;
+
+  wb_stage(Qs, base, C3, q0, Tn);
+  wb_stage(dOs, dout + (long long)b * Tn * C + h * WA_D, C, q0, Tn);
+  __syncthreads();
+  {  // D = dout . out and lse for the warp's rows: 2 lanes per row, 32 dims each
+    const int r = lane / 2, half = lane % 2, t = r0 + r;
+    float dd = 0.f;
+    if (t < Tn) {
+      const bf16* orow = out + ((long long)b * Tn + t) * C + h * WA_D + half * 32;
+      const bf16* grow = dOs + (warp * 16 + r) * WA_LDH + half * 32;
+      for (int c = 0; c < 32; c += 8) {
+        const Pack<bf16> o = load_pack(orow + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) dd += __bfloat162float(grow[c + k]) * __bfloat162float(o.v[k]);
+      }
+    }
+    dd += __shfl_xor_sync(0xffffffffu, dd, 1);
+    if (half == 0) {
+      Dr[r] = dd;
+      Lr[r] = t < Tn ? lse[bh + t] : 0.f;
+      if (t < Tn) Dbuf[bh + t] = dd;
+    }
+  }
+  __syncwarp();
+
+  wb_acc dq[WA_D / 16];
+#pragma unroll
+  for (int n = 0; n < WA_D / 16; n++) wmma::fill_fragment(dq[n], 0.f);
+  for (int k0 = 0; k0 <= q0; k0 += WB_T) {
+    __syncthreads();  // previous tile's K/V no longer read
+    wb_stage(Ks, base + C, C3, k0, Tn);
+    wb_stage(Vs, base + 2 * C, C3, k0, Tn);
+    __syncthreads();
+    const int nk = k0 == q0 ? warp + 1 : 4;  // 16-key blocks with any key <= the warp's last query
+    wb_abt(Ss, Qs + warp * 16 * WA_LDH, Ks, 0, nk);
+    wb_abt(dPs, dOs + warp * 16 * WA_LDH, Vs, 0, nk);
+    __syncwarp();
+    for (int r = 0; r < 16; r++) {
+      const int t = r0 + r;
+      const float L = Lr[r], D = Dr[r];
+#pragma unroll
+      for (int hc = 0; hc < 2; hc++) {
+        const int c = lane + 32 * hc, j = k0 + c;
+        float ds = 0.f;
+        if (t < Tn && j <= t) ds = __expf(Ss[r * WA_LDF + c] * scale - L) * (dPs[r * WA_LDF + c] - D);
+        dSs[r * WA_LDH + c] = __float2bfloat16_rn(ds);
+      }
+    }
+    __syncwarp();
+    wb_ab(dq, dSs, Ks, 0, nk);
+  }
+  wb_write(dqkv + (long long)b * Tn * C3 + h * WA_D, C3, r0, Tn, dq, scale, Ss);
+}
+RLHF_EXPORT(attention_backward_dq_wmma_bf16)
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_backward_dkv_wmma_bf16(bf16* __restrict__ dqkv, const float* __restrict__ Dbuf,
+                                     const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
+                                     const float* __restrict__ lse, int Tn, int NH, int C) {
+  using namespace nvcuda;
+  RLHF_DYN_SMEM(unsigned char, sm);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  bf16* Ks = reinterpret_cast<bf16*>(sm);
+  bf16* Vs = reinterpret_cast<bf16*>(sm + WB_TILE);
+  bf16* Qs = reinterpret_cast<bf16*>(sm + 2 * WB_TILE);
+  bf16* dOs = reinterpret_cast<bf16*>(sm + 3 * WB_TILE);
+  float* Ss = reinterpret_cast<float*>(sm + WBK_OFF_S) + warp * 16 * WA_LDF;
+  float* dPs = reinterpret_cast<float*>(sm + WBK_OFF_DP) + warp * 16 * WA_LDF;
+  bf16* Ps = reinterpret_cast<bf16*>(sm + WBK_OFF_P) + warp * 16 * WA_LDH;
+  bf16* dSs = reinterpret_cast<bf16*>(sm + WBK_OFF_DS) + warp * 16 * WA_LDH;
+  const int h = blockIdx.y, b = blockIdx.z, k0 = blockIdx.x * WB_T, j0 = k0 + warp * 16;
+  const long long C3 = 3LL * C;
+  const float scale = 0.125f;  // 1/sqrt(64)
+  const bf16* base = qkv + (long long)b * Tn * C3 + h * WA_D;
+  const bf16* gbase = dout + (long long)b * Tn * C + h * WA_D;
+  const float* Lb = lse + ((long long)b * NH + h) * Tn;
+  const float* Db = Dbuf + ((long long)b * NH + h) * Tn;
+
+  wb_stage(Ks, base + C, C3, k0, Tn);
+  wb_stage(Vs, base + 2 * C, C3, k0, Tn);
+  wb_acc dk[WA_D / 16], dv[WA_D / 16];
+#pragma unroll
+  for (int n = 0; n < WA_D / 16; n++) {
+    wmma::fill_fragment(dk[n], 0.f);
+    wmma::fill_fragment(dv[n], 0.f);
+  }
+  for (int q0 = k0; q0 < Tn; q0 += WB_T) {
+    __syncthreads();  // K/V staged; previous tile's Q/dO no longer read
+    wb_stage(Qs, base, C3, q0, Tn);
+    wb_stage(dOs, gbase, C, q0, Tn);
+    __syncthreads();
+    const int nq = q0 == k0 ? warp : 0;  // 16-query blocks below it hold no query >= the warp's first key
+    wb_abt(Ss, Ks + warp * 16 * WA_LDH, Qs, nq, 4);
+    wb_abt(dPs, Vs + warp * 16 * WA_LDH, dOs, nq, 4);
+    __syncwarp();
+#pragma unroll
+    for (int hc = 0; hc < 2; hc++) {
+      const int c = lane + 32 * hc, i = q0 + c;
+      const float L = i < Tn ? Lb[i] : 0.f, D = i < Tn ? Db[i] : 0.f;
+      for (int r = 0; r < 16; r++) {
+        float p = 0.f, ds = 0.f;
+        if (i < Tn && i >= j0 + r) {
+          p = __expf(Ss[r * WA_LDF + c] * scale - L);
+          ds = p * (dPs[r * WA_LDF + c] - D);
+        }
+        Ps[r * WA_LDH + c] = __float2bfloat16_rn(p);
+        dSs[r * WA_LDH + c] = __float2bfloat16_rn(ds);
+      }
+    }
+    __syncwarp();
+    wb_ab(dv, Ps, dOs, nq, 4);
+    wb_ab(dk, dSs, Qs, nq, 4);
+  }
+  bf16* dst = dqkv + (long long)b * Tn * C3 + h * WA_D;
+  wb_write(dst + C, C3, j0, Tn, dk, scale, Ss);
+  wb_write(dst + 2 * C, C3, j0, Tn, dv, 1.f, Ss);
+}
+RLHF_EXPORT(attention_backward_dkv_wmma_bf16)

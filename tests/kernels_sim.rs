@@ -131,6 +131,8 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     }
     assert!(sim::has_kernel("sum_squares_final"));
     assert!(sim::has_kernel("attention_forward_wmma_bf16"));
+    assert!(sim::has_kernel("attention_backward_dq_wmma_bf16"));
+    assert!(sim::has_kernel("attention_backward_dkv_wmma_bf16"));
     assert!(!sim::has_kernel("no_such_kernel"));
     // The tensor-core attention forward really issues bf16 tensor-core MMAs (32 = 2 products x 4 x 4 tiles).
     if let Some(ptx) = rlhf::kernels::ptx_for("attention", 90) {
@@ -138,6 +140,15 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
             + ptx.matches("wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32").count();
         println!("attention PTX (sm_90): {n} bf16 wmma.mma.sync instructions");
         assert!(n >= 2, "attention_forward_wmma_bf16 PTX has no bf16 wmma.mma.sync");
+        for k in ["attention_backward_dq_wmma_bf16", "attention_backward_dkv_wmma_bf16"] {
+            let start = ptx.find(&format!(".entry {k}(")).unwrap_or_else(|| panic!("{k} not in the attention PTX"));
+            let body = &ptx[start + 1..];
+            let body = &body[..body.find(".entry ").unwrap_or(body.len())];
+            let n = body.matches("wmma.mma.sync.aligned.row.col.m16n16k16.f32.bf16.bf16.f32").count()
+                + body.matches("wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32").count();
+            println!("{k} PTX (sm_90): {n} bf16 wmma.mma.sync instructions");
+            assert!(n >= 3, "{k} PTX has too few bf16 wmma.mma.sync ({n})");
+        }
     } else {
         println!("no attention PTX in this build: tensor-core instruction check did not run");
     }
@@ -514,6 +525,13 @@ fn attention_forward_training_and_kv_cache() {
 }
 
 fn attention_bwd_case(l: &dyn Launcher, dt: DType, b: usize, t: usize, c: usize, nh: usize, seed: u64) -> Vec<f64> {
+    attention_bwd_cases(l, &[kl::AttentionImpl::Auto], dt, b, t, c, nh, seed).remove(0)
+}
+
+/// The backward with each kernel choice in `imps` on the same inputs (one forward), each checked against the
+/// reference; returns each dqkv.
+#[allow(clippy::too_many_arguments)]
+fn attention_bwd_cases(l: &dyn Launcher, imps: &[kl::AttentionImpl], dt: DType, b: usize, t: usize, c: usize, nh: usize, seed: u64) -> Vec<Vec<f64>> {
     let mut rng = Rng::new(seed);
     let qkv = DBuf::new(dt, &randn(&mut rng, b * t * 3 * c, 1.0));
     let dout = DBuf::new(dt, &randn(&mut rng, b * t * c, 1.0));
@@ -522,16 +540,20 @@ fn attention_bwd_case(l: &dyn Launcher, dt: DType, b: usize, t: usize, c: usize,
     let out = DBuf::poisoned(dt, b * t * c);
     let lse = SimBuf::<f32>::poisoned(b * nh * t, 0xff);
     kl::attention_forward(l, dt, out.ptr(), lse.ptr(), qkv.ptr(), qkv.ptr(), pd.ptr(), b, t, t, c, nh).unwrap();
-    let dqkv = DBuf::poisoned(dt, b * t * 3 * c);
-    let s = scratch(kl::attention_backward_scratch_bytes(b, t, nh));
-    kl::attention_backward(l, dt, dqkv.ptr(), dout.ptr(), qkv.ptr(), out.ptr(), lse.ptr(), b, t, c, nh, s.ptr()).unwrap();
     // reference backward from the reference forward's out/lse (f64) on the same inputs
     let (mut wo, mut wl) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
     ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh);
     let mut want = vec![f64::NAN; b * t * 3 * c];
     ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh);
-    check(&format!("attention_backward B={b} T={t} C={c} NH={nh}"), dt, &dqkv.get(), &want);
-    dqkv.get()
+    let mut res = Vec::new();
+    for &imp in imps {
+        let dqkv = DBuf::poisoned(dt, b * t * 3 * c);
+        let s = scratch(kl::attention_backward_scratch_bytes(b, t, nh));
+        kl::attention_backward_with(l, imp, dt, dqkv.ptr(), dout.ptr(), qkv.ptr(), out.ptr(), lse.ptr(), b, t, c, nh, s.ptr()).unwrap();
+        check(&format!("attention_backward[{imp:?}] B={b} T={t} C={c} NH={nh}"), dt, &dqkv.get(), &want);
+        res.push(dqkv.get());
+    }
+    res
 }
 
 #[test]
@@ -543,6 +565,42 @@ fn attention_backward_matches_reference() {
         }
     }
     assert!(kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2).is_err(), "head size 160 must be refused");
+}
+
+/// The tensor-core (WMMA) backward: bf16, head size 64, ragged T (one row; below, at and above the 64-row
+/// tiles; three tiles), against the f64 reference and against the CUDA-core backward on the same inputs.
+/// Tolerance: TOL_BF16 as for the CUDA-core kernels. Besides the final rounding of dq, dk, dv to bf16 (<= 2^-8
+/// relative), the tensor-core path rounds P and dS to bf16 before the products (another <= 2^-8 relative per
+/// term); those roundings are independent across the terms of each sum, so they add to the relative error of
+/// the sum in quadrature rather than linearly (measured: 2.4e-3 here, against 1.8e-3 for the CUDA-core
+/// kernels). The two kernels' results may differ by both errors: 2 * TOL_BF16.
+/// Simulated WMMA is slow (every lane computes the whole tile): the shapes are kept small.
+#[test]
+fn attention_backward_tensor_cores() {
+    let l = launcher();
+    use kl::AttentionImpl::{Auto, Simt, Wmma};
+    for (i, (b, t, nh)) in [(2usize, 1usize, 2usize), (2, 37, 2), (1, 64, 3), (2, 100, 2), (1, 130, 2)].into_iter().enumerate() {
+        let c = 64 * nh;
+        // Auto takes the tensor-core kernels for bf16 / head size 64
+        let imps: &[kl::AttentionImpl] = if i == 1 { &[Wmma, Simt, Auto] } else { &[Wmma, Simt] };
+        let r = attention_bwd_cases(&l, imps, DType::BF16, b, t, c, nh, 100 + i as u64);
+        let e = rel_err(&r[0], &r[1]);
+        println!("attention_backward B={b} T={t} NH={nh}: tensor cores vs CUDA cores relative difference {e:.3e}");
+        assert!(e <= 2.0 * TOL_BF16, "attention_backward B={b} T={t} NH={nh}: tensor cores vs CUDA cores {e:.3e}");
+        if r.len() > 2 {
+            assert_eq!(r[2], r[0], "Auto does not take the tensor-core backward");
+        }
+    }
+    // deterministic: bit-identical under random block order and thread interleaving (several tiles each way)
+    let want = attention_bwd_cases(&SimLauncher::ordered(), &[Wmma], DType::BF16, 1, 70, 128, 2, 110);
+    for seed in [1u64, 2] {
+        let got = attention_bwd_cases(&SimLauncher::racy(seed), &[Wmma], DType::BF16, 1, 70, 128, 2, 110);
+        assert_eq!(got, want, "attention_backward (tensor cores) differs under race mode seed {seed}");
+    }
+    let e = kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 0).unwrap_err();
+    assert!(e.to_string().contains("bf16"), "{e}");
+    let e = kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 0).unwrap_err();
+    assert!(e.to_string().contains("aligned"), "{e}");
 }
 
 // ------------------------------------------------------------------------------------------------ race mode

@@ -484,7 +484,7 @@ fn att_cfg(rows: usize, nh: usize, b: usize, smem_floats_per_warp: usize) -> Lau
     }
 }
 
-/// Which attention forward kernel to run.
+/// Which attention kernels to run (forward, backward).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionImpl {
     /// Tensor cores (WMMA) where available (bf16, head size 64), else CUDA cores.
@@ -541,26 +541,57 @@ pub fn attention_backward_scratch_bytes(b: usize, t: usize, nh: usize) -> usize 
     b * nh * t * 4
 }
 
+/// Dynamic shared memory of attention_backward_dq_wmma_bf16 / attention_backward_dkv_wmma_bf16
+/// (kernels/attention.cu WBQ_SMEM, WBK_SMEM).
+pub const ATTENTION_BWD_DQ_WMMA_SMEM: u32 = 81408;
+pub const ATTENTION_BWD_DKV_WMMA_SMEM: u32 = 90112;
+
 /// Causal attention backward, training form (contract of `crate::ops::attention::backward`): dqkv [B,T,3C]
 /// is overwritten; lse f32 from the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(l: &dyn Launcher, dt: DType, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, out: DevPtr, lse: DevPtr, b: usize, t: usize, c: usize, nh: usize, scratch: DevPtr) -> Result<()> {
+    attention_backward_with(l, AttentionImpl::Auto, dt, dqkv, dout, qkv, out, lse, b, t, c, nh, scratch)
+}
+
+/// [`attention_backward`] with an explicit kernel choice. The tensor-core pair reads 16-byte packs, so it
+/// also needs 16-byte-aligned dqkv, dout, qkv, out (Auto falls back to CUDA cores otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_with(l: &dyn Launcher, imp: AttentionImpl, dt: DType, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, out: DevPtr, lse: DevPtr, b: usize, t: usize, c: usize, nh: usize, scratch: DevPtr) -> Result<()> {
     let (hs, kpl) = att_variant(c, nh)?;
     i32_of(b * t * 3 * c, "B*T*3C")?;
     if b == 0 || t == 0 {
         return Ok(());
     }
     let (ti, nhi, ci) = (t as i32, nh as i32, c as i32);
-    l.launch(
-        &format!("attention_backward_dq_hs{kpl}_{}", dt.suffix()),
-        att_cfg(t, nh, b, 2 * hs + 32),
-        &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(out), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)],
-    )?;
-    l.launch(
-        &format!("attention_backward_dkv_hs{kpl}_{}", dt.suffix()),
-        att_cfg(t, nh, b, 2 * hs + 64),
-        &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)],
-    )
+    let wmma_ok = dt == DType::BF16 && hs == 64;
+    let aligned = [dqkv, dout, qkv, out].iter().all(|p| p % 16 == 0);
+    let use_wmma = match imp {
+        AttentionImpl::Auto => wmma_ok && aligned,
+        AttentionImpl::Simt => false,
+        AttentionImpl::Wmma => {
+            ensure!(wmma_ok, "attention_backward_wmma needs bf16 and head size 64 (got {dt:?}, {hs})");
+            aligned16(&[dqkv, dout, qkv, out], "attention_backward_wmma")?;
+            true
+        }
+    };
+    let (dq_name, dkv_name, dq_cfg, dkv_cfg) = if use_wmma {
+        let grid = [t.div_ceil(64) as u32, nh as u32, b as u32];
+        (
+            "attention_backward_dq_wmma_bf16".to_string(),
+            "attention_backward_dkv_wmma_bf16".to_string(),
+            LaunchConfig { grid, block: [128, 1, 1], smem: ATTENTION_BWD_DQ_WMMA_SMEM },
+            LaunchConfig { grid, block: [128, 1, 1], smem: ATTENTION_BWD_DKV_WMMA_SMEM },
+        )
+    } else {
+        (
+            format!("attention_backward_dq_hs{kpl}_{}", dt.suffix()),
+            format!("attention_backward_dkv_hs{kpl}_{}", dt.suffix()),
+            att_cfg(t, nh, b, 2 * hs + 32),
+            att_cfg(t, nh, b, 2 * hs + 64),
+        )
+    };
+    l.launch(&dq_name, dq_cfg, &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(out), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)])?;
+    l.launch(&dkv_name, dkv_cfg, &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)])
 }
 
 // ------------------------------------------------------------------------------------------------ attention, unfused reference (benchmarks only)
