@@ -105,6 +105,11 @@ impl CudaDevice {
         Ok(CudaDevice { lt: Lt { handle, algos: Mutex::new(HashMap::new()) }, workspace, stream, launcher, gpu_name })
     }
 
+    /// Makes this device's context current on the calling thread (the raw driver calls need it).
+    fn bind(&self) -> Result<()> {
+        cu("binding the context", self.launcher.context().bind_to_thread())
+    }
+
     pub fn sm(&self) -> u32 {
         self.launcher.sm
     }
@@ -146,20 +151,25 @@ impl Device for CudaDevice {
     }
     // SAFETY (the copies and memset): pointers come from allocations on this stream, sized by the caller.
     fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.bind()?;
         cu("copy to device", unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) })?;
         self.synchronize()
     }
     fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
+        self.bind()?;
         cu("copy to host", unsafe { drv::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) })?;
         self.synchronize()
     }
     fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        self.bind()?;
         cu("device copy", unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) })
     }
     fn memset0(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        self.bind()?;
         cu("memset", unsafe { drv::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) })
     }
     fn gemm(&self, g: &Gemm) -> Result<()> {
+        self.bind()?;
         let desc = Desc(cu("cublasLtMatmulDescCreate", lt::create_matmul_desc(ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F, ltsys::cudaDataType::CUDA_R_32F))?);
         let (ta, tb) = (g.ta as i32, g.tb as i32);
         // SAFETY: desc is live; TRANSA/TRANSB are int32 cublasOperation_t values (0 = N, 1 = T).
