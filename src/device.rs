@@ -29,7 +29,14 @@ pub fn cuda_unavailable_reason() -> Option<String> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Some("no CUDA driver: libcuda.so could not be loaded on this machine (no NVIDIA GPU or driver installed)".into());
     }
-    crate::kernels::PTX_UNAVAILABLE_REASON.map(|why| format!("this binary was built without its CUDA kernels ({why})"))
+    if let Some(why) = crate::kernels::PTX_UNAVAILABLE_REASON {
+        return Some(format!("this binary was built without its CUDA kernels ({why})"));
+    }
+    // SAFETY: only tries to dlopen cuBLASLt.
+    if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+        return Some("cuBLASLt could not be loaded (put the CUDA 13 libcublasLt.so.13 on LD_LIBRARY_PATH)".into());
+    }
+    None
 }
 
 pub fn select(arg: DeviceArg) -> Result<Device> {

@@ -100,6 +100,10 @@ impl CudaDevice {
         unsafe { launcher.context().disable_event_tracking() };
         let stream = launcher.stream().clone();
         let gpu_name = launcher.context().name().unwrap_or_else(|_| "unknown GPU".into());
+        // SAFETY: only tries to dlopen the library (cudarc would panic on first use if it were missing).
+        if !unsafe { ltsys::is_culib_present() } {
+            anyhow::bail!("cuBLASLt could not be loaded: put the CUDA 13 libcublasLt.so.13 (CUDA toolkit, or the nvidia-cublas wheel) on LD_LIBRARY_PATH");
+        }
         let handle = cu("cuBLASLt (is libcublasLt on the library path?)", lt::create_handle())?;
         let workspace = cu("workspace", stream.alloc_zeros::<u8>(WORKSPACE_BYTES))?;
         Ok(CudaDevice { lt: Lt { handle, algos: Mutex::new(HashMap::new()) }, workspace, stream, launcher, gpu_name })
