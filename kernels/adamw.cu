@@ -6,14 +6,14 @@
 // sum_squares: stage 1 (sum_squares_partial_*) grid-stride with f64 per-thread sums, one partial per block;
 // stage 2 (sum_squares_final) one 256-thread block sums the partials in a fixed order. The launch code fixes
 // the grid size from n alone, so the result is bit-identical run to run.
+// The *_multi kernels do the same over a whole tensor list in one launch, from a host-built table of chunks.
 #include "common.cuh"
 
 template <class T>
-__device__ void adamw_update(T* __restrict__ param, float* __restrict__ master, const T* __restrict__ grad,
-                             float* __restrict__ m, float* __restrict__ v, int n, float lr, float b1, float b2,
-                             float eps, float wd, float bc1, float bc2, float grad_scale) {
-  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
+__device__ __forceinline__ void adamw_element(T* __restrict__ param, float* __restrict__ master,
+                                              const T* __restrict__ grad, float* __restrict__ m,
+                                              float* __restrict__ v, long long i, float lr, float b1, float b2,
+                                              float eps, float wd, float bc1, float bc2, float grad_scale) {
   const float g = to_f32(grad[i]) * grad_scale;
   const float mi = b1 * m[i] + (1.f - b1) * g;
   const float vi = b2 * v[i] + (1.f - b2) * g * g;
@@ -26,37 +26,82 @@ __device__ void adamw_update(T* __restrict__ param, float* __restrict__ master, 
 }
 
 template <class T>
-__device__ void sum_squares_partial(double* __restrict__ partial, const T* __restrict__ x, int n) {
+__device__ void adamw_update(T* __restrict__ param, float* __restrict__ master, const T* __restrict__ grad,
+                             float* __restrict__ m, float* __restrict__ v, int n, float lr, float b1, float b2,
+                             float eps, float wd, float bc1, float bc2, float grad_scale) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) adamw_element<T>(param, master, grad, m, v, i, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+}
+
+// Multi-tensor AdamW: one launch for a whole parameter list. The host cuts every tensor into chunks (addresses
+// already offset to the chunk); block i updates chunk i with the tensor's weight decay.
+struct AdamWChunk {
+  unsigned long long param, master, grad, m, v;  // master 0 for adamw_multi_f32
+  int len;
+  float wd;
+};
+
+template <class T>
+__device__ void adamw_multi(const AdamWChunk* __restrict__ chunks, float lr, float b1, float b2, float eps, float bc1,
+                            float bc2, float grad_scale) {
+  const AdamWChunk c = chunks[blockIdx.x];
+  T* param = reinterpret_cast<T*>(c.param);
+  float* master = reinterpret_cast<float*>(c.master);
+  const T* grad = reinterpret_cast<const T*>(c.grad);
+  float* m = reinterpret_cast<float*>(c.m);
+  float* v = reinterpret_cast<float*>(c.v);
+  for (int i = threadIdx.x; i < c.len; i += blockDim.x)
+    adamw_element<T>(param, master, grad, m, v, i, lr, b1, b2, eps, c.wd, bc1, bc2, grad_scale);
+}
+
+// The block's sum of one f64 per thread, in a fixed order, written to *out by thread 0.
+__device__ __forceinline__ void block_sum_f64_store(double s, double* out) {
   __shared__ double red[32];
+  s = warp_sum_f64(s);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) red[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    s = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0;
+    s = warp_sum_f64(s);
+    if (lane == 0) *out = s;
+  }
+}
+
+template <class T>
+__device__ void sum_squares_partial(double* __restrict__ partial, const T* __restrict__ x, int n) {
   double s = 0.0;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     double v = to_f32(x[i]);
     s += v * v;
   }
-  s = warp_sum_f64(s);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) red[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    s = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0;
-    s = warp_sum_f64(s);
-    if (lane == 0) partial[blockIdx.x] = s;
+  block_sum_f64_store(s, partial + blockIdx.x);
+}
+
+// Multi-tensor sum of squares: block i sums chunk i (address already offset) into partial[i];
+// sum_squares_final then adds the partials in order.
+struct SumSqChunk {
+  unsigned long long x;
+  int len;
+  int pad;
+};
+
+template <class T>
+__device__ void sum_squares_multi_partial(double* __restrict__ partial, const SumSqChunk* __restrict__ chunks) {
+  const SumSqChunk c = chunks[blockIdx.x];
+  const T* x = reinterpret_cast<const T*>(c.x);
+  double s = 0.0;
+  for (int i = threadIdx.x; i < c.len; i += blockDim.x) {
+    double v = to_f32(x[i]);
+    s += v * v;
   }
+  block_sum_f64_store(s, partial + blockIdx.x);
 }
 
 extern "C" __global__ void sum_squares_final(double* __restrict__ out, const double* __restrict__ partial, int G) {
-  __shared__ double red[32];
   double s = 0.0;
   for (int i = threadIdx.x; i < G; i += blockDim.x) s += partial[i];
-  s = warp_sum_f64(s);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) red[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    s = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0;
-    s = warp_sum_f64(s);
-    if (lane == 0) out[0] = s;
-  }
+  block_sum_f64_store(s, out);
 }
 RLHF_EXPORT(sum_squares_final)
 
@@ -72,7 +117,17 @@ RLHF_EXPORT(sum_squares_final)
                                                        int n) {                                               \
     sum_squares_partial<T>(partial, x, n);                                                                    \
   }                                                                                                           \
-  RLHF_EXPORT(sum_squares_partial_##sfx)
+  RLHF_EXPORT(sum_squares_partial_##sfx)                                                                      \
+  extern "C" __global__ void adamw_multi_##sfx(const AdamWChunk* __restrict__ chunks, float lr, float b1,     \
+                                               float b2, float eps, float bc1, float bc2, float grad_scale) { \
+    adamw_multi<T>(chunks, lr, b1, b2, eps, bc1, bc2, grad_scale);                                           \
+  }                                                                                                           \
+  RLHF_EXPORT(adamw_multi_##sfx)                                                                              \
+  extern "C" __global__ void sum_squares_multi_partial_##sfx(double* __restrict__ partial,                   \
+                                                             const SumSqChunk* __restrict__ chunks) {        \
+    sum_squares_multi_partial<T>(partial, chunks);                                                            \
+  }                                                                                                           \
+  RLHF_EXPORT(sum_squares_multi_partial_##sfx)
 
 ADAMW_INSTANTIATE(float, f32)
 ADAMW_INSTANTIATE(bf16, bf16)

@@ -69,6 +69,13 @@ pub trait Backend: Sync {
     #[allow(clippy::too_many_arguments)]
     fn crossentropy(&self, losses: &mut Self::Buf, logits: &mut Self::Buf, targets: &Self::Ids, weights: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool);
     fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamWParams);
+    /// One AdamW step over a whole parameter list, `hs[i]` for tensor i: the default steps each tensor; a
+    /// device backend does them all in one launch.
+    fn adamw_all(&self, params: &mut [Self::Buf], grads: &[Self::Buf], m: &mut [Self::Buf], v: &mut [Self::Buf], hs: &[AdamWParams]) {
+        for (i, h) in hs.iter().enumerate() {
+            self.adamw(&mut params[i], &grads[i], &mut m[i], &mut v[i], h);
+        }
+    }
     fn sum_squares(&self, buf: &Self::Buf) -> f64;
     /// The sum of `sum_squares` over `bufs` (the global gradient norm squared); a device backend batches
     /// the reductions so the host waits once.

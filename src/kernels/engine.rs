@@ -29,11 +29,12 @@ pub struct KernelBackend<D: Device> {
     pub dev: D,
     /// Storage type of new buffers and input type of matrix products (see the module docs).
     pub compute: DType,
-    /// Recently used `pos0` arrays on the device: uploading them on every op would stall the stream.
-    positions: Mutex<Vec<(Vec<u32>, D::Mem)>>,
+    /// Device copies of recently used small host arrays (`pos0`, the multi-tensor tables): uploading them on
+    /// every op would stall the stream.
+    consts: Mutex<Vec<(Vec<u8>, D::Mem)>>,
 }
 
-const POSITIONS_KEPT: usize = 16;
+const CONSTS_KEPT: usize = 16;
 
 /// The kernels in the CPU simulator.
 pub type SimBackend = KernelBackend<SimDevice>;
@@ -107,23 +108,28 @@ const F32: DType = DType::F32;
 
 impl<D: Device> KernelBackend<D> {
     pub fn with_device(dev: D, compute: DType) -> Self {
-        KernelBackend { dev, compute, positions: Mutex::new(Vec::new()) }
+        KernelBackend { dev, compute, consts: Mutex::new(Vec::new()) }
     }
 
-    /// `pos0` on the device, from the cache of recent ones. (An evicted buffer is freed in stream order,
-    /// after the kernels that read it.)
-    fn positions(&self, pos0: &[u32]) -> DevPtr {
-        let mut cache = self.positions.lock().unwrap();
-        if let Some((_, m)) = cache.iter().find(|(p, _)| p == pos0) {
+    /// `bytes` on the device, from the cache of recent ones (valid until the next call: an evicted buffer
+    /// is freed in stream order, after the kernels that read it).
+    fn device_copy(&self, bytes: &[u8]) -> DevPtr {
+        let mut cache = self.consts.lock().unwrap();
+        if let Some((_, m)) = cache.iter().find(|(b, _)| b == bytes) {
             return self.p(m);
         }
-        if cache.len() >= POSITIONS_KEPT {
+        if cache.len() >= CONSTS_KEPT {
             cache.remove(0);
         }
-        let m = self.upload_u32(pos0);
+        let m = self.scratch(bytes.len());
+        ok("upload", self.dev.htod(self.p(&m), bytes));
         let p = self.p(&m);
-        cache.push((pos0.to_vec(), m));
+        cache.push((bytes.to_vec(), m));
         p
+    }
+
+    fn positions(&self, pos0: &[u32]) -> DevPtr {
+        self.device_copy(bytemuck::cast_slice(pos0))
     }
 
     fn l(&self) -> &dyn kl::Launcher {
@@ -401,11 +407,55 @@ impl<D: Device> Backend for KernelBackend<D> {
             ok("adamw", kl::adamw(self.l(), F32, master, 0, vg.ptr(), pm, pv, n, h));
         }
     }
+    /// All tensors in one launch when their gradients share one type and the steps differ only in weight
+    /// decay (what `AdamW::update` does); otherwise tensor by tensor.
+    fn adamw_all(&self, params: &mut [Self::Buf], grads: &[Self::Buf], m: &mut [Self::Buf], v: &mut [Self::Buf], hs: &[AdamWParams]) {
+        let same = |a: &AdamWParams, b: &AdamWParams| (a.lr, a.beta1, a.beta2, a.eps, a.step, a.grad_scale) == (b.lr, b.beta1, b.beta2, b.eps, b.step, b.grad_scale);
+        let dt = grads.first().map_or(self.compute, |g| g.dt);
+        if hs.is_empty() || !hs.iter().all(|h| same(h, &hs[0])) || grads.iter().any(|g| g.dt != dt) || (dt == DType::BF16 && self.compute != DType::BF16) {
+            for (i, h) in hs.iter().enumerate() {
+                self.adamw(&mut params[i], &grads[i], &mut m[i], &mut v[i], h);
+            }
+            return;
+        }
+        // bf16 gradients: f32 masters and their bf16 working copies (as in `adamw`); f32: the params themselves
+        let mut halves = Vec::new();
+        let mut tensors = Vec::new();
+        for i in 0..hs.len() {
+            let (pm, pv) = (self.target(&mut m[i], F32), self.target(&mut v[i], F32));
+            let (param, master) = if dt == DType::BF16 {
+                let half = params[i].half.take().unwrap_or_else(|| self.alloc(params[i].n, DType::BF16));
+                let master = self.target(&mut params[i], F32);
+                let p = self.p(&half);
+                halves.push((i, half));
+                (p, master)
+            } else {
+                (self.target(&mut params[i], F32), 0)
+            };
+            tensors.push(kl::AdamWTensor { param, master, grad: self.p(&grads[i].mem), m: pm, v: pv, n: params[i].n, weight_decay: hs[i].weight_decay });
+        }
+        let table = kl::adamw_chunks(dt, &tensors);
+        let t = self.device_copy(bytemuck::cast_slice(&table));
+        ok("adamw", kl::adamw_multi(self.l(), dt, t, table.len(), &hs[0]));
+        for (i, half) in halves {
+            let _ = params[i].half.set(half);
+        }
+    }
     fn sum_squares(&self, buf: &Self::Buf) -> f64 {
         self.sum_squares_all(std::slice::from_ref(buf))
     }
-    /// Every reduction queued into one scratch buffer, then one download (one wait for the stream).
+    /// One multi-tensor reduction (two launches) where every buffer has the same type; else every
+    /// reduction queued into one scratch buffer. Either way one download, one wait for the stream.
     fn sum_squares_all(&self, bufs: &[Self::Buf]) -> f64 {
+        if let Some(dt) = bufs.first().map(|b| b.dt).filter(|&dt| bufs.iter().all(|b| b.dt == dt)) {
+            let table = kl::sum_squares_chunks(dt, &bufs.iter().map(|b| (self.p(&b.mem), b.n)).collect::<Vec<_>>());
+            let t = self.device_copy(bytemuck::cast_slice(&table));
+            let s = self.scratch(kl::sum_squares_multi_scratch_bytes(table.len()));
+            ok("sum_squares", kl::sum_squares_multi(self.l(), dt, t, table.len(), self.p(&s)));
+            let mut out = [0u8; 8];
+            ok("download", self.dev.dtoh(&mut out, self.p(&s)));
+            return f64::from_le_bytes(out);
+        }
         let offsets: Vec<usize> = bufs.iter().scan(0, |off, b| Some(std::mem::replace(off, *off + kl::sum_squares_scratch_bytes(b.n)))).collect();
         let total = bufs.last().map_or(0, |b| offsets[bufs.len() - 1] + kl::sum_squares_scratch_bytes(b.n));
         let s = self.scratch(total);

@@ -46,8 +46,8 @@ impl<B: Backend> AdamW<B> {
         let norm = Self::grad_norm(be, grads);
         let grad_scale = if self.hp.grad_clip > 0.0 && norm > self.hp.grad_clip { self.hp.grad_clip / norm } else { 1.0 };
         self.step += 1;
-        for i in 0..params.bufs.len() {
-            let h = AdamWParams {
+        let hs: Vec<AdamWParams> = (0..params.bufs.len())
+            .map(|i| AdamWParams {
                 lr,
                 beta1: self.hp.beta1,
                 beta2: self.hp.beta2,
@@ -55,9 +55,9 @@ impl<B: Backend> AdamW<B> {
                 weight_decay: if self.decay[i] { self.hp.weight_decay } else { 0.0 },
                 step: self.step,
                 grad_scale,
-            };
-            be.adamw(&mut params.bufs[i], &grads.bufs[i], &mut self.m.bufs[i], &mut self.v.bufs[i], &h);
-        }
+            })
+            .collect();
+        be.adamw_all(&mut params.bufs, &grads.bufs, &mut self.m.bufs, &mut self.v.bufs, &hs);
         norm
     }
 }
