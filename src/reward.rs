@@ -8,17 +8,23 @@
 //! backpropagate once. A batch holds several prompts; its loss is their mean. One epoch by default (more
 //! overfits, InstructGPT). After training the head's bias is shifted so that the SFT demonstrations score
 //! 0 on average (reward normalisation). Head init: N(0, 1/sqrt(C+1)), bias 0.
+//!
+//! Every `save_every` steps (and when pausing at `stop_after`) a checkpoint holds the reward model, the
+//! trunk's AdamW moments followed by the head's (named `score.weight` / `score.bias`), the step and the
+//! run's settings. The prompt order of a step is a pure function of (seed, step), so `--resume` (same data,
+//! seed and hyper-parameters; anything else is refused) is bit-identical to a run that never stopped. The
+//! final checkpoint (after the bias shift) closes the run.
 
 use crate::backend::Backend;
 use crate::chat::{self, ChatTokens};
-use crate::checkpoint;
+use crate::checkpoint::{self, Checkpoint, NamedTensor, TrainState};
 use crate::datasets::{self, Ranked};
 use crate::gradcheck::{compare, CheckResult};
 use crate::metrics::{self, MetricsLog};
-use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
-use crate::ops::adamw::lr_schedule;
+use crate::model::persist::upload;
+use crate::model::{Acts, AdamW, AdamWConfig, HeadGrads, ScalarHead, Tensors};
+use crate::ops::adamw::{lr_schedule, AdamWParams};
 use crate::ppo::rollout::TrunkHead;
-use crate::ppo::trainer::{head_step, HeadOpt};
 use crate::rng::Rng;
 use crate::sft::{pair_batch, Pair};
 use crate::tokenizer::Tokenizer;
@@ -62,6 +68,16 @@ pub struct RewardConfig {
     pub eval_fraction: f64,
     pub skip_bad: bool,
     pub seed: u64,
+    /// Save a checkpoint every N steps (the final step is always saved).
+    #[serde(default = "default_save_every")]
+    pub save_every: u64,
+    /// End this invocation (with a checkpoint) once this step is reached; `--resume` continues.
+    #[serde(default)]
+    pub stop_after: Option<u64>,
+}
+
+fn default_save_every() -> u64 {
+    50
 }
 
 #[derive(Debug, Serialize)]
@@ -75,6 +91,8 @@ pub struct RewardSummary {
     pub final_train_loss: f64,
     pub bias_shift: f64,
     pub checkpoint: PathBuf,
+    /// False when the run paused at `stop_after` (no evaluation or bias shift yet; `--resume` continues).
+    pub complete: bool,
 }
 
 /// One ranked record, encoded: the prompt's chat-format tokens with each answer, and the pairs.
@@ -134,17 +152,130 @@ pub fn accuracy<B: Backend>(be: &B, rm: &RewardModel<B>, groups: &[Group], pad: 
     Ok((right / total.max(1) as f64, total))
 }
 
-pub fn train<B: Backend>(be: &B, cfg: &RewardConfig) -> Result<RewardSummary> {
-    if crate::run_dir::latest(&cfg.out)?.is_some() {
-        bail!("{} already holds a reward model; choose another --out", cfg.out.display());
+/// AdamW moments of the scalar head, kept as two heads of the same shape (so they move to and from the
+/// host, and are named in a checkpoint, exactly as the head itself).
+struct HeadMoments<B: Backend> {
+    m: ScalarHead<B>,
+    v: ScalarHead<B>,
+}
+
+impl<B: Backend> HeadMoments<B> {
+    fn zeros(be: &B, c: usize) -> Result<Self> {
+        Ok(HeadMoments { m: ScalarHead::from_host(be, &vec![0.0; c], 0.0)?, v: ScalarHead::from_host(be, &vec![0.0; c], 0.0)? })
     }
-    let base = crate::run_dir::resolve_checkpoint(&cfg.base)?;
-    let ck = checkpoint::load(&base)?;
-    // A policy starts a new reward model (fresh head); a reward model continues (warm start).
-    let mut rm = match ck.kind {
-        checkpoint::ModelKind::Reward => RewardModel::from_checkpoint(be, &ck, &cfg.base.display().to_string())?,
-        checkpoint::ModelKind::Policy => TrunkHead { trunk: ck.to_model(be)?, head: ScalarHead::init(be, ck.config.n_embd, cfg.seed)? },
-        other => bail!("--base {} is a {} model; a reward model starts from a policy (SFT) or a reward checkpoint", cfg.base.display(), other.as_str()),
+
+    /// One AdamW step of the head (its gradient norm clipped on its own; no weight decay on a head).
+    fn step(&mut self, be: &B, head: &mut ScalarHead<B>, g: &HeadGrads<B>, lr: f64, hp: &AdamWConfig, step: u64) {
+        let norm = (be.sum_squares(&g.w) + be.sum_squares(&g.b)).sqrt();
+        let grad_scale = if hp.grad_clip > 0.0 && norm > hp.grad_clip { hp.grad_clip / norm } else { 1.0 };
+        let h = AdamWParams { lr, beta1: hp.beta1, beta2: hp.beta2, eps: hp.eps, weight_decay: 0.0, step, grad_scale };
+        be.adamw(&mut head.w, &g.w, &mut self.m.w, &mut self.v.w, &h);
+        be.adamw(&mut head.b, &g.b, &mut self.m.b, &mut self.v.b, &h);
+    }
+}
+
+/// What a checkpoint's training state records beyond the moments (its `args`).
+#[derive(Serialize, Deserialize)]
+struct RunRecord {
+    config: RewardConfig,
+    /// Total steps of the run.
+    steps: u64,
+    /// Of the encoded comparisons (held-out split first), so changed data or tokenizer is caught.
+    data_fingerprint: String,
+    /// Exact bits of the held-out accuracy before training and of the last training loss.
+    acc_before_bits: u64,
+    last_loss_bits: u64,
+    /// The final checkpoint (bias shifted): nothing is left to resume.
+    complete: bool,
+}
+
+/// FNV-1a over the encoded groups: their tokens, lengths and (better, worse) pairs.
+fn fingerprint<'a>(groups: impl Iterator<Item = &'a Group>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |x: u64| {
+        for byte in x.to_le_bytes() {
+            h = (h ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for g in groups {
+        eat(g.pairs.len() as u64);
+        for (p, a) in &g.pairs {
+            eat(p.len() as u64);
+            p.iter().chain(a).for_each(|&t| eat(t as u64));
+            eat(a.len() as u64);
+        }
+        g.better_worse.iter().for_each(|&(w, l)| eat(((w as u64) << 32) | l as u64));
+    }
+    format!("{h:016x}")
+}
+
+/// The settings a resumed run must share with the saved one (all but where it lives and when it saves or
+/// pauses), as "name: saved vs given" for each that differs.
+fn config_differences(saved: &RewardConfig, given: &RewardConfig) -> Result<Vec<String>> {
+    let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(given)?);
+    let (a, b) = (a.as_object().context("config is not an object")?, b.as_object().context("config is not an object")?);
+    Ok(a.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "out" | "save_every" | "stop_after"))
+        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+        .map(|(k, v)| format!("--{}: {v} in the run, {} now", k.replace('_', "-"), b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
+        .collect())
+}
+
+/// The model and training state written at a step: the reward model, the trunk's moments followed by the
+/// head's, and `rec`.
+fn save_state<B: Backend>(be: &B, out: &Path, rm: &RewardModel<B>, opt: &AdamW<B>, hm: &HeadMoments<B>, rec: &RunRecord, log: &MetricsLog) -> Result<PathBuf> {
+    let ck = rm.to_checkpoint(be)?;
+    let mut state = TrainState::from_optimizer(be, &rm.trunk.cfg, opt, serde_json::to_value(rec)?, log.len()?);
+    for (list, head) in [(&mut state.m, &hm.m), (&mut state.v, &hm.v)] {
+        let (w, b) = head.to_host(be);
+        list.extend(checkpoint::head_tensors(&w, b));
+    }
+    state.validate_for(&ck)?;
+    crate::run_dir::commit_checkpoint(out, opt.step, |dir| {
+        checkpoint::save(dir, &ck)?;
+        checkpoint::save_train_state(dir, &state)
+    })
+}
+
+/// Put a checkpoint's moments (checked by name and shape against its model) back into the optimizers.
+fn restore_state<B: Backend>(be: &B, ck: &Checkpoint, state: &TrainState, opt: &mut AdamW<B>, hm: &mut HeadMoments<B>) -> Result<()> {
+    state.validate_for(ck)?;
+    let nt = ck.config.param_specs().len();
+    upload(be, &ck.config, &state.m[..nt], &mut opt.m)?;
+    upload(be, &ck.config, &state.v[..nt], &mut opt.v)?;
+    opt.step = state.step;
+    let head = |l: &[NamedTensor]| ScalarHead::from_host(be, &l[nt].data, l[nt + 1].data[0]);
+    *hm = HeadMoments { m: head(&state.m)?, v: head(&state.v)? };
+    Ok(())
+}
+
+/// Train (or, with `resume`, continue) a reward model.
+pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<RewardSummary> {
+    let start = crate::train::resume_point(&cfg.out, resume)?;
+    let (mut rm, saved) = match start {
+        Some((ck, state)) => {
+            let dir = crate::run_dir::latest(&cfg.out)?.context("the run's latest checkpoint vanished")?;
+            let rec: RunRecord = serde_json::from_value(state.args.clone()).with_context(|| format!("{}: not a reward-model run's training state", dir.display()))?;
+            if rec.complete {
+                bail!("--resume: the reward model in {} is complete ({} steps); nothing to resume", cfg.out.display(), rec.steps);
+            }
+            let diffs = config_differences(&rec.config, cfg)?;
+            if !diffs.is_empty() {
+                bail!("--resume: {} was trained with other settings ({}); resume with the run's own data, seed and hyper-parameters, or choose another --out", cfg.out.display(), diffs.join("; "));
+            }
+            (RewardModel::from_checkpoint(be, &ck, &dir.display().to_string())?, Some((ck, state, rec)))
+        }
+        None => {
+            let base = crate::run_dir::resolve_checkpoint(&cfg.base)?;
+            let ck = checkpoint::load(&base)?;
+            // A policy starts a new reward model (fresh head); a reward model continues (warm start).
+            let rm = match ck.kind {
+                checkpoint::ModelKind::Reward => RewardModel::from_checkpoint(be, &ck, &cfg.base.display().to_string())?,
+                checkpoint::ModelKind::Policy => TrunkHead { trunk: ck.to_model(be)?, head: ScalarHead::init(be, ck.config.n_embd, cfg.seed)? },
+                other => bail!("--base {} is a {} model; a reward model starts from a policy (SFT) or a reward checkpoint", cfg.base.display(), other.as_str()),
+            };
+            (rm, None)
+        }
     };
     let mcfg = rm.trunk.cfg;
     let tok = Tokenizer::load(&cfg.tokenizer)?;
@@ -164,27 +295,56 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig) -> Result<RewardSummary> {
     let t = train_groups.iter().chain(&eval_groups).flat_map(|g| g.pairs.iter()).map(|(p, a)| p.len() + a.len()).max().unwrap();
     let rows = cfg.prompts_per_step * k_max;
     let eval_batch = 16;
-    let (acc_before, eval_pairs) = accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?;
+    let eval_pairs = eval_groups.iter().map(|g| g.better_worse.len()).sum();
+    let data_fingerprint = fingerprint(eval_groups.iter().chain(&train_groups));
+    let steps = ((cfg.epochs * train_groups.len() as f64) / cfg.prompts_per_step as f64).ceil().max(1.0) as u64;
 
     let hp = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
     let mut opt = AdamW::new(be, &mcfg, hp)?;
-    let mut head_opt = HeadOpt::zeros(be, mcfg.n_embd)?;
+    let mut head_opt = HeadMoments::zeros(be, mcfg.n_embd)?;
+    let (acc_before, mut last_loss, log_len) = match &saved {
+        Some((ck, state, rec)) => {
+            if rec.data_fingerprint != data_fingerprint || rec.steps != steps {
+                bail!(
+                    "--resume: the comparisons in {} (with {}) no longer encode as when the run started; resume with the run's own data and tokenizer, or choose another --out",
+                    cfg.data.display(),
+                    cfg.tokenizer.display()
+                );
+            }
+            restore_state(be, ck, state, &mut opt, &mut head_opt)?;
+            (f64::from_bits(rec.acc_before_bits), f64::from_bits(rec.last_loss_bits), Some(state.metrics_len))
+        }
+        None => (accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?.0, f64::NAN, Some(0)),
+    };
+    let record = |last_loss: f64, complete: bool| RunRecord {
+        config: cfg.clone(),
+        steps,
+        data_fingerprint: data_fingerprint.clone(),
+        acc_before_bits: acc_before.to_bits(),
+        last_loss_bits: last_loss.to_bits(),
+        complete,
+    };
     let mut grads = Tensors::zeros(be, &mcfg)?;
     let mut acts = Acts::new(be, &mcfg, rows, t)?;
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), Some(0))?;
-    let steps = ((cfg.epochs * train_groups.len() as f64) / cfg.prompts_per_step as f64).ceil().max(1.0) as u64;
-    let bar = crate::progress::bar(steps, "reward");
+    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), log_len)?;
+    let mut last_ckpt = crate::run_dir::latest(&cfg.out)?;
+    let save_every = cfg.save_every.max(1);
+    let end = cfg.stop_after.map_or(steps, |s| s.min(steps));
+    let bar = crate::progress::bar(end.saturating_sub(opt.step), "reward");
     let mut order: Vec<usize> = vec![];
-    let mut last_loss = f64::NAN;
-    for step in 0..steps {
-        // Prompts in a seeded order, reshuffled each epoch.
+    let mut order_epoch = None;
+    while opt.step < end {
+        let step = opt.step;
+        // Prompts in a seeded order, reshuffled each epoch (recomputed for whichever step comes first).
         let mut batch_groups = vec![];
         for i in 0..cfg.prompts_per_step {
             let g = step as usize * cfg.prompts_per_step + i;
-            if g % train_groups.len() == 0 {
+            let epoch = (g / train_groups.len()) as u64;
+            if order_epoch != Some(epoch) {
                 order = (0..train_groups.len()).collect();
-                Rng::stream(cfg.seed, (g / train_groups.len()) as u64).shuffle(&mut order);
+                Rng::stream(cfg.seed, epoch).shuffle(&mut order);
+                order_epoch = Some(epoch);
             }
             batch_groups.push(&train_groups[order[g % train_groups.len()]]);
         }
@@ -210,20 +370,44 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig) -> Result<RewardSummary> {
             row += g.pairs.len();
         }
         if !loss.is_finite() {
-            bail!("reward-model loss became {loss} at step {} (lower --lr); nothing was saved", step + 1);
+            let keep = match &last_ckpt {
+                Some(p) => format!("the last good checkpoint is kept: {}", p.display()),
+                None => "no checkpoint had been written yet".into(),
+            };
+            bail!("reward-model loss became {loss} at step {} (lower --lr or check the data); stopped without saving: {keep}", step + 1);
         }
         be.fill_zero(&mut acts.dlnf);
         rm.head.backward(be, &mut hg, &mut acts.dlnf, &acts.lnf, &dr_full, mcfg.n_embd)?;
         rm.trunk.backward(be, &mut acts, &mut grads);
         let lr = lr_schedule(step, cfg.lr, cfg.lr * 0.1, (steps / 10).max(1), steps);
         let norm = opt.update(be, &mut rm.trunk.params, &grads, lr);
-        head_step(be, &mut rm, &mut head_opt, &hg, lr, &hp, step + 1);
+        head_opt.step(be, &mut rm.head, &hg, lr, &hp, opt.step);
         last_loss = loss;
-        log.write(&json!({"step": step + 1, "loss": loss, "train_pair_accuracy": right as f64 / n_pairs.max(1) as f64, "lr": lr, "grad_norm": norm}))?;
+        log.write(&json!({"step": opt.step, "loss": loss, "train_pair_accuracy": right as f64 / n_pairs.max(1) as f64, "lr": lr, "grad_norm": norm}))?;
         bar.set_message(format!("loss {loss:.3}"));
         bar.inc(1);
+        // The last step is saved after the evaluation and bias shift, below.
+        if opt.step < steps && (opt.step % save_every == 0 || opt.step == end) {
+            last_ckpt = Some(save_state(be, &cfg.out, &rm, &opt, &head_opt, &record(last_loss, false), &log)?);
+        }
     }
     bar.finish();
+    if opt.step < steps {
+        let checkpoint = last_ckpt.context("no checkpoint was written")?;
+        eprintln!("reward: paused at step {} of {steps}; continue with --resume", opt.step);
+        return Ok(RewardSummary {
+            steps: opt.step,
+            train_prompts: train_groups.len(),
+            eval_prompts: eval_groups.len(),
+            eval_pairs,
+            eval_accuracy_before: acc_before,
+            eval_accuracy: f64::NAN,
+            final_train_loss: last_loss,
+            bias_shift: 0.0,
+            checkpoint,
+            complete: false,
+        });
+    }
     let (acc, _) = accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?;
     log.write(&json!({"step": steps, "eval_pair_accuracy": acc, "eval_pair_accuracy_before": acc_before}))?;
     // Reward normalisation: the SFT demonstrations score 0 on average.
@@ -239,8 +423,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig) -> Result<RewardSummary> {
         }
         None => 0.0,
     };
-    let ck = rm.to_checkpoint(be)?;
-    let dir = crate::run_dir::commit_checkpoint(&cfg.out, steps, |d| checkpoint::save(d, &ck))?;
+    let dir = save_state(be, &cfg.out, &rm, &opt, &head_opt, &record(last_loss, true), &log)?;
     let recs = metrics::read(&cfg.out.join("metrics.jsonl"))?;
     let svg = metrics::svg_plot("reward model: pairwise loss", "step", &[("train loss", metrics::series(&recs, "step", "loss"))]);
     metrics::write_plot(&cfg.out.join("loss.svg"), &svg)?;
@@ -254,6 +437,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig) -> Result<RewardSummary> {
         final_train_loss: last_loss,
         bias_shift,
         checkpoint: dir,
+        complete: true,
     })
 }
 

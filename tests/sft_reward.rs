@@ -147,3 +147,143 @@ fn fwd(be: &Be, m: &Gpt2<Be>, tokens: &[u32]) -> Acts<Be> {
     m.forward(be, &mut a, tokens, None, None).unwrap();
     a
 }
+
+// ---------------------------------------------------------------- reward-model checkpoints and --resume
+
+/// A tiny reward-model setup on disk: tokenizer, a policy to start from, ranked answers, demonstrations.
+struct RmFixture {
+    dir: tempfile::TempDir,
+    tokenizer: std::path::PathBuf,
+    base: std::path::PathBuf,
+    data: std::path::PathBuf,
+    sft: std::path::PathBuf,
+}
+
+fn rm_fixture() -> RmFixture {
+    use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["good", "bad", "kind", "cruel", "bright", "dull", "warm", "cold", "happy", "sad"];
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, words.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>().repeat(4)).unwrap();
+    let tok = Tokenizer::train(&[corpus], 300, &SPECIAL_TOKENS).unwrap();
+    let tokenizer = dir.path().join("tokenizer.json");
+    tok.save(&tokenizer).unwrap();
+    let be = Cpu::<f32>::new();
+    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 48 };
+    let base = dir.path().join("base");
+    let ck = rlhf::checkpoint::Checkpoint::from_model(&be, &Gpt2::init(&be, cfg, 3).unwrap(), rlhf::checkpoint::ModelKind::Policy);
+    rlhf::checkpoint::save(&base, &ck).unwrap();
+    // 10 prompts: 2 held out, 8 trained on (4 steps per epoch at 2 prompts per step).
+    let mut ranked = String::new();
+    for i in 0..10 {
+        let (w, l) = (words[i % 10], words[(i + 3) % 10]);
+        if i % 2 == 0 {
+            ranked += &format!("{{\"prompt\": \"q {i}\", \"chosen\": \"a {w} answer\", \"rejected\": \"a {l} answer\"}}\n");
+        } else {
+            ranked += &format!("{{\"prompt\": \"q {i}\", \"completions\": [\"{w}\", \"{l}\", \"a {w}\"], \"ranking\": [0, 2, 1]}}\n");
+        }
+    }
+    let data = dir.path().join("ranked.jsonl");
+    std::fs::write(&data, ranked).unwrap();
+    let sft = dir.path().join("sft.jsonl");
+    std::fs::write(&sft, "{\"prompt\": \"q 1\", \"completion\": \"a good answer\"}\n{\"prompt\": \"q 2\", \"completion\": \"a kind answer\"}\n").unwrap();
+    RmFixture { dir, tokenizer, base, data, sft }
+}
+
+impl RmFixture {
+    fn config(&self, out: &str) -> rlhf::reward::RewardConfig {
+        rlhf::reward::RewardConfig {
+            base: self.base.clone(),
+            data: self.data.clone(),
+            tokenizer: self.tokenizer.clone(),
+            sft_data: Some(self.sft.clone()),
+            out: self.dir.path().join(out),
+            prompts_per_step: 3,
+            epochs: 2.0,
+            lr: 1e-3,
+            eval_fraction: 0.2,
+            skip_bad: false,
+            seed: 7,
+            save_every: 2,
+            stop_after: None,
+        }
+    }
+}
+
+fn train_rm(cfg: &rlhf::reward::RewardConfig, resume: bool) -> anyhow::Result<rlhf::reward::RewardSummary> {
+    rlhf::reward::train(&Cpu::<f32>::new(), cfg, resume)
+}
+
+/// Every tensor (model and both optimizers' moments) of a run's latest checkpoint.
+fn latest_state(out: &std::path::Path) -> (rlhf::checkpoint::Checkpoint, rlhf::checkpoint::TrainState) {
+    let dir = rlhf::run_dir::latest(out).unwrap().expect("no checkpoint");
+    (rlhf::checkpoint::load(&dir).unwrap(), rlhf::checkpoint::load_train_state(&dir).unwrap())
+}
+
+#[test]
+fn reward_run_paused_and_resumed_is_bit_identical() {
+    let f = rm_fixture();
+    // 8 training prompts, 3 per step, 2 epochs: 6 steps, epoch 1 starting inside step 3.
+    let whole = train_rm(&f.config("whole"), false).unwrap();
+    assert!(whole.complete && whole.steps == 6, "{whole:?}");
+    let mut cfg = f.config("split");
+    cfg.stop_after = Some(4);
+    let paused = train_rm(&cfg, false).unwrap();
+    assert!(!paused.complete && paused.steps == 4 && paused.checkpoint.ends_with("step-000004"), "{paused:?}");
+    // A line written after the checkpoint (a run killed later) is dropped on resume.
+    let log = cfg.out.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text += "{\"step\": 5, \"loss\": 123.0}\n";
+    std::fs::write(&log, text).unwrap();
+    cfg.stop_after = None;
+    let resumed = train_rm(&cfg, true).unwrap();
+    assert!(resumed.complete && resumed.steps == 6);
+    assert_eq!(resumed.final_train_loss.to_bits(), whole.final_train_loss.to_bits());
+    assert_eq!(resumed.eval_accuracy_before.to_bits(), whole.eval_accuracy_before.to_bits());
+    assert_eq!((resumed.eval_accuracy.to_bits(), resumed.bias_shift.to_bits()), (whole.eval_accuracy.to_bits(), whole.bias_shift.to_bits()));
+    let (ck_a, st_a) = latest_state(&f.dir.path().join("whole"));
+    let (ck_b, st_b) = latest_state(&cfg.out);
+    assert_eq!(ck_a.tensors, ck_b.tensors, "trunk parameters differ");
+    assert_eq!(ck_a.extra, ck_b.extra, "head parameters differ");
+    assert_eq!(ck_a.extra.len(), 2);
+    assert_eq!((st_a.step, &st_a.m, &st_a.v), (st_b.step, &st_b.m, &st_b.v), "optimizer moments differ");
+    assert_eq!(st_a.m.last().unwrap().name, "score.bias");
+    assert_eq!(std::fs::read_to_string(f.dir.path().join("whole/metrics.jsonl")).unwrap(), std::fs::read_to_string(&log).unwrap());
+    // A finished run has nothing to resume.
+    let e = format!("{:#}", train_rm(&cfg, true).unwrap_err());
+    assert!(e.contains("complete"), "{e}");
+}
+
+#[test]
+fn reward_resume_refuses_other_settings_data_and_a_taken_out() {
+    let f = rm_fixture();
+    let mut cfg = f.config("run");
+    cfg.stop_after = Some(2);
+    train_rm(&cfg, false).unwrap();
+    // No --resume over a run that holds checkpoints.
+    let e = format!("{:#}", train_rm(&cfg, false).unwrap_err());
+    assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
+    // Another seed, or another data file.
+    let e = format!("{:#}", train_rm(&rlhf::reward::RewardConfig { seed: 8, ..cfg.clone() }, true).unwrap_err());
+    assert!(e.contains("--seed: 7 in the run, 8 now"), "{e}");
+    let other = f.dir.path().join("other.jsonl");
+    std::fs::copy(&f.data, &other).unwrap();
+    let e = format!("{:#}", train_rm(&rlhf::reward::RewardConfig { data: other, lr: 2e-3, ..cfg.clone() }, true).unwrap_err());
+    assert!(e.contains("--data") && e.contains("--lr") && e.contains("other settings"), "{e}");
+    // The same file with other contents.
+    let text = std::fs::read_to_string(&f.data).unwrap();
+    std::fs::write(&f.data, text.replacen("q 0", "q zero", 1)).unwrap();
+    let e = format!("{:#}", train_rm(&cfg, true).unwrap_err());
+    assert!(e.contains("no longer encode"), "{e}");
+    // --resume where there is nothing to resume.
+    let e = format!("{:#}", train_rm(&f.config("empty"), true).unwrap_err());
+    assert!(e.contains("holds no checkpoint"), "{e}");
+}
+
+#[test]
+fn reward_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint() {
+    let f = rm_fixture();
+    let cfg = rlhf::reward::RewardConfig { lr: 1e30, save_every: 1, ..f.config("nan") };
+    let e = format!("{:#}", train_rm(&cfg, false).unwrap_err());
+    assert!(e.contains("at step ") && e.contains("last good checkpoint is kept") && e.contains("step-0000"), "{e}");
+}

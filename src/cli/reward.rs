@@ -39,6 +39,15 @@ pub struct RewardArgs {
     pub skip_bad: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Save a checkpoint (model, both optimizers' moments, step) every N steps; the last step always.
+    #[arg(long, default_value_t = 50)]
+    pub save_every: u64,
+    /// Continue the run in --out from its latest checkpoint (same data, seed and hyper-parameters).
+    #[arg(long)]
+    pub resume: bool,
+    /// Pause after this step (a checkpoint is written); continue later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 }
@@ -56,9 +65,15 @@ pub fn run_reward(a: RewardArgs) -> Result<()> {
         eval_fraction: a.eval_fraction,
         skip_bad: a.skip_bad,
         seed: a.seed,
+        save_every: a.save_every.max(1),
+        stop_after: a.stop_after,
     };
     let dev = device::select(a.device)?;
-    let s = crate::with_backend!(dev, |be| reward::train(be, &cfg))?;
+    let s = crate::with_backend!(dev, |be| reward::train(be, &cfg, a.resume))?;
+    if !s.complete {
+        println!("reward model paused at step {} (last train loss {:.4}); checkpoint {}; continue with --resume", s.steps, s.final_train_loss, s.checkpoint.display());
+        return Ok(());
+    }
     println!("reward model done: {} steps on {} prompts, final train loss {:.4}", s.steps, s.train_prompts, s.final_train_loss);
     println!("  held-out pairwise accuracy: {:.1}% on {} pairs of {} prompts (before training {:.1}%)", 100.0 * s.eval_accuracy, s.eval_pairs, s.eval_prompts, 100.0 * s.eval_accuracy_before);
     println!("  bias shifted by {:+.4} so the SFT demonstrations average 0", s.bias_shift);
