@@ -17,14 +17,14 @@
 
 use crate::backend::Backend;
 use crate::chat::{self, ChatTokens};
-use crate::checkpoint::{self, Checkpoint, NamedTensor, TrainState};
+use crate::checkpoint;
 use crate::datasets::{self, Ranked};
 use crate::gradcheck::{compare, CheckResult};
 use crate::metrics::{self, MetricsLog};
-use crate::model::persist::upload;
-use crate::model::{Acts, AdamW, AdamWConfig, HeadGrads, ScalarHead, Tensors};
-use crate::ops::adamw::{lr_schedule, AdamWParams};
+use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
+use crate::ops::adamw::lr_schedule;
 use crate::ppo::rollout::TrunkHead;
+use crate::ppo::trainer::{head_step, HeadOpt};
 use crate::rng::Rng;
 use crate::sft::{pair_batch, Pair};
 use crate::tokenizer::Tokenizer;
@@ -152,27 +152,6 @@ pub fn accuracy<B: Backend>(be: &B, rm: &RewardModel<B>, groups: &[Group], pad: 
     Ok((right / total.max(1) as f64, total))
 }
 
-/// AdamW moments of the scalar head, kept as two heads of the same shape (so they move to and from the
-/// host, and are named in a checkpoint, exactly as the head itself).
-struct HeadMoments<B: Backend> {
-    m: ScalarHead<B>,
-    v: ScalarHead<B>,
-}
-
-impl<B: Backend> HeadMoments<B> {
-    fn zeros(be: &B, c: usize) -> Result<Self> {
-        Ok(HeadMoments { m: ScalarHead::from_host(be, &vec![0.0; c], 0.0)?, v: ScalarHead::from_host(be, &vec![0.0; c], 0.0)? })
-    }
-
-    /// One AdamW step of the head (its gradient norm clipped on its own; no weight decay on a head).
-    fn step(&mut self, be: &B, head: &mut ScalarHead<B>, g: &HeadGrads<B>, lr: f64, hp: &AdamWConfig, step: u64) {
-        let norm = (be.sum_squares(&g.w) + be.sum_squares(&g.b)).sqrt();
-        let grad_scale = if hp.grad_clip > 0.0 && norm > hp.grad_clip { hp.grad_clip / norm } else { 1.0 };
-        let h = AdamWParams { lr, beta1: hp.beta1, beta2: hp.beta2, eps: hp.eps, weight_decay: 0.0, step, grad_scale };
-        be.adamw(&mut head.w, &g.w, &mut self.m.w, &mut self.v.w, &h);
-        be.adamw(&mut head.b, &g.b, &mut self.m.b, &mut self.v.b, &h);
-    }
-}
 
 /// What a checkpoint's training state records beyond the moments (its `args`).
 #[derive(Serialize, Deserialize)]
@@ -223,30 +202,14 @@ fn config_differences(saved: &RewardConfig, given: &RewardConfig) -> Result<Vec<
 
 /// The model and training state written at a step: the reward model, the trunk's moments followed by the
 /// head's, and `rec`.
-fn save_state<B: Backend>(be: &B, out: &Path, rm: &RewardModel<B>, opt: &AdamW<B>, hm: &HeadMoments<B>, rec: &RunRecord, log: &MetricsLog) -> Result<PathBuf> {
+fn save_state<B: Backend>(be: &B, out: &Path, rm: &RewardModel<B>, opt: &AdamW<B>, head_opt: &HeadOpt<B>, rec: &RunRecord, log: &MetricsLog) -> Result<PathBuf> {
     let ck = rm.to_checkpoint(be)?;
-    let mut state = TrainState::from_optimizer(be, &rm.trunk.cfg, opt, serde_json::to_value(rec)?, log.len()?);
-    for (list, head) in [(&mut state.m, &hm.m), (&mut state.v, &hm.v)] {
-        let (w, b) = head.to_host(be);
-        list.extend(checkpoint::head_tensors(&w, b));
-    }
+    let state = head_opt.trunk_state(be, &rm.trunk.cfg, opt, serde_json::to_value(rec)?, log.len()?);
     state.validate_for(&ck)?;
     crate::run_dir::commit_checkpoint(out, opt.step, |dir| {
         checkpoint::save(dir, &ck)?;
         checkpoint::save_train_state(dir, &state)
     })
-}
-
-/// Put a checkpoint's moments (checked by name and shape against its model) back into the optimizers.
-fn restore_state<B: Backend>(be: &B, ck: &Checkpoint, state: &TrainState, opt: &mut AdamW<B>, hm: &mut HeadMoments<B>) -> Result<()> {
-    state.validate_for(ck)?;
-    let nt = ck.config.param_specs().len();
-    upload(be, &ck.config, &state.m[..nt], &mut opt.m)?;
-    upload(be, &ck.config, &state.v[..nt], &mut opt.v)?;
-    opt.step = state.step;
-    let head = |l: &[NamedTensor]| ScalarHead::from_host(be, &l[nt].data, l[nt + 1].data[0]);
-    *hm = HeadMoments { m: head(&state.m)?, v: head(&state.v)? };
-    Ok(())
 }
 
 /// Train (or, with `resume`, continue) a reward model.
@@ -301,7 +264,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
 
     let hp = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
     let mut opt = AdamW::new(be, &mcfg, hp)?;
-    let mut head_opt = HeadMoments::zeros(be, mcfg.n_embd)?;
+    let mut head_opt = HeadOpt::zeros(be, mcfg.n_embd)?;
     let (acc_before, mut last_loss, log_len) = match &saved {
         Some((ck, state, rec)) => {
             if rec.data_fingerprint != data_fingerprint || rec.steps != steps {
@@ -311,7 +274,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
                     cfg.tokenizer.display()
                 );
             }
-            restore_state(be, ck, state, &mut opt, &mut head_opt)?;
+            head_opt = HeadOpt::restore_trunk_state(be, ck, state, &mut opt)?;
             (f64::from_bits(rec.acc_before_bits), f64::from_bits(rec.last_loss_bits), Some(state.metrics_len))
         }
         None => (accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?.0, f64::NAN, Some(0)),
@@ -381,7 +344,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         rm.trunk.backward(be, &mut acts, &mut grads);
         let lr = lr_schedule(step, cfg.lr, cfg.lr * 0.1, (steps / 10).max(1), steps);
         let norm = opt.update(be, &mut rm.trunk.params, &grads, lr);
-        head_opt.step(be, &mut rm.head, &hg, lr, &hp, opt.step);
+        head_step(be, &mut rm, &mut head_opt, &hg, lr, &hp, opt.step);
         last_loss = loss;
         log.write(&json!({"step": opt.step, "loss": loss, "train_pair_accuracy": right as f64 / n_pairs.max(1) as f64, "lr": lr, "grad_norm": norm}))?;
         bar.set_message(format!("loss {loss:.3}"));

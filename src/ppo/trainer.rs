@@ -31,7 +31,7 @@ use super::rollout::{answer_logprobs, clone_model, clone_trunk_head, Episode, Se
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint, ModelKind, NamedTensor, TrainState};
 use crate::metrics::{self, MetricsLog};
-use crate::model::persist::{named, upload};
+use crate::model::persist::upload;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, HeadGrads, Tensors};
 use crate::ops::adamw::AdamWParams;
 use crate::ops::Float;
@@ -205,6 +205,27 @@ pub struct HeadOpt<B: Backend> {
 impl<B: Backend> HeadOpt<B> {
     pub fn zeros(be: &B, c: usize) -> Result<Self> {
         Ok(HeadOpt { m_w: be.zeros(c)?, v_w: be.zeros(c)?, m_b: be.zeros(1)?, v_b: be.zeros(1)? })
+    }
+
+    /// The training state of a trunk and this scalar head (a value or reward model): the trunk's AdamW
+    /// moments, then the head's two, named like the head's parameters (`score.weight`, `score.bias`).
+    pub fn trunk_state(&self, be: &B, cfg: &crate::model::Config, trunk: &AdamW<B>, args: Value, metrics_len: u64) -> TrainState {
+        let mut s = TrainState::from_optimizer(be, cfg, trunk, args, metrics_len);
+        s.m.extend(checkpoint::head_tensors(&host(be, &self.m_w), host(be, &self.m_b)[0]));
+        s.v.extend(checkpoint::head_tensors(&host(be, &self.v_w), host(be, &self.v_b)[0]));
+        s
+    }
+
+    /// The inverse of `trunk_state`, checked by name and shape against the model `ck`: restores `trunk`
+    /// and returns the head's moments.
+    pub fn restore_trunk_state(be: &B, ck: &Checkpoint, state: &TrainState, trunk: &mut AdamW<B>) -> Result<Self> {
+        state.validate_for(ck)?;
+        let nt = ck.config.param_specs().len();
+        upload(be, &ck.config, &state.m[..nt], &mut trunk.m)?;
+        upload(be, &ck.config, &state.v[..nt], &mut trunk.v)?;
+        trunk.step = state.step;
+        let t = |l: &[NamedTensor], k: usize| upload_f32(be, &l[nt + k].data);
+        Ok(HeadOpt { m_w: t(&state.m, 0)?, m_b: t(&state.m, 1)?, v_w: t(&state.v, 0)?, v_b: t(&state.v, 1)? })
     }
 }
 
@@ -503,14 +524,7 @@ fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: 
         ..TrainState::from_optimizer(be, &m.policy.cfg, &st.policy_opt, serde_json::to_value(&rec)?, metrics_len)
     };
     let vck = m.value.to_checkpoint(be)?;
-    let vcfg = m.value.cfg();
-    let c = vcfg.n_embd;
-    let head_m = |w: &B::Buf, b: &B::Buf| vec![NamedTensor::new("score.weight", vec![1, c], host(be, w)), NamedTensor::new("score.bias", vec![1], host(be, b))];
-    let mut vm = named(be, &vcfg, &st.value_opt.m);
-    vm.extend(head_m(&st.head_opt.m_w, &st.head_opt.m_b));
-    let mut vv = named(be, &vcfg, &st.value_opt.v);
-    vv.extend(head_m(&st.head_opt.v_w, &st.head_opt.v_b));
-    let vstate = TrainState { step: st.value_opt.step, rng: Value::Null, data_position: st.iteration, metrics_len, args: json!({}), m: vm, v: vv };
+    let vstate = TrainState { data_position: st.iteration, ..st.head_opt.trunk_state(be, &m.value.cfg(), &st.value_opt, json!({}), metrics_len) };
     vstate.validate_for(&vck)?;
     run_dir::commit_checkpoint(&cfg.out, st.iteration, |dir| {
         checkpoint::save(dir, &pol)?;
@@ -534,19 +548,11 @@ fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoC
     let vck = checkpoint::load(&vd)?;
     m.value = TrunkHead::from_checkpoint(be, &vck, &vd.display().to_string())?;
     let vstate = checkpoint::load_train_state(&vd)?;
-    vstate.validate_for(&vck)?;
     let mcfg = m.policy.cfg;
-    let vcfg = m.value.cfg();
     let mut policy_opt = AdamW::new(be, &mcfg, rec.config.adamw)?;
     pstate.restore_optimizer(be, &mcfg, &mut policy_opt)?;
-    // The value state holds the trunk's moments, then the head's two.
-    let nt = vcfg.param_specs().len();
-    let mut value_opt = AdamW::new(be, &vcfg, rec.config.adamw)?;
-    upload(be, &vcfg, &vstate.m[..nt], &mut value_opt.m)?;
-    upload(be, &vcfg, &vstate.v[..nt], &mut value_opt.v)?;
-    value_opt.step = vstate.step;
-    let head = |l: &[NamedTensor], k: usize| upload_f32(be, &l[nt + k].data);
-    let head_opt = HeadOpt { m_w: head(&vstate.m, 0)?, m_b: head(&vstate.m, 1)?, v_w: head(&vstate.v, 0)?, v_b: head(&vstate.v, 1)? };
+    let mut value_opt = AdamW::new(be, &m.value.cfg(), rec.config.adamw)?;
+    let head_opt = HeadOpt::restore_trunk_state(be, &vck, &vstate, &mut value_opt)?;
     let mut kl = rec.kl;
     kl.beta = f64::from_bits(rec.beta_bits);
     eprintln!("resuming {} from {} (iteration {})", out.display(), dir.display(), rec.iteration);
