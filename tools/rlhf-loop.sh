@@ -26,9 +26,12 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r: labelling with $policy"
   $RLHF label --policy "$policy" --prompts "$PROMPTS" --tokenizer "$TOK" -k "$K" --judge "$JUDGE" --out "$d/labels.jsonl"
   cat "$OUT"/round-*/labels.jsonl > "$OUT/labels-all.jsonl"
-  if [ ! -e "$d/rm/latest" ]; then
+  if [ ! -e "$d/rm.done" ]; then
     echo "== round $r: reward model from $rm_ckpt on $(wc -l < "$OUT/labels-all.jsonl") ranked prompts"
-    $RM_TRAIN --base "$rm_ckpt" --data "$OUT/labels-all.jsonl" --out "$d/rm" --tokenizer "$TOK"
+    if [ -e "$d/rm/latest" ]; then rm_resume=--resume; else rm_resume=; fi
+    # shellcheck disable=SC2086
+    $RM_TRAIN --base "$rm_ckpt" --data "$OUT/labels-all.jsonl" --out "$d/rm" --tokenizer "$TOK" $rm_resume
+    touch "$d/rm.done"
   fi
   rm_ckpt="$d/rm"
   echo "== round $r: PPO from $policy against $rm_ckpt"
