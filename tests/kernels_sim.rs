@@ -12,8 +12,11 @@
 //!
 //! Outputs are NaN-poisoned before the kernel runs so an element the kernel forgets to write fails the test.
 
+mod common;
+
+use common::{randn, DBuf};
 use half::bf16;
-use rlhf::kernels::launch::{self as kl, DType, DevPtr};
+use rlhf::kernels::launch::{self as kl, DType};
 use rlhf::kernels::sim::{self, SimBuf, SimLauncher};
 use rlhf::kernels::{Arg, LaunchConfig, Launcher};
 use rlhf::ops;
@@ -46,44 +49,6 @@ fn rel_err(got: &[f64], want: &[f64]) -> f64 {
 fn check(what: &str, dt: DType, got: &[f64], want: &[f64]) {
     let e = rel_err(got, want);
     assert!(e <= tol(dt), "{what} ({dt:?}): relative error {e:.3e} > {:.1e}", tol(dt));
-}
-
-fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| rng.normal() * scale).collect()
-}
-
-/// A "device" buffer of dtype `dt` holding `x` (rounded to bf16 for BF16) and the f64 values it holds.
-struct DBuf {
-    dt: DType,
-    f: Option<SimBuf<f32>>,
-    h: Option<SimBuf<bf16>>,
-}
-
-impl DBuf {
-    fn new(dt: DType, x: &[f64]) -> DBuf {
-        match dt {
-            DType::F32 => DBuf { dt, f: Some(SimBuf::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())), h: None },
-            DType::BF16 => DBuf { dt, f: None, h: Some(SimBuf::from_slice(&x.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())) },
-        }
-    }
-    fn poisoned(dt: DType, n: usize) -> DBuf {
-        match dt {
-            DType::F32 => DBuf { dt, f: Some(SimBuf::poisoned(n, 0xff)), h: None },
-            DType::BF16 => DBuf { dt, f: None, h: Some(SimBuf::poisoned(n, 0xff)) },
-        }
-    }
-    fn ptr(&self) -> DevPtr {
-        match self.dt {
-            DType::F32 => self.f.as_ref().unwrap().ptr(),
-            DType::BF16 => self.h.as_ref().unwrap().ptr(),
-        }
-    }
-    fn get(&self) -> Vec<f64> {
-        match self.dt {
-            DType::F32 => self.f.as_ref().unwrap().as_slice().iter().map(|&v| v as f64).collect(),
-            DType::BF16 => self.h.as_ref().unwrap().as_slice().iter().map(|v| v.to_f64()).collect(),
-        }
-    }
 }
 
 fn f32buf(x: &[f64]) -> SimBuf<f32> {

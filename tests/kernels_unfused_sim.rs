@@ -15,9 +15,12 @@
 //!
 //! Outputs are NaN-poisoned before each kernel runs so an element a kernel forgets to write fails the test.
 
+mod common;
+
+use common::{randn, DBuf};
 use half::bf16;
-use rlhf::kernels::launch::{self as kl, DType, DevPtr};
-use rlhf::kernels::sim::{self, SimBuf, SimLauncher};
+use rlhf::kernels::launch::{self as kl, DType};
+use rlhf::kernels::sim::{self, SimLauncher};
 use rlhf::kernels::Launcher;
 use rlhf::ops;
 use rlhf::rng::Rng;
@@ -44,51 +47,6 @@ fn max_rel_err(got: &[f64], want: &[f64]) -> f64 {
     let err = got.iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
     let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
     err / scale.max(1e-300)
-}
-
-fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| rng.normal() * scale).collect()
-}
-
-/// A simulated device buffer of dtype `dt` (values rounded to bf16 with `half` for BF16).
-struct DBuf {
-    dt: DType,
-    f: Option<SimBuf<f32>>,
-    h: Option<SimBuf<bf16>>,
-}
-
-impl DBuf {
-    fn new(dt: DType, x: &[f64]) -> DBuf {
-        match dt {
-            DType::F32 => DBuf { dt, f: Some(SimBuf::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())), h: None },
-            DType::BF16 => DBuf { dt, f: None, h: Some(SimBuf::from_slice(&x.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())) },
-        }
-    }
-    fn poisoned(dt: DType, n: usize) -> DBuf {
-        match dt {
-            DType::F32 => DBuf { dt, f: Some(SimBuf::poisoned(n, 0xff)), h: None },
-            DType::BF16 => DBuf { dt, f: None, h: Some(SimBuf::poisoned(n, 0xff)) },
-        }
-    }
-    fn ptr(&self) -> DevPtr {
-        match self.dt {
-            DType::F32 => self.f.as_ref().unwrap().ptr(),
-            DType::BF16 => self.h.as_ref().unwrap().ptr(),
-        }
-    }
-    fn get(&self) -> Vec<f64> {
-        match self.dt {
-            DType::F32 => self.f.as_ref().unwrap().as_slice().iter().map(|&v| v as f64).collect(),
-            DType::BF16 => self.h.as_ref().unwrap().as_slice().iter().map(|v| v.to_f64()).collect(),
-        }
-    }
-    /// The stored bit patterns (f32 bits, or the 16 bf16 bits).
-    fn bits(&self) -> Vec<u32> {
-        match self.dt {
-            DType::F32 => self.f.as_ref().unwrap().as_slice().iter().map(|v| v.to_bits()).collect(),
-            DType::BF16 => self.h.as_ref().unwrap().as_slice().iter().map(|v| v.to_bits() as u32).collect(),
-        }
-    }
 }
 
 /// c[m][n] = sum_k a[m][k] b[n][k] (b transposed: rows of b are the keys), f32 accumulation, for each of `batch`
