@@ -69,6 +69,17 @@ __device__ __forceinline__ void store_chunk(T* p, const Chunk<T, W>& x) {
   *reinterpret_cast<Chunk<T, W>*>(p) = x;
 }
 
+// Runs `call` with the compile-time chunk width W: the 16-byte pack when `len` (a row length) is a multiple of
+// it (row pointers are then 16-byte aligned; the launch layer checks), else 1.
+#define RLHF_CHUNK_DISPATCH(T, len, call) \
+  if ((len) % Pack<T>::N == 0) {          \
+    constexpr int W = Pack<T>::N;         \
+    call;                                 \
+  } else {                                \
+    constexpr int W = 1;                  \
+    call;                                 \
+  }
+
 // ---- reductions
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -110,3 +121,27 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 // written in each .cu file (the parameter lists differ per kernel).
 #define RLHF_CAT2(a, b) a##b
 #define RLHF_CAT(a, b) RLHF_CAT2(a, b)
+
+// logsumexp_j (inv_temp * x[j]) over j < V of a row that the whole block reads in chunks of W (x 16-byte
+// aligned when W > 1; the chunk may run past V into padding, which is read but ignored): an online
+// (max, sum) per thread, combined across the block. Every thread gets the result.
+template <class T, int W>
+__device__ float block_row_logsumexp(const T* __restrict__ x, int V, float inv_temp, float* scratch) {
+  float m = -INFINITY, s = 0.f;
+  for (int c = threadIdx.x * W; c < V; c += blockDim.x * W) {
+    const Chunk<T, W> xc = load_chunk<T, W>(x + c);
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      if (c + k >= V) break;
+      const float z = inv_temp * to_f32(xc.v[k]);
+      if (z > m) {
+        s = s * __expf(m - z) + 1.f;
+        m = z;
+      } else {
+        s += __expf(z - m);
+      }
+    }
+  }
+  const float M = block_max(m, scratch);
+  return M + logf(block_sum(m == -INFINITY ? 0.f : s * __expf(m - M), scratch));
+}

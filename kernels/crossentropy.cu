@@ -3,9 +3,10 @@
 //   losses[i] = logsumexp(z) - z[target_i]
 //   if want_grad: logits[i, j] = weights[i] * inv_temp * (softmax(z)_j - [j == target_i])  (j < V), 0 (V <= j < Vp)
 // Shapes: logits [N, Vp] (storage T), targets [N] u32, weights/losses [N] f32.
-// One 256-thread block per row: pass 1 keeps a per-thread online (max, sum) and combines them across the
-// block; pass 2 (with want_grad) rewrites the row in place. Rows move in 16-byte chunks when Vp is a multiple
-// of the pack (the row pointer is then 16-byte aligned; checked by the launch layer).
+// One 256-thread block per row: pass 1 the logsumexp (block_row_logsumexp in common.cuh: a per-thread online
+// (max, sum) combined across the block); pass 2 (with want_grad) rewrites the row in place. Rows move in
+// 16-byte chunks when Vp is a multiple of the pack (the row pointer is then 16-byte aligned; checked by the
+// launch layer).
 #include "common.cuh"
 
 template <class T, int W>
@@ -15,24 +16,7 @@ __device__ void crossentropy_forward_backward(float* __restrict__ losses, T* __r
   __shared__ float scratch[32];
   const long long row = blockIdx.x;
   T* x = logits + row * Vp;
-  float m = -INFINITY, s = 0.f;
-  for (int c = threadIdx.x * W; c < V; c += blockDim.x * W) {
-    const Chunk<T, W> xc = load_chunk<T, W>(x + c);
-#pragma unroll
-    for (int k = 0; k < W; k++) {
-      if (c + k >= V) break;
-      const float z = inv_temp * to_f32(xc.v[k]);
-      if (z > m) {
-        s = s * __expf(m - z) + 1.f;
-        m = z;
-      } else {
-        s += __expf(z - m);
-      }
-    }
-  }
-  const float M = block_max(m, scratch);
-  const float S = block_sum(m == -INFINITY ? 0.f : s * __expf(m - M), scratch);
-  const float lse = M + logf(S);
+  const float lse = block_row_logsumexp<T, W>(x, V, inv_temp, scratch);
   const unsigned tgt = targets[row];
   // Every thread reads the target logit before any thread overwrites the row.
   const float zt = inv_temp * to_f32(x[tgt]);
@@ -53,22 +37,12 @@ __device__ void crossentropy_forward_backward(float* __restrict__ losses, T* __r
   }
 }
 
-// Rows in 16-byte chunks when Vp allows (the padded vocabulary always does), else element by element.
-#define CE_DISPATCH(T, Vp, call)   \
-  if ((Vp) % Pack<T>::N == 0) {    \
-    constexpr int W = Pack<T>::N;  \
-    call;                          \
-  } else {                         \
-    constexpr int W = 1;           \
-    call;                          \
-  }
-
 #define CE_INSTANTIATE(T, sfx)                                                                                 \
   extern "C" __global__ void crossentropy_##sfx(float* __restrict__ losses, T* __restrict__ logits,            \
                                                 const unsigned* __restrict__ targets,                          \
                                                 const float* __restrict__ weights, int V, int Vp,              \
                                                 float inv_temp, int want_grad) {                               \
-    CE_DISPATCH(T, Vp, (crossentropy_forward_backward<T, W>(losses, logits, targets, weights, V, Vp, inv_temp, want_grad))) \
+    RLHF_CHUNK_DISPATCH(T, Vp, (crossentropy_forward_backward<T, W>(losses, logits, targets, weights, V, Vp, inv_temp, want_grad))) \
   }                                                                                                            \
   RLHF_EXPORT(crossentropy_##sfx)
 

@@ -3,9 +3,9 @@
 //   ent[i] = H_i = logsumexp(z) - sum_j p_j z_j
 //   if want_grad: dlogits[i, j] = -coef[i] * inv_temp * p_j * (log p_j + H_i)  (j < V), 0 (V <= j < Vp)
 // Shapes: logits, dlogits [N, Vp] (storage T); ent, coef [N] f32. dlogits is not touched without want_grad.
-// One 256-thread block per row: pass 1 an online (max, sum) per thread combined across the block (the
-// logsumexp), pass 2 the block sum of p_j z_j, pass 3 (with want_grad) the gradient row. Rows move in
-// 16-byte chunks when Vp is a multiple of the pack (pointers then 16-byte aligned: checked at launch).
+// One 256-thread block per row: pass 1 the logsumexp (block_row_logsumexp in common.cuh), pass 2 the block
+// sum of p_j z_j, pass 3 (with want_grad) the gradient row. Rows move in 16-byte chunks when Vp is a
+// multiple of the pack (pointers then 16-byte aligned: checked at launch).
 #include "common.cuh"
 
 template <class T, int W>
@@ -14,23 +14,7 @@ __device__ void entropy_forward_backward(float* __restrict__ ent, T* __restrict_
   __shared__ float scratch[32];
   const long long row = blockIdx.x;
   const T* x = logits + row * Vp;
-  float m = -INFINITY, s = 0.f;
-  for (int c = threadIdx.x * W; c < V; c += blockDim.x * W) {
-    const Chunk<T, W> xc = load_chunk<T, W>(x + c);
-#pragma unroll
-    for (int k = 0; k < W; k++) {
-      if (c + k >= V) break;
-      const float z = inv_temp * to_f32(xc.v[k]);
-      if (z > m) {
-        s = s * __expf(m - z) + 1.f;
-        m = z;
-      } else {
-        s += __expf(z - m);
-      }
-    }
-  }
-  const float M = block_max(m, scratch);
-  const float lse = M + logf(block_sum(m == -INFINITY ? 0.f : s * __expf(m - M), scratch));
+  const float lse = block_row_logsumexp<T, W>(x, V, inv_temp, scratch);
   float pz = 0.f;
   for (int c = threadIdx.x * W; c < V; c += blockDim.x * W) {
     const Chunk<T, W> xc = load_chunk<T, W>(x + c);
@@ -66,10 +50,7 @@ __device__ void entropy_forward_backward(float* __restrict__ ent, T* __restrict_
   extern "C" __global__ void entropy_##sfx(float* __restrict__ ent, T* __restrict__ dlogits,                   \
                                            const T* __restrict__ logits, const float* __restrict__ coef, int V, \
                                            int Vp, float inv_temp, int want_grad) {                             \
-    if (Vp % Pack<T>::N == 0)                                                                                    \
-      entropy_forward_backward<T, Pack<T>::N>(ent, dlogits, logits, coef, V, Vp, inv_temp, want_grad);         \
-    else                                                                                                         \
-      entropy_forward_backward<T, 1>(ent, dlogits, logits, coef, V, Vp, inv_temp, want_grad);                  \
+    RLHF_CHUNK_DISPATCH(T, Vp, (entropy_forward_backward<T, W>(ent, dlogits, logits, coef, V, Vp, inv_temp, want_grad))) \
   }                                                                                                              \
   RLHF_EXPORT(entropy_##sfx)
 

@@ -130,36 +130,26 @@ __device__ void layernorm_backward_dinp(T* __restrict__ dinp, const T* __restric
   }
 }
 
-// Chunk width for rows of C elements of T.
-#define LN_DISPATCH(T, C, call)                   \
-  if ((C) % Pack<T>::N == 0) {                    \
-    constexpr int W = Pack<T>::N;                 \
-    call;                                         \
-  } else {                                        \
-    constexpr int W = 1;                          \
-    call;                                         \
-  }
-
 #define LAYERNORM_INSTANTIATE(T, sfx)                                                                         \
   extern "C" __global__ void layernorm_forward_##sfx(T* __restrict__ out, float* __restrict__ mean,            \
                                                      float* __restrict__ rstd, const T* __restrict__ inp,      \
                                                      const T* __restrict__ w, const T* __restrict__ b, int N,  \
                                                      int C) {                                                  \
-    LN_DISPATCH(T, C, (layernorm_forward<T, W>(out, mean, rstd, inp, w, b, N, C)))                             \
+    RLHF_CHUNK_DISPATCH(T, C, (layernorm_forward<T, W>(out, mean, rstd, inp, w, b, N, C)))                             \
   }                                                                                                           \
   RLHF_EXPORT(layernorm_forward_##sfx)                                                                        \
   extern "C" __global__ void residual_layernorm_forward_##sfx(                                                \
       T* __restrict__ residual, T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,      \
       const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w, const T* __restrict__ bias,   \
       int N, int C) {                                                                                         \
-    LN_DISPATCH(T, C, (residual_layernorm_forward<T, W>(residual, out, mean, rstd, a, b, w, bias, N, C)))      \
+    RLHF_CHUNK_DISPATCH(T, C, (residual_layernorm_forward<T, W>(residual, out, mean, rstd, a, b, w, bias, N, C)))      \
   }                                                                                                           \
   RLHF_EXPORT(residual_layernorm_forward_##sfx)                                                               \
   extern "C" __global__ void layernorm_backward_dinp_##sfx(T* __restrict__ dinp, const T* __restrict__ dout,  \
                                                            const T* __restrict__ inp, const T* __restrict__ w, \
                                                            const float* __restrict__ mean,                    \
                                                            const float* __restrict__ rstd, int N, int C) {    \
-    LN_DISPATCH(T, C, (layernorm_backward_dinp<T, W>(dinp, dout, inp, w, mean, rstd, N, C)))                  \
+    RLHF_CHUNK_DISPATCH(T, C, (layernorm_backward_dinp<T, W>(dinp, dout, inp, w, mean, rstd, N, C)))                  \
   }                                                                                                           \
   RLHF_EXPORT(layernorm_backward_dinp_##sfx)                                                                  \
   extern "C" __global__ void layernorm_backward_partial_##sfx(float* __restrict__ partial,                    \
