@@ -1,12 +1,12 @@
 // AdamW with fp32 state, and the sum-of-squares reduction for the global gradient norm.
 //   g = grad * grad_scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //   p -= lr * ((m / bc1) / (sqrt(v / bc2) + eps) + wd * p)     with bc1 = 1 - b1^t, bc2 = 1 - b2^t (host, f64)
-// adamw_f32: the f32 params are the master weights. adamw_bf16: `master` (f32) is updated and the bf16
-// params receive round(master). m, v, master: f32 [n]; grad in the param dtype.
-// sum_squares: stage 1 (sum_squares_partial_*) grid-stride with f64 per-thread sums, one partial per block;
-// stage 2 (sum_squares_final) one 256-thread block sums the partials in a fixed order. The launch code fixes
-// the grid size from n alone, so the result is bit-identical run to run.
-// The *_multi kernels do the same over a whole tensor list in one launch, from a host-built table of chunks.
+// Both work on a whole tensor list in one launch, from a host-built table of chunks (one block each).
+// adamw_multi_f32: the f32 params are the master weights. adamw_multi_bf16: `master` (f32) is updated and
+// the bf16 params receive round(master). m, v, master: f32; grad in the param dtype.
+// sum of squares: stage 1 (sum_squares_multi_partial_*) f64 per-thread sums, one partial per chunk; stage 2
+// (sum_squares_final) one 256-thread block sums the partials in a fixed order. The chunking depends on the
+// tensor sizes alone, so the result is bit-identical run to run.
 #include "common.cuh"
 
 template <class T>
@@ -23,14 +23,6 @@ __device__ __forceinline__ void adamw_element(T* __restrict__ param, float* __re
   p -= lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * p);
   if (master) master[i] = p;
   param[i] = from_f32<T>(p);
-}
-
-template <class T>
-__device__ void adamw_update(T* __restrict__ param, float* __restrict__ master, const T* __restrict__ grad,
-                             float* __restrict__ m, float* __restrict__ v, int n, float lr, float b1, float b2,
-                             float eps, float wd, float bc1, float bc2, float grad_scale) {
-  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) adamw_element<T>(param, master, grad, m, v, i, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
 }
 
 // Multi-tensor AdamW: one launch for a whole parameter list. The host cuts every tensor into chunks (addresses
@@ -68,16 +60,6 @@ __device__ __forceinline__ void block_sum_f64_store(double s, double* out) {
   }
 }
 
-template <class T>
-__device__ void sum_squares_partial(double* __restrict__ partial, const T* __restrict__ x, int n) {
-  double s = 0.0;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-    double v = to_f32(x[i]);
-    s += v * v;
-  }
-  block_sum_f64_store(s, partial + blockIdx.x);
-}
-
 // Multi-tensor sum of squares: block i sums chunk i (address already offset) into partial[i];
 // sum_squares_final then adds the partials in order.
 struct SumSqChunk {
@@ -106,18 +88,6 @@ extern "C" __global__ void sum_squares_final(double* __restrict__ out, const dou
 RLHF_EXPORT(sum_squares_final)
 
 #define ADAMW_INSTANTIATE(T, sfx)                                                                             \
-  extern "C" __global__ void adamw_##sfx(T* __restrict__ param, float* __restrict__ master,                   \
-                                         const T* __restrict__ grad, float* __restrict__ m,                    \
-                                         float* __restrict__ v, int n, float lr, float b1, float b2, float eps, \
-                                         float wd, float bc1, float bc2, float grad_scale) {                  \
-    adamw_update<T>(param, master, grad, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);                 \
-  }                                                                                                           \
-  RLHF_EXPORT(adamw_##sfx)                                                                                    \
-  extern "C" __global__ void sum_squares_partial_##sfx(double* __restrict__ partial, const T* __restrict__ x, \
-                                                       int n) {                                               \
-    sum_squares_partial<T>(partial, x, n);                                                                    \
-  }                                                                                                           \
-  RLHF_EXPORT(sum_squares_partial_##sfx)                                                                      \
   extern "C" __global__ void adamw_multi_##sfx(const AdamWChunk* __restrict__ chunks, float lr, float b1,     \
                                                float b2, float eps, float bc1, float bc2, float grad_scale) { \
     adamw_multi<T>(chunks, lr, b1, b2, eps, bc1, bc2, grad_scale);                                           \

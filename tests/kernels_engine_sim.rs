@@ -182,9 +182,9 @@ fn mixed_precision_storage_and_learning() {
     assert!(losses[7] < losses[0] - 0.5, "the loss falls: {losses:?}");
 }
 
-/// The multi-tensor AdamW (one launch for a parameter list, tensors cut into 65536-element chunks) gives the
-/// same bits as stepping each tensor, in f32 and in mixed precision; the multi-tensor sum of squares matches
-/// the host's.
+/// AdamW over a whole parameter list (one chunk table, tensors cut into 65536-element chunks, weight decay per
+/// tensor) gives the same bits as stepping each tensor on its own, in f32 and in mixed precision; the
+/// multi-tensor sum of squares matches the host's.
 #[test]
 fn multi_tensor_adamw_and_norm_match_per_tensor() {
     let sizes = [150_000usize, 7, 65_536, 1000];

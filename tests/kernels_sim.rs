@@ -88,7 +88,7 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     for (file, arch, k, regs, st, ld) in rlhf::kernels::ptxas_summary().iter().filter(|r| r.1 == "sm_90") {
         println!("ptxas {file} {arch} {k}: {regs} registers, spill stores {st} B, spill loads {ld} B");
     }
-    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "residual_layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw", "sum_squares_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
+    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "residual_layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw_multi", "sum_squares_multi_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
         for dt in DTYPES {
             let n = format!("{op}_{}", dt.suffix());
             assert!(sim::has_kernel(&n), "{n} is not in the simulator");
@@ -389,11 +389,29 @@ fn crossentropy_fused() {
 
 // ------------------------------------------------------------------------------------------------ AdamW
 
+/// AdamW over one tensor through the multi-tensor kernel (a one-tensor chunk table).
+#[allow(clippy::too_many_arguments)]
+fn adamw_one(l: &dyn Launcher, dt: DType, param: u64, master: u64, grad: u64, m: u64, v: u64, n: usize, h: &ops::adamw::AdamWParams) -> anyhow::Result<()> {
+    let table = kl::adamw_chunks(dt, &[kl::AdamWTensor { param, master, grad, m, v, n, weight_decay: h.weight_decay }])?;
+    let td = SimBuf::<u8>::from_slice(bytemuck::cast_slice(&table));
+    kl::adamw_multi(l, dt, td.ptr(), table.len(), h)
+}
+
+/// The sum of squares of one tensor through the multi-tensor reduction.
+fn sum_squares_one(l: &dyn Launcher, dt: DType, x: u64, n: usize) -> f64 {
+    let table = kl::sum_squares_chunks(dt, &[(x, n)]);
+    let td = SimBuf::<u8>::from_slice(bytemuck::cast_slice(&table));
+    let s = SimBuf::<f64>::poisoned(kl::sum_squares_multi_scratch_bytes(table.len()) / 8, 0xff);
+    kl::sum_squares_multi(l, dt, td.ptr(), table.len(), s.ptr()).unwrap();
+    s.as_slice()[0]
+}
+
 #[test]
 fn adamw_and_sum_squares() {
     let l = launcher();
     let mut rng = Rng::new(40);
-    for n in [1usize, 333, 5000] {
+    // 70_000: two chunks of the multi-tensor kernels
+    for n in [1usize, 333, 5000, 70_000] {
         for step in [1u64, 7] {
             let h = ops::adamw::AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.8 };
             let p0 = randn(&mut rng, n, 1.0);
@@ -405,7 +423,7 @@ fn adamw_and_sum_squares() {
                 let (p, gd, m, v) = (f32buf(&p0), f32buf(&g), f32buf(&m0), f32buf(&v0));
                 let (mut wp, mut wm, mut wv) = (f64s(&p), f64s(&m), f64s(&v));
                 ops::adamw::step::<f64>(&mut wp, &f64s(&gd), &mut wm, &mut wv, &h);
-                kl::adamw(&l, DType::F32, p.ptr(), 0, gd.ptr(), m.ptr(), v.ptr(), n, &h).unwrap();
+                adamw_one(&l, DType::F32, p.ptr(), 0, gd.ptr(), m.ptr(), v.ptr(), n, &h).unwrap();
                 check("adamw f32 param", DType::F32, &f64s(&p), &wp);
                 check("adamw f32 m", DType::F32, &f64s(&m), &wm);
                 check("adamw f32 v", DType::F32, &f64s(&v), &wv);
@@ -417,7 +435,7 @@ fn adamw_and_sum_squares() {
                 let gd = DBuf::new(DType::BF16, &g);
                 let (mut wp, mut wm, mut wv) = (f64s(&master), f64s(&m), f64s(&v));
                 ops::adamw::step::<f64>(&mut wp, &gd.get(), &mut wm, &mut wv, &h);
-                kl::adamw(&l, DType::BF16, param.ptr(), master.ptr(), gd.ptr(), m.ptr(), v.ptr(), n, &h).unwrap();
+                adamw_one(&l, DType::BF16, param.ptr(), master.ptr(), gd.ptr(), m.ptr(), v.ptr(), n, &h).unwrap();
                 check("adamw bf16 master", DType::F32, &f64s(&master), &wp);
                 check("adamw bf16 param", DType::BF16, &param.get(), &wp);
                 check("adamw bf16 m", DType::F32, &f64s(&m), &wm);
@@ -425,14 +443,12 @@ fn adamw_and_sum_squares() {
         }
         for dt in DTYPES {
             let x = DBuf::new(dt, &randn(&mut rng, n, 1.0));
-            let s = SimBuf::<f64>::poisoned(kl::sum_squares_scratch_bytes(n) / 8, 0xff);
-            kl::sum_squares(&l, dt, x.ptr(), n, s.ptr()).unwrap();
+            let got = sum_squares_one(&l, dt, x.ptr(), n);
             let want = ops::adamw::sum_squares::<f64>(&x.get());
-            let got = s.as_slice()[0];
             assert!(((got - want) / want).abs() < 1e-12, "sum_squares {dt:?} n={n}: {got} vs {want}");
         }
     }
-    assert!(kl::adamw(&l, DType::BF16, 0, 0, 0, 0, 0, 1, &ops::adamw::AdamWParams { lr: 1.0, beta1: 0.9, beta2: 0.9, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 }).is_err());
+    assert!(adamw_one(&l, DType::BF16, 0, 0, 0, 0, 0, 1, &ops::adamw::AdamWParams { lr: 1.0, beta1: 0.9, beta2: 0.9, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 }).is_err());
 }
 
 // ------------------------------------------------------------------------------------------------ attention

@@ -222,12 +222,17 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
         row(ldt, name, &format!("{n}x{vp}"), 2 * n * vp * ldt.size() + 12 * n, t);
     }
 
-    // AdamW over every parameter: bf16 param and grad, f32 master, m, v (read and written)
+    // AdamW over every parameter (one tensor of all of them, in the multi-tensor kernel training runs):
+    // bf16 param and grad, f32 master, m, v (read and written)
     let np = cfg.num_params();
     let (param, grad) = (dev.alloc(np * 2)?, rand(dev, np, bf, 12)?);
     let (master, m, v) = (rand(dev, np, DType::F32, 13)?, dev.alloc(np * 4)?, dev.alloc(np * 4)?);
     let h = AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
-    let t = time(dev, s.iters, |_| kl::adamw(l, bf, dev.ptr(&param), master.ptr, grad.ptr, dev.ptr(&m), dev.ptr(&v), np, &h))?;
+    let tensor = kl::AdamWTensor { param: dev.ptr(&param), master: master.ptr, grad: grad.ptr, m: dev.ptr(&m), v: dev.ptr(&v), n: np, weight_decay: h.weight_decay };
+    let table = kl::adamw_chunks(bf, &[tensor])?;
+    let table_d = dev.alloc(table.len() * std::mem::size_of::<kl::AdamWChunk>())?;
+    dev.htod(dev.ptr(&table_d), bytemuck::cast_slice(&table))?;
+    let t = time(dev, s.iters, |_| kl::adamw_multi(l, bf, dev.ptr(&table_d), table.len(), &h))?;
     row(bf, "adamw", &format!("{np}"), np * (2 + 2 + 3 * 8), t);
     Ok(rows)
 }

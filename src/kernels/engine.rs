@@ -391,52 +391,47 @@ impl<D: Device> Backend for KernelBackend<D> {
         let d = if want_grad { self.target(dlogits, dt) } else { 0 };
         kl::entropy(self.l(), dt, e, d, vl.ptr(), vc.ptr(), n, v, vp, inv_temp as f32, want_grad)
     }
-    /// The parameter becomes (stays) f32 master weights. In mixed precision with a bf16 gradient the bf16
-    /// kernel updates the master and writes its rounding into the working copy in the same pass.
     fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamWParams) {
-        let n = param.n;
-        let (pm, pv) = (self.target(m, F32), self.target(v, F32));
-        if self.compute == DType::BF16 && grad.dt == DType::BF16 {
-            let half = param.half.take().unwrap_or_else(|| self.alloc(n, DType::BF16));
-            let master = self.target(param, F32);
-            ok("adamw", kl::adamw(self.l(), DType::BF16, self.p(&half), master, self.p(&grad.mem), pm, pv, n, h));
-            let _ = param.half.set(half);
-        } else {
-            let vg = self.view(grad, F32);
-            let master = self.target(param, F32);
-            ok("adamw", kl::adamw(self.l(), F32, master, 0, vg.ptr(), pm, pv, n, h));
-        }
+        use std::slice::{from_mut, from_ref};
+        self.adamw_all(from_mut(param), from_ref(grad), from_mut(m), from_mut(v), from_ref(h));
     }
-    /// All tensors in one launch when their gradients share one type and the steps differ only in weight
-    /// decay (what `AdamW::update` does); otherwise tensor by tensor.
+    /// Parameters become (stay) f32 master weights. One launch per kernel type over every tensor: in mixed
+    /// precision a bf16 gradient takes the bf16 kernel, which also writes the updated master's rounding into
+    /// the working copy; any other gradient the f32 kernel. Steps that differ in more than weight decay
+    /// (never from `AdamW::update`) are taken tensor by tensor.
     fn adamw_all(&self, params: &mut [Self::Buf], grads: &[Self::Buf], m: &mut [Self::Buf], v: &mut [Self::Buf], hs: &[AdamWParams]) {
         let same = |a: &AdamWParams, b: &AdamWParams| (a.lr, a.beta1, a.beta2, a.eps, a.step, a.grad_scale) == (b.lr, b.beta1, b.beta2, b.eps, b.step, b.grad_scale);
-        let dt = grads.first().map_or(self.compute, |g| g.dt);
-        if hs.is_empty() || !hs.iter().all(|h| same(h, &hs[0])) || grads.iter().any(|g| g.dt != dt) || (dt == DType::BF16 && self.compute != DType::BF16) {
-            for (i, h) in hs.iter().enumerate() {
-                self.adamw(&mut params[i], &grads[i], &mut m[i], &mut v[i], h);
+        if !hs.iter().all(|h| same(h, &hs[0])) {
+            for i in 0..hs.len() {
+                let r = i..i + 1;
+                self.adamw_all(&mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r.clone()], &hs[r]);
             }
             return;
         }
-        // bf16 gradients: f32 masters and their bf16 working copies (as in `adamw`); f32: the params themselves
-        let mut halves = Vec::new();
-        let mut tensors = Vec::new();
+        let (mut halves, mut grad_views) = (Vec::new(), Vec::new());
+        let (mut bf16_tensors, mut f32_tensors) = (Vec::new(), Vec::new());
         for i in 0..hs.len() {
             let (pm, pv) = (self.target(&mut m[i], F32), self.target(&mut v[i], F32));
-            let (param, master) = if dt == DType::BF16 {
+            let (n, weight_decay) = (params[i].n, hs[i].weight_decay);
+            let tensor = |param, master, grad| kl::AdamWTensor { param, master, grad, m: pm, v: pv, n, weight_decay };
+            if self.compute == DType::BF16 && grads[i].dt == DType::BF16 {
                 let half = params[i].half.take().unwrap_or_else(|| self.alloc(params[i].n, DType::BF16));
                 let master = self.target(&mut params[i], F32);
-                let p = self.p(&half);
+                bf16_tensors.push(tensor(self.p(&half), master, self.p(&grads[i].mem)));
                 halves.push((i, half));
-                (p, master)
             } else {
-                (self.target(&mut params[i], F32), 0)
-            };
-            tensors.push(kl::AdamWTensor { param, master, grad: self.p(&grads[i].mem), m: pm, v: pv, n: params[i].n, weight_decay: hs[i].weight_decay });
+                let vg = self.view(&grads[i], F32);
+                f32_tensors.push(tensor(self.target(&mut params[i], F32), 0, vg.ptr()));
+                grad_views.push(vg); // alive until the launch
+            }
         }
-        let table = kl::adamw_chunks(dt, &tensors);
-        let t = self.device_copy(bytemuck::cast_slice(&table));
-        ok("adamw", kl::adamw_multi(self.l(), dt, t, table.len(), &hs[0]));
+        for (dt, tensors) in [(DType::BF16, bf16_tensors), (F32, f32_tensors)] {
+            if !tensors.is_empty() {
+                let table = ok("adamw", kl::adamw_chunks(dt, &tensors));
+                let t = self.device_copy(bytemuck::cast_slice(&table));
+                ok("adamw", kl::adamw_multi(self.l(), dt, t, table.len(), &hs[0]));
+            }
+        }
         for (i, half) in halves {
             let _ = params[i].half.set(half);
         }
@@ -444,27 +439,26 @@ impl<D: Device> Backend for KernelBackend<D> {
     fn sum_squares(&self, buf: &Self::Buf) -> f64 {
         self.sum_squares_all(std::slice::from_ref(buf))
     }
-    /// One multi-tensor reduction (two launches) where every buffer has the same type; else every
-    /// reduction queued into one scratch buffer. Either way one download, one wait for the stream.
+    /// One multi-tensor reduction (two launches) per storage type present, one download.
     fn sum_squares_all(&self, bufs: &[Self::Buf]) -> f64 {
-        if let Some(dt) = bufs.first().map(|b| b.dt).filter(|&dt| bufs.iter().all(|b| b.dt == dt)) {
-            let table = kl::sum_squares_chunks(dt, &bufs.iter().map(|b| (self.p(&b.mem), b.n)).collect::<Vec<_>>());
-            let t = self.device_copy(bytemuck::cast_slice(&table));
-            let s = self.scratch(kl::sum_squares_multi_scratch_bytes(table.len()));
-            ok("sum_squares", kl::sum_squares_multi(self.l(), dt, t, table.len(), self.p(&s)));
-            let mut out = [0u8; 8];
-            ok("download", self.dev.dtoh(&mut out, self.p(&s)));
-            return f64::from_le_bytes(out);
+        let mut results = Vec::new();
+        for dt in [F32, DType::BF16] {
+            let of_dt: Vec<(DevPtr, usize)> = bufs.iter().filter(|b| b.dt == dt).map(|b| (self.p(&b.mem), b.n)).collect();
+            if !of_dt.is_empty() {
+                let table = kl::sum_squares_chunks(dt, &of_dt);
+                let t = self.device_copy(bytemuck::cast_slice(&table));
+                let s = self.scratch(kl::sum_squares_multi_scratch_bytes(table.len()));
+                ok("sum_squares", kl::sum_squares_multi(self.l(), dt, t, table.len(), self.p(&s)));
+                results.push(s);
+            }
         }
-        let offsets: Vec<usize> = bufs.iter().scan(0, |off, b| Some(std::mem::replace(off, *off + kl::sum_squares_scratch_bytes(b.n)))).collect();
-        let total = bufs.last().map_or(0, |b| offsets[bufs.len() - 1] + kl::sum_squares_scratch_bytes(b.n));
-        let s = self.scratch(total);
-        let base = self.p(&s);
-        for (b, &off) in bufs.iter().zip(&offsets) {
-            ok("sum_squares", kl::sum_squares(self.l(), b.dt, self.p(&b.mem), b.n, base + off as u64));
-        }
-        let mut host = vec![0f64; total / 8];
-        ok("download", self.dev.dtoh(bytemuck::cast_slice_mut(&mut host), base));
-        offsets.iter().map(|&off| host[off / 8]).sum()
+        results
+            .iter()
+            .map(|s| {
+                let mut out = [0u8; 8];
+                ok("download", self.dev.dtoh(&mut out, self.p(s)));
+                f64::from_le_bytes(out)
+            })
+            .sum()
     }
 }

@@ -399,70 +399,13 @@ pub fn entropy(l: &dyn Launcher, dt: DType, ent: DevPtr, dlogits: DevPtr, logits
     )
 }
 
-// ------------------------------------------------------------------------------------------------ AdamW
-/// One AdamW step over n parameters (contract of `crate::ops::adamw::step`). For `DType::BF16`, `master`
-/// holds the f32 master weights and `param` receives their bf16 rounding; for `DType::F32` pass master = 0.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw(l: &dyn Launcher, dt: DType, param: DevPtr, master: DevPtr, grad: DevPtr, m: DevPtr, v: DevPtr, n: usize, h: &crate::ops::adamw::AdamWParams) -> Result<()> {
-    if dt == DType::BF16 && master == 0 {
-        bail!("adamw_bf16 needs f32 master weights");
-    }
-    ensure!(h.step >= 1, "adamw: step is 1-based");
-    let bc1 = 1.0 - h.beta1.powi(h.step as i32);
-    let bc2 = 1.0 - h.beta2.powi(h.step as i32);
-    l.launch(
-        &k("adamw", dt),
-        LaunchConfig::linear(n, EW_BLOCK),
-        &[
-            Arg::Ptr(param),
-            Arg::Ptr(master),
-            Arg::Ptr(grad),
-            Arg::Ptr(m),
-            Arg::Ptr(v),
-            Arg::I32(i32_of(n, "n")?),
-            Arg::F32(h.lr as f32),
-            Arg::F32(h.beta1 as f32),
-            Arg::F32(h.beta2 as f32),
-            Arg::F32(h.eps as f32),
-            Arg::F32(h.weight_decay as f32),
-            Arg::F32(bc1 as f32),
-            Arg::F32(bc2 as f32),
-            Arg::F32(h.grad_scale as f32),
-        ],
-    )
-}
+// ------------------------------------------------------------------------------------------------ AdamW, norm
+// AdamW (contract of `crate::ops::adamw::step`) and the sum of squares behind gradient clipping, both over a
+// whole tensor list in one launch: the host cuts the tensors into chunks listed in a table (one block each).
 
-const SUMSQ_BLOCK: u32 = 256;
-const SUMSQ_MAX_GRID: usize = 1024;
-
-fn sum_squares_grid(n: usize) -> usize {
-    n.div_ceil(SUMSQ_BLOCK as usize * 8).clamp(1, SUMSQ_MAX_GRID)
-}
-
-/// f64 slots: result first, then one partial per block.
-pub fn sum_squares_scratch_bytes(n: usize) -> usize {
-    (1 + sum_squares_grid(n)) * 8
-}
-
-/// Writes sum(x^2) as f64 at `scratch` (deterministic: the grid depends on n only). Read it back from there.
-pub fn sum_squares(l: &dyn Launcher, dt: DType, x: DevPtr, n: usize, scratch: DevPtr) -> Result<()> {
-    let g = sum_squares_grid(n);
-    let partial = scratch + 8;
-    l.launch(
-        &k("sum_squares_partial", dt),
-        LaunchConfig { grid: [g as u32, 1, 1], block: [SUMSQ_BLOCK, 1, 1], smem: 0 },
-        &[Arg::Ptr(partial), Arg::Ptr(x), Arg::I32(i32_of(n, "n")?)],
-    )?;
-    l.launch(
-        "sum_squares_final",
-        LaunchConfig { grid: [1, 1, 1], block: [SUMSQ_BLOCK, 1, 1], smem: 0 },
-        &[Arg::Ptr(scratch), Arg::Ptr(partial), Arg::I32(g as i32)],
-    )
-}
-
-// ------------------------------------------------------------------------------------------------ multi-tensor
 /// Elements per chunk of the multi-tensor kernels (one block each).
 pub const MULTI_CHUNK: usize = 1 << 16;
+const SUMSQ_BLOCK: u32 = 256;
 
 /// One row of the multi-tensor AdamW table (kernels/adamw.cu `AdamWChunk`): addresses offset to the chunk.
 #[repr(C)]
@@ -477,7 +420,8 @@ pub struct AdamWChunk {
     pub wd: f32,
 }
 
-/// One tensor of a multi-tensor AdamW step: as [`adamw`]'s arguments, plus its weight decay.
+/// One tensor of an AdamW step. For `DType::BF16`, `master` holds the f32 master weights and `param`
+/// receives their bf16 rounding; for `DType::F32` the params are the master weights (master = 0).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWTensor {
     pub param: DevPtr,
@@ -490,9 +434,12 @@ pub struct AdamWTensor {
 }
 
 /// The chunk table of [`adamw_multi`] (upload it as bytes): parameters and gradients are `dt`, the rest f32.
-pub fn adamw_chunks(dt: DType, tensors: &[AdamWTensor]) -> Vec<AdamWChunk> {
+pub fn adamw_chunks(dt: DType, tensors: &[AdamWTensor]) -> Result<Vec<AdamWChunk>> {
     let mut v = Vec::new();
     for t in tensors {
+        if dt == DType::BF16 && t.master == 0 {
+            bail!("adamw_bf16 needs f32 master weights");
+        }
         for off in (0..t.n).step_by(MULTI_CHUNK) {
             let (o, of) = ((off * dt.size()) as u64, (off * 4) as u64);
             let master = if t.master == 0 { 0 } else { t.master + of };
@@ -500,11 +447,11 @@ pub fn adamw_chunks(dt: DType, tensors: &[AdamWTensor]) -> Vec<AdamWChunk> {
             v.push(AdamWChunk { param: t.param + o, master, grad: t.grad + o, m: t.m + of, v: t.v + of, len, wd: t.weight_decay as f32 });
         }
     }
-    v
+    Ok(v)
 }
 
-/// One AdamW step over every chunk of `table` (device copy of [`adamw_chunks`]) in one launch; `h` as for
-/// [`adamw`] except that each chunk carries its weight decay.
+/// One AdamW step over every chunk of `table` (device copy of [`adamw_chunks`]) in one launch; `h`'s
+/// weight decay is ignored (each chunk carries its tensor's).
 pub fn adamw_multi(l: &dyn Launcher, dt: DType, table: DevPtr, chunks: usize, h: &crate::ops::adamw::AdamWParams) -> Result<()> {
     ensure!(h.step >= 1, "adamw: step is 1-based");
     if chunks == 0 {
