@@ -63,31 +63,43 @@ fn run<B: Backend<F = f32>>(be: &B, dir: &Path, tokens: &[u32], targets: &[u32],
     Run { logits, loss, grads, norm2, stepped, greedy }
 }
 
-#[test]
-fn model_through_simulated_kernels_matches_cpu_engine() {
+/// `run` on `be` and on the CPU engine for every parity fixture, with the same batch: (name, got, want).
+fn fixture_runs<B: Backend<F = f32>>(be: &B) -> Vec<(String, Run, Run)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
     let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     dirs.sort();
     assert!(!dirs.is_empty());
-    let sim = SimBackend::new();
     let cpu = Cpu::<f32>::new();
-    for dir in &dirs {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let cfg = checkpoint::load(dir).unwrap().config;
-        let (b, t) = (2usize, 13usize.min(cfg.n_positions));
-        let mut rng = Rng::new(3);
-        let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-        let targets: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-        let want = run(&cpu, dir, &tokens, &targets, b, t);
-        let got = run(&sim, dir, &tokens, &targets, b, t);
-        let e = scaled_err(&got.logits, &want.logits);
-        println!("{name}: logits {e:.2e}, loss {} vs {}", got.loss, want.loss);
-        assert!(e <= TOL, "{name}: logits differ by {e:.3e}");
-        assert!(((got.loss - want.loss) / want.loss).abs() <= TOL as f64, "{name}: loss {} vs {}", got.loss, want.loss);
-        for (i, (gg, wg)) in got.grads.iter().zip(&want.grads).enumerate() {
-            let e = scaled_err(gg, wg);
-            assert!(e <= TOL, "{name}: gradient {i} differs by {e:.3e}");
-        }
+    dirs.iter()
+        .map(|dir| {
+            let cfg = checkpoint::load(dir).unwrap().config;
+            let (b, t) = (2usize, 13usize.min(cfg.n_positions));
+            let mut rng = Rng::new(3);
+            let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+            let targets: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+            let want = run(&cpu, dir, &tokens, &targets, b, t);
+            let got = run(be, dir, &tokens, &targets, b, t);
+            (dir.file_name().unwrap().to_string_lossy().to_string(), got, want)
+        })
+        .collect()
+}
+
+/// Logits, loss and every gradient within `tol` of scale (the loss within `loss_tol` relative).
+fn assert_close(name: &str, got: &Run, want: &Run, tol: f32, loss_tol: f64) {
+    let e = scaled_err(&got.logits, &want.logits);
+    println!("{name}: logits {e:.2e}, loss {} vs {}, greedy {:?} vs {:?}", got.loss, want.loss, got.greedy, want.greedy);
+    assert!(e <= tol, "{name}: logits differ by {e:.3e}");
+    assert!(((got.loss - want.loss) / want.loss).abs() <= loss_tol, "{name}: loss {} vs {}", got.loss, want.loss);
+    for (i, (gg, wg)) in got.grads.iter().zip(&want.grads).enumerate() {
+        let e = scaled_err(gg, wg);
+        assert!(e <= tol, "{name}: gradient {i} differs by {e:.3e}");
+    }
+}
+
+#[test]
+fn model_through_simulated_kernels_matches_cpu_engine() {
+    for (name, got, want) in fixture_runs(&SimBackend::new()) {
+        assert_close(&name, &got, &want, TOL, TOL as f64);
         assert!(((got.norm2 - want.norm2) / want.norm2).abs() < 1e-6, "{name}: sum of squares {} vs {}", got.norm2, want.norm2);
         let e = scaled_err(&got.stepped, &want.stepped);
         assert!(e <= 1e-5, "{name}: AdamW step differs by {e:.3e}");
@@ -110,27 +122,8 @@ fn model_through_cuda_backend_matches_cpu_engine() {
                 return;
             }
         };
-        let cpu = Cpu::<f32>::new();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
-        let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
-        dirs.sort();
-        for dir in &dirs {
-            let name = dir.file_name().unwrap().to_string_lossy().to_string();
-            let cfg = checkpoint::load(dir).unwrap().config;
-            let (b, t) = (2usize, 13usize.min(cfg.n_positions));
-            let mut rng = Rng::new(3);
-            let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-            let targets: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-            let want = run(&cpu, dir, &tokens, &targets, b, t);
-            let got = run(&be, dir, &tokens, &targets, b, t);
-            let e = scaled_err(&got.logits, &want.logits);
-            println!("{name} on {}: logits {e:.2e}, loss {} vs {}, greedy {:?} vs {:?}", be.name(), got.loss, want.loss, got.greedy, want.greedy);
-            assert!(e <= tol, "{name}: logits differ by {e:.3e}");
-            assert!(((got.loss - want.loss) / want.loss).abs() <= loss_tol, "{name}: loss {} vs {}", got.loss, want.loss);
-            for (i, (gg, wg)) in got.grads.iter().zip(&want.grads).enumerate() {
-                let e = scaled_err(gg, wg);
-                assert!(e <= tol, "{name}: gradient {i} differs by {e:.3e}");
-            }
+        for (name, got, want) in fixture_runs(&be) {
+            assert_close(&format!("{name} on {}", be.name()), &got, &want, tol, loss_tol);
         }
     }
 }
