@@ -121,8 +121,7 @@ impl<D: Device> KernelBackend<D> {
         if cache.len() >= CONSTS_KEPT {
             cache.remove(0);
         }
-        let m = self.scratch(bytes.len());
-        ok("upload", self.dev.htod(self.p(&m), bytes));
+        let m = self.upload_bytes(bytes);
         let p = self.p(&m);
         cache.push((bytes.to_vec(), m));
         p
@@ -190,9 +189,9 @@ impl<D: Device> KernelBackend<D> {
         ok("device allocation", self.dev.alloc(bytes))
     }
 
-    fn upload_u32(&self, x: &[u32]) -> D::Mem {
-        let m = self.scratch(x.len() * 4);
-        ok("upload", self.dev.htod(self.p(&m), bytemuck::cast_slice(x)));
+    fn upload_bytes(&self, bytes: &[u8]) -> D::Mem {
+        let m = self.scratch(bytes.len());
+        ok("upload", self.dev.htod(self.p(&m), bytes));
         m
     }
 }
@@ -243,7 +242,7 @@ impl<D: Device> Backend for KernelBackend<D> {
         }
     }
     fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids> {
-        Ok(DevIds { mem: self.upload_u32(ids), host: ids.to_vec() })
+        Ok(DevIds { mem: self.upload_bytes(bytemuck::cast_slice(ids)), host: ids.to_vec() })
     }
     fn len(&self, buf: &Self::Buf) -> usize {
         buf.n
@@ -270,7 +269,7 @@ impl<D: Device> Backend for KernelBackend<D> {
     fn encoder_backward(&self, dwte: &mut Self::Buf, dwpe: &mut Self::Buf, dout: &Self::Buf, tokens: &Self::Ids, pos0: &[u32], t: usize, c: usize) {
         let dt = dwte.dt;
         let plan = kl::EncoderPlan::new(&tokens.host[..pos0.len() * t]);
-        let (plan_d, pd, vd) = (self.upload_u32(&plan.data), self.positions(pos0), self.view(dout, dt));
+        let (plan_d, pd, vd) = (self.upload_bytes(bytemuck::cast_slice(&plan.data)), self.positions(pos0), self.view(dout, dt));
         let (gw, gp) = (self.target(dwte, dt), self.target(dwpe, dt));
         ok("encoder_backward", kl::encoder_backward(self.l(), dt, gw, gp, vd.ptr(), self.p(&plan_d), plan.buckets, pd, pos0, t, c));
     }
