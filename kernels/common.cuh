@@ -122,26 +122,34 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 #define RLHF_CAT2(a, b) a##b
 #define RLHF_CAT(a, b) RLHF_CAT2(a, b)
 
-// logsumexp_j (inv_temp * x[j]) over j < V of a row that the whole block reads in chunks of W (x 16-byte
-// aligned when W > 1; the chunk may run past V into padding, which is read but ignored): an online
-// (max, sum) per thread, combined across the block. Every thread gets the result.
-template <class T, int W>
-__device__ float block_row_logsumexp(const T* __restrict__ x, int V, float inv_temp, float* scratch) {
-  float m = -INFINITY, s = 0.f;
+// Calls f(z) with z = inv_temp * x[j] for every j < V of a row that the whole block reads in chunks of W
+// (thread t takes chunks t, t + blockDim, ...; x 16-byte aligned when W > 1; a chunk may run past V into
+// padding, which is read but ignored).
+template <class T, int W, class F>
+__device__ __forceinline__ void for_row_scaled(const T* __restrict__ x, int V, float inv_temp, F f) {
   for (int c = threadIdx.x * W; c < V; c += blockDim.x * W) {
     const Chunk<T, W> xc = load_chunk<T, W>(x + c);
 #pragma unroll
     for (int k = 0; k < W; k++) {
       if (c + k >= V) break;
-      const float z = inv_temp * to_f32(xc.v[k]);
-      if (z > m) {
-        s = s * __expf(m - z) + 1.f;
-        m = z;
-      } else {
-        s += __expf(z - m);
-      }
+      f(inv_temp * to_f32(xc.v[k]));
     }
   }
+}
+
+// logsumexp_j (inv_temp * x[j]) over j < V of a row the whole block reads (as for_row_scaled): an online
+// (max, sum) per thread, combined across the block. Every thread gets the result.
+template <class T, int W>
+__device__ float block_row_logsumexp(const T* __restrict__ x, int V, float inv_temp, float* scratch) {
+  float m = -INFINITY, s = 0.f;
+  for_row_scaled<T, W>(x, V, inv_temp, [&](float z) {
+    if (z > m) {
+      s = s * __expf(m - z) + 1.f;
+      m = z;
+    } else {
+      s += __expf(z - m);
+    }
+  });
   const float M = block_max(m, scratch);
   return M + logf(block_sum(m == -INFINITY ? 0.f : s * __expf(m - M), scratch));
 }

@@ -16,15 +16,7 @@ __device__ void entropy_forward_backward(float* __restrict__ ent, T* __restrict_
   const T* x = logits + row * Vp;
   const float lse = block_row_logsumexp<T, W>(x, V, inv_temp, scratch);
   float pz = 0.f;
-  for (int c = threadIdx.x * W; c < V; c += blockDim.x * W) {
-    const Chunk<T, W> xc = load_chunk<T, W>(x + c);
-#pragma unroll
-    for (int k = 0; k < W; k++) {
-      if (c + k >= V) break;
-      const float z = inv_temp * to_f32(xc.v[k]);
-      pz += __expf(z - lse) * z;
-    }
-  }
+  for_row_scaled<T, W>(x, V, inv_temp, [&](float z) { pz += __expf(z - lse) * z; });
   const float H = lse - block_sum(pz, scratch);
   if (threadIdx.x == 0) ent[row] = H;
   if (!want_grad) return;
