@@ -40,7 +40,12 @@ fn kernel_files(dir: &Path) -> Vec<KernelFile> {
                 .filter_map(|l| l.trim().strip_prefix("// rlhf: kernels "))
                 .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
                 .collect();
-            KernelFile { stem: path.file_stem().unwrap().to_string_lossy().into_owned(), path, gpu_only, listed_kernels }
+            KernelFile {
+                stem: path.file_stem().unwrap().to_string_lossy().into_owned(),
+                path,
+                gpu_only,
+                listed_kernels,
+            }
         })
         .collect();
     v.sort_by(|a, b| a.stem.cmp(&b.stem));
@@ -123,7 +128,9 @@ fn main() {
         .unwrap_or_else(|_| "80,90".into())
         .split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().trim_start_matches("sm_").parse().expect("RLHF_CUDA_ARCHS: comma-separated numbers like 80,90"))
+        .map(|s| {
+            s.trim().trim_start_matches("sm_").parse().expect("RLHF_CUDA_ARCHS: comma-separated numbers like 80,90")
+        })
         .collect();
     let nvcc = if env::var("RLHF_NO_CUDA").is_ok_and(|v| v != "0") {
         Err("built with RLHF_NO_CUDA set".to_string())
@@ -185,19 +192,31 @@ fn main() {
     let sim: Vec<&str> = files.iter().filter(|f| !f.gpu_only).map(|f| f.stem.as_str()).collect();
     writeln!(rs, "pub const SIM_FILES: &[&str] = &{:?};", sim).unwrap();
     writeln!(rs, "/// Kernels that only run on the GPU (files marked `// rlhf: gpu-only`), by file.").unwrap();
-    let gpu: Vec<(&str, &[String])> = files.iter().filter(|f| f.gpu_only).map(|f| (f.stem.as_str(), f.listed_kernels.as_slice())).collect();
+    let gpu: Vec<(&str, &[String])> =
+        files.iter().filter(|f| f.gpu_only).map(|f| (f.stem.as_str(), f.listed_kernels.as_slice())).collect();
     writeln!(rs, "pub const GPU_ONLY_KERNELS: &[(&str, &[&str])] = &[").unwrap();
     for (stem, ks) in gpu {
         writeln!(rs, "    ({:?}, &{:?}),", stem, ks).unwrap();
     }
     writeln!(rs, "];").unwrap();
     writeln!(rs, "/// The ptxas -v report of this build (empty without nvcc).").unwrap();
-    writeln!(rs, "pub const PTXAS_REPORT: &str = include_str!({:?});", out.join("ptxas-report.txt").display().to_string()).unwrap();
+    writeln!(
+        rs,
+        "pub const PTXAS_REPORT: &str = include_str!({:?});",
+        out.join("ptxas-report.txt").display().to_string()
+    )
+    .unwrap();
     fs::write(out.join("kernels_gen.rs"), rs).unwrap();
 }
 
 /// nvcc -cubin -Xptxas -v --keep: returns (stem, arch, path of the kept PTX, ptxas report).
-fn compile_ptx(nvcc: &Path, kdir: &Path, out: &Path, f: &KernelFile, arch: u32) -> Result<(String, u32, PathBuf, String), String> {
+fn compile_ptx(
+    nvcc: &Path,
+    kdir: &Path,
+    out: &Path,
+    f: &KernelFile,
+    arch: u32,
+) -> Result<(String, u32, PathBuf, String), String> {
     let keep = out.join(format!("nvcc-{}-sm{}", f.stem, arch));
     fs::create_dir_all(&keep).map_err(|e| e.to_string())?;
     let cubin = keep.join(format!("{}.cubin", f.stem));
@@ -233,7 +252,13 @@ fn spills(report: &str) -> Vec<(String, String)> {
             cur = rest.trim().to_string();
         }
         if l.contains("spill stores") {
-            let stores = l.split("bytes spill stores").next().and_then(|s| s.rsplit(',').next()).unwrap_or("").trim().to_string();
+            let stores = l
+                .split("bytes spill stores")
+                .next()
+                .and_then(|s| s.rsplit(',').next())
+                .unwrap_or("")
+                .trim()
+                .to_string();
             if stores != "0" || !l.contains(" 0 bytes spill loads") {
                 v.push((cur.clone(), l.trim().to_string()));
             }

@@ -25,7 +25,11 @@ fn randv(rng: &mut Rng, n: usize) -> Vec<f32> {
 }
 
 fn report(name: &str, secs: f64, flops: f64, bytes: f64) {
-    let rate = if flops > 0.0 { format!("{:8.1} GFLOP/s", flops / secs / 1e9) } else { format!("{:8.1} GB/s", bytes / secs / 1e9) };
+    let rate = if flops > 0.0 {
+        format!("{:8.1} GFLOP/s", flops / secs / 1e9)
+    } else {
+        format!("{:8.1} GB/s", bytes / secs / 1e9)
+    };
     println!("{name:<34} {:9.3} ms  {rate}", secs * 1e3);
 }
 
@@ -55,7 +59,11 @@ fn main() {
     let s = median_secs(20, || be.gelu_backward(&mut dg, &h, &g));
     report("gelu backward", s, 0.0, (3 * n * 4 * c * 4) as f64);
 
-    for (name, k, oc) in [("linear qkv  [N,768]x[768,2304]", c, 3 * c), ("linear fc   [N,768]x[768,3072]", c, 4 * c), ("linear proj [N,3072]x[3072,768]", 4 * c, c)] {
+    for (name, k, oc) in [
+        ("linear qkv  [N,768]x[768,2304]", c, 3 * c),
+        ("linear fc   [N,768]x[768,3072]", c, 4 * c),
+        ("linear proj [N,3072]x[3072,768]", 4 * c, c),
+    ] {
         let inp = randv(&mut rng, n * k);
         let wt = randv(&mut rng, k * oc);
         let bb = randv(&mut rng, oc);

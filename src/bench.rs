@@ -27,7 +27,15 @@ pub struct StepBench {
 }
 
 /// Run `warmup + steps` training steps on random tokens and report the median step time.
-pub fn train_step<B: Backend>(be: &B, preset: &str, cfg: Config, batch: usize, seq: usize, warmup: usize, steps: usize) -> Result<StepBench> {
+pub fn train_step<B: Backend>(
+    be: &B,
+    preset: &str,
+    cfg: Config,
+    batch: usize,
+    seq: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<StepBench> {
     let model_seed = 0;
     let mut model = Gpt2::init(be, cfg, model_seed)?;
     let mut grads = Tensors::zeros(be, &cfg)?;

@@ -31,9 +31,11 @@ pub struct ChatTokens {
 
 impl ChatTokens {
     pub fn from_tokenizer(tok: &Tokenizer) -> Result<ChatTokens> {
-        let id = |t: &str| match tok.token_id(t) {
+        let id = |t: &str| {
+            match tok.token_id(t) {
             Some(i) => Ok(i),
             None => bail!("the tokenizer has no {t} token: the chat format needs {USER}, {ASSISTANT}, {END} and {PAD} (train one with `rlhf tokenizer train`, which adds them)"),
+        }
         };
         Ok(ChatTokens { user: id(USER)?, assistant: id(ASSISTANT)?, end: id(END)?, pad: id(PAD)? })
     }

@@ -36,8 +36,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::rng::Rng;
 use crate::fsutil::write_atomic;
+use crate::rng::Rng;
 
 /// First header word of every shard.
 pub const SHARD_MAGIC: i32 = 20240520;
@@ -113,11 +113,7 @@ pub struct Shard {
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard")
-            .field("path", &self.path)
-            .field("width", &self.width)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("Shard").field("path", &self.path).field("width", &self.width).field("len", &self.len).finish()
     }
 }
 
@@ -126,15 +122,9 @@ impl Shard {
     pub fn open(path: impl AsRef<Path>, vocab_size: usize) -> Result<Shard> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).with_context(|| format!("cannot open shard {}", path.display()))?;
-        let size = file
-            .metadata()
-            .with_context(|| format!("cannot stat shard {}", path.display()))?
-            .len() as usize;
+        let size = file.metadata().with_context(|| format!("cannot stat shard {}", path.display()))?.len() as usize;
         if size < HEADER_BYTES {
-            bail!(
-                "shard {}: {size} bytes is shorter than the {HEADER_BYTES}-byte header",
-                path.display()
-            );
+            bail!("shard {}: {size} bytes is shorter than the {HEADER_BYTES}-byte header", path.display());
         }
         // SAFETY: the file is opened read-only and shards are written atomically (temp + rename), so the
         // mapped file is not modified while mapped by this program.
@@ -143,22 +133,12 @@ impl Shard {
         let word = |i: usize| i32::from_le_bytes(map[4 * i..4 * i + 4].try_into().unwrap_or([0; 4]));
         let (magic, version, claimed) = (word(0), word(1), word(2));
         if magic != SHARD_MAGIC {
-            bail!(
-                "shard {}: bad magic {magic} (expected {SHARD_MAGIC}); not a token shard",
-                path.display()
-            );
+            bail!("shard {}: bad magic {magic} (expected {SHARD_MAGIC}); not a token shard", path.display());
         }
-        let width = width_of(version).ok_or_else(|| {
-            anyhow!(
-                "shard {}: unsupported version {version} (expected 1 or 2)",
-                path.display()
-            )
-        })?;
+        let width = width_of(version)
+            .ok_or_else(|| anyhow!("shard {}: unsupported version {version} (expected 1 or 2)", path.display()))?;
         if claimed < 0 {
-            bail!(
-                "shard {}: header claims a negative token count {claimed}",
-                path.display()
-            );
+            bail!("shard {}: header claims a negative token count {claimed}", path.display());
         }
         let body = size - HEADER_BYTES;
         if !body.is_multiple_of(width) || body / width != claimed as usize {
@@ -169,12 +149,7 @@ impl Shard {
                 body as f64 / width as f64
             );
         }
-        let shard = Shard {
-            path: path.to_path_buf(),
-            map,
-            width,
-            len: claimed as usize,
-        };
+        let shard = Shard { path: path.to_path_buf(), map, width, len: claimed as usize };
         if vocab_size < (1usize << (8 * width)) {
             if let Some((pos, id)) = shard.find_out_of_range(vocab_size) {
                 bail!(
@@ -232,12 +207,7 @@ impl Shard {
 
     /// Token `i` (panics if `i >= len()`, like slice indexing).
     pub fn get(&self, i: usize) -> u32 {
-        assert!(
-            i < self.len,
-            "token index {i} out of range for shard {} of {} tokens",
-            self.path.display(),
-            self.len
-        );
+        assert!(i < self.len, "token index {i} out of range for shard {} of {} tokens", self.path.display(), self.len);
         let b = &self.body()[i * self.width..(i + 1) * self.width];
         if self.width == 2 {
             u16::from_le_bytes([b[0], b[1]]) as u32
@@ -264,11 +234,7 @@ impl Shard {
         if self.width == 2 {
             out.extend(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32));
         } else {
-            out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            );
+            out.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
         }
     }
 }
@@ -311,16 +277,10 @@ impl Dataset {
             }
         }
         if paths.is_empty() {
-            bail!(
-                "no {split} shards ({split}_*.bin) in {}; run `prepare` first",
-                dir.display()
-            );
+            bail!("no {split} shards ({split}_*.bin) in {}; run `prepare` first", dir.display());
         }
         paths.sort();
-        let shards = paths
-            .iter()
-            .map(|p| Shard::open(p, vocab_size))
-            .collect::<Result<Vec<_>>>()?;
+        let shards = paths.iter().map(|p| Shard::open(p, vocab_size)).collect::<Result<Vec<_>>>()?;
         let mut starts = Vec::with_capacity(shards.len() + 1);
         let mut total = 0usize;
         for s in &shards {
@@ -328,13 +288,7 @@ impl Dataset {
             total += s.len();
         }
         starts.push(total);
-        Ok(Dataset {
-            dir: dir.to_path_buf(),
-            split: split.to_string(),
-            vocab_size,
-            shards,
-            starts,
-        })
+        Ok(Dataset { dir: dir.to_path_buf(), split: split.to_string(), vocab_size, shards, starts })
     }
 
     /// Total number of tokens in the split.
@@ -375,11 +329,7 @@ impl Dataset {
     }
 
     fn extend_tokens(&self, range: Range<usize>, out: &mut Vec<u32>) {
-        assert!(
-            range.end <= self.len(),
-            "token range {range:?} out of range for {} tokens",
-            self.len()
-        );
+        assert!(range.end <= self.len(), "token range {range:?} out of range for {} tokens", self.len());
         // Index of the shard holding range.start (the last shard whose start is <= it).
         let mut i = self.starts.partition_point(|&s| s <= range.start).saturating_sub(1);
         let mut pos = range.start;

@@ -70,7 +70,11 @@ fn read_lines<T>(path: &Path, skip_bad: bool, parse: impl Fn(&Value) -> Result<T
         }
     }
     if records.is_empty() {
-        bail!("{} holds no usable records{}", path.display(), if skipped > 0 { format!(" ({skipped} malformed lines skipped)") } else { String::new() });
+        bail!(
+            "{} holds no usable records{}",
+            path.display(),
+            if skipped > 0 { format!(" ({skipped} malformed lines skipped)") } else { String::new() }
+        );
     }
     Ok(Read { records, skipped })
 }
@@ -87,7 +91,8 @@ fn text_field(v: &Value, key: &str) -> Result<String> {
 pub fn read_sft(path: &Path, skip_bad: bool) -> Result<Read<SftExample>> {
     read_lines(path, skip_bad, |v| {
         if let Some(m) = v.get("messages") {
-            let msgs: Vec<Message> = serde_json::from_value(m.clone()).context("\"messages\" is not a list of {role, content}")?;
+            let msgs: Vec<Message> =
+                serde_json::from_value(m.clone()).context("\"messages\" is not a list of {role, content}")?;
             if let Some(e) = msgs.iter().find(|m| m.content.trim().is_empty()) {
                 bail!("a {} message is empty", e.role);
             }
@@ -104,17 +109,30 @@ pub fn read_ranked(path: &Path, skip_bad: bool) -> Result<Read<Ranked>> {
     read_lines(path, skip_bad, |v| {
         let prompt = text_field(v, "prompt")?;
         if v.get("chosen").is_some() || v.get("rejected").is_some() {
-            return Ok(Ranked { prompt, completions: vec![text_field(v, "chosen")?, text_field(v, "rejected")?], ranking: vec![0, 1] });
+            return Ok(Ranked {
+                prompt,
+                completions: vec![text_field(v, "chosen")?, text_field(v, "rejected")?],
+                ranking: vec![0, 1],
+            });
         }
         let completions: Vec<String> = match v.get("completions") {
-            Some(Value::Array(a)) => a.iter().enumerate().map(|(i, c)| match c {
-                Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
-                _ => bail!("completion {i} is empty or not a string"),
-            }).collect::<Result<_>>()?,
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match c {
+                    Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+                    _ => bail!("completion {i} is empty or not a string"),
+                })
+                .collect::<Result<_>>()?,
             _ => bail!("expected \"chosen\"/\"rejected\" or a \"completions\" list with a \"ranking\""),
         };
         let ranking: Vec<u32> = match v.get("ranking") {
-            Some(Value::Array(a)) => a.iter().map(|r| r.as_u64().map(|x| x as u32).ok_or_else(|| anyhow!("ranking holds {r}, not a rank (0 = best)"))).collect::<Result<_>>()?,
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|r| {
+                    r.as_u64().map(|x| x as u32).ok_or_else(|| anyhow!("ranking holds {r}, not a rank (0 = best)"))
+                })
+                .collect::<Result<_>>()?,
             _ => bail!("missing \"ranking\" (one rank per completion, 0 = best)"),
         };
         if completions.len() < 2 {

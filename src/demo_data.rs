@@ -123,7 +123,8 @@ pub fn is_heading(paragraph: &str) -> bool {
 }
 
 /// Words that end with a period without ending a sentence.
-const ABBREVIATIONS: &[&str] = &["mr", "mrs", "dr", "st", "esq", "messrs", "col", "capt", "gen", "rev", "sr", "jr", "no", "vol", "ch"];
+const ABBREVIATIONS: &[&str] =
+    &["mr", "mrs", "dr", "st", "esq", "messrs", "col", "capt", "gen", "rev", "sr", "jr", "no", "vol", "ch"];
 
 /// Splits a paragraph into sentences after `.`, `!` or `?` (and any closing quotes or brackets) when
 /// followed by a space and then a capital letter or an opening quote; not after abbreviations such as
@@ -161,8 +162,10 @@ pub fn split_sentences(paragraph: &str) -> Vec<String> {
 }
 
 fn ends_with_abbreviation(before: &[char]) -> bool {
-    let word: String = before.iter().rev().take_while(|c| c.is_alphabetic()).collect::<Vec<_>>().into_iter().rev().collect();
-    (word.chars().count() == 1 && word.chars().all(|c| c.is_uppercase())) || ABBREVIATIONS.contains(&word.to_lowercase().as_str())
+    let word: String =
+        before.iter().rev().take_while(|c| c.is_alphabetic()).collect::<Vec<_>>().into_iter().rev().collect();
+    (word.chars().count() == 1 && word.chars().all(|c| c.is_uppercase()))
+        || ABBREVIATIONS.contains(&word.to_lowercase().as_str())
 }
 
 /// The first `max` words of `s` (whitespace-separated). If words were dropped, trailing punctuation is

@@ -27,7 +27,9 @@ pub enum Device {
 pub fn cuda_unavailable_reason() -> Option<String> {
     // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Some("no CUDA driver: libcuda.so could not be loaded on this machine (no NVIDIA GPU or driver installed)".into());
+        return Some(
+            "no CUDA driver: libcuda.so could not be loaded on this machine (no NVIDIA GPU or driver installed)".into(),
+        );
     }
     if let Some(why) = crate::kernels::PTX_UNAVAILABLE_REASON {
         return Some(format!("this binary was built without its CUDA kernels ({why})"));
@@ -43,7 +45,9 @@ pub fn select(arg: DeviceArg) -> Result<Device> {
     match (arg, cuda_unavailable_reason()) {
         (DeviceArg::Cpu, _) => Ok(Device::Cpu),
         (DeviceArg::CudaSim, _) => Ok(Device::CudaSim),
-        (DeviceArg::Cuda, Some(why)) => bail!("--device cuda is not available: {why}. Use --device cpu (or auto) to run on the CPU."),
+        (DeviceArg::Cuda, Some(why)) => {
+            bail!("--device cuda is not available: {why}. Use --device cpu (or auto) to run on the CPU.")
+        }
         (DeviceArg::Auto, Some(why)) => {
             eprintln!("device: CPU ({why})");
             Ok(Device::Cpu)

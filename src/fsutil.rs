@@ -23,7 +23,8 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
         let file = w.into_inner().map_err(|e| anyhow!("writing {}: {}", path.display(), e.error()))?;
         file.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
         drop(file);
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }

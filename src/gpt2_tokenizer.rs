@@ -52,7 +52,8 @@ pub fn merges() -> Result<Vec<(String, String)>> {
         if line.starts_with("#version") || line.is_empty() {
             continue;
         }
-        let (a, b) = line.split_once(' ').ok_or_else(|| anyhow!("data/gpt2/vocab.bpe line {}: not a merge pair", i + 1))?;
+        let (a, b) =
+            line.split_once(' ').ok_or_else(|| anyhow!("data/gpt2/vocab.bpe line {}: not a merge pair", i + 1))?;
         out.push((a.to_string(), b.to_string()));
     }
     if out.len() != 50000 {
@@ -83,7 +84,8 @@ pub fn build() -> Result<Tokenizer> {
 /// PPO need to start from a real GPT-2, whose embedding `rlhf sft` grows by those rows.
 pub fn build_chat() -> Result<Tokenizer> {
     let mut tok = build()?;
-    let added: Vec<AddedToken> = crate::tokenizer::SPECIAL_TOKENS[1..].iter().map(|t| AddedToken::from(*t, true)).collect();
+    let added: Vec<AddedToken> =
+        crate::tokenizer::SPECIAL_TOKENS[1..].iter().map(|t| AddedToken::from(*t, true)).collect();
     tok.add_special_tokens(&added);
     for (i, t) in crate::tokenizer::SPECIAL_TOKENS[1..].iter().enumerate() {
         if tok.token_to_id(t) != Some(EOT_ID + 1 + i as u32) {

@@ -32,7 +32,13 @@ pub struct CheckResult {
 type Inputs = Vec<Vec<f64>>;
 
 /// Compare `analytic` (one gradient per input tensor) with central differences of `loss` at `inputs`.
-pub fn compare(op: &str, inputs: &Inputs, loss: impl Fn(&Inputs) -> f64, analytic: &Inputs, rng: &mut Rng) -> CheckResult {
+pub fn compare(
+    op: &str,
+    inputs: &Inputs,
+    loss: impl Fn(&Inputs) -> f64,
+    analytic: &Inputs,
+    rng: &mut Rng,
+) -> CheckResult {
     let mut x = inputs.clone();
     let (mut max_abs, mut max_num, mut entries) = (0.0f64, 0.0f64, 0);
     for ti in 0..x.len() {
@@ -56,7 +62,14 @@ pub fn compare(op: &str, inputs: &Inputs, loss: impl Fn(&Inputs) -> f64, analyti
         }
     }
     let tolerance = ATOL + RTOL * max_num;
-    CheckResult { op: op.into(), entries, max_abs_err: max_abs, max_rel_err: max_abs / max_num.max(1e-300), tolerance, ok: max_abs <= tolerance && max_abs.is_finite() }
+    CheckResult {
+        op: op.into(),
+        entries,
+        max_abs_err: max_abs,
+        max_rel_err: max_abs / max_num.max(1e-300),
+        tolerance,
+        ok: max_abs <= tolerance && max_abs.is_finite(),
+    }
 }
 
 fn randn(rng: &mut Rng, n: usize, std: f64) -> Vec<f64> {
@@ -175,7 +188,16 @@ pub fn check_crossentropy(rng: &mut Rng) -> CheckResult {
     let inputs = vec![randn(rng, n * vp, 2.0)];
     let f = |x: &Inputs| {
         let (mut losses, mut logits) = (vec![0.0; n], x[0].clone());
-        crate::ops::crossentropy::forward_backward(&mut losses, &mut logits, &targets, &weights, v, vp, inv_temp, false);
+        crate::ops::crossentropy::forward_backward(
+            &mut losses,
+            &mut logits,
+            &targets,
+            &weights,
+            v,
+            vp,
+            inv_temp,
+            false,
+        );
         dot(&losses, &weights)
     };
     let (mut losses, mut g) = (vec![0.0; n], inputs.clone());
@@ -195,7 +217,11 @@ pub fn check_model(rng: &mut Rng) -> CheckResult {
     let weights: Vec<f32> = mask.iter().map(|m| m / count).collect();
     // Perturb the default init so layernorm gains, biases and the residual path are all generic.
     let base = Gpt2::<Be>::init(&be, cfg, rng.next_u64()).unwrap();
-    let inputs: Inputs = base.to_host(&be).into_iter().map(|(_, v)| v.iter().map(|&x| x as f64 + rng.normal() * 0.1).collect()).collect();
+    let inputs: Inputs = base
+        .to_host(&be)
+        .into_iter()
+        .map(|(_, v)| v.iter().map(|&x| x as f64 + rng.normal() * 0.1).collect())
+        .collect();
     let model_at = |x: &Inputs| {
         let host: Vec<Vec<f32>> = x.iter().map(|v| v.iter().map(|&y| y as f32).collect()).collect();
         let mut m = Gpt2::<Be>::from_host(&be, cfg, &host).unwrap();
@@ -238,7 +264,14 @@ pub fn check_adamw(rng: &mut Rng) -> CheckResult {
         max_abs = max_abs.max((p[i] - expect).abs());
     }
     let tolerance = 1e-12;
-    CheckResult { op: "adamw (closed form)".into(), entries: n, max_abs_err: max_abs, max_rel_err: max_abs, tolerance, ok: max_abs <= tolerance }
+    CheckResult {
+        op: "adamw (closed form)".into(),
+        entries: n,
+        max_abs_err: max_abs,
+        max_rel_err: max_abs,
+        tolerance,
+        ok: max_abs <= tolerance,
+    }
 }
 
 /// The scalar (reward / value) head: L = sum_i coef_i * r_i over rows with nonzero coefficients.
@@ -262,8 +295,18 @@ pub fn check_scalar_head(rng: &mut Rng) -> CheckResult {
 /// Every check, in a fixed order, from one seed.
 pub fn run_all(seed: u64) -> Vec<CheckResult> {
     let mut rng = Rng::new(seed);
-    let checks: [fn(&mut Rng) -> CheckResult; 10] =
-        [check_embedding, check_layernorm, check_linear, check_attention, check_gelu, check_residual, check_crossentropy, check_adamw, check_scalar_head, check_model];
+    let checks: [fn(&mut Rng) -> CheckResult; 10] = [
+        check_embedding,
+        check_layernorm,
+        check_linear,
+        check_attention,
+        check_gelu,
+        check_residual,
+        check_crossentropy,
+        check_adamw,
+        check_scalar_head,
+        check_model,
+    ];
     let mut results: Vec<CheckResult> = checks.iter().map(|c| c(&mut rng)).collect();
     results.extend(crate::reward::gradchecks());
     results.extend(crate::ppo::gradchecks());
@@ -272,9 +315,20 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
 
 /// The table `rlhf gradcheck` prints.
 pub fn format_table(results: &[CheckResult]) -> String {
-    let mut s = format!("{:<40} {:>8} {:>12} {:>12} {:>12}  {}\n", "op", "entries", "max abs err", "max rel err", "tolerance", "ok");
+    let mut s = format!(
+        "{:<40} {:>8} {:>12} {:>12} {:>12}  {}\n",
+        "op", "entries", "max abs err", "max rel err", "tolerance", "ok"
+    );
     for r in results {
-        s += &format!("{:<40} {:>8} {:>12.3e} {:>12.3e} {:>12.3e}  {}\n", r.op, r.entries, r.max_abs_err, r.max_rel_err, r.tolerance, if r.ok { "ok" } else { "FAIL" });
+        s += &format!(
+            "{:<40} {:>8} {:>12.3e} {:>12.3e} {:>12.3e}  {}\n",
+            r.op,
+            r.entries,
+            r.max_abs_err,
+            r.max_rel_err,
+            r.tolerance,
+            if r.ok { "ok" } else { "FAIL" }
+        );
     }
     s
 }

@@ -55,10 +55,10 @@ pub const NEGATION_WINDOW: usize = 3;
 /// Words that negate a following sentiment word (VADER's list, restricted to letters and apostrophes);
 /// any word ending in `n't` also negates.
 const NEGATIONS: &[&str] = &[
-    "aint", "arent", "cannot", "cant", "couldnt", "darent", "didnt", "doesnt", "dont", "hadnt", "hasnt",
-    "havent", "isnt", "mightnt", "mustnt", "neither", "neednt", "never", "none", "nope", "nor", "not",
-    "nothing", "nowhere", "oughtnt", "shant", "shouldnt", "uhuh", "wasnt", "werent", "without", "wont",
-    "wouldnt", "rarely", "seldom", "despite", "no",
+    "aint", "arent", "cannot", "cant", "couldnt", "darent", "didnt", "doesnt", "dont", "hadnt", "hasnt", "havent",
+    "isnt", "mightnt", "mustnt", "neither", "neednt", "never", "none", "nope", "nor", "not", "nothing", "nowhere",
+    "oughtnt", "shant", "shouldnt", "uhuh", "wasnt", "werent", "without", "wont", "wouldnt", "rarely", "seldom",
+    "despite", "no",
 ];
 
 /// Sentiment of the answer under the VADER lexicon (a simplification of VADER; see [`Self::score_text`]).
@@ -86,7 +86,8 @@ impl LexiconJudge {
             }
             let mut fields = line.split('\t');
             let word = fields.next().unwrap_or("").trim();
-            let valence = fields.next().ok_or_else(|| anyhow!("lexicon line {}: no tab-separated valence: {line:?}", i + 1))?;
+            let valence =
+                fields.next().ok_or_else(|| anyhow!("lexicon line {}: no tab-separated valence: {line:?}", i + 1))?;
             let v: f64 = valence
                 .trim()
                 .parse()
@@ -261,7 +262,8 @@ impl Judge for CommandJudge {
             }
             bail!("judge command `{cmd}` {how}; last lines of its stderr:\n{tail}");
         }
-        let out = String::from_utf8(out).map_err(|_| anyhow!("judge command `{cmd}` printed output that is not UTF-8"))?;
+        let out =
+            String::from_utf8(out).map_err(|_| anyhow!("judge command `{cmd}` printed output that is not UTF-8"))?;
         let lines: Vec<&str> = out.lines().collect();
         if lines.len() != items.len() {
             bail!(
@@ -273,7 +275,10 @@ impl Judge for CommandJudge {
         lines
             .iter()
             .enumerate()
-            .map(|(i, line)| parse_score_line(line).with_context(|| format!("judge command `{cmd}`, output line {}: {line:?}", i + 1)))
+            .map(|(i, line)| {
+                parse_score_line(line)
+                    .with_context(|| format!("judge command `{cmd}`, output line {}: {line:?}", i + 1))
+            })
             .collect()
     }
 }
@@ -284,8 +289,8 @@ pub fn parse_score_line(line: &str) -> Result<f64> {
     let v = if let Ok(v) = t.parse::<f64>() {
         v
     } else {
-        let value: serde_json::Value = serde_json::from_str(t)
-            .map_err(|_| anyhow!("expected a number or a JSON object {{\"score\": number}}"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(t).map_err(|_| anyhow!("expected a number or a JSON object {{\"score\": number}}"))?;
         match value.get("score") {
             Some(s) => s.as_f64().ok_or_else(|| anyhow!("\"score\" is not a number"))?,
             None if value.is_object() => bail!("the object has no \"score\" field"),

@@ -58,19 +58,25 @@ fn embedding<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (b, t, c, v, maxt) = (2, 7, 64, 50, 16);
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(9) as u32 * 5).collect();
     let pos0 = [0u32, 3];
-    let (wte, wpe, dout) = (up(be, &randn(rng, v * c, 1.0)), up(be, &randn(rng, maxt * c, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
+    let (wte, wpe, dout) =
+        (up(be, &randn(rng, v * c, 1.0)), up(be, &randn(rng, maxt * c, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
     let ids = be.upload_ids(&tokens).expect("ids");
     let mut o = zeros(be, b * t * c);
     be.encoder_forward(&mut o, &ids, &wte, &wpe, &pos0, t, c);
     let (mut dwte, mut dwpe) = (zeros(be, v * c), zeros(be, maxt * c));
     be.encoder_backward(&mut dwte, &mut dwpe, &dout, &ids, &pos0, t, c);
-    vec![out(be, "embedding forward", "out", &o), out(be, "embedding backward", "dwte", &dwte), out(be, "embedding backward", "dwpe", &dwpe)]
+    vec![
+        out(be, "embedding forward", "out", &o),
+        out(be, "embedding backward", "dwte", &dwte),
+        out(be, "embedding backward", "dwpe", &dwpe),
+    ]
 }
 
 fn layernorm<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (n, c) = (33, 96);
     let x: Vec<f32> = randn(rng, n * c, 2.0).iter().map(|v| v + 0.5).collect();
-    let (inp, w, bias, dout) = (act(be, &x), up(be, &randn(rng, c, 1.0)), up(be, &randn(rng, c, 1.0)), act(be, &randn(rng, n * c, 1.0)));
+    let (inp, w, bias, dout) =
+        (act(be, &x), up(be, &randn(rng, c, 1.0)), up(be, &randn(rng, c, 1.0)), act(be, &randn(rng, n * c, 1.0)));
     let (mut o, mut mean, mut rstd) = (zeros(be, n * c), zeros(be, n), zeros(be, n));
     be.layernorm_forward(&mut o, &mut mean, &mut rstd, &inp, &w, &bias, c);
     let (mut dinp, mut dw, mut db) = (zeros(be, n * c), zeros(be, c), zeros(be, c));
@@ -88,12 +94,22 @@ fn layernorm<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
 /// Matmul + bias forward and the three backward products (cuBLASLt on the GPU).
 fn linear<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (n, c, oc) = (17, 64, 96);
-    let (inp, w, bias, dout) = (act(be, &randn(rng, n * c, 1.0)), up(be, &randn(rng, c * oc, 0.2)), up(be, &randn(rng, oc, 1.0)), act(be, &randn(rng, n * oc, 1.0)));
+    let (inp, w, bias, dout) = (
+        act(be, &randn(rng, n * c, 1.0)),
+        up(be, &randn(rng, c * oc, 0.2)),
+        up(be, &randn(rng, oc, 1.0)),
+        act(be, &randn(rng, n * oc, 1.0)),
+    );
     let mut o = zeros(be, n * oc);
     be.linear_forward(&mut o, &inp, &w, Some(&bias), n, c, oc);
     let (mut dinp, mut dw, mut db) = (zeros(be, n * c), zeros(be, c * oc), zeros(be, oc));
     be.linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, n, c, oc);
-    vec![out(be, "linear forward", "out", &o), out(be, "linear backward", "dinp", &dinp), out(be, "linear backward", "dw", &dw), out(be, "linear backward", "dbias", &db)]
+    vec![
+        out(be, "linear forward", "out", &o),
+        out(be, "linear backward", "dinp", &dinp),
+        out(be, "linear backward", "dw", &dw),
+        out(be, "linear backward", "dbias", &db),
+    ]
 }
 
 /// GELU and the residual ops on a length that is not a multiple of the 16-byte packs.
@@ -107,11 +123,22 @@ fn elementwise<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     be.add(&mut s, &x, &y);
     be.accumulate(&mut s, &dout);
     be.scale(&mut s, 0.75);
-    vec![out(be, "gelu forward", "out", &g), out(be, "gelu backward", "dinp", &dg), out(be, "residual add/accumulate/scale", "out", &s)]
+    vec![
+        out(be, "gelu forward", "out", &g),
+        out(be, "gelu backward", "dinp", &dg),
+        out(be, "residual add/accumulate/scale", "out", &s),
+    ]
 }
 
 /// Causal attention; head size 64 takes the tensor-core kernel in bf16, 16 the CUDA-core one.
-fn attention<B: Backend<F = f32>>(be: &B, rng: &mut Rng, c: usize, nh: usize, fwd: &'static str, bwd: &'static str) -> Vec<Out> {
+fn attention<B: Backend<F = f32>>(
+    be: &B,
+    rng: &mut Rng,
+    c: usize,
+    nh: usize,
+    fwd: &'static str,
+    bwd: &'static str,
+) -> Vec<Out> {
     let (b, t) = (2, 19);
     let (qkv, dout) = (act(be, &randn(rng, b * t * 3 * c, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
     let (mut o, mut lse) = (zeros(be, b * t * c), zeros(be, b * nh * t));
@@ -126,7 +153,8 @@ fn crossentropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (n, v, vp) = (9, 100, 128);
     let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
     let weights: Vec<f32> = (0..n).map(|i| if i % 4 == 2 { 0.0 } else { 1.0 / 7.0 }).collect();
-    let (mut logits, w, ids) = (act(be, &randn(rng, n * vp, 3.0)), up(be, &weights), be.upload_ids(&targets).expect("ids"));
+    let (mut logits, w, ids) =
+        (act(be, &randn(rng, n * vp, 3.0)), up(be, &weights), be.upload_ids(&targets).expect("ids"));
     let mut losses = zeros(be, n);
     be.crossentropy(&mut losses, &mut logits, &ids, &w, v, vp, 1.0 / 0.8, true);
     vec![out(be, "crossentropy forward", "losses", &losses), out(be, "crossentropy backward", "dlogits", &logits)]
@@ -146,11 +174,25 @@ fn entropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
 fn adamw<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let n = 1003;
     let (mut p, g) = (up(be, &randn(rng, n, 1.0)), act(be, &randn(rng, n, 0.5)));
-    let (mut m, mut v) = (up(be, &randn(rng, n, 0.1)), up(be, &randn(rng, n, 0.1).iter().map(|x| x * x).collect::<Vec<_>>()));
+    let (mut m, mut v) =
+        (up(be, &randn(rng, n, 0.1)), up(be, &randn(rng, n, 0.1).iter().map(|x| x * x).collect::<Vec<_>>()));
     let norm = be.sum_squares(&g).sqrt();
-    let h = AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 3, grad_scale: (1.0 / norm).min(1.0) };
+    let h = AdamWParams {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 3,
+        grad_scale: (1.0 / norm).min(1.0),
+    };
     be.adamw(&mut p, &g, &mut m, &mut v, &h);
-    vec![("sum of squares", "norm".into(), vec![norm as f32]), out(be, "adamw", "param", &p), out(be, "adamw", "m", &m), out(be, "adamw", "v", &v)]
+    vec![
+        ("sum of squares", "norm".into(), vec![norm as f32]),
+        out(be, "adamw", "param", &p),
+        out(be, "adamw", "m", &m),
+        out(be, "adamw", "v", &v),
+    ]
 }
 
 const UPDATE_LR: f64 = 1e-2;
@@ -163,7 +205,11 @@ const UPDATE_MIN_GRAD: f32 = 0.05;
 fn train_step<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
     let cfg = Config { n_layer: 2, n_head: 2, n_embd: 128, vocab_size: 61, n_positions: 32 };
     let (b, t) = (2, 16);
-    let host: Vec<Vec<f32>> = Gpt2::init(&Cpu::<f32>::new(), cfg, rng.next_u64())?.to_host(&Cpu::<f32>::new()).into_iter().map(|(_, v)| v).collect();
+    let host: Vec<Vec<f32>> = Gpt2::init(&Cpu::<f32>::new(), cfg, rng.next_u64())?
+        .to_host(&Cpu::<f32>::new())
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     let mut model = Gpt2::from_host(be, cfg, &host)?;
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(61) as u32).collect();
     let targets: Vec<u32> = (0..b * t).map(|_| rng.below(61) as u32).collect();
@@ -175,7 +221,10 @@ fn train_step<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
     model.backward(be, &mut acts, &mut grads);
     let mut opt = AdamW::new(be, &cfg, AdamWConfig { grad_clip: 0.5, ..AdamWConfig::default() })?;
     let norm = opt.update(be, &mut model.params, &grads, UPDATE_LR);
-    let mut outs: Vec<Out> = vec![("train step: loss", "loss".into(), vec![loss as f32]), ("train step: gradient norm", "norm".into(), vec![norm as f32])];
+    let mut outs: Vec<Out> = vec![
+        ("train step: loss", "loss".into(), vec![loss as f32]),
+        ("train step: gradient norm", "norm".into(), vec![norm as f32]),
+    ];
     for (spec, g) in crate::model::gpt2::tensors_to_host(be, &cfg, &grads) {
         outs.push((GRAD_ROW, spec.name.clone(), g));
     }
@@ -216,7 +265,13 @@ fn update_entries(want: &[Out], name: &str, got: &[f32], upd: &[f32]) -> (Vec<f3
 /// max|got - want| / max|want| (infinite when `got` has a non-finite entry).
 fn scaled_err(got: &[f32], want: &[f32]) -> (f64, f64) {
     let scale = want.iter().fold(1e-30f64, |m, &x| m.max(x.abs() as f64));
-    let err = got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| if g.is_finite() { m.max((g as f64 - w as f64).abs()) } else { f64::INFINITY });
+    let err = got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| {
+        if g.is_finite() {
+            m.max((g as f64 - w as f64).abs())
+        } else {
+            f64::INFINITY
+        }
+    });
     (err, err / scale)
 }
 
@@ -249,7 +304,14 @@ pub fn run<D: crate::kernels::device::Device>(be: &KernelBackend<D>, seed: u64) 
                     (r.op, r.max_abs_err, r.max_rel_err, r.ok) = (format!("{label} [{name}]"), abs, rel, rel <= tol);
                 }
             }
-            None => rows.push(CheckResult { op: format!("{label} [{name}]"), entries: g.len(), max_abs_err: abs, max_rel_err: rel, tolerance: tol, ok: rel <= tol }),
+            None => rows.push(CheckResult {
+                op: format!("{label} [{name}]"),
+                entries: g.len(),
+                max_abs_err: abs,
+                max_rel_err: rel,
+                tolerance: tol,
+                ok: rel <= tol,
+            }),
         }
     }
     Ok(rows)

@@ -18,7 +18,11 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// Open `path` for appending; with `truncate_to`, first cut it to that many bytes (resume).
     pub fn open(path: &Path, truncate_to: Option<u64>) -> Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening metrics log {}", path.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening metrics log {}", path.display()))?;
         if let Some(len) = truncate_to {
             file.set_len(len).with_context(|| format!("truncating metrics log {}", path.display()))?;
         }
@@ -26,7 +30,9 @@ impl MetricsLog {
     }
 
     pub fn write(&mut self, record: &Value) -> Result<()> {
-        writeln!(self.file, "{record}").and_then(|_| self.file.flush()).with_context(|| format!("writing {}", self.path.display()))
+        writeln!(self.file, "{record}")
+            .and_then(|_| self.file.flush())
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 
     /// Current length in bytes (stored with a checkpoint).
@@ -54,7 +60,11 @@ pub fn read(path: &Path) -> Result<Vec<Value>> {
 
 /// (x, y) points of `y_key` against `x_key` over the records that have both as numbers.
 pub fn series(records: &[Value], x_key: &str, y_key: &str) -> Vec<(f64, f64)> {
-    records.iter().filter_map(|r| Some((r.get(x_key)?.as_f64()?, r.get(y_key)?.as_f64()?))).filter(|(x, y)| x.is_finite() && y.is_finite()).collect()
+    records
+        .iter()
+        .filter_map(|r| Some((r.get(x_key)?.as_f64()?, r.get(y_key)?.as_f64()?)))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect()
 }
 
 /// A small self-contained SVG line chart: one or more named series on shared axes.
@@ -89,16 +99,30 @@ pub fn svg_plot(title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]) 
     for i in 0..=4 {
         let f = i as f64 / 4.0;
         let (xv, yv) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
-        s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", sx(xv), H - M + 16.0, fmt_tick(xv));
-        s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", M - 6.0, sy(yv) + 4.0, fmt_tick(yv));
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            sx(xv),
+            H - M + 16.0,
+            fmt_tick(xv)
+        );
+        s +=
+            &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", M - 6.0, sy(yv) + 4.0, fmt_tick(yv));
         s += &format!("<line x1=\"{M}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#eee\"/>\n", sy(yv), W - M);
     }
     s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", W / 2.0, H - 12.0, esc(x_label));
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
-        s += &format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n", path.join(" "));
-        s += &format!("<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>\n", W - M - 150.0, M + 14.0 * i as f64, esc(name));
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            path.join(" ")
+        );
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>\n",
+            W - M - 150.0,
+            M + 14.0 * i as f64,
+            esc(name)
+        );
     }
     s + "</svg>\n"
 }

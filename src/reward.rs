@@ -120,7 +120,13 @@ pub fn encode_groups(tok: &Tokenizer, ct: &ChatTokens, recs: &[Ranked], ctx: usi
 }
 
 /// Scores of right-padded (prompt, answer) rows, read at each answer's last token.
-pub fn score_pairs<B: Backend>(be: &B, rm: &RewardModel<B>, acts: &mut Acts<B>, pairs: &[&Pair], pad: u32) -> Result<Vec<f64>> {
+pub fn score_pairs<B: Backend>(
+    be: &B,
+    rm: &RewardModel<B>,
+    acts: &mut Acts<B>,
+    pairs: &[&Pair],
+    pad: u32,
+) -> Result<Vec<f64>> {
     let (b, t) = (acts.b, acts.t);
     let batch = pair_batch(pairs, b, t, pad)?;
     rm.trunk.forward(be, acts, &batch.inputs, None, None)?;
@@ -140,18 +146,29 @@ pub fn score_all<B: Backend>(be: &B, rm: &RewardModel<B>, pairs: &[Pair], pad: u
 }
 
 /// Fraction of (better, worse) pairs the model orders correctly (a tie counts half).
-pub fn accuracy<B: Backend>(be: &B, rm: &RewardModel<B>, groups: &[Group], pad: u32, batch: usize) -> Result<(f64, usize)> {
+pub fn accuracy<B: Backend>(
+    be: &B,
+    rm: &RewardModel<B>,
+    groups: &[Group],
+    pad: u32,
+    batch: usize,
+) -> Result<(f64, usize)> {
     let (mut right, mut total) = (0.0, 0usize);
     for g in groups {
         let r = score_all(be, rm, &g.pairs, pad, batch)?;
         for &(w, l) in &g.better_worse {
-            right += if r[w] > r[l] { 1.0 } else if r[w] == r[l] { 0.5 } else { 0.0 };
+            right += if r[w] > r[l] {
+                1.0
+            } else if r[w] == r[l] {
+                0.5
+            } else {
+                0.0
+            };
             total += 1;
         }
     }
     Ok((right / total.max(1) as f64, total))
 }
-
 
 /// What a checkpoint's training state records beyond the moments (its `args`).
 #[derive(Serialize, Deserialize)]
@@ -196,13 +213,27 @@ fn config_differences(saved: &RewardConfig, given: &RewardConfig) -> Result<Vec<
     Ok(a.iter()
         .filter(|(k, _)| !matches!(k.as_str(), "out" | "save_every" | "stop_after"))
         .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-        .map(|(k, v)| format!("--{}: {v} in the run, {} now", k.replace('_', "-"), b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
+        .map(|(k, v)| {
+            format!(
+                "--{}: {v} in the run, {} now",
+                k.replace('_', "-"),
+                b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+            )
+        })
         .collect())
 }
 
 /// The model and training state written at a step: the reward model, the trunk's moments followed by the
 /// head's, and `rec`.
-fn save_state<B: Backend>(be: &B, out: &Path, rm: &RewardModel<B>, opt: &AdamW<B>, head_opt: &HeadOpt<B>, rec: &RunRecord, log: &MetricsLog) -> Result<PathBuf> {
+fn save_state<B: Backend>(
+    be: &B,
+    out: &Path,
+    rm: &RewardModel<B>,
+    opt: &AdamW<B>,
+    head_opt: &HeadOpt<B>,
+    rec: &RunRecord,
+    log: &MetricsLog,
+) -> Result<PathBuf> {
     let ck = rm.to_checkpoint(be)?;
     let state = head_opt.trunk_state(be, &rm.trunk.cfg, opt, serde_json::to_value(rec)?, log.len()?);
     state.validate_for(&ck)?;
@@ -218,9 +249,14 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let (mut rm, saved) = match start {
         Some((ck, state)) => {
             let dir = crate::run_dir::latest(&cfg.out)?.context("the run's latest checkpoint vanished")?;
-            let rec: RunRecord = serde_json::from_value(state.args.clone()).with_context(|| format!("{}: not a reward-model run's training state", dir.display()))?;
+            let rec: RunRecord = serde_json::from_value(state.args.clone())
+                .with_context(|| format!("{}: not a reward-model run's training state", dir.display()))?;
             if rec.complete {
-                bail!("--resume: the reward model in {} is complete ({} steps); nothing to resume", cfg.out.display(), rec.steps);
+                bail!(
+                    "--resume: the reward model in {} is complete ({} steps); nothing to resume",
+                    cfg.out.display(),
+                    rec.steps
+                );
             }
             let diffs = config_differences(&rec.config, cfg)?;
             if !diffs.is_empty() {
@@ -233,9 +269,17 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
             let ck = checkpoint::load(&base)?;
             // A policy starts a new reward model (fresh head); a reward model continues (warm start).
             let rm = match ck.kind {
-                checkpoint::ModelKind::Reward => RewardModel::from_checkpoint(be, &ck, &cfg.base.display().to_string())?,
-                checkpoint::ModelKind::Policy => TrunkHead { trunk: ck.to_model(be)?, head: ScalarHead::init(be, ck.config.n_embd, cfg.seed)? },
-                other => bail!("--base {} is a {} model; a reward model starts from a policy (SFT) or a reward checkpoint", cfg.base.display(), other.as_str()),
+                checkpoint::ModelKind::Reward => {
+                    RewardModel::from_checkpoint(be, &ck, &cfg.base.display().to_string())?
+                }
+                checkpoint::ModelKind::Policy => {
+                    TrunkHead { trunk: ck.to_model(be)?, head: ScalarHead::init(be, ck.config.n_embd, cfg.seed)? }
+                }
+                other => bail!(
+                    "--base {} is a {} model; a reward model starts from a policy (SFT) or a reward checkpoint",
+                    cfg.base.display(),
+                    other.as_str()
+                ),
             };
             (rm, None)
         }
@@ -248,14 +292,24 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let mut groups = encode_groups(&tok, &ct, &read.records, mcfg.n_positions)?;
     groups.retain(|g| !g.better_worse.is_empty());
     if groups.len() < 2 {
-        bail!("{} has {} prompt(s) with at least one untied pair: too few to train and hold out", cfg.data.display(), groups.len());
+        bail!(
+            "{} has {} prompt(s) with at least one untied pair: too few to train and hold out",
+            cfg.data.display(),
+            groups.len()
+        );
     }
     Rng::new(cfg.seed).shuffle(&mut groups);
     let n_eval = ((groups.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, groups.len() - 1);
     let train_groups = groups.split_off(n_eval);
     let eval_groups = groups;
     let k_max = train_groups.iter().map(|g| g.pairs.len()).max().unwrap();
-    let t = train_groups.iter().chain(&eval_groups).flat_map(|g| g.pairs.iter()).map(|(p, a)| p.len() + a.len()).max().unwrap();
+    let t = train_groups
+        .iter()
+        .chain(&eval_groups)
+        .flat_map(|g| g.pairs.iter())
+        .map(|(p, a)| p.len() + a.len())
+        .max()
+        .unwrap();
     let rows = cfg.prompts_per_step * k_max;
     let eval_batch = 16;
     let eval_pairs = eval_groups.iter().map(|g| g.better_worse.len()).sum();
@@ -321,7 +375,8 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         let mut dr_full = vec![0.0; rows * t];
         let (mut loss, mut row, mut right, mut n_pairs) = (0.0, 0usize, 0usize, 0usize);
         for g in &batch_groups {
-            let last: Vec<usize> = g.pairs.iter().enumerate().map(|(i, (p, a))| (row + i) * t + p.len() + a.len() - 1).collect();
+            let last: Vec<usize> =
+                g.pairs.iter().enumerate().map(|(i, (p, a))| (row + i) * t + p.len() + a.len() - 1).collect();
             let r: Vec<f64> = last.iter().map(|&i| all[i]).collect();
             let (l, dr) = pairwise_loss(&r, &g.better_worse);
             loss += l / batch_groups.len() as f64;
@@ -388,7 +443,11 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     };
     let dir = save_state(be, &cfg.out, &rm, &opt, &head_opt, &record(last_loss, true), &log)?;
     let recs = metrics::read(&cfg.out.join("metrics.jsonl"))?;
-    let svg = metrics::svg_plot("reward model: pairwise loss", "step", &[("train loss", metrics::series(&recs, "step", "loss"))]);
+    let svg = metrics::svg_plot(
+        "reward model: pairwise loss",
+        "step",
+        &[("train loss", metrics::series(&recs, "step", "loss"))],
+    );
     metrics::write_plot(&cfg.out.join("loss.svg"), &svg)?;
     Ok(RewardSummary {
         steps,

@@ -91,7 +91,13 @@ pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> (u32, f32) {
 }
 
 /// Sample a continuation for every prompt in one batch.
-pub fn generate<B: Backend>(be: &B, model: &Gpt2<B>, prompts: &[Vec<u32>], sc: &SampleConfig, rng: &mut Rng) -> Result<Vec<Generation>> {
+pub fn generate<B: Backend>(
+    be: &B,
+    model: &Gpt2<B>,
+    prompts: &[Vec<u32>],
+    sc: &SampleConfig,
+    rng: &mut Rng,
+) -> Result<Vec<Generation>> {
     let b = prompts.len();
     if b == 0 {
         return Ok(vec![]);
@@ -110,7 +116,10 @@ pub fn generate<B: Backend>(be: &B, model: &Gpt2<B>, prompts: &[Vec<u32>], sc: &
     let mut out: Vec<Generation> = vec![Generation { tokens: vec![], logprobs: vec![], ended: false }; b];
     // Prefill: all prompts, right-padded with their own last token (any valid id would do).
     let mut acts = Acts::new(be, &model.cfg, b, tp)?;
-    let padded: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied().chain(std::iter::repeat(*p.last().unwrap()).take(tp - p.len()))).collect();
+    let padded: Vec<u32> = prompts
+        .iter()
+        .flat_map(|p| p.iter().copied().chain(std::iter::repeat(*p.last().unwrap()).take(tp - p.len())))
+        .collect();
     model.forward(be, &mut acts, &padded, None, Some(&mut cache))?;
     let rows: Vec<usize> = (0..b).map(|i| i * tp + lens[i] - 1).collect();
     let mut logits = model.logits_at(be, &acts, &rows)?;

@@ -103,13 +103,20 @@ impl BatchSource for PairBatches {
 }
 
 /// Encode examples in the chat format, fitted to the context; returns the pairs and how many were cut.
-pub fn encode_examples(tok: &Tokenizer, ct: &ChatTokens, examples: &[SftExample], ctx: usize) -> Result<(Vec<Pair>, usize)> {
+pub fn encode_examples(
+    tok: &Tokenizer,
+    ct: &ChatTokens,
+    examples: &[SftExample],
+    ctx: usize,
+) -> Result<(Vec<Pair>, usize)> {
     let mut truncated = 0;
     let pairs = examples
         .iter()
         .map(|e| {
             let (mut p, mut a) = match e {
-                SftExample::Pair { prompt, completion } => (chat::encode_prompt(tok, ct, prompt)?, chat::encode_answer(tok, ct, completion)?),
+                SftExample::Pair { prompt, completion } => {
+                    (chat::encode_prompt(tok, ct, prompt)?, chat::encode_answer(tok, ct, completion)?)
+                }
                 SftExample::Conversation(m) => chat::encode_messages(tok, ct, m)?,
             };
             truncated += chat::fit_context(&mut p, &mut a, ctx) as usize;
@@ -124,19 +131,28 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
     let (mut log_len, mut opt_state) = (None, None);
     let mut model = match start {
         Some((ck, state)) => {
-            let saved: SftConfig = serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
+            let saved: SftConfig =
+                serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
             let run = LoopConfig { steps: saved.run.steps, stop_after: cfg.run.stop_after, ..saved.run.clone() };
             cfg = SftConfig { run, ..saved };
             log_len = Some(state.metrics_len);
             opt_state = Some(state);
             ck.to_model(be)?
         }
-        None => crate::model::persist::load_policy(be, &cfg.base).with_context(|| format!("--base {}", cfg.base.display()))?,
+        None => crate::model::persist::load_policy(be, &cfg.base)
+            .with_context(|| format!("--base {}", cfg.base.display()))?,
     };
     let tok = Tokenizer::load(&cfg.tokenizer)?;
-    if tok.vocab_size() > model.cfg.vocab_size && opt_state.is_none() && tok.token_id(chat::USER).is_some_and(|id| id as usize >= model.cfg.vocab_size) {
+    if tok.vocab_size() > model.cfg.vocab_size
+        && opt_state.is_none()
+        && tok.token_id(chat::USER).is_some_and(|id| id as usize >= model.cfg.vocab_size)
+    {
         // A base model without the chat tokens (e.g. GPT-2 with `rlhf tokenizer gpt2 --chat`): grow it.
-        eprintln!("sft: growing the base model's vocabulary from {} to {} tokens for the chat tokens", model.cfg.vocab_size, tok.vocab_size());
+        eprintln!(
+            "sft: growing the base model's vocabulary from {} to {} tokens for the chat tokens",
+            model.cfg.vocab_size,
+            tok.vocab_size()
+        );
         model = model.grow_vocab(be, tok.vocab_size())?;
     }
     crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &cfg.tokenizer.display().to_string())?;
@@ -146,14 +162,18 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
     // Held-out split: a seeded shuffle, the first eval_fraction held out.
     let mut idx: Vec<usize> = (0..pairs.len()).collect();
     Rng::new(cfg.run.seed).shuffle(&mut idx);
-    let n_eval = ((pairs.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, pairs.len().saturating_sub(1).max(1));
+    let n_eval =
+        ((pairs.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, pairs.len().saturating_sub(1).max(1));
     if pairs.len() < 2 {
         bail!("{} holds {} example(s): SFT needs at least 2 (one held out)", cfg.data.display(), pairs.len());
     }
     let eval_pairs: Vec<Pair> = idx[..n_eval].iter().map(|&i| pairs[i].clone()).collect();
     let train_pairs: Vec<Pair> = idx[n_eval..].iter().map(|&i| pairs[i].clone()).collect();
     let t = pairs.iter().map(|(p, a)| p.len() + a.len()).max().unwrap();
-    let eval = eval_pairs.chunks(cfg.batch).map(|c| pair_batch(&c.iter().collect::<Vec<_>>(), cfg.batch, t, ct.pad)).collect::<Result<Vec<_>>>()?;
+    let eval = eval_pairs
+        .chunks(cfg.batch)
+        .map(|c| pair_batch(&c.iter().collect::<Vec<_>>(), cfg.batch, t, ct.pad))
+        .collect::<Result<Vec<_>>>()?;
     if cfg.run.steps == 0 {
         cfg.run.steps = ((cfg.epochs * train_pairs.len() as f64) / cfg.batch as f64).ceil().max(1.0) as u64;
     }
@@ -168,8 +188,25 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         state.restore_optimizer(be, &model.cfg, &mut opt)?;
     }
     let record = serde_json::to_value(&cfg)?;
-    let fit = train::fit(be, "sft", &cfg.run, &mut model, &mut opt, &src, &record, log_len, Some(("base model (held out)", base_eval_loss)))?;
-    Ok(SftSummary { fit, base_eval_loss, train_examples: src.train.len(), eval_examples: n_eval, truncated, skipped: read.skipped })
+    let fit = train::fit(
+        be,
+        "sft",
+        &cfg.run,
+        &mut model,
+        &mut opt,
+        &src,
+        &record,
+        log_len,
+        Some(("base model (held out)", base_eval_loss)),
+    )?;
+    Ok(SftSummary {
+        fit,
+        base_eval_loss,
+        train_examples: src.train.len(),
+        eval_examples: n_eval,
+        truncated,
+        skipped: read.skipped,
+    })
 }
 
 /// The base model (reloaded when resuming, where `model` is already fine-tuned).

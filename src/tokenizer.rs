@@ -47,10 +47,7 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("vocab_size", &self.vocab_size)
-            .field("eot", &self.eot)
-            .finish()
+        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size).field("eot", &self.eot).finish()
     }
 }
 
@@ -95,25 +92,14 @@ impl Tokenizer {
             }
         }
         let vocab = inner.get_vocab(true);
-        let max_id = vocab
-            .values()
-            .copied()
-            .max()
-            .ok_or_else(|| anyhow!("{what}: the tokenizer has an empty vocabulary"))?;
+        let max_id =
+            vocab.values().copied().max().ok_or_else(|| anyhow!("{what}: the tokenizer has an empty vocabulary"))?;
         let eot = inner
             .token_to_id(EOT)
             .ok_or_else(|| anyhow!("{what}: the tokenizer has no {EOT} token (needed to separate documents)"))?;
-        let tok = Tokenizer {
-            inner,
-            vocab_size: max_id as usize + 1,
-            eot,
-        };
-        let ids = tok
-            .try_encode(PROBE)
-            .with_context(|| format!("{what}: the tokenizer cannot encode text"))?;
-        let back = tok
-            .try_decode(&ids)
-            .with_context(|| format!("{what}: the tokenizer cannot decode its own ids"))?;
+        let tok = Tokenizer { inner, vocab_size: max_id as usize + 1, eot };
+        let ids = tok.try_encode(PROBE).with_context(|| format!("{what}: the tokenizer cannot encode text"))?;
+        let back = tok.try_decode(&ids).with_context(|| format!("{what}: the tokenizer cannot decode its own ids"))?;
         if back != PROBE {
             bail!("{what}: the tokenizer is not lossless (decode(encode({PROBE:?})) = {back:?}); a byte-level BPE is needed");
         }
@@ -132,10 +118,7 @@ impl Tokenizer {
     /// Saves as `tokenizer.json` atomically (temporary file in the same directory, then rename).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let json = self
-            .inner
-            .to_string(true)
-            .map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
+        let json = self.inner.to_string(true).map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
         crate::fsutil::write_atomic(path, json.as_bytes())
     }
 
@@ -163,10 +146,7 @@ impl Tokenizer {
         for f in files {
             texts.push(read_text(f)?);
         }
-        let specials: Vec<AddedToken> = special_tokens
-            .iter()
-            .map(|s| AddedToken::from(s.to_string(), true))
-            .collect();
+        let specials: Vec<AddedToken> = special_tokens.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
         let alphabet: HashSet<char> = ByteLevel::alphabet().into_iter().collect();
         let trainer = BpeTrainer::builder()
             .vocab_size(vocab_size)
@@ -179,22 +159,15 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(BPE::default());
         let byte_level = ByteLevel::default().add_prefix_space(false).trim_offsets(false);
         inner.with_pre_tokenizer(Some(byte_level));
-        inner.with_decoder(Some(
-            ByteLevelDecoder::default().add_prefix_space(false).trim_offsets(false),
-        ));
+        inner.with_decoder(Some(ByteLevelDecoder::default().add_prefix_space(false).trim_offsets(false)));
         inner.with_post_processor(Some(byte_level));
         // Feed paragraphs (with their trailing blank lines) so the counting runs in parallel.
         let pieces = texts.iter().flat_map(|t| t.split_inclusive("\n\n"));
-        inner
-            .train(&mut trainer, pieces)
-            .map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
+        inner.train(&mut trainer, pieces).map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
         let tok = Self::from_inner(inner, "trained tokenizer")?;
         for (i, s) in special_tokens.iter().enumerate() {
             if tok.token_id(s) != Some(i as u32) {
-                bail!(
-                    "trained tokenizer: special token {s} got id {:?}, expected {i}",
-                    tok.token_id(s)
-                );
+                bail!("trained tokenizer: special token {s} got id {:?}, expected {i}", tok.token_id(s));
             }
         }
         Ok(tok)
@@ -211,10 +184,7 @@ impl Tokenizer {
 
     /// Token ids of `text`, with the tokenizer's own error surfaced.
     pub fn try_encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| anyhow!("encode failed: {e}"))?;
+        let enc = self.inner.encode_fast(text, false).map_err(|e| anyhow!("encode failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -286,10 +256,7 @@ mod tests {
         assert!(check_vocab(100, 100, "m").is_ok());
         assert!(check_vocab(100, 128, "m").is_err());
         let e = check_vocab(50257, 4096, "model.safetensors").unwrap_err().to_string();
-        assert!(
-            e.contains("model.safetensors") && e.contains("50257") && e.contains("4096"),
-            "{e}"
-        );
+        assert!(e.contains("model.safetensors") && e.contains("50257") && e.contains("4096"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,6 @@
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::{Batch, Dataset};
-use serde_json::Value;
 use crate::metrics::{self, MetricsLog};
 use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
 use crate::ops::adamw::lr_schedule;
@@ -18,6 +17,7 @@ use crate::run_dir;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -96,7 +96,9 @@ pub fn resume_point(out: &Path, resume: bool) -> Result<Option<(Checkpoint, Trai
             Ok(Some((checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?)))
         }
         (true, None) => bail!("--resume: {} holds no checkpoint to resume from", out.display()),
-        (false, Some(_)) => bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display()),
+        (false, Some(_)) => {
+            bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display())
+        }
         (false, None) => Ok(None),
     }
 }
@@ -147,7 +149,8 @@ pub fn fit<B: Backend>(
         }
         last_loss = loss;
         let dt = t0.elapsed().as_secs_f64();
-        let mut rec = json!({"step": opt.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": (b * t) as f64 / dt});
+        let mut rec =
+            json!({"step": opt.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": (b * t) as f64 / dt});
         if opt.step % lc.eval_every == 0 || opt.step == lc.steps {
             val_loss = evaluate(be, model, &mut acts, src.eval_batches())?;
             rec["val_loss"] = json!(val_loss);
@@ -240,15 +243,25 @@ impl BatchSource for ShardBatches {
 }
 
 /// Run (or, with `resume`, continue) pretraining. `init` optionally starts from an existing model.
-pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>, resume: bool) -> Result<PretrainSummary> {
+pub fn pretrain<B: Backend>(
+    be: &B,
+    mut cfg: PretrainConfig,
+    init: Option<&Path>,
+    resume: bool,
+) -> Result<PretrainSummary> {
     let start = resume_point(&cfg.run.out, resume)?;
     let mut log_len = None;
     let mut opt_state = None;
     let mut model = match start {
         Some((ck, state)) => {
-            let saved: PretrainConfig = serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
+            let saved: PretrainConfig =
+                serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
             // The run's own settings win, except how far to go and where to pause.
-            let run = LoopConfig { steps: cfg.run.steps.max(saved.run.steps), stop_after: cfg.run.stop_after, ..saved.run.clone() };
+            let run = LoopConfig {
+                steps: cfg.run.steps.max(saved.run.steps),
+                stop_after: cfg.run.stop_after,
+                ..saved.run.clone()
+            };
             cfg = PretrainConfig { run, ..saved };
             log_len = Some(state.metrics_len);
             opt_state = Some(state);
@@ -277,6 +290,16 @@ pub fn pretrain<B: Backend>(be: &B, mut cfg: PretrainConfig, init: Option<&Path>
         state.restore_optimizer(be, &mcfg, &mut opt)?;
     }
     let record = serde_json::to_value(&cfg)?;
-    let fit = fit(be, "pretrain", &cfg.run, &mut model, &mut opt, &src, &record, log_len, Some(("unigram baseline", unigram)))?;
+    let fit = fit(
+        be,
+        "pretrain",
+        &cfg.run,
+        &mut model,
+        &mut opt,
+        &src,
+        &record,
+        log_len,
+        Some(("unigram baseline", unigram)),
+    )?;
     Ok(PretrainSummary { fit, unigram_entropy: unigram })
 }

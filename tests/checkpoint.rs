@@ -67,7 +67,10 @@ fn write_raw(path: &Path, tensors: &[Raw], pad: usize, mangle: impl Fn(&mut serd
     let mut h = serde_json::Map::new();
     let mut off = 0;
     for t in tensors {
-        h.insert(t.name.clone(), json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [off, off + t.bytes.len()]}));
+        h.insert(
+            t.name.clone(),
+            json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [off, off + t.bytes.len()]}),
+        );
         off += t.bytes.len();
     }
     mangle(&mut h);
@@ -191,7 +194,12 @@ fn hf_fixture_folder_loads_with_and_without_prefix() {
     // Unprefixed names load the same.
     let unprefixed: Vec<Raw> = raw
         .iter()
-        .map(|r| Raw { name: r.name.trim_start_matches("transformer.").into(), dtype: r.dtype.clone(), shape: r.shape.clone(), bytes: r.bytes.clone() })
+        .map(|r| Raw {
+            name: r.name.trim_start_matches("transformer.").into(),
+            dtype: r.dtype.clone(),
+            shape: r.shape.clone(),
+            bytes: r.bytes.clone(),
+        })
         .collect();
     let d = hf_folder(&unprefixed, 0, |_| {});
     assert_eq!(bits(&load(d.path()).unwrap()), bits(&ck));
@@ -237,9 +245,24 @@ fn hf_lm_head_and_mask_buffers() {
     let raw = fixture_raw();
     let wte = raw.iter().find(|r| r.name == "transformer.wte.weight").unwrap();
     let mut with_head = fixture_raw();
-    with_head.push(Raw { name: "lm_head.weight".into(), dtype: "F32".into(), shape: wte.shape.clone(), bytes: wte.bytes.clone() });
-    with_head.push(Raw { name: "transformer.h.0.attn.bias".into(), dtype: "BOOL".into(), shape: vec![1, 1, 16, 16], bytes: vec![1; 256] });
-    with_head.push(Raw { name: "transformer.h.0.attn.masked_bias".into(), dtype: "F32".into(), shape: vec![], bytes: f32_bytes(&[-1e4]) });
+    with_head.push(Raw {
+        name: "lm_head.weight".into(),
+        dtype: "F32".into(),
+        shape: wte.shape.clone(),
+        bytes: wte.bytes.clone(),
+    });
+    with_head.push(Raw {
+        name: "transformer.h.0.attn.bias".into(),
+        dtype: "BOOL".into(),
+        shape: vec![1, 1, 16, 16],
+        bytes: vec![1; 256],
+    });
+    with_head.push(Raw {
+        name: "transformer.h.0.attn.masked_bias".into(),
+        dtype: "F32".into(),
+        shape: vec![],
+        bytes: f32_bytes(&[-1e4]),
+    });
     let d = hf_folder(&with_head, 0, |_| {});
     assert_eq!(bits(&load(d.path()).unwrap()), bits(&load(&fixture()).unwrap()));
 
@@ -268,7 +291,10 @@ fn offsets(h: &serde_json::Map<String, Value>, name: &str) -> (u64, u64) {
 #[test]
 fn lying_safetensors_headers_are_rejected_with_the_tensor_named() {
     // Offsets beyond the data buffer.
-    corrupt_case(|h| set_offsets(h, "transformer.ln_f.bias", 1 << 30, (1 << 30) + 128), &["transformer.ln_f.bias", "past the end"]);
+    corrupt_case(
+        |h| set_offsets(h, "transformer.ln_f.bias", 1 << 30, (1 << 30) + 128),
+        &["transformer.ln_f.bias", "past the end"],
+    );
     // Length that does not match dtype x shape.
     corrupt_case(
         |h| {
@@ -286,9 +312,15 @@ fn lying_safetensors_headers_are_rejected_with_the_tensor_named() {
         &["overlaps", "transformer.h.0.ln_1.bias", "transformer.h.0.ln_1.weight"],
     );
     // Unknown dtype.
-    corrupt_case(|h| h.get_mut("transformer.wpe.weight").unwrap()["dtype"] = json!("F12"), &["transformer.wpe.weight", "F12"]);
+    corrupt_case(
+        |h| h.get_mut("transformer.wpe.weight").unwrap()["dtype"] = json!("F12"),
+        &["transformer.wpe.weight", "F12"],
+    );
     // Shape that disagrees with its byte length.
-    corrupt_case(|h| h.get_mut("transformer.wpe.weight").unwrap()["shape"] = json!([16, 31]), &["transformer.wpe.weight"]);
+    corrupt_case(
+        |h| h.get_mut("transformer.wpe.weight").unwrap()["shape"] = json!([16, 31]),
+        &["transformer.wpe.weight"],
+    );
     // Missing data_offsets.
     corrupt_case(
         |h| {
@@ -349,7 +381,12 @@ fn missing_or_misshapen_tensors_are_named() {
 
     // A stray tensor.
     let mut raw = fixture_raw();
-    raw.push(Raw { name: "transformer.h.5.ln_1.weight".into(), dtype: "F32".into(), shape: vec![32], bytes: vec![0; 128] });
+    raw.push(Raw {
+        name: "transformer.h.5.ln_1.weight".into(),
+        dtype: "F32".into(),
+        shape: vec![32],
+        bytes: vec![0; 128],
+    });
     let d = hf_folder(&raw, 0, |_| {});
     assert_err_contains(load(d.path()), &["h.5.ln_1.weight", "unexpected"]);
 }
@@ -403,7 +440,10 @@ fn expected_shape_and_kind_are_enforced() {
     let mut other = ck.config;
     other.n_layer = 4;
     other.vocab_size = 50257;
-    assert_err_contains(ck.expect_config(&other, "--init"), &["--init", "n_layer: checkpoint 2, expected 4", "vocab_size"]);
+    assert_err_contains(
+        ck.expect_config(&other, "--init"),
+        &["--init", "n_layer: checkpoint 2, expected 4", "vocab_size"],
+    );
     ck.expect_config(&ck.config, "x").unwrap();
 
     let d = tempfile::tempdir().unwrap();
@@ -441,7 +481,16 @@ fn llmc_bytes_from_fixture(version: i32) -> Vec<u8> {
     let c = ck.config.n_embd;
     let (l, v, t, vp) = (ck.config.n_layer, ck.config.vocab_size, ck.config.n_positions, 128usize);
     let mut header = vec![0i32; 256];
-    header[..8].copy_from_slice(&[20240326, version, t as i32, v as i32, l as i32, ck.config.n_head as i32, c as i32, vp as i32]);
+    header[..8].copy_from_slice(&[
+        20240326,
+        version,
+        t as i32,
+        v as i32,
+        l as i32,
+        ck.config.n_head as i32,
+        c as i32,
+        vp as i32,
+    ]);
     let mut vals: Vec<f32> = ck.get("wte.weight").unwrap().data.clone();
     vals.extend((v * c..vp * c).map(|i| i as f32)); // padding rows: garbage that must be dropped
     vals.extend(&ck.get("wpe.weight").unwrap().data);
@@ -579,7 +628,9 @@ fn train_state_round_trip_and_torn_state() {
         ck.tensors
             .iter()
             .chain(&ck.extra)
-            .map(|t| NamedTensor::new(t.name.clone(), t.shape.clone(), (0..t.numel()).map(|_| rng.normal() as f32).collect()))
+            .map(|t| {
+                NamedTensor::new(t.name.clone(), t.shape.clone(), (0..t.numel()).map(|_| rng.normal() as f32).collect())
+            })
             .collect()
     };
     let state = TrainState {

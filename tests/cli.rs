@@ -21,7 +21,9 @@ fn help_lists_every_command() {
 fn gradcheck_reports_every_op_and_passes() {
     let (ok, text) = rlhf(&["gradcheck"]);
     assert!(ok, "{text}");
-    for op in ["embedding", "layernorm", "linear", "attention", "gelu", "residual", "crossentropy", "adamw", "gpt2 model"] {
+    for op in
+        ["embedding", "layernorm", "linear", "attention", "gelu", "residual", "crossentropy", "adamw", "gpt2 model"]
+    {
         assert!(text.contains(op), "gradcheck table lacks {op}:\n{text}");
     }
     let (ok, json) = rlhf(&["gradcheck", "--json"]);
@@ -38,10 +40,16 @@ fn device_cuda_without_a_gpu_fails_clearly_and_auto_runs_on_the_cpu() {
         println!("a CUDA driver is present here: the no-GPU behaviour is not exercised on this machine");
         return;
     }
-    let (ok, text) = rlhf(&["bench", "--preset", "tiny", "--vocab", "256", "--batch", "2", "--seq", "16", "--steps", "1", "--device", "cuda"]);
+    let (ok, text) = rlhf(&[
+        "bench", "--preset", "tiny", "--vocab", "256", "--batch", "2", "--seq", "16", "--steps", "1", "--device",
+        "cuda",
+    ]);
     assert!(!ok, "--device cuda succeeded without a GPU:\n{text}");
     assert!(text.contains("--device cuda is not available") && text.contains("libcuda"), "{text}");
-    let (ok, text) = rlhf(&["bench", "--preset", "tiny", "--vocab", "256", "--batch", "2", "--seq", "16", "--steps", "1", "--device", "auto", "--json"]);
+    let (ok, text) = rlhf(&[
+        "bench", "--preset", "tiny", "--vocab", "256", "--batch", "2", "--seq", "16", "--steps", "1", "--device",
+        "auto", "--json",
+    ]);
     assert!(ok, "{text}");
     assert!(text.contains("\"device\": \"cpu"), "{text}");
     let (ok, text) = rlhf(&["gradcheck", "--device", "cuda"]);
@@ -54,7 +62,10 @@ fn device_cuda_without_a_gpu_fails_clearly_and_auto_runs_on_the_cpu() {
 fn gradcheck_and_bench_on_the_simulated_kernels() {
     let (ok, text) = rlhf(&["gradcheck", "--device", "cuda-sim"]);
     assert!(ok, "{text}");
-    assert!(text.contains("bf16 train step: every gradient") && text.contains("f32 attention backward (head size 64)"), "{text}");
+    assert!(
+        text.contains("bf16 train step: every gradient") && text.contains("f32 attention backward (head size 64)"),
+        "{text}"
+    );
     let (ok, text) = rlhf(&["bench", "--device", "cuda-sim", "--json"]);
     assert!(ok, "{text}");
     let json = &text[text.find('{').unwrap()..=text.rfind('}').unwrap()];
@@ -75,10 +86,46 @@ fn tokenizer_prepare_pretrain_sample_end_to_end() {
     let text = rlhf::tokenizer::read_text(Path::new("data/corpus/austen.txt.gz")).unwrap();
     std::fs::write(d("corpus.txt"), &text[..40_000]).unwrap();
     let steps: [Vec<String>; 4] = [
-        ["tokenizer", "train", "--input", &d("corpus.txt"), "--vocab-size", "300", "--out", &d("tok.json")].map(String::from).to_vec(),
-        ["prepare", "--tokenizer", &d("tok.json"), "--input", &d("corpus.txt"), "--out", &d("tokens")].map(String::from).to_vec(),
-        ["pretrain", "--data", &d("tokens"), "--out", &d("run"), "--steps", "4", "--batch", "2", "--seq", "32", "--eval-every", "2", "--device", "cpu"].map(String::from).to_vec(),
-        ["sample", "--checkpoint", &d("run"), "--tokenizer", &d("tok.json"), "--prompt", "It was", "--max-new-tokens", "5", "--device", "cpu"].map(String::from).to_vec(),
+        ["tokenizer", "train", "--input", &d("corpus.txt"), "--vocab-size", "300", "--out", &d("tok.json")]
+            .map(String::from)
+            .to_vec(),
+        ["prepare", "--tokenizer", &d("tok.json"), "--input", &d("corpus.txt"), "--out", &d("tokens")]
+            .map(String::from)
+            .to_vec(),
+        [
+            "pretrain",
+            "--data",
+            &d("tokens"),
+            "--out",
+            &d("run"),
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--seq",
+            "32",
+            "--eval-every",
+            "2",
+            "--device",
+            "cpu",
+        ]
+        .map(String::from)
+        .to_vec(),
+        [
+            "sample",
+            "--checkpoint",
+            &d("run"),
+            "--tokenizer",
+            &d("tok.json"),
+            "--prompt",
+            "It was",
+            "--max-new-tokens",
+            "5",
+            "--device",
+            "cpu",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for args in &steps {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -87,7 +134,8 @@ fn tokenizer_prepare_pretrain_sample_end_to_end() {
     }
     assert!(tmp.path().join("run/loss.svg").is_file());
     // A tokenizer of another vocabulary is refused by the model.
-    let (_, _) = rlhf(&["tokenizer", "train", "--input", &d("corpus.txt"), "--vocab-size", "280", "--out", &d("small.json")]);
+    let (_, _) =
+        rlhf(&["tokenizer", "train", "--input", &d("corpus.txt"), "--vocab-size", "280", "--out", &d("small.json")]);
     let (ok, out) = rlhf(&["sample", "--checkpoint", &d("run"), "--tokenizer", &d("small.json"), "--device", "cpu"]);
     assert!(!ok && out.contains("small.json"), "a mismatched tokenizer was accepted:\n{out}");
 }

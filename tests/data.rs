@@ -83,11 +83,7 @@ fn tokenizer_special_tokens_come_first_and_count_in_vocab_size() {
     assert_eq!(tok.eot(), 0);
     assert_eq!(tok.pad(), 1);
     assert_ne!(tok.pad(), tok.eot());
-    assert!(
-        tok.vocab_size() > SPECIAL_TOKENS.len() + 256,
-        "merges learnt: {}",
-        tok.vocab_size()
-    );
+    assert!(tok.vocab_size() > SPECIAL_TOKENS.len() + 256, "merges learnt: {}", tok.vocab_size());
     assert!(tok.vocab_size() <= 400);
     assert_eq!(tok.vocab_size(), tok.inner().get_vocab(true).len());
     // Merges compress: fewer tokens than bytes on the training text.
@@ -148,9 +144,7 @@ fn tokenizer_without_endoftext_is_rejected_at_load() {
     let tok = Tokenizer::train(&[corpus], 280, &["<|endoftext|>"]).unwrap();
     let path = dir.path().join("t.json");
     tok.save(&path).unwrap();
-    let json = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("<|endoftext|>", "<|eos|>");
+    let json = std::fs::read_to_string(&path).unwrap().replace("<|endoftext|>", "<|eos|>");
     let renamed = write_file(dir.path(), "noeot.json", &json);
     let e = err_string(Tokenizer::load(&renamed));
     assert!(e.contains("noeot.json") && e.contains("<|endoftext|>"), "{e}");
@@ -160,10 +154,7 @@ fn tokenizer_without_endoftext_is_rejected_at_load() {
 fn tokenizer_training_is_deterministic() {
     let (dir, _, tok) = shared_tokenizer();
     let again = Tokenizer::train(&[dir.path().join("corpus.txt")], 400, &SPECIAL_TOKENS).unwrap();
-    assert_eq!(
-        again.inner().to_string(false).unwrap(),
-        tok.inner().to_string(false).unwrap()
-    );
+    assert_eq!(again.inner().to_string(false).unwrap(), tok.inner().to_string(false).unwrap());
 }
 
 #[test]
@@ -187,13 +178,7 @@ fn committed_corpus_is_clean_austen() {
     let text = rlhf::tokenizer::read_text(&path).unwrap();
     assert!(text.starts_with("SENSE AND SENSIBILITY\n"), "{:?}", &text[..40]);
     assert!(text.len() > 3_500_000, "{}", text.len());
-    for title in [
-        "PRIDE AND PREJUDICE",
-        "MANSFIELD PARK",
-        "EMMA",
-        "NORTHANGER ABBEY",
-        "Persuasion",
-    ] {
+    for title in ["PRIDE AND PREJUDICE", "MANSFIELD PARK", "EMMA", "NORTHANGER ABBEY", "Persuasion"] {
         assert!(text.contains(&format!("\n\n\n{title}\n")), "{title}");
     }
     assert!(text.contains("It is a truth universally acknowledged, that a single man in possession\nof a good fortune"));
@@ -209,10 +194,7 @@ fn shard_round_trip_v1() {
     let p = dir.path().join("s.bin");
     let tokens: Vec<u32> = (0..1000).map(|i| (i * 37 % 50257) as u32).collect();
     write_shard(&p, &tokens, 50257).unwrap();
-    assert_eq!(
-        std::fs::metadata(&p).unwrap().len() as usize,
-        HEADER_BYTES + 2 * tokens.len()
-    );
+    assert_eq!(std::fs::metadata(&p).unwrap().len() as usize, HEADER_BYTES + 2 * tokens.len());
     let s = Shard::open(&p, 50257).unwrap();
     assert_eq!(s.version(), 1);
     assert_eq!(s.len(), 1000);
@@ -227,10 +209,7 @@ fn shard_round_trip_v2_for_large_vocabularies() {
     let p = dir.path().join("s.bin");
     let tokens: Vec<u32> = vec![0, 65535, 65536, 99_999, 7];
     write_shard(&p, &tokens, 100_000).unwrap();
-    assert_eq!(
-        std::fs::metadata(&p).unwrap().len() as usize,
-        HEADER_BYTES + 4 * tokens.len()
-    );
+    assert_eq!(std::fs::metadata(&p).unwrap().len() as usize, HEADER_BYTES + 4 * tokens.len());
     let s = Shard::open(&p, 100_000).unwrap();
     assert_eq!(s.version(), 2);
     assert_eq!(s.tokens(0..5), tokens);
@@ -247,10 +226,7 @@ fn shard_whose_header_lies_about_its_length_is_rejected() {
     bytes[8..12].copy_from_slice(&10i32.to_le_bytes());
     std::fs::write(&p, &bytes).unwrap();
     let e = err_string(Shard::open(&p, 10));
-    assert!(
-        e.contains("liar.bin") && e.contains("claims 10 tokens") && e.contains("4 tokens"),
-        "{e}"
-    );
+    assert!(e.contains("liar.bin") && e.contains("claims 10 tokens") && e.contains("4 tokens"), "{e}");
     // Truncated body, and trailing garbage.
     bytes[8..12].copy_from_slice(&4i32.to_le_bytes());
     std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
@@ -287,10 +263,7 @@ fn token_outside_the_vocabulary_is_rejected() {
     let p = dir.path().join("big.bin");
     write_shard(&p, &[1, 2, 3, 4095, 4096, 5], 50257).unwrap();
     let e = err_string(Shard::open(&p, 4096));
-    assert!(
-        e.contains("big.bin") && e.contains("position 4") && e.contains("4096"),
-        "{e}"
-    );
+    assert!(e.contains("big.bin") && e.contains("position 4") && e.contains("4096"), "{e}");
     assert!(Shard::open(&p, 4097).is_ok());
     let e = err_string(write_shard(dir.path().join("w.bin"), &[1, 9, 10], 10));
     assert!(e.contains("w.bin") && e.contains("position 2"), "{e}");
@@ -319,10 +292,7 @@ fn dataset_reads_across_shards_and_needs_shards() {
     assert_eq!(ds.tokens(95..120), &all[95..120]);
     assert_eq!(ds.tokens(0..157), all);
     let e = err_string(Dataset::open(dir.path(), "val", 1000));
-    assert!(
-        e.contains("val") && e.contains(&dir.path().display().to_string()),
-        "{e}"
-    );
+    assert!(e.contains("val") && e.contains(&dir.path().display().to_string()), "{e}");
     assert!(Dataset::open(dir.path(), "train", 120).is_err());
 }
 
@@ -448,10 +418,7 @@ fn prepare_end_to_end_on_a_tiny_corpus() {
     let out2 = dir.path().join("data2");
     prepare::run(prepare_args(tok_path, vec![corpus.clone()], &out2)).unwrap();
     for name in ["train_000.bin", "val_000.bin"] {
-        assert_eq!(
-            std::fs::read(out.join(name)).unwrap(),
-            std::fs::read(out2.join(name)).unwrap()
-        );
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), std::fs::read(out2.join(name)).unwrap());
     }
 
     // Small shards: several files, same stream.
@@ -464,10 +431,7 @@ fn prepare_end_to_end_on_a_tiny_corpus() {
     assert_eq!(train2.tokens(0..train2.len()), train.tokens(0..train.len()));
     // Back to one shard: the extra shards of the previous run are gone.
     prepare::run(prepare_args(tok_path, vec![corpus.clone()], &out2)).unwrap();
-    assert_eq!(
-        Dataset::open(&out2, "train", meta2.vocab_size).unwrap().shards().len(),
-        1
-    );
+    assert_eq!(Dataset::open(&out2, "train", meta2.vocab_size).unwrap().shards().len(), 1);
 
     // A failing run (missing input) leaves the earlier data untouched.
     let before = std::fs::read(out.join("train_000.bin")).unwrap();

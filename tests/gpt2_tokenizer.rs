@@ -37,7 +37,8 @@ fn encodes_like_gpt2() {
 fn written_tokenizer_json_encodes_the_same() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("tokenizer.json");
-    rlhf::cli::gpt2_tokenizer::run(&rlhf::cli::gpt2_tokenizer::Gpt2TokenizerArgs { out: p.clone(), chat: false }).unwrap();
+    rlhf::cli::gpt2_tokenizer::run(&rlhf::cli::gpt2_tokenizer::Gpt2TokenizerArgs { out: p.clone(), chat: false })
+        .unwrap();
     let tok = tokenizers::Tokenizer::from_file(&p).unwrap();
     for (text, want) in cases() {
         assert_eq!(tok.encode(text.as_str(), false).unwrap().get_ids(), &want[..], "text {text:?}");
@@ -57,7 +58,8 @@ fn gpt2_chat_tokenizer_appends_the_chat_tokens() {
     let (plain, chat) = (dir.path().join("plain.json"), dir.path().join("chat.json"));
     rlhf::gpt2_tokenizer::write_tokenizer_json(&plain, false).unwrap();
     rlhf::gpt2_tokenizer::write_tokenizer_json(&chat, true).unwrap();
-    let (plain, chat) = (rlhf::tokenizer::Tokenizer::load(&plain).unwrap(), rlhf::tokenizer::Tokenizer::load(&chat).unwrap());
+    let (plain, chat) =
+        (rlhf::tokenizer::Tokenizer::load(&plain).unwrap(), rlhf::tokenizer::Tokenizer::load(&chat).unwrap());
     assert_eq!(chat.vocab_size(), 50261);
     let text = "Hello world, it is a truth universally acknowledged.<|endoftext|>";
     assert_eq!(plain.encode(text), chat.encode(text));

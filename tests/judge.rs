@@ -78,7 +78,9 @@ fn command_judge_parses_numbers_and_objects() {
 #[test]
 fn command_judge_receives_jsonl() {
     // The command echoes the length of each answer, read from the JSON it receives.
-    let mut j = CommandJudge::new("while IFS= read -r line; do case \"$line\" in *'\"answer\":\"xyz\"'*) echo 3;; *) echo 0;; esac; done");
+    let mut j = CommandJudge::new(
+        "while IFS= read -r line; do case \"$line\" in *'\"answer\":\"xyz\"'*) echo 3;; *) echo 0;; esac; done",
+    );
     let s = j.score(&items(&["xyz", "no"])).unwrap();
     assert_eq!(s, vec![3.0, 0.0]);
 }
@@ -248,16 +250,34 @@ fn demo_data_from_the_real_corpus() {
 fn demo_data_command_writes_all_files_and_summary() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/austen.txt.gz");
-    let args = rlhf::cli::demo_data::DemoDataArgs { corpus, out: dir.path().join("demo"), seed: 1, sft: 2000, prompts: 300, heldout: 100 };
+    let args = rlhf::cli::demo_data::DemoDataArgs {
+        corpus,
+        out: dir.path().join("demo"),
+        seed: 1,
+        sft: 2000,
+        prompts: 300,
+        heldout: 100,
+    };
     rlhf::cli::demo_data::run(args).unwrap();
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("demo/summary.json")).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("demo/summary.json")).unwrap()).unwrap();
     assert_eq!((s["sft"].as_u64(), s["prompts"].as_u64(), s["heldout"].as_u64()), (Some(2000), Some(300), Some(100)));
     // The numbers docs/demo.md quotes.
-    assert_eq!((s["sft_completions_positive"].as_u64(), s["sft_completions_negative"].as_u64()), (Some(996), Some(497)));
+    assert_eq!(
+        (s["sft_completions_positive"].as_u64(), s["sft_completions_negative"].as_u64()),
+        (Some(996), Some(497))
+    );
     assert!((s["sft_completion_mean_judge_score"].as_f64().unwrap() - 0.156).abs() < 5e-4);
     assert_eq!(std::fs::read_to_string(dir.path().join("demo/prompts.jsonl")).unwrap().lines().count(), 300);
 
-    let missing = rlhf::cli::demo_data::DemoDataArgs { corpus: dir.path().join("nope.txt"), out: dir.path().join("x"), seed: 1, sft: 1, prompts: 1, heldout: 1 };
+    let missing = rlhf::cli::demo_data::DemoDataArgs {
+        corpus: dir.path().join("nope.txt"),
+        out: dir.path().join("x"),
+        seed: 1,
+        sft: 1,
+        prompts: 1,
+        heldout: 1,
+    };
     let e = format!("{:#}", rlhf::cli::demo_data::run(missing).unwrap_err());
     assert!(e.contains("nope.txt"), "{e}");
 }

@@ -53,7 +53,15 @@ fn run<B: Backend<F = f32>>(be: &B, dir: &Path, tokens: &[u32], targets: &[u32],
     let norm2 = be.sum_squares(&gbuf);
     let mut param = be.upload(&host[0]).unwrap();
     let (mut mm, mut vv) = (be.zeros(host[0].len()).unwrap(), be.zeros(host[0].len()).unwrap());
-    let h = AdamWParams { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: (0.5 / norm2.sqrt()).min(1.0) };
+    let h = AdamWParams {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 1,
+        grad_scale: (0.5 / norm2.sqrt()).min(1.0),
+    };
     be.adamw(&mut param, &gbuf, &mut mm, &mut vv, &h);
     let stepped = be.download(&param);
 
@@ -66,7 +74,8 @@ fn run<B: Backend<F = f32>>(be: &B, dir: &Path, tokens: &[u32], targets: &[u32],
 /// `run` on `be` and on the CPU engine for every parity fixture, with the same batch: (name, got, want).
 fn fixture_runs<B: Backend<F = f32>>(be: &B) -> Vec<(String, Run, Run)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
-    let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<_> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     dirs.sort();
     assert!(!dirs.is_empty());
     let cpu = Cpu::<f32>::new();
@@ -87,7 +96,10 @@ fn fixture_runs<B: Backend<F = f32>>(be: &B) -> Vec<(String, Run, Run)> {
 /// Logits, loss and every gradient within `tol` of scale (the loss within `loss_tol` relative).
 fn assert_close(name: &str, got: &Run, want: &Run, tol: f32, loss_tol: f64) {
     let e = scaled_err(&got.logits, &want.logits);
-    println!("{name}: logits {e:.2e}, loss {} vs {}, greedy {:?} vs {:?}", got.loss, want.loss, got.greedy, want.greedy);
+    println!(
+        "{name}: logits {e:.2e}, loss {} vs {}, greedy {:?} vs {:?}",
+        got.loss, want.loss, got.greedy, want.greedy
+    );
     assert!(e <= tol, "{name}: logits differ by {e:.3e}");
     assert!(((got.loss - want.loss) / want.loss).abs() <= loss_tol, "{name}: loss {} vs {}", got.loss, want.loss);
     for (i, (gg, wg)) in got.grads.iter().zip(&want.grads).enumerate() {
@@ -100,7 +112,12 @@ fn assert_close(name: &str, got: &Run, want: &Run, tol: f32, loss_tol: f64) {
 fn model_through_simulated_kernels_matches_cpu_engine() {
     for (name, got, want) in fixture_runs(&SimBackend::new()) {
         assert_close(&name, &got, &want, TOL, TOL as f64);
-        assert!(((got.norm2 - want.norm2) / want.norm2).abs() < 1e-6, "{name}: sum of squares {} vs {}", got.norm2, want.norm2);
+        assert!(
+            ((got.norm2 - want.norm2) / want.norm2).abs() < 1e-6,
+            "{name}: sum of squares {} vs {}",
+            got.norm2,
+            want.norm2
+        );
         let e = scaled_err(&got.stepped, &want.stepped);
         assert!(e <= 1e-5, "{name}: AdamW step differs by {e:.3e}");
         assert_eq!(got.greedy, want.greedy, "{name}: greedy continuations");
@@ -191,7 +208,15 @@ fn multi_tensor_adamw_and_norm_match_per_tensor() {
             })
             .collect();
         let hs: Vec<AdamWParams> = (0..sizes.len())
-            .map(|i| AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: if i % 2 == 0 { 0.1 } else { 0.0 }, step: 4, grad_scale: 0.7 })
+            .map(|i| AdamWParams {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: if i % 2 == 0 { 0.1 } else { 0.0 },
+                step: 4,
+                grad_scale: 0.7,
+            })
             .collect();
         let grads: Vec<_> = host
             .iter()

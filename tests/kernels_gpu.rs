@@ -58,8 +58,24 @@ fn gpu_kernels_match_reference() {
     let w: Vec<f32> = (0..c).map(|_| rng.normal() as f32).collect();
     let b: Vec<f32> = (0..c).map(|_| rng.normal() as f32).collect();
     let (dxi, dw, db) = (st.clone_htod(&xi).unwrap(), st.clone_htod(&w).unwrap(), st.clone_htod(&b).unwrap());
-    let (o, m, r) = (st.alloc_zeros::<f32>(rows * c).unwrap(), st.alloc_zeros::<f32>(rows).unwrap(), st.alloc_zeros::<f32>(rows).unwrap());
-    kl::layernorm_forward(&l, DType::F32, dptr(&o, &st), dptr(&m, &st), dptr(&r, &st), dptr(&dxi, &st), dptr(&dw, &st), dptr(&db, &st), rows, c).unwrap();
+    let (o, m, r) = (
+        st.alloc_zeros::<f32>(rows * c).unwrap(),
+        st.alloc_zeros::<f32>(rows).unwrap(),
+        st.alloc_zeros::<f32>(rows).unwrap(),
+    );
+    kl::layernorm_forward(
+        &l,
+        DType::F32,
+        dptr(&o, &st),
+        dptr(&m, &st),
+        dptr(&r, &st),
+        dptr(&dxi, &st),
+        dptr(&dw, &st),
+        dptr(&db, &st),
+        rows,
+        c,
+    )
+    .unwrap();
     let got: Vec<f64> = st.clone_dtoh(&o).unwrap().iter().map(|&v| v as f64).collect();
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let (mut wo, mut wm, mut wr) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
@@ -76,7 +92,21 @@ fn gpu_kernels_match_reference() {
     let dp = st.clone_htod(&pos0).unwrap();
     let out = st.alloc_zeros::<u16>(bb * t * c).unwrap();
     let lse = st.alloc_zeros::<f32>(bb * nh * t).unwrap();
-    kl::attention_forward(&l, DType::BF16, dptr(&out, &st), dptr(&lse, &st), dptr(&dq, &st), dptr(&dq, &st), dptr(&dp, &st), bb, t, t, c, nh).unwrap();
+    kl::attention_forward(
+        &l,
+        DType::BF16,
+        dptr(&out, &st),
+        dptr(&lse, &st),
+        dptr(&dq, &st),
+        dptr(&dq, &st),
+        dptr(&dp, &st),
+        bb,
+        t,
+        t,
+        c,
+        nh,
+    )
+    .unwrap();
     let got: Vec<f64> = st.clone_dtoh(&out).unwrap().iter().map(|&u| bf16::from_bits(u).to_f64()).collect();
     let q64: Vec<f64> = qkv.iter().map(|v| v.to_f64()).collect();
     let (mut wo, mut wl) = (vec![0.0; bb * t * c], vec![0.0; bb * nh * t]);

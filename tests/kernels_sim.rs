@@ -74,7 +74,11 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     let names = sim::kernel_names();
     let engine: Vec<&String> = names.iter().filter(|n| !n.starts_with("planted_")).collect();
     println!("kernel files in the simulator: {:?}", rlhf::kernels::SIM_FILES);
-    println!("kernels in the simulator ({}): {}", engine.len(), engine.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
+    println!(
+        "kernels in the simulator ({}): {}",
+        engine.len(),
+        engine.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+    );
     if rlhf::kernels::GPU_ONLY_KERNELS.is_empty() {
         println!("GPU-only kernels: none");
     }
@@ -82,13 +86,40 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         println!("GPU-only (not run here): {file}.cu: {}", ks.join(" "));
     }
     match rlhf::kernels::PTX_UNAVAILABLE_REASON {
-        None => println!("PTX embedded for: {:?}", rlhf::kernels::PTX_MODULES.iter().map(|(s, a, _)| format!("{s}@sm_{a}")).collect::<Vec<_>>()),
+        None => println!(
+            "PTX embedded for: {:?}",
+            rlhf::kernels::PTX_MODULES.iter().map(|(s, a, _)| format!("{s}@sm_{a}")).collect::<Vec<_>>()
+        ),
         Some(why) => println!("no PTX in this build: {why}"),
     }
     for (file, arch, k, regs, st, ld) in rlhf::kernels::ptxas_summary().iter().filter(|r| r.1 == "sm_90") {
         println!("ptxas {file} {arch} {k}: {regs} registers, spill stores {st} B, spill loads {ld} B");
     }
-    for op in ["gelu_forward", "gelu_backward", "add", "accumulate", "scale", "bias_add", "bias_backward_partial", "colsum_finalize", "layernorm_forward", "residual_layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partial", "encoder_forward", "encoder_backward_wte", "encoder_backward_wpe", "crossentropy", "adamw_multi", "sum_squares_multi_partial", "attention_forward_hs1", "attention_forward_hs2", "attention_forward_hs4", "attention_backward_dq_hs2", "attention_backward_dkv_hs2"] {
+    for op in [
+        "gelu_forward",
+        "gelu_backward",
+        "add",
+        "accumulate",
+        "scale",
+        "bias_add",
+        "bias_backward_partial",
+        "colsum_finalize",
+        "layernorm_forward",
+        "residual_layernorm_forward",
+        "layernorm_backward_dinp",
+        "layernorm_backward_partial",
+        "encoder_forward",
+        "encoder_backward_wte",
+        "encoder_backward_wpe",
+        "crossentropy",
+        "adamw_multi",
+        "sum_squares_multi_partial",
+        "attention_forward_hs1",
+        "attention_forward_hs2",
+        "attention_forward_hs4",
+        "attention_backward_dq_hs2",
+        "attention_backward_dkv_hs2",
+    ] {
         for dt in DTYPES {
             let n = format!("{op}_{}", dt.suffix());
             assert!(sim::has_kernel(&n), "{n} is not in the simulator");
@@ -119,7 +150,10 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     }
     // Every PTX module must come from a kernel file the simulator also runs, or a declared GPU-only file.
     for (stem, _, ptx) in rlhf::kernels::PTX_MODULES {
-        assert!(rlhf::kernels::SIM_FILES.contains(stem) || rlhf::kernels::GPU_ONLY_KERNELS.iter().any(|(f, _)| f == stem), "{stem}");
+        assert!(
+            rlhf::kernels::SIM_FILES.contains(stem) || rlhf::kernels::GPU_ONLY_KERNELS.iter().any(|(f, _)| f == stem),
+            "{stem}"
+        );
         assert!(ptx.contains(".entry"), "{stem}: PTX without entry points");
     }
 }
@@ -129,7 +163,13 @@ fn launch_errors_are_reported_not_crashes() {
     let l = launcher();
     let e = l.launch("no_such_kernel", LaunchConfig::linear(1, 32), &[]).unwrap_err();
     assert!(e.to_string().contains("no simulated kernel"), "{e}");
-    let e = l.launch("planted_scale2_ok", LaunchConfig { grid: [1, 1, 1], block: [2048, 1, 1], smem: 0 }, &[Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0)]).unwrap_err();
+    let e = l
+        .launch(
+            "planted_scale2_ok",
+            LaunchConfig { grid: [1, 1, 1], block: [2048, 1, 1], smem: 0 },
+            &[Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0)],
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("max 1024"), "{e}");
     // misaligned pointer into a packed kernel is refused by the launch layer
     let b = SimBuf::<f32>::zeros(16);
@@ -260,7 +300,22 @@ fn layernorm_case(l: &dyn Launcher, dt: DType, n: usize, c: usize, seed: u64) ->
     let (mut wdi, mut wdw, mut wdb) = (dinp.get(), dw.get(), db.get());
     ops::layernorm::backward::<f64>(&mut wdi, &mut wdw, &mut wdb, &dout.get(), &x.get(), &w.get(), &wm, &wr, c);
     let s = scratch(kl::layernorm_backward_scratch_bytes(n, c));
-    kl::layernorm_backward(l, dt, dinp.ptr(), dw.ptr(), db.ptr(), dout.ptr(), x.ptr(), w.ptr(), mean.ptr(), rstd.ptr(), n, c, s.ptr()).unwrap();
+    kl::layernorm_backward(
+        l,
+        dt,
+        dinp.ptr(),
+        dw.ptr(),
+        db.ptr(),
+        dout.ptr(),
+        x.ptr(),
+        w.ptr(),
+        mean.ptr(),
+        rstd.ptr(),
+        n,
+        c,
+        s.ptr(),
+    )
+    .unwrap();
     check(&format!("layernorm_backward {n}x{c} dinp"), dt, &dinp.get(), &wdi);
     check(&format!("layernorm_backward {n}x{c} dw"), dt, &dw.get(), &wdw);
     check(&format!("layernorm_backward {n}x{c} db"), dt, &db.get(), &wdb);
@@ -289,7 +344,21 @@ fn residual_layernorm_fused_forward() {
             let bias = DBuf::new(dt, &randn(&mut rng, c, 1.0));
             let (res, out) = (DBuf::poisoned(dt, n * c), DBuf::poisoned(dt, n * c));
             let (mean, rstd) = (SimBuf::<f32>::poisoned(n, 0xff), SimBuf::<f32>::poisoned(n, 0xff));
-            kl::residual_layernorm_forward(&l, dt, res.ptr(), out.ptr(), mean.ptr(), rstd.ptr(), a.ptr(), b.ptr(), w.ptr(), bias.ptr(), n, c).unwrap();
+            kl::residual_layernorm_forward(
+                &l,
+                dt,
+                res.ptr(),
+                out.ptr(),
+                mean.ptr(),
+                rstd.ptr(),
+                a.ptr(),
+                b.ptr(),
+                w.ptr(),
+                bias.ptr(),
+                n,
+                c,
+            )
+            .unwrap();
             let mut want_res = vec![0.0; n * c];
             ops::residual::add::<f64>(&mut want_res, &a.get(), &b.get());
             check("residual_layernorm residual", dt, &res.get(), &want_res);
@@ -328,7 +397,20 @@ fn encoder_case(l: &dyn Launcher, dt: DType, seed: u64) -> Vec<Vec<f64>> {
     ops::embedding::backward::<f64>(&mut w1, &mut w2, &dout.get(), &tokens, &pos0, t, c);
     let plan = kl::EncoderPlan::new(&tokens);
     let plan_d = SimBuf::from_slice(&plan.data);
-    kl::encoder_backward(l, dt, dwte.ptr(), dwpe.ptr(), dout.ptr(), plan_d.ptr(), plan.buckets, pos_d.ptr(), &pos0, t, c).unwrap();
+    kl::encoder_backward(
+        l,
+        dt,
+        dwte.ptr(),
+        dwpe.ptr(),
+        dout.ptr(),
+        plan_d.ptr(),
+        plan.buckets,
+        pos_d.ptr(),
+        &pos0,
+        t,
+        c,
+    )
+    .unwrap();
     check("encoder_backward dwte", dt, &dwte.get(), &w1);
     check("encoder_backward dwpe", dt, &dwpe.get(), &w2);
     vec![out.get(), dwte.get(), dwpe.get()]
@@ -352,7 +434,16 @@ fn encoder_forward_backward() {
 // ------------------------------------------------------------------------------------------------ cross-entropy
 
 #[allow(clippy::too_many_arguments)]
-fn crossentropy_case(l: &dyn Launcher, dt: DType, n: usize, v: usize, vp: usize, inv_temp: f64, want_grad: bool, seed: u64) -> Vec<Vec<f64>> {
+fn crossentropy_case(
+    l: &dyn Launcher,
+    dt: DType,
+    n: usize,
+    v: usize,
+    vp: usize,
+    inv_temp: f64,
+    want_grad: bool,
+    seed: u64,
+) -> Vec<Vec<f64>> {
     let mut rng = Rng::new(seed);
     let logits = DBuf::new(dt, &randn(&mut rng, n * vp, 3.0));
     let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
@@ -361,8 +452,18 @@ fn crossentropy_case(l: &dyn Launcher, dt: DType, n: usize, v: usize, vp: usize,
     let losses = SimBuf::<f32>::poisoned(n, 0xff);
     let mut want_logits = logits.get();
     let mut want_losses = vec![0.0; n];
-    ops::crossentropy::forward_backward::<f64>(&mut want_losses, &mut want_logits, &targets, &weights, v, vp, inv_temp, want_grad);
-    kl::crossentropy(l, dt, losses.ptr(), logits.ptr(), td.ptr(), wd.ptr(), n, v, vp, inv_temp as f32, want_grad).unwrap();
+    ops::crossentropy::forward_backward::<f64>(
+        &mut want_losses,
+        &mut want_logits,
+        &targets,
+        &weights,
+        v,
+        vp,
+        inv_temp,
+        want_grad,
+    );
+    kl::crossentropy(l, dt, losses.ptr(), logits.ptr(), td.ptr(), wd.ptr(), n, v, vp, inv_temp as f32, want_grad)
+        .unwrap();
     // losses are f32 whatever the logits' type; with bf16 logits the inputs are the same bf16 values
     check(&format!("crossentropy losses V={v}"), DType::F32, &f64s(&losses), &want_losses);
     let got = logits.get();
@@ -391,8 +492,19 @@ fn crossentropy_fused() {
 
 /// AdamW over one tensor through the multi-tensor kernel (a one-tensor chunk table).
 #[allow(clippy::too_many_arguments)]
-fn adamw_one(l: &dyn Launcher, dt: DType, param: u64, master: u64, grad: u64, m: u64, v: u64, n: usize, h: &ops::adamw::AdamWParams) -> anyhow::Result<()> {
-    let table = kl::adamw_chunks(dt, &[kl::AdamWTensor { param, master, grad, m, v, n, weight_decay: h.weight_decay }])?;
+fn adamw_one(
+    l: &dyn Launcher,
+    dt: DType,
+    param: u64,
+    master: u64,
+    grad: u64,
+    m: u64,
+    v: u64,
+    n: usize,
+    h: &ops::adamw::AdamWParams,
+) -> anyhow::Result<()> {
+    let table =
+        kl::adamw_chunks(dt, &[kl::AdamWTensor { param, master, grad, m, v, n, weight_decay: h.weight_decay }])?;
     let td = SimBuf::<u8>::from_slice(bytemuck::cast_slice(&table));
     kl::adamw_multi(l, dt, td.ptr(), table.len(), h)
 }
@@ -413,7 +525,15 @@ fn adamw_and_sum_squares() {
     // 70_000: two chunks of the multi-tensor kernels
     for n in [1usize, 333, 5000, 70_000] {
         for step in [1u64, 7] {
-            let h = ops::adamw::AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.8 };
+            let h = ops::adamw::AdamWParams {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                step,
+                grad_scale: 0.8,
+            };
             let p0 = randn(&mut rng, n, 1.0);
             let g = randn(&mut rng, n, 1.0);
             let m0: Vec<f64> = randn(&mut rng, n, 0.1);
@@ -448,19 +568,59 @@ fn adamw_and_sum_squares() {
             assert!(((got - want) / want).abs() < 1e-12, "sum_squares {dt:?} n={n}: {got} vs {want}");
         }
     }
-    assert!(adamw_one(&l, DType::BF16, 0, 0, 0, 0, 0, 1, &ops::adamw::AdamWParams { lr: 1.0, beta1: 0.9, beta2: 0.9, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 }).is_err());
+    assert!(adamw_one(
+        &l,
+        DType::BF16,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        &ops::adamw::AdamWParams {
+            lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.9,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+            grad_scale: 1.0
+        }
+    )
+    .is_err());
 }
 
 // ------------------------------------------------------------------------------------------------ attention
 
 /// Forward with keys from `kv` (Tk rows) and queries at positions pos0[b] + t; returns (out, lse).
 #[allow(clippy::too_many_arguments)]
-fn attention_fwd_case(l: &dyn Launcher, dt: DType, b: usize, tq: usize, tk: usize, c: usize, nh: usize, pos0: &[u32], seed: u64) -> (Vec<f64>, Vec<f64>) {
+fn attention_fwd_case(
+    l: &dyn Launcher,
+    dt: DType,
+    b: usize,
+    tq: usize,
+    tk: usize,
+    c: usize,
+    nh: usize,
+    pos0: &[u32],
+    seed: u64,
+) -> (Vec<f64>, Vec<f64>) {
     attention_fwd_case_with(l, kl::AttentionImpl::Auto, dt, b, tq, tk, c, nh, pos0, seed)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attention_fwd_case_with(l: &dyn Launcher, imp: kl::AttentionImpl, dt: DType, b: usize, tq: usize, tk: usize, c: usize, nh: usize, pos0: &[u32], seed: u64) -> (Vec<f64>, Vec<f64>) {
+fn attention_fwd_case_with(
+    l: &dyn Launcher,
+    imp: kl::AttentionImpl,
+    dt: DType,
+    b: usize,
+    tq: usize,
+    tk: usize,
+    c: usize,
+    nh: usize,
+    pos0: &[u32],
+    seed: u64,
+) -> (Vec<f64>, Vec<f64>) {
     let mut rng = Rng::new(seed);
     let q_src = DBuf::new(dt, &randn(&mut rng, b * tq * 3 * c, 1.0));
     let kv_vals = randn(&mut rng, b * tk * 3 * c, 1.0);
@@ -468,7 +628,8 @@ fn attention_fwd_case_with(l: &dyn Launcher, imp: kl::AttentionImpl, dt: DType, 
     let pd = SimBuf::from_slice(pos0);
     let out = DBuf::poisoned(dt, b * tq * c);
     let lse = SimBuf::<f32>::poisoned(b * nh * tq, 0xff);
-    kl::attention_forward_with(l, imp, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh).unwrap();
+    kl::attention_forward_with(l, imp, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh)
+        .unwrap();
     let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
     ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh);
     let what = format!("attention_forward[{imp:?}] B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
@@ -487,7 +648,8 @@ fn attention_forward_tensor_cores() {
         attention_fwd_case_with(&l, imp, DType::BF16, 1, 150, 150, 64, 1, &[0], 91);
         attention_fwd_case_with(&l, imp, DType::BF16, 2, 3, 100, 128, 2, &[20, 97], 92);
     }
-    let e = kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2).unwrap_err();
+    let e = kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2)
+        .unwrap_err();
     assert!(e.to_string().contains("bf16"), "{e}");
 }
 
@@ -496,7 +658,10 @@ fn attention_forward_training_and_kv_cache() {
     let l = launcher();
     for dt in DTYPES {
         // training form: kv = q_src (here: separate random buffers of the same shape, pos0 = 0)
-        for (i, (b, t, c, nh)) in [(2usize, 37usize, 64usize, 2usize), (1, 70, 128, 2), (2, 20, 48, 3), (1, 9, 192, 2)].into_iter().enumerate() {
+        for (i, (b, t, c, nh)) in [(2usize, 37usize, 64usize, 2usize), (1, 70, 128, 2), (2, 20, 48, 3), (1, 9, 192, 2)]
+            .into_iter()
+            .enumerate()
+        {
             attention_fwd_case(&l, dt, b, t, t, c, nh, &vec![0; b], 60 + i as u64);
         }
         // sampling with a KV cache: few new queries at ragged absolute positions
@@ -512,7 +677,16 @@ fn attention_bwd_case(l: &dyn Launcher, dt: DType, b: usize, t: usize, c: usize,
 /// The backward with each kernel choice in `imps` on the same inputs (one forward), each checked against the
 /// reference; returns each dqkv.
 #[allow(clippy::too_many_arguments)]
-fn attention_bwd_cases(l: &dyn Launcher, imps: &[kl::AttentionImpl], dt: DType, b: usize, t: usize, c: usize, nh: usize, seed: u64) -> Vec<Vec<f64>> {
+fn attention_bwd_cases(
+    l: &dyn Launcher,
+    imps: &[kl::AttentionImpl],
+    dt: DType,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    seed: u64,
+) -> Vec<Vec<f64>> {
     let mut rng = Rng::new(seed);
     let qkv = DBuf::new(dt, &randn(&mut rng, b * t * 3 * c, 1.0));
     let dout = DBuf::new(dt, &randn(&mut rng, b * t * c, 1.0));
@@ -530,7 +704,22 @@ fn attention_bwd_cases(l: &dyn Launcher, imps: &[kl::AttentionImpl], dt: DType, 
     for &imp in imps {
         let dqkv = DBuf::poisoned(dt, b * t * 3 * c);
         let s = scratch(kl::attention_backward_scratch_bytes(b, t, nh));
-        kl::attention_backward_with(l, imp, dt, dqkv.ptr(), dout.ptr(), qkv.ptr(), out.ptr(), lse.ptr(), b, t, c, nh, s.ptr()).unwrap();
+        kl::attention_backward_with(
+            l,
+            imp,
+            dt,
+            dqkv.ptr(),
+            dout.ptr(),
+            qkv.ptr(),
+            out.ptr(),
+            lse.ptr(),
+            b,
+            t,
+            c,
+            nh,
+            s.ptr(),
+        )
+        .unwrap();
         check(&format!("attention_backward[{imp:?}] B={b} T={t} C={c} NH={nh}"), dt, &dqkv.get(), &want);
         res.push(dqkv.get());
     }
@@ -541,11 +730,17 @@ fn attention_bwd_cases(l: &dyn Launcher, imps: &[kl::AttentionImpl], dt: DType, 
 fn attention_backward_matches_reference() {
     let l = launcher();
     for dt in DTYPES {
-        for (i, (b, t, c, nh)) in [(2usize, 37usize, 64usize, 2usize), (1, 45, 128, 2), (2, 20, 48, 3), (1, 7, 192, 2)].into_iter().enumerate() {
+        for (i, (b, t, c, nh)) in [(2usize, 37usize, 64usize, 2usize), (1, 45, 128, 2), (2, 20, 48, 3), (1, 7, 192, 2)]
+            .into_iter()
+            .enumerate()
+        {
             attention_bwd_case(&l, dt, b, t, c, nh, 70 + i as u64);
         }
     }
-    assert!(kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2).is_err(), "head size 160 must be refused");
+    assert!(
+        kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2).is_err(),
+        "head size 160 must be refused"
+    );
 }
 
 /// The tensor-core (WMMA) backward: bf16, head size 64, ragged T (one row; below, at and above the 64-row
@@ -560,7 +755,9 @@ fn attention_backward_matches_reference() {
 fn attention_backward_tensor_cores() {
     let l = launcher();
     use kl::AttentionImpl::{Auto, Simt, Wmma};
-    for (i, (b, t, nh)) in [(2usize, 1usize, 2usize), (2, 37, 2), (1, 64, 3), (2, 100, 2), (1, 130, 2)].into_iter().enumerate() {
+    for (i, (b, t, nh)) in
+        [(2usize, 1usize, 2usize), (2, 37, 2), (1, 64, 3), (2, 100, 2), (1, 130, 2)].into_iter().enumerate()
+    {
         let c = 64 * nh;
         // Auto takes the tensor-core kernels for bf16 / head size 64
         let imps: &[kl::AttentionImpl] = if i == 1 { &[Wmma, Simt, Auto] } else { &[Wmma, Simt] };
@@ -578,9 +775,11 @@ fn attention_backward_tensor_cores() {
         let got = attention_bwd_cases(&SimLauncher::racy(seed), &[Wmma], DType::BF16, 1, 70, 128, 2, 110);
         assert_eq!(got, want, "attention_backward (tensor cores) differs under race mode seed {seed}");
     }
-    let e = kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 0).unwrap_err();
+    let e = kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 0)
+        .unwrap_err();
     assert!(e.to_string().contains("bf16"), "{e}");
-    let e = kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 0).unwrap_err();
+    let e = kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 0)
+        .unwrap_err();
     assert!(e.to_string().contains("aligned"), "{e}");
 }
 
@@ -599,15 +798,30 @@ fn race_mode_same_bits() {
             let r = SimLauncher::racy(seed);
             assert_eq!(layernorm_case(&r, dt, 37, 67, 77), a, "layernorm differs under race mode seed {seed}");
             assert_eq!(encoder_case(&r, dt, 78), e, "encoder differs under race mode seed {seed}");
-            assert_eq!(crossentropy_case(&r, dt, 5, 300, 304, 0.9, true, 79), c, "crossentropy differs under race mode seed {seed}");
-            assert_eq!(attention_bwd_case(&r, dt, 2, 37, 64, 2, 80), att, "attention differs under race mode seed {seed}");
+            assert_eq!(
+                crossentropy_case(&r, dt, 5, 300, 304, 0.9, true, 79),
+                c,
+                "crossentropy differs under race mode seed {seed}"
+            );
+            assert_eq!(
+                attention_bwd_case(&r, dt, 2, 37, 64, 2, 80),
+                att,
+                "attention differs under race mode seed {seed}"
+            );
         }
     }
 }
 
 // ------------------------------------------------------------------------------------------------ planted bugs
 
-fn run_simple(l: &dyn Launcher, kernel: &str, cfg: LaunchConfig, out_len: usize, inp: &[f32], extra: &[Arg]) -> Vec<f64> {
+fn run_simple(
+    l: &dyn Launcher,
+    kernel: &str,
+    cfg: LaunchConfig,
+    out_len: usize,
+    inp: &[f32],
+    extra: &[Arg],
+) -> Vec<f64> {
     let out = SimBuf::<f32>::zeros(out_len);
     let x = SimBuf::from_slice(inp);
     let mut args = vec![Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())];
@@ -633,7 +847,8 @@ fn planted_missing_barrier_is_caught() {
 fn planted_missing_barrier_needs_race_mode() {
     let mut rng = Rng::new(51);
     let inp: Vec<f32> = (0..2 * 256).map(|_| rng.normal() as f32).collect();
-    let want: Vec<f64> = (0..inp.len()).map(|i| inp[i] as f64 - if i % 256 > 0 { inp[i - 1] as f64 } else { 0.0 }).collect();
+    let want: Vec<f64> =
+        (0..inp.len()).map(|i| inp[i] as f64 - if i % 256 > 0 { inp[i - 1] as f64 } else { 0.0 }).collect();
     let cfg = LaunchConfig { grid: [2, 1, 1], block: [256, 1, 1], smem: 0 };
     let ordered = SimLauncher::ordered();
     assert!(rel_err(&run_simple(&ordered, "planted_neighbor_diff_ok", cfg, 512, &inp, &[]), &want) < TOL_F32);
@@ -651,7 +866,7 @@ fn planted_off_by_one_is_caught() {
     let l = launcher();
     let n = 100usize;
     let inp: Vec<f32> = (0..n + 1).map(|i| i as f32).collect(); // one readable element past n
-    // compare n elements plus one guard element that must stay 0
+                                                                // compare n elements plus one guard element that must stay 0
     let mut want: Vec<f64> = (0..n).map(|i| 2.0 * i as f64).collect();
     want.push(0.0);
     let cfg = LaunchConfig::linear(n + 1, 64);
@@ -678,7 +893,13 @@ fn planted_wrong_shuffle_offset_is_caught() {
 fn planted_divergent_barrier_reports_deadlock() {
     let out = SimBuf::<f32>::zeros(64);
     let x = SimBuf::<f32>::zeros(64);
-    let e = launcher().launch("planted_divergent_barrier", LaunchConfig { grid: [1, 1, 1], block: [64, 1, 1], smem: 0 }, &[Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())]).unwrap_err();
+    let e = launcher()
+        .launch(
+            "planted_divergent_barrier",
+            LaunchConfig { grid: [1, 1, 1], block: [64, 1, 1], smem: 0 },
+            &[Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())],
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("deadlock"), "{e}");
 }
 
@@ -689,7 +910,14 @@ fn early_exit_threads_leave_the_barrier() {
     let inp: Vec<f32> = (0..256).map(|i| i as f32).collect();
     let want: Vec<f64> = (0..256).map(|t| if t < n { ((t + 1) % n) as f64 } else { 0.0 }).collect();
     for l in [SimLauncher::ordered(), SimLauncher::racy(9)] {
-        let got = run_simple(&l, "planted_early_exit_ok", LaunchConfig { grid: [1, 1, 1], block: [256, 1, 1], smem: 0 }, 256, &inp, &[Arg::I32(n as i32)]);
+        let got = run_simple(
+            &l,
+            "planted_early_exit_ok",
+            LaunchConfig { grid: [1, 1, 1], block: [256, 1, 1], smem: 0 },
+            256,
+            &inp,
+            &[Arg::I32(n as i32)],
+        );
         assert_eq!(got, want);
     }
 }

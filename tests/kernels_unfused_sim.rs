@@ -150,7 +150,11 @@ fn permute_unpermute_are_exact_copies() {
             kl::attention_unpermute(&l, dt, out.ptr(), v.ptr(), b, t, nh, hs).unwrap();
             let ob = out.bits();
             for r in 0..b * t {
-                assert_eq!(&ob[r * c..(r + 1) * c], &src[r * 3 * c + 2 * c..r * 3 * c + 3 * c], "{dt:?} unpermute row {r}");
+                assert_eq!(
+                    &ob[r * c..(r + 1) * c],
+                    &src[r * 3 * c + 2 * c..r * 3 * c + 3 * c],
+                    "{dt:?} unpermute row {r}"
+                );
             }
         }
     }
@@ -235,7 +239,8 @@ fn softmax_causal_in_place_upper_triangle_and_rounding() {
                         DType::BF16 => {
                             let near = bf16::from_f64(want).to_f64();
                             let mid = (got + near) / 2.0;
-                            let ok = got == near || ((mid - want).abs() <= 1e-5 * want && bf16::from_f64(got).to_f64() == got);
+                            let ok = got == near
+                                || ((mid - want).abs() <= 1e-5 * want && bf16::from_f64(got).to_f64() == got);
                             assert!(ok, "bf16 P[{r},{j}] = {got}, want {want} (nearest bf16 {near})");
                         }
                     }

@@ -202,11 +202,19 @@ fn layout_reads_the_reward_at_the_answer_end_and_nothing_after_it() {
         let all = rm.all_rows(&be, &mut acts1, &one).unwrap();
         assert_eq!(alone, all[one.t - 1]);
     }
-    assert!((both[1] - rm.all_rows(&be, &mut acts, &sb).unwrap()[11]).abs() > 1e-6, "the score must not be the padding's");
+    assert!(
+        (both[1] - rm.all_rows(&be, &mut acts, &sb).unwrap()[11]).abs() > 1e-6,
+        "the score must not be the padding's"
+    );
 
     // Scoring: the answer without <|end|> gets the penalty; rewards cover the answer tokens only.
     let c = ppo_cfg(Path::new("/nonexistent"), 1);
-    let m = Models { policy: rlhf::ppo::rollout::clone_model(&be, &sft).unwrap(), reference: sft, reward: rm, value: models(&be).1 };
+    let m = Models {
+        policy: rlhf::ppo::rollout::clone_model(&be, &sft).unwrap(),
+        reference: sft,
+        reward: rm,
+        value: models(&be).1,
+    };
     let cut = ep(&[7], &[8, 9, 10], false);
     let ro = score_rollout(&be, &m, &c, 0.1, vec![a.clone(), cut]).unwrap();
     assert_eq!(ro.scores[1], c.no_eos_penalty);
@@ -246,7 +254,18 @@ fn rollouts_stop_at_eos_and_a_real_iteration_has_ratio_one() {
     let m = metrics(&out);
     let dev = m[0]["first_ratio_dev"].as_f64().unwrap();
     assert!(dev < 1e-4, "first-minibatch |ratio - 1| = {dev}");
-    for k in ["score", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "explained_variance", "answer_len", "eos_frac", "beta"] {
+    for k in [
+        "score",
+        "kl",
+        "entropy",
+        "clip_frac",
+        "approx_kl",
+        "value_loss",
+        "explained_variance",
+        "answer_len",
+        "eos_frac",
+        "beta",
+    ] {
         assert!(m[0].get(k).is_some(), "metric {k} missing");
     }
     assert!(out.join("ppo_scores.svg").is_file());
@@ -300,21 +319,34 @@ fn bad_inputs_give_clear_errors() {
     };
     assert!(run("empty", &[], &rm, Hooks::default()).contains("no prompts"));
     let other = rlhf::model::Config { vocab_size: 20, ..cfg() };
-    let rm20 = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    let rm20 = rlhf::ppo::TrunkHead {
+        trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(),
+        head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
+    };
     let msg = run("vocab", &prompts(8), &rm20, Hooks::default());
     assert!(msg.contains("vocabulary (20)") && msg.contains("(16)"), "{msg}");
     let decode = |t: &[u32]| format!("{t:?}");
-    let mut failing = |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge command exited with status 3") };
-    let msg = run("judge", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(&mut failing), ..Default::default() });
+    let mut failing =
+        |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge command exited with status 3") };
+    let msg =
+        run("judge", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(&mut failing), ..Default::default() });
     assert!(msg.contains("gold judge failed") && msg.contains("status 3") && msg.contains("iteration 1"), "{msg}");
     let mut garbage = |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0; p.len() - 1]) };
-    let msg = run("garbage", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(&mut garbage), ..Default::default() });
+    let msg = run(
+        "garbage",
+        &prompts(8),
+        &rm,
+        Hooks { decode: Some(&decode), gold: Some(&mut garbage), ..Default::default() },
+    );
     assert!(msg.contains("gold judge returned 7 scores") && msg.contains("for 8 answers"), "{msg}");
     // A reward model that yields NaN: stop, naming the iteration; no checkpoint is written over.
     let mut bad = rlhf::ppo::rollout::clone_trunk_head(&be, &rm).unwrap();
     bad.head.b = vec![f32::NAN];
     let msg = run("nan", &prompts(8), &bad, Hooks::default());
-    assert!(msg.contains("iteration 1") && msg.contains("NaN") && msg.contains("no checkpoint had been written"), "{msg}");
+    assert!(
+        msg.contains("iteration 1") && msg.contains("NaN") && msg.contains("no checkpoint had been written"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -372,13 +404,20 @@ fn interactive_labelling_with_scripted_input_resumes_and_never_loses_labels() {
     // p1: bad input twice, then ranks; p2: skipped; p3: an order; then quit before p4.
     let mut input = std::io::Cursor::new("1 2\nhello\n1 0 2\ns\nCAB\nq\n");
     let mut ui = Vec::new();
-    let st = label::label(&prompts, 3, &out, &mut gen, None, &mut input, &mut ui, ).unwrap();
+    let st = label::label(&prompts, 3, &out, &mut gen, None, &mut input, &mut ui).unwrap();
     assert_eq!((st.labelled, st.skipped_by_user, st.quit), (2, 1, true));
     let ui = String::from_utf8(ui).unwrap();
     assert_eq!(ui.matches("not a ranking").count(), 2, "{ui}");
     assert!(ui.contains("p1-answer-2") && ui.contains("--- C ---"));
     let recs = label::read_records(&out).unwrap();
-    assert_eq!(recs[0], RankedRecord { prompt: "p1".into(), completions: vec!["p1-answer-0".into(), "p1-answer-1".into(), "p1-answer-2".into()], ranking: vec![1, 0, 2] });
+    assert_eq!(
+        recs[0],
+        RankedRecord {
+            prompt: "p1".into(),
+            completions: vec!["p1-answer-0".into(), "p1-answer-1".into(), "p1-answer-2".into()],
+            ranking: vec![1, 0, 2]
+        }
+    );
     assert_eq!((recs[1].prompt.as_str(), recs[1].ranking.clone()), ("p3", vec![1, 2, 0]));
     // A torn last line (killed mid-write) is dropped; the complete labels stay.
     let mut f = std::fs::OpenOptions::new().append(true).open(&out).unwrap();
@@ -401,17 +440,23 @@ fn judge_labelling_runs_unattended_and_reports_a_failing_judge() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("labels.jsonl");
     let prompts: Vec<String> = vec!["a".into(), "b".into()];
-    let mut gen = |p: &str| -> anyhow::Result<Vec<String>> { Ok(vec![format!("{p}!"), format!("{p}!!!"), format!("{p}")]) };
-    let mut judge = |_: &str, answers: &[String]| -> anyhow::Result<Vec<f64>> { Ok(answers.iter().map(|a| a.len() as f64).collect()) };
-    let st = label::label(&prompts, 3, &out, &mut gen, Some(&mut judge), &mut std::io::empty(), &mut std::io::sink()).unwrap();
+    let mut gen =
+        |p: &str| -> anyhow::Result<Vec<String>> { Ok(vec![format!("{p}!"), format!("{p}!!!"), format!("{p}")]) };
+    let mut judge = |_: &str, answers: &[String]| -> anyhow::Result<Vec<f64>> {
+        Ok(answers.iter().map(|a| a.len() as f64).collect())
+    };
+    let st = label::label(&prompts, 3, &out, &mut gen, Some(&mut judge), &mut std::io::empty(), &mut std::io::sink())
+        .unwrap();
     assert_eq!(st.labelled, 2);
     assert_eq!(label::read_records(&out).unwrap()[0].ranking, vec![1, 0, 2]);
     let out2 = dir.path().join("l2.jsonl");
     let mut garbage = |_: &str, _: &[String]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0]) };
-    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut garbage), &mut std::io::empty(), &mut std::io::sink()).unwrap_err();
+    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut garbage), &mut std::io::empty(), &mut std::io::sink())
+        .unwrap_err();
     assert!(format!("{e:#}").contains("returned 1 scores for 3 answers"), "{e:#}");
     let mut failing = |_: &str, _: &[String]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge crashed") };
-    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut failing), &mut std::io::empty(), &mut std::io::sink()).unwrap_err();
+    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut failing), &mut std::io::empty(), &mut std::io::sink())
+        .unwrap_err();
     assert!(format!("{e:#}").contains("judge failed") && format!("{e:#}").contains("judge crashed"), "{e:#}");
 }
 
@@ -426,8 +471,22 @@ fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
     let (sft, rm) = models(&be);
     let c = ppo_cfg(Path::new("/x"), 1);
     let decode = |t: &[u32]| format!("{t:?}");
-    let mut gold = |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(p.iter().map(|(_, a)| a.len() as f64).collect()) };
-    let r = eval::evaluate(&be, &sft, &sft, &rm, &prompts(6), &eval::sample_config(&c), PAD, -1.0, 3, &decode, Some(&mut gold)).unwrap();
+    let mut gold =
+        |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(p.iter().map(|(_, a)| a.len() as f64).collect()) };
+    let r = eval::evaluate(
+        &be,
+        &sft,
+        &sft,
+        &rm,
+        &prompts(6),
+        &eval::sample_config(&c),
+        PAD,
+        -1.0,
+        3,
+        &decode,
+        Some(&mut gold),
+    )
+    .unwrap();
     // The SFT model against itself: no KL (the same weights score the same tokens).
     assert!(r.kl_to_sft.abs() < 1e-9, "{r:?}");
     assert!(r.win_rate_gold.is_some() && (0.0..=1.0).contains(&r.win_rate_rm));
@@ -466,14 +525,16 @@ fn ppo_ptx_mixes_the_pretraining_loss_into_the_policy_gradient() {
     let ptx = |i: u64| -> anyhow::Result<(Vec<u32>, Vec<u32>, usize, usize)> {
         let mut r = rlhf::rng::Rng::stream(5, i);
         let seq: Vec<u32> = (0..4 * 9).map(|_| 2 + r.below(14) as u32).collect();
-        let (inp, tgt): (Vec<u32>, Vec<u32>) = seq.chunks(9).flat_map(|c| c[..8].iter().copied().zip(c[1..].iter().copied())).unzip();
+        let (inp, tgt): (Vec<u32>, Vec<u32>) =
+            seq.chunks(9).flat_map(|c| c[..8].iter().copied().zip(c[1..].iter().copied())).unzip();
         Ok((inp, tgt, 4, 8))
     };
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let mut c = ppo_cfg(&a, 2);
     c.ptx_coef = 1.0;
     c.ent_coef = 0.01;
-    rlhf::ppo::train(&be, c.clone(), &prompts(8), &sft, &rm, Hooks { ptx: Some(&ptx), ..Default::default() }, false).unwrap();
+    rlhf::ppo::train(&be, c.clone(), &prompts(8), &sft, &rm, Hooks { ptx: Some(&ptx), ..Default::default() }, false)
+        .unwrap();
     rlhf::ppo::train(&be, ppo_cfg(&b, 2), &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
     let (ma, mb) = (metrics(&a), metrics(&b));
     assert_eq!(ma[0]["score"], mb[0]["score"], "the first rollout precedes any update");
@@ -509,24 +570,65 @@ fn ppo_eval_and_label_commands_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = |p: &str| dir.path().join(p).display().to_string();
     std::fs::write(d("corpus.txt"), "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.\n".repeat(20)).unwrap();
-    let tok = rlhf::tokenizer::Tokenizer::train(&[dir.path().join("corpus.txt")], 300, &rlhf::tokenizer::SPECIAL_TOKENS).unwrap();
+    let tok =
+        rlhf::tokenizer::Tokenizer::train(&[dir.path().join("corpus.txt")], 300, &rlhf::tokenizer::SPECIAL_TOKENS)
+            .unwrap();
     tok.save(d("tok.json")).unwrap();
     let be = Be::new();
     let mcfg = rlhf::model::Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 64 };
     let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
     checkpoint::save(&dir.path().join("sft"), &Checkpoint::from_model(&be, &sft, ModelKind::Policy)).unwrap();
-    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    let rm = rlhf::ppo::TrunkHead {
+        trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(),
+        head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
+    };
     checkpoint::save(&dir.path().join("rm"), &rm.to_checkpoint(&be).unwrap()).unwrap();
     let other = rlhf::model::Config { vocab_size: mcfg.vocab_size + 10, ..mcfg };
-    let rm_other = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap() };
+    let rm_other = rlhf::ppo::TrunkHead {
+        trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(),
+        head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
+    };
     checkpoint::save(&dir.path().join("rm_other"), &rm_other.to_checkpoint(&be).unwrap()).unwrap();
-    std::fs::write(d("prompts.jsonl"), ["a truth", "a single man", "good fortune", "a wife", "universally", "in want"].iter().map(|p| format!("{{\"prompt\": \"{p}\"}}\n")).collect::<String>()).unwrap();
+    std::fs::write(
+        d("prompts.jsonl"),
+        ["a truth", "a single man", "good fortune", "a wife", "universally", "in want"]
+            .iter()
+            .map(|p| format!("{{\"prompt\": \"{p}\"}}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
     let judge = "while read -r l; do echo ${#l}; done";
     let ppo = |reward: &str, out: &str| {
         let a = P::parse_from([
-            "ppo", "--policy", &d("sft"), "--reward", &d(reward), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "--out", &d(out),
-            "--iterations", "2", "--batch", "4", "--minibatch", "2", "--ppo-epochs", "1", "--max-new-tokens", "5", "--judge", judge, "--gold-every", "1",
-            "--no-eos-penalty", "-1.5", "--device", "cpu",
+            "ppo",
+            "--policy",
+            &d("sft"),
+            "--reward",
+            &d(reward),
+            "--prompts",
+            &d("prompts.jsonl"),
+            "--tokenizer",
+            &d("tok.json"),
+            "--out",
+            &d(out),
+            "--iterations",
+            "2",
+            "--batch",
+            "4",
+            "--minibatch",
+            "2",
+            "--ppo-epochs",
+            "1",
+            "--max-new-tokens",
+            "5",
+            "--judge",
+            judge,
+            "--gold-every",
+            "1",
+            "--no-eos-penalty",
+            "-1.5",
+            "--device",
+            "cpu",
         ])
         .a;
         run_ppo(a)
@@ -537,10 +639,50 @@ fn ppo_eval_and_label_commands_end_to_end() {
     assert!(m.iter().all(|r| r["gold_score"].as_f64().is_some()), "{m:?}");
     let e = ppo("rm_other", "run2").unwrap_err();
     assert!(format!("{e:#}").contains("vocabulary"), "{e:#}");
-    let a = E::parse_from(["eval", "--policy", &d("run"), "--sft", &d("sft"), "--reward", &d("rm"), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "--judge", judge, "--ppo-run", &d("run"), "--max-new-tokens", "5", "--device", "cpu"]).a;
+    let a = E::parse_from([
+        "eval",
+        "--policy",
+        &d("run"),
+        "--sft",
+        &d("sft"),
+        "--reward",
+        &d("rm"),
+        "--prompts",
+        &d("prompts.jsonl"),
+        "--tokenizer",
+        &d("tok.json"),
+        "--judge",
+        judge,
+        "--ppo-run",
+        &d("run"),
+        "--max-new-tokens",
+        "5",
+        "--device",
+        "cpu",
+    ])
+    .a;
     run_eval(a).unwrap();
     assert!(dir.path().join("run/overoptimisation.svg").is_file());
-    let a = L::parse_from(["label", "--policy", &d("run"), "--prompts", &d("prompts.jsonl"), "--tokenizer", &d("tok.json"), "-k", "3", "--out", &d("labels.jsonl"), "--judge", judge, "--max-new-tokens", "5", "--device", "cpu"]).a;
+    let a = L::parse_from([
+        "label",
+        "--policy",
+        &d("run"),
+        "--prompts",
+        &d("prompts.jsonl"),
+        "--tokenizer",
+        &d("tok.json"),
+        "-k",
+        "3",
+        "--out",
+        &d("labels.jsonl"),
+        "--judge",
+        judge,
+        "--max-new-tokens",
+        "5",
+        "--device",
+        "cpu",
+    ])
+    .a;
     run_label(a).unwrap();
     let recs = label::read_records(&dir.path().join("labels.jsonl")).unwrap();
     assert_eq!(recs.len(), 6);
@@ -555,9 +697,13 @@ fn tiny_preset_iteration_time() {
     let be = Be::new();
     let mcfg = rlhf::model::Config::preset("tiny", 4096).unwrap();
     let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
-    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, mcfg.n_embd, 3).unwrap() };
+    let rm = rlhf::ppo::TrunkHead {
+        trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(),
+        head: rlhf::model::ScalarHead::init(&be, mcfg.n_embd, 3).unwrap(),
+    };
     let mut rng = rlhf::rng::Rng::new(9);
-    let prompts: Vec<Vec<u32>> = (0..64).map(|_| (0..8 + rng.below(16)).map(|_| 5 + rng.below(4000) as u32).collect()).collect();
+    let prompts: Vec<Vec<u32>> =
+        (0..64).map(|_| (0..8 + rng.below(16)).map(|_| 5 + rng.below(4000) as u32).collect()).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut c = rlhf::ppo::PpoConfig::new(dir.path().join("run"), 4, 1);
     c.iterations = 3;
@@ -572,9 +718,13 @@ fn a_reward_model_of_another_shape_works() {
     let be = Be::new();
     let (sft, _) = models(&be);
     let big = rlhf::model::Config { n_layer: 2, n_head: 3, n_embd: 24, ..cfg() };
-    let rm = rlhf::ppo::TrunkHead { trunk: rlhf::model::Gpt2::init(&be, big, 2).unwrap(), head: rlhf::model::ScalarHead::init(&be, 24, 3).unwrap() };
+    let rm = rlhf::ppo::TrunkHead {
+        trunk: rlhf::model::Gpt2::init(&be, big, 2).unwrap(),
+        head: rlhf::model::ScalarHead::init(&be, 24, 3).unwrap(),
+    };
     let dir = tempfile::tempdir().unwrap();
-    let s = rlhf::ppo::train(&be, ppo_cfg(&dir.path().join("run"), 2), &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    let s = rlhf::ppo::train(&be, ppo_cfg(&dir.path().join("run"), 2), &prompts(8), &sft, &rm, Hooks::default(), false)
+        .unwrap();
     assert_eq!(s.iterations, 2);
     let ck = rlhf::checkpoint::load(&dir.path().join("run/step-000002/value")).unwrap();
     assert_eq!(ck.config, big, "the value model is the reward model's shape");

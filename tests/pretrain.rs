@@ -16,7 +16,16 @@ fn prepared(dir: &Path) -> PathBuf {
     let tok_path = dir.join("tokenizer.json");
     tok.save(&tok_path).unwrap();
     let out = dir.join("tokens");
-    prepare::run(PrepareArgs { tokenizer: tok_path, input: vec![corpus], out: out.clone(), val_fraction: 0.1, seed: 1, documents: DocSplit::Paragraphs, shard_tokens: 1 << 20 }).unwrap();
+    prepare::run(PrepareArgs {
+        tokenizer: tok_path,
+        input: vec![corpus],
+        out: out.clone(),
+        val_fraction: 0.1,
+        seed: 1,
+        documents: DocSplit::Paragraphs,
+        shard_tokens: 1 << 20,
+    })
+    .unwrap();
     out
 }
 
@@ -59,7 +68,12 @@ fn same_seed_same_losses_and_resume_is_bit_identical() {
     assert_eq!(losses(&a), losses(&b), "two runs with one seed differ");
     assert_eq!(losses(&a).len(), 12);
     let vocab = rlhf::data::Meta::load(&data).unwrap().vocab_size as f64;
-    assert!(sa.fit.val_loss < vocab.ln() && sa.fit.train_loss.is_finite(), "12 steps learnt nothing: val loss {} vs uniform {}", sa.fit.val_loss, vocab.ln());
+    assert!(
+        sa.fit.val_loss < vocab.ln() && sa.fit.train_loss.is_finite(),
+        "12 steps learnt nothing: val loss {} vs uniform {}",
+        sa.fit.val_loss,
+        vocab.ln()
+    );
     // Stop after step 7 (checkpoints at 5 and 7), then resume to 12.
     let mut first = config(&data, &c, 12);
     first.run.stop_after = Some(7);

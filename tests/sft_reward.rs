@@ -14,7 +14,14 @@ fn model(be: &Be) -> Gpt2<Be> {
 }
 
 /// Loss and every gradient of the SFT objective on a batch of (prompt, answer) pairs in rows of `t`.
-fn loss_and_grads(be: &Be, m: &Gpt2<Be>, pairs: &[(Vec<u32>, Vec<u32>)], b: usize, t: usize, targets_override: Option<&dyn Fn(&mut Vec<u32>)>) -> (f64, Vec<Vec<f64>>) {
+fn loss_and_grads(
+    be: &Be,
+    m: &Gpt2<Be>,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    b: usize,
+    t: usize,
+    targets_override: Option<&dyn Fn(&mut Vec<u32>)>,
+) -> (f64, Vec<Vec<f64>>) {
     let refs: Vec<_> = pairs.iter().collect();
     let mut batch = pair_batch(&refs, b, t, PAD).unwrap();
     if let Some(f) = targets_override {
@@ -29,7 +36,11 @@ fn loss_and_grads(be: &Be, m: &Gpt2<Be>, pairs: &[(Vec<u32>, Vec<u32>)], b: usiz
 }
 
 fn max_rel_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
-    a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y)).map(|(x, y)| (x - y).abs() / (x.abs().max(y.abs()).max(1e-12))).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y))
+        .map(|(x, y)| (x - y).abs() / (x.abs().max(y.abs()).max(1e-12)))
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -56,7 +67,11 @@ fn prompt_tokens_carry_no_loss_and_padding_changes_nothing() {
 
 #[test]
 fn pairwise_loss_pairs_and_one_forward_per_answer() {
-    let rec = Ranked { prompt: "p".into(), completions: vec!["a".into(), "b".into(), "c".into(), "d".into()], ranking: vec![1, 0, 1, 2] };
+    let rec = Ranked {
+        prompt: "p".into(),
+        completions: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+        ranking: vec![1, 0, 1, 2],
+    };
     let pairs = rec.pairs();
     assert_eq!(pairs.len(), 6 - 1, "C(4,2) pairs minus the one tie");
     assert!(pairs.contains(&(1, 0)) && pairs.contains(&(0, 3)) && !pairs.contains(&(0, 2)) && !pairs.contains(&(2, 0)));
@@ -71,7 +86,8 @@ fn pairwise_loss_pairs_and_one_forward_per_answer() {
     let trunk = model(&be);
     let head = rlhf::model::ScalarHead::init(&be, 16, 3).unwrap();
     let rm = RewardModel { trunk, head };
-    let answers: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![2, 5, 3], vec![7, 4]), (vec![2, 5, 3], vec![8, 9, 10, 4]), (vec![2, 5, 3], vec![11, 4])];
+    let answers: Vec<(Vec<u32>, Vec<u32>)> =
+        vec![(vec![2, 5, 3], vec![7, 4]), (vec![2, 5, 3], vec![8, 9, 10, 4]), (vec![2, 5, 3], vec![11, 4])];
     let refs: Vec<_> = answers.iter().collect();
     let mut acts = Acts::new(&be, &rm.trunk.cfg, 3, 8).unwrap();
     let together = score_pairs(&be, &rm, &mut acts, &refs, PAD).unwrap();
@@ -93,15 +109,20 @@ fn bad_jsonl_names_file_and_line() {
     };
     assert!(sft_err("{\"prompt\": \"a\", \"completion\": \"b\"}\nnot json\n").contains("d.jsonl:2: not JSON"));
     assert!(sft_err("{\"prompt\": \"a\"}\n").contains("d.jsonl:1: missing field \"completion\""));
-    assert!(sft_err("{\"prompt\": \"a\", \"completion\": \"  \"}\n").contains("d.jsonl:1: field \"completion\" is empty"));
+    assert!(
+        sft_err("{\"prompt\": \"a\", \"completion\": \"  \"}\n").contains("d.jsonl:1: field \"completion\" is empty")
+    );
     assert!(sft_err("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n").contains("no assistant turn"));
     let rank_err = |text: &str| {
         std::fs::write(&f, text).unwrap();
         format!("{:#}", read_ranked(&f, false).err().expect("accepted bad data"))
     };
-    assert!(rank_err("{\"prompt\": \"p\", \"completions\": [\"a\", \"b\"], \"ranking\": [0]}\n").contains("d.jsonl:1: the ranking has 1 entries for 2 completions"));
+    assert!(rank_err("{\"prompt\": \"p\", \"completions\": [\"a\", \"b\"], \"ranking\": [0]}\n")
+        .contains("d.jsonl:1: the ranking has 1 entries for 2 completions"));
     assert!(rank_err("{\"prompt\": \"p\", \"completions\": [\"a\", \"b\"], \"ranking\": [0, 5]}\n").contains("outside"));
-    assert!(rank_err("{\"prompt\": \"p\", \"completions\": [\"a\", \"b\"], \"ranking\": [0, -1]}\n").contains("not a rank"));
+    assert!(
+        rank_err("{\"prompt\": \"p\", \"completions\": [\"a\", \"b\"], \"ranking\": [0, -1]}\n").contains("not a rank")
+    );
     assert!(rank_err("{\"prompt\": \"p\", \"chosen\": \"a\"}\n").contains("missing field \"rejected\""));
     // --skip-bad counts instead.
     std::fs::write(&f, "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{bad\n").unwrap();
@@ -123,7 +144,11 @@ fn reward_and_policy_checkpoints_are_not_interchangeable() {
     let e = rlhf::model::persist::load_policy(&be, &rdir).err().expect("a reward model loaded as a policy");
     assert!(format!("{e:#}").contains("reward"), "{e:#}");
     let pdir = dir.path().join("policy");
-    rlhf::checkpoint::save(&pdir, &rlhf::checkpoint::Checkpoint::from_model(&be, &rm.trunk, rlhf::checkpoint::ModelKind::Policy)).unwrap();
+    rlhf::checkpoint::save(
+        &pdir,
+        &rlhf::checkpoint::Checkpoint::from_model(&be, &rm.trunk, rlhf::checkpoint::ModelKind::Policy),
+    )
+    .unwrap();
     let e = rlhf::reward::load(&be, &pdir).err().expect("a policy loaded as a reward model");
     assert!(format!("{e:#}").contains("policy"), "{e:#}");
     assert!(rlhf::reward::load(&be, &rdir).is_ok());
@@ -137,7 +162,10 @@ fn growing_the_vocabulary_keeps_existing_logits() {
     let grown = m.grow_vocab(&be, 27).unwrap();
     assert_eq!(grown.cfg.vocab_size, 27);
     let tokens = [2u32, 5, 7, 3];
-    let (a, b) = (m.logits_at(&be, &fwd(&be, &m, &tokens), &[3]).unwrap(), grown.logits_at(&be, &fwd(&be, &grown, &tokens), &[3]).unwrap());
+    let (a, b) = (
+        m.logits_at(&be, &fwd(&be, &m, &tokens), &[3]).unwrap(),
+        grown.logits_at(&be, &fwd(&be, &grown, &tokens), &[3]).unwrap(),
+    );
     assert_eq!(a[0][..], b[0][..23]);
     assert!(m.grow_vocab(&be, 10).is_err());
 }
@@ -164,23 +192,34 @@ fn rm_fixture() -> RmFixture {
     let dir = tempfile::tempdir().unwrap();
     let words = ["good", "bad", "kind", "cruel", "bright", "dull", "warm", "cold", "happy", "sad"];
     let corpus = dir.path().join("corpus.txt");
-    std::fs::write(&corpus, words.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>().repeat(4)).unwrap();
+    std::fs::write(
+        &corpus,
+        words.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>().repeat(4),
+    )
+    .unwrap();
     let tok = Tokenizer::train(&[corpus], 300, &SPECIAL_TOKENS).unwrap();
     let tokenizer = dir.path().join("tokenizer.json");
     tok.save(&tokenizer).unwrap();
     let be = Cpu::<f32>::new();
     let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 48 };
     let base = dir.path().join("base");
-    let ck = rlhf::checkpoint::Checkpoint::from_model(&be, &Gpt2::init(&be, cfg, 3).unwrap(), rlhf::checkpoint::ModelKind::Policy);
+    let ck = rlhf::checkpoint::Checkpoint::from_model(
+        &be,
+        &Gpt2::init(&be, cfg, 3).unwrap(),
+        rlhf::checkpoint::ModelKind::Policy,
+    );
     rlhf::checkpoint::save(&base, &ck).unwrap();
     // 10 prompts: 2 held out, 8 trained on (4 steps per epoch at 2 prompts per step).
     let mut ranked = String::new();
     for i in 0..10 {
         let (w, l) = (words[i % 10], words[(i + 3) % 10]);
         if i % 2 == 0 {
-            ranked += &format!("{{\"prompt\": \"q {i}\", \"chosen\": \"a {w} answer\", \"rejected\": \"a {l} answer\"}}\n");
+            ranked +=
+                &format!("{{\"prompt\": \"q {i}\", \"chosen\": \"a {w} answer\", \"rejected\": \"a {l} answer\"}}\n");
         } else {
-            ranked += &format!("{{\"prompt\": \"q {i}\", \"completions\": [\"{w}\", \"{l}\", \"a {w}\"], \"ranking\": [0, 2, 1]}}\n");
+            ranked += &format!(
+                "{{\"prompt\": \"q {i}\", \"completions\": [\"{w}\", \"{l}\", \"a {w}\"], \"ranking\": [0, 2, 1]}}\n"
+            );
         }
     }
     let data = dir.path().join("ranked.jsonl");
@@ -240,7 +279,10 @@ fn reward_run_paused_and_resumed_is_bit_identical() {
     assert!(resumed.complete && resumed.steps == 6);
     assert_eq!(resumed.final_train_loss.to_bits(), whole.final_train_loss.to_bits());
     assert_eq!(resumed.eval_accuracy_before.to_bits(), whole.eval_accuracy_before.to_bits());
-    assert_eq!((resumed.eval_accuracy.to_bits(), resumed.bias_shift.to_bits()), (whole.eval_accuracy.to_bits(), whole.bias_shift.to_bits()));
+    assert_eq!(
+        (resumed.eval_accuracy.to_bits(), resumed.bias_shift.to_bits()),
+        (whole.eval_accuracy.to_bits(), whole.bias_shift.to_bits())
+    );
     let (ck_a, st_a) = latest_state(&f.dir.path().join("whole"));
     let (ck_b, st_b) = latest_state(&cfg.out);
     assert_eq!(ck_a.tensors, ck_b.tensors, "trunk parameters differ");
@@ -248,7 +290,10 @@ fn reward_run_paused_and_resumed_is_bit_identical() {
     assert_eq!(ck_a.extra.len(), 2);
     assert_eq!((st_a.step, &st_a.m, &st_a.v), (st_b.step, &st_b.m, &st_b.v), "optimizer moments differ");
     assert_eq!(st_a.m.last().unwrap().name, "score.bias");
-    assert_eq!(std::fs::read_to_string(f.dir.path().join("whole/metrics.jsonl")).unwrap(), std::fs::read_to_string(&log).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(f.dir.path().join("whole/metrics.jsonl")).unwrap(),
+        std::fs::read_to_string(&log).unwrap()
+    );
     // A finished run has nothing to resume.
     let e = format!("{:#}", train_rm(&cfg, true).unwrap_err());
     assert!(e.contains("complete"), "{e}");
@@ -268,7 +313,10 @@ fn reward_resume_refuses_other_settings_data_and_a_taken_out() {
     assert!(e.contains("--seed: 7 in the run, 8 now"), "{e}");
     let other = f.dir.path().join("other.jsonl");
     std::fs::copy(&f.data, &other).unwrap();
-    let e = format!("{:#}", train_rm(&rlhf::reward::RewardConfig { data: other, lr: 2e-3, ..cfg.clone() }, true).unwrap_err());
+    let e = format!(
+        "{:#}",
+        train_rm(&rlhf::reward::RewardConfig { data: other, lr: 2e-3, ..cfg.clone() }, true).unwrap_err()
+    );
     assert!(e.contains("--data") && e.contains("--lr") && e.contains("other settings"), "{e}");
     // The same file with other contents.
     let text = std::fs::read_to_string(&f.data).unwrap();

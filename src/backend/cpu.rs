@@ -46,19 +46,68 @@ impl<F: Float> Backend for Cpu<F> {
         dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
     }
 
-    fn encoder_forward(&self, out: &mut Vec<F>, tokens: &Vec<u32>, wte: &Vec<F>, wpe: &Vec<F>, pos0: &[u32], t: usize, c: usize) {
+    fn encoder_forward(
+        &self,
+        out: &mut Vec<F>,
+        tokens: &Vec<u32>,
+        wte: &Vec<F>,
+        wpe: &Vec<F>,
+        pos0: &[u32],
+        t: usize,
+        c: usize,
+    ) {
         ops::embedding::forward(out, tokens, wte, wpe, pos0, t, c)
     }
-    fn encoder_backward(&self, dwte: &mut Vec<F>, dwpe: &mut Vec<F>, dout: &Vec<F>, tokens: &Vec<u32>, pos0: &[u32], t: usize, c: usize) {
+    fn encoder_backward(
+        &self,
+        dwte: &mut Vec<F>,
+        dwpe: &mut Vec<F>,
+        dout: &Vec<F>,
+        tokens: &Vec<u32>,
+        pos0: &[u32],
+        t: usize,
+        c: usize,
+    ) {
         ops::embedding::backward(dwte, dwpe, dout, tokens, pos0, t, c)
     }
-    fn layernorm_forward(&self, out: &mut Vec<F>, mean: &mut Vec<F>, rstd: &mut Vec<F>, inp: &Vec<F>, w: &Vec<F>, b: &Vec<F>, c: usize) {
+    fn layernorm_forward(
+        &self,
+        out: &mut Vec<F>,
+        mean: &mut Vec<F>,
+        rstd: &mut Vec<F>,
+        inp: &Vec<F>,
+        w: &Vec<F>,
+        b: &Vec<F>,
+        c: usize,
+    ) {
         ops::layernorm::forward(out, mean, rstd, inp, w, b, c)
     }
-    fn layernorm_backward(&self, dinp: &mut Vec<F>, dw: &mut Vec<F>, db: &mut Vec<F>, dout: &Vec<F>, inp: &Vec<F>, w: &Vec<F>, mean: &Vec<F>, rstd: &Vec<F>, c: usize) {
+    fn layernorm_backward(
+        &self,
+        dinp: &mut Vec<F>,
+        dw: &mut Vec<F>,
+        db: &mut Vec<F>,
+        dout: &Vec<F>,
+        inp: &Vec<F>,
+        w: &Vec<F>,
+        mean: &Vec<F>,
+        rstd: &Vec<F>,
+        c: usize,
+    ) {
         ops::layernorm::backward(dinp, dw, db, dout, inp, w, mean, rstd, c)
     }
-    fn matmul(&self, out: &mut Vec<F>, a: &Vec<F>, b: &Vec<F>, m: usize, n: usize, k: usize, ta: bool, tb: bool, accumulate: bool) {
+    fn matmul(
+        &self,
+        out: &mut Vec<F>,
+        a: &Vec<F>,
+        b: &Vec<F>,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+    ) {
         ops::matmul::matmul(out, a, b, m, n, k, ta, tb, accumulate)
     }
     fn bias_add(&self, out: &mut Vec<F>, bias: &Vec<F>) {
@@ -82,13 +131,46 @@ impl<F: Float> Backend for Cpu<F> {
     fn scale(&self, buf: &mut Vec<F>, s: f64) {
         ops::residual::scale(buf, F::of(s))
     }
-    fn attention_forward(&self, out: &mut Vec<F>, lse: &mut Vec<F>, q_src: &Vec<F>, kv: &Vec<F>, pos0: &[u32], b: usize, tq: usize, tk: usize, c: usize, nh: usize) {
+    fn attention_forward(
+        &self,
+        out: &mut Vec<F>,
+        lse: &mut Vec<F>,
+        q_src: &Vec<F>,
+        kv: &Vec<F>,
+        pos0: &[u32],
+        b: usize,
+        tq: usize,
+        tk: usize,
+        c: usize,
+        nh: usize,
+    ) {
         ops::attention::forward(out, lse, q_src, kv, pos0, b, tq, tk, c, nh)
     }
-    fn attention_backward(&self, dqkv: &mut Vec<F>, dout: &Vec<F>, qkv: &Vec<F>, out: &Vec<F>, lse: &Vec<F>, b: usize, t: usize, c: usize, nh: usize) {
+    fn attention_backward(
+        &self,
+        dqkv: &mut Vec<F>,
+        dout: &Vec<F>,
+        qkv: &Vec<F>,
+        out: &Vec<F>,
+        lse: &Vec<F>,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) {
         ops::attention::backward(dqkv, dout, qkv, out, lse, b, t, c, nh)
     }
-    fn crossentropy(&self, losses: &mut Vec<F>, logits: &mut Vec<F>, targets: &Vec<u32>, weights: &Vec<F>, v: usize, vp: usize, inv_temp: f64, want_grad: bool) {
+    fn crossentropy(
+        &self,
+        losses: &mut Vec<F>,
+        logits: &mut Vec<F>,
+        targets: &Vec<u32>,
+        weights: &Vec<F>,
+        v: usize,
+        vp: usize,
+        inv_temp: f64,
+        want_grad: bool,
+    ) {
         ops::crossentropy::forward_backward(losses, logits, targets, weights, v, vp, F::of(inv_temp), want_grad)
     }
     fn adamw(&self, param: &mut Vec<F>, grad: &Vec<F>, m: &mut Vec<F>, v: &mut Vec<F>, h: &AdamWParams) {

@@ -46,15 +46,64 @@ pub trait Backend: Sync {
 
     // ---- ops (see crate::ops::<name> for math and shapes) ----
     #[allow(clippy::too_many_arguments)]
-    fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Ids, wte: &Self::Buf, wpe: &Self::Buf, pos0: &[u32], t: usize, c: usize);
+    fn encoder_forward(
+        &self,
+        out: &mut Self::Buf,
+        tokens: &Self::Ids,
+        wte: &Self::Buf,
+        wpe: &Self::Buf,
+        pos0: &[u32],
+        t: usize,
+        c: usize,
+    );
     #[allow(clippy::too_many_arguments)]
-    fn encoder_backward(&self, dwte: &mut Self::Buf, dwpe: &mut Self::Buf, dout: &Self::Buf, tokens: &Self::Ids, pos0: &[u32], t: usize, c: usize);
+    fn encoder_backward(
+        &self,
+        dwte: &mut Self::Buf,
+        dwpe: &mut Self::Buf,
+        dout: &Self::Buf,
+        tokens: &Self::Ids,
+        pos0: &[u32],
+        t: usize,
+        c: usize,
+    );
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, b: &Self::Buf, c: usize);
+    fn layernorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        c: usize,
+    );
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_backward(&self, dinp: &mut Self::Buf, dw: &mut Self::Buf, db: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, c: usize);
+    fn layernorm_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        c: usize,
+    );
     #[allow(clippy::too_many_arguments)]
-    fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, m: usize, n: usize, k: usize, ta: bool, tb: bool, accumulate: bool);
+    fn matmul(
+        &self,
+        out: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+    );
     fn bias_add(&self, out: &mut Self::Buf, bias: &Self::Buf);
     fn bias_backward(&self, dbias: &mut Self::Buf, dout: &Self::Buf);
     fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf);
@@ -63,15 +112,55 @@ pub trait Backend: Sync {
     fn accumulate(&self, dst: &mut Self::Buf, src: &Self::Buf);
     fn scale(&self, buf: &mut Self::Buf, s: f64);
     #[allow(clippy::too_many_arguments)]
-    fn attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q_src: &Self::Buf, kv: &Self::Buf, pos0: &[u32], b: usize, tq: usize, tk: usize, c: usize, nh: usize);
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q_src: &Self::Buf,
+        kv: &Self::Buf,
+        pos0: &[u32],
+        b: usize,
+        tq: usize,
+        tk: usize,
+        c: usize,
+        nh: usize,
+    );
     #[allow(clippy::too_many_arguments)]
-    fn attention_backward(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, b: usize, t: usize, c: usize, nh: usize);
+    fn attention_backward(
+        &self,
+        dqkv: &mut Self::Buf,
+        dout: &Self::Buf,
+        qkv: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    );
     #[allow(clippy::too_many_arguments)]
-    fn crossentropy(&self, losses: &mut Self::Buf, logits: &mut Self::Buf, targets: &Self::Ids, weights: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool);
+    fn crossentropy(
+        &self,
+        losses: &mut Self::Buf,
+        logits: &mut Self::Buf,
+        targets: &Self::Ids,
+        weights: &Self::Buf,
+        v: usize,
+        vp: usize,
+        inv_temp: f64,
+        want_grad: bool,
+    );
     fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamWParams);
     /// One AdamW step over a whole parameter list, `hs[i]` for tensor i: the default steps each tensor; a
     /// device backend does them all in one launch.
-    fn adamw_all(&self, params: &mut [Self::Buf], grads: &[Self::Buf], m: &mut [Self::Buf], v: &mut [Self::Buf], hs: &[AdamWParams]) {
+    fn adamw_all(
+        &self,
+        params: &mut [Self::Buf],
+        grads: &[Self::Buf],
+        m: &mut [Self::Buf],
+        v: &mut [Self::Buf],
+        hs: &[AdamWParams],
+    ) {
         for (i, h) in hs.iter().enumerate() {
             self.adamw(&mut params[i], &grads[i], &mut m[i], &mut v[i], h);
         }
@@ -89,10 +178,32 @@ pub trait Backend: Sync {
     /// (see crate::ops::entropy). The default runs the host reference through download/upload (the CPU
     /// engine's own path); the kernel backend has a kernel for it.
     #[allow(clippy::too_many_arguments)]
-    fn entropy(&self, ent: &mut Self::Buf, dlogits: &mut Self::Buf, logits: &Self::Buf, coef: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool) -> Result<()> {
+    fn entropy(
+        &self,
+        ent: &mut Self::Buf,
+        dlogits: &mut Self::Buf,
+        logits: &Self::Buf,
+        coef: &Self::Buf,
+        v: usize,
+        vp: usize,
+        inv_temp: f64,
+        want_grad: bool,
+    ) -> Result<()> {
         let (l, c) = (self.download(logits), self.download(coef));
-        let (mut e, mut d) = (vec![<Self::F as num_traits::Zero>::zero(); c.len()], vec![<Self::F as num_traits::Zero>::zero(); l.len()]);
-        crate::ops::entropy::forward_backward(&mut e, &mut d, &l, &c, v, vp, <Self::F as Float>::of(inv_temp), want_grad);
+        let (mut e, mut d) = (
+            vec![<Self::F as num_traits::Zero>::zero(); c.len()],
+            vec![<Self::F as num_traits::Zero>::zero(); l.len()],
+        );
+        crate::ops::entropy::forward_backward(
+            &mut e,
+            &mut d,
+            &l,
+            &c,
+            v,
+            vp,
+            <Self::F as Float>::of(inv_temp),
+            want_grad,
+        );
         *ent = self.upload(&e)?;
         if want_grad {
             *dlogits = self.upload(&d)?;
@@ -103,13 +214,33 @@ pub trait Backend: Sync {
     /// residual = a + b, then out = layernorm(residual) * w + bias with mean, rstd of the residual: the
     /// default composes `add` and `layernorm_forward`; a device backend fuses them into one pass.
     #[allow(clippy::too_many_arguments)]
-    fn residual_layernorm_forward(&self, residual: &mut Self::Buf, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, w: &Self::Buf, bias: &Self::Buf, c: usize) {
+    fn residual_layernorm_forward(
+        &self,
+        residual: &mut Self::Buf,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        w: &Self::Buf,
+        bias: &Self::Buf,
+        c: usize,
+    ) {
         self.add(residual, a, b);
         self.layernorm_forward(out, mean, rstd, residual, w, bias, c);
     }
 
     /// out[N,OC] = inp[N,C] @ w[C,OC] + bias  (see crate::ops::linear)
-    fn linear_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, n: usize, c: usize, oc: usize) {
+    fn linear_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
         self.matmul(out, inp, w, n, oc, c, false, false, false);
         if let Some(bias) = bias {
             self.bias_add(out, bias);
@@ -118,7 +249,18 @@ pub trait Backend: Sync {
 
     /// dinp = dout @ w^T (overwrites; skipped when None); dw += inp^T @ dout; dbias += colsum(dout)
     #[allow(clippy::too_many_arguments)]
-    fn linear_backward(&self, dinp: Option<&mut Self::Buf>, dw: &mut Self::Buf, dbias: Option<&mut Self::Buf>, dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, n: usize, c: usize, oc: usize) {
+    fn linear_backward(
+        &self,
+        dinp: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        dbias: Option<&mut Self::Buf>,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
         if let Some(dinp) = dinp {
             self.matmul(dinp, dout, w, n, c, oc, false, true, false);
         }

@@ -86,7 +86,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let elem = match version {
         VERSION_F32 => 4,
         VERSION_BF16 => 2,
-        v => bail!("{p}: unsupported llm.c model version {v} (expected {VERSION_F32} for f32 or {VERSION_BF16} for bf16)"),
+        v => bail!(
+            "{p}: unsupported llm.c model version {v} (expected {VERSION_F32} for f32 or {VERSION_BF16} for bf16)"
+        ),
     };
     let dims = [h(2), h(3), h(4), h(5), h(6), h(7)];
     if dims.iter().any(|&d| d <= 0) {

@@ -206,7 +206,11 @@ impl Checkpoint {
                 other => bail!("unexpected extra tensor '{other}' (known: {SCORE_WEIGHT}, {SCORE_BIAS})"),
             };
             if !self.kind.has_head() {
-                bail!("tensor '{}' belongs to a reward or value model but the checkpoint is a {}", t.name, self.kind.as_str());
+                bail!(
+                    "tensor '{}' belongs to a reward or value model but the checkpoint is a {}",
+                    t.name,
+                    self.kind.as_str()
+                );
             }
             if t.shape != want {
                 bail!("tensor '{}' has shape {:?} but the config needs {want:?}", t.name, t.shape);
@@ -316,12 +320,8 @@ pub fn save_with_config(dir: &Path, ck: &Checkpoint, config: Value) -> Result<()
     ck.validate().context("refusing to save an inconsistent checkpoint")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let names: Vec<String> = ck.tensors.iter().map(|t| format!("{HF_PREFIX}{}", t.name)).collect();
-    let mut refs: Vec<TensorRef> = ck
-        .tensors
-        .iter()
-        .zip(&names)
-        .map(|(t, n)| TensorRef { name: n, shape: &t.shape, data: &t.data })
-        .collect();
+    let mut refs: Vec<TensorRef> =
+        ck.tensors.iter().zip(&names).map(|(t, n)| TensorRef { name: n, shape: &t.shape, data: &t.data }).collect();
     let (hw, hb) = ck.kind.head_file_names();
     refs.extend(ck.extra.iter().map(|t| TensorRef {
         name: match t.name.as_str() {
@@ -429,7 +429,9 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig> {
     if let Some(x) = o.get("activation_function") {
         match x.as_str() {
             Some("gelu_new") | Some("gelu_pytorch_tanh") | Some("gelu_fast") => {}
-            _ => bail!("{f}: activation_function is {x}, but the engine implements GPT-2's \"gelu_new\" (tanh approximation)"),
+            _ => bail!(
+                "{f}: activation_function is {x}, but the engine implements GPT-2's \"gelu_new\" (tanh approximation)"
+            ),
         }
     }
     if let Some(x) = o.get("n_inner") {
@@ -577,7 +579,12 @@ impl TrainState {
                     bail!("train state moment '{label}.{}' found where '{label}.{}' belongs", t.name, p.name);
                 }
                 if t.shape != p.shape {
-                    bail!("train state moment '{label}.{}' has shape {:?}, the parameter {:?}", t.name, t.shape, p.shape);
+                    bail!(
+                        "train state moment '{label}.{}' has shape {:?}, the parameter {:?}",
+                        t.name,
+                        t.shape,
+                        p.shape
+                    );
                 }
             }
         }
@@ -630,7 +637,8 @@ pub fn is_resumable(dir: &Path) -> bool {
 pub fn load_train_state(dir: &Path) -> Result<TrainState> {
     let jp = dir.join(TRAIN_STATE_JSON);
     let text = std::fs::read_to_string(&jp).with_context(|| format!("cannot read {}", jp.display()))?;
-    let j: TrainStateJson = serde_json::from_str(&text).with_context(|| format!("{}: malformed training state", jp.display()))?;
+    let j: TrainStateJson =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed training state", jp.display()))?;
     let sp: PathBuf = dir.join(&j.moments_file);
     let st = SafeTensors::open(&sp)?;
     let f = sp.display();

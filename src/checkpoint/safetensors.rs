@@ -128,7 +128,8 @@ pub fn parse_header(header: &[u8], data_len: usize, file: &Path) -> Result<(Vec<
             .get("dtype")
             .and_then(|d| d.as_str())
             .ok_or_else(|| anyhow!("{f}: tensor '{name}' has no \"dtype\" string"))?;
-        let dtype = Dtype::parse(dtype_s).ok_or_else(|| anyhow!("{f}: tensor '{name}' has unknown dtype '{dtype_s}'"))?;
+        let dtype =
+            Dtype::parse(dtype_s).ok_or_else(|| anyhow!("{f}: tensor '{name}' has unknown dtype '{dtype_s}'"))?;
         let shape = o
             .get("shape")
             .and_then(|s| s.as_array())
@@ -184,7 +185,12 @@ pub fn parse_header(header: &[u8], data_len: usize, file: &Path) -> Result<(Vec<
     let mut pos = 0usize;
     for e in &entries {
         if e.begin > pos {
-            bail!("{f}: the data buffer has a hole of {} bytes before tensor '{}' (bytes {pos}..{})", e.begin - pos, e.name, e.begin);
+            bail!(
+                "{f}: the data buffer has a hole of {} bytes before tensor '{}' (bytes {pos}..{})",
+                e.begin - pos,
+                e.name,
+                e.begin
+            );
         }
         pos = e.end;
     }
@@ -221,7 +227,9 @@ impl SafeTensors {
         } else {
             // SAFETY: the map is read-only; a file changed underneath us by another process is outside the
             // contract of a checkpoint (saves replace files by rename, which leaves this mapping intact).
-            Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?)
+            Bytes::Mapped(
+                unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?,
+            )
         };
         Self::from_bytes_inner(path, bytes)
     }
@@ -252,11 +260,9 @@ impl SafeTensors {
             // A buffer shorter than the header says is most likely a truncated file: say so with sizes.
             let data_len = b.len() - 8 - n;
             match serde_json::from_slice::<serde_json::Value>(&b[8..8 + n]).ok().and_then(|v| max_end(&v)) {
-                Some(end) if end > data_len => anyhow!(
-                    "{e}\n{f} is truncated: expected {} bytes, found {}",
-                    8 + n + end,
-                    b.len()
-                ),
+                Some(end) if end > data_len => {
+                    anyhow!("{e}\n{f} is truncated: expected {} bytes, found {}", 8 + n + end, b.len())
+                }
                 _ => e,
             }
         })?;
@@ -334,7 +340,11 @@ pub struct TensorRef<'a> {
 
 /// Serialises F32 tensors (in the given order) to a writer. The header is space-padded so the data buffer
 /// starts 8-byte aligned.
-pub fn write_f32<W: Write + ?Sized>(w: &mut W, tensors: &[TensorRef], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn write_f32<W: Write + ?Sized>(
+    w: &mut W,
+    tensors: &[TensorRef],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata)?);

@@ -53,15 +53,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = crate::with_backend!(dev, |be| crate::bench::train_step(be, &args.preset, cfg, args.batch, args.seq, args.warmup, args.steps))?;
+    let r = crate::with_backend!(dev, |be| crate::bench::train_step(
+        be,
+        &args.preset,
+        cfg,
+        args.batch,
+        args.seq,
+        args.warmup,
+        args.steps
+    ))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("training step (forward + backward + AdamW) on {}", r.device);
-        println!("  model      {} ({:.1}M parameters), batch {} x seq {}", r.preset, r.params as f64 / 1e6, r.batch, r.seq);
+        println!(
+            "  model      {} ({:.1}M parameters), batch {} x seq {}",
+            r.preset,
+            r.params as f64 / 1e6,
+            r.batch,
+            r.seq
+        );
         println!("  step       median {:.1} ms, min {:.1} ms over {} steps", r.median_ms, r.min_ms, r.steps);
-        println!("  throughput {:.0} tokens/s, {:.1} GFLOP/s (6N + 6LCT FLOPs per token)", r.tokens_per_s, r.gflops_per_s);
-        println!("  loss       {:.3} -> {:.3} (random tokens; a sanity check that steps learn)", r.loss_first, r.loss_last);
+        println!(
+            "  throughput {:.0} tokens/s, {:.1} GFLOP/s (6N + 6LCT FLOPs per token)",
+            r.tokens_per_s, r.gflops_per_s
+        );
+        println!(
+            "  loss       {:.3} -> {:.3} (random tokens; a sanity check that steps learn)",
+            r.loss_first, r.loss_last
+        );
     }
     Ok(())
 }

@@ -27,7 +27,11 @@ pub fn run(args: GradcheckArgs) -> Result<()> {
     let dev = device::select(args.device)?;
     let (header, results) = match dev {
         Device::Cpu => (
-            format!("CPU backend in f64, central differences (h = 1e-6); pass when max abs err <= {:e} + {:e} * max|grad|", gradcheck::ATOL, gradcheck::RTOL),
+            format!(
+                "CPU backend in f64, central differences (h = 1e-6); pass when max abs err <= {:e} + {:e} * max|grad|",
+                gradcheck::ATOL,
+                gradcheck::RTOL
+            ),
             gradcheck::run_all(args.seed),
         ),
         Device::Cuda | Device::CudaSim => {

@@ -2,12 +2,12 @@
 //! held-out evaluation against the SFT model. A `--judge` is `lexicon` (the built-in gold judge) or any
 //! command speaking the protocol of `crate::judge`.
 
+use crate::chat::{self, ChatTokens};
+use crate::datasets;
 use crate::device::{self, DeviceArg};
 use crate::model::AdamWConfig;
 use crate::ppo::eval;
 use crate::ppo::label;
-use crate::chat::{self, ChatTokens};
-use crate::datasets;
 use crate::ppo::trainer::{train_from, Hooks, PpoConfig};
 use crate::rng::Rng;
 use crate::sample::{generate, SampleConfig};
@@ -161,7 +161,10 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
         ..PpoConfig::new(args.out.clone(), end, pad)
     };
     let ptx_data = match (&args.ptx_data, args.ptx_coef > 0.0) {
-        (Some(d), true) => Some(crate::data::Dataset::open(d, "train", tok.vocab_size()).with_context(|| format!("--ptx-data {}", d.display()))?),
+        (Some(d), true) => Some(
+            crate::data::Dataset::open(d, "train", tok.vocab_size())
+                .with_context(|| format!("--ptx-data {}", d.display()))?,
+        ),
         (None, true) => bail!("--ptx-coef > 0 needs --ptx-data"),
         _ => None,
     };
@@ -241,7 +244,13 @@ pub fn run_label(args: LabelArgs) -> Result<()> {
     crate::with_backend!(dev, |be| {
         let policy = crate::model::persist::load_policy(be, &args.policy)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), policy.cfg.vocab_size, &args.policy.display().to_string())?;
-        let sc = SampleConfig { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: 0, top_p: 1.0, stop: Some(end) };
+        let sc = SampleConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            stop: Some(end),
+        };
         let mut gen = |p: &str| -> Result<Vec<String>> {
             // A pure function of (seed, prompt text), so a resumed session draws the same answers.
             let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
@@ -254,8 +263,23 @@ pub fn run_label(args: LabelArgs) -> Result<()> {
             judge.as_mut().context("no judge")?.score(&pairs)
         };
         let stdin = std::io::stdin();
-        let st = label::label(&prompts, args.k, &args.out, &mut gen, if args.judge.is_some() { Some(&mut jf) } else { None }, &mut stdin.lock(), &mut std::io::stderr())?;
-        println!("label: {} new records in {} ({} prompts already labelled, {} skipped{})", st.labelled, args.out.display(), st.skipped_done, st.skipped_by_user, if st.quit { ", stopped early" } else { "" });
+        let st = label::label(
+            &prompts,
+            args.k,
+            &args.out,
+            &mut gen,
+            if args.judge.is_some() { Some(&mut jf) } else { None },
+            &mut stdin.lock(),
+            &mut std::io::stderr(),
+        )?;
+        println!(
+            "label: {} new records in {} ({} prompts already labelled, {} skipped{})",
+            st.labelled,
+            args.out.display(),
+            st.skipped_done,
+            st.skipped_by_user,
+            if st.quit { ", stopped early" } else { "" }
+        );
         Ok(())
     })
 }
@@ -309,12 +333,35 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         let sft = crate::model::persist::load_policy(be, &args.sft)?;
         let reward = crate::reward::load(be, &args.reward)?;
         if policy.cfg.vocab_size != reward.cfg().vocab_size || sft.cfg.vocab_size != policy.cfg.vocab_size {
-            bail!("vocabularies differ: policy {}, SFT {}, reward model {}", policy.cfg.vocab_size, sft.cfg.vocab_size, reward.cfg().vocab_size);
+            bail!(
+                "vocabularies differ: policy {}, SFT {}, reward model {}",
+                policy.cfg.vocab_size,
+                sft.cfg.vocab_size,
+                reward.cfg().vocab_size
+            );
         }
-        let sc = SampleConfig { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: 0, top_p: 1.0, stop: Some(end) };
+        let sc = SampleConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            stop: Some(end),
+        };
         let decode = |ids: &[u32]| answer_text(&tok, ids, end);
         let mut gold = |pairs: &[(String, String)]| judge.as_mut().context("no judge")?.score(pairs);
-        eval::evaluate(be, &policy, &sft, &reward, &prompts, &sc, pad, args.no_eos_penalty, args.seed, &decode, if args.judge.is_some() { Some(&mut gold) } else { None })
+        eval::evaluate(
+            be,
+            &policy,
+            &sft,
+            &reward,
+            &prompts,
+            &sc,
+            pad,
+            args.no_eos_penalty,
+            args.seed,
+            &decode,
+            if args.judge.is_some() { Some(&mut gold) } else { None },
+        )
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -323,9 +370,20 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         if let (Some(w), Some(gp), Some(gs)) = (report.win_rate_gold, report.gold_policy, report.gold_sft) {
             println!("  win rate vs SFT (gold judge)   {:.1}%   mean gold score {gp:.4} vs {gs:.4}", 100.0 * w);
         }
-        println!("  win rate vs SFT (reward model) {:.1}%   mean RM score   {:.4} vs {:.4}", 100.0 * report.win_rate_rm, report.rm_policy, report.rm_sft);
+        println!(
+            "  win rate vs SFT (reward model) {:.1}%   mean RM score   {:.4} vs {:.4}",
+            100.0 * report.win_rate_rm,
+            report.rm_policy,
+            report.rm_sft
+        );
         println!("  KL(policy || SFT) per answer   {:.3} nats", report.kl_to_sft);
-        println!("  answers ending in <|end|>      {:.0}% vs {:.0}%; mean length {:.1} vs {:.1} tokens", 100.0 * report.eos_frac_policy, 100.0 * report.eos_frac_sft, report.answer_len_policy, report.answer_len_sft);
+        println!(
+            "  answers ending in <|end|>      {:.0}% vs {:.0}%; mean length {:.1} vs {:.1} tokens",
+            100.0 * report.eos_frac_policy,
+            100.0 * report.eos_frac_sft,
+            report.answer_len_policy,
+            report.answer_len_sft
+        );
     }
     if let Some(run) = &args.ppo_run {
         let svg = run.join("overoptimisation.svg");

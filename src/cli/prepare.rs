@@ -79,12 +79,9 @@ pub fn split_documents(text: &str, how: DocSplit) -> Vec<String> {
                 vec![t.to_string()]
             }
         }
-        DocSplit::Lines => text
-            .lines()
-            .map(|l| l.trim_end())
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect(),
+        DocSplit::Lines => {
+            text.lines().map(|l| l.trim_end()).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+        }
         DocSplit::Paragraphs => {
             let mut docs = Vec::new();
             let mut cur: Vec<&str> = Vec::new();
@@ -113,11 +110,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         bail!("--val-fraction must be in [0, 1), got {}", args.val_fraction);
     }
     if args.shard_tokens == 0 || args.shard_tokens > i32::MAX as usize {
-        bail!(
-            "--shard-tokens must be between 1 and {}, got {}",
-            i32::MAX,
-            args.shard_tokens
-        );
+        bail!("--shard-tokens must be between 1 and {}, got {}", i32::MAX, args.shard_tokens);
     }
     let tok = Tokenizer::load(&args.tokenizer)?;
     let eot = tok.eot();
@@ -189,16 +182,8 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             documents: args.documents.name().to_string(),
             val_fraction: args.val_fraction,
             seed: args.seed,
-            train: SplitMeta {
-                tokens: train.len() as u64,
-                documents: train_docs,
-                shards: train_shards,
-            },
-            val: SplitMeta {
-                tokens: val.len() as u64,
-                documents: val_docs,
-                shards: val_shards,
-            },
+            train: SplitMeta { tokens: train.len() as u64, documents: train_docs, shards: train_shards },
+            val: SplitMeta { tokens: val.len() as u64, documents: val_docs, shards: val_shards },
         };
         let json = serde_json::to_string_pretty(&meta)?;
         crate::fsutil::write_atomic(&staging.join("meta.json"), json.as_bytes())?;
@@ -217,20 +202,12 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         vocab
     );
     for (name, s) in [("train", &meta.train), ("val", &meta.val)] {
-        println!(
-            "  {name:>5}: {:>10} tokens, {:>7} documents, {} shard(s)",
-            s.tokens,
-            s.documents,
-            s.shards.len()
-        );
+        println!("  {name:>5}: {:>10} tokens, {:>7} documents, {} shard(s)", s.tokens, s.documents, s.shards.len());
     }
     let chars: usize = docs.iter().map(|d| d.chars().count()).sum();
     let total = meta.train.tokens + meta.val.tokens;
     if total > 0 {
-        println!(
-            "  {:.2} characters per token (<|endoftext|> included)",
-            chars as f64 / total as f64
-        );
+        println!("  {:.2} characters per token (<|endoftext|> included)", chars as f64 / total as f64);
     }
     Ok(())
 }

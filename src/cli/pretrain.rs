@@ -90,7 +90,10 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     let s = crate::with_backend!(dev, |be| pretrain(be, cfg, args.init.as_deref(), args.resume))?;
     let f = &s.fit;
     println!("pretraining done: {} steps, {:.0} tokens/s", f.steps, f.tokens_per_s);
-    println!("  train loss {:.4}   val loss {:.4}   unigram baseline {:.4} nats/token", f.train_loss, f.val_loss, s.unigram_entropy);
+    println!(
+        "  train loss {:.4}   val loss {:.4}   unigram baseline {:.4} nats/token",
+        f.train_loss, f.val_loss, s.unigram_entropy
+    );
     println!("  checkpoint {}", f.checkpoint.display());
     Ok(())
 }

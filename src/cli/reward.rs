@@ -71,11 +71,25 @@ pub fn run_reward(a: RewardArgs) -> Result<()> {
     let dev = device::select(a.device)?;
     let s = crate::with_backend!(dev, |be| reward::train(be, &cfg, a.resume))?;
     if !s.complete {
-        println!("reward model paused at step {} (last train loss {:.4}); checkpoint {}; continue with --resume", s.steps, s.final_train_loss, s.checkpoint.display());
+        println!(
+            "reward model paused at step {} (last train loss {:.4}); checkpoint {}; continue with --resume",
+            s.steps,
+            s.final_train_loss,
+            s.checkpoint.display()
+        );
         return Ok(());
     }
-    println!("reward model done: {} steps on {} prompts, final train loss {:.4}", s.steps, s.train_prompts, s.final_train_loss);
-    println!("  held-out pairwise accuracy: {:.1}% on {} pairs of {} prompts (before training {:.1}%)", 100.0 * s.eval_accuracy, s.eval_pairs, s.eval_prompts, 100.0 * s.eval_accuracy_before);
+    println!(
+        "reward model done: {} steps on {} prompts, final train loss {:.4}",
+        s.steps, s.train_prompts, s.final_train_loss
+    );
+    println!(
+        "  held-out pairwise accuracy: {:.1}% on {} pairs of {} prompts (before training {:.1}%)",
+        100.0 * s.eval_accuracy,
+        s.eval_pairs,
+        s.eval_prompts,
+        100.0 * s.eval_accuracy_before
+    );
     println!("  bias shifted by {:+.4} so the SFT demonstrations average 0", s.bias_shift);
     println!("  checkpoint {}", s.checkpoint.display());
     Ok(())
@@ -104,10 +118,13 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
     let mut records = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", a.data.display(), i + 1))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", a.data.display(), i + 1))?;
         let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
         let prompt = get("prompt").with_context(|| format!("{}:{}: missing \"prompt\"", a.data.display(), i + 1))?;
-        let answer = get("completion").or_else(|| get("answer")).with_context(|| format!("{}:{}: missing \"completion\" (or \"answer\")", a.data.display(), i + 1))?;
+        let answer = get("completion")
+            .or_else(|| get("answer"))
+            .with_context(|| format!("{}:{}: missing \"completion\" (or \"answer\")", a.data.display(), i + 1))?;
         records.push((v, prompt, answer));
     }
     let dev = device::select(a.device)?;

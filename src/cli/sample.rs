@@ -46,12 +46,25 @@ pub fn run(args: SampleArgs) -> Result<()> {
         crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &args.tokenizer.display().to_string())?;
         let mut prompt = vec![tok.eot()];
         prompt.extend(tok.encode(&args.prompt));
-        let sc = SampleConfig { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, stop: Some(tok.eot()) };
+        let sc = SampleConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            stop: Some(tok.eot()),
+        };
         let gens = generate(be, &model, &vec![prompt; args.num_samples], &sc, &mut Rng::new(args.seed))?;
         for (i, g) in gens.iter().enumerate() {
             let body = if g.ended { &g.tokens[..g.tokens.len() - 1] } else { &g.tokens[..] };
             let text = tok.decode(body);
-            println!("--- sample {} ({} tokens{}) ---\n{}{}", i + 1, g.tokens.len(), if g.ended { ", ended" } else { "" }, args.prompt, text);
+            println!(
+                "--- sample {} ({} tokens{}) ---\n{}{}",
+                i + 1,
+                g.tokens.len(),
+                if g.ended { ", ended" } else { "" },
+                args.prompt,
+                text
+            );
         }
         Ok(())
     })

@@ -74,8 +74,14 @@ pub fn run(a: SftArgs) -> Result<()> {
     };
     let dev = device::select(a.device)?;
     let s = crate::with_backend!(dev, |be| sft(be, cfg, a.resume))?;
-    println!("SFT done: {} steps on {} examples ({} held out; {} cut to the context, {} malformed lines skipped)", s.fit.steps, s.train_examples, s.eval_examples, s.truncated, s.skipped);
-    println!("  held-out answer loss: base model {:.4} -> fine-tuned {:.4} nats/token", s.base_eval_loss, s.fit.val_loss);
+    println!(
+        "SFT done: {} steps on {} examples ({} held out; {} cut to the context, {} malformed lines skipped)",
+        s.fit.steps, s.train_examples, s.eval_examples, s.truncated, s.skipped
+    );
+    println!(
+        "  held-out answer loss: base model {:.4} -> fine-tuned {:.4} nats/token",
+        s.base_eval_loss, s.fit.val_loss
+    );
     println!("  checkpoint {}", s.fit.checkpoint.display());
     Ok(())
 }

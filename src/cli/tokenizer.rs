@@ -55,8 +55,7 @@ pub fn run(cmd: TokenizerCmd) -> Result<()> {
         TokenizerCmd::Train { input, vocab_size, out } => {
             let start = std::time::Instant::now();
             let tok = Tokenizer::train(&input, vocab_size, &SPECIAL_TOKENS)?;
-            tok.save(&out)
-                .with_context(|| format!("cannot save the tokenizer to {}", out.display()))?;
+            tok.save(&out).with_context(|| format!("cannot save the tokenizer to {}", out.display()))?;
             println!(
                 "trained a byte-level BPE of {} ids on {} file(s) in {:.1}s -> {}",
                 tok.vocab_size(),
@@ -71,11 +70,7 @@ pub fn run(cmd: TokenizerCmd) -> Result<()> {
                 );
             }
         }
-        TokenizerCmd::Encode {
-            tokenizer,
-            text,
-            verbose,
-        } => {
+        TokenizerCmd::Encode { tokenizer, text, verbose } => {
             let tok = Tokenizer::load(&tokenizer)?;
             let text = match text {
                 Some(t) => t,

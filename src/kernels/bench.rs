@@ -43,11 +43,33 @@ pub struct BenchSizes {
 impl BenchSizes {
     /// GPT-2 124M at 8 x 1024 (the shapes), training steps at 8 and 16 x 1024.
     pub fn gpu() -> Self {
-        BenchSizes { preset: "gpt2".into(), vocab: Config::GPT2_VOCAB, batch: 8, seq: 1024, steps: vec![(8, 1024), (16, 1024)], copy_bytes: 1 << 30, gemm_dim: 8192, iters: 20, warmup_steps: 2, train_steps: 10 }
+        BenchSizes {
+            preset: "gpt2".into(),
+            vocab: Config::GPT2_VOCAB,
+            batch: 8,
+            seq: 1024,
+            steps: vec![(8, 1024), (16, 1024)],
+            copy_bytes: 1 << 30,
+            gemm_dim: 8192,
+            iters: 20,
+            warmup_steps: 2,
+            train_steps: 10,
+        }
     }
     /// Tiny shapes for the simulator: checks the code path, not the speed.
     pub fn smoke() -> Self {
-        BenchSizes { preset: "tiny".into(), vocab: 300, batch: 1, seq: 64, steps: vec![(1, 32)], copy_bytes: 1 << 16, gemm_dim: 64, iters: 1, warmup_steps: 0, train_steps: 1 }
+        BenchSizes {
+            preset: "tiny".into(),
+            vocab: 300,
+            batch: 1,
+            seq: 64,
+            steps: vec![(1, 32)],
+            copy_bytes: 1 << 16,
+            gemm_dim: 64,
+            iters: 1,
+            warmup_steps: 0,
+            train_steps: 1,
+        }
     }
 }
 
@@ -110,7 +132,10 @@ pub struct Report {
 
 /// Published bf16 dense tensor-core peaks (TFLOP/s) of the GPUs this is run on, by name.
 fn datasheet_peak(name: &str) -> Option<f64> {
-    [("H200", 989.4), ("H100 SXM", 989.4), ("H100 80GB HBM3", 989.4), ("H100 PCIe", 756.0), ("A100", 312.0)].iter().find(|(k, _)| name.contains(k)).map(|&(_, v)| v)
+    [("H200", 989.4), ("H100 SXM", 989.4), ("H100 80GB HBM3", 989.4), ("H100 PCIe", 756.0), ("A100", 312.0)]
+        .iter()
+        .find(|(k, _)| name.contains(k))
+        .map(|&(_, v)| v)
 }
 
 /// Mean seconds per call of `f` over `iters` calls after one warm-up call; `f` gets the call's index
@@ -139,7 +164,9 @@ fn rand<D: Device>(dev: &D, n: usize, dt: DType, seed: u64) -> Result<Rand<D::Me
     let ptr = dev.ptr(&mem);
     match dt {
         DType::F32 => dev.htod(ptr, bytemuck::cast_slice(&host))?,
-        DType::BF16 => dev.htod(ptr, bytemuck::cast_slice(&host.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>()))?,
+        DType::BF16 => {
+            dev.htod(ptr, bytemuck::cast_slice(&host.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>()))?
+        }
     }
     Ok(Rand { _mem: mem, ptr })
 }
@@ -158,7 +185,11 @@ fn ceilings<D: Device>(dev: &D, s: &BenchSizes) -> Result<Ceilings> {
     let (a, b, c) = (rand(dev, d * d, DType::BF16, 1)?, rand(dev, d * d, DType::BF16, 2)?, dev.alloc(d * d * 2)?);
     let g = Gemm::single(dev.ptr(&c), a.ptr, b.ptr, d, d, d, false, false, DType::BF16, DType::BF16, 0.0);
     let tg = time(dev, s.iters, |_| dev.gemm(&g))?;
-    Ok(Ceilings { copy_gbps: 2.0 * s.copy_bytes as f64 / t / 1e9, gemm_bf16_tflops: g.flops() / tg / 1e12, gemm_shape: format!("{d}x{d}x{d} bf16") })
+    Ok(Ceilings {
+        copy_gbps: 2.0 * s.copy_bytes as f64 / t / 1e9,
+        gemm_bf16_tflops: g.flops() / tg / 1e12,
+        gemm_shape: format!("{d}x{d}x{d} bf16"),
+    })
 }
 
 /// The memory-bound kernels at the model's shapes, bf16.
@@ -171,9 +202,18 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let mut rows = Vec::new();
     let mut row = |dt: DType, name: &str, shape: &str, bytes: usize, secs: f64| {
         let gbps = bytes as f64 / secs / 1e9;
-        rows.push(KernelRow { name: name.into(), dtype: dt.suffix().into(), shape: shape.into(), ms: secs * 1e3, bytes: bytes as u64, gbps, frac_copy: gbps / copy_gbps });
+        rows.push(KernelRow {
+            name: name.into(),
+            dtype: dt.suffix().into(),
+            shape: shape.into(),
+            ms: secs * 1e3,
+            bytes: bytes as u64,
+            gbps,
+            frac_copy: gbps / copy_gbps,
+        });
     };
-    let (x, y, dy, out) = (rand(dev, 4 * nc, bf, 3)?, rand(dev, 4 * nc, bf, 4)?, rand(dev, 4 * nc, bf, 5)?, dev.alloc(4 * nc * 2)?);
+    let (x, y, dy, out) =
+        (rand(dev, 4 * nc, bf, 3)?, rand(dev, 4 * nc, bf, 4)?, rand(dev, 4 * nc, bf, 5)?, dev.alloc(4 * nc * 2)?);
     let (w, b) = (rand(dev, 4 * c, bf, 6)?, rand(dev, 4 * c, bf, 7)?);
     let (mean, rstd, po) = (dev.alloc(n * 4)?, dev.alloc(n * 4)?, dev.ptr(&out));
     let (pm, pr) = (dev.ptr(&mean), dev.ptr(&rstd));
@@ -183,10 +223,42 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let t = time(dev, s.iters, |i| kl::layernorm_forward(l, bf, sl(po, i), pm, pr, sl(x.ptr, i), w.ptr, b.ptr, n, c))?;
     row(bf, "layernorm_forward", &shape, 2 * nc * 2 + 8 * n, t);
     let res = dev.alloc(4 * nc * 2)?;
-    let t = time(dev, s.iters, |i| kl::residual_layernorm_forward(l, bf, sl(dev.ptr(&res), i), sl(po, i), pm, pr, sl(x.ptr, i), sl(y.ptr, i), w.ptr, b.ptr, n, c))?;
+    let t = time(dev, s.iters, |i| {
+        kl::residual_layernorm_forward(
+            l,
+            bf,
+            sl(dev.ptr(&res), i),
+            sl(po, i),
+            pm,
+            pr,
+            sl(x.ptr, i),
+            sl(y.ptr, i),
+            w.ptr,
+            b.ptr,
+            n,
+            c,
+        )
+    })?;
     row(bf, "residual_layernorm_forward", &shape, 4 * nc * 2 + 8 * n, t);
-    let (dw, db, scratch) = (dev.alloc(c * 2)?, dev.alloc(c * 2)?, dev.alloc(kl::layernorm_backward_scratch_bytes(n, c))?);
-    let t = time(dev, s.iters, |i| kl::layernorm_backward(l, bf, sl(po, i), dev.ptr(&dw), dev.ptr(&db), sl(dy.ptr, i), sl(x.ptr, i), w.ptr, pm, pr, n, c, dev.ptr(&scratch)))?;
+    let (dw, db, scratch) =
+        (dev.alloc(c * 2)?, dev.alloc(c * 2)?, dev.alloc(kl::layernorm_backward_scratch_bytes(n, c))?);
+    let t = time(dev, s.iters, |i| {
+        kl::layernorm_backward(
+            l,
+            bf,
+            sl(po, i),
+            dev.ptr(&dw),
+            dev.ptr(&db),
+            sl(dy.ptr, i),
+            sl(x.ptr, i),
+            w.ptr,
+            pm,
+            pr,
+            n,
+            c,
+            dev.ptr(&scratch),
+        )
+    })?;
     row(bf, "layernorm_backward", &shape, 4 * nc * 2 + 8 * n, t);
     let shape4 = format!("{}x{}x{}", s.batch, s.seq, 4 * c);
     let t = time(dev, s.iters, |_| kl::gelu_forward(l, bf, po, x.ptr, 4 * nc))?;
@@ -207,7 +279,9 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     dev.htod(dev.ptr(&tok), bytemuck::cast_slice(&tokens))?;
     let pos0 = dev.alloc(s.batch * 4)?;
     let (wte, wpe, enc) = (rand(dev, vp * c, bf, 9)?, rand(dev, cfg.n_positions * c, bf, 10)?, dev.alloc(nc * 2)?);
-    let t = time(dev, s.iters, |_| kl::encoder_forward(l, bf, dev.ptr(&enc), dev.ptr(&tok), wte.ptr, wpe.ptr, dev.ptr(&pos0), s.batch, s.seq, c))?;
+    let t = time(dev, s.iters, |_| {
+        kl::encoder_forward(l, bf, dev.ptr(&enc), dev.ptr(&tok), wte.ptr, wpe.ptr, dev.ptr(&pos0), s.batch, s.seq, c)
+    })?;
     row(bf, "encoder_forward", &shape, 3 * nc * 2 + 4 * n, t);
     drop((wte, wpe, enc));
 
@@ -217,7 +291,21 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     for ldt in [bf, DType::F32] {
         let logits = rand(dev, n * vp, ldt, 11)?;
         // each run overwrites the logits with their gradient; rerunning on gradients moves the same bytes
-        let t = time(dev, s.iters, |_| kl::crossentropy(l, ldt, dev.ptr(&losses), logits.ptr, dev.ptr(&tok), dev.ptr(&weights), n, cfg.vocab_size, vp, 1.0, true))?;
+        let t = time(dev, s.iters, |_| {
+            kl::crossentropy(
+                l,
+                ldt,
+                dev.ptr(&losses),
+                logits.ptr,
+                dev.ptr(&tok),
+                dev.ptr(&weights),
+                n,
+                cfg.vocab_size,
+                vp,
+                1.0,
+                true,
+            )
+        })?;
         let name = if ldt == bf { "crossentropy" } else { "crossentropy_f32_logits" };
         row(ldt, name, &format!("{n}x{vp}"), 2 * n * vp * ldt.size() + 12 * n, t);
     }
@@ -228,7 +316,15 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let (param, grad) = (dev.alloc(np * 2)?, rand(dev, np, bf, 12)?);
     let (master, m, v) = (rand(dev, np, DType::F32, 13)?, dev.alloc(np * 4)?, dev.alloc(np * 4)?);
     let h = AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
-    let tensor = kl::AdamWTensor { param: dev.ptr(&param), master: master.ptr, grad: grad.ptr, m: dev.ptr(&m), v: dev.ptr(&v), n: np, weight_decay: h.weight_decay };
+    let tensor = kl::AdamWTensor {
+        param: dev.ptr(&param),
+        master: master.ptr,
+        grad: grad.ptr,
+        m: dev.ptr(&m),
+        v: dev.ptr(&v),
+        n: np,
+        weight_decay: h.weight_decay,
+    };
     let table = kl::adamw_chunks(bf, &[tensor])?;
     let table_d = dev.alloc(table.len() * std::mem::size_of::<kl::AdamWChunk>())?;
     dev.htod(dev.ptr(&table_d), bytemuck::cast_slice(&table))?;
@@ -254,12 +350,54 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
         kl::attention_backward(l, bf, dev.ptr(&dqkv), dout.ptr, qkv.ptr, po, pl, b, t, c, nh, dev.ptr(&scratch))
     })?;
     // unfused: q, k, v [B*NH, T, hs]; S = q k^T [B*NH, T, T]; P = causal softmax(S / sqrt(hs)); y = P v
-    let (q, k, v, y, out2) = (dev.alloc(b * t * c * 2)?, dev.alloc(b * t * c * 2)?, dev.alloc(b * t * c * 2)?, dev.alloc(b * t * c * 2)?, dev.alloc(b * t * c * 2)?);
+    let (q, k, v, y, out2) = (
+        dev.alloc(b * t * c * 2)?,
+        dev.alloc(b * t * c * 2)?,
+        dev.alloc(b * t * c * 2)?,
+        dev.alloc(b * t * c * 2)?,
+        dev.alloc(b * t * c * 2)?,
+    );
     let sbuf = dev.alloc(b * nh * t * t * 2)?;
     let (pq, pk, pv, py, ps) = (dev.ptr(&q), dev.ptr(&k), dev.ptr(&v), dev.ptr(&y), dev.ptr(&sbuf));
     let bh = b * nh;
-    let scores = Gemm { m: t, n: t, k: hs, ta: false, tb: true, a: pq, b: pk, out: ps, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * hs, stride_b: t * hs, stride_out: t * t, bias: 0 };
-    let values = Gemm { m: t, n: hs, k: t, ta: false, tb: false, a: ps, b: pv, out: py, in_dt: bf, out_dt: bf, alpha: 1.0, beta: 0.0, batch: bh, stride_a: t * t, stride_b: t * hs, stride_out: t * hs, bias: 0 };
+    let scores = Gemm {
+        m: t,
+        n: t,
+        k: hs,
+        ta: false,
+        tb: true,
+        a: pq,
+        b: pk,
+        out: ps,
+        in_dt: bf,
+        out_dt: bf,
+        alpha: 1.0,
+        beta: 0.0,
+        batch: bh,
+        stride_a: t * hs,
+        stride_b: t * hs,
+        stride_out: t * t,
+        bias: 0,
+    };
+    let values = Gemm {
+        m: t,
+        n: hs,
+        k: t,
+        ta: false,
+        tb: false,
+        a: ps,
+        b: pv,
+        out: py,
+        in_dt: bf,
+        out_dt: bf,
+        alpha: 1.0,
+        beta: 0.0,
+        batch: bh,
+        stride_a: t * t,
+        stride_b: t * hs,
+        stride_out: t * hs,
+        bias: 0,
+    };
     let t_unf = time(dev, s.iters, |_| {
         kl::attention_permute(l, bf, pq, pk, pv, qkv.ptr, b, t, nh, hs)?;
         dev.gemm(&scores)?;
@@ -270,7 +408,11 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
     fwd()?;
     let (fused, unfused) = (download_bf16(dev, po, b * t * c)?, download_bf16(dev, dev.ptr(&out2), b * t * c)?);
     let scale = fused.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
-    let err = fused.iter().zip(&unfused).fold(0f32, |m, (a, b)| if b.is_finite() { m.max((a - b).abs()) } else { f32::INFINITY }) / scale;
+    let err = fused
+        .iter()
+        .zip(&unfused)
+        .fold(0f32, |m, (a, b)| if b.is_finite() { m.max((a - b).abs()) } else { f32::INFINITY })
+        / scale;
     let flops = 2.0 * (b * nh * t * t * hs) as f64;
     Ok(AttentionRow {
         b,
@@ -307,7 +449,17 @@ pub fn run<D: Device>(be: &KernelBackend<D>, s: &BenchSizes, progress: impl Fn(&
         progress(&format!("training step {batch} x {seq}"));
         let r = crate::bench::train_step(be, &s.preset, cfg, batch, seq, s.warmup_steps, s.train_steps)?;
         let tflops = r.gflops_per_s / 1e3;
-        train_step.push(StepRow { batch, seq, median_ms: r.median_ms, tokens_per_s: r.tokens_per_s, tflops, mfu: tflops / peak, peak_tflops: peak, loss_first: r.loss_first, loss_last: r.loss_last });
+        train_step.push(StepRow {
+            batch,
+            seq,
+            median_ms: r.median_ms,
+            tokens_per_s: r.tokens_per_s,
+            tflops,
+            mfu: tflops / peak,
+            peak_tflops: peak,
+            loss_first: r.loss_first,
+            loss_last: r.loss_last,
+        });
     }
     let device = if known { name } else { format!("{name} (peak unknown: MFU is over the measured GEMM ceiling)") };
     Ok(Report { device, ceilings, kernels, attention, train_step })
@@ -316,10 +468,21 @@ pub fn run<D: Device>(be: &KernelBackend<D>, s: &BenchSizes, progress: impl Fn(&
 /// The text report.
 pub fn format(r: &Report) -> String {
     let mut s = format!("device: {}\n", r.device);
-    s += &format!("ceilings: copy {:.0} GB/s; bf16 GEMM {:.1} TFLOP/s ({})\n\n", r.ceilings.copy_gbps, r.ceilings.gemm_bf16_tflops, r.ceilings.gemm_shape);
+    s += &format!(
+        "ceilings: copy {:.0} GB/s; bf16 GEMM {:.1} TFLOP/s ({})\n\n",
+        r.ceilings.copy_gbps, r.ceilings.gemm_bf16_tflops, r.ceilings.gemm_shape
+    );
     s += &format!("{:<28} {:<6} {:<18} {:>10} {:>10} {:>8}\n", "kernel", "dtype", "shape", "ms", "GB/s", "of copy");
     for k in &r.kernels {
-        s += &format!("{:<28} {:<6} {:<18} {:>10.4} {:>10.0} {:>7.0}%\n", k.name, k.dtype, k.shape, k.ms, k.gbps, 100.0 * k.frac_copy);
+        s += &format!(
+            "{:<28} {:<6} {:<18} {:>10.4} {:>10.0} {:>7.0}%\n",
+            k.name,
+            k.dtype,
+            k.shape,
+            k.ms,
+            k.gbps,
+            100.0 * k.frac_copy
+        );
     }
     for a in &r.attention {
         s += &format!(

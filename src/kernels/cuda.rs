@@ -54,10 +54,12 @@ impl CudaLauncher {
         stems.dedup();
         let mut modules = Vec::new();
         for stem in stems {
-            let ptx = ptx_for(stem, sm).ok_or_else(|| anyhow!("no PTX of {stem}.cu for sm_{sm} or older (built for RLHF_CUDA_ARCHS)"))?;
+            let ptx = ptx_for(stem, sm)
+                .ok_or_else(|| anyhow!("no PTX of {stem}.cu for sm_{sm} or older (built for RLHF_CUDA_ARCHS)"))?;
             let src = CString::new(ptx)?;
             // SAFETY: src is a NUL-terminated PTX image that outlives the call (the driver copies it).
-            let m = unsafe { result::module::load_data(src.as_ptr() as *const c_void) }.map_err(|e| anyhow!("loading {stem}.cu PTX for sm_{sm}: {e}"))?;
+            let m = unsafe { result::module::load_data(src.as_ptr() as *const c_void) }
+                .map_err(|e| anyhow!("loading {stem}.cu PTX for sm_{sm}: {e}"))?;
             modules.push((stem.to_string(), Module(m)));
         }
         let stream = ctx.default_stream();
@@ -100,8 +102,14 @@ impl Launcher for CudaLauncher {
         let mut func = self.function(kernel)?;
         if cfg.smem > func.smem_limit {
             // SAFETY: func.f is a live function handle.
-            unsafe { result::function::set_function_attribute(func.f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.smem as i32) }
-                .map_err(|e| anyhow!("{kernel}: raising dynamic shared memory to {} bytes: {e}", cfg.smem))?;
+            unsafe {
+                result::function::set_function_attribute(
+                    func.f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    cfg.smem as i32,
+                )
+            }
+            .map_err(|e| anyhow!("{kernel}: raising dynamic shared memory to {} bytes: {e}", cfg.smem))?;
             func.smem_limit = cfg.smem;
             self.funcs.lock().unwrap().insert(kernel.to_string(), func);
         }

@@ -63,13 +63,32 @@ struct Layout(ltsys::cublasLtMatrixLayout_t);
 
 impl Layout {
     fn new(dt: DType, rows: usize, cols: usize, batch: usize, stride: usize) -> Result<Self> {
-        let l = Layout(cu("cublasLtMatrixLayoutCreate", lt::create_matrix_layout(lt_type(dt), rows as u64, cols as u64, rows as i64))?);
+        let l = Layout(cu(
+            "cublasLtMatrixLayoutCreate",
+            lt::create_matrix_layout(lt_type(dt), rows as u64, cols as u64, rows as i64),
+        )?);
         if batch > 1 {
             let (count, stride) = (batch as i32, stride as i64);
             // SAFETY: l.0 is live; the attribute values have the types cuBLASLt documents (int32, int64).
             unsafe {
-                cu("batch count", lt::set_matrix_layout_attribute(l.0, ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count as *const i32 as *const c_void, 4))?;
-                cu("batch stride", lt::set_matrix_layout_attribute(l.0, ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride as *const i64 as *const c_void, 8))?;
+                cu(
+                    "batch count",
+                    lt::set_matrix_layout_attribute(
+                        l.0,
+                        ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                        &count as *const i32 as *const c_void,
+                        4,
+                    ),
+                )?;
+                cu(
+                    "batch stride",
+                    lt::set_matrix_layout_attribute(
+                        l.0,
+                        ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                        &stride as *const i64 as *const c_void,
+                        8,
+                    ),
+                )?;
             }
         }
         Ok(l)
@@ -119,7 +138,14 @@ impl CudaDevice {
     }
 
     /// The fastest algorithm cuBLASLt proposes for this shape, cached per shape.
-    fn algo(&self, key: GemmKey, desc: &Desc, a: &Layout, b: &Layout, c: &Layout) -> Result<ltsys::cublasLtMatmulAlgo_t> {
+    fn algo(
+        &self,
+        key: GemmKey,
+        desc: &Desc,
+        a: &Layout,
+        b: &Layout,
+        c: &Layout,
+    ) -> Result<ltsys::cublasLtMatmulAlgo_t> {
         if let Some(a) = self.lt.algos.lock().unwrap().get(&key) {
             return Ok(*a);
         }
@@ -127,8 +153,13 @@ impl CudaDevice {
         let ws = WORKSPACE_BYTES as u64;
         // SAFETY: all descriptors are live; the workspace attribute is a uint64.
         let found = unsafe {
-            let r = lt::set_matmul_pref_attribute(pref, ltsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const u64 as *const c_void, 8)
-                .and_then(|_| lt::get_matmul_algo_heuristic(self.lt.handle, desc.0, a.0, b.0, c.0, c.0, pref));
+            let r = lt::set_matmul_pref_attribute(
+                pref,
+                ltsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
+            )
+            .and_then(|_| lt::get_matmul_algo_heuristic(self.lt.handle, desc.0, a.0, b.0, c.0, c.0, pref));
             let _ = lt::destroy_matmul_pref(pref);
             r
         };
@@ -174,26 +205,77 @@ impl Device for CudaDevice {
     }
     fn gemm(&self, g: &Gemm) -> Result<()> {
         self.bind()?;
-        let desc = Desc(cu("cublasLtMatmulDescCreate", lt::create_matmul_desc(ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F, ltsys::cudaDataType::CUDA_R_32F))?);
+        let desc = Desc(cu(
+            "cublasLtMatmulDescCreate",
+            lt::create_matmul_desc(ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F, ltsys::cudaDataType::CUDA_R_32F),
+        )?);
         let (ta, tb) = (g.ta as i32, g.tb as i32);
         // SAFETY: desc is live; TRANSA/TRANSB are int32 cublasOperation_t values (0 = N, 1 = T).
         unsafe {
-            cu("TRANSA", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &tb as *const i32 as *const c_void, 4))?;
-            cu("TRANSB", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &ta as *const i32 as *const c_void, 4))?;
+            cu(
+                "TRANSA",
+                lt::set_matmul_desc_attribute(
+                    desc.0,
+                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                    &tb as *const i32 as *const c_void,
+                    4,
+                ),
+            )?;
+            cu(
+                "TRANSB",
+                lt::set_matmul_desc_attribute(
+                    desc.0,
+                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                    &ta as *const i32 as *const c_void,
+                    4,
+                ),
+            )?;
         }
         if g.bias != 0 {
             // D's rows (column-major out^T [N, M]) are our output features: a bias of N elements, our type.
             let (epi, ptr, ty) = (ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS, g.bias, lt_type(g.out_dt));
             // SAFETY: desc is live; EPILOGUE is a uint32 enum, BIAS_POINTER a device pointer, BIAS_DATA_TYPE an int32.
             unsafe {
-                cu("EPILOGUE", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, 4))?;
-                cu("BIAS_POINTER", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr as *const u64 as *const c_void, 8))?;
-                cu("BIAS_DATA_TYPE", lt::set_matmul_desc_attribute(desc.0, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &ty as *const _ as *const c_void, 4))?;
+                cu(
+                    "EPILOGUE",
+                    lt::set_matmul_desc_attribute(
+                        desc.0,
+                        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                        &epi as *const _ as *const c_void,
+                        4,
+                    ),
+                )?;
+                cu(
+                    "BIAS_POINTER",
+                    lt::set_matmul_desc_attribute(
+                        desc.0,
+                        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                        &ptr as *const u64 as *const c_void,
+                        8,
+                    ),
+                )?;
+                cu(
+                    "BIAS_DATA_TYPE",
+                    lt::set_matmul_desc_attribute(
+                        desc.0,
+                        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                        &ty as *const _ as *const c_void,
+                        4,
+                    ),
+                )?;
             }
         }
         // cuBLASLt's A = our b as stored, its B = our a as stored, its C = D = out^T [N,M].
-        let la = if g.tb { Layout::new(g.in_dt, g.k, g.n, g.batch, g.stride_b)? } else { Layout::new(g.in_dt, g.n, g.k, g.batch, g.stride_b)? };
-        let lb = if g.ta { Layout::new(g.in_dt, g.m, g.k, g.batch, g.stride_a)? } else { Layout::new(g.in_dt, g.k, g.m, g.batch, g.stride_a)? };
+        let la = if g.tb {
+            Layout::new(g.in_dt, g.k, g.n, g.batch, g.stride_b)?
+        } else {
+            Layout::new(g.in_dt, g.n, g.k, g.batch, g.stride_b)?
+        };
+        let lb = if g.ta {
+            Layout::new(g.in_dt, g.m, g.k, g.batch, g.stride_a)?
+        } else {
+            Layout::new(g.in_dt, g.k, g.m, g.batch, g.stride_a)?
+        };
         let lc = Layout::new(g.out_dt, g.n, g.m, g.batch, g.stride_out)?;
         let key = (g.m, g.n, g.k, g.ta, g.tb, g.in_dt, g.out_dt, g.batch, g.beta != 0.0, g.bias != 0);
         let algo = self.algo(key, &desc, &la, &lb, &lc)?;

@@ -39,8 +39,38 @@ pub struct Gemm {
 impl Gemm {
     /// One product (batch of 1).
     #[allow(clippy::too_many_arguments)]
-    pub fn single(out: DevPtr, a: DevPtr, b: DevPtr, m: usize, n: usize, k: usize, ta: bool, tb: bool, in_dt: DType, out_dt: DType, beta: f32) -> Self {
-        Gemm { m, n, k, ta, tb, a, b, out, in_dt, out_dt, alpha: 1.0, beta, batch: 1, stride_a: 0, stride_b: 0, stride_out: 0, bias: 0 }
+    pub fn single(
+        out: DevPtr,
+        a: DevPtr,
+        b: DevPtr,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        in_dt: DType,
+        out_dt: DType,
+        beta: f32,
+    ) -> Self {
+        Gemm {
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            a,
+            b,
+            out,
+            in_dt,
+            out_dt,
+            alpha: 1.0,
+            beta,
+            batch: 1,
+            stride_a: 0,
+            stride_b: 0,
+            stride_out: 0,
+            bias: 0,
+        }
     }
     pub fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k * self.batch) as f64
@@ -90,7 +120,10 @@ unsafe fn read_f32(p: DevPtr, n: usize, dt: DType) -> Vec<f32> {
 unsafe fn write_f32(p: DevPtr, x: &[f32], dt: DType) {
     match dt {
         DType::F32 => std::slice::from_raw_parts_mut(p as *mut f32, x.len()).copy_from_slice(x),
-        DType::BF16 => std::slice::from_raw_parts_mut(p as *mut bf16, x.len()).iter_mut().zip(x).for_each(|(d, &s)| *d = bf16::from_f32(s)),
+        DType::BF16 => std::slice::from_raw_parts_mut(p as *mut bf16, x.len())
+            .iter_mut()
+            .zip(x)
+            .for_each(|(d, &s)| *d = bf16::from_f32(s)),
     }
 }
 
@@ -128,7 +161,11 @@ impl Device for SimDevice {
     fn gemm(&self, g: &Gemm) -> Result<()> {
         let (sa, sb, so) = (g.in_dt.size() as u64, g.in_dt.size() as u64, g.out_dt.size() as u64);
         for i in 0..g.batch as u64 {
-            let (pa, pb, po) = (g.a + i * g.stride_a as u64 * sa, g.b + i * g.stride_b as u64 * sb, g.out + i * g.stride_out as u64 * so);
+            let (pa, pb, po) = (
+                g.a + i * g.stride_a as u64 * sa,
+                g.b + i * g.stride_b as u64 * sb,
+                g.out + i * g.stride_out as u64 * so,
+            );
             // SAFETY: the Gemm describes live buffers of these sizes (the caller's contract).
             unsafe {
                 let a = read_f32(pa, g.m * g.k, g.in_dt);

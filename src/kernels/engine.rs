@@ -260,49 +260,158 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
 
     // ---- ops ----
-    fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Ids, wte: &Self::Buf, wpe: &Self::Buf, pos0: &[u32], t: usize, c: usize) {
+    fn encoder_forward(
+        &self,
+        out: &mut Self::Buf,
+        tokens: &Self::Ids,
+        wte: &Self::Buf,
+        wpe: &Self::Buf,
+        pos0: &[u32],
+        t: usize,
+        c: usize,
+    ) {
         let dt = out.dt;
         let (vw, vp, pd) = (self.view(wte, dt), self.view(wpe, dt), self.positions(pos0));
         let o = self.target(out, dt);
-        ok("encoder_forward", kl::encoder_forward(self.l(), dt, o, self.p(&tokens.mem), vw.ptr(), vp.ptr(), pd, pos0.len(), t, c));
+        ok(
+            "encoder_forward",
+            kl::encoder_forward(self.l(), dt, o, self.p(&tokens.mem), vw.ptr(), vp.ptr(), pd, pos0.len(), t, c),
+        );
     }
-    fn encoder_backward(&self, dwte: &mut Self::Buf, dwpe: &mut Self::Buf, dout: &Self::Buf, tokens: &Self::Ids, pos0: &[u32], t: usize, c: usize) {
+    fn encoder_backward(
+        &self,
+        dwte: &mut Self::Buf,
+        dwpe: &mut Self::Buf,
+        dout: &Self::Buf,
+        tokens: &Self::Ids,
+        pos0: &[u32],
+        t: usize,
+        c: usize,
+    ) {
         let dt = dwte.dt;
         let plan = kl::EncoderPlan::new(&tokens.host[..pos0.len() * t]);
-        let (plan_d, pd, vd) = (self.upload_bytes(bytemuck::cast_slice(&plan.data)), self.positions(pos0), self.view(dout, dt));
+        let (plan_d, pd, vd) =
+            (self.upload_bytes(bytemuck::cast_slice(&plan.data)), self.positions(pos0), self.view(dout, dt));
         let (gw, gp) = (self.target(dwte, dt), self.target(dwpe, dt));
-        ok("encoder_backward", kl::encoder_backward(self.l(), dt, gw, gp, vd.ptr(), self.p(&plan_d), plan.buckets, pd, pos0, t, c));
+        ok(
+            "encoder_backward",
+            kl::encoder_backward(self.l(), dt, gw, gp, vd.ptr(), self.p(&plan_d), plan.buckets, pd, pos0, t, c),
+        );
     }
-    fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, b: &Self::Buf, c: usize) {
+    fn layernorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        c: usize,
+    ) {
         let (dt, n) = (out.dt, inp.n / c);
         let (vi, vw, vb) = (self.view(inp, dt), self.view(w, dt), self.view(b, dt));
         let (o, m, r) = (self.target(out, dt), self.target(mean, F32), self.target(rstd, F32));
         ok("layernorm_forward", kl::layernorm_forward(self.l(), dt, o, m, r, vi.ptr(), vw.ptr(), vb.ptr(), n, c));
     }
-    fn residual_layernorm_forward(&self, residual: &mut Self::Buf, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, w: &Self::Buf, bias: &Self::Buf, c: usize) {
+    fn residual_layernorm_forward(
+        &self,
+        residual: &mut Self::Buf,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        w: &Self::Buf,
+        bias: &Self::Buf,
+        c: usize,
+    ) {
         let (dt, n) = (out.dt, a.n / c);
         let (va, vb, vw, vbias) = (self.view(a, dt), self.view(b, dt), self.view(w, dt), self.view(bias, dt));
-        let (r, o, m, s) = (self.target(residual, dt), self.target(out, dt), self.target(mean, F32), self.target(rstd, F32));
-        ok("residual_layernorm_forward", kl::residual_layernorm_forward(self.l(), dt, r, o, m, s, va.ptr(), vb.ptr(), vw.ptr(), vbias.ptr(), n, c));
+        let (r, o, m, s) =
+            (self.target(residual, dt), self.target(out, dt), self.target(mean, F32), self.target(rstd, F32));
+        ok(
+            "residual_layernorm_forward",
+            kl::residual_layernorm_forward(self.l(), dt, r, o, m, s, va.ptr(), vb.ptr(), vw.ptr(), vbias.ptr(), n, c),
+        );
     }
-    fn layernorm_backward(&self, dinp: &mut Self::Buf, dw: &mut Self::Buf, db: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, c: usize) {
+    fn layernorm_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        c: usize,
+    ) {
         let (dt, n) = (dinp.dt, inp.n / c);
         let (vd, vi, vw) = (self.view(dout, dt), self.view(inp, dt), self.view(w, dt));
         let (vm, vr) = (self.view(mean, F32), self.view(rstd, F32));
         let s = self.scratch(kl::layernorm_backward_scratch_bytes(n, c));
         let (gi, gw, gb) = (self.target(dinp, dt), self.target(dw, dt), self.target(db, dt));
-        ok("layernorm_backward", kl::layernorm_backward(self.l(), dt, gi, gw, gb, vd.ptr(), vi.ptr(), vw.ptr(), vm.ptr(), vr.ptr(), n, c, self.p(&s)));
+        ok(
+            "layernorm_backward",
+            kl::layernorm_backward(
+                self.l(),
+                dt,
+                gi,
+                gw,
+                gb,
+                vd.ptr(),
+                vi.ptr(),
+                vw.ptr(),
+                vm.ptr(),
+                vr.ptr(),
+                n,
+                c,
+                self.p(&s),
+            ),
+        );
     }
-    fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, m: usize, n: usize, k: usize, ta: bool, tb: bool, accumulate: bool) {
+    fn matmul(
+        &self,
+        out: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+    ) {
         let (va, vb) = (self.view(a, self.compute), self.view(b, self.compute));
         let out_dt = out.dt;
         let o = self.target(out, out_dt);
-        let g = Gemm::single(o, va.ptr(), vb.ptr(), m, n, k, ta, tb, self.compute, out_dt, if accumulate { 1.0 } else { 0.0 });
+        let g = Gemm::single(
+            o,
+            va.ptr(),
+            vb.ptr(),
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            self.compute,
+            out_dt,
+            if accumulate { 1.0 } else { 0.0 },
+        );
         ok("matmul", self.dev.gemm(&g));
     }
     /// The bias rides in the GEMM's epilogue (one pass over the output instead of two); should the library
     /// refuse that combination, a separate bias kernel does it (said once on stderr).
-    fn linear_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, n: usize, c: usize, oc: usize) {
+    fn linear_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
         let (vi, vw) = (self.view(inp, self.compute), self.view(w, self.compute));
         let out_dt = out.dt;
         let vb = bias.map(|b| self.view(b, out_dt));
@@ -313,7 +422,9 @@ impl<D: Device> Backend for KernelBackend<D> {
             (Ok(()), _) => {}
             (Err(e), Some(vb)) => {
                 static SAID: std::sync::Once = std::sync::Once::new();
-                SAID.call_once(|| eprintln!("note: GEMM with a bias epilogue refused ({e:#}); adding biases in a separate kernel"));
+                SAID.call_once(|| {
+                    eprintln!("note: GEMM with a bias epilogue refused ({e:#}); adding biases in a separate kernel")
+                });
                 g.bias = 0;
                 ok("matmul", self.dev.gemm(&g));
                 ok("bias_add", kl::bias_add(self.l(), out_dt, o, vb.ptr(), n, oc));
@@ -364,26 +475,87 @@ impl<D: Device> Backend for KernelBackend<D> {
         let p = self.target(buf, dt);
         ok("scale", kl::scale(self.l(), dt, p, s as f32, n));
     }
-    fn attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q_src: &Self::Buf, kv: &Self::Buf, pos0: &[u32], b: usize, tq: usize, tk: usize, c: usize, nh: usize) {
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q_src: &Self::Buf,
+        kv: &Self::Buf,
+        pos0: &[u32],
+        b: usize,
+        tq: usize,
+        tk: usize,
+        c: usize,
+        nh: usize,
+    ) {
         let dt = out.dt;
         let (vq, vkv, pd) = (self.view(q_src, dt), self.view(kv, dt), self.positions(pos0));
         let (o, l) = (self.target(out, dt), self.target(lse, F32));
         ok("attention_forward", kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh));
     }
-    fn attention_backward(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, b: usize, t: usize, c: usize, nh: usize) {
+    fn attention_backward(
+        &self,
+        dqkv: &mut Self::Buf,
+        dout: &Self::Buf,
+        qkv: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) {
         let dt = dqkv.dt;
         let (vd, vq, vo, vl) = (self.view(dout, dt), self.view(qkv, dt), self.view(out, dt), self.view(lse, F32));
         let s = self.scratch(kl::attention_backward_scratch_bytes(b, t, nh));
         let g = self.target(dqkv, dt);
-        ok("attention_backward", kl::attention_backward(self.l(), dt, g, vd.ptr(), vq.ptr(), vo.ptr(), vl.ptr(), b, t, c, nh, self.p(&s)));
+        ok(
+            "attention_backward",
+            kl::attention_backward(self.l(), dt, g, vd.ptr(), vq.ptr(), vo.ptr(), vl.ptr(), b, t, c, nh, self.p(&s)),
+        );
     }
-    fn crossentropy(&self, losses: &mut Self::Buf, logits: &mut Self::Buf, targets: &Self::Ids, weights: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool) {
+    fn crossentropy(
+        &self,
+        losses: &mut Self::Buf,
+        logits: &mut Self::Buf,
+        targets: &Self::Ids,
+        weights: &Self::Buf,
+        v: usize,
+        vp: usize,
+        inv_temp: f64,
+        want_grad: bool,
+    ) {
         let (dt, n) = (logits.dt, losses.n);
         let vw = self.view(weights, F32);
         let (lo, lg) = (self.target(losses, F32), self.target(logits, dt));
-        ok("crossentropy", kl::crossentropy(self.l(), dt, lo, lg, self.p(&targets.mem), vw.ptr(), n, v, vp, inv_temp as f32, want_grad));
+        ok(
+            "crossentropy",
+            kl::crossentropy(
+                self.l(),
+                dt,
+                lo,
+                lg,
+                self.p(&targets.mem),
+                vw.ptr(),
+                n,
+                v,
+                vp,
+                inv_temp as f32,
+                want_grad,
+            ),
+        );
     }
-    fn entropy(&self, ent: &mut Self::Buf, dlogits: &mut Self::Buf, logits: &Self::Buf, coef: &Self::Buf, v: usize, vp: usize, inv_temp: f64, want_grad: bool) -> Result<()> {
+    fn entropy(
+        &self,
+        ent: &mut Self::Buf,
+        dlogits: &mut Self::Buf,
+        logits: &Self::Buf,
+        coef: &Self::Buf,
+        v: usize,
+        vp: usize,
+        inv_temp: f64,
+        want_grad: bool,
+    ) -> Result<()> {
         let (dt, n) = (logits.dt, coef.n);
         let (vl, vc) = (self.view(logits, dt), self.view(coef, F32));
         let e = self.target(ent, F32);
@@ -398,8 +570,18 @@ impl<D: Device> Backend for KernelBackend<D> {
     /// precision a bf16 gradient takes the bf16 kernel, which also writes the updated master's rounding into
     /// the working copy; any other gradient the f32 kernel. Steps that differ in more than weight decay
     /// (never from `AdamW::update`) are taken tensor by tensor.
-    fn adamw_all(&self, params: &mut [Self::Buf], grads: &[Self::Buf], m: &mut [Self::Buf], v: &mut [Self::Buf], hs: &[AdamWParams]) {
-        let same = |a: &AdamWParams, b: &AdamWParams| (a.lr, a.beta1, a.beta2, a.eps, a.step, a.grad_scale) == (b.lr, b.beta1, b.beta2, b.eps, b.step, b.grad_scale);
+    fn adamw_all(
+        &self,
+        params: &mut [Self::Buf],
+        grads: &[Self::Buf],
+        m: &mut [Self::Buf],
+        v: &mut [Self::Buf],
+        hs: &[AdamWParams],
+    ) {
+        let same = |a: &AdamWParams, b: &AdamWParams| {
+            (a.lr, a.beta1, a.beta2, a.eps, a.step, a.grad_scale)
+                == (b.lr, b.beta1, b.beta2, b.eps, b.step, b.grad_scale)
+        };
         if !hs.iter().all(|h| same(h, &hs[0])) {
             for i in 0..hs.len() {
                 let r = i..i + 1;
@@ -442,7 +624,8 @@ impl<D: Device> Backend for KernelBackend<D> {
     fn sum_squares_all(&self, bufs: &[Self::Buf]) -> f64 {
         let mut results = Vec::new();
         for dt in [F32, DType::BF16] {
-            let of_dt: Vec<(DevPtr, usize)> = bufs.iter().filter(|b| b.dt == dt).map(|b| (self.p(&b.mem), b.n)).collect();
+            let of_dt: Vec<(DevPtr, usize)> =
+                bufs.iter().filter(|b| b.dt == dt).map(|b| (self.p(&b.mem), b.n)).collect();
             if !of_dt.is_empty() {
                 let table = kl::sum_squares_chunks(dt, &of_dt);
                 let t = self.device_copy(bytemuck::cast_slice(&table));

@@ -145,12 +145,20 @@ pub fn scale(l: &dyn Launcher, dt: DType, buf: DevPtr, s: f32, n: usize) -> Resu
 
 /// dst (bf16) = round-to-nearest-even(src (f32)).
 pub fn cast_f32_to_bf16(l: &dyn Launcher, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
-    l.launch("cast_f32_to_bf16", LaunchConfig::linear(n, EW_BLOCK), &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(i32_of(n, "n")?)])
+    l.launch(
+        "cast_f32_to_bf16",
+        LaunchConfig::linear(n, EW_BLOCK),
+        &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(i32_of(n, "n")?)],
+    )
 }
 
 /// dst (f32) = src (bf16).
 pub fn cast_bf16_to_f32(l: &dyn Launcher, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
-    l.launch("cast_bf16_to_f32", LaunchConfig::linear(n, EW_BLOCK), &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(i32_of(n, "n")?)])
+    l.launch(
+        "cast_bf16_to_f32",
+        LaunchConfig::linear(n, EW_BLOCK),
+        &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(i32_of(n, "n")?)],
+    )
 }
 
 // ------------------------------------------------------------------------------------------------ column sums
@@ -165,7 +173,15 @@ fn colsum_partial_cfg(n: usize, c: usize) -> LaunchConfig {
     LaunchConfig { grid: [c.div_ceil(32) as u32, colsum_chunks(n) as u32, 1], block: [32, 8, 1], smem: 0 }
 }
 
-fn colsum_finalize(l: &dyn Launcher, dt: DType, dst0: DevPtr, dst1: DevPtr, partial: DevPtr, r: usize, c: usize) -> Result<()> {
+fn colsum_finalize(
+    l: &dyn Launcher,
+    dt: DType,
+    dst0: DevPtr,
+    dst1: DevPtr,
+    partial: DevPtr,
+    r: usize,
+    c: usize,
+) -> Result<()> {
     l.launch(
         &k("colsum_finalize", dt),
         LaunchConfig::linear(c, EW_BLOCK),
@@ -177,7 +193,11 @@ fn colsum_finalize(l: &dyn Launcher, dt: DType, dst0: DevPtr, dst1: DevPtr, part
 /// out[N,OC] += bias[OC].
 pub fn bias_add(l: &dyn Launcher, dt: DType, out: DevPtr, bias: DevPtr, n: usize, oc: usize) -> Result<()> {
     i32_of(n * oc, "N*OC")?;
-    l.launch(&k("bias_add", dt), LaunchConfig::linear(n * oc, EW_BLOCK), &[Arg::Ptr(out), Arg::Ptr(bias), Arg::I32(n as i32), Arg::I32(oc as i32)])
+    l.launch(
+        &k("bias_add", dt),
+        LaunchConfig::linear(n * oc, EW_BLOCK),
+        &[Arg::Ptr(out), Arg::Ptr(bias), Arg::I32(n as i32), Arg::I32(oc as i32)],
+    )
 }
 
 pub fn bias_backward_scratch_bytes(n: usize, oc: usize) -> usize {
@@ -185,7 +205,15 @@ pub fn bias_backward_scratch_bytes(n: usize, oc: usize) -> usize {
 }
 
 /// dbias[OC] += column sums of dout[N,OC] (deterministic: fixed-order partials, no atomics).
-pub fn bias_backward(l: &dyn Launcher, dt: DType, dbias: DevPtr, dout: DevPtr, n: usize, oc: usize, scratch: DevPtr) -> Result<()> {
+pub fn bias_backward(
+    l: &dyn Launcher,
+    dt: DType,
+    dbias: DevPtr,
+    dout: DevPtr,
+    n: usize,
+    oc: usize,
+    scratch: DevPtr,
+) -> Result<()> {
     i32_of(n * oc, "N*OC")?;
     l.launch(
         &k("bias_backward_partial", dt),
@@ -209,26 +237,70 @@ fn ln_aligned(dt: DType, c: usize, ptrs: &[DevPtr], kernel: &str) -> Result<()> 
 
 /// out[N,C] = layernorm(inp) * w + b; mean, rstd: f32 [N] (either may be 0 = not stored).
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_forward(l: &dyn Launcher, dt: DType, out: DevPtr, mean: DevPtr, rstd: DevPtr, inp: DevPtr, w: DevPtr, b: DevPtr, n: usize, c: usize) -> Result<()> {
+pub fn layernorm_forward(
+    l: &dyn Launcher,
+    dt: DType,
+    out: DevPtr,
+    mean: DevPtr,
+    rstd: DevPtr,
+    inp: DevPtr,
+    w: DevPtr,
+    b: DevPtr,
+    n: usize,
+    c: usize,
+) -> Result<()> {
     i32_of(n * c, "N*C")?;
     ln_aligned(dt, c, &[out, inp, w, b], "layernorm_forward")?;
     l.launch(
         &k("layernorm_forward", dt),
         LaunchConfig::linear(n * 32, LN_BLOCK),
-        &[Arg::Ptr(out), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::Ptr(inp), Arg::Ptr(w), Arg::Ptr(b), Arg::I32(n as i32), Arg::I32(c as i32)],
+        &[
+            Arg::Ptr(out),
+            Arg::Ptr(mean),
+            Arg::Ptr(rstd),
+            Arg::Ptr(inp),
+            Arg::Ptr(w),
+            Arg::Ptr(b),
+            Arg::I32(n as i32),
+            Arg::I32(c as i32),
+        ],
     )
 }
 
 /// residual[N,C] = a + b, then out = layernorm(residual) * w + bias with the stored residual's statistics
 /// (mean, rstd f32 [N], either may be 0): `add` and `layernorm_forward` in one pass.
 #[allow(clippy::too_many_arguments)]
-pub fn residual_layernorm_forward(l: &dyn Launcher, dt: DType, residual: DevPtr, out: DevPtr, mean: DevPtr, rstd: DevPtr, a: DevPtr, b: DevPtr, w: DevPtr, bias: DevPtr, n: usize, c: usize) -> Result<()> {
+pub fn residual_layernorm_forward(
+    l: &dyn Launcher,
+    dt: DType,
+    residual: DevPtr,
+    out: DevPtr,
+    mean: DevPtr,
+    rstd: DevPtr,
+    a: DevPtr,
+    b: DevPtr,
+    w: DevPtr,
+    bias: DevPtr,
+    n: usize,
+    c: usize,
+) -> Result<()> {
     i32_of(n * c, "N*C")?;
     ln_aligned(dt, c, &[residual, out, a, b, w, bias], "residual_layernorm_forward")?;
     l.launch(
         &k("residual_layernorm_forward", dt),
         LaunchConfig::linear(n * 32, LN_BLOCK),
-        &[Arg::Ptr(residual), Arg::Ptr(out), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(w), Arg::Ptr(bias), Arg::I32(n as i32), Arg::I32(c as i32)],
+        &[
+            Arg::Ptr(residual),
+            Arg::Ptr(out),
+            Arg::Ptr(mean),
+            Arg::Ptr(rstd),
+            Arg::Ptr(a),
+            Arg::Ptr(b),
+            Arg::Ptr(w),
+            Arg::Ptr(bias),
+            Arg::I32(n as i32),
+            Arg::I32(c as i32),
+        ],
     )
 }
 
@@ -259,12 +331,30 @@ pub fn layernorm_backward(
     l.launch(
         &k("layernorm_backward_dinp", dt),
         LaunchConfig::linear(n * 32, LN_BLOCK),
-        &[Arg::Ptr(dinp), Arg::Ptr(dout), Arg::Ptr(inp), Arg::Ptr(w), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::I32(ni), Arg::I32(ci)],
+        &[
+            Arg::Ptr(dinp),
+            Arg::Ptr(dout),
+            Arg::Ptr(inp),
+            Arg::Ptr(w),
+            Arg::Ptr(mean),
+            Arg::Ptr(rstd),
+            Arg::I32(ni),
+            Arg::I32(ci),
+        ],
     )?;
     l.launch(
         &k("layernorm_backward_partial", dt),
         colsum_partial_cfg(n, c),
-        &[Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(inp), Arg::Ptr(mean), Arg::Ptr(rstd), Arg::I32(ni), Arg::I32(ci), Arg::I32(COLSUM_ROWS as i32)],
+        &[
+            Arg::Ptr(scratch),
+            Arg::Ptr(dout),
+            Arg::Ptr(inp),
+            Arg::Ptr(mean),
+            Arg::Ptr(rstd),
+            Arg::I32(ni),
+            Arg::I32(ci),
+            Arg::I32(COLSUM_ROWS as i32),
+        ],
     )?;
     colsum_finalize(l, dt, dw, db, scratch, colsum_chunks(n), c)
 }
@@ -272,12 +362,32 @@ pub fn layernorm_backward(
 // ------------------------------------------------------------------------------------------------ encoder
 /// out[B,T,C] = wte[tokens] + wpe[pos0[b] + t]; tokens [B*T] u32, pos0 [B] u32 (device).
 #[allow(clippy::too_many_arguments)]
-pub fn encoder_forward(l: &dyn Launcher, dt: DType, out: DevPtr, tokens: DevPtr, wte: DevPtr, wpe: DevPtr, pos0: DevPtr, b: usize, t: usize, c: usize) -> Result<()> {
+pub fn encoder_forward(
+    l: &dyn Launcher,
+    dt: DType,
+    out: DevPtr,
+    tokens: DevPtr,
+    wte: DevPtr,
+    wpe: DevPtr,
+    pos0: DevPtr,
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<()> {
     i32_of(b * t * c, "B*T*C")?;
     l.launch(
         &k("encoder_forward", dt),
         LaunchConfig::linear(b * t * c, EW_BLOCK),
-        &[Arg::Ptr(out), Arg::Ptr(tokens), Arg::Ptr(wte), Arg::Ptr(wpe), Arg::Ptr(pos0), Arg::I32(b as i32), Arg::I32(t as i32), Arg::I32(c as i32)],
+        &[
+            Arg::Ptr(out),
+            Arg::Ptr(tokens),
+            Arg::Ptr(wte),
+            Arg::Ptr(wpe),
+            Arg::Ptr(pos0),
+            Arg::I32(b as i32),
+            Arg::I32(t as i32),
+            Arg::I32(c as i32),
+        ],
     )
 }
 
@@ -317,7 +427,19 @@ const ENC_WTE_MAX_GRID: usize = 65535;
 /// `EncoderPlan::new(tokens).data` with `buckets` buckets; `pos0_host` the host copy of the device `pos0`
 /// (it fixes the range of positions to visit).
 #[allow(clippy::too_many_arguments)]
-pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, plan: DevPtr, buckets: usize, pos0: DevPtr, pos0_host: &[u32], t: usize, c: usize) -> Result<()> {
+pub fn encoder_backward(
+    l: &dyn Launcher,
+    dt: DType,
+    dwte: DevPtr,
+    dwpe: DevPtr,
+    dout: DevPtr,
+    plan: DevPtr,
+    buckets: usize,
+    pos0: DevPtr,
+    pos0_host: &[u32],
+    t: usize,
+    c: usize,
+) -> Result<()> {
     let b = pos0_host.len();
     let n = b * t;
     i32_of(n * c, "B*T*C")?;
@@ -327,7 +449,11 @@ pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr,
     ensure!(buckets >= 1 && buckets <= n, "encoder_backward: {buckets} token buckets for {n} rows");
     l.launch(
         &k("encoder_backward_wte", dt),
-        LaunchConfig { grid: [buckets.min(ENC_WTE_MAX_GRID) as u32, 1, 1], block: [c.clamp(32, 256).next_multiple_of(32) as u32, 1, 1], smem: 0 },
+        LaunchConfig {
+            grid: [buckets.min(ENC_WTE_MAX_GRID) as u32, 1, 1],
+            block: [c.clamp(32, 256).next_multiple_of(32) as u32, 1, 1],
+            smem: 0,
+        },
         &[Arg::Ptr(dwte), Arg::Ptr(dout), Arg::Ptr(plan), Arg::I32(buckets as i32), Arg::I32(c as i32)],
     )?;
     let lo = *pos0_host.iter().min().unwrap() as usize;
@@ -353,7 +479,19 @@ pub fn encoder_backward(l: &dyn Launcher, dt: DType, dwte: DevPtr, dwpe: DevPtr,
 /// losses[N] (f32) and, with want_grad, logits[N,Vp] overwritten by dlogits (see kernels/crossentropy.cu).
 /// targets [N] u32, weights [N] f32.
 #[allow(clippy::too_many_arguments)]
-pub fn crossentropy(l: &dyn Launcher, dt: DType, losses: DevPtr, logits: DevPtr, targets: DevPtr, weights: DevPtr, n: usize, v: usize, vp: usize, inv_temp: f32, want_grad: bool) -> Result<()> {
+pub fn crossentropy(
+    l: &dyn Launcher,
+    dt: DType,
+    losses: DevPtr,
+    logits: DevPtr,
+    targets: DevPtr,
+    weights: DevPtr,
+    n: usize,
+    v: usize,
+    vp: usize,
+    inv_temp: f32,
+    want_grad: bool,
+) -> Result<()> {
     ensure!(v >= 1 && v <= vp, "crossentropy: need 1 <= V ({v}) <= Vp ({vp})");
     i32_of(n * vp, "N*Vp")?;
     if vp.is_multiple_of(dt.pack()) {
@@ -382,7 +520,19 @@ pub fn crossentropy(l: &dyn Launcher, dt: DType, losses: DevPtr, logits: DevPtr,
 /// ent[N] (f32) and, with want_grad, dlogits[N,Vp] = coef-weighted dH/dlogits (see kernels/entropy.cu);
 /// coef [N] f32. Without want_grad `dlogits` may be 0.
 #[allow(clippy::too_many_arguments)]
-pub fn entropy(l: &dyn Launcher, dt: DType, ent: DevPtr, dlogits: DevPtr, logits: DevPtr, coef: DevPtr, n: usize, v: usize, vp: usize, inv_temp: f32, want_grad: bool) -> Result<()> {
+pub fn entropy(
+    l: &dyn Launcher,
+    dt: DType,
+    ent: DevPtr,
+    dlogits: DevPtr,
+    logits: DevPtr,
+    coef: DevPtr,
+    n: usize,
+    v: usize,
+    vp: usize,
+    inv_temp: f32,
+    want_grad: bool,
+) -> Result<()> {
     ensure!(v >= 1 && v <= vp, "entropy: need 1 <= V ({v}) <= Vp ({vp})");
     ensure!(!want_grad || dlogits != 0, "entropy: want_grad without a dlogits buffer");
     i32_of(n * vp, "N*Vp")?;
@@ -395,7 +545,16 @@ pub fn entropy(l: &dyn Launcher, dt: DType, ent: DevPtr, dlogits: DevPtr, logits
     l.launch(
         &k("entropy", dt),
         LaunchConfig { grid: [n as u32, 1, 1], block: [256, 1, 1], smem: 0 },
-        &[Arg::Ptr(ent), Arg::Ptr(dlogits), Arg::Ptr(logits), Arg::Ptr(coef), Arg::I32(v as i32), Arg::I32(vp as i32), Arg::F32(inv_temp), Arg::I32(want_grad as i32)],
+        &[
+            Arg::Ptr(ent),
+            Arg::Ptr(dlogits),
+            Arg::Ptr(logits),
+            Arg::Ptr(coef),
+            Arg::I32(v as i32),
+            Arg::I32(vp as i32),
+            Arg::F32(inv_temp),
+            Arg::I32(want_grad as i32),
+        ],
     )
 }
 
@@ -444,7 +603,15 @@ pub fn adamw_chunks(dt: DType, tensors: &[AdamWTensor]) -> Result<Vec<AdamWChunk
             let (o, of) = ((off * dt.size()) as u64, (off * 4) as u64);
             let master = if t.master == 0 { 0 } else { t.master + of };
             let len = MULTI_CHUNK.min(t.n - off) as i32;
-            v.push(AdamWChunk { param: t.param + o, master, grad: t.grad + o, m: t.m + of, v: t.v + of, len, wd: t.weight_decay as f32 });
+            v.push(AdamWChunk {
+                param: t.param + o,
+                master,
+                grad: t.grad + o,
+                m: t.m + of,
+                v: t.v + of,
+                len,
+                wd: t.weight_decay as f32,
+            });
         }
     }
     Ok(v)
@@ -452,7 +619,13 @@ pub fn adamw_chunks(dt: DType, tensors: &[AdamWTensor]) -> Result<Vec<AdamWChunk
 
 /// One AdamW step over every chunk of `table` (device copy of [`adamw_chunks`]) in one launch; `h`'s
 /// weight decay is ignored (each chunk carries its tensor's).
-pub fn adamw_multi(l: &dyn Launcher, dt: DType, table: DevPtr, chunks: usize, h: &crate::ops::adamw::AdamWParams) -> Result<()> {
+pub fn adamw_multi(
+    l: &dyn Launcher,
+    dt: DType,
+    table: DevPtr,
+    chunks: usize,
+    h: &crate::ops::adamw::AdamWParams,
+) -> Result<()> {
     ensure!(h.step >= 1, "adamw: step is 1-based");
     if chunks == 0 {
         return Ok(());
@@ -559,13 +732,40 @@ pub const ATTENTION_WMMA_SMEM: u32 = 72448;
 /// Causal attention forward (contract of `crate::ops::attention::forward`): out [B,Tq,C], lse f32 [B,NH,Tq],
 /// q_src [B,Tq,3C], kv [B,Tk,3C], pos0 u32 [B] (device).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward(l: &dyn Launcher, dt: DType, out: DevPtr, lse: DevPtr, q_src: DevPtr, kv: DevPtr, pos0: DevPtr, b: usize, tq: usize, tk: usize, c: usize, nh: usize) -> Result<()> {
+pub fn attention_forward(
+    l: &dyn Launcher,
+    dt: DType,
+    out: DevPtr,
+    lse: DevPtr,
+    q_src: DevPtr,
+    kv: DevPtr,
+    pos0: DevPtr,
+    b: usize,
+    tq: usize,
+    tk: usize,
+    c: usize,
+    nh: usize,
+) -> Result<()> {
     attention_forward_with(l, AttentionImpl::Auto, dt, out, lse, q_src, kv, pos0, b, tq, tk, c, nh)
 }
 
 /// [`attention_forward`] with an explicit kernel choice.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward_with(l: &dyn Launcher, imp: AttentionImpl, dt: DType, out: DevPtr, lse: DevPtr, q_src: DevPtr, kv: DevPtr, pos0: DevPtr, b: usize, tq: usize, tk: usize, c: usize, nh: usize) -> Result<()> {
+pub fn attention_forward_with(
+    l: &dyn Launcher,
+    imp: AttentionImpl,
+    dt: DType,
+    out: DevPtr,
+    lse: DevPtr,
+    q_src: DevPtr,
+    kv: DevPtr,
+    pos0: DevPtr,
+    b: usize,
+    tq: usize,
+    tk: usize,
+    c: usize,
+    nh: usize,
+) -> Result<()> {
     let (hs, kpl) = att_variant(c, nh)?;
     i32_of(b * tq.max(tk) * 3 * c, "B*T*3C")?;
     if b == 0 || tq == 0 {
@@ -583,14 +783,38 @@ pub fn attention_forward_with(l: &dyn Launcher, imp: AttentionImpl, dt: DType, o
     if use_wmma {
         return l.launch(
             "attention_forward_wmma_bf16",
-            LaunchConfig { grid: [tq.div_ceil(64) as u32, nh as u32, b as u32], block: [128, 1, 1], smem: ATTENTION_WMMA_SMEM },
-            &[Arg::Ptr(out), Arg::Ptr(lse), Arg::Ptr(q_src), Arg::Ptr(kv), Arg::Ptr(pos0), Arg::I32(tq as i32), Arg::I32(tk as i32), Arg::I32(nh as i32), Arg::I32(c as i32)],
+            LaunchConfig {
+                grid: [tq.div_ceil(64) as u32, nh as u32, b as u32],
+                block: [128, 1, 1],
+                smem: ATTENTION_WMMA_SMEM,
+            },
+            &[
+                Arg::Ptr(out),
+                Arg::Ptr(lse),
+                Arg::Ptr(q_src),
+                Arg::Ptr(kv),
+                Arg::Ptr(pos0),
+                Arg::I32(tq as i32),
+                Arg::I32(tk as i32),
+                Arg::I32(nh as i32),
+                Arg::I32(c as i32),
+            ],
         );
     }
     l.launch(
         &format!("attention_forward_hs{kpl}_{}", dt.suffix()),
         att_cfg(tq, nh, b, hs + 32),
-        &[Arg::Ptr(out), Arg::Ptr(lse), Arg::Ptr(q_src), Arg::Ptr(kv), Arg::Ptr(pos0), Arg::I32(tq as i32), Arg::I32(tk as i32), Arg::I32(nh as i32), Arg::I32(c as i32)],
+        &[
+            Arg::Ptr(out),
+            Arg::Ptr(lse),
+            Arg::Ptr(q_src),
+            Arg::Ptr(kv),
+            Arg::Ptr(pos0),
+            Arg::I32(tq as i32),
+            Arg::I32(tk as i32),
+            Arg::I32(nh as i32),
+            Arg::I32(c as i32),
+        ],
     )
 }
 
@@ -607,14 +831,41 @@ pub const ATTENTION_BWD_DKV_WMMA_SMEM: u32 = 90112;
 /// Causal attention backward, training form (contract of `crate::ops::attention::backward`): dqkv [B,T,3C]
 /// is overwritten; lse f32 from the forward.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(l: &dyn Launcher, dt: DType, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, out: DevPtr, lse: DevPtr, b: usize, t: usize, c: usize, nh: usize, scratch: DevPtr) -> Result<()> {
+pub fn attention_backward(
+    l: &dyn Launcher,
+    dt: DType,
+    dqkv: DevPtr,
+    dout: DevPtr,
+    qkv: DevPtr,
+    out: DevPtr,
+    lse: DevPtr,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    scratch: DevPtr,
+) -> Result<()> {
     attention_backward_with(l, AttentionImpl::Auto, dt, dqkv, dout, qkv, out, lse, b, t, c, nh, scratch)
 }
 
 /// [`attention_backward`] with an explicit kernel choice. The tensor-core pair reads 16-byte packs, so it
 /// also needs 16-byte-aligned dqkv, dout, qkv, out (Auto falls back to CUDA cores otherwise).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward_with(l: &dyn Launcher, imp: AttentionImpl, dt: DType, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, out: DevPtr, lse: DevPtr, b: usize, t: usize, c: usize, nh: usize, scratch: DevPtr) -> Result<()> {
+pub fn attention_backward_with(
+    l: &dyn Launcher,
+    imp: AttentionImpl,
+    dt: DType,
+    dqkv: DevPtr,
+    dout: DevPtr,
+    qkv: DevPtr,
+    out: DevPtr,
+    lse: DevPtr,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    scratch: DevPtr,
+) -> Result<()> {
     let (hs, kpl) = att_variant(c, nh)?;
     i32_of(b * t * 3 * c, "B*T*3C")?;
     if b == 0 || t == 0 {
@@ -648,8 +899,35 @@ pub fn attention_backward_with(l: &dyn Launcher, imp: AttentionImpl, dt: DType, 
             att_cfg(t, nh, b, 2 * hs + 64),
         )
     };
-    l.launch(&dq_name, dq_cfg, &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(out), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)])?;
-    l.launch(&dkv_name, dkv_cfg, &[Arg::Ptr(dqkv), Arg::Ptr(scratch), Arg::Ptr(dout), Arg::Ptr(qkv), Arg::Ptr(lse), Arg::I32(ti), Arg::I32(nhi), Arg::I32(ci)])
+    l.launch(
+        &dq_name,
+        dq_cfg,
+        &[
+            Arg::Ptr(dqkv),
+            Arg::Ptr(scratch),
+            Arg::Ptr(dout),
+            Arg::Ptr(qkv),
+            Arg::Ptr(out),
+            Arg::Ptr(lse),
+            Arg::I32(ti),
+            Arg::I32(nhi),
+            Arg::I32(ci),
+        ],
+    )?;
+    l.launch(
+        &dkv_name,
+        dkv_cfg,
+        &[
+            Arg::Ptr(dqkv),
+            Arg::Ptr(scratch),
+            Arg::Ptr(dout),
+            Arg::Ptr(qkv),
+            Arg::Ptr(lse),
+            Arg::I32(ti),
+            Arg::I32(nhi),
+            Arg::I32(ci),
+        ],
+    )
 }
 
 // ------------------------------------------------------------------------------------------------ attention, unfused reference (benchmarks only)
@@ -657,7 +935,18 @@ const SMX_WARPS: usize = 8; // kernels/attention_unfused.cu SMX_WARPS: one warp 
 
 /// q, k, v [B,NH,T,HS] from qkv [B,T,3C], C = NH*HS (see kernels/attention_unfused.cu).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_permute(l: &dyn Launcher, dt: DType, q: DevPtr, k: DevPtr, v: DevPtr, qkv: DevPtr, b: usize, t: usize, nh: usize, hs: usize) -> Result<()> {
+pub fn attention_permute(
+    l: &dyn Launcher,
+    dt: DType,
+    q: DevPtr,
+    k: DevPtr,
+    v: DevPtr,
+    qkv: DevPtr,
+    b: usize,
+    t: usize,
+    nh: usize,
+    hs: usize,
+) -> Result<()> {
     let n = b * nh * t * hs;
     i32_of(3 * n, "B*T*3C")?;
     if n == 0 {
@@ -666,13 +955,31 @@ pub fn attention_permute(l: &dyn Launcher, dt: DType, q: DevPtr, k: DevPtr, v: D
     l.launch(
         &self::k("attention_permute", dt), // the parameter `k` shadows the name helper
         LaunchConfig::linear(n, EW_BLOCK),
-        &[Arg::Ptr(q), Arg::Ptr(k), Arg::Ptr(v), Arg::Ptr(qkv), Arg::I32(b as i32), Arg::I32(t as i32), Arg::I32(nh as i32), Arg::I32(hs as i32)],
+        &[
+            Arg::Ptr(q),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(qkv),
+            Arg::I32(b as i32),
+            Arg::I32(t as i32),
+            Arg::I32(nh as i32),
+            Arg::I32(hs as i32),
+        ],
     )
 }
 
 /// out [B,T,C] from y [B,NH,T,HS], C = NH*HS.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_unpermute(l: &dyn Launcher, dt: DType, out: DevPtr, y: DevPtr, b: usize, t: usize, nh: usize, hs: usize) -> Result<()> {
+pub fn attention_unpermute(
+    l: &dyn Launcher,
+    dt: DType,
+    out: DevPtr,
+    y: DevPtr,
+    b: usize,
+    t: usize,
+    nh: usize,
+    hs: usize,
+) -> Result<()> {
     let n = b * t * nh * hs;
     i32_of(n, "B*T*C")?;
     if n == 0 {
@@ -687,14 +994,26 @@ pub fn attention_unpermute(l: &dyn Launcher, dt: DType, out: DevPtr, y: DevPtr, 
 
 /// p [BH,T,T] = causal softmax of scale * s [BH,T,T] along each row (row i sees columns 0..=i; exact zeros
 /// above the diagonal, which is never read). p == s (in place) is allowed.
-pub fn softmax_causal(l: &dyn Launcher, dt: DType, p: DevPtr, s: DevPtr, bh: usize, t: usize, scale: f32) -> Result<()> {
+pub fn softmax_causal(
+    l: &dyn Launcher,
+    dt: DType,
+    p: DevPtr,
+    s: DevPtr,
+    bh: usize,
+    t: usize,
+    scale: f32,
+) -> Result<()> {
     i32_of(bh * t * t, "BH*T*T")?;
     if bh == 0 || t == 0 {
         return Ok(());
     }
     l.launch(
         &k("softmax_causal", dt),
-        LaunchConfig { grid: [(bh * t).div_ceil(SMX_WARPS) as u32, 1, 1], block: [32 * SMX_WARPS as u32, 1, 1], smem: 0 },
+        LaunchConfig {
+            grid: [(bh * t).div_ceil(SMX_WARPS) as u32, 1, 1],
+            block: [32 * SMX_WARPS as u32, 1, 1],
+            smem: 0,
+        },
         &[Arg::Ptr(p), Arg::Ptr(s), Arg::I32(bh as i32), Arg::I32(t as i32), Arg::F32(scale)],
     )
 }

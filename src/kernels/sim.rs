@@ -35,7 +35,11 @@ extern "C" {
 /// Every kernel compiled into the simulator, by its `extern "C"` name, sorted.
 pub fn kernel_names() -> Vec<String> {
     // SAFETY: the registry is filled by static constructors before main and never changes afterwards.
-    unsafe { (0..rlhf_sim_kernel_count()).map(|i| CStr::from_ptr(rlhf_sim_kernel_name(i)).to_string_lossy().into_owned()).collect() }
+    unsafe {
+        (0..rlhf_sim_kernel_count())
+            .map(|i| CStr::from_ptr(rlhf_sim_kernel_name(i)).to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
 pub fn has_kernel(name: &str) -> bool {

@@ -215,7 +215,13 @@ impl<B: Backend> Gpt2<B> {
         let mut bufs = Vec::with_capacity(specs.len());
         for (i, (spec, data)) in specs.iter().zip(tensors).enumerate() {
             if data.len() != spec.numel() {
-                bail!("tensor '{}' has {} elements, expected {} for shape {:?}", spec.name, data.len(), spec.numel(), spec.shape);
+                bail!(
+                    "tensor '{}' has {} elements, expected {} for shape {:?}",
+                    spec.name,
+                    data.len(),
+                    spec.numel(),
+                    spec.shape
+                );
             }
             let mut v: Vec<B::F> = data.iter().map(|&x| <B::F as crate::ops::Float>::of(x as f64)).collect();
             if i == WTE {
@@ -240,7 +246,8 @@ impl<B: Backend> Gpt2<B> {
         }
         let c = self.cfg.n_embd;
         let mut host: Vec<Vec<f32>> = self.to_host(be).into_iter().map(|(_, v)| v).collect();
-        let mean: Vec<f32> = (0..c).map(|k| (0..old).map(|r| host[WTE][r * c + k] as f64).sum::<f64>() as f32 / old as f32).collect();
+        let mean: Vec<f32> =
+            (0..c).map(|k| (0..old).map(|r| host[WTE][r * c + k] as f64).sum::<f64>() as f32 / old as f32).collect();
         for _ in old..vocab {
             host[WTE].extend_from_slice(&mean);
         }
@@ -253,7 +260,14 @@ impl<B: Backend> Gpt2<B> {
 
     /// Forward through ln_f for tokens [B,T] (row b starting at absolute position pos0[b]; None = 0).
     /// With a KV cache, each block appends its keys/values at pos0[b].. and attends to the cache.
-    pub fn forward(&self, be: &B, a: &mut Acts<B>, tokens: &[u32], pos0: Option<&[u32]>, mut cache: Option<&mut KvCache<B>>) -> Result<()> {
+    pub fn forward(
+        &self,
+        be: &B,
+        a: &mut Acts<B>,
+        tokens: &[u32],
+        pos0: Option<&[u32]>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<()> {
         let (b, t, c, nh) = (a.b, a.t, self.cfg.n_embd, self.cfg.n_head);
         let n = b * t;
         if tokens.len() != n {
@@ -274,7 +288,15 @@ impl<B: Backend> Gpt2<B> {
         // block, then ln_1 of the next block (ln_f after the last).
         {
             let l0 = &mut a.layers[0];
-            be.layernorm_forward(&mut l0.ln1, &mut l0.ln1_mean, &mut l0.ln1_rstd, &a.encoded, self.p(0, LN1W), self.p(0, LN1B), c);
+            be.layernorm_forward(
+                &mut l0.ln1,
+                &mut l0.ln1_mean,
+                &mut l0.ln1_rstd,
+                &a.encoded,
+                self.p(0, LN1W),
+                self.p(0, LN1B),
+                c,
+            );
         }
         for l in 0..self.cfg.n_layer {
             let (done, rest) = a.layers.split_at_mut(l);
@@ -287,23 +309,64 @@ impl<B: Backend> Gpt2<B> {
                         let dst = (bi * kv.capacity + a.pos0[bi] as usize) * 3 * c;
                         be.copy(&mut kv.layers[l], dst, &la.qkv, bi * t * 3 * c, t * 3 * c);
                     }
-                    be.attention_forward(&mut la.atty, &mut la.lse, &la.qkv, &kv.layers[l], &a.pos0, b, t, kv.capacity, c, nh);
+                    be.attention_forward(
+                        &mut la.atty,
+                        &mut la.lse,
+                        &la.qkv,
+                        &kv.layers[l],
+                        &a.pos0,
+                        b,
+                        t,
+                        kv.capacity,
+                        c,
+                        nh,
+                    );
                 }
                 None => be.attention_forward(&mut la.atty, &mut la.lse, &la.qkv, &la.qkv, &a.pos0, b, t, t, c, nh),
             }
             be.linear_forward(&mut a.scratch, &la.atty, self.p(l, ATTPROJW), Some(self.p(l, ATTPROJB)), n, c, c);
-            be.residual_layernorm_forward(&mut la.res2, &mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, x, &a.scratch, self.p(l, LN2W), self.p(l, LN2B), c);
+            be.residual_layernorm_forward(
+                &mut la.res2,
+                &mut la.ln2,
+                &mut la.ln2_mean,
+                &mut la.ln2_rstd,
+                x,
+                &a.scratch,
+                self.p(l, LN2W),
+                self.p(l, LN2B),
+                c,
+            );
             be.linear_forward(&mut la.fch, &la.ln2, self.p(l, FCW), Some(self.p(l, FCB)), n, c, 4 * c);
             be.gelu_forward(&mut la.fch_gelu, &la.fch);
             be.linear_forward(&mut a.scratch, &la.fch_gelu, self.p(l, FCPROJW), Some(self.p(l, FCPROJB)), n, 4 * c, c);
             match next.first_mut() {
                 Some(nl) => {
                     let (w, bias) = (self.p(l + 1, LN1W), self.p(l + 1, LN1B));
-                    be.residual_layernorm_forward(&mut la.res3, &mut nl.ln1, &mut nl.ln1_mean, &mut nl.ln1_rstd, &la.res2, &a.scratch, w, bias, c);
+                    be.residual_layernorm_forward(
+                        &mut la.res3,
+                        &mut nl.ln1,
+                        &mut nl.ln1_mean,
+                        &mut nl.ln1_rstd,
+                        &la.res2,
+                        &a.scratch,
+                        w,
+                        bias,
+                        c,
+                    );
                 }
                 None => {
                     let (w, bias) = self.params.lnf();
-                    be.residual_layernorm_forward(&mut la.res3, &mut a.lnf, &mut a.lnf_mean, &mut a.lnf_rstd, &la.res2, &a.scratch, w, bias, c);
+                    be.residual_layernorm_forward(
+                        &mut la.res3,
+                        &mut a.lnf,
+                        &mut a.lnf_mean,
+                        &mut a.lnf_rstd,
+                        &la.res2,
+                        &a.scratch,
+                        w,
+                        bias,
+                        c,
+                    );
                 }
             }
         }
@@ -319,7 +382,15 @@ impl<B: Backend> Gpt2<B> {
     /// LM head + fused cross-entropy: per-token losses -log p(target) (temperature-scaled by `inv_temp`),
     /// and returns L = sum_i weights[i] * losses[i]. With `grads`, also backpropagates L through the head:
     /// dwte += dlogits^T h and `a.dlnf` = dlogits @ wte (overwritten).
-    pub fn lm_loss(&self, be: &B, a: &mut Acts<B>, targets: &[u32], weights: &[f32], inv_temp: f64, grads: Option<&mut Tensors<B>>) -> Result<f64> {
+    pub fn lm_loss(
+        &self,
+        be: &B,
+        a: &mut Acts<B>,
+        targets: &[u32],
+        weights: &[f32],
+        inv_temp: f64,
+        grads: Option<&mut Tensors<B>>,
+    ) -> Result<f64> {
         let (n, c, v, vp) = (a.b * a.t, self.cfg.n_embd, self.cfg.vocab_size, self.cfg.padded_vocab());
         if targets.len() != n || weights.len() != n {
             bail!("lm_loss: {} targets / {} weights for {n} positions", targets.len(), weights.len());
@@ -352,26 +423,78 @@ impl<B: Backend> Gpt2<B> {
             let nb = g.bufs.len();
             let (gw, gb) = g.bufs[nb - 2..].split_at_mut(1);
             let (w, _) = self.params.lnf();
-            be.layernorm_backward(&mut a.dres, &mut gw[0], &mut gb[0], &a.dlnf, &a.layers[last].res3, w, &a.lnf_mean, &a.lnf_rstd, c);
+            be.layernorm_backward(
+                &mut a.dres,
+                &mut gw[0],
+                &mut gb[0],
+                &a.dlnf,
+                &a.layers[last].res3,
+                w,
+                &a.lnf_mean,
+                &a.lnf_rstd,
+                c,
+            );
         }
         for l in (0..self.cfg.n_layer).rev() {
             let (done, rest) = a.layers.split_at(l);
             let x = if l == 0 { &a.encoded } else { &done[l - 1].res3 };
             let la = &rest[0];
             let gl = &mut g.bufs[2 + l * PER_LAYER..2 + (l + 1) * PER_LAYER];
-            let [g_ln1w, g_ln1b, g_qkvw, g_qkvb, g_attprojw, g_attprojb, g_ln2w, g_ln2b, g_fcw, g_fcb, g_fcprojw, g_fcprojb] = gl else {
+            let [g_ln1w, g_ln1b, g_qkvw, g_qkvb, g_attprojw, g_attprojb, g_ln2w, g_ln2b, g_fcw, g_fcb, g_fcprojw, g_fcprojb] =
+                gl
+            else {
                 unreachable!("a block has {PER_LAYER} tensors")
             };
             // x3 = x2 + fcproj(gelu(fc(ln2(x2))))
-            be.linear_backward(Some(&mut a.dfch_gelu), g_fcprojw, Some(g_fcprojb), &a.dres, &la.fch_gelu, self.p(l, FCPROJW), n, 4 * c, c);
+            be.linear_backward(
+                Some(&mut a.dfch_gelu),
+                g_fcprojw,
+                Some(g_fcprojb),
+                &a.dres,
+                &la.fch_gelu,
+                self.p(l, FCPROJW),
+                n,
+                4 * c,
+                c,
+            );
             be.gelu_backward(&mut a.dfch, &la.fch, &a.dfch_gelu);
             be.linear_backward(Some(&mut a.dln), g_fcw, Some(g_fcb), &a.dfch, &la.ln2, self.p(l, FCW), n, c, 4 * c);
-            be.layernorm_backward(&mut a.dres, g_ln2w, g_ln2b, &a.dln, &la.res2, self.p(l, LN2W), &la.ln2_mean, &la.ln2_rstd, c);
+            be.layernorm_backward(
+                &mut a.dres,
+                g_ln2w,
+                g_ln2b,
+                &a.dln,
+                &la.res2,
+                self.p(l, LN2W),
+                &la.ln2_mean,
+                &la.ln2_rstd,
+                c,
+            );
             // x2 = x + attproj(attention(qkv(ln1(x))))
-            be.linear_backward(Some(&mut a.datty), g_attprojw, Some(g_attprojb), &a.dres, &la.atty, self.p(l, ATTPROJW), n, c, c);
+            be.linear_backward(
+                Some(&mut a.datty),
+                g_attprojw,
+                Some(g_attprojb),
+                &a.dres,
+                &la.atty,
+                self.p(l, ATTPROJW),
+                n,
+                c,
+                c,
+            );
             be.attention_backward(&mut a.dqkv, &a.datty, &la.qkv, &la.atty, &la.lse, b, t, c, nh);
             be.linear_backward(Some(&mut a.dln), g_qkvw, Some(g_qkvb), &a.dqkv, &la.ln1, self.p(l, QKVW), n, c, 3 * c);
-            be.layernorm_backward(&mut a.dres, g_ln1w, g_ln1b, &a.dln, x, self.p(l, LN1W), &la.ln1_mean, &la.ln1_rstd, c);
+            be.layernorm_backward(
+                &mut a.dres,
+                g_ln1w,
+                g_ln1b,
+                &a.dln,
+                x,
+                self.p(l, LN1W),
+                &la.ln1_mean,
+                &la.ln1_rstd,
+                c,
+            );
         }
         let tokens = a.tokens.as_ref().expect("backward before forward");
         let (gwte, rest) = g.bufs.split_at_mut(1);

@@ -58,7 +58,15 @@ impl<B: Backend> ScalarHead<B> {
 
     /// Backward for upstream gradients `dr` [N] (zero on rows that were not used): accumulates
     /// dh [N,C] += dr w^T, dw += h^T dr, db += sum(dr).
-    pub fn backward(&self, be: &B, g: &mut HeadGrads<B>, dh: &mut B::Buf, h: &B::Buf, dr: &[f64], c: usize) -> Result<()> {
+    pub fn backward(
+        &self,
+        be: &B,
+        g: &mut HeadGrads<B>,
+        dh: &mut B::Buf,
+        h: &B::Buf,
+        dr: &[f64],
+        c: usize,
+    ) -> Result<()> {
         let n = be.len(h) / c;
         if dr.len() != n {
             bail!("head backward: {} gradients for {n} rows", dr.len());

@@ -33,7 +33,13 @@ pub struct AdamW<B: Backend> {
 
 impl<B: Backend> AdamW<B> {
     pub fn new(be: &B, cfg: &Config, hp: AdamWConfig) -> Result<Self> {
-        Ok(AdamW { hp, m: Tensors::zeros(be, cfg)?, v: Tensors::zeros(be, cfg)?, step: 0, decay: cfg.param_specs().iter().map(|s| s.decay).collect() })
+        Ok(AdamW {
+            hp,
+            m: Tensors::zeros(be, cfg)?,
+            v: Tensors::zeros(be, cfg)?,
+            step: 0,
+            decay: cfg.param_specs().iter().map(|s| s.decay).collect(),
+        })
     }
 
     /// The global L2 norm of the gradients.
@@ -44,7 +50,8 @@ impl<B: Backend> AdamW<B> {
     /// One update at learning rate `lr`; returns the gradient norm before clipping.
     pub fn update(&mut self, be: &B, params: &mut Tensors<B>, grads: &Tensors<B>, lr: f64) -> f64 {
         let norm = Self::grad_norm(be, grads);
-        let grad_scale = if self.hp.grad_clip > 0.0 && norm > self.hp.grad_clip { self.hp.grad_clip / norm } else { 1.0 };
+        let grad_scale =
+            if self.hp.grad_clip > 0.0 && norm > self.hp.grad_clip { self.hp.grad_clip / norm } else { 1.0 };
         self.step += 1;
         let hs: Vec<AdamWParams> = (0..params.bufs.len())
             .map(|i| AdamWParams {

@@ -44,7 +44,13 @@ pub(crate) fn upload<B: Backend>(be: &B, cfg: &Config, src: &[NamedTensor], dst:
     }
     for ((spec, t), buf) in specs.iter().zip(src).zip(dst.bufs.iter_mut()) {
         if t.name != spec.name || t.shape != spec.shape {
-            bail!("optimizer state tensor '{}' {:?} does not match parameter '{}' {:?}", t.name, t.shape, spec.name, spec.shape);
+            bail!(
+                "optimizer state tensor '{}' {:?} does not match parameter '{}' {:?}",
+                t.name,
+                t.shape,
+                spec.name,
+                spec.shape
+            );
         }
         let mut v: Vec<B::F> = t.data.iter().map(|&x| B::F::of(x as f64)).collect();
         v.resize(be.len(buf), <B::F as num_traits::Zero>::zero());
@@ -55,8 +61,22 @@ pub(crate) fn upload<B: Backend>(be: &B, cfg: &Config, src: &[NamedTensor], dst:
 
 impl TrainState {
     /// Capture AdamW's moments and step with the run's own record (`args`) and metrics position.
-    pub fn from_optimizer<B: Backend>(be: &B, cfg: &Config, opt: &AdamW<B>, args: Value, metrics_len: u64) -> TrainState {
-        TrainState { step: opt.step, rng: Value::Null, data_position: opt.step, metrics_len, args, m: named(be, cfg, &opt.m), v: named(be, cfg, &opt.v) }
+    pub fn from_optimizer<B: Backend>(
+        be: &B,
+        cfg: &Config,
+        opt: &AdamW<B>,
+        args: Value,
+        metrics_len: u64,
+    ) -> TrainState {
+        TrainState {
+            step: opt.step,
+            rng: Value::Null,
+            data_position: opt.step,
+            metrics_len,
+            args,
+            m: named(be, cfg, &opt.m),
+            v: named(be, cfg, &opt.v),
+        }
     }
 
     /// Put the saved moments and step back into `opt`.

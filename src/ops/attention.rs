@@ -18,17 +18,71 @@ use rayon::prelude::*;
 /// out[m,n] (+)= alpha * sum_k a[m,k] b[k,n] on strided views (row stride, column stride), single-threaded:
 /// the callers already run one task per (batch row, head).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided<F: Float>(m: usize, n: usize, k: usize, out: *mut F, out_rs: usize, accumulate: bool, a: *const F, a_rs: usize, a_cs: usize, b: *const F, b_rs: usize, b_cs: usize, alpha: F) {
-    gemm::gemm(m, n, k, out, 1, out_rs as isize, accumulate, a, a_cs as isize, a_rs as isize, b, b_cs as isize, b_rs as isize, F::one(), alpha, false, false, false, gemm::Parallelism::None);
+unsafe fn gemm_strided<F: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    out: *mut F,
+    out_rs: usize,
+    accumulate: bool,
+    a: *const F,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const F,
+    b_rs: usize,
+    b_cs: usize,
+    alpha: F,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        out,
+        1,
+        out_rs as isize,
+        accumulate,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        F::one(),
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn forward<F: Float>(out: &mut [F], lse: &mut [F], q_src: &[F], kv: &[F], pos0: &[u32], b: usize, tq: usize, tk: usize, c: usize, nh: usize) {
+pub fn forward<F: Float>(
+    out: &mut [F],
+    lse: &mut [F],
+    q_src: &[F],
+    kv: &[F],
+    pos0: &[u32],
+    b: usize,
+    tq: usize,
+    tk: usize,
+    c: usize,
+    nh: usize,
+) {
     let hs = c / nh;
     let scale = F::one() / F::of(hs as f64).sqrt();
-    assert!(out.len() >= b * tq * c && lse.len() >= b * nh * tq && q_src.len() >= b * tq * 3 * c && kv.len() >= b * tk * 3 * c);
+    assert!(
+        out.len() >= b * tq * c
+            && lse.len() >= b * nh * tq
+            && q_src.len() >= b * tq * 3 * c
+            && kv.len() >= b * tk * 3 * c
+    );
     for (bi, &p0) in pos0.iter().enumerate().take(b) {
-        assert!(p0 as usize + tq <= tk, "attention: row {bi} reaches position {} beyond the key length {tk}", p0 as usize + tq);
+        assert!(
+            p0 as usize + tq <= tk,
+            "attention: row {bi} reaches position {} beyond the key length {tk}",
+            p0 as usize + tq
+        );
     }
     let (out_p, lse_p) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
     (0..b * nh).into_par_iter().for_each(|bh| {
@@ -58,15 +112,47 @@ pub fn forward<F: Float>(out: &mut [F], lse: &mut [F], q_src: &[F], kv: &[F], po
             unsafe { *lse_p.ptr().add((bi * nh + h) * tq + t) = mx + sum.ln() };
         }
         // out [tq, HS] = P V
-        unsafe { gemm_strided(tq, hs, tkeys, out_p.ptr().add(bi * tq * c + h * hs), c, false, s.as_ptr(), tkeys, 1, v, 3 * c, 1, F::one()) };
+        unsafe {
+            gemm_strided(
+                tq,
+                hs,
+                tkeys,
+                out_p.ptr().add(bi * tq * c + h * hs),
+                c,
+                false,
+                s.as_ptr(),
+                tkeys,
+                1,
+                v,
+                3 * c,
+                1,
+                F::one(),
+            )
+        };
     });
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn backward<F: Float>(dqkv: &mut [F], dout: &[F], qkv: &[F], out: &[F], lse: &[F], b: usize, t: usize, c: usize, nh: usize) {
+pub fn backward<F: Float>(
+    dqkv: &mut [F],
+    dout: &[F],
+    qkv: &[F],
+    out: &[F],
+    lse: &[F],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
     let hs = c / nh;
     let scale = F::one() / F::of(hs as f64).sqrt();
-    assert!(dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && lse.len() >= b * nh * t);
+    assert!(
+        dqkv.len() >= b * t * 3 * c
+            && dout.len() >= b * t * c
+            && qkv.len() >= b * t * 3 * c
+            && out.len() >= b * t * c
+            && lse.len() >= b * nh * t
+    );
     let dp = SharedMut(dqkv.as_mut_ptr());
     (0..b * nh).into_par_iter().for_each(|bh| {
         let (bi, h) = (bh / nh, bh % nh);

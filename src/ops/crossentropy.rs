@@ -14,7 +14,16 @@ use super::Float;
 use rayon::prelude::*;
 
 #[allow(clippy::too_many_arguments)]
-pub fn forward_backward<F: Float>(losses: &mut [F], logits: &mut [F], targets: &[u32], weights: &[F], v: usize, vp: usize, inv_temp: F, want_grad: bool) {
+pub fn forward_backward<F: Float>(
+    losses: &mut [F],
+    logits: &mut [F],
+    targets: &[u32],
+    weights: &[F],
+    v: usize,
+    vp: usize,
+    inv_temp: F,
+    want_grad: bool,
+) {
     assert!(inv_temp > F::zero(), "cross-entropy: the inverse temperature must be positive");
     logits.par_chunks_mut(vp).zip(losses.par_iter_mut()).enumerate().for_each(|(i, (row, loss))| {
         let tgt = targets[i] as usize;

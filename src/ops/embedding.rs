@@ -22,7 +22,15 @@ pub fn forward<F: Float>(out: &mut [F], tokens: &[u32], wte: &[F], wpe: &[F], po
     });
 }
 
-pub fn backward<F: Float>(dwte: &mut [F], dwpe: &mut [F], dout: &[F], tokens: &[u32], pos0: &[u32], t: usize, c: usize) {
+pub fn backward<F: Float>(
+    dwte: &mut [F],
+    dwpe: &mut [F],
+    dout: &[F],
+    tokens: &[u32],
+    pos0: &[u32],
+    t: usize,
+    c: usize,
+) {
     for (i, d) in dout.chunks(c).enumerate() {
         let tok = tokens[i] as usize;
         let pos = pos0[i / t] as usize + i % t;

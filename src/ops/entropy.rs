@@ -19,22 +19,33 @@ fn logsumexp<F: Float>(row: &[F], inv_temp: F) -> F {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn forward_backward<F: Float>(ent: &mut [F], dlogits: &mut [F], logits: &[F], coef: &[F], v: usize, vp: usize, inv_temp: F, want_grad: bool) {
-    dlogits.par_chunks_mut(vp).zip(logits.par_chunks(vp)).zip(ent.par_iter_mut()).enumerate().for_each(|(i, ((d, row), h))| {
-        let lse = logsumexp(&row[..v], inv_temp);
-        let mut acc = F::zero();
-        for &x in &row[..v] {
-            let z = x * inv_temp;
-            acc += (z - lse).exp() * z;
-        }
-        *h = lse - acc;
-        if want_grad {
-            let c = coef[i] * inv_temp;
-            for (dj, &x) in d[..v].iter_mut().zip(&row[..v]) {
-                let logp = x * inv_temp - lse;
-                *dj = -c * logp.exp() * (logp + *h);
+pub fn forward_backward<F: Float>(
+    ent: &mut [F],
+    dlogits: &mut [F],
+    logits: &[F],
+    coef: &[F],
+    v: usize,
+    vp: usize,
+    inv_temp: F,
+    want_grad: bool,
+) {
+    dlogits.par_chunks_mut(vp).zip(logits.par_chunks(vp)).zip(ent.par_iter_mut()).enumerate().for_each(
+        |(i, ((d, row), h))| {
+            let lse = logsumexp(&row[..v], inv_temp);
+            let mut acc = F::zero();
+            for &x in &row[..v] {
+                let z = x * inv_temp;
+                acc += (z - lse).exp() * z;
             }
-            d[v..].iter_mut().for_each(|x| *x = F::zero());
-        }
-    });
+            *h = lse - acc;
+            if want_grad {
+                let c = coef[i] * inv_temp;
+                for (dj, &x) in d[..v].iter_mut().zip(&row[..v]) {
+                    let logp = x * inv_temp - lse;
+                    *dj = -c * logp.exp() * (logp + *h);
+                }
+                d[v..].iter_mut().for_each(|x| *x = F::zero());
+            }
+        },
+    );
 }

@@ -5,7 +5,18 @@ use std::iter::Sum;
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
 pub trait Float:
-    num_traits::Float + AddAssign + SubAssign + MulAssign + DivAssign + Sum + Default + Debug + Send + Sync + bytemuck::Pod + 'static
+    num_traits::Float
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+    + Default
+    + Debug
+    + Send
+    + Sync
+    + bytemuck::Pod
+    + 'static
 {
     fn of(x: f64) -> Self;
     fn f64(self) -> f64;
@@ -84,7 +95,10 @@ pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.3);
     let k = (x * LOG2E + ROUND) - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     p * f32::from_bits(((k as i32 + 127) << 23) as u32)
 }
 

@@ -15,10 +15,8 @@ const ROWS_PER_TASK: usize = 64;
 
 pub fn forward<F: Float>(out: &mut [F], mean: &mut [F], rstd: &mut [F], inp: &[F], w: &[F], b: &[F], c: usize) {
     let cf = F::of(c as f64);
-    out.par_chunks_mut(c)
-        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .zip(inp.par_chunks(c))
-        .for_each(|((o, (m, r)), x)| {
+    out.par_chunks_mut(c).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).zip(inp.par_chunks(c)).for_each(
+        |((o, (m, r)), x)| {
             let mu = x.iter().copied().sum::<F>() / cf;
             let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<F>() / cf;
             let rs = F::one() / (var + F::of(EPS)).sqrt();
@@ -27,11 +25,22 @@ pub fn forward<F: Float>(out: &mut [F], mean: &mut [F], rstd: &mut [F], inp: &[F
             }
             *m = mu;
             *r = rs;
-        });
+        },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn backward<F: Float>(dinp: &mut [F], dw: &mut [F], db: &mut [F], dout: &[F], inp: &[F], w: &[F], mean: &[F], rstd: &[F], c: usize) {
+pub fn backward<F: Float>(
+    dinp: &mut [F],
+    dw: &mut [F],
+    db: &mut [F],
+    dout: &[F],
+    inp: &[F],
+    w: &[F],
+    mean: &[F],
+    rstd: &[F],
+    c: usize,
+) {
     let cf = F::of(c as f64);
     dinp.par_chunks_mut(c).enumerate().for_each(|(i, dx)| {
         let (x, d) = (&inp[i * c..(i + 1) * c], &dout[i * c..(i + 1) * c]);

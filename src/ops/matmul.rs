@@ -7,8 +7,21 @@
 use super::Float;
 
 #[allow(clippy::too_many_arguments)]
-pub fn matmul<F: Float>(out: &mut [F], a: &[F], b: &[F], m: usize, n: usize, k: usize, ta: bool, tb: bool, accumulate: bool) {
-    assert!(out.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul: buffers too small for [{m},{k}]x[{k},{n}]");
+pub fn matmul<F: Float>(
+    out: &mut [F],
+    a: &[F],
+    b: &[F],
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    accumulate: bool,
+) {
+    assert!(
+        out.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "matmul: buffers too small for [{m},{k}]x[{k},{n}]"
+    );
     // Row and column strides of op(a) and op(b).
     let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
     let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
@@ -17,11 +30,25 @@ pub fn matmul<F: Float>(out: &mut [F], a: &[F], b: &[F], m: usize, n: usize, k: 
     // SAFETY: the strides above address only within the asserted buffer sizes.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            out.as_mut_ptr(), 1, n as isize, accumulate,
-            a.as_ptr(), a_cs, a_rs,
-            b.as_ptr(), b_cs, b_rs,
-            F::one(), F::one(), false, false, false, par,
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            F::one(),
+            F::one(),
+            false,
+            false,
+            false,
+            par,
         );
     }
 }

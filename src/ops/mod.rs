@@ -37,7 +37,11 @@ impl<T> SharedMut<T> {
 }
 
 /// Sum `f(chunk)` over fixed-size chunks of `0..n` in parallel, reducing in chunk order (deterministic).
-pub(crate) fn par_chunked_sum<F: Float>(n: usize, chunk: usize, f: impl Fn(std::ops::Range<usize>) -> Vec<F> + Sync) -> Option<Vec<F>> {
+pub(crate) fn par_chunked_sum<F: Float>(
+    n: usize,
+    chunk: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Vec<F> + Sync,
+) -> Option<Vec<F>> {
     use rayon::prelude::*;
     let starts: Vec<usize> = (0..n).step_by(chunk.max(1)).collect();
     let partials: Vec<Vec<F>> = starts.par_iter().map(|&s| f(s..(s + chunk).min(n))).collect();

@@ -22,7 +22,19 @@ pub fn win_rate(a: &[f64], b: &[f64]) -> Result<f64> {
     if a.len() != b.len() || a.is_empty() {
         bail!("win rate over {} and {} scores", a.len(), b.len());
     }
-    let w: f64 = a.iter().zip(b).map(|(x, y)| if x > y { 1.0 } else if x == y { 0.5 } else { 0.0 }).sum();
+    let w: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x > y {
+                1.0
+            } else if x == y {
+                0.5
+            } else {
+                0.0
+            }
+        })
+        .sum();
     Ok(w / a.len() as f64)
 }
 
@@ -102,7 +114,12 @@ pub fn evaluate<B: Backend>(
         let pairs = |eps: &[Episode]| eps.iter().map(|e| (decode(&e.prompt), decode(&e.answer))).collect::<Vec<_>>();
         let (a, b) = (g(&pairs(&pol))?, g(&pairs(&base))?);
         if a.len() != pol.len() || b.len() != base.len() || a.iter().chain(&b).any(|x| !x.is_finite()) {
-            bail!("the gold judge returned {} and {} scores (or non-numbers) for {} answers each", a.len(), b.len(), pol.len());
+            bail!(
+                "the gold judge returned {} and {} scores (or non-numbers) for {} answers each",
+                a.len(),
+                b.len(),
+                pol.len()
+            );
         }
         win_gold = Some(win_rate(&a, &b)?);
         (gp, gs) = (Some(mean(&a)), Some(mean(&b)));
@@ -127,7 +144,13 @@ pub fn evaluate<B: Backend>(
 
 /// Sampling settings of evaluation: those of the run.
 pub fn sample_config(cfg: &PpoConfig) -> SampleConfig {
-    SampleConfig { max_new_tokens: cfg.max_new_tokens, temperature: cfg.temperature, top_k: cfg.top_k, top_p: cfg.top_p, stop: Some(cfg.stop_token) }
+    SampleConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        temperature: cfg.temperature,
+        top_k: cfg.top_k,
+        top_p: cfg.top_p,
+        stop: Some(cfg.stop_token),
+    }
 }
 
 /// Gao et al.'s curve from a PPO run: gold and proxy (reward-model) score against sqrt(KL to the reference),
@@ -138,12 +161,20 @@ pub fn overoptimisation_plot(run: &Path, svg: &Path) -> Result<usize> {
     if gold.is_empty() {
         bail!("{} has no gold scores: run PPO with a judge (--judge) so it scores its rollouts every --gold-every iterations", run.display());
     }
-    let proxy: Vec<(f64, f64)> = recs.iter().filter(|r| r.get("gold_score").is_some()).filter_map(|r| Some((r.get("sqrt_kl")?.as_f64()?, r.get("score")?.as_f64()?))).collect();
+    let proxy: Vec<(f64, f64)> = recs
+        .iter()
+        .filter(|r| r.get("gold_score").is_some())
+        .filter_map(|r| Some((r.get("sqrt_kl")?.as_f64()?, r.get("score")?.as_f64()?)))
+        .collect();
     let sorted = |mut v: Vec<(f64, f64)>| {
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     };
-    let s = metrics::svg_plot("gold and proxy score vs sqrt(KL to SFT)", "sqrt(KL)", &[("gold (judge)", sorted(gold.clone())), ("proxy (reward model)", sorted(proxy))]);
+    let s = metrics::svg_plot(
+        "gold and proxy score vs sqrt(KL to SFT)",
+        "sqrt(KL)",
+        &[("gold (judge)", sorted(gold.clone())), ("proxy (reward model)", sorted(proxy))],
+    );
     metrics::write_plot(svg, &s)?;
     Ok(gold.len())
 }

@@ -38,12 +38,20 @@ pub fn parse_ranking(input: &str, k: usize) -> std::result::Result<Vec<usize>, S
     if letters.chars().all(|c| c.is_ascii_alphabetic()) {
         let idx: Vec<usize> = letters.chars().map(|c| (c.to_ascii_uppercase() as u8 - b'A') as usize).collect();
         if idx.len() != k {
-            return Err(format!("an order names all {k} answers once, e.g. {}; got {} letters", order_example(k), idx.len()));
+            return Err(format!(
+                "an order names all {k} answers once, e.g. {}; got {} letters",
+                order_example(k),
+                idx.len()
+            ));
         }
         let mut ranks = vec![usize::MAX; k];
         for (r, &i) in idx.iter().enumerate() {
             if i >= k {
-                return Err(format!("there is no answer {} (answers are A..{})", (b'A' + i as u8) as char, (b'A' + k as u8 - 1) as char));
+                return Err(format!(
+                    "there is no answer {} (answers are A..{})",
+                    (b'A' + i as u8) as char,
+                    (b'A' + k as u8 - 1) as char
+                ));
             }
             if ranks[i] != usize::MAX {
                 return Err(format!("answer {} is named twice", (b'A' + i as u8) as char));
@@ -104,8 +112,14 @@ pub fn read_records(path: &Path) -> Result<Vec<RankedRecord>> {
 
 /// Append one record and flush it to disk.
 pub fn append_record(path: &Path, r: &RankedRecord) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(r)?).and_then(|_| f.sync_data()).with_context(|| format!("writing {}", path.display()))
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(r)?)
+        .and_then(|_| f.sync_data())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[derive(Debug, Default, PartialEq)]

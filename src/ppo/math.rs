@@ -211,7 +211,13 @@ pub fn check_policy_loss(rng: &mut Rng) -> CheckResult {
     let (clip, n) = (0.2, 24);
     let (logp, old, adv) = policy_inputs(rng, n, clip);
     let g = policy_loss(&logp, &old, &adv, clip).unwrap().grad;
-    compare("ppo clipped policy loss", &vec![logp], |x| policy_loss(&x[0], &old, &adv, clip).unwrap().loss, &vec![g], rng)
+    compare(
+        "ppo clipped policy loss",
+        &vec![logp],
+        |x| policy_loss(&x[0], &old, &adv, clip).unwrap().loss,
+        &vec![g],
+        rng,
+    )
 }
 
 /// The clipped value loss's gradient wrt the values.
@@ -246,7 +252,11 @@ pub fn check_policy_through_model(rng: &mut Rng) -> CheckResult {
     // Valid (answer) positions; the others are prompt or padding and get weight 0.
     let valid: Vec<usize> = vec![2, 3, 4, 6, 7];
     let base = Gpt2::<Be>::init(&be, cfg, rng.next_u64()).unwrap();
-    let inputs: Vec<Vec<f64>> = base.to_host(&be).into_iter().map(|(_, v)| v.iter().map(|&x| x as f64 + rng.normal() * 0.1).collect()).collect();
+    let inputs: Vec<Vec<f64>> = base
+        .to_host(&be)
+        .into_iter()
+        .map(|(_, v)| v.iter().map(|&x| x as f64 + rng.normal() * 0.1).collect())
+        .collect();
     let model_at = |x: &Vec<Vec<f64>>| {
         let mut m = base_clone(&be, cfg, x);
         for (i, v) in x.iter().enumerate() {
@@ -293,7 +303,11 @@ pub fn check_policy_through_model(rng: &mut Rng) -> CheckResult {
     compare("ppo policy loss through the decoder", &inputs, f, &analytic, rng)
 }
 
-fn base_clone(be: &crate::backend::Cpu<f64>, cfg: crate::model::Config, x: &[Vec<f64>]) -> crate::model::Gpt2<crate::backend::Cpu<f64>> {
+fn base_clone(
+    be: &crate::backend::Cpu<f64>,
+    cfg: crate::model::Config,
+    x: &[Vec<f64>],
+) -> crate::model::Gpt2<crate::backend::Cpu<f64>> {
     let host: Vec<Vec<f32>> = x.iter().map(|v| v.iter().map(|&y| y as f32).collect()).collect();
     crate::model::Gpt2::from_host(be, cfg, &host).unwrap()
 }
@@ -321,8 +335,17 @@ fn tiny_f64(rng: &mut Rng) -> (crate::model::Config, Vec<Vec<f64>>, super::rollo
     let cfg = crate::model::Config { n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 11, n_positions: 8 };
     let be = crate::backend::Cpu::<f64>::new();
     let base = crate::model::Gpt2::init(&be, cfg, rng.next_u64()).unwrap();
-    let params: Vec<Vec<f64>> = base.to_host(&be).into_iter().map(|(_, v)| v.iter().map(|&x| x as f64 + rng.normal() * 0.1).collect()).collect();
-    let ep = |p: &[u32], a: &[u32]| Episode { prompt: p.to_vec(), answer: a.to_vec(), logprobs: vec![0.0; a.len()], ended: true };
+    let params: Vec<Vec<f64>> = base
+        .to_host(&be)
+        .into_iter()
+        .map(|(_, v)| v.iter().map(|&x| x as f64 + rng.normal() * 0.1).collect())
+        .collect();
+    let ep = |p: &[u32], a: &[u32]| Episode {
+        prompt: p.to_vec(),
+        answer: a.to_vec(),
+        logprobs: vec![0.0; a.len()],
+        ended: true,
+    };
     let (e1, e2) = (ep(&[3, 4], &[5, 6, 1]), ep(&[7, 8, 9], &[2, 1]));
     (cfg, params, SeqBatch::new(&[&e1, &e2], 0).unwrap())
 }
@@ -350,7 +373,10 @@ pub fn check_value_through_model(rng: &mut Rng) -> CheckResult {
     inputs.push(randn(rng, c, 0.3));
     inputs.push(vec![0.1]);
     let values_at = |x: &Vec<Vec<f64>>| {
-        let vm = TrunkHead { trunk: model_f64(cfg, &x[..nt]), head: ScalarHead::<Cpu<f64>> { w: x[nt].clone(), b: x[nt + 1].clone() } };
+        let vm = TrunkHead {
+            trunk: model_f64(cfg, &x[..nt]),
+            head: ScalarHead::<Cpu<f64>> { w: x[nt].clone(), b: x[nt + 1].clone() },
+        };
         let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
         vm.values(&be, &mut a, &sb).unwrap().concat()
     };
@@ -366,12 +392,22 @@ pub fn check_value_through_model(rng: &mut Rng) -> CheckResult {
         .collect();
     let ret = randn(rng, v0.len(), 1.0);
     let f = |x: &Vec<Vec<f64>>| value_loss(&values_at(x), &old, &ret, 0.2).unwrap().0;
-    let vm = TrunkHead { trunk: model_f64(cfg, &inputs[..nt]), head: ScalarHead::<Cpu<f64>> { w: inputs[nt].clone(), b: inputs[nt + 1].clone() } };
+    let vm = TrunkHead {
+        trunk: model_f64(cfg, &inputs[..nt]),
+        head: ScalarHead::<Cpu<f64>> { w: inputs[nt].clone(), b: inputs[nt + 1].clone() },
+    };
     let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
     let v = vm.values(&be, &mut a, &sb).unwrap();
     let g = value_loss(&v.concat(), &old, &ret, 0.2).unwrap().1;
     let mut off = 0;
-    let per: Vec<Vec<f64>> = v.iter().map(|e| { let r = g[off..off + e.len()].to_vec(); off += e.len(); r }).collect();
+    let per: Vec<Vec<f64>> = v
+        .iter()
+        .map(|e| {
+            let r = g[off..off + e.len()].to_vec();
+            off += e.len();
+            r
+        })
+        .collect();
     let dr = sb.scatter(&per);
     let mut grads = Tensors::zeros(&be, &cfg).unwrap();
     let mut hg = vm.head.zero_grads(&be).unwrap();

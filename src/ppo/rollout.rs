@@ -57,7 +57,14 @@ impl SeqBatch {
             tokens[i * t..i * t + seq.len()].copy_from_slice(&seq);
             targets[i * t..i * t + seq.len() - 1].copy_from_slice(&seq[1..]);
         }
-        Ok(SeqBatch { b, t, tokens, targets, prompt_len: episodes.iter().map(|e| e.prompt.len()).collect(), answer_len: episodes.iter().map(|e| e.answer.len()).collect() })
+        Ok(SeqBatch {
+            b,
+            t,
+            tokens,
+            targets,
+            prompt_len: episodes.iter().map(|e| e.prompt.len()).collect(),
+            answer_len: episodes.iter().map(|e| e.answer.len()).collect(),
+        })
     }
 
     /// The row predicting answer token j of episode i (where its logprob and the value before it live).
@@ -89,7 +96,13 @@ impl SeqBatch {
 
 /// Per-token log-probabilities of every answer under `model` (temperature-scaled by `inv_temp`), by one
 /// forward pass and the fused cross-entropy (no gradient). Leaves the forward's activations in `acts`.
-pub fn answer_logprobs<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, sb: &SeqBatch, inv_temp: f64) -> Result<Vec<Vec<f64>>> {
+pub fn answer_logprobs<B: Backend>(
+    be: &B,
+    model: &Gpt2<B>,
+    acts: &mut Acts<B>,
+    sb: &SeqBatch,
+    inv_temp: f64,
+) -> Result<Vec<Vec<f64>>> {
     model.forward(be, acts, &sb.tokens, None, None)?;
     model.lm_loss(be, acts, &sb.targets, &vec![0.0; sb.b * sb.t], inv_temp, None)?;
     let losses: Vec<f64> = be.download(&acts.losses).iter().map(|x| -x.f64()).collect();
@@ -125,7 +138,8 @@ impl<B: Backend> TrunkHead<B> {
     pub fn to_checkpoint(&self, be: &B) -> Result<Checkpoint> {
         let (w, b) = self.head.to_host(be);
         let c = self.trunk.cfg.n_embd;
-        let extra = vec![NamedTensor::new("score.weight", vec![1, c], w), NamedTensor::new("score.bias", vec![1], vec![b])];
+        let extra =
+            vec![NamedTensor::new("score.weight", vec![1, c], w), NamedTensor::new("score.bias", vec![1], vec![b])];
         let mut ck = Checkpoint::from_model(be, &self.trunk, ModelKind::Reward);
         ck.extra = extra;
         ck.validate()?;

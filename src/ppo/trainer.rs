@@ -140,10 +140,15 @@ impl PpoConfig {
         if self.minibatch > self.batch {
             bail!("--minibatch {} exceeds --batch {}", self.minibatch, self.batch);
         }
-        if !pos(self.lr) || !pos(self.value_lr) || !pos(self.temperature) || !pos(self.horizon) || !pos(self.target_kl) {
+        if !pos(self.lr) || !pos(self.value_lr) || !pos(self.temperature) || !pos(self.horizon) || !pos(self.target_kl)
+        {
             bail!("--lr, --value-lr, --temperature, --horizon and --target-kl must be positive");
         }
-        if !(self.init_kl_coef >= 0.0) || !(self.cliprange > 0.0) || !(self.cliprange_value > 0.0) || !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if !(self.init_kl_coef >= 0.0)
+            || !(self.cliprange > 0.0)
+            || !(self.cliprange_value > 0.0)
+            || !(self.top_p > 0.0 && self.top_p <= 1.0)
+        {
             bail!("--init-kl-coef must be >= 0, the clip ranges > 0 and --top-p in (0, 1]");
         }
         if self.stop_token as usize >= vocab || self.pad_token as usize >= vocab {
@@ -209,7 +214,14 @@ impl<B: Backend> HeadOpt<B> {
 
     /// The training state of a trunk and this scalar head (a value or reward model): the trunk's AdamW
     /// moments, then the head's two, named like the head's parameters (`score.weight`, `score.bias`).
-    pub fn trunk_state(&self, be: &B, cfg: &crate::model::Config, trunk: &AdamW<B>, args: Value, metrics_len: u64) -> TrainState {
+    pub fn trunk_state(
+        &self,
+        be: &B,
+        cfg: &crate::model::Config,
+        trunk: &AdamW<B>,
+        args: Value,
+        metrics_len: u64,
+    ) -> TrainState {
         let mut s = TrainState::from_optimizer(be, cfg, trunk, args, metrics_len);
         s.m.extend(checkpoint::head_tensors(&host(be, &self.m_w), host(be, &self.m_b)[0]));
         s.v.extend(checkpoint::head_tensors(&host(be, &self.v_w), host(be, &self.v_b)[0]));
@@ -249,7 +261,13 @@ pub struct PpoSummary {
 }
 
 /// Score a batch of episodes with the frozen models and the value model, and build the training targets.
-pub fn score_rollout<B: Backend>(be: &B, m: &Models<B>, cfg: &PpoConfig, beta: f64, episodes: Vec<Episode>) -> Result<Rollout> {
+pub fn score_rollout<B: Backend>(
+    be: &B,
+    m: &Models<B>,
+    cfg: &PpoConfig,
+    beta: f64,
+    episodes: Vec<Episode>,
+) -> Result<Rollout> {
     let inv_temp = 1.0 / cfg.temperature;
     let (mut ref_lp, mut values, mut rm_scores) = (vec![], vec![], vec![]);
     for chunk in episodes.chunks(cfg.minibatch) {
@@ -262,7 +280,8 @@ pub fn score_rollout<B: Backend>(be: &B, m: &Models<B>, cfg: &PpoConfig, beta: f
         let mut acts = Acts::new(be, &m.reward.cfg(), sb.b, sb.t)?;
         rm_scores.extend(m.reward.scores(be, &mut acts, &sb)?);
     }
-    let scores: Vec<f64> = episodes.iter().zip(&rm_scores).map(|(e, &s)| if e.ended { s } else { cfg.no_eos_penalty }).collect();
+    let scores: Vec<f64> =
+        episodes.iter().zip(&rm_scores).map(|(e, &s)| if e.ended { s } else { cfg.no_eos_penalty }).collect();
     let (mut rewards, mut kl, mut adv, mut ret) = (vec![], vec![], vec![], vec![]);
     for (i, e) in episodes.iter().enumerate() {
         let lp: Vec<f64> = e.logprobs.iter().map(|&x| x as f64).collect();
@@ -274,7 +293,17 @@ pub fn score_rollout<B: Backend>(be: &B, m: &Models<B>, cfg: &PpoConfig, beta: f
         ret.push(rt);
     }
     math::whiten(&mut adv);
-    Ok(Rollout { episodes, scores, rm_scores, ref_logprobs: ref_lp, values, rewards, kl, advantages: adv, returns: ret })
+    Ok(Rollout {
+        episodes,
+        scores,
+        rm_scores,
+        ref_logprobs: ref_lp,
+        values,
+        rewards,
+        kl,
+        advantages: adv,
+        returns: ret,
+    })
 }
 
 /// Indices of the prompts of `iteration`: consecutive slices of per-epoch seeded shuffles.
@@ -296,15 +325,32 @@ pub fn prompt_indices(seed: u64, iteration: u64, batch: usize, n: usize) -> Vec<
 }
 
 fn sample_config(cfg: &PpoConfig) -> SampleConfig {
-    SampleConfig { max_new_tokens: cfg.max_new_tokens, temperature: cfg.temperature, top_k: cfg.top_k, top_p: cfg.top_p, stop: Some(cfg.stop_token) }
+    SampleConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        temperature: cfg.temperature,
+        top_k: cfg.top_k,
+        top_p: cfg.top_p,
+        stop: Some(cfg.stop_token),
+    }
 }
 
 /// Sample one answer per prompt with the policy.
-pub fn rollout<B: Backend>(be: &B, policy: &Gpt2<B>, prompts: &[Vec<u32>], cfg: &PpoConfig, rng: &mut Rng) -> Result<Vec<Episode>> {
+pub fn rollout<B: Backend>(
+    be: &B,
+    policy: &Gpt2<B>,
+    prompts: &[Vec<u32>],
+    cfg: &PpoConfig,
+    rng: &mut Rng,
+) -> Result<Vec<Episode>> {
     let mut eps = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(cfg.minibatch.max(1) * 4) {
         let gens = generate(be, policy, chunk, &sample_config(cfg), rng)?;
-        eps.extend(chunk.iter().zip(gens).map(|(p, g)| Episode { prompt: p.clone(), answer: g.tokens, logprobs: g.logprobs, ended: g.ended }));
+        eps.extend(chunk.iter().zip(gens).map(|(p, g)| Episode {
+            prompt: p.clone(),
+            answer: g.tokens,
+            logprobs: g.logprobs,
+            ended: g.ended,
+        }));
     }
     Ok(eps)
 }
@@ -326,7 +372,15 @@ struct UpdateStats {
 }
 
 /// One AdamW step of a scalar head, its gradient norm clipped on its own (no weight decay on a head).
-pub fn head_step<B: Backend>(be: &B, v: &mut TrunkHead<B>, o: &mut HeadOpt<B>, g: &HeadGrads<B>, lr: f64, hp: &AdamWConfig, step: u64) {
+pub fn head_step<B: Backend>(
+    be: &B,
+    v: &mut TrunkHead<B>,
+    o: &mut HeadOpt<B>,
+    g: &HeadGrads<B>,
+    lr: f64,
+    hp: &AdamWConfig,
+    step: u64,
+) {
     let norm = (be.sum_squares(&g.w) + be.sum_squares(&g.b)).sqrt();
     let grad_scale = if hp.grad_clip > 0.0 && norm > hp.grad_clip { hp.grad_clip / norm } else { 1.0 };
     let h = AdamWParams { lr, beta1: hp.beta1, beta2: hp.beta2, eps: hp.eps, weight_decay: 0.0, step, grad_scale };
@@ -335,7 +389,15 @@ pub fn head_step<B: Backend>(be: &B, v: &mut TrunkHead<B>, o: &mut HeadOpt<B>, g
 }
 
 /// PPO epochs over minibatches of a scored rollout.
-fn update<B: Backend>(be: &B, m: &mut Models<B>, st: &mut State<B>, cfg: &PpoConfig, ro: &Rollout, rng: &mut Rng, ptx: Option<&dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)>>) -> Result<UpdateStats> {
+fn update<B: Backend>(
+    be: &B,
+    m: &mut Models<B>,
+    st: &mut State<B>,
+    cfg: &PpoConfig,
+    ro: &Rollout,
+    rng: &mut Rng,
+    ptx: Option<&dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)>>,
+) -> Result<UpdateStats> {
     let inv_temp = 1.0 / cfg.temperature;
     let mcfg = m.policy.cfg;
     let mut grads = Tensors::zeros(be, &mcfg)?;
@@ -402,7 +464,8 @@ fn update<B: Backend>(be: &B, m: &mut Models<B>, st: &mut State<B>, cfg: &PpoCon
             let mut vacts = Acts::new(be, &vcfg, sb.b, sb.t)?;
             let all = m.value.all_rows(be, &mut vacts, &sb)?;
             let v = sb.gather(&all);
-            let (vl, vg, vcf) = math::value_loss(&v.concat(), &flat(&ro.values), &flat(&ro.returns), cfg.cliprange_value)?;
+            let (vl, vg, vcf) =
+                math::value_loss(&v.concat(), &flat(&ro.values), &flat(&ro.returns), cfg.cliprange_value)?;
             let dr: Vec<f64> = sb.scatter(&split_like(&vg, &v)).iter().map(|g| g * cfg.vf_coef).collect();
             vgrads.fill_zero(be);
             let mut hg = m.value.head.zero_grads(be)?;
@@ -440,7 +503,15 @@ const RATIO_ROUNDOFFS: f64 = 16.0;
 /// Mean entropy of the policy over the answer rows of the last forward; with `ent_coef` > 0 also adds the
 /// gradient of -ent_coef * (that mean) into `acts.dlnf` and dwte. Call after `lm_loss` with gradients
 /// (which consumed the logits) and before `backward`.
-pub fn entropy_term<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, sb: &SeqBatch, grads: &mut Tensors<B>, inv_temp: f64, ent_coef: f64) -> Result<f64> {
+pub fn entropy_term<B: Backend>(
+    be: &B,
+    model: &Gpt2<B>,
+    acts: &mut Acts<B>,
+    sb: &SeqBatch,
+    grads: &mut Tensors<B>,
+    inv_temp: f64,
+    ent_coef: f64,
+) -> Result<f64> {
     let (n, c, v, vp) = (sb.b * sb.t, model.cfg.n_embd, model.cfg.vocab_size, model.cfg.padded_vocab());
     let mask = sb.scatter(&sb.answer_len.iter().map(|&k| vec![1.0; k]).collect::<Vec<_>>());
     let count: f64 = mask.iter().sum();
@@ -515,7 +586,13 @@ struct RunRecord {
 const VALUE_DIR: &str = "value";
 
 fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: &MetricsLog) -> Result<PathBuf> {
-    let rec = RunRecord { config: cfg.clone(), kl: st.kl.clone(), beta_bits: st.kl.beta.to_bits(), iteration: st.iteration, value_step: st.value_opt.step };
+    let rec = RunRecord {
+        config: cfg.clone(),
+        kl: st.kl.clone(),
+        beta_bits: st.kl.beta.to_bits(),
+        iteration: st.iteration,
+        value_step: st.value_opt.step,
+    };
     let metrics_len = log.len()?;
     let pol = Checkpoint::from_model(be, &m.policy, ModelKind::Policy);
     let pstate = TrainState {
@@ -524,7 +601,10 @@ fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: 
         ..TrainState::from_optimizer(be, &m.policy.cfg, &st.policy_opt, serde_json::to_value(&rec)?, metrics_len)
     };
     let vck = m.value.to_checkpoint(be)?;
-    let vstate = TrainState { data_position: st.iteration, ..st.head_opt.trunk_state(be, &m.value.cfg(), &st.value_opt, json!({}), metrics_len) };
+    let vstate = TrainState {
+        data_position: st.iteration,
+        ..st.head_opt.trunk_state(be, &m.value.cfg(), &st.value_opt, json!({}), metrics_len)
+    };
     vstate.validate_for(&vck)?;
     run_dir::commit_checkpoint(&cfg.out, st.iteration, |dir| {
         checkpoint::save(dir, &pol)?;
@@ -537,9 +617,11 @@ fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: 
 
 /// Restore a run from its latest checkpoint: (config, models' trainable parts, state, metrics length).
 fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoConfig, State<B>, u64)> {
-    let dir = run_dir::latest(out)?.with_context(|| format!("--resume: {} holds no checkpoint to resume from", out.display()))?;
+    let dir = run_dir::latest(out)?
+        .with_context(|| format!("--resume: {} holds no checkpoint to resume from", out.display()))?;
     let pstate = checkpoint::load_train_state(&dir)?;
-    let rec: RunRecord = serde_json::from_value(pstate.args.clone()).with_context(|| format!("{}: not a PPO run's training state", dir.display()))?;
+    let rec: RunRecord = serde_json::from_value(pstate.args.clone())
+        .with_context(|| format!("{}: not a PPO run's training state", dir.display()))?;
     let pol = checkpoint::load(&dir)?;
     pol.expect_kind(ModelKind::Policy, &dir.display().to_string())?;
     pol.expect_config(&m.reference.cfg, &format!("the policy in {}", dir.display()))?;
@@ -561,21 +643,42 @@ fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoC
 
 /// Run (or, with `resume`, continue) PPO from an SFT policy and a reward model. `prompts` are token ids
 /// (each ending with the chat template's `<|assistant|>`).
-pub fn train<B: Backend>(be: &B, cfg: PpoConfig, prompts: &[Vec<u32>], sft: &Gpt2<B>, reward: &TrunkHead<B>, hooks: Hooks, resume: bool) -> Result<PpoSummary> {
+pub fn train<B: Backend>(
+    be: &B,
+    cfg: PpoConfig,
+    prompts: &[Vec<u32>],
+    sft: &Gpt2<B>,
+    reward: &TrunkHead<B>,
+    hooks: Hooks,
+    resume: bool,
+) -> Result<PpoSummary> {
     train_from(be, cfg, prompts, sft, sft, reward, hooks, resume)
 }
 
 /// As [`train`], with the policy starting from `init` while the KL penalty is taken against `reference`
 /// (the loop continues PPO from the current policy, still anchored to the SFT model).
 #[allow(clippy::too_many_arguments)]
-pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], init: &Gpt2<B>, sft: &Gpt2<B>, reward: &TrunkHead<B>, mut hooks: Hooks, resume: bool) -> Result<PpoSummary> {
+pub fn train_from<B: Backend>(
+    be: &B,
+    mut cfg: PpoConfig,
+    prompts: &[Vec<u32>],
+    init: &Gpt2<B>,
+    sft: &Gpt2<B>,
+    reward: &TrunkHead<B>,
+    mut hooks: Hooks,
+    resume: bool,
+) -> Result<PpoSummary> {
     if prompts.is_empty() {
         bail!("no prompts to train on");
     }
     let pcfg = sft.cfg;
     let rcfg = reward.cfg();
     if rcfg.vocab_size != pcfg.vocab_size {
-        bail!("the reward model's vocabulary ({}) differs from the policy's ({}): they must share one tokenizer", rcfg.vocab_size, pcfg.vocab_size);
+        bail!(
+            "the reward model's vocabulary ({}) differs from the policy's ({}): they must share one tokenizer",
+            rcfg.vocab_size,
+            pcfg.vocab_size
+        );
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap();
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
@@ -584,7 +687,12 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
     if init.cfg != sft.cfg {
         bail!("the policy's shape {:?} differs from the reference's {:?}", init.cfg, sft.cfg);
     }
-    let mut m = Models { policy: clone_model(be, init)?, reference: clone_model(be, sft)?, reward: clone_trunk_head(be, reward)?, value: clone_trunk_head(be, reward)? };
+    let mut m = Models {
+        policy: clone_model(be, init)?,
+        reference: clone_model(be, sft)?,
+        reward: clone_trunk_head(be, reward)?,
+        value: clone_trunk_head(be, reward)?,
+    };
     let (mut st, log_len) = if resume {
         let (saved, st, len) = load_state(be, &cfg.out, &mut m)?;
         cfg = PpoConfig { iterations: cfg.iterations.max(saved.iterations), ..saved };
@@ -598,7 +706,11 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
             policy_opt: AdamW::new(be, &pcfg, cfg.adamw)?,
             value_opt: AdamW::new(be, &rcfg, cfg.adamw)?,
             head_opt: HeadOpt::zeros(be, c)?,
-            kl: if cfg.fixed_kl { KlController::fixed(cfg.init_kl_coef) } else { KlController::adaptive(cfg.init_kl_coef, cfg.target_kl, cfg.horizon) },
+            kl: if cfg.fixed_kl {
+                KlController::fixed(cfg.init_kl_coef)
+            } else {
+                KlController::adaptive(cfg.init_kl_coef, cfg.target_kl, cfg.horizon)
+            },
             iteration: 0,
         };
         (st, None)
@@ -606,14 +718,21 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
     cfg.validate(pcfg.vocab_size)?;
     for lim in [pcfg.n_positions, rcfg.n_positions] {
         if longest + cfg.max_new_tokens > lim {
-            bail!("the longest prompt ({longest} tokens) + --max-new-tokens {} exceeds the context ({lim})", cfg.max_new_tokens);
+            bail!(
+                "the longest prompt ({longest} tokens) + --max-new-tokens {} exceeds the context ({lim})",
+                cfg.max_new_tokens
+            );
         }
     }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), log_len)?;
     let mut last_ckpt = run_dir::latest(&cfg.out)?;
     let (mut first_score, mut last_score, mut last_kl) = (f64::NAN, f64::NAN, f64::NAN);
-    let bar = if hooks.verbose { Some(crate::progress::bar(cfg.iterations.saturating_sub(st.iteration), "ppo")) } else { None };
+    let bar = if hooks.verbose {
+        Some(crate::progress::bar(cfg.iterations.saturating_sub(st.iteration), "ppo"))
+    } else {
+        None
+    };
     while st.iteration < cfg.iterations {
         let it = st.iteration;
         let fail = |what: String| -> anyhow::Error {
@@ -642,7 +761,8 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
         st.kl.update(kl, ro.episodes.len());
         st.iteration += 1;
         let n_tok: usize = ro.episodes.iter().map(|e| e.answer.len()).sum();
-        let entropy = -ro.episodes.iter().flat_map(|e| e.logprobs.iter().map(|&x| x as f64)).sum::<f64>() / n_tok as f64;
+        let entropy =
+            -ro.episodes.iter().flat_map(|e| e.logprobs.iter().map(|&x| x as f64)).sum::<f64>() / n_tok as f64;
         let score = mean(&ro.scores);
         let mut rec = json!({
             "iteration": st.iteration,
@@ -668,10 +788,15 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
         });
         if let (Some(gold), Some(decode)) = (hooks.gold.as_mut(), hooks.decode) {
             if cfg.gold_every > 0 && (it % cfg.gold_every == 0 || st.iteration == cfg.iterations) {
-                let pairs: Vec<(String, String)> = ro.episodes.iter().map(|e| (decode(&e.prompt), decode(&e.answer))).collect();
+                let pairs: Vec<(String, String)> =
+                    ro.episodes.iter().map(|e| (decode(&e.prompt), decode(&e.answer))).collect();
                 let g = gold(&pairs).map_err(|e| fail(format!("the gold judge failed: {e:#}")))?;
                 if g.len() != pairs.len() || g.iter().any(|x| !x.is_finite()) {
-                    return Err(fail(format!("the gold judge returned {} scores (some not finite?) for {} answers", g.len(), pairs.len())));
+                    return Err(fail(format!(
+                        "the gold judge returned {} scores (some not finite?) for {} answers",
+                        g.len(),
+                        pairs.len()
+                    )));
                 }
                 rec["gold_score"] = json!(mean(&g));
             }
@@ -692,7 +817,12 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
             if let Some(decode) = hooks.decode {
                 if cfg.sample_every > 0 && (it % cfg.sample_every == 0 || st.iteration == cfg.iterations) {
                     for (e, s) in ro.episodes.iter().zip(&ro.scores).take(2) {
-                        eprintln!("[iter {}] score {s:+.3} | {} => {}", st.iteration, decode(&e.prompt).trim(), decode(&e.answer).trim());
+                        eprintln!(
+                            "[iter {}] score {s:+.3} | {} => {}",
+                            st.iteration,
+                            decode(&e.prompt).trim(),
+                            decode(&e.answer).trim()
+                        );
                     }
                 }
             }
@@ -713,14 +843,37 @@ pub fn train_from<B: Backend>(be: &B, mut cfg: PpoConfig, prompts: &[Vec<u32>], 
 pub fn plot(out: &Path) -> Result<()> {
     let recs = metrics::read(&out.join("metrics.jsonl"))?;
     let s = |k: &str| metrics::series(&recs, "iteration", k);
-    let svg = metrics::svg_plot("PPO: scores and KL", "iteration", &[("score", s("score")), ("rm score", s("rm_score")), ("gold score", s("gold_score")), ("KL to reference", s("kl"))]);
+    let svg = metrics::svg_plot(
+        "PPO: scores and KL",
+        "iteration",
+        &[
+            ("score", s("score")),
+            ("rm score", s("rm_score")),
+            ("gold score", s("gold_score")),
+            ("KL to reference", s("kl")),
+        ],
+    );
     metrics::write_plot(&out.join("ppo_scores.svg"), &svg)?;
     let svg = metrics::svg_plot(
         "PPO: update statistics",
         "iteration",
-        &[("entropy", s("entropy")), ("clip frac", s("clip_frac")), ("approx KL", s("approx_kl")), ("value loss", s("value_loss")), ("explained var", s("explained_variance")), ("eos frac", s("eos_frac"))],
+        &[
+            ("entropy", s("entropy")),
+            ("clip frac", s("clip_frac")),
+            ("approx KL", s("approx_kl")),
+            ("value loss", s("value_loss")),
+            ("explained var", s("explained_variance")),
+            ("eos frac", s("eos_frac")),
+        ],
     );
     metrics::write_plot(&out.join("ppo_stats.svg"), &svg)?;
-    let svg = metrics::svg_plot("PPO: answer length and beta", "iteration", &[("answer length", s("answer_len")), ("beta x 100", s("beta").into_iter().map(|(x, y)| (x, 100.0 * y)).collect())]);
+    let svg = metrics::svg_plot(
+        "PPO: answer length and beta",
+        "iteration",
+        &[
+            ("answer length", s("answer_len")),
+            ("beta x 100", s("beta").into_iter().map(|(x, y)| (x, 100.0 * y)).collect()),
+        ],
+    );
     metrics::write_plot(&out.join("ppo_len_beta.svg"), &svg)
 }

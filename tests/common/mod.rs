@@ -21,8 +21,14 @@ pub struct DBuf {
 impl DBuf {
     pub fn new(dt: DType, x: &[f64]) -> DBuf {
         match dt {
-            DType::F32 => DBuf { dt, f: Some(SimBuf::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())), h: None },
-            DType::BF16 => DBuf { dt, f: None, h: Some(SimBuf::from_slice(&x.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())) },
+            DType::F32 => {
+                DBuf { dt, f: Some(SimBuf::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())), h: None }
+            }
+            DType::BF16 => DBuf {
+                dt,
+                f: None,
+                h: Some(SimBuf::from_slice(&x.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())),
+            },
         }
     }
     pub fn poisoned(dt: DType, n: usize) -> DBuf {
