@@ -4,7 +4,7 @@
 
 use rlhf::backend::{Backend, Cpu};
 use rlhf::ops::adamw::AdamWParams;
-use rlhf::rng::Rng;
+use rlhf::util::rng::Rng;
 use std::time::Instant;
 
 fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {

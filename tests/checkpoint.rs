@@ -6,7 +6,7 @@ use rlhf::checkpoint::{
     TrainState,
 };
 use rlhf::model::Config;
-use rlhf::rng::Rng;
+use rlhf::util::rng::Rng;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -583,10 +583,13 @@ fn export_round_trips_hf_files_exactly() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("hf");
     let tok = d.path().join("tokenizer.json");
-    rlhf::gpt2_tokenizer::write_tokenizer_json(&tok, false).unwrap();
+    rlhf::tokenizer::gpt2::write_tokenizer_json(&tok, false).unwrap();
     // The fixture's vocabulary (97) is smaller than GPT-2's: a GPT-2 tokenizer does not fit it.
-    assert_err_contains(rlhf::cli::export::export(&fixture(), &out, Some(&tok)), &["50257 tokens", "vocab_size is 97"]);
-    let r = rlhf::cli::export::export(&fixture(), &out, None).unwrap();
+    assert_err_contains(
+        rlhf::checkpoint::export::export(&fixture(), &out, Some(&tok)),
+        &["50257 tokens", "vocab_size is 97"],
+    );
+    let r = rlhf::checkpoint::export::export(&fixture(), &out, None).unwrap();
     assert_eq!(r.kind, ModelKind::Policy);
     assert_eq!(r.tokenizer, None);
     // Same tensor names, shapes and bytes as the file transformers wrote.
@@ -609,7 +612,7 @@ fn export_round_trips_hf_files_exactly() {
     let src = d.path().join("gpt2v");
     save(&src, &random_checkpoint(cfg, ModelKind::Reward, 5)).unwrap();
     let out2 = d.path().join("hf2");
-    let r = rlhf::cli::export::export(&src, &out2, None).unwrap();
+    let r = rlhf::checkpoint::export::export(&src, &out2, None).unwrap();
     assert_eq!(r.kind, ModelKind::Reward);
     assert!(out2.join("tokenizer.json").is_file() && out2.join("tokenizer_config.json").is_file());
     let c2: Value = serde_json::from_str(&std::fs::read_to_string(out2.join("config.json")).unwrap()).unwrap();

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use rlhf::cli::prepare::{self, DocSplit, PrepareArgs};
-use rlhf::data::{unigram_entropy, write_shard, Dataset, Meta, Shard, HEADER_BYTES, SHARD_MAGIC};
+use rlhf::data::prepare::{self, DocSplit, PrepareArgs};
+use rlhf::data::shards::{unigram_entropy, write_shard, Dataset, Meta, Shard, HEADER_BYTES, SHARD_MAGIC};
 use rlhf::tokenizer::{check_vocab, Tokenizer, SPECIAL_TOKENS};
 
 /// A small English text with enough repetition for BPE merges.

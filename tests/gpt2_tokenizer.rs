@@ -20,7 +20,7 @@ fn cases() -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn encodes_like_gpt2() {
-    let tok = rlhf::gpt2_tokenizer::build().unwrap();
+    let tok = rlhf::tokenizer::gpt2::build().unwrap();
     assert_eq!(tok.get_vocab_size(true), 50257);
     let mut saw_eot = false;
     for (text, want) in cases() {
@@ -56,8 +56,8 @@ fn written_tokenizer_json_encodes_the_same() {
 fn gpt2_chat_tokenizer_appends_the_chat_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let (plain, chat) = (dir.path().join("plain.json"), dir.path().join("chat.json"));
-    rlhf::gpt2_tokenizer::write_tokenizer_json(&plain, false).unwrap();
-    rlhf::gpt2_tokenizer::write_tokenizer_json(&chat, true).unwrap();
+    rlhf::tokenizer::gpt2::write_tokenizer_json(&plain, false).unwrap();
+    rlhf::tokenizer::gpt2::write_tokenizer_json(&chat, true).unwrap();
     let (plain, chat) =
         (rlhf::tokenizer::Tokenizer::load(&plain).unwrap(), rlhf::tokenizer::Tokenizer::load(&chat).unwrap());
     assert_eq!(chat.vocab_size(), 50261);
@@ -66,5 +66,5 @@ fn gpt2_chat_tokenizer_appends_the_chat_tokens() {
     let ids = chat.encode("<|user|>Hi<|assistant|>Yes<|end|><|pad|>");
     assert_eq!(ids.first(), Some(&50258));
     assert!(ids.contains(&50259) && ids.contains(&50260) && ids.last() == Some(&50257));
-    rlhf::chat::ChatTokens::from_tokenizer(&chat).unwrap();
+    rlhf::data::chat::ChatTokens::from_tokenizer(&chat).unwrap();
 }

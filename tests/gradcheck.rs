@@ -1,12 +1,12 @@
 //! Every op's backward and the whole model's gradient against finite differences in f64.
 
-use rlhf::gradcheck::{self, compare};
-use rlhf::rng::Rng;
+use rlhf::check::{self, compare};
+use rlhf::util::rng::Rng;
 
 #[test]
 fn every_op_and_the_model_pass_gradcheck() {
-    let results = gradcheck::run_all(1234);
-    println!("{}", gradcheck::format_table(&results));
+    let results = check::run_all(1234);
+    println!("{}", check::format_table(&results));
     assert!(results.len() >= 9);
     for r in &results {
         assert!(r.ok, "{} failed: max abs err {:e} > tolerance {:e}", r.op, r.max_abs_err, r.tolerance);

@@ -1,6 +1,6 @@
 //! The gold judge (lexicon and external-command judges, the `rlhf judge` protocol) and the demo data builder.
 
-use rlhf::demo_data::{build, cut_words, is_heading, split_sentences, MAX_COMPLETION_WORDS, MAX_PROMPT_WORDS};
+use rlhf::data::demo::{build, cut_words, is_heading, split_sentences, MAX_COMPLETION_WORDS, MAX_PROMPT_WORDS};
 use rlhf::judge::{from_spec, parse_score_line, words, CommandJudge, Judge, LexiconJudge};
 use std::collections::HashSet;
 

@@ -9,10 +9,10 @@
 use rlhf::backend::{Backend, Cpu};
 use rlhf::checkpoint;
 use rlhf::kernels::SimBackend;
+use rlhf::model::sample::{generate, SampleConfig};
 use rlhf::model::{gpt2::tensors_to_host, Acts, Gpt2, Tensors};
 use rlhf::ops::adamw::AdamWParams;
-use rlhf::rng::Rng;
-use rlhf::sample::{generate, SampleConfig};
+use rlhf::util::rng::Rng;
 use std::path::Path;
 
 const TOL: f32 = 1e-4;
@@ -150,8 +150,8 @@ fn model_through_cuda_backend_matches_cpu_engine() {
 #[test]
 fn kernel_check_passes_in_both_precisions() {
     for be in [SimBackend::new(), SimBackend::mixed()] {
-        let rows = rlhf::kernel_check::run(&be, 1234).unwrap();
-        print!("{}", rlhf::gradcheck::format_table(&rows));
+        let rows = rlhf::check::kernels::run(&be, 1234).unwrap();
+        print!("{}", rlhf::check::format_table(&rows));
         assert!(rows.len() >= 20, "every op and the training step are checked");
         let failed: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| r.op.clone()).collect();
         assert!(failed.is_empty(), "failed: {failed:?}");

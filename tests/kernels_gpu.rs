@@ -7,7 +7,7 @@ use half::bf16;
 use rlhf::kernels::cuda::CudaLauncher;
 use rlhf::kernels::launch::{self as kl, DType};
 use rlhf::ops;
-use rlhf::rng::Rng;
+use rlhf::util::rng::Rng;
 use std::sync::Arc;
 
 fn dptr<T>(s: &CudaSlice<T>, st: &Arc<CudaStream>) -> u64 {

@@ -20,7 +20,7 @@ use rlhf::kernels::launch::{self as kl, DType};
 use rlhf::kernels::sim::{self, SimBuf, SimLauncher};
 use rlhf::kernels::{Arg, LaunchConfig, Launcher};
 use rlhf::ops;
-use rlhf::rng::Rng;
+use rlhf::util::rng::Rng;
 
 const TOL_F32: f64 = 1e-5;
 const TOL_BF16: f64 = 6e-3;

@@ -23,7 +23,7 @@ use rlhf::kernels::launch::{self as kl, DType};
 use rlhf::kernels::sim::{self, SimLauncher};
 use rlhf::kernels::Launcher;
 use rlhf::ops;
-use rlhf::rng::Rng;
+use rlhf::util::rng::Rng;
 
 const TOL_F32: f64 = 1e-5;
 const TOL_BF16: f64 = 2e-2;

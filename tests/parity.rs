@@ -4,9 +4,9 @@
 
 use rlhf::backend::{Backend, Cpu};
 use rlhf::checkpoint::{self, safetensors::SafeTensors};
+use rlhf::model::sample::{generate, SampleConfig};
 use rlhf::model::{gpt2::tensors_to_host, Acts, Gpt2, Tensors};
-use rlhf::rng::Rng;
-use rlhf::sample::{generate, SampleConfig};
+use rlhf::util::rng::Rng;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

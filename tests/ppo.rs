@@ -1,6 +1,6 @@
 //! PPO: the per-token math against hand-computed values, gradient checks, and real tiny PPO iterations.
 
-use rlhf::ppo::math::*;
+use rlhf::pipeline::ppo::math::*;
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
@@ -101,9 +101,9 @@ fn adaptive_kl_controller_steps_by_hand() {
 
 #[test]
 fn ppo_gradchecks_pass() {
-    let results = rlhf::ppo::gradchecks();
+    let results = rlhf::check::losses::ppo();
     assert_eq!(results.len(), 6);
-    eprintln!("{}", rlhf::gradcheck::format_table(&results));
+    eprintln!("{}", rlhf::check::format_table(&results));
     for r in &results {
         assert!(r.ok && r.entries > 0, "{r:?}");
     }
@@ -113,9 +113,10 @@ fn ppo_gradchecks_pass() {
 
 mod tiny {
     use rlhf::backend::Cpu;
+    use rlhf::model::ScalarModel;
     use rlhf::model::{Config, Gpt2, ScalarHead};
-    use rlhf::ppo::{PpoConfig, TrunkHead};
-    use rlhf::rng::Rng;
+    use rlhf::pipeline::ppo::PpoConfig;
+    use rlhf::util::rng::Rng;
     use std::path::Path;
 
     pub type Be = Cpu<f32>;
@@ -126,9 +127,9 @@ mod tiny {
         Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 16, n_positions: 32 }
     }
 
-    pub fn models(be: &Be) -> (Gpt2<Be>, TrunkHead<Be>) {
+    pub fn models(be: &Be) -> (Gpt2<Be>, ScalarModel<Be>) {
         let sft = Gpt2::init(be, cfg(), 1).unwrap();
-        let rm = TrunkHead { trunk: Gpt2::init(be, cfg(), 2).unwrap(), head: ScalarHead::init(be, 16, 3).unwrap() };
+        let rm = ScalarModel { trunk: Gpt2::init(be, cfg(), 2).unwrap(), head: ScalarHead::init(be, 16, 3).unwrap() };
         (sft, rm)
     }
 
@@ -153,7 +154,7 @@ mod tiny {
 
     /// The metrics log without its wall-clock fields.
     pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
-        let mut recs = rlhf::metrics::read(&out.join("metrics.jsonl")).unwrap();
+        let mut recs = rlhf::pipeline::metrics::read(&out.join("metrics.jsonl")).unwrap();
         for r in &mut recs {
             let o = r.as_object_mut().unwrap();
             o.remove("rollout_s");
@@ -163,9 +164,10 @@ mod tiny {
     }
 }
 
-use rlhf::ppo::rollout::SeqBatch;
-use rlhf::ppo::trainer::{score_rollout, Models};
-use rlhf::ppo::{Episode, Hooks};
+use rlhf::pipeline::ppo::trainer::{score_rollout, Models};
+use rlhf::pipeline::ppo::Hooks;
+use rlhf::pipeline::rollout::episode_batch;
+use rlhf::pipeline::rollout::Episode;
 use tiny::*;
 
 fn ep(prompt: &[u32], answer: &[u32], ended: bool) -> Episode {
@@ -177,7 +179,7 @@ fn layout_reads_the_reward_at_the_answer_end_and_nothing_after_it() {
     let be = Be::new();
     let a = ep(&[2, 3, 4], &[5, 6, STOP], true);
     let b = ep(&[7], &[8, STOP], true);
-    let sb = SeqBatch::new(&[&a, &b], PAD).unwrap();
+    let sb = episode_batch(&[&a, &b], PAD).unwrap();
     assert_eq!((sb.b, sb.t), (2, 6));
     assert_eq!(sb.tokens, vec![2, 3, 4, 5, 6, STOP, 7, 8, STOP, PAD, PAD, PAD]);
     // targets: next token, then padding from each sequence's last token on
@@ -194,7 +196,7 @@ fn layout_reads_the_reward_at_the_answer_end_and_nothing_after_it() {
     let mut acts = rlhf::model::Acts::new(&be, &cfg(), 2, 6).unwrap();
     let both = rm.scores(&be, &mut acts, &sb).unwrap();
     for (i, e) in [&a, &b].iter().enumerate() {
-        let one = SeqBatch::new(&[e], PAD).unwrap();
+        let one = episode_batch(&[e], PAD).unwrap();
         let mut acts1 = rlhf::model::Acts::new(&be, &cfg(), 1, one.t).unwrap();
         let alone = rm.scores(&be, &mut acts1, &one).unwrap()[0];
         assert!((both[i] - alone).abs() < 1e-5, "episode {i}: padded {} vs alone {alone}", both[i]);
@@ -210,7 +212,7 @@ fn layout_reads_the_reward_at_the_answer_end_and_nothing_after_it() {
     // Scoring: the answer without <|end|> gets the penalty; rewards cover the answer tokens only.
     let c = ppo_cfg(Path::new("/nonexistent"), 1);
     let m = Models {
-        policy: rlhf::ppo::rollout::clone_model(&be, &sft).unwrap(),
+        policy: rlhf::model::scalar::clone_model(&be, &sft).unwrap(),
         reference: sft,
         reward: rm,
         value: models(&be).1,
@@ -237,8 +239,8 @@ fn rollouts_stop_at_eos_and_a_real_iteration_has_ratio_one() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let c = ppo_cfg(&out, 1);
-    let mut rng = rlhf::rng::Rng::new(5);
-    let eps = rlhf::ppo::trainer::rollout(&be, &sft, &prompts(8), &c, &mut rng).unwrap();
+    let mut rng = rlhf::util::rng::Rng::new(5);
+    let eps = rlhf::pipeline::ppo::trainer::rollout(&be, &sft, &prompts(8), &c, &mut rng).unwrap();
     assert!(eps.iter().any(|e| e.ended) && eps.iter().any(|e| !e.ended), "want both kinds in this seed's rollout");
     for e in &eps {
         let stops = e.answer.iter().filter(|&&t| t == STOP).count();
@@ -249,7 +251,7 @@ fn rollouts_stop_at_eos_and_a_real_iteration_has_ratio_one() {
             assert_eq!(e.answer.len(), c.max_new_tokens);
         }
     }
-    let s = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    let s = rlhf::pipeline::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
     assert_eq!(s.iterations, 1);
     let m = metrics(&out);
     let dev = m[0]["first_ratio_dev"].as_f64().unwrap();
@@ -278,7 +280,7 @@ fn the_ratio_check_stops_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ppo_cfg(&dir.path().join("run"), 1);
     c.ratio_tol = 1e-13; // below f32 rounding: sampler and training forward cannot agree this closely
-    let e = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap_err();
+    let e = rlhf::pipeline::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("ratio check failed") && msg.contains("iteration 1"), "{msg}");
 }
@@ -289,18 +291,19 @@ fn same_seed_same_run_and_resume_equals_unbroken() {
     let (sft, rm) = models(&be);
     let dir = tempfile::tempdir().unwrap();
     let (a, b, k) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("k"));
-    rlhf::ppo::train(&be, ppo_cfg(&a, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
-    rlhf::ppo::train(&be, ppo_cfg(&b, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    rlhf::pipeline::ppo::train(&be, ppo_cfg(&a, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    rlhf::pipeline::ppo::train(&be, ppo_cfg(&b, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
     assert_eq!(metrics(&a), metrics(&b), "two runs with one seed differ");
     assert_eq!(metrics(&a).len(), 4);
     // "Killed" after iteration 3 with the last checkpoint at 2: metrics has a line past the checkpoint.
-    rlhf::ppo::train(&be, ppo_cfg(&k, 3), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
+    rlhf::pipeline::ppo::train(&be, ppo_cfg(&k, 3), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap();
     std::fs::remove_dir_all(k.join("step-000003")).unwrap();
     std::fs::write(k.join("latest"), "step-000002").unwrap();
     assert_eq!(metrics(&k).len(), 3);
-    let e = rlhf::ppo::train(&be, ppo_cfg(&k, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap_err();
+    let e =
+        rlhf::pipeline::ppo::train(&be, ppo_cfg(&k, 4), &prompts(12), &sft, &rm, Hooks::default(), false).unwrap_err();
     assert!(format!("{e:#}").contains("--resume"), "{e:#}");
-    rlhf::ppo::train(&be, ppo_cfg(&k, 4), &prompts(12), &sft, &rm, Hooks::default(), true).unwrap();
+    rlhf::pipeline::ppo::train(&be, ppo_cfg(&k, 4), &prompts(12), &sft, &rm, Hooks::default(), true).unwrap();
     assert_eq!(metrics(&a), metrics(&k), "resumed run differs from the unbroken one");
     let read = |d: &Path| std::fs::read(d.join("step-000004/model.safetensors")).unwrap();
     assert!(read(&a) == read(&k), "final policies differ");
@@ -313,13 +316,14 @@ fn bad_inputs_give_clear_errors() {
     let be = Be::new();
     let (sft, rm) = models(&be);
     let dir = tempfile::tempdir().unwrap();
-    let run = |name: &str, prompts: &[Vec<u32>], rm: &rlhf::ppo::TrunkHead<Be>, hooks: Hooks| {
-        let e = rlhf::ppo::train(&be, ppo_cfg(&dir.path().join(name), 2), prompts, &sft, rm, hooks, false).unwrap_err();
+    let run = |name: &str, prompts: &[Vec<u32>], rm: &rlhf::model::ScalarModel<Be>, hooks: Hooks| {
+        let e = rlhf::pipeline::ppo::train(&be, ppo_cfg(&dir.path().join(name), 2), prompts, &sft, rm, hooks, false)
+            .unwrap_err();
         format!("{e:#}")
     };
     assert!(run("empty", &[], &rm, Hooks::default()).contains("no prompts"));
     let other = rlhf::model::Config { vocab_size: 20, ..cfg() };
-    let rm20 = rlhf::ppo::TrunkHead {
+    let rm20 = rlhf::model::ScalarModel {
         trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
     };
@@ -340,7 +344,7 @@ fn bad_inputs_give_clear_errors() {
     );
     assert!(msg.contains("gold judge returned 7 scores") && msg.contains("for 8 answers"), "{msg}");
     // A reward model that yields NaN: stop, naming the iteration; no checkpoint is written over.
-    let mut bad = rlhf::ppo::rollout::clone_trunk_head(&be, &rm).unwrap();
+    let mut bad = rlhf::model::scalar::clone_trunk_head(&be, &rm).unwrap();
     bad.head.b = vec![f32::NAN];
     let msg = run("nan", &prompts(8), &bad, Hooks::default());
     assert!(
@@ -360,7 +364,7 @@ fn ppo_raises_the_reward_model_score() {
     c.minibatch = 8;
     c.ppo_epochs = 4;
     c.save_every = 100;
-    rlhf::ppo::train(&be, c, &prompts(32), &sft, &rm, Hooks::default(), false).unwrap();
+    rlhf::pipeline::ppo::train(&be, c, &prompts(32), &sft, &rm, Hooks::default(), false).unwrap();
     let m = metrics(&out);
     // The optimised score: the reward model's at <|end|>, or the no-EOS penalty.
     let avg = |r: &[serde_json::Value], k: &str| r.iter().map(|x| x[k].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
@@ -376,7 +380,7 @@ fn ppo_raises_the_reward_model_score() {
 
 // ---- labelling ----
 
-use rlhf::ppo::label::{self, parse_ranking, RankedRecord};
+use rlhf::pipeline::label::{self, parse_ranking, RankedRecord};
 
 #[test]
 fn typed_rankings_are_validated() {
@@ -464,7 +468,7 @@ fn judge_labelling_runs_unattended_and_reports_a_failing_judge() {
 
 #[test]
 fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
-    use rlhf::ppo::eval;
+    use rlhf::pipeline::eval;
     assert_eq!(eval::win_rate(&[1.0, 2.0, 3.0, 0.0], &[0.0, 2.0, 4.0, -1.0]).unwrap(), 2.5 / 4.0);
     assert!(eval::win_rate(&[], &[]).is_err());
     let be = Be::new();
@@ -473,20 +477,9 @@ fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
     let decode = |t: &[u32]| format!("{t:?}");
     let mut gold =
         |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(p.iter().map(|(_, a)| a.len() as f64).collect()) };
-    let r = eval::evaluate(
-        &be,
-        &sft,
-        &sft,
-        &rm,
-        &prompts(6),
-        &eval::sample_config(&c),
-        PAD,
-        -1.0,
-        3,
-        &decode,
-        Some(&mut gold),
-    )
-    .unwrap();
+    let r =
+        eval::evaluate(&be, &sft, &sft, &rm, &prompts(6), &c.sample_config(), PAD, -1.0, 3, &decode, Some(&mut gold))
+            .unwrap();
     // The SFT model against itself: no KL (the same weights score the same tokens).
     assert!(r.kl_to_sft.abs() < 1e-9, "{r:?}");
     assert!(r.win_rate_gold.is_some() && (0.0..=1.0).contains(&r.win_rate_rm));
@@ -499,7 +492,7 @@ fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
 
 #[test]
 fn prompt_files_fail_with_clear_errors() {
-    let read_prompts = |p: &std::path::Path| rlhf::datasets::read_prompts(p, false).map(|r| r.records);
+    let read_prompts = |p: &std::path::Path| rlhf::data::jsonl::read_prompts(p, false).map(|r| r.records);
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p.jsonl");
     let err = |text: &str| {
@@ -523,7 +516,7 @@ fn ppo_ptx_mixes_the_pretraining_loss_into_the_policy_gradient() {
     let (sft, rm) = models(&be);
     let dir = tempfile::tempdir().unwrap();
     let ptx = |i: u64| -> anyhow::Result<(Vec<u32>, Vec<u32>, usize, usize)> {
-        let mut r = rlhf::rng::Rng::stream(5, i);
+        let mut r = rlhf::util::rng::Rng::stream(5, i);
         let seq: Vec<u32> = (0..4 * 9).map(|_| 2 + r.below(14) as u32).collect();
         let (inp, tgt): (Vec<u32>, Vec<u32>) =
             seq.chunks(9).flat_map(|c| c[..8].iter().copied().zip(c[1..].iter().copied())).unzip();
@@ -533,14 +526,22 @@ fn ppo_ptx_mixes_the_pretraining_loss_into_the_policy_gradient() {
     let mut c = ppo_cfg(&a, 2);
     c.ptx_coef = 1.0;
     c.ent_coef = 0.01;
-    rlhf::ppo::train(&be, c.clone(), &prompts(8), &sft, &rm, Hooks { ptx: Some(&ptx), ..Default::default() }, false)
-        .unwrap();
-    rlhf::ppo::train(&be, ppo_cfg(&b, 2), &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
+    rlhf::pipeline::ppo::train(
+        &be,
+        c.clone(),
+        &prompts(8),
+        &sft,
+        &rm,
+        Hooks { ptx: Some(&ptx), ..Default::default() },
+        false,
+    )
+    .unwrap();
+    rlhf::pipeline::ppo::train(&be, ppo_cfg(&b, 2), &prompts(8), &sft, &rm, Hooks::default(), false).unwrap();
     let (ma, mb) = (metrics(&a), metrics(&b));
     assert_eq!(ma[0]["score"], mb[0]["score"], "the first rollout precedes any update");
     assert_ne!(ma[1]["score"], mb[1]["score"], "the ptx gradient changed nothing");
     c.out = dir.path().join("c");
-    let e = rlhf::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap_err();
+    let e = rlhf::pipeline::ppo::train(&be, c, &prompts(8), &sft, &rm, Hooks::default(), false).unwrap_err();
     assert!(format!("{e:#}").contains("--ptx-data"), "{e:#}");
     eprintln!("first-minibatch max |ratio - 1|: {} and {}", ma[0]["first_ratio_dev"], ma[1]["first_ratio_dev"]);
 }
@@ -578,13 +579,13 @@ fn ppo_eval_and_label_commands_end_to_end() {
     let mcfg = rlhf::model::Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 64 };
     let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
     checkpoint::save(&dir.path().join("sft"), &Checkpoint::from_model(&be, &sft, ModelKind::Policy)).unwrap();
-    let rm = rlhf::ppo::TrunkHead {
+    let rm = rlhf::model::ScalarModel {
         trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
     };
     checkpoint::save(&dir.path().join("rm"), &rm.to_checkpoint(&be).unwrap()).unwrap();
     let other = rlhf::model::Config { vocab_size: mcfg.vocab_size + 10, ..mcfg };
-    let rm_other = rlhf::ppo::TrunkHead {
+    let rm_other = rlhf::model::ScalarModel {
         trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
     };
@@ -697,18 +698,18 @@ fn tiny_preset_iteration_time() {
     let be = Be::new();
     let mcfg = rlhf::model::Config::preset("tiny", 4096).unwrap();
     let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
-    let rm = rlhf::ppo::TrunkHead {
+    let rm = rlhf::model::ScalarModel {
         trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, mcfg.n_embd, 3).unwrap(),
     };
-    let mut rng = rlhf::rng::Rng::new(9);
+    let mut rng = rlhf::util::rng::Rng::new(9);
     let prompts: Vec<Vec<u32>> =
         (0..64).map(|_| (0..8 + rng.below(16)).map(|_| 5 + rng.below(4000) as u32).collect()).collect();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = rlhf::ppo::PpoConfig::new(dir.path().join("run"), 4, 1);
+    let mut c = rlhf::pipeline::ppo::PpoConfig::new(dir.path().join("run"), 4, 1);
     c.iterations = 3;
     let t = std::time::Instant::now();
-    rlhf::ppo::train(&be, c, &prompts, &sft, &rm, Hooks::default(), false).unwrap();
+    rlhf::pipeline::ppo::train(&be, c, &prompts, &sft, &rm, Hooks::default(), false).unwrap();
     let m = metrics(&dir.path().join("run"));
     eprintln!("tiny preset, defaults: {:.2} s/iteration; {m:?}", t.elapsed().as_secs_f64() / 3.0);
 }
@@ -718,13 +719,21 @@ fn a_reward_model_of_another_shape_works() {
     let be = Be::new();
     let (sft, _) = models(&be);
     let big = rlhf::model::Config { n_layer: 2, n_head: 3, n_embd: 24, ..cfg() };
-    let rm = rlhf::ppo::TrunkHead {
+    let rm = rlhf::model::ScalarModel {
         trunk: rlhf::model::Gpt2::init(&be, big, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 24, 3).unwrap(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let s = rlhf::ppo::train(&be, ppo_cfg(&dir.path().join("run"), 2), &prompts(8), &sft, &rm, Hooks::default(), false)
-        .unwrap();
+    let s = rlhf::pipeline::ppo::train(
+        &be,
+        ppo_cfg(&dir.path().join("run"), 2),
+        &prompts(8),
+        &sft,
+        &rm,
+        Hooks::default(),
+        false,
+    )
+    .unwrap();
     assert_eq!(s.iterations, 2);
     let ck = rlhf::checkpoint::load(&dir.path().join("run/step-000002/value")).unwrap();
     assert_eq!(ck.config, big, "the value model is the reward model's shape");

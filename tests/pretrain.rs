@@ -1,10 +1,11 @@
 //! Pretraining runs: determinism, bit-identical resume, and the errors a user can run into.
 
 use rlhf::backend::Cpu;
-use rlhf::cli::prepare::{self, DocSplit, PrepareArgs};
+use rlhf::data::prepare::{self, DocSplit, PrepareArgs};
 use rlhf::model::{AdamWConfig, Config};
+use rlhf::pipeline::pretrain::{pretrain, PretrainConfig};
+use rlhf::pipeline::run::LoopConfig;
 use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
-use rlhf::train::{pretrain, LoopConfig, PretrainConfig};
 use std::path::{Path, PathBuf};
 
 /// A small real-text corpus (the committed Austen sample's first chapters) tokenized into shards.
@@ -30,7 +31,7 @@ fn prepared(dir: &Path) -> PathBuf {
 }
 
 fn config(data: &Path, out: &Path, steps: u64) -> PretrainConfig {
-    let vocab = rlhf::data::Meta::load(data).unwrap().vocab_size;
+    let vocab = rlhf::data::shards::Meta::load(data).unwrap().vocab_size;
     PretrainConfig {
         data: data.to_owned(),
         model: Config { n_layer: 2, n_head: 2, n_embd: 32, vocab_size: vocab, n_positions: 32 },
@@ -53,7 +54,7 @@ fn config(data: &Path, out: &Path, steps: u64) -> PretrainConfig {
 }
 
 fn losses(out: &Path) -> Vec<(u64, f64)> {
-    let recs = rlhf::metrics::read(&out.join("metrics.jsonl")).unwrap();
+    let recs = rlhf::pipeline::metrics::read(&out.join("metrics.jsonl")).unwrap();
     recs.iter().map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap())).collect()
 }
 
@@ -67,7 +68,7 @@ fn same_seed_same_losses_and_resume_is_bit_identical() {
     pretrain(&be, config(&data, &b, 12), None, false).unwrap();
     assert_eq!(losses(&a), losses(&b), "two runs with one seed differ");
     assert_eq!(losses(&a).len(), 12);
-    let vocab = rlhf::data::Meta::load(&data).unwrap().vocab_size as f64;
+    let vocab = rlhf::data::shards::Meta::load(&data).unwrap().vocab_size as f64;
     assert!(
         sa.fit.val_loss < vocab.ln() && sa.fit.train_loss.is_finite(),
         "12 steps learnt nothing: val loss {} vs uniform {}",
@@ -111,7 +112,7 @@ fn user_errors_are_clear_and_lose_nothing() {
     cfg.run.adamw.grad_clip = 0.0;
     let e = pretrain(&be, cfg, None, false).unwrap_err().to_string();
     assert!(e.contains("at step") && (e.contains("NaN") || e.contains("inf")), "{e}");
-    if let Some(last) = rlhf::run_dir::latest(&nan_out).unwrap() {
+    if let Some(last) = rlhf::checkpoint::run_dir::latest(&nan_out).unwrap() {
         assert!(e.contains(&last.display().to_string()), "{e}");
         rlhf::checkpoint::load(&last).unwrap();
     }

@@ -1,9 +1,9 @@
 //! The KV cache and batched sampling agree with full forward passes.
 
 use rlhf::backend::{Backend, Cpu};
+use rlhf::model::sample::{generate, SampleConfig};
 use rlhf::model::{Acts, Config, Gpt2};
-use rlhf::rng::Rng;
-use rlhf::sample::{generate, SampleConfig};
+use rlhf::util::rng::Rng;
 
 fn tiny() -> Config {
     Config { n_layer: 2, n_head: 2, n_embd: 16, vocab_size: 37, n_positions: 24 }

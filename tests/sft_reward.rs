@@ -1,10 +1,10 @@
 //! SFT masking and padding, the reward model's pairwise loss and data handling.
 
 use rlhf::backend::Cpu;
-use rlhf::datasets::{read_ranked, read_sft, Ranked};
+use rlhf::data::batch::{slices, PaddedBatch};
+use rlhf::data::jsonl::{read_ranked, read_sft, Ranked};
 use rlhf::model::{Acts, Config, Gpt2, Tensors};
-use rlhf::reward::{pairwise_loss, score_pairs, RewardModel};
-use rlhf::sft::pair_batch;
+use rlhf::pipeline::reward::{pairwise_loss, score_pairs, RewardModel};
 
 type Be = Cpu<f64>;
 const PAD: u32 = 1;
@@ -22,8 +22,7 @@ fn loss_and_grads(
     t: usize,
     targets_override: Option<&dyn Fn(&mut Vec<u32>)>,
 ) -> (f64, Vec<Vec<f64>>) {
-    let refs: Vec<_> = pairs.iter().collect();
-    let mut batch = pair_batch(&refs, b, t, PAD).unwrap();
+    let mut batch = PaddedBatch::new(&slices(pairs), b, t, PAD).unwrap().answer_lm_batch();
     if let Some(f) = targets_override {
         f(&mut batch.targets);
     }
@@ -78,9 +77,8 @@ fn pairwise_loss_pairs_and_one_forward_per_answer() {
     // Loss: mean of -log sigmoid(r_w - r_l); zero margin gives ln 2.
     let (l, dr) = pairwise_loss(&[0.0, 0.0], &[(0, 1)]);
     assert!((l - 2f64.ln()).abs() < 1e-12 && (dr[0] + 0.5).abs() < 1e-12 && (dr[1] - 0.5).abs() < 1e-12);
-    for c in rlhf::reward::gradchecks() {
-        assert!(c.ok, "{c:?}");
-    }
+    let c = rlhf::check::losses::reward_pairwise();
+    assert!(c.ok, "{c:?}");
     // K answers are K rows of one forward pass, each read at its own last token.
     let be = Be::new();
     let trunk = model(&be);
@@ -141,7 +139,7 @@ fn reward_and_policy_checkpoints_are_not_interchangeable() {
     let rm = RewardModel { trunk: m, head };
     let rdir = dir.path().join("rm");
     rlhf::checkpoint::save(&rdir, &rm.to_checkpoint(&be).unwrap()).unwrap();
-    let e = rlhf::model::persist::load_policy(&be, &rdir).err().expect("a reward model loaded as a policy");
+    let e = rlhf::checkpoint::persist::load_policy(&be, &rdir).err().expect("a reward model loaded as a policy");
     assert!(format!("{e:#}").contains("reward"), "{e:#}");
     let pdir = dir.path().join("policy");
     rlhf::checkpoint::save(
@@ -149,9 +147,9 @@ fn reward_and_policy_checkpoints_are_not_interchangeable() {
         &rlhf::checkpoint::Checkpoint::from_model(&be, &rm.trunk, rlhf::checkpoint::ModelKind::Policy),
     )
     .unwrap();
-    let e = rlhf::reward::load(&be, &pdir).err().expect("a policy loaded as a reward model");
+    let e = rlhf::pipeline::reward::load(&be, &pdir).err().expect("a policy loaded as a reward model");
     assert!(format!("{e:#}").contains("policy"), "{e:#}");
-    assert!(rlhf::reward::load(&be, &rdir).is_ok());
+    assert!(rlhf::pipeline::reward::load(&be, &rdir).is_ok());
 }
 
 /// Growing the vocabulary (GPT-2 + chat tokens) keeps every existing token's logit exactly.
@@ -230,8 +228,8 @@ fn rm_fixture() -> RmFixture {
 }
 
 impl RmFixture {
-    fn config(&self, out: &str) -> rlhf::reward::RewardConfig {
-        rlhf::reward::RewardConfig {
+    fn config(&self, out: &str) -> rlhf::pipeline::reward::RewardConfig {
+        rlhf::pipeline::reward::RewardConfig {
             base: self.base.clone(),
             data: self.data.clone(),
             tokenizer: self.tokenizer.clone(),
@@ -249,13 +247,16 @@ impl RmFixture {
     }
 }
 
-fn train_rm(cfg: &rlhf::reward::RewardConfig, resume: bool) -> anyhow::Result<rlhf::reward::RewardSummary> {
-    rlhf::reward::train(&Cpu::<f32>::new(), cfg, resume)
+fn train_rm(
+    cfg: &rlhf::pipeline::reward::RewardConfig,
+    resume: bool,
+) -> anyhow::Result<rlhf::pipeline::reward::RewardSummary> {
+    rlhf::pipeline::reward::train(&Cpu::<f32>::new(), cfg, resume)
 }
 
 /// Every tensor (model and both optimizers' moments) of a run's latest checkpoint.
 fn latest_state(out: &std::path::Path) -> (rlhf::checkpoint::Checkpoint, rlhf::checkpoint::TrainState) {
-    let dir = rlhf::run_dir::latest(out).unwrap().expect("no checkpoint");
+    let dir = rlhf::checkpoint::run_dir::latest(out).unwrap().expect("no checkpoint");
     (rlhf::checkpoint::load(&dir).unwrap(), rlhf::checkpoint::load_train_state(&dir).unwrap())
 }
 
@@ -309,13 +310,14 @@ fn reward_resume_refuses_other_settings_data_and_a_taken_out() {
     let e = format!("{:#}", train_rm(&cfg, false).unwrap_err());
     assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
     // Another seed, or another data file.
-    let e = format!("{:#}", train_rm(&rlhf::reward::RewardConfig { seed: 8, ..cfg.clone() }, true).unwrap_err());
+    let e =
+        format!("{:#}", train_rm(&rlhf::pipeline::reward::RewardConfig { seed: 8, ..cfg.clone() }, true).unwrap_err());
     assert!(e.contains("--seed: 7 in the run, 8 now"), "{e}");
     let other = f.dir.path().join("other.jsonl");
     std::fs::copy(&f.data, &other).unwrap();
     let e = format!(
         "{:#}",
-        train_rm(&rlhf::reward::RewardConfig { data: other, lr: 2e-3, ..cfg.clone() }, true).unwrap_err()
+        train_rm(&rlhf::pipeline::reward::RewardConfig { data: other, lr: 2e-3, ..cfg.clone() }, true).unwrap_err()
     );
     assert!(e.contains("--data") && e.contains("--lr") && e.contains("other settings"), "{e}");
     // The same file with other contents.
@@ -331,7 +333,7 @@ fn reward_resume_refuses_other_settings_data_and_a_taken_out() {
 #[test]
 fn reward_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint() {
     let f = rm_fixture();
-    let cfg = rlhf::reward::RewardConfig { lr: 1e30, save_every: 1, ..f.config("nan") };
+    let cfg = rlhf::pipeline::reward::RewardConfig { lr: 1e30, save_every: 1, ..f.config("nan") };
     let e = format!("{:#}", train_rm(&cfg, false).unwrap_err());
     assert!(e.contains("at step ") && e.contains("last good checkpoint is kept") && e.contains("step-0000"), "{e}");
 }

@@ -189,7 +189,7 @@ pub fn save(path: &Path, ck: &Checkpoint, bf16: bool) -> Result<()> {
     for (i, d) in [cfg.n_positions, v, l, cfg.n_head, c, vp].into_iter().enumerate() {
         header[2 + i] = i32::try_from(d).context("dimension too large for an llm.c header")?;
     }
-    crate::fsutil::atomic_write(path, |w| {
+    crate::util::fs::atomic_write(path, |w| {
         for x in header {
             w.write_all(&x.to_le_bytes())?;
         }

@@ -1,4 +1,6 @@
-//! Checkpoints: the engine's model folders, Hugging Face GPT-2 folders and llm.c model files.
+//! Checkpoints: the engine's model folders, Hugging Face GPT-2 folders and llm.c model files; every
+//! conversion between a model and files lives here ([`persist`]: models and optimizer state, [`export`]:
+//! Hugging Face folders, [`run_dir`]: a run's step-numbered checkpoints).
 //!
 //! # The engine's checkpoint folder
 //! A checkpoint is a folder holding
@@ -30,7 +32,10 @@
 //! carries: the scalar head of a reward or value model, always under the names `score.weight` [1, C] and
 //! `score.bias` [1] in memory, whatever the file calls them ([`Checkpoint::head`], [`head_tensors`]).
 
+pub mod export;
 pub mod llmc;
+pub mod persist;
+pub mod run_dir;
 pub mod safetensors;
 
 use crate::model::Config;
@@ -335,7 +340,7 @@ pub fn save_with_config(dir: &Path, ck: &Checkpoint, config: Value) -> Result<()
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::save_f32(&dir.join(MODEL_FILE), &refs, &meta)?;
     let text = serde_json::to_string_pretty(&config)? + "\n";
-    crate::fsutil::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
+    crate::util::fs::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
     Ok(())
 }
 
@@ -624,7 +629,7 @@ pub fn save_train_state(dir: &Path, state: &TrainState) -> Result<()> {
         moments_file: TRAIN_STATE_FILE.to_string(),
     };
     let text = serde_json::to_string_pretty(&j)? + "\n";
-    crate::fsutil::write_atomic(&dir.join(TRAIN_STATE_JSON), text.as_bytes())
+    crate::util::fs::write_atomic(&dir.join(TRAIN_STATE_JSON), text.as_bytes())
 }
 
 /// Whether `dir` holds a model and a complete training state (the files [`save`] and

@@ -386,5 +386,5 @@ pub fn write_f32<W: Write + ?Sized>(
 
 /// Writes F32 tensors to `path` atomically.
 pub fn save_f32(path: &Path, tensors: &[TensorRef], metadata: &BTreeMap<String, String>) -> Result<()> {
-    crate::fsutil::atomic_write(path, |w| write_f32(w, tensors, metadata))
+    crate::util::fs::atomic_write(path, |w| write_f32(w, tensors, metadata))
 }

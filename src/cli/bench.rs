@@ -1,10 +1,10 @@
 //! `rlhf bench`: on the CPU, time a full training step (forward + backward + AdamW) of a preset; on
-//! `--device cuda`, the GPU report of `crate::kernels::bench` (ceilings, every memory-bound kernel,
+//! `--device cuda`, the GPU report of `crate::bench::cuda` (ceilings, every memory-bound kernel,
 //! attention fused vs unfused, training steps at 8 and 16 x 1024 with MFU). `cuda-sim` runs that report's
 //! code at tiny shapes in the simulator (a smoke test: the times mean nothing).
 
-use crate::device::{self, Device, DeviceArg};
-use crate::kernels::bench::{self as kbench, BenchSizes};
+use crate::bench::cuda::{self as kbench, BenchSizes};
+use crate::cli::device::{self, Device, DeviceArg};
 use crate::kernels::{CudaBackend, DType, SimBackend};
 use crate::model::Config;
 use anyhow::Result;
@@ -53,7 +53,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = crate::with_backend!(dev, |be| crate::bench::train_step(
+    let r = crate::with_backend!(dev, |be| crate::bench::cpu::train_step(
         be,
         &args.preset,
         cfg,

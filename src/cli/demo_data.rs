@@ -1,6 +1,6 @@
-//! `rlhf demo-data`: the demo task's files from a corpus (see [`crate::demo_data`] and `docs/demo.md`).
+//! `rlhf demo-data`: the demo task's files from a corpus (see [`crate::data::demo`] and `docs/demo.md`).
 
-use crate::demo_data::build;
+use crate::data::demo::build;
 use crate::judge::{Judge, LexiconJudge};
 use crate::tokenizer::read_text;
 use anyhow::{Context, Result};
@@ -48,7 +48,7 @@ pub fn run(args: DemoDataArgs) -> Result<()> {
     summary["sft_completions_positive"] = positive.into();
     summary["sft_completions_negative"] = negative.into();
     let json = serde_json::to_string_pretty(&summary)? + "\n";
-    crate::fsutil::write_atomic(&args.out.join("summary.json"), json.as_bytes())?;
+    crate::util::fs::write_atomic(&args.out.join("summary.json"), json.as_bytes())?;
     print!("{json}");
     Ok(())
 }

@@ -16,12 +16,12 @@ pub struct Gpt2TokenizerArgs {
 }
 
 pub fn run(args: &Gpt2TokenizerArgs) -> Result<()> {
-    crate::gpt2_tokenizer::write_tokenizer_json(&args.out, args.chat)?;
+    crate::tokenizer::gpt2::write_tokenizer_json(&args.out, args.chat)?;
     println!(
         "wrote GPT-2 tokenizer ({} tokens, {} = {}) to {}",
-        crate::gpt2_tokenizer::VOCAB_SIZE + if args.chat { 4 } else { 0 },
-        crate::gpt2_tokenizer::EOT,
-        crate::gpt2_tokenizer::EOT_ID,
+        crate::tokenizer::gpt2::VOCAB_SIZE + if args.chat { 4 } else { 0 },
+        crate::tokenizer::gpt2::EOT,
+        crate::tokenizer::gpt2::EOT_ID,
         args.out.display()
     );
     Ok(())

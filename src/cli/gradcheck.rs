@@ -2,9 +2,9 @@
 //! differences in f64; on `--device cuda` (or `cuda-sim`), every CUDA kernel forward and backward, in f32
 //! and in bf16, and one whole training step, against the CPU engine.
 
-use crate::device::{self, Device, DeviceArg};
-use crate::gradcheck::{self, CheckResult};
-use crate::kernel_check;
+use crate::check::kernels;
+use crate::check::{self, CheckResult};
+use crate::cli::device::{self, Device, DeviceArg};
 use crate::kernels::device::Device as _;
 use crate::kernels::{CudaBackend, DType, SimBackend};
 use anyhow::{bail, Result};
@@ -29,10 +29,10 @@ pub fn run(args: GradcheckArgs) -> Result<()> {
         Device::Cpu => (
             format!(
                 "CPU backend in f64, central differences (h = 1e-6); pass when max abs err <= {:e} + {:e} * max|grad|",
-                gradcheck::ATOL,
-                gradcheck::RTOL
+                check::ATOL,
+                check::RTOL
             ),
-            gradcheck::run_all(args.seed),
+            check::run_all(args.seed),
         ),
         Device::Cuda | Device::CudaSim => {
             let mut results: Vec<CheckResult> = Vec::new();
@@ -41,19 +41,19 @@ pub fn run(args: GradcheckArgs) -> Result<()> {
                 if dev == Device::Cuda {
                     let be = CudaBackend::cuda(0, dt)?;
                     name = be.dev.name();
-                    results.extend(kernel_check::run(&be, args.seed)?);
+                    results.extend(kernels::run(&be, args.seed)?);
                 } else {
                     let be = if dt == DType::F32 { SimBackend::new() } else { SimBackend::mixed() };
                     name = be.dev.name();
-                    results.extend(kernel_check::run(&be, args.seed)?);
+                    results.extend(kernels::run(&be, args.seed)?);
                 }
             }
             let header = format!(
                 "CUDA kernels on {name} vs the CPU engine (same inputs); error = max|got - want| / max|want| per tensor, \
                  the worst tensor of each row shown.\ntolerances: f32 {:e}; bf16 ops {:e}; bf16 whole step {:e} (see src/kernel_check.rs)",
-                kernel_check::F32_TOL,
-                kernel_check::BF16_OP_TOL,
-                kernel_check::BF16_STEP_TOL
+                kernels::F32_TOL,
+                kernels::BF16_OP_TOL,
+                kernels::BF16_STEP_TOL
             );
             (header, results)
         }
@@ -62,7 +62,7 @@ pub fn run(args: GradcheckArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         println!("{header}");
-        print!("{}", gradcheck::format_table(&results));
+        print!("{}", check::format_table(&results));
     }
     let failed: Vec<&str> = results.iter().filter(|r| !r.ok).map(|r| r.op.as_str()).collect();
     if !failed.is_empty() {

@@ -1,6 +1,7 @@
 //! Subcommand implementations: one clap `Args` struct and one `run` function per command.
 pub mod bench;
 pub mod demo_data;
+pub mod device;
 pub mod export;
 pub mod gpt2_tokenizer;
 pub mod gradcheck;

@@ -2,16 +2,16 @@
 //! held-out evaluation against the SFT model. A `--judge` is `lexicon` (the built-in gold judge) or any
 //! command speaking the protocol of `crate::judge`.
 
-use crate::chat::{self, ChatTokens};
-use crate::datasets;
-use crate::device::{self, DeviceArg};
+use crate::cli::device::{self, DeviceArg};
+use crate::data::chat::{self, ChatTokens};
+use crate::data::jsonl;
+use crate::model::sample::{generate, SampleConfig};
 use crate::model::AdamWConfig;
-use crate::ppo::eval;
-use crate::ppo::label;
-use crate::ppo::trainer::{train_from, Hooks, PpoConfig};
-use crate::rng::Rng;
-use crate::sample::{generate, SampleConfig};
+use crate::pipeline::eval;
+use crate::pipeline::label;
+use crate::pipeline::ppo::trainer::{train_from, Hooks, PpoConfig};
 use crate::tokenizer::Tokenizer;
+use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -128,7 +128,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let (end, pad) = (ct.end, ct.pad);
-    let texts = datasets::read_prompts(&args.prompts, false)?.records;
+    let texts = jsonl::read_prompts(&args.prompts, false)?.records;
     let prompts: Vec<Vec<u32>> = texts.iter().map(|p| chat::encode_prompt(&tok, &ct, p)).collect::<Result<_>>()?;
     let cfg = PpoConfig {
         iterations: args.iterations,
@@ -162,7 +162,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
     };
     let ptx_data = match (&args.ptx_data, args.ptx_coef > 0.0) {
         (Some(d), true) => Some(
-            crate::data::Dataset::open(d, "train", tok.vocab_size())
+            crate::data::shards::Dataset::open(d, "train", tok.vocab_size())
                 .with_context(|| format!("--ptx-data {}", d.display()))?,
         ),
         (None, true) => bail!("--ptx-coef > 0 needs --ptx-data"),
@@ -171,13 +171,13 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
     let mut judge = args.judge.as_deref().map(|spec| crate::judge::from_spec(Some(spec))).transpose()?;
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
-        let init = crate::model::persist::load_policy(be, &args.policy)?;
+        let init = crate::checkpoint::persist::load_policy(be, &args.policy)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), init.cfg.vocab_size, &args.policy.display().to_string())?;
         let reference = match &args.reference {
-            Some(p) => crate::model::persist::load_policy(be, p)?,
-            None => crate::ppo::rollout::clone_model(be, &init)?,
+            Some(p) => crate::checkpoint::persist::load_policy(be, p)?,
+            None => crate::model::scalar::clone_model(be, &init)?,
         };
-        let reward = crate::reward::load(be, &args.reward)?;
+        let reward = crate::pipeline::reward::load(be, &args.reward)?;
         let decode = |ids: &[u32]| answer_text(&tok, ids, end);
         let ptx = |i: u64| -> Result<(Vec<u32>, Vec<u32>, usize, usize)> {
             let d = ptx_data.as_ref().context("no --ptx-data")?;
@@ -238,11 +238,11 @@ pub fn run_label(args: LabelArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let end = ct.end;
-    let prompts = datasets::read_prompts(&args.prompts, false)?.records;
+    let prompts = jsonl::read_prompts(&args.prompts, false)?.records;
     let mut judge = args.judge.as_deref().map(|spec| crate::judge::from_spec(Some(spec))).transpose()?;
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
-        let policy = crate::model::persist::load_policy(be, &args.policy)?;
+        let policy = crate::checkpoint::persist::load_policy(be, &args.policy)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), policy.cfg.vocab_size, &args.policy.display().to_string())?;
         let sc = SampleConfig {
             max_new_tokens: args.max_new_tokens,
@@ -324,14 +324,14 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let (end, pad) = (ct.end, ct.pad);
-    let texts = datasets::read_prompts(&args.prompts, false)?.records;
+    let texts = jsonl::read_prompts(&args.prompts, false)?.records;
     let prompts: Vec<Vec<u32>> = texts.iter().map(|p| chat::encode_prompt(&tok, &ct, p)).collect::<Result<_>>()?;
     let mut judge = args.judge.as_deref().map(|spec| crate::judge::from_spec(Some(spec))).transpose()?;
     let dev = device::select(args.device)?;
     let report: eval::EvalReport = crate::with_backend!(dev, |be| {
-        let policy = crate::model::persist::load_policy(be, &args.policy)?;
-        let sft = crate::model::persist::load_policy(be, &args.sft)?;
-        let reward = crate::reward::load(be, &args.reward)?;
+        let policy = crate::checkpoint::persist::load_policy(be, &args.policy)?;
+        let sft = crate::checkpoint::persist::load_policy(be, &args.sft)?;
+        let reward = crate::pipeline::reward::load(be, &args.reward)?;
         if policy.cfg.vocab_size != reward.cfg().vocab_size || sft.cfg.vocab_size != policy.cfg.vocab_size {
             bail!(
                 "vocabularies differ: policy {}, SFT {}, reward model {}",

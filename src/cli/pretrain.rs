@@ -1,8 +1,9 @@
 //! `rlhf pretrain`: train a decoder on token shards (from `rlhf prepare`).
 
-use crate::device::{self, DeviceArg};
+use crate::cli::device::{self, DeviceArg};
 use crate::model::{AdamWConfig, Config};
-use crate::train::{pretrain, LoopConfig, PretrainConfig};
+use crate::pipeline::pretrain::{pretrain, PretrainConfig};
+use crate::pipeline::run::LoopConfig;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -66,7 +67,7 @@ pub struct PretrainArgs {
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
-    let meta_vocab = crate::data::Meta::load(&args.data)?.vocab_size;
+    let meta_vocab = crate::data::shards::Meta::load(&args.data)?.vocab_size;
     let cfg = PretrainConfig {
         data: args.data,
         model: Config::preset(&args.preset, meta_vocab)?,

@@ -1,8 +1,8 @@
 //! `rlhf reward` (train a reward model on ranked answers) and `rlhf score` (score prompt/answer pairs).
 
-use crate::chat::{self, ChatTokens};
-use crate::device::{self, DeviceArg};
-use crate::reward::{self, RewardConfig};
+use crate::cli::device::{self, DeviceArg};
+use crate::data::chat::{self, ChatTokens};
+use crate::pipeline::reward::{self, RewardConfig};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -145,7 +145,7 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
         out += &format!("{v}\n");
     }
     match &a.out {
-        Some(path) => crate::fsutil::write_atomic(path, out.as_bytes())?,
+        Some(path) => crate::util::fs::write_atomic(path, out.as_bytes())?,
         None => std::io::stdout().write_all(out.as_bytes())?,
     }
     Ok(())

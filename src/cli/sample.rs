@@ -1,9 +1,9 @@
 //! `rlhf sample`: generate text from a checkpoint with a KV cache.
 
-use crate::device::{self, DeviceArg};
-use crate::rng::Rng;
-use crate::sample::{generate, SampleConfig};
+use crate::cli::device::{self, DeviceArg};
+use crate::model::sample::{generate, SampleConfig};
 use crate::tokenizer::Tokenizer;
+use crate::util::rng::Rng;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -42,7 +42,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
-        let model = crate::model::persist::load_policy(be, &args.checkpoint)?;
+        let model = crate::checkpoint::persist::load_policy(be, &args.checkpoint)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &args.tokenizer.display().to_string())?;
         let mut prompt = vec![tok.eot()];
         prompt.extend(tok.encode(&args.prompt));

@@ -1,9 +1,9 @@
 //! `rlhf sft`: supervised fine-tuning on prompt -> answer demonstrations (loss on answer tokens only).
 
-use crate::device::{self, DeviceArg};
+use crate::cli::device::{self, DeviceArg};
 use crate::model::AdamWConfig;
-use crate::sft::{sft, SftConfig};
-use crate::train::LoopConfig;
+use crate::pipeline::run::LoopConfig;
+use crate::pipeline::sft::{sft, SftConfig};
 use anyhow::Result;
 use std::path::PathBuf;
 

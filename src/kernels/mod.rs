@@ -10,7 +10,6 @@
 //! - The generated constants below: the embedded PTX per kernel file and architecture, why it is missing if
 //!   it is, which kernel files the simulator runs and which kernels are GPU-only.
 
-pub mod bench;
 pub mod cuda;
 pub mod cuda_device;
 pub mod device;

@@ -10,7 +10,8 @@
 
 use super::{Config, ParamSpec};
 use crate::backend::Backend;
-use crate::rng::Rng;
+use crate::ops::Float;
+use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 
 /// Offsets of a block's tensors inside the canonical parameter list (see `Config::param_specs`).
@@ -223,7 +224,7 @@ impl<B: Backend> Gpt2<B> {
                     spec.shape
                 );
             }
-            let mut v: Vec<B::F> = data.iter().map(|&x| <B::F as crate::ops::Float>::of(x as f64)).collect();
+            let mut v: Vec<B::F> = data.iter().map(|&x| B::F::of(x as f64)).collect();
             if i == WTE {
                 v.resize(cfg.padded_vocab() * cfg.n_embd, <B::F as num_traits::Zero>::zero());
             }
@@ -391,7 +392,7 @@ impl<B: Backend> Gpt2<B> {
         inv_temp: f64,
         grads: Option<&mut Tensors<B>>,
     ) -> Result<f64> {
-        let (n, c, v, vp) = (a.b * a.t, self.cfg.n_embd, self.cfg.vocab_size, self.cfg.padded_vocab());
+        let (n, v, vp) = (a.b * a.t, self.cfg.vocab_size, self.cfg.padded_vocab());
         if targets.len() != n || weights.len() != n {
             bail!("lm_loss: {} targets / {} weights for {n} positions", targets.len(), weights.len());
         }
@@ -400,16 +401,63 @@ impl<B: Backend> Gpt2<B> {
         }
         self.logits(be, a);
         let tgt = be.upload_ids(targets)?;
-        let w: Vec<B::F> = weights.iter().map(|&x| <B::F as crate::ops::Float>::of(x as f64)).collect();
+        let w: Vec<B::F> = weights.iter().map(|&x| B::F::of(x as f64)).collect();
         let wbuf = be.upload(&w)?;
         be.crossentropy(&mut a.losses, &mut a.logits, &tgt, &wbuf, v, vp, inv_temp, grads.is_some());
         let losses = be.download(&a.losses);
-        let total: f64 = losses.iter().zip(weights).map(|(l, &w)| crate::ops::Float::f64(*l) * w as f64).sum();
+        let total: f64 = losses.iter().zip(weights).map(|(l, &w)| l.f64() * w as f64).sum();
         if let Some(g) = grads {
-            be.matmul(&mut a.dlnf, &a.logits, &self.params.bufs[WTE], n, c, vp, false, false, false);
-            be.matmul(&mut g.bufs[WTE], &a.logits, &a.lnf, vp, c, n, true, false, true);
+            self.lm_head_backward(be, &mut a.dlnf, &mut g.bufs[WTE], &a.logits, &a.lnf, n, false);
         }
         Ok(total)
+    }
+
+    /// Mean entropy of the (temperature-scaled) next-token distribution over the rows where `mask` [B*T] is 1.
+    /// With `ent_coef` > 0 also backpropagates -ent_coef * (that mean), the entropy bonus, through the LM
+    /// head: into `a.dlnf` (accumulated) and dwte. Call after `lm_loss` with gradients (which consumed the
+    /// logits) and before `backward`.
+    pub fn entropy_bonus(
+        &self,
+        be: &B,
+        a: &mut Acts<B>,
+        mask: &[f64],
+        g: &mut Tensors<B>,
+        inv_temp: f64,
+        ent_coef: f64,
+    ) -> Result<f64> {
+        let (n, v, vp) = (a.b * a.t, self.cfg.vocab_size, self.cfg.padded_vocab());
+        if mask.len() != n {
+            bail!("entropy_bonus: a mask of {} for {n} positions", mask.len());
+        }
+        let count: f64 = mask.iter().sum();
+        let coef = be.upload(&mask.iter().map(|m| B::F::of(-ent_coef * m / count)).collect::<Vec<_>>())?;
+        self.logits(be, a);
+        let want_grad = ent_coef > 0.0;
+        let (mut ent, mut d) = (be.zeros_full(n)?, be.zeros_full(if want_grad { n * vp } else { 0 })?);
+        be.entropy(&mut ent, &mut d, &a.logits, &coef, v, vp, inv_temp, want_grad)?;
+        if want_grad {
+            self.lm_head_backward(be, &mut a.dlnf, &mut g.bufs[WTE], &d, &a.lnf, n, true);
+        }
+        let h = be.download(&ent);
+        Ok(h.iter().zip(mask).map(|(h, m)| h.f64() * m).sum::<f64>() / count)
+    }
+
+    /// Backward of logits = h @ wte^T for dlogits [N,Vp]: dh = dlogits @ wte (added to `dh` when
+    /// `accumulate`, else written), dwte += dlogits^T h.
+    #[allow(clippy::too_many_arguments)]
+    fn lm_head_backward(
+        &self,
+        be: &B,
+        dh: &mut B::Buf,
+        dwte: &mut B::Buf,
+        dlogits: &B::Buf,
+        h: &B::Buf,
+        n: usize,
+        accumulate: bool,
+    ) {
+        let (c, vp) = (self.cfg.n_embd, self.cfg.padded_vocab());
+        be.matmul(dh, dlogits, &self.params.bufs[WTE], n, c, vp, false, false, accumulate);
+        be.matmul(dwte, dlogits, h, vp, c, n, true, false, true);
     }
 
     /// Backward from `a.dlnf` (the gradient of the final hidden states) to every parameter, accumulating

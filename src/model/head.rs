@@ -7,7 +7,7 @@
 
 use crate::backend::Backend;
 use crate::ops::Float;
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 
 pub struct ScalarHead<B: Backend> {

@@ -5,7 +5,7 @@
 use half::bf16;
 use rlhf::kernels::launch::{DType, DevPtr};
 use rlhf::kernels::sim::SimBuf;
-use rlhf::rng::Rng;
+use rlhf::util::rng::Rng;
 
 pub fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
     (0..n).map(|_| rng.normal() * scale).collect()

@@ -62,16 +62,16 @@ pub fn select(arg: DeviceArg) -> Result<Device> {
 macro_rules! with_backend {
     ($device:expr, |$be:ident| $body:expr) => {
         match $device {
-            $crate::device::Device::Cpu => {
+            $crate::cli::device::Device::Cpu => {
                 $crate::backend::cpu::tune_allocator();
                 let $be = &$crate::backend::Cpu::<f32>::new();
                 $body
             }
-            $crate::device::Device::Cuda => {
+            $crate::cli::device::Device::Cuda => {
                 let $be = &$crate::kernels::CudaBackend::cuda(0, $crate::kernels::DType::BF16)?;
                 $body
             }
-            $crate::device::Device::CudaSim => {
+            $crate::cli::device::Device::CudaSim => {
                 let $be = &$crate::kernels::SimBackend::mixed();
                 $body
             }

@@ -141,5 +141,5 @@ fn esc(s: &str) -> String {
 
 /// Write `svg` to `path` atomically.
 pub fn write_plot(path: &Path, svg: &str) -> Result<()> {
-    crate::fsutil::write_atomic(path, svg.as_bytes())
+    crate::util::fs::write_atomic(path, svg.as_bytes())
 }

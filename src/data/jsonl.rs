@@ -11,7 +11,7 @@
 //! Every error names the file and the 1-based line. With `skip_bad`, malformed lines are counted and
 //! skipped instead.
 
-use crate::chat::Message;
+use crate::data::chat::Message;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;

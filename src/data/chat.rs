@@ -12,6 +12,8 @@
 //! half the context: the answer is truncated at the right (losing its `<|end|>` only if it alone is longer
 //! than that), then the prompt at the left, keeping its leading `<|user|>`. [`fit_context`] reports it.
 
+use crate::data::batch::Pair;
+use crate::data::jsonl::SftExample;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 
@@ -106,6 +108,30 @@ pub fn fit_context(prompt: &mut Vec<u32>, answer: &mut Vec<u32>, ctx: usize) -> 
         prompt.extend(tail);
     }
     true
+}
+
+/// Encode examples in the chat format, fitted to the context; returns the pairs and how many were cut.
+pub fn encode_examples(
+    tok: &Tokenizer,
+    ct: &ChatTokens,
+    examples: &[SftExample],
+    ctx: usize,
+) -> Result<(Vec<Pair>, usize)> {
+    let mut truncated = 0;
+    let pairs = examples
+        .iter()
+        .map(|e| {
+            let (mut p, mut a) = match e {
+                SftExample::Pair { prompt, completion } => {
+                    (encode_prompt(tok, ct, prompt)?, encode_answer(tok, ct, completion)?)
+                }
+                SftExample::Conversation(m) => encode_messages(tok, ct, m)?,
+            };
+            truncated += fit_context(&mut p, &mut a, ctx) as usize;
+            Ok((p, a))
+        })
+        .collect::<Result<_>>()?;
+    Ok((pairs, truncated))
 }
 
 #[cfg(test)]

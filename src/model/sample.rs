@@ -10,7 +10,7 @@
 use crate::backend::Backend;
 use crate::model::{Acts, Gpt2, KvCache};
 use crate::ops::Float;
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 
 #[derive(Clone, Debug)]

@@ -12,9 +12,9 @@
 //!
 //! Written over [`Device`], so the same code runs in the simulator (tiny shapes, meaningless times) in tests.
 
-use super::device::{Device, Gemm};
-use super::engine::KernelBackend;
-use super::launch::{self as kl, DType, DevPtr};
+use crate::kernels::device::{Device, Gemm};
+use crate::kernels::engine::KernelBackend;
+use crate::kernels::launch::{self as kl, DType, DevPtr};
 use crate::model::Config;
 use crate::ops::adamw::AdamWParams;
 use anyhow::Result;
@@ -158,7 +158,7 @@ struct Rand<M> {
 }
 
 fn rand<D: Device>(dev: &D, n: usize, dt: DType, seed: u64) -> Result<Rand<D::Mem>> {
-    let mut rng = crate::rng::Rng::new(seed);
+    let mut rng = crate::util::rng::Rng::new(seed);
     let host: Vec<f32> = (0..n).map(|_| (rng.uniform() as f32 - 0.5) * 0.5).collect();
     let mem = dev.alloc(n * dt.size())?;
     let ptr = dev.ptr(&mem);
@@ -273,7 +273,7 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     drop((x, y, dy, out, res));
 
     // token + position embedding: the gathered rows are read once each
-    let mut rng = crate::rng::Rng::new(8);
+    let mut rng = crate::util::rng::Rng::new(8);
     let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let tok = dev.alloc(n * 4)?;
     dev.htod(dev.ptr(&tok), bytemuck::cast_slice(&tokens))?;
@@ -447,7 +447,7 @@ pub fn run<D: Device>(be: &KernelBackend<D>, s: &BenchSizes, progress: impl Fn(&
     let mut train_step = Vec::new();
     for &(batch, seq) in &s.steps {
         progress(&format!("training step {batch} x {seq}"));
-        let r = crate::bench::train_step(be, &s.preset, cfg, batch, seq, s.warmup_steps, s.train_steps)?;
+        let r = crate::bench::cpu::train_step(be, &s.preset, cfg, batch, seq, s.warmup_steps, s.train_steps)?;
         let tflops = r.gflops_per_s / 1e3;
         train_step.push(StepRow {
             batch,

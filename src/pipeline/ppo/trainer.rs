@@ -27,20 +27,20 @@
 //! bit-identical to a run that never stopped.
 
 use super::math::{self, KlController};
-use super::rollout::{answer_logprobs, clone_model, clone_trunk_head, Episode, SeqBatch, TrunkHead};
 use crate::backend::Backend;
-use crate::checkpoint::{self, Checkpoint, ModelKind, NamedTensor, TrainState};
-use crate::metrics::{self, MetricsLog};
-use crate::model::persist::upload;
-use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, HeadGrads, Tensors};
-use crate::ops::adamw::AdamWParams;
-use crate::ops::Float;
-use crate::rng::Rng;
-use crate::run_dir;
-use crate::sample::{generate, SampleConfig};
+use crate::checkpoint::run_dir;
+use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
+use crate::data::batch::epoch_order;
+use crate::model::sample::{generate, SampleConfig};
+use crate::model::scalar::{clone_model, clone_trunk_head, head_step, HeadOpt};
+use crate::model::ScalarModel;
+use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
+use crate::pipeline::metrics::{self, MetricsLog};
+use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode};
+use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// Everything that defines a PPO run (saved with each checkpoint; `--resume` restores it).
@@ -195,50 +195,8 @@ pub struct Rollout {
 pub struct Models<B: Backend> {
     pub policy: Gpt2<B>,
     pub reference: Gpt2<B>,
-    pub reward: TrunkHead<B>,
-    pub value: TrunkHead<B>,
-}
-
-/// AdamW moments of a scalar head (the trunk's live in an `AdamW`); used by the value and reward models.
-pub struct HeadOpt<B: Backend> {
-    m_w: B::Buf,
-    v_w: B::Buf,
-    m_b: B::Buf,
-    v_b: B::Buf,
-}
-
-impl<B: Backend> HeadOpt<B> {
-    pub fn zeros(be: &B, c: usize) -> Result<Self> {
-        Ok(HeadOpt { m_w: be.zeros(c)?, v_w: be.zeros(c)?, m_b: be.zeros(1)?, v_b: be.zeros(1)? })
-    }
-
-    /// The training state of a trunk and this scalar head (a value or reward model): the trunk's AdamW
-    /// moments, then the head's two, named like the head's parameters (`score.weight`, `score.bias`).
-    pub fn trunk_state(
-        &self,
-        be: &B,
-        cfg: &crate::model::Config,
-        trunk: &AdamW<B>,
-        args: Value,
-        metrics_len: u64,
-    ) -> TrainState {
-        let mut s = TrainState::from_optimizer(be, cfg, trunk, args, metrics_len);
-        s.m.extend(checkpoint::head_tensors(&host(be, &self.m_w), host(be, &self.m_b)[0]));
-        s.v.extend(checkpoint::head_tensors(&host(be, &self.v_w), host(be, &self.v_b)[0]));
-        s
-    }
-
-    /// The inverse of `trunk_state`, checked by name and shape against the model `ck`: restores `trunk`
-    /// and returns the head's moments.
-    pub fn restore_trunk_state(be: &B, ck: &Checkpoint, state: &TrainState, trunk: &mut AdamW<B>) -> Result<Self> {
-        state.validate_for(ck)?;
-        let nt = ck.config.param_specs().len();
-        upload(be, &ck.config, &state.m[..nt], &mut trunk.m)?;
-        upload(be, &ck.config, &state.v[..nt], &mut trunk.v)?;
-        trunk.step = state.step;
-        let t = |l: &[NamedTensor], k: usize| upload_f32(be, &l[nt + k].data);
-        Ok(HeadOpt { m_w: t(&state.m, 0)?, m_b: t(&state.m, 1)?, v_w: t(&state.v, 0)?, v_b: t(&state.v, 1)? })
-    }
+    pub reward: ScalarModel<B>,
+    pub value: ScalarModel<B>,
 }
 
 /// The trainable state beyond the models.
@@ -271,7 +229,7 @@ pub fn score_rollout<B: Backend>(
     let inv_temp = 1.0 / cfg.temperature;
     let (mut ref_lp, mut values, mut rm_scores) = (vec![], vec![], vec![]);
     for chunk in episodes.chunks(cfg.minibatch) {
-        let sb = SeqBatch::new(&chunk.iter().collect::<Vec<_>>(), cfg.pad_token)?;
+        let sb = episode_batch(&chunk.iter().collect::<Vec<_>>(), cfg.pad_token)?;
         // The reward and value models may have another shape than the policy (one vocabulary).
         let mut acts = Acts::new(be, &m.reference.cfg, sb.b, sb.t)?;
         ref_lp.extend(answer_logprobs(be, &m.reference, &mut acts, &sb, inv_temp)?);
@@ -306,31 +264,16 @@ pub fn score_rollout<B: Backend>(
     })
 }
 
-/// Indices of the prompts of `iteration`: consecutive slices of per-epoch seeded shuffles.
-pub fn prompt_indices(seed: u64, iteration: u64, batch: usize, n: usize) -> Vec<usize> {
-    let mut out = Vec::with_capacity(batch);
-    let mut perm_epoch = u64::MAX;
-    let mut perm: Vec<usize> = vec![];
-    for j in 0..batch as u64 {
-        let k = iteration * batch as u64 + j;
-        let epoch = k / n as u64;
-        if epoch != perm_epoch {
-            perm = (0..n).collect();
-            Rng::stream(seed ^ 0x5052_4f4d_5054, epoch).shuffle(&mut perm);
-            perm_epoch = epoch;
+impl PpoConfig {
+    /// The sampling settings of rollouts (and of evaluating the run's policy).
+    pub fn sample_config(&self) -> SampleConfig {
+        SampleConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            stop: Some(self.stop_token),
         }
-        out.push(perm[(k % n as u64) as usize]);
-    }
-    out
-}
-
-fn sample_config(cfg: &PpoConfig) -> SampleConfig {
-    SampleConfig {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: cfg.temperature,
-        top_k: cfg.top_k,
-        top_p: cfg.top_p,
-        stop: Some(cfg.stop_token),
     }
 }
 
@@ -344,7 +287,7 @@ pub fn rollout<B: Backend>(
 ) -> Result<Vec<Episode>> {
     let mut eps = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(cfg.minibatch.max(1) * 4) {
-        let gens = generate(be, policy, chunk, &sample_config(cfg), rng)?;
+        let gens = generate(be, policy, chunk, &cfg.sample_config(), rng)?;
         eps.extend(chunk.iter().zip(gens).map(|(p, g)| Episode {
             prompt: p.clone(),
             answer: g.tokens,
@@ -371,23 +314,6 @@ struct UpdateStats {
     steps: usize,
 }
 
-/// One AdamW step of a scalar head, its gradient norm clipped on its own (no weight decay on a head).
-pub fn head_step<B: Backend>(
-    be: &B,
-    v: &mut TrunkHead<B>,
-    o: &mut HeadOpt<B>,
-    g: &HeadGrads<B>,
-    lr: f64,
-    hp: &AdamWConfig,
-    step: u64,
-) {
-    let norm = (be.sum_squares(&g.w) + be.sum_squares(&g.b)).sqrt();
-    let grad_scale = if hp.grad_clip > 0.0 && norm > hp.grad_clip { hp.grad_clip / norm } else { 1.0 };
-    let h = AdamWParams { lr, beta1: hp.beta1, beta2: hp.beta2, eps: hp.eps, weight_decay: 0.0, step, grad_scale };
-    be.adamw(&mut v.head.w, &g.w, &mut o.m_w, &mut o.v_w, &h);
-    be.adamw(&mut v.head.b, &g.b, &mut o.m_b, &mut o.v_b, &h);
-}
-
 /// PPO epochs over minibatches of a scored rollout.
 fn update<B: Backend>(
     be: &B,
@@ -409,7 +335,7 @@ fn update<B: Backend>(
         rng.shuffle(&mut order);
         for (k, idx) in order.chunks(cfg.minibatch).enumerate() {
             let eps: Vec<&Episode> = idx.iter().map(|&i| &ro.episodes[i]).collect();
-            let sb = SeqBatch::new(&eps, cfg.pad_token)?;
+            let sb = episode_batch(&eps, cfg.pad_token)?;
             let flat = |x: &[Vec<f64>]| idx.iter().flat_map(|&i| x[i].clone()).collect::<Vec<f64>>();
             // ---- policy ----
             let mut acts = Acts::new(be, &mcfg, sb.b, sb.t)?;
@@ -436,7 +362,7 @@ fn update<B: Backend>(
             grads.fill_zero(be);
             m.policy.lm_loss(be, &mut acts, &sb.targets, &weights, inv_temp, Some(&mut grads))?;
             if epoch == 0 || cfg.ent_coef > 0.0 {
-                let h = entropy_term(be, &m.policy, &mut acts, &sb, &mut grads, inv_temp, cfg.ent_coef)?;
+                let h = m.policy.entropy_bonus(be, &mut acts, &sb.answer_mask(), &mut grads, inv_temp, cfg.ent_coef)?;
                 if epoch == 0 {
                     s.entropy += h;
                     s.entropy_batches += 1;
@@ -500,34 +426,6 @@ fn update<B: Backend>(
 /// Units of the compute type's roundoff the first-minibatch ratio may deviate by (see the module docs).
 const RATIO_ROUNDOFFS: f64 = 16.0;
 
-/// Mean entropy of the policy over the answer rows of the last forward; with `ent_coef` > 0 also adds the
-/// gradient of -ent_coef * (that mean) into `acts.dlnf` and dwte. Call after `lm_loss` with gradients
-/// (which consumed the logits) and before `backward`.
-pub fn entropy_term<B: Backend>(
-    be: &B,
-    model: &Gpt2<B>,
-    acts: &mut Acts<B>,
-    sb: &SeqBatch,
-    grads: &mut Tensors<B>,
-    inv_temp: f64,
-    ent_coef: f64,
-) -> Result<f64> {
-    let (n, c, v, vp) = (sb.b * sb.t, model.cfg.n_embd, model.cfg.vocab_size, model.cfg.padded_vocab());
-    let mask = sb.scatter(&sb.answer_len.iter().map(|&k| vec![1.0; k]).collect::<Vec<_>>());
-    let count: f64 = mask.iter().sum();
-    let coef = be.upload(&mask.iter().map(|m| B::F::of(-ent_coef * m / count)).collect::<Vec<_>>())?;
-    model.logits(be, acts);
-    let want_grad = ent_coef > 0.0;
-    let (mut ent, mut d) = (be.zeros_full(n)?, be.zeros_full(if want_grad { n * vp } else { 0 })?);
-    be.entropy(&mut ent, &mut d, &acts.logits, &coef, v, vp, inv_temp, want_grad)?;
-    if want_grad {
-        be.matmul(&mut acts.dlnf, &d, &model.params.bufs[0], n, c, vp, false, false, true);
-        be.matmul(&mut grads.bufs[0], &d, &acts.lnf, vp, c, n, true, false, true);
-    }
-    let h = be.download(&ent);
-    Ok(h.iter().zip(&mask).map(|(h, m)| h.f64() * m).sum::<f64>() / count)
-}
-
 /// Split a flat vector into the ragged shape of `like`.
 fn split_like(flat: &[f64], like: &[Vec<f64>]) -> Vec<Vec<f64>> {
     let mut off = 0;
@@ -564,14 +462,6 @@ fn mean(x: &[f64]) -> f64 {
 }
 
 // ---- persistence ----
-
-fn host<B: Backend>(be: &B, b: &B::Buf) -> Vec<f32> {
-    be.download(b).iter().map(|x| x.f64() as f32).collect()
-}
-
-fn upload_f32<B: Backend>(be: &B, x: &[f32]) -> Result<B::Buf> {
-    be.upload(&x.iter().map(|&v| B::F::of(v as f64)).collect::<Vec<_>>())
-}
 
 #[derive(Serialize, Deserialize)]
 struct RunRecord {
@@ -628,7 +518,7 @@ fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoC
     m.policy = pol.to_model(be)?;
     let vd = dir.join(VALUE_DIR);
     let vck = checkpoint::load(&vd)?;
-    m.value = TrunkHead::from_checkpoint(be, &vck, &vd.display().to_string())?;
+    m.value = ScalarModel::from_checkpoint(be, &vck, &vd.display().to_string())?;
     let vstate = checkpoint::load_train_state(&vd)?;
     let mcfg = m.policy.cfg;
     let mut policy_opt = AdamW::new(be, &mcfg, rec.config.adamw)?;
@@ -648,7 +538,7 @@ pub fn train<B: Backend>(
     cfg: PpoConfig,
     prompts: &[Vec<u32>],
     sft: &Gpt2<B>,
-    reward: &TrunkHead<B>,
+    reward: &ScalarModel<B>,
     hooks: Hooks,
     resume: bool,
 ) -> Result<PpoSummary> {
@@ -664,7 +554,7 @@ pub fn train_from<B: Backend>(
     prompts: &[Vec<u32>],
     init: &Gpt2<B>,
     sft: &Gpt2<B>,
-    reward: &TrunkHead<B>,
+    reward: &ScalarModel<B>,
     mut hooks: Hooks,
     resume: bool,
 ) -> Result<PpoSummary> {
@@ -729,7 +619,7 @@ pub fn train_from<B: Backend>(
     let mut last_ckpt = run_dir::latest(&cfg.out)?;
     let (mut first_score, mut last_score, mut last_kl) = (f64::NAN, f64::NAN, f64::NAN);
     let bar = if hooks.verbose {
-        Some(crate::progress::bar(cfg.iterations.saturating_sub(st.iteration), "ppo"))
+        Some(crate::util::progress::bar(cfg.iterations.saturating_sub(st.iteration), "ppo"))
     } else {
         None
     };
@@ -743,7 +633,8 @@ pub fn train_from<B: Backend>(
             anyhow::anyhow!("PPO stopped at iteration {}: {what}; {keep}", it + 1)
         };
         let mut rng = Rng::stream(cfg.seed, it);
-        let idx = prompt_indices(cfg.seed, it, cfg.batch, prompts.len());
+        // The prompts of an iteration: consecutive slices of per-epoch seeded shuffles.
+        let idx = epoch_order(cfg.seed ^ 0x5052_4f4d_5054, it, cfg.batch, prompts.len());
         let batch: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
         let t0 = std::time::Instant::now();
         let eps = rollout(be, &m.policy, &batch, &cfg, &mut rng).map_err(|e| fail(format!("{e:#}")))?;

@@ -8,12 +8,12 @@
 //! moments and step are restored exactly, so a resumed run is bit-identical to one that never stopped.
 
 use crate::backend::Backend;
+use crate::checkpoint::run_dir;
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
-use crate::data::{Batch, Dataset};
-use crate::metrics::{self, MetricsLog};
-use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
+use crate::data::batch::LmBatch;
+use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::ops::adamw::lr_schedule;
-use crate::run_dir;
+use crate::pipeline::metrics::{self, MetricsLog};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -38,23 +38,6 @@ pub struct LoopConfig {
     /// End this invocation (with a checkpoint) once this global step is reached; `--resume` continues.
     #[serde(default)]
     pub stop_after: Option<u64>,
-}
-
-/// One language-model batch: inputs and targets [B*T] and the per-token loss weights (summing to 1 over
-/// the positions that count: a mean over all tokens when pretraining, over answer tokens for SFT).
-#[derive(Clone, Debug, PartialEq)]
-pub struct LmBatch {
-    pub inputs: Vec<u32>,
-    pub targets: Vec<u32>,
-    pub weights: Vec<f32>,
-}
-
-impl LmBatch {
-    /// Every position weighted equally.
-    pub fn uniform(b: Batch) -> LmBatch {
-        let n = b.inputs.len();
-        LmBatch { inputs: b.inputs, targets: b.targets, weights: vec![1.0 / n as f32; n] }
-    }
 }
 
 /// Where a training loop gets its batches: the training batch of a step is a pure function of
@@ -125,7 +108,7 @@ pub fn fit<B: Backend>(
     let mut log = MetricsLog::open(&lc.out.join("metrics.jsonl"), log_len)?;
     let mut grads = Tensors::zeros(be, &mcfg)?;
     let mut acts = Acts::new(be, &mcfg, b, t)?;
-    let bar = crate::progress::bar(lc.steps.saturating_sub(opt.step), name);
+    let bar = crate::util::progress::bar(lc.steps.saturating_sub(opt.step), name);
     let (mut last_loss, mut val_loss) = (f64::NAN, f64::NAN);
     let mut last_ckpt = run_dir::latest(&lc.out)?;
     let t_start = Instant::now();
@@ -200,106 +183,4 @@ fn plot_losses(out: &Path, name: &str, baseline: Option<(&str, f64)>) -> Result<
     }
     let svg = metrics::svg_plot(&format!("{name} loss (nats/token)"), "step", &series);
     metrics::write_plot(&out.join("loss.svg"), &svg)
-}
-
-// ---- pretraining ----
-
-/// Everything that defines a pretraining run beyond the loop's own settings.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PretrainConfig {
-    pub data: PathBuf,
-    pub model: Config,
-    pub batch: usize,
-    pub seq: usize,
-    pub eval_batches: usize,
-    pub run: LoopConfig,
-}
-
-/// The result a caller (and the README's demo) reports.
-#[derive(Debug, Serialize)]
-pub struct PretrainSummary {
-    pub fit: FitSummary,
-    pub unigram_entropy: f64,
-}
-
-/// Token shards as a batch source: random windows for training, fixed consecutive windows for validation.
-struct ShardBatches {
-    train: Dataset,
-    eval: Vec<LmBatch>,
-    b: usize,
-    t: usize,
-}
-
-impl BatchSource for ShardBatches {
-    fn shape(&self) -> (usize, usize) {
-        (self.b, self.t)
-    }
-    fn train_batch(&self, seed: u64, step: u64) -> Result<LmBatch> {
-        Ok(LmBatch::uniform(self.train.batch(seed, step, self.b, self.t)?))
-    }
-    fn eval_batches(&self) -> &[LmBatch] {
-        &self.eval
-    }
-}
-
-/// Run (or, with `resume`, continue) pretraining. `init` optionally starts from an existing model.
-pub fn pretrain<B: Backend>(
-    be: &B,
-    mut cfg: PretrainConfig,
-    init: Option<&Path>,
-    resume: bool,
-) -> Result<PretrainSummary> {
-    let start = resume_point(&cfg.run.out, resume)?;
-    let mut log_len = None;
-    let mut opt_state = None;
-    let mut model = match start {
-        Some((ck, state)) => {
-            let saved: PretrainConfig =
-                serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
-            // The run's own settings win, except how far to go and where to pause.
-            let run = LoopConfig {
-                steps: cfg.run.steps.max(saved.run.steps),
-                stop_after: cfg.run.stop_after,
-                ..saved.run.clone()
-            };
-            cfg = PretrainConfig { run, ..saved };
-            log_len = Some(state.metrics_len);
-            opt_state = Some(state);
-            ck.to_model(be)?
-        }
-        None => match init {
-            Some(path) => {
-                let m = crate::model::persist::load_policy(be, path)?;
-                cfg.model = m.cfg;
-                m
-            }
-            None => Gpt2::init(be, cfg.model, cfg.run.seed)?,
-        },
-    };
-    let mcfg = model.cfg;
-    if cfg.seq > mcfg.n_positions {
-        bail!("--seq {} exceeds the model's context n_positions = {}", cfg.seq, mcfg.n_positions);
-    }
-    let train = Dataset::open(&cfg.data, "train", mcfg.vocab_size)?;
-    let val = Dataset::open(&cfg.data, "val", mcfg.vocab_size)?;
-    let eval = val.eval_batches(cfg.batch, cfg.seq, cfg.eval_batches)?.into_iter().map(LmBatch::uniform).collect();
-    let unigram = crate::data::unigram_entropy(&val);
-    let src = ShardBatches { train, eval, b: cfg.batch, t: cfg.seq };
-    let mut opt = AdamW::new(be, &mcfg, cfg.run.adamw)?;
-    if let Some(state) = &opt_state {
-        state.restore_optimizer(be, &mcfg, &mut opt)?;
-    }
-    let record = serde_json::to_value(&cfg)?;
-    let fit = fit(
-        be,
-        "pretrain",
-        &cfg.run,
-        &mut model,
-        &mut opt,
-        &src,
-        &record,
-        log_len,
-        Some(("unigram baseline", unigram)),
-    )?;
-    Ok(PretrainSummary { fit, unigram_entropy: unigram })
 }

@@ -20,6 +20,8 @@
 //! The model's embedding table needs [`Tokenizer::vocab_size`] rows (largest id + 1, added tokens
 //! included); [`check_vocab`] turns a mismatch into a clear error.
 
+pub mod gpt2;
+
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -119,7 +121,7 @@ impl Tokenizer {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let json = self.inner.to_string(true).map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
-        crate::fsutil::write_atomic(path, json.as_bytes())
+        crate::util::fs::write_atomic(path, json.as_bytes())
     }
 
     /// Trains a GPT-2-style byte-level BPE of `vocab_size` ids (special tokens first, then the 256 byte

@@ -16,24 +16,22 @@
 //! final checkpoint (after the bias shift) closes the run.
 
 use crate::backend::Backend;
-use crate::chat::{self, ChatTokens};
 use crate::checkpoint;
-use crate::datasets::{self, Ranked};
-use crate::gradcheck::{compare, CheckResult};
-use crate::metrics::{self, MetricsLog};
+use crate::data::batch::{epoch_order, slices, PaddedBatch, Pair};
+use crate::data::chat::{self, ChatTokens};
+use crate::data::jsonl::{self, Ranked};
+use crate::model::scalar::{head_step, HeadOpt, ScalarModel};
 use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
 use crate::ops::adamw::lr_schedule;
-use crate::ppo::rollout::TrunkHead;
-use crate::ppo::trainer::{head_step, HeadOpt};
-use crate::rng::Rng;
-use crate::sft::{pair_batch, Pair};
+use crate::pipeline::metrics::{self, MetricsLog};
 use crate::tokenizer::Tokenizer;
+use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
-pub type RewardModel<B> = TrunkHead<B>;
+pub type RewardModel<B> = ScalarModel<B>;
 
 /// Mean over `pairs` (better, worse) of -log sigmoid(r_better - r_worse), and its gradient wrt `r`.
 pub fn pairwise_loss(r: &[f64], pairs: &[(usize, usize)]) -> (f64, Vec<f64>) {
@@ -127,11 +125,8 @@ pub fn score_pairs<B: Backend>(
     pairs: &[&Pair],
     pad: u32,
 ) -> Result<Vec<f64>> {
-    let (b, t) = (acts.b, acts.t);
-    let batch = pair_batch(pairs, b, t, pad)?;
-    rm.trunk.forward(be, acts, &batch.inputs, None, None)?;
-    let all = rm.head.forward(be, &acts.lnf, rm.trunk.cfg.n_embd)?;
-    Ok(pairs.iter().enumerate().map(|(i, (p, a))| all[i * t + p.len() + a.len() - 1]).collect())
+    let sb = PaddedBatch::new(&slices(pairs.iter().copied()), acts.b, acts.t, pad)?;
+    rm.scores(be, acts, &sb)
 }
 
 /// Scores of many pairs, in batches of the activations' size.
@@ -237,7 +232,7 @@ fn save_state<B: Backend>(
     let ck = rm.to_checkpoint(be)?;
     let state = head_opt.trunk_state(be, &rm.trunk.cfg, opt, serde_json::to_value(rec)?, log.len()?);
     state.validate_for(&ck)?;
-    crate::run_dir::commit_checkpoint(out, opt.step, |dir| {
+    crate::checkpoint::run_dir::commit_checkpoint(out, opt.step, |dir| {
         checkpoint::save(dir, &ck)?;
         checkpoint::save_train_state(dir, &state)
     })
@@ -245,10 +240,10 @@ fn save_state<B: Backend>(
 
 /// Train (or, with `resume`, continue) a reward model.
 pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<RewardSummary> {
-    let start = crate::train::resume_point(&cfg.out, resume)?;
+    let start = crate::pipeline::run::resume_point(&cfg.out, resume)?;
     let (mut rm, saved) = match start {
         Some((ck, state)) => {
-            let dir = crate::run_dir::latest(&cfg.out)?.context("the run's latest checkpoint vanished")?;
+            let dir = crate::checkpoint::run_dir::latest(&cfg.out)?.context("the run's latest checkpoint vanished")?;
             let rec: RunRecord = serde_json::from_value(state.args.clone())
                 .with_context(|| format!("{}: not a reward-model run's training state", dir.display()))?;
             if rec.complete {
@@ -265,7 +260,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
             (RewardModel::from_checkpoint(be, &ck, &dir.display().to_string())?, Some((ck, state, rec)))
         }
         None => {
-            let base = crate::run_dir::resolve_checkpoint(&cfg.base)?;
+            let base = crate::checkpoint::run_dir::resolve_checkpoint(&cfg.base)?;
             let ck = checkpoint::load(&base)?;
             // A policy starts a new reward model (fresh head); a reward model continues (warm start).
             let rm = match ck.kind {
@@ -273,7 +268,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
                     RewardModel::from_checkpoint(be, &ck, &cfg.base.display().to_string())?
                 }
                 checkpoint::ModelKind::Policy => {
-                    TrunkHead { trunk: ck.to_model(be)?, head: ScalarHead::init(be, ck.config.n_embd, cfg.seed)? }
+                    ScalarModel { trunk: ck.to_model(be)?, head: ScalarHead::init(be, ck.config.n_embd, cfg.seed)? }
                 }
                 other => bail!(
                     "--base {} is a {} model; a reward model starts from a policy (SFT) or a reward checkpoint",
@@ -288,7 +283,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let tok = Tokenizer::load(&cfg.tokenizer)?;
     crate::tokenizer::check_vocab(tok.vocab_size(), mcfg.vocab_size, &cfg.tokenizer.display().to_string())?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
-    let read = datasets::read_ranked(&cfg.data, cfg.skip_bad)?;
+    let read = jsonl::read_ranked(&cfg.data, cfg.skip_bad)?;
     let mut groups = encode_groups(&tok, &ct, &read.records, mcfg.n_positions)?;
     groups.retain(|g| !g.better_worse.is_empty());
     if groups.len() < 2 {
@@ -345,38 +340,27 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let mut acts = Acts::new(be, &mcfg, rows, t)?;
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), log_len)?;
-    let mut last_ckpt = crate::run_dir::latest(&cfg.out)?;
+    let mut last_ckpt = crate::checkpoint::run_dir::latest(&cfg.out)?;
     let save_every = cfg.save_every.max(1);
     let end = cfg.stop_after.map_or(steps, |s| s.min(steps));
-    let bar = crate::progress::bar(end.saturating_sub(opt.step), "reward");
-    let mut order: Vec<usize> = vec![];
-    let mut order_epoch = None;
+    let bar = crate::util::progress::bar(end.saturating_sub(opt.step), "reward");
     while opt.step < end {
         let step = opt.step;
-        // Prompts in a seeded order, reshuffled each epoch (recomputed for whichever step comes first).
-        let mut batch_groups = vec![];
-        for i in 0..cfg.prompts_per_step {
-            let g = step as usize * cfg.prompts_per_step + i;
-            let epoch = (g / train_groups.len()) as u64;
-            if order_epoch != Some(epoch) {
-                order = (0..train_groups.len()).collect();
-                Rng::stream(cfg.seed, epoch).shuffle(&mut order);
-                order_epoch = Some(epoch);
-            }
-            batch_groups.push(&train_groups[order[g % train_groups.len()]]);
-        }
-        let pairs: Vec<&Pair> = batch_groups.iter().flat_map(|g| g.pairs.iter()).collect();
-        let batch = pair_batch(&pairs, rows, t, ct.pad)?;
+        // Prompts in the seeded epoch order.
+        let batch_groups: Vec<&Group> = epoch_order(cfg.seed, step, cfg.prompts_per_step, train_groups.len())
+            .into_iter()
+            .map(|i| &train_groups[i])
+            .collect();
+        let batch = PaddedBatch::new(&slices(batch_groups.iter().flat_map(|g| g.pairs.iter())), rows, t, ct.pad)?;
         grads.fill_zero(be);
         let mut hg = rm.head.zero_grads(be)?;
-        rm.trunk.forward(be, &mut acts, &batch.inputs, None, None)?;
+        rm.trunk.forward(be, &mut acts, &batch.tokens, None, None)?;
         let all = rm.head.forward(be, &acts.lnf, mcfg.n_embd)?;
         // Per prompt: its rows' scores, the pairwise loss, and the gradient placed on its rows' last tokens.
         let mut dr_full = vec![0.0; rows * t];
         let (mut loss, mut row, mut right, mut n_pairs) = (0.0, 0usize, 0usize, 0usize);
         for g in &batch_groups {
-            let last: Vec<usize> =
-                g.pairs.iter().enumerate().map(|(i, (p, a))| (row + i) * t + p.len() + a.len() - 1).collect();
+            let last: Vec<usize> = (0..g.pairs.len()).map(|i| batch.last_row(row + i)).collect();
             let r: Vec<f64> = last.iter().map(|&i| all[i]).collect();
             let (l, dr) = pairwise_loss(&r, &g.better_worse);
             loss += l / batch_groups.len() as f64;
@@ -431,8 +415,8 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     // Reward normalisation: the SFT demonstrations score 0 on average.
     let bias_shift = match &cfg.sft_data {
         Some(path) => {
-            let demos = datasets::read_sft(path, cfg.skip_bad)?;
-            let (pairs, _) = crate::sft::encode_examples(&tok, &ct, &demos.records, mcfg.n_positions)?;
+            let demos = jsonl::read_sft(path, cfg.skip_bad)?;
+            let (pairs, _) = chat::encode_examples(&tok, &ct, &demos.records, mcfg.n_positions)?;
             let scores = score_all(be, &rm, &pairs, ct.pad, eval_batch)?;
             let mean = scores.iter().sum::<f64>() / scores.len() as f64;
             let (w, b) = rm.head.to_host(be);
@@ -465,17 +449,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
 
 /// Load a reward model (our checkpoint or a run directory), refusing a policy.
 pub fn load<B: Backend>(be: &B, path: &Path) -> Result<RewardModel<B>> {
-    let dir = crate::run_dir::resolve_checkpoint(path)?;
+    let dir = crate::checkpoint::run_dir::resolve_checkpoint(path)?;
     let ck = checkpoint::load(&dir)?;
     RewardModel::from_checkpoint(be, &ck, &path.display().to_string())
-}
-
-/// The pairwise loss's gradient against finite differences (f64), for `rlhf gradcheck`.
-pub fn gradchecks() -> Vec<CheckResult> {
-    let mut rng = Rng::new(11);
-    let r: Vec<f64> = (0..5).map(|_| rng.normal() * 2.0).collect();
-    let rec = Ranked { prompt: "p".into(), completions: vec!["a".into(); 5], ranking: vec![2, 0, 1, 0, 3] };
-    let pairs = rec.pairs();
-    let (_, dr) = pairwise_loss(&r, &pairs);
-    vec![compare("reward pairwise loss", &vec![r], |x| pairwise_loss(&x[0], &pairs).0, &vec![dr], &mut rng)]
 }

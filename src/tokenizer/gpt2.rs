@@ -21,8 +21,8 @@ pub const EOT_ID: u32 = 50256;
 /// GPT-2's vocabulary size.
 pub const VOCAB_SIZE: usize = 50257;
 
-static ENCODER_GZ: &[u8] = include_bytes!("../data/gpt2/encoder.json.gz");
-static MERGES_GZ: &[u8] = include_bytes!("../data/gpt2/vocab.bpe.gz");
+static ENCODER_GZ: &[u8] = include_bytes!("../../data/gpt2/encoder.json.gz");
+static MERGES_GZ: &[u8] = include_bytes!("../../data/gpt2/vocab.bpe.gz");
 
 fn gunzip(bytes: &[u8], what: &str) -> Result<String> {
     let mut s = String::new();
@@ -100,5 +100,5 @@ pub fn build_chat() -> Result<Tokenizer> {
 pub fn write_tokenizer_json(path: &Path, chat: bool) -> Result<()> {
     let tok = if chat { build_chat()? } else { build()? };
     let text = tok.to_string(true).map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
-    crate::fsutil::write_atomic(path, text.as_bytes())
+    crate::util::fs::write_atomic(path, text.as_bytes())
 }

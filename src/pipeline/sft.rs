@@ -1,20 +1,21 @@
 //! Step 1: supervised fine-tuning on prompt -> answer demonstrations.
 //!
-//! Each example is laid out in the chat format (`crate::chat`) and right-padded with `<|pad|>`:
+//! Each example is laid out in the chat format (`crate::data::chat`) and right-padded with `<|pad|>`:
 //!   tokens  = <|user|> prompt <|assistant|> answer <|end|> <|pad|> ...
 //! The loss is the engine's masked cross-entropy with weight 1/(answer tokens in the batch) on the rows
 //! that predict answer tokens (including `<|end|>`) and 0 on prompt and padding rows, so prompt tokens
 //! carry no loss, and padding changes neither loss nor gradient (attention is causal: a row never sees
 //! the padding after it). Examples are not packed, so nothing leaks between neighbours. The training loop
-//! is the pretraining one (`crate::train::fit`).
+//! is the pretraining one (`crate::pipeline::run::fit`).
 
 use crate::backend::Backend;
-use crate::chat::{self, ChatTokens};
-use crate::datasets::{self, SftExample};
+use crate::data::batch::{epoch_order, slices, LmBatch, PaddedBatch, Pair};
+use crate::data::chat::{self, ChatTokens};
+use crate::data::jsonl;
 use crate::model::{AdamW, Gpt2};
-use crate::rng::Rng;
+use crate::pipeline::run::{self, BatchSource, FitSummary, LoopConfig};
 use crate::tokenizer::Tokenizer;
-use crate::train::{self, BatchSource, FitSummary, LmBatch, LoopConfig};
+use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -42,31 +43,6 @@ pub struct SftSummary {
     pub skipped: usize,
 }
 
-/// A (prompt, answer) token pair, already in the chat format.
-pub type Pair = (Vec<u32>, Vec<u32>);
-
-/// A batch of pairs as right-padded [b, t] rows with answer-only loss weights; missing rows are padding
-/// with zero weight.
-pub fn pair_batch(pairs: &[&Pair], b: usize, t: usize, pad: u32) -> Result<LmBatch> {
-    let (mut inputs, mut targets, mut weights) = (vec![pad; b * t], vec![pad; b * t], vec![0.0f32; b * t]);
-    let mut count = 0usize;
-    for (i, (p, a)) in pairs.iter().enumerate() {
-        let seq: Vec<u32> = p.iter().chain(a.iter()).copied().collect();
-        if seq.len() > t || p.is_empty() || a.is_empty() {
-            bail!("example of {} + {} tokens does not fit rows of {t}", p.len(), a.len());
-        }
-        inputs[i * t..i * t + seq.len()].copy_from_slice(&seq);
-        targets[i * t..i * t + seq.len() - 1].copy_from_slice(&seq[1..]);
-        // Row p-1+j predicts answer token j.
-        for j in 0..a.len() {
-            weights[i * t + p.len() - 1 + j] = 1.0;
-        }
-        count += a.len();
-    }
-    weights.iter_mut().for_each(|w| *w /= count.max(1) as f32);
-    Ok(LmBatch { inputs, targets, weights })
-}
-
 struct PairBatches {
     train: Vec<Pair>,
     eval: Vec<LmBatch>,
@@ -79,55 +55,18 @@ impl BatchSource for PairBatches {
     fn shape(&self) -> (usize, usize) {
         (self.b, self.t)
     }
-    /// Step k takes examples k*b .. (k+1)*b of an endless sequence of epochs, each a permutation drawn
-    /// from (seed, epoch): a pure function of (seed, step).
+    /// Step k takes examples k*b .. (k+1)*b of the seeded epoch order (`data::batch::epoch_order`).
     fn train_batch(&self, seed: u64, step: u64) -> Result<LmBatch> {
-        let n = self.train.len() as u64;
-        let mut picked = Vec::with_capacity(self.b);
-        let mut perm_epoch = (u64::MAX, vec![]);
-        for i in 0..self.b as u64 {
-            let g = step * self.b as u64 + i;
-            let epoch = g / n;
-            if perm_epoch.0 != epoch {
-                let mut perm: Vec<usize> = (0..n as usize).collect();
-                Rng::stream(seed, epoch).shuffle(&mut perm);
-                perm_epoch = (epoch, perm);
-            }
-            picked.push(&self.train[perm_epoch.1[(g % n) as usize]]);
-        }
-        pair_batch(&picked, self.b, self.t, self.pad)
+        let picked = epoch_order(seed, step, self.b, self.train.len()).into_iter().map(|i| &self.train[i]);
+        Ok(PaddedBatch::new(&slices(picked), self.b, self.t, self.pad)?.answer_lm_batch())
     }
     fn eval_batches(&self) -> &[LmBatch] {
         &self.eval
     }
 }
 
-/// Encode examples in the chat format, fitted to the context; returns the pairs and how many were cut.
-pub fn encode_examples(
-    tok: &Tokenizer,
-    ct: &ChatTokens,
-    examples: &[SftExample],
-    ctx: usize,
-) -> Result<(Vec<Pair>, usize)> {
-    let mut truncated = 0;
-    let pairs = examples
-        .iter()
-        .map(|e| {
-            let (mut p, mut a) = match e {
-                SftExample::Pair { prompt, completion } => {
-                    (chat::encode_prompt(tok, ct, prompt)?, chat::encode_answer(tok, ct, completion)?)
-                }
-                SftExample::Conversation(m) => chat::encode_messages(tok, ct, m)?,
-            };
-            truncated += chat::fit_context(&mut p, &mut a, ctx) as usize;
-            Ok((p, a))
-        })
-        .collect::<Result<_>>()?;
-    Ok((pairs, truncated))
-}
-
 pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSummary> {
-    let start = train::resume_point(&cfg.run.out, resume)?;
+    let start = run::resume_point(&cfg.run.out, resume)?;
     let (mut log_len, mut opt_state) = (None, None);
     let mut model = match start {
         Some((ck, state)) => {
@@ -139,7 +78,7 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
             opt_state = Some(state);
             ck.to_model(be)?
         }
-        None => crate::model::persist::load_policy(be, &cfg.base)
+        None => crate::checkpoint::persist::load_policy(be, &cfg.base)
             .with_context(|| format!("--base {}", cfg.base.display()))?,
     };
     let tok = Tokenizer::load(&cfg.tokenizer)?;
@@ -157,8 +96,8 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
     }
     crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &cfg.tokenizer.display().to_string())?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
-    let read = datasets::read_sft(&cfg.data, cfg.skip_bad)?;
-    let (pairs, truncated) = encode_examples(&tok, &ct, &read.records, model.cfg.n_positions)?;
+    let read = jsonl::read_sft(&cfg.data, cfg.skip_bad)?;
+    let (pairs, truncated) = chat::encode_examples(&tok, &ct, &read.records, model.cfg.n_positions)?;
     // Held-out split: a seeded shuffle, the first eval_fraction held out.
     let mut idx: Vec<usize> = (0..pairs.len()).collect();
     Rng::new(cfg.run.seed).shuffle(&mut idx);
@@ -172,7 +111,7 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
     let t = pairs.iter().map(|(p, a)| p.len() + a.len()).max().unwrap();
     let eval = eval_pairs
         .chunks(cfg.batch)
-        .map(|c| pair_batch(&c.iter().collect::<Vec<_>>(), cfg.batch, t, ct.pad))
+        .map(|c| Ok(PaddedBatch::new(&slices(c), cfg.batch, t, ct.pad)?.answer_lm_batch()))
         .collect::<Result<Vec<_>>>()?;
     if cfg.run.steps == 0 {
         cfg.run.steps = ((cfg.epochs * train_pairs.len() as f64) / cfg.batch as f64).ceil().max(1.0) as u64;
@@ -181,14 +120,14 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
     let base_eval_loss = {
         let base = base_model(be, &cfg, &model)?;
         let mut acts = crate::model::Acts::new(be, &base.cfg, cfg.batch, t)?;
-        train::evaluate(be, &base, &mut acts, src.eval_batches())?
+        run::evaluate(be, &base, &mut acts, src.eval_batches())?
     };
     let mut opt = AdamW::new(be, &model.cfg, cfg.run.adamw)?;
     if let Some(state) = &opt_state {
         state.restore_optimizer(be, &model.cfg, &mut opt)?;
     }
     let record = serde_json::to_value(&cfg)?;
-    let fit = train::fit(
+    let fit = run::fit(
         be,
         "sft",
         &cfg.run,
@@ -211,7 +150,7 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
 
 /// The base model (reloaded when resuming, where `model` is already fine-tuned).
 fn base_model<B: Backend>(be: &B, cfg: &SftConfig, model: &Gpt2<B>) -> Result<Gpt2<B>> {
-    let mut base = crate::model::persist::load_policy(be, Path::new(&cfg.base))?;
+    let mut base = crate::checkpoint::persist::load_policy(be, Path::new(&cfg.base))?;
     if base.cfg.vocab_size < model.cfg.vocab_size {
         base = base.grow_vocab(be, model.cfg.vocab_size)?;
     }

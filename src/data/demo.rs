@@ -18,7 +18,7 @@
 //! into the SFT demonstrations, the prompt-only prompts and the held-out prompts, so the three splits never
 //! share a passage or a prompt. Everything is a pure function of the text and the seed.
 
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -234,7 +234,7 @@ impl DemoData {
     /// Writes `sft.jsonl`, `prompts.jsonl` and `heldout.jsonl` into `dir` (atomically, one file at a time).
     pub fn write_files(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-        crate::fsutil::atomic_write(&dir.join("sft.jsonl"), |w| {
+        crate::util::fs::atomic_write(&dir.join("sft.jsonl"), |w| {
             for e in &self.sft {
                 serde_json::to_writer(&mut *w, e)?;
                 w.write_all(b"\n")?;
@@ -242,7 +242,7 @@ impl DemoData {
             Ok(())
         })?;
         for (name, list) in [("prompts.jsonl", &self.prompts), ("heldout.jsonl", &self.heldout)] {
-            crate::fsutil::atomic_write(&dir.join(name), |w| {
+            crate::util::fs::atomic_write(&dir.join(name), |w| {
                 for p in list {
                     serde_json::to_writer(&mut *w, &serde_json::json!({ "prompt": p }))?;
                     w.write_all(b"\n")?;

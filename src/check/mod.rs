@@ -8,9 +8,12 @@
 //! five orders of magnitude above the method's own error and far below any real bug (a wrong term moves
 //! the gradient by O(1) relative). Large tensors are checked on a random subset of entries.
 
+pub mod kernels;
+pub mod losses;
+
 use crate::backend::{Backend, Cpu};
 use crate::model::{Acts, Config, Gpt2, Tensors};
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 use serde::Serialize;
 
 pub const ATOL: f64 = 1e-8;
@@ -308,8 +311,8 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
         check_model,
     ];
     let mut results: Vec<CheckResult> = checks.iter().map(|c| c(&mut rng)).collect();
-    results.extend(crate::reward::gradchecks());
-    results.extend(crate::ppo::gradchecks());
+    results.push(losses::reward_pairwise());
+    results.extend(losses::ppo());
     results
 }
 

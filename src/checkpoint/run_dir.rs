@@ -1,6 +1,6 @@
 //! A run directory: metrics, plots and step-numbered checkpoints.
 //!
-//!   OUT/metrics.jsonl        one JSON record per step / eval (see `crate::metrics`)
+//!   OUT/metrics.jsonl        one JSON record per step / eval (see `crate::pipeline::metrics`)
 //!   OUT/*.svg                plots redrawn at each evaluation
 //!   OUT/step-000500/         a complete checkpoint (model + config + training state)
 //!   OUT/latest               the name of the newest complete checkpoint, replaced atomically
@@ -9,7 +9,7 @@
 //! `latest` points at it, so a crash at any moment leaves `latest` naming a complete checkpoint. Only the
 //! newest `KEEP` checkpoints are kept.
 
-use crate::fsutil::write_atomic;
+use crate::util::fs::write_atomic;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,7 @@
 
 use crate::backend::Backend;
 use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;

@@ -6,13 +6,13 @@
 //! score of an answer without `<|end|>` is the no-EOS penalty, as in training). KL to SFT = mean over the
 //! policy's answers of sum_t (logp_policy - logp_sft), both temperature-scaled.
 
-use super::rollout::{answer_logprobs, Episode, SeqBatch, TrunkHead};
-use super::trainer::PpoConfig;
 use crate::backend::Backend;
-use crate::metrics;
+use crate::model::sample::{generate, SampleConfig};
+use crate::model::ScalarModel;
 use crate::model::{Acts, Gpt2};
-use crate::rng::Rng;
-use crate::sample::{generate, SampleConfig};
+use crate::pipeline::metrics;
+use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode};
+use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -64,7 +64,7 @@ pub fn evaluate<B: Backend>(
     be: &B,
     policy: &Gpt2<B>,
     sft: &Gpt2<B>,
-    reward: &TrunkHead<B>,
+    reward: &ScalarModel<B>,
     prompts: &[Vec<u32>],
     sc: &SampleConfig,
     pad: u32,
@@ -93,7 +93,7 @@ pub fn evaluate<B: Backend>(
     let rm = |eps: &[Episode]| -> Result<Vec<f64>> {
         let mut out = vec![];
         for c in eps.chunks(chunk) {
-            let sb = SeqBatch::new(&c.iter().collect::<Vec<_>>(), pad)?;
+            let sb = episode_batch(&c.iter().collect::<Vec<_>>(), pad)?;
             let mut acts = Acts::new(be, &reward.cfg(), sb.b, sb.t)?;
             let s = reward.scores(be, &mut acts, &sb)?;
             out.extend(c.iter().zip(s).map(|(e, s)| if e.ended { s } else { no_eos_penalty }));
@@ -103,7 +103,7 @@ pub fn evaluate<B: Backend>(
     let (rm_p, rm_s) = (rm(&pol)?, rm(&base)?);
     let mut kl = vec![];
     for c in pol.chunks(chunk) {
-        let sb = SeqBatch::new(&c.iter().collect::<Vec<_>>(), pad)?;
+        let sb = episode_batch(&c.iter().collect::<Vec<_>>(), pad)?;
         let mut acts = Acts::new(be, &sft.cfg, sb.b, sb.t)?;
         let lp_pol = answer_logprobs(be, policy, &mut acts, &sb, inv_temp)?;
         let lp_sft = answer_logprobs(be, sft, &mut acts, &sb, inv_temp)?;
@@ -140,17 +140,6 @@ pub fn evaluate<B: Backend>(
         answer_len_policy: len(&pol),
         answer_len_sft: len(&base),
     })
-}
-
-/// Sampling settings of evaluation: those of the run.
-pub fn sample_config(cfg: &PpoConfig) -> SampleConfig {
-    SampleConfig {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: cfg.temperature,
-        top_k: cfg.top_k,
-        top_p: cfg.top_p,
-        stop: Some(cfg.stop_token),
-    }
 }
 
 /// Gao et al.'s curve from a PPO run: gold and proxy (reward-model) score against sqrt(KL to the reference),

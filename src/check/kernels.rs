@@ -1,7 +1,7 @@
 //! `rlhf gradcheck --device cuda` (or `cuda-sim`): every op of the kernel backend, forward and backward,
 //! in f32 and in mixed bf16, against the CPU engine on the same inputs, plus one whole training step
 //! (loss, every parameter gradient, the gradient norm, the AdamW update with clipping).
-//! The CPU engine is itself checked against finite differences in f64 (`crate::gradcheck`).
+//! The CPU engine is itself checked against finite differences in f64 (`crate::check`).
 //!
 //! Each op is one generic function run on both backends with inputs drawn from the same seed; a row
 //! passes when every output tensor's error, max|got - want| / max|want| (the error relative to the
@@ -16,11 +16,11 @@
 //!   order of magnitude below what a broken kernel gives (0.3..1, or non-finite).
 
 use crate::backend::{Backend, Cpu};
-use crate::gradcheck::CheckResult;
+use crate::check::CheckResult;
 use crate::kernels::{DType, KernelBackend};
 use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
 use crate::ops::adamw::AdamWParams;
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 use anyhow::Result;
 
 pub const F32_TOL: f64 = 1e-4;

@@ -36,8 +36,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::write_atomic;
-use crate::rng::Rng;
+use crate::util::fs::write_atomic;
+use crate::util::rng::Rng;
 
 /// First header word of every shard.
 pub const SHARD_MAGIC: i32 = 20240520;
