@@ -23,7 +23,8 @@ use crate::data::jsonl::{self, Ranked};
 use crate::model::scalar::{head_step, HeadOpt, ScalarModel};
 use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
 use crate::ops::adamw::lr_schedule;
-use crate::pipeline::metrics::{self, MetricsLog};
+use crate::pipeline::metrics;
+use crate::pipeline::run::Run;
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -218,21 +219,20 @@ fn config_differences(saved: &RewardConfig, given: &RewardConfig) -> Result<Vec<
         .collect())
 }
 
-/// The model and training state written at a step: the reward model, the trunk's moments followed by the
-/// head's, and `rec`.
+/// Commit the model and training state of the current step: the reward model, the trunk's moments
+/// followed by the head's, and `rec`.
 fn save_state<B: Backend>(
     be: &B,
-    out: &Path,
+    run: &mut Run,
     rm: &RewardModel<B>,
     opt: &AdamW<B>,
     head_opt: &HeadOpt<B>,
     rec: &RunRecord,
-    log: &MetricsLog,
 ) -> Result<PathBuf> {
     let ck = rm.to_checkpoint(be)?;
-    let state = head_opt.trunk_state(be, &rm.trunk.cfg, opt, serde_json::to_value(rec)?, log.len()?);
+    let state = head_opt.trunk_state(be, &rm.trunk.cfg, opt, serde_json::to_value(rec)?, run.metrics_len()?);
     state.validate_for(&ck)?;
-    crate::checkpoint::run_dir::commit_checkpoint(out, opt.step, |dir| {
+    run.commit(opt.step, |dir| {
         checkpoint::save(dir, &ck)?;
         checkpoint::save_train_state(dir, &state)
     })
@@ -240,10 +240,9 @@ fn save_state<B: Backend>(
 
 /// Train (or, with `resume`, continue) a reward model.
 pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<RewardSummary> {
-    let start = crate::pipeline::run::resume_point(&cfg.out, resume)?;
-    let (mut rm, saved) = match start {
-        Some((ck, state)) => {
-            let dir = crate::checkpoint::run_dir::latest(&cfg.out)?.context("the run's latest checkpoint vanished")?;
+    let (mut rm, saved) = match Run::start_point(&cfg.out, resume)? {
+        Some(dir) => {
+            let (ck, state) = (checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?);
             let rec: RunRecord = serde_json::from_value(state.args.clone())
                 .with_context(|| format!("{}: not a reward-model run's training state", dir.display()))?;
             if rec.complete {
@@ -338,12 +337,9 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     };
     let mut grads = Tensors::zeros(be, &mcfg)?;
     let mut acts = Acts::new(be, &mcfg, rows, t)?;
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), log_len)?;
-    let mut last_ckpt = crate::checkpoint::run_dir::latest(&cfg.out)?;
     let save_every = cfg.save_every.max(1);
     let end = cfg.stop_after.map_or(steps, |s| s.min(steps));
-    let bar = crate::util::progress::bar(end.saturating_sub(opt.step), "reward");
+    let mut run = Run::open(&cfg.out, "reward", log_len, end.saturating_sub(opt.step), false)?;
     while opt.step < end {
         let step = opt.step;
         // Prompts in the seeded epoch order.
@@ -372,11 +368,11 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
             row += g.pairs.len();
         }
         if !loss.is_finite() {
-            let keep = match &last_ckpt {
-                Some(p) => format!("the last good checkpoint is kept: {}", p.display()),
-                None => "no checkpoint had been written yet".into(),
-            };
-            bail!("reward-model loss became {loss} at step {} (lower --lr or check the data); stopped without saving: {keep}", step + 1);
+            return Err(run.stopped(
+                "step",
+                step + 1,
+                format!("the loss became {loss} (lower --lr or check the data)"),
+            ));
         }
         be.fill_zero(&mut acts.dlnf);
         rm.head.backward(be, &mut hg, &mut acts.dlnf, &acts.lnf, &dr_full, mcfg.n_embd)?;
@@ -385,17 +381,15 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         let norm = opt.update(be, &mut rm.trunk.params, &grads, lr);
         head_step(be, &mut rm, &mut head_opt, &hg, lr, &hp, opt.step);
         last_loss = loss;
-        log.write(&json!({"step": opt.step, "loss": loss, "train_pair_accuracy": right as f64 / n_pairs.max(1) as f64, "lr": lr, "grad_norm": norm}))?;
-        bar.set_message(format!("loss {loss:.3}"));
-        bar.inc(1);
+        run.log(&json!({"step": opt.step, "loss": loss, "train_pair_accuracy": right as f64 / n_pairs.max(1) as f64, "lr": lr, "grad_norm": norm}))?;
+        run.tick(format!("loss {loss:.3}"));
         // The last step is saved after the evaluation and bias shift, below.
-        if opt.step < steps && (opt.step % save_every == 0 || opt.step == end) {
-            last_ckpt = Some(save_state(be, &cfg.out, &rm, &opt, &head_opt, &record(last_loss, false), &log)?);
+        if opt.step < steps && Run::save_due(opt.step, save_every, end) {
+            save_state(be, &mut run, &rm, &opt, &head_opt, &record(last_loss, false))?;
         }
     }
-    bar.finish();
     if opt.step < steps {
-        let checkpoint = last_ckpt.context("no checkpoint was written")?;
+        let checkpoint = run.finish()?;
         eprintln!("reward: paused at step {} of {steps}; continue with --resume", opt.step);
         return Ok(RewardSummary {
             steps: opt.step,
@@ -411,7 +405,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         });
     }
     let (acc, _) = accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?;
-    log.write(&json!({"step": steps, "eval_pair_accuracy": acc, "eval_pair_accuracy_before": acc_before}))?;
+    run.log(&json!({"step": steps, "eval_pair_accuracy": acc, "eval_pair_accuracy_before": acc_before}))?;
     // Reward normalisation: the SFT demonstrations score 0 on average.
     let bias_shift = match &cfg.sft_data {
         Some(path) => {
@@ -425,7 +419,8 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         }
         None => 0.0,
     };
-    let dir = save_state(be, &cfg.out, &rm, &opt, &head_opt, &record(last_loss, true), &log)?;
+    save_state(be, &mut run, &rm, &opt, &head_opt, &record(last_loss, true))?;
+    let dir = run.finish()?;
     let recs = metrics::read(&cfg.out.join("metrics.jsonl"))?;
     let svg = metrics::svg_plot(
         "reward model: pairwise loss",

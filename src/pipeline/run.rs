@@ -1,7 +1,12 @@
-//! The language-model training loop, written once over the backend and shared by pretraining and SFT
-//! (they differ only in where batches come from and which tokens carry loss).
+//! What every training loop shares, and the language-model loop itself.
 //!
-//! One step, top to bottom:  batch(seed, step) -> zero grads -> forward -> fused weighted LM loss ->
+//! [`Run`] is the scaffold that pretraining, SFT, the reward model and PPO drive their loops through: where
+//! a run starts (a fresh directory, or the latest checkpoint with `--resume`, each refusing the other's
+//! case), the metrics log (cut back to the checkpoint's length on resume), the progress bar, the checkpoint
+//! cadence and commits, and the one error a run stops with, naming the step and the last good checkpoint.
+//!
+//! [`fit`] is the language-model loop shared by pretraining and SFT (they differ only in where batches
+//! come from and which tokens carry loss). One step, top to bottom:  batch(seed, step) -> zero grads -> forward -> fused weighted LM loss ->
 //! backward -> global-norm clip + AdamW at the scheduled learning rate. Every `eval_every` steps the
 //! validation loss is measured on fixed batches; every `save_every` steps (and at the end) a checkpoint with
 //! the full training state is committed. Batches are a pure function of (seed, step), and the model,
@@ -14,7 +19,8 @@ use crate::data::batch::LmBatch;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics::{self, MetricsLog};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::Value;
@@ -70,19 +76,96 @@ pub fn evaluate<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, batches
     Ok(total / batches.len().max(1) as f64)
 }
 
-/// A run directory's starting point: the latest checkpoint and training state when resuming (refusing
-/// when there is none), and refusing to start over a run that exists when not.
+/// A run directory being trained into (see the module doc).
+pub struct Run {
+    out: PathBuf,
+    name: String,
+    log: MetricsLog,
+    bar: ProgressBar,
+    last_ckpt: Option<PathBuf>,
+}
+
+impl Run {
+    /// The checkpoint a run continues from: the latest one of `out` with `resume` (refused when there is
+    /// none), else nothing (refused when `out` already holds a run).
+    pub fn start_point(out: &Path, resume: bool) -> Result<Option<PathBuf>> {
+        match (resume, run_dir::latest(out)?) {
+            (true, Some(dir)) => {
+                eprintln!("resuming {} from {}", out.display(), dir.display());
+                Ok(Some(dir))
+            }
+            (true, None) => bail!("--resume: {} holds no checkpoint to resume from", out.display()),
+            (false, Some(_)) => {
+                bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display())
+            }
+            (false, None) => Ok(None),
+        }
+    }
+
+    /// Open `out` for training (created if missing); `log_len` cuts the metrics log back to a resumed
+    /// checkpoint's length. `steps_left` sizes the progress bar (hidden when `quiet`).
+    pub fn open(out: &Path, name: &str, log_len: Option<u64>, steps_left: u64, quiet: bool) -> Result<Run> {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let log = MetricsLog::open(&out.join("metrics.jsonl"), log_len)?;
+        let bar = if quiet { ProgressBar::hidden() } else { crate::util::progress::bar(steps_left, name) };
+        Ok(Run { out: out.to_owned(), name: name.to_owned(), log, bar, last_ckpt: run_dir::latest(out)? })
+    }
+
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Append one record to `metrics.jsonl`.
+    pub fn log(&mut self, record: &Value) -> Result<()> {
+        self.log.write(record)
+    }
+
+    /// Length of the metrics log in bytes (stored with a checkpoint, so a resume cuts back to it).
+    pub fn metrics_len(&self) -> Result<u64> {
+        self.log.len()
+    }
+
+    /// One step done: advance the progress bar with `message`.
+    pub fn tick(&self, message: String) {
+        self.bar.set_message(message);
+        self.bar.inc(1);
+    }
+
+    /// Whether `step` (just completed) gets a checkpoint: every `every` steps and at `end`.
+    pub fn save_due(step: u64, every: u64, end: u64) -> bool {
+        step % every == 0 || step == end
+    }
+
+    /// Commit the checkpoint of `step` (written by `write` into a fresh folder) and make it `latest`.
+    pub fn commit(&mut self, step: u64, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+        let dir = run_dir::commit_checkpoint(&self.out, step, write)?;
+        self.last_ckpt = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// The error a run stops with at `unit` `n` (e.g. "step 7"): what went wrong and which checkpoint is
+    /// the last good one (nothing is saved over it).
+    pub fn stopped(&self, unit: &str, n: u64, what: impl std::fmt::Display) -> anyhow::Error {
+        let keep = match &self.last_ckpt {
+            Some(p) => format!("the last good checkpoint is kept: {}", p.display()),
+            None => "no checkpoint had been written yet".into(),
+        };
+        anyhow!("{} stopped at {unit} {n}: {what}; nothing was saved: {keep}", self.name)
+    }
+
+    /// End the loop: the newest checkpoint.
+    pub fn finish(self) -> Result<PathBuf> {
+        self.bar.finish();
+        self.last_ckpt.context("no checkpoint was written")
+    }
+}
+
+/// A language-model run's starting point: the latest checkpoint and its training state with `resume`
+/// (see [`Run::start_point`]).
 pub fn resume_point(out: &Path, resume: bool) -> Result<Option<(Checkpoint, TrainState)>> {
-    match (resume, run_dir::latest(out)?) {
-        (true, Some(dir)) => {
-            eprintln!("resuming {} from {}", out.display(), dir.display());
-            Ok(Some((checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?)))
-        }
-        (true, None) => bail!("--resume: {} holds no checkpoint to resume from", out.display()),
-        (false, Some(_)) => {
-            bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display())
-        }
-        (false, None) => Ok(None),
+    match Run::start_point(out, resume)? {
+        Some(dir) => Ok(Some((checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?))),
+        None => Ok(None),
     }
 }
 
@@ -104,16 +187,13 @@ pub fn fit<B: Backend>(
 ) -> Result<FitSummary> {
     let mcfg = model.cfg;
     let (b, t) = src.shape();
-    std::fs::create_dir_all(&lc.out).with_context(|| format!("creating {}", lc.out.display()))?;
-    let mut log = MetricsLog::open(&lc.out.join("metrics.jsonl"), log_len)?;
+    let end = lc.stop_after.map_or(lc.steps, |s| s.min(lc.steps));
+    let mut run = Run::open(&lc.out, name, log_len, end.saturating_sub(opt.step), false)?;
     let mut grads = Tensors::zeros(be, &mcfg)?;
     let mut acts = Acts::new(be, &mcfg, b, t)?;
-    let bar = crate::util::progress::bar(lc.steps.saturating_sub(opt.step), name);
     let (mut last_loss, mut val_loss) = (f64::NAN, f64::NAN);
-    let mut last_ckpt = run_dir::latest(&lc.out)?;
     let t_start = Instant::now();
     let first_step = opt.step;
-    let end = lc.stop_after.map_or(lc.steps, |s| s.min(lc.steps));
     while opt.step < end {
         let step = opt.step;
         let t0 = Instant::now();
@@ -123,12 +203,17 @@ pub fn fit<B: Backend>(
         model.forward(be, &mut acts, &batch.inputs, None, None)?;
         let loss = model.lm_loss(be, &mut acts, &batch.targets, &batch.weights, 1.0, Some(&mut grads))?;
         if !loss.is_finite() {
-            bail!("{}", nan_message("loss", loss, step, &last_ckpt));
+            return Err(run.stopped(
+                "step",
+                step + 1,
+                format!("the loss became {loss} (lower --lr or check the data)"),
+            ));
         }
         model.backward(be, &mut acts, &mut grads);
         let norm = opt.update(be, &mut model.params, &grads, lr);
         if !norm.is_finite() {
-            bail!("{}", nan_message("gradient norm", norm, step, &last_ckpt));
+            let what = format!("the gradient norm became {norm} (lower --lr or check the data)");
+            return Err(run.stopped("step", step + 1, what));
         }
         last_loss = loss;
         let dt = t0.elapsed().as_secs_f64();
@@ -138,37 +223,27 @@ pub fn fit<B: Backend>(
             val_loss = evaluate(be, model, &mut acts, src.eval_batches())?;
             rec["val_loss"] = json!(val_loss);
         }
-        log.write(&rec)?;
-        bar.set_message(format!("loss {loss:.3} val {val_loss:.3} {:.0} tok/s", (b * t) as f64 / dt));
-        bar.inc(1);
+        run.log(&rec)?;
+        run.tick(format!("loss {loss:.3} val {val_loss:.3} {:.0} tok/s", (b * t) as f64 / dt));
         if rec.get("val_loss").is_some() {
             plot_losses(&lc.out, name, baseline)?;
         }
-        if opt.step % lc.save_every == 0 || opt.step == end {
+        if Run::save_due(opt.step, lc.save_every, end) {
             let ckpt = Checkpoint::from_model(be, model, ModelKind::Policy);
-            let state = TrainState::from_optimizer(be, &mcfg, opt, record.clone(), log.len()?);
-            last_ckpt = Some(run_dir::commit_checkpoint(&lc.out, opt.step, |dir| {
+            let state = TrainState::from_optimizer(be, &mcfg, opt, record.clone(), run.metrics_len()?);
+            run.commit(opt.step, |dir| {
                 checkpoint::save(dir, &ckpt)?;
                 checkpoint::save_train_state(dir, &state)
-            })?);
+            })?;
         }
     }
-    bar.finish();
     let steps_run = opt.step - first_step;
     let tokens_per_s = (steps_run as usize * b * t) as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
     if steps_run == 0 {
         val_loss = evaluate(be, model, &mut acts, src.eval_batches())?;
     }
-    let checkpoint = last_ckpt.context("no checkpoint was written")?;
+    let checkpoint = run.finish()?;
     Ok(FitSummary { steps: opt.step, train_loss: last_loss, val_loss, checkpoint, tokens_per_s })
-}
-
-fn nan_message(what: &str, value: f64, step: u64, last: &Option<PathBuf>) -> String {
-    let keep = match last {
-        Some(p) => format!("the last good checkpoint is {}", p.display()),
-        None => "no checkpoint had been written yet".into(),
-    };
-    format!("{what} became {value} at step {} (lower --lr or check the data); stopped without saving: {keep}", step + 1)
 }
 
 /// Redraw `loss.svg` from the metrics log, with an optional reference line (e.g. the unigram baseline).

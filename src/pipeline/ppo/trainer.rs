@@ -28,15 +28,15 @@
 
 use super::math::{self, KlController};
 use crate::backend::Backend;
-use crate::checkpoint::run_dir;
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::batch::epoch_order;
 use crate::model::sample::{generate, SampleConfig};
 use crate::model::scalar::{clone_model, clone_trunk_head, head_step, HeadOpt};
 use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
-use crate::pipeline::metrics::{self, MetricsLog};
+use crate::pipeline::metrics;
 use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode};
+use crate::pipeline::run::Run;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -475,7 +475,7 @@ struct RunRecord {
 
 const VALUE_DIR: &str = "value";
 
-fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: &MetricsLog) -> Result<PathBuf> {
+fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, run: &mut Run) -> Result<PathBuf> {
     let rec = RunRecord {
         config: cfg.clone(),
         kl: st.kl.clone(),
@@ -483,7 +483,7 @@ fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: 
         iteration: st.iteration,
         value_step: st.value_opt.step,
     };
-    let metrics_len = log.len()?;
+    let metrics_len = run.metrics_len()?;
     let pol = Checkpoint::from_model(be, &m.policy, ModelKind::Policy);
     let pstate = TrainState {
         rng: json!({"seed": cfg.seed, "note": "randomness is drawn from streams of the seed indexed by the iteration"}),
@@ -496,7 +496,7 @@ fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: 
         ..st.head_opt.trunk_state(be, &m.value.cfg(), &st.value_opt, json!({}), metrics_len)
     };
     vstate.validate_for(&vck)?;
-    run_dir::commit_checkpoint(&cfg.out, st.iteration, |dir| {
+    run.commit(st.iteration, |dir| {
         checkpoint::save(dir, &pol)?;
         checkpoint::save_train_state(dir, &pstate)?;
         let vd = dir.join(VALUE_DIR);
@@ -506,13 +506,11 @@ fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, log: 
 }
 
 /// Restore a run from its latest checkpoint: (config, models' trainable parts, state, metrics length).
-fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoConfig, State<B>, u64)> {
-    let dir = run_dir::latest(out)?
-        .with_context(|| format!("--resume: {} holds no checkpoint to resume from", out.display()))?;
-    let pstate = checkpoint::load_train_state(&dir)?;
+fn load_state<B: Backend>(be: &B, dir: &Path, m: &mut Models<B>) -> Result<(PpoConfig, State<B>, u64)> {
+    let pstate = checkpoint::load_train_state(dir)?;
     let rec: RunRecord = serde_json::from_value(pstate.args.clone())
         .with_context(|| format!("{}: not a PPO run's training state", dir.display()))?;
-    let pol = checkpoint::load(&dir)?;
+    let pol = checkpoint::load(dir)?;
     pol.expect_kind(ModelKind::Policy, &dir.display().to_string())?;
     pol.expect_config(&m.reference.cfg, &format!("the policy in {}", dir.display()))?;
     m.policy = pol.to_model(be)?;
@@ -527,7 +525,6 @@ fn load_state<B: Backend>(be: &B, out: &Path, m: &mut Models<B>) -> Result<(PpoC
     let head_opt = HeadOpt::restore_trunk_state(be, &vck, &vstate, &mut value_opt)?;
     let mut kl = rec.kl;
     kl.beta = f64::from_bits(rec.beta_bits);
-    eprintln!("resuming {} from {} (iteration {})", out.display(), dir.display(), rec.iteration);
     Ok((rec.config, State { policy_opt, value_opt, head_opt, kl, iteration: rec.iteration }, pstate.metrics_len))
 }
 
@@ -583,14 +580,11 @@ pub fn train_from<B: Backend>(
         reward: clone_trunk_head(be, reward)?,
         value: clone_trunk_head(be, reward)?,
     };
-    let (mut st, log_len) = if resume {
-        let (saved, st, len) = load_state(be, &cfg.out, &mut m)?;
+    let (mut st, log_len) = if let Some(dir) = Run::start_point(&cfg.out, resume)? {
+        let (saved, st, len) = load_state(be, &dir, &mut m)?;
         cfg = PpoConfig { iterations: cfg.iterations.max(saved.iterations), ..saved };
         (st, Some(len))
     } else {
-        if run_dir::latest(&cfg.out)?.is_some() {
-            bail!("{} already holds a run; pass --resume to continue it or choose another --out", cfg.out.display());
-        }
         let c = rcfg.n_embd;
         let st = State {
             policy_opt: AdamW::new(be, &pcfg, cfg.adamw)?,
@@ -614,39 +608,27 @@ pub fn train_from<B: Backend>(
             );
         }
     }
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), log_len)?;
-    let mut last_ckpt = run_dir::latest(&cfg.out)?;
+    let mut run = Run::open(&cfg.out, "PPO", log_len, cfg.iterations.saturating_sub(st.iteration), !hooks.verbose)?;
     let (mut first_score, mut last_score, mut last_kl) = (f64::NAN, f64::NAN, f64::NAN);
-    let bar = if hooks.verbose {
-        Some(crate::util::progress::bar(cfg.iterations.saturating_sub(st.iteration), "ppo"))
-    } else {
-        None
-    };
     while st.iteration < cfg.iterations {
         let it = st.iteration;
-        let fail = |what: String| -> anyhow::Error {
-            let keep = match &last_ckpt {
-                Some(p) => format!("the last good checkpoint is {}", p.display()),
-                None => "no checkpoint had been written yet".into(),
-            };
-            anyhow::anyhow!("PPO stopped at iteration {}: {what}; {keep}", it + 1)
-        };
+        let fail = |run: &Run, what: String| run.stopped("iteration", it + 1, what);
         let mut rng = Rng::stream(cfg.seed, it);
         // The prompts of an iteration: consecutive slices of per-epoch seeded shuffles.
         let idx = epoch_order(cfg.seed ^ 0x5052_4f4d_5054, it, cfg.batch, prompts.len());
         let batch: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
         let t0 = std::time::Instant::now();
-        let eps = rollout(be, &m.policy, &batch, &cfg, &mut rng).map_err(|e| fail(format!("{e:#}")))?;
+        let eps = rollout(be, &m.policy, &batch, &cfg, &mut rng).map_err(|e| fail(&run, format!("{e:#}")))?;
         let t_roll = t0.elapsed().as_secs_f64();
-        let ro = score_rollout(be, &m, &cfg, st.kl.beta, eps).map_err(|e| fail(format!("{e:#}")))?;
+        let ro = score_rollout(be, &m, &cfg, st.kl.beta, eps).map_err(|e| fail(&run, format!("{e:#}")))?;
         if let Some(i) = ro.rm_scores.iter().position(|s| !s.is_finite()) {
-            return Err(fail(format!("the reward model's score of answer {i} is {} (NaN/inf)", ro.rm_scores[i])));
+            return Err(fail(&run, format!("the reward model's score of answer {i} is {} (NaN/inf)", ro.rm_scores[i])));
         }
         if ro.values.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(fail("the value model produced a non-finite value".into()));
+            return Err(fail(&run, "the value model produced a non-finite value".into()));
         }
-        let us = update(be, &mut m, &mut st, &cfg, &ro, &mut rng, hooks.ptx).map_err(|e| fail(format!("{e:#}")))?;
+        let us =
+            update(be, &mut m, &mut st, &cfg, &ro, &mut rng, hooks.ptx).map_err(|e| fail(&run, format!("{e:#}")))?;
         let beta_used = st.kl.beta;
         let kl = mean(&ro.kl);
         st.kl.update(kl, ro.episodes.len());
@@ -681,30 +663,30 @@ pub fn train_from<B: Backend>(
             if cfg.gold_every > 0 && (it % cfg.gold_every == 0 || st.iteration == cfg.iterations) {
                 let pairs: Vec<(String, String)> =
                     ro.episodes.iter().map(|e| (decode(&e.prompt), decode(&e.answer))).collect();
-                let g = gold(&pairs).map_err(|e| fail(format!("the gold judge failed: {e:#}")))?;
+                let g = gold(&pairs).map_err(|e| fail(&run, format!("the gold judge failed: {e:#}")))?;
                 if g.len() != pairs.len() || g.iter().any(|x| !x.is_finite()) {
-                    return Err(fail(format!(
-                        "the gold judge returned {} scores (some not finite?) for {} answers",
-                        g.len(),
-                        pairs.len()
-                    )));
+                    return Err(fail(
+                        &run,
+                        format!(
+                            "the gold judge returned {} scores (some not finite?) for {} answers",
+                            g.len(),
+                            pairs.len()
+                        ),
+                    ));
                 }
                 rec["gold_score"] = json!(mean(&g));
             }
         }
         if !score.is_finite() || !kl.is_finite() {
-            return Err(fail(format!("mean score {score}, KL {kl}")));
+            return Err(fail(&run, format!("mean score {score}, KL {kl}")));
         }
-        log.write(&rec)?;
+        run.log(&rec)?;
         if first_score.is_nan() {
             first_score = score;
         }
         (last_score, last_kl) = (score, kl);
+        run.tick(format!("score {score:.3} kl {kl:.3} beta {beta_used:.4}"));
         if hooks.verbose {
-            if let Some(b) = &bar {
-                b.set_message(format!("score {score:.3} kl {kl:.3} beta {beta_used:.4}"));
-                b.inc(1);
-            }
             if let Some(decode) = hooks.decode {
                 if cfg.sample_every > 0 && (it % cfg.sample_every == 0 || st.iteration == cfg.iterations) {
                     for (e, s) in ro.episodes.iter().zip(&ro.scores).take(2) {
@@ -719,14 +701,11 @@ pub fn train_from<B: Backend>(
             }
         }
         plot(&cfg.out)?;
-        if st.iteration % cfg.save_every.max(1) == 0 || st.iteration == cfg.iterations {
-            last_ckpt = Some(save(be, &cfg, &m, &st, &log)?);
+        if Run::save_due(st.iteration, cfg.save_every.max(1), cfg.iterations) {
+            save(be, &cfg, &m, &st, &mut run)?;
         }
     }
-    if let Some(b) = bar {
-        b.finish();
-    }
-    let checkpoint = last_ckpt.context("no checkpoint was written")?;
+    let checkpoint = run.finish()?;
     Ok(PpoSummary { iterations: st.iteration, first_score, last_score, last_kl, beta: st.kl.beta, checkpoint })
 }
 
