@@ -14,40 +14,81 @@ use crate::ops::Float;
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 
-/// Offsets of a block's tensors inside the canonical parameter list (see `Config::param_specs`).
-const LN1W: usize = 0;
-const LN1B: usize = 1;
-const QKVW: usize = 2;
-const QKVB: usize = 3;
-const ATTPROJW: usize = 4;
-const ATTPROJB: usize = 5;
-const LN2W: usize = 6;
-const LN2B: usize = 7;
-const FCW: usize = 8;
-const FCB: usize = 9;
-const FCPROJW: usize = 10;
-const FCPROJB: usize = 11;
-const PER_LAYER: usize = 12;
-const WTE: usize = 0;
-const WPE: usize = 1;
-
-/// A list of tensors in the canonical order: the parameters, their gradients, or optimizer moments.
-/// `wte` is held padded to [Vp, C] on the device (zero rows past V) so logits rows are Vp wide.
+/// A list of tensors in the canonical order of `Config::param_specs`: the parameters, their gradients, or
+/// optimizer moments, stored flat (multi-tensor ops such as AdamW walk the list) and addressed by name
+/// through [`Tensors::named`] / [`Tensors::named_mut`]. `wte` is held padded to [Vp, C] on the device (zero
+/// rows past V) so logits rows are Vp wide.
 pub struct Tensors<B: Backend> {
     pub bufs: Vec<B::Buf>,
 }
+
+/// The model's tensors by name (`T` is `&Buf` or `&mut Buf`), shapes as GPT-2 stores them.
+pub struct Named<T> {
+    pub wte: T, // [Vp, C] (V rows used)
+    pub wpe: T, // [maxT, C]
+    pub blocks: Vec<Block<T>>,
+    pub ln_f_w: T, // [C]
+    pub ln_f_b: T, // [C]
+}
+
+/// One block's tensors by name.
+pub struct Block<T> {
+    pub ln_1_w: T,      // [C]
+    pub ln_1_b: T,      // [C]
+    pub c_attn_w: T,    // [C, 3C]
+    pub c_attn_b: T,    // [3C]
+    pub attn_proj_w: T, // [C, C]
+    pub attn_proj_b: T, // [C]
+    pub ln_2_w: T,      // [C]
+    pub ln_2_b: T,      // [C]
+    pub c_fc_w: T,      // [C, 4C]
+    pub c_fc_b: T,      // [4C]
+    pub mlp_proj_w: T,  // [4C, C]
+    pub mlp_proj_b: T,  // [C]
+}
+
+/// Name the tensors of a canonical list: the one place that knows its order (`Config::param_specs`).
+fn name_list<T>(mut it: impl Iterator<Item = T>, n_layer: usize) -> Named<T> {
+    let mut next = || it.next().expect("a tensor list in the canonical order");
+    let (wte, wpe) = (next(), next());
+    let blocks = (0..n_layer)
+        .map(|_| Block {
+            ln_1_w: next(),
+            ln_1_b: next(),
+            c_attn_w: next(),
+            c_attn_b: next(),
+            attn_proj_w: next(),
+            attn_proj_b: next(),
+            ln_2_w: next(),
+            ln_2_b: next(),
+            c_fc_w: next(),
+            c_fc_b: next(),
+            mlp_proj_w: next(),
+            mlp_proj_b: next(),
+        })
+        .collect();
+    let (ln_f_w, ln_f_b) = (next(), next());
+    Named { wte, wpe, blocks, ln_f_w, ln_f_b }
+}
+
+/// Tensors per block in the canonical list, and the index of `wte` (first: padded to Vp rows on the device).
+const PER_LAYER: usize = 12;
+const WTE: usize = 0;
 
 impl<B: Backend> Tensors<B> {
     pub fn zeros(be: &B, cfg: &Config) -> Result<Self> {
         let bufs = device_shapes(cfg).iter().map(|&n| be.zeros(n)).collect::<Result<_>>()?;
         Ok(Tensors { bufs })
     }
-    fn layer(&self, l: usize, k: usize) -> &B::Buf {
-        &self.bufs[2 + l * PER_LAYER + k]
+    pub fn named(&self) -> Named<&B::Buf> {
+        name_list(self.bufs.iter(), self.n_layer())
     }
-    fn lnf(&self) -> (&B::Buf, &B::Buf) {
-        let n = self.bufs.len();
-        (&self.bufs[n - 2], &self.bufs[n - 1])
+    pub fn named_mut(&mut self) -> Named<&mut B::Buf> {
+        let n_layer = self.n_layer();
+        name_list(self.bufs.iter_mut(), n_layer)
+    }
+    fn n_layer(&self) -> usize {
+        (self.bufs.len() - 4) / PER_LAYER
     }
     pub fn fill_zero(&mut self, be: &B) {
         self.bufs.iter_mut().for_each(|b| be.fill_zero(b));
@@ -247,16 +288,13 @@ impl<B: Backend> Gpt2<B> {
         }
         let c = self.cfg.n_embd;
         let mut host: Vec<Vec<f32>> = self.to_host(be).into_iter().map(|(_, v)| v).collect();
+        let wte = name_list(host.iter_mut(), self.cfg.n_layer).wte;
         let mean: Vec<f32> =
-            (0..c).map(|k| (0..old).map(|r| host[WTE][r * c + k] as f64).sum::<f64>() as f32 / old as f32).collect();
+            (0..c).map(|k| (0..old).map(|r| wte[r * c + k] as f64).sum::<f64>() as f32 / old as f32).collect();
         for _ in old..vocab {
-            host[WTE].extend_from_slice(&mean);
+            wte.extend_from_slice(&mean);
         }
         Self::from_host(be, Config { vocab_size: vocab, ..self.cfg }, &host)
-    }
-
-    fn p(&self, l: usize, k: usize) -> &B::Buf {
-        self.params.layer(l, k)
     }
 
     /// Forward through ln_f for tokens [B,T] (row b starting at absolute position pos0[b]; None = 0).
@@ -282,8 +320,9 @@ impl<B: Backend> Gpt2<B> {
         if let Some(p) = a.pos0.iter().find(|&&p| p as usize + t > limit) {
             bail!("positions {p}..{} exceed the context ({limit})", *p as usize + t);
         }
+        let p = self.params.named();
         let ids = be.upload_ids(tokens)?;
-        be.encoder_forward(&mut a.encoded, &ids, &self.params.bufs[WTE], &self.params.bufs[WPE], &a.pos0, t, c);
+        be.encoder_forward(&mut a.encoded, &ids, p.wte, p.wpe, &a.pos0, t, c);
         a.tokens = Some(ids);
         // Each block's closing residual add is fused with the layernorm that reads it: ln_2 inside the
         // block, then ln_1 of the next block (ln_f after the last).
@@ -294,8 +333,8 @@ impl<B: Backend> Gpt2<B> {
                 &mut l0.ln1_mean,
                 &mut l0.ln1_rstd,
                 &a.encoded,
-                self.p(0, LN1W),
-                self.p(0, LN1B),
+                p.blocks[0].ln_1_w,
+                p.blocks[0].ln_1_b,
                 c,
             );
         }
@@ -303,7 +342,8 @@ impl<B: Backend> Gpt2<B> {
             let (done, rest) = a.layers.split_at_mut(l);
             let x = if l == 0 { &a.encoded } else { &done[l - 1].res3 };
             let (la, next) = rest.split_first_mut().expect("layer l exists");
-            be.linear_forward(&mut la.qkv, &la.ln1, self.p(l, QKVW), Some(self.p(l, QKVB)), n, c, 3 * c);
+            let w = &p.blocks[l];
+            be.linear_forward(&mut la.qkv, &la.ln1, w.c_attn_w, Some(w.c_attn_b), n, c, 3 * c);
             match cache.as_deref_mut() {
                 Some(kv) => {
                     for bi in 0..b {
@@ -325,7 +365,7 @@ impl<B: Backend> Gpt2<B> {
                 }
                 None => be.attention_forward(&mut la.atty, &mut la.lse, &la.qkv, &la.qkv, &a.pos0, b, t, t, c, nh),
             }
-            be.linear_forward(&mut a.scratch, &la.atty, self.p(l, ATTPROJW), Some(self.p(l, ATTPROJB)), n, c, c);
+            be.linear_forward(&mut a.scratch, &la.atty, w.attn_proj_w, Some(w.attn_proj_b), n, c, c);
             be.residual_layernorm_forward(
                 &mut la.res2,
                 &mut la.ln2,
@@ -333,16 +373,16 @@ impl<B: Backend> Gpt2<B> {
                 &mut la.ln2_rstd,
                 x,
                 &a.scratch,
-                self.p(l, LN2W),
-                self.p(l, LN2B),
+                w.ln_2_w,
+                w.ln_2_b,
                 c,
             );
-            be.linear_forward(&mut la.fch, &la.ln2, self.p(l, FCW), Some(self.p(l, FCB)), n, c, 4 * c);
+            be.linear_forward(&mut la.fch, &la.ln2, w.c_fc_w, Some(w.c_fc_b), n, c, 4 * c);
             be.gelu_forward(&mut la.fch_gelu, &la.fch);
-            be.linear_forward(&mut a.scratch, &la.fch_gelu, self.p(l, FCPROJW), Some(self.p(l, FCPROJB)), n, 4 * c, c);
+            be.linear_forward(&mut a.scratch, &la.fch_gelu, w.mlp_proj_w, Some(w.mlp_proj_b), n, 4 * c, c);
             match next.first_mut() {
                 Some(nl) => {
-                    let (w, bias) = (self.p(l + 1, LN1W), self.p(l + 1, LN1B));
+                    let (w, bias) = (p.blocks[l + 1].ln_1_w, p.blocks[l + 1].ln_1_b);
                     be.residual_layernorm_forward(
                         &mut la.res3,
                         &mut nl.ln1,
@@ -356,7 +396,7 @@ impl<B: Backend> Gpt2<B> {
                     );
                 }
                 None => {
-                    let (w, bias) = self.params.lnf();
+                    let (w, bias) = (p.ln_f_w, p.ln_f_b);
                     be.residual_layernorm_forward(
                         &mut la.res3,
                         &mut a.lnf,
@@ -377,7 +417,7 @@ impl<B: Backend> Gpt2<B> {
     /// logits [B,T,Vp] = h @ wte^T.
     pub fn logits(&self, be: &B, a: &mut Acts<B>) {
         let (n, c, vp) = (a.b * a.t, self.cfg.n_embd, self.cfg.padded_vocab());
-        be.matmul(&mut a.logits, &a.lnf, &self.params.bufs[WTE], n, vp, c, false, true, false);
+        be.matmul(&mut a.logits, &a.lnf, self.params.named().wte, n, vp, c, false, true, false);
     }
 
     /// LM head + fused cross-entropy: per-token losses -log p(target) (temperature-scaled by `inv_temp`),
@@ -407,7 +447,7 @@ impl<B: Backend> Gpt2<B> {
         let losses = be.download(&a.losses);
         let total: f64 = losses.iter().zip(weights).map(|(l, &w)| l.f64() * w as f64).sum();
         if let Some(g) = grads {
-            self.lm_head_backward(be, &mut a.dlnf, &mut g.bufs[WTE], &a.logits, &a.lnf, n, false);
+            self.lm_head_backward(be, &mut a.dlnf, g.named_mut().wte, &a.logits, &a.lnf, n, false);
         }
         Ok(total)
     }
@@ -436,7 +476,7 @@ impl<B: Backend> Gpt2<B> {
         let (mut ent, mut d) = (be.zeros_full(n)?, be.zeros_full(if want_grad { n * vp } else { 0 })?);
         be.entropy(&mut ent, &mut d, &a.logits, &coef, v, vp, inv_temp, want_grad)?;
         if want_grad {
-            self.lm_head_backward(be, &mut a.dlnf, &mut g.bufs[WTE], &d, &a.lnf, n, true);
+            self.lm_head_backward(be, &mut a.dlnf, g.named_mut().wte, &d, &a.lnf, n, true);
         }
         let h = be.download(&ent);
         Ok(h.iter().zip(mask).map(|(h, m)| h.f64() * m).sum::<f64>() / count)
@@ -456,7 +496,7 @@ impl<B: Backend> Gpt2<B> {
         accumulate: bool,
     ) {
         let (c, vp) = (self.cfg.n_embd, self.cfg.padded_vocab());
-        be.matmul(dh, dlogits, &self.params.bufs[WTE], n, c, vp, false, false, accumulate);
+        be.matmul(dh, dlogits, self.params.named().wte, n, c, vp, false, false, accumulate);
         be.matmul(dwte, dlogits, h, vp, c, n, true, false, true);
     }
 
@@ -466,87 +506,98 @@ impl<B: Backend> Gpt2<B> {
         let (b, t, c, nh) = (a.b, a.t, self.cfg.n_embd, self.cfg.n_head);
         let n = b * t;
         let last = self.cfg.n_layer - 1;
+        let p = self.params.named();
+        let mut g = g.named_mut();
         be.fill_zero(&mut a.dres);
-        {
-            let nb = g.bufs.len();
-            let (gw, gb) = g.bufs[nb - 2..].split_at_mut(1);
-            let (w, _) = self.params.lnf();
-            be.layernorm_backward(
-                &mut a.dres,
-                &mut gw[0],
-                &mut gb[0],
-                &a.dlnf,
-                &a.layers[last].res3,
-                w,
-                &a.lnf_mean,
-                &a.lnf_rstd,
-                c,
-            );
-        }
+        be.layernorm_backward(
+            &mut a.dres,
+            g.ln_f_w,
+            g.ln_f_b,
+            &a.dlnf,
+            &a.layers[last].res3,
+            p.ln_f_w,
+            &a.lnf_mean,
+            &a.lnf_rstd,
+            c,
+        );
         for l in (0..self.cfg.n_layer).rev() {
             let (done, rest) = a.layers.split_at(l);
             let x = if l == 0 { &a.encoded } else { &done[l - 1].res3 };
             let la = &rest[0];
-            let gl = &mut g.bufs[2 + l * PER_LAYER..2 + (l + 1) * PER_LAYER];
-            let [g_ln1w, g_ln1b, g_qkvw, g_qkvb, g_attprojw, g_attprojb, g_ln2w, g_ln2b, g_fcw, g_fcb, g_fcprojw, g_fcprojb] =
-                gl
-            else {
-                unreachable!("a block has {PER_LAYER} tensors")
-            };
-            // x3 = x2 + fcproj(gelu(fc(ln2(x2))))
+            let (w, gw) = (&p.blocks[l], &mut g.blocks[l]);
+            // x3 = x2 + mlp_proj(gelu(c_fc(ln_2(x2))))
             be.linear_backward(
                 Some(&mut a.dfch_gelu),
-                g_fcprojw,
-                Some(g_fcprojb),
+                gw.mlp_proj_w,
+                Some(&mut *gw.mlp_proj_b),
                 &a.dres,
                 &la.fch_gelu,
-                self.p(l, FCPROJW),
+                w.mlp_proj_w,
                 n,
                 4 * c,
                 c,
             );
             be.gelu_backward(&mut a.dfch, &la.fch, &a.dfch_gelu);
-            be.linear_backward(Some(&mut a.dln), g_fcw, Some(g_fcb), &a.dfch, &la.ln2, self.p(l, FCW), n, c, 4 * c);
+            be.linear_backward(
+                Some(&mut a.dln),
+                gw.c_fc_w,
+                Some(&mut *gw.c_fc_b),
+                &a.dfch,
+                &la.ln2,
+                w.c_fc_w,
+                n,
+                c,
+                4 * c,
+            );
             be.layernorm_backward(
                 &mut a.dres,
-                g_ln2w,
-                g_ln2b,
+                gw.ln_2_w,
+                gw.ln_2_b,
                 &a.dln,
                 &la.res2,
-                self.p(l, LN2W),
+                w.ln_2_w,
                 &la.ln2_mean,
                 &la.ln2_rstd,
                 c,
             );
-            // x2 = x + attproj(attention(qkv(ln1(x))))
+            // x2 = x + attn_proj(attention(c_attn(ln_1(x))))
             be.linear_backward(
                 Some(&mut a.datty),
-                g_attprojw,
-                Some(g_attprojb),
+                gw.attn_proj_w,
+                Some(&mut *gw.attn_proj_b),
                 &a.dres,
                 &la.atty,
-                self.p(l, ATTPROJW),
+                w.attn_proj_w,
                 n,
                 c,
                 c,
             );
             be.attention_backward(&mut a.dqkv, &a.datty, &la.qkv, &la.atty, &la.lse, b, t, c, nh);
-            be.linear_backward(Some(&mut a.dln), g_qkvw, Some(g_qkvb), &a.dqkv, &la.ln1, self.p(l, QKVW), n, c, 3 * c);
+            be.linear_backward(
+                Some(&mut a.dln),
+                gw.c_attn_w,
+                Some(&mut *gw.c_attn_b),
+                &a.dqkv,
+                &la.ln1,
+                w.c_attn_w,
+                n,
+                c,
+                3 * c,
+            );
             be.layernorm_backward(
                 &mut a.dres,
-                g_ln1w,
-                g_ln1b,
+                gw.ln_1_w,
+                gw.ln_1_b,
                 &a.dln,
                 x,
-                self.p(l, LN1W),
+                w.ln_1_w,
                 &la.ln1_mean,
                 &la.ln1_rstd,
                 c,
             );
         }
         let tokens = a.tokens.as_ref().expect("backward before forward");
-        let (gwte, rest) = g.bufs.split_at_mut(1);
-        be.encoder_backward(&mut gwte[0], &mut rest[0], &a.dres, tokens, &a.pos0, t, c);
+        be.encoder_backward(g.wte, g.wpe, &a.dres, tokens, &a.pos0, t, c);
     }
 }
 

@@ -45,7 +45,7 @@ impl<B: Backend> Gpt2<B> {
             be.copy(&mut h, i * c, &a.lnf, r * c, c);
         }
         let mut logits = be.zeros_full(rows.len() * vp)?;
-        be.matmul(&mut logits, &h, &self.params.bufs[0], rows.len(), vp, c, false, true, false);
+        be.matmul(&mut logits, &h, self.params.named().wte, rows.len(), vp, c, false, true, false);
         let host = be.download(&logits);
         Ok(host.chunks(vp).map(|r| r[..v].iter().map(|x| x.f64() as f32).collect()).collect())
     }
