@@ -31,7 +31,7 @@ pub const BF16_STEP_TOL: f64 = 6e-2;
 type Out = (&'static str, String, Vec<f32>);
 
 fn randn(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
-    (0..n).map(|_| (rng.normal() * std) as f32).collect()
+    rng.normals(n, std).into_iter().map(|x| x as f32).collect()
 }
 
 fn up<B: Backend<F = f32>>(be: &B, x: &[f32]) -> B::Buf {

@@ -23,14 +23,10 @@ pub fn reward_pairwise() -> CheckResult {
     compare("reward pairwise loss", &vec![r], |x| pairwise_loss(&x[0], &pairs).0, &vec![dr], &mut rng)
 }
 
-fn randn(rng: &mut Rng, n: usize, std: f64) -> Vec<f64> {
-    (0..n).map(|_| rng.normal() * std).collect()
-}
-
 /// Random (logp, old_logp, adv) whose ratios sit inside and outside the clip range but not within 1e-3
 /// of its edges (where the loss has a kink and finite differences straddle it).
 fn policy_inputs(rng: &mut Rng, n: usize, clip: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let old = randn(rng, n, 1.0).iter().map(|x| x - 3.0).collect::<Vec<_>>();
+    let old = rng.normals(n, 1.0).iter().map(|x| x - 3.0).collect::<Vec<_>>();
     let mut logp = Vec::with_capacity(n);
     for &o in &old {
         loop {
@@ -42,7 +38,7 @@ fn policy_inputs(rng: &mut Rng, n: usize, clip: f64) -> (Vec<f64>, Vec<f64>, Vec
             }
         }
     }
-    (logp, old, randn(rng, n, 1.0))
+    (logp, old, rng.normals(n, 1.0))
 }
 
 /// The clipped surrogate's gradient wrt logp.
@@ -62,8 +58,8 @@ pub fn check_policy_loss(rng: &mut Rng) -> CheckResult {
 /// The clipped value loss's gradient wrt the values.
 pub fn check_value_loss(rng: &mut Rng) -> CheckResult {
     let (clip, n) = (0.2, 24);
-    let old = randn(rng, n, 1.0);
-    let ret = randn(rng, n, 1.0);
+    let old = rng.normals(n, 1.0);
+    let ret = rng.normals(n, 1.0);
     let values: Vec<f64> = old
         .iter()
         .map(|&o| loop {
@@ -123,7 +119,7 @@ pub fn check_policy_through_model(rng: &mut Rng) -> CheckResult {
         };
         old.push(l - d);
     }
-    let adv = randn(rng, valid.len(), 1.0);
+    let adv = rng.normals(valid.len(), 1.0);
     let f = |x: &Vec<Vec<f64>>| {
         let m = model_at(x);
         let mut a = Acts::new(&be, &cfg, b, t).unwrap();
@@ -156,7 +152,7 @@ fn base_clone(
 pub fn check_entropy(rng: &mut Rng) -> CheckResult {
     let (n, v, vp, inv_temp) = (5, 9, 12, 1.0 / 0.7);
     let coef = vec![0.5, 0.0, -1.0, 2.0, 0.25];
-    let inputs = vec![randn(rng, n * vp, 2.0)];
+    let inputs = vec![rng.normals(n * vp, 2.0)];
     let f = |x: &Vec<Vec<f64>>| {
         let (mut h, mut d) = (vec![0.0; n], vec![0.0; n * vp]);
         crate::ops::entropy::forward_backward(&mut h, &mut d, &x[0], &coef, v, vp, inv_temp, false);
@@ -207,7 +203,7 @@ pub fn check_value_through_model(rng: &mut Rng) -> CheckResult {
     let c = cfg.n_embd;
     let nt = params.len();
     let mut inputs = params;
-    inputs.push(randn(rng, c, 0.3));
+    inputs.push(rng.normals(c, 0.3));
     inputs.push(vec![0.1]);
     let values_at = |x: &Vec<Vec<f64>>| {
         let vm = ScalarModel {
@@ -227,7 +223,7 @@ pub fn check_value_through_model(rng: &mut Rng) -> CheckResult {
             }
         })
         .collect();
-    let ret = randn(rng, v0.len(), 1.0);
+    let ret = rng.normals(v0.len(), 1.0);
     let f = |x: &Vec<Vec<f64>>| value_loss(&values_at(x), &old, &ret, 0.2).unwrap().0;
     let vm = ScalarModel {
         trunk: model_f64(cfg, &inputs[..nt]),

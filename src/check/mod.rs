@@ -75,10 +75,6 @@ pub fn compare(
     }
 }
 
-fn randn(rng: &mut Rng, n: usize, std: f64) -> Vec<f64> {
-    (0..n).map(|_| rng.normal() * std).collect()
-}
-
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -90,8 +86,8 @@ pub fn check_embedding(rng: &mut Rng) -> CheckResult {
     let (b, t, c, v, maxt) = (2, 3, 5, 7, 6);
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v as u64) as u32).collect();
     let pos0 = [0u32, 2];
-    let r = randn(rng, b * t * c, 1.0);
-    let inputs = vec![randn(rng, v * c, 1.0), randn(rng, maxt * c, 1.0)];
+    let r = rng.normals(b * t * c, 1.0);
+    let inputs = vec![rng.normals(v * c, 1.0), rng.normals(maxt * c, 1.0)];
     let f = |x: &Inputs| {
         let mut out = vec![0.0; b * t * c];
         crate::ops::embedding::forward(&mut out, &tokens, &x[0], &x[1], &pos0, t, c);
@@ -105,8 +101,8 @@ pub fn check_embedding(rng: &mut Rng) -> CheckResult {
 
 pub fn check_layernorm(rng: &mut Rng) -> CheckResult {
     let (n, c) = (5, 7);
-    let r = randn(rng, n * c, 1.0);
-    let inputs = vec![randn(rng, n * c, 1.0), randn(rng, c, 1.0), randn(rng, c, 1.0)];
+    let r = rng.normals(n * c, 1.0);
+    let inputs = vec![rng.normals(n * c, 1.0), rng.normals(c, 1.0), rng.normals(c, 1.0)];
     let fwd = |x: &Inputs| {
         let (mut out, mut m, mut s) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
         crate::ops::layernorm::forward(&mut out, &mut m, &mut s, &x[0], &x[1], &x[2], c);
@@ -122,8 +118,8 @@ pub fn check_layernorm(rng: &mut Rng) -> CheckResult {
 pub fn check_linear(rng: &mut Rng) -> CheckResult {
     let be = Be::new();
     let (n, c, oc) = (5, 6, 7);
-    let r = randn(rng, n * oc, 1.0);
-    let inputs = vec![randn(rng, n * c, 1.0), randn(rng, c * oc, 1.0), randn(rng, oc, 1.0)];
+    let r = rng.normals(n * oc, 1.0);
+    let inputs = vec![rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0)];
     let f = |x: &Inputs| {
         let mut out = vec![0.0; n * oc];
         be.linear_forward(&mut out, &x[0], &x[1], Some(&x[2]), n, c, oc);
@@ -137,8 +133,8 @@ pub fn check_linear(rng: &mut Rng) -> CheckResult {
 
 pub fn check_attention(rng: &mut Rng) -> CheckResult {
     let (b, t, c, nh) = (2, 5, 8, 2);
-    let r = randn(rng, b * t * c, 1.0);
-    let inputs = vec![randn(rng, b * t * 3 * c, 1.0)];
+    let r = rng.normals(b * t * c, 1.0);
+    let inputs = vec![rng.normals(b * t * 3 * c, 1.0)];
     let pos0 = vec![0u32; b];
     let fwd = |x: &Inputs| {
         let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
@@ -153,8 +149,8 @@ pub fn check_attention(rng: &mut Rng) -> CheckResult {
 
 pub fn check_gelu(rng: &mut Rng) -> CheckResult {
     let n = 40;
-    let r = randn(rng, n, 1.0);
-    let inputs = vec![randn(rng, n, 2.0)];
+    let r = rng.normals(n, 1.0);
+    let inputs = vec![rng.normals(n, 2.0)];
     let f = |x: &Inputs| {
         let mut out = vec![0.0; n];
         crate::ops::gelu::forward(&mut out, &x[0]);
@@ -167,8 +163,8 @@ pub fn check_gelu(rng: &mut Rng) -> CheckResult {
 
 pub fn check_residual(rng: &mut Rng) -> CheckResult {
     let n = 20;
-    let r = randn(rng, n, 1.0);
-    let inputs = vec![randn(rng, n, 1.0), randn(rng, n, 1.0)];
+    let r = rng.normals(n, 1.0);
+    let inputs = vec![rng.normals(n, 1.0), rng.normals(n, 1.0)];
     let f = |x: &Inputs| {
         let mut out = vec![0.0; n];
         crate::ops::residual::add(&mut out, &x[0], &x[1]);
@@ -188,7 +184,7 @@ pub fn check_crossentropy(rng: &mut Rng) -> CheckResult {
     let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
     let mask = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0];
     let weights: Vec<f64> = mask.iter().map(|m| m / 4.0).collect();
-    let inputs = vec![randn(rng, n * vp, 2.0)];
+    let inputs = vec![rng.normals(n * vp, 2.0)];
     let f = |x: &Inputs| {
         let (mut losses, mut logits) = (vec![0.0; n], x[0].clone());
         crate::ops::crossentropy::forward_backward(
@@ -255,8 +251,8 @@ pub fn check_model(rng: &mut Rng) -> CheckResult {
 pub fn check_adamw(rng: &mut Rng) -> CheckResult {
     use crate::ops::adamw::{step, AdamWParams};
     let n = 16;
-    let p0 = randn(rng, n, 1.0);
-    let g = randn(rng, n, 1.0);
+    let p0 = rng.normals(n, 1.0);
+    let g = rng.normals(n, 1.0);
     let h = AdamWParams { lr: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 0.5 };
     let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
     step(&mut p, &g, &mut m, &mut v, &h);
@@ -283,7 +279,7 @@ pub fn check_scalar_head(rng: &mut Rng) -> CheckResult {
     let be = Be::new();
     let (n, c) = (5, 6);
     let coef = vec![0.5, 0.0, -1.0, 0.0, 2.0];
-    let inputs = vec![randn(rng, n * c, 1.0), randn(rng, c, 1.0), vec![rng.normal()]];
+    let inputs = vec![rng.normals(n * c, 1.0), rng.normals(c, 1.0), vec![rng.normal()]];
     let f = |x: &Inputs| {
         let head = ScalarHead::<Be> { w: x[1].clone(), b: x[2].clone() };
         dot(&head.forward(&be, &x[0], c).unwrap(), &coef)

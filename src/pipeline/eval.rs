@@ -13,6 +13,7 @@ use crate::model::{Acts, Gpt2};
 use crate::pipeline::metrics;
 use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode};
 use crate::util::rng::Rng;
+use crate::util::stats::mean;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -52,10 +53,6 @@ pub struct EvalReport {
     pub eos_frac_sft: f64,
     pub answer_len_policy: f64,
     pub answer_len_sft: f64,
-}
-
-fn mean(x: &[f64]) -> f64 {
-    x.iter().sum::<f64>() / x.len().max(1) as f64
 }
 
 /// Evaluate `policy` against `sft` on `prompts` (token ids). `gold` scores decoded (prompt, answer) pairs.

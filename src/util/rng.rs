@@ -63,6 +63,11 @@ impl Rng {
     }
 
     /// Fisher-Yates shuffle.
+    /// `n` draws of N(0, std^2).
+    pub fn normals(&mut self, n: usize, std: f64) -> Vec<f64> {
+        (0..n).map(|_| self.normal() * std).collect()
+    }
+
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = self.below(i as u64 + 1) as usize;

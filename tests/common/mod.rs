@@ -8,7 +8,7 @@ use rlhf::kernels::sim::SimBuf;
 use rlhf::util::rng::Rng;
 
 pub fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| rng.normal() * scale).collect()
+    rng.normals(n, scale)
 }
 
 /// A "device" buffer of dtype `dt` holding `x` (rounded to bf16 for BF16), read back as f64 or as bits.

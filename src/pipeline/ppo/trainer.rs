@@ -38,6 +38,7 @@ use crate::pipeline::metrics;
 use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode};
 use crate::pipeline::run::Run;
 use crate::util::rng::Rng;
+use crate::util::stats::mean;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -451,14 +452,6 @@ fn worst_logprob(logp: &[Vec<f64>], eps: &[&Episode]) -> (usize, usize, f64, f64
         }
     }
     best
-}
-
-fn mean(x: &[f64]) -> f64 {
-    if x.is_empty() {
-        f64::NAN
-    } else {
-        x.iter().sum::<f64>() / x.len() as f64
-    }
 }
 
 // ---- persistence ----
