@@ -1,5 +1,8 @@
-//! Gradient verification: every op's hand-written backward, and the whole model's, against central
-//! finite differences in f64 (the CPU backend instantiated with f64).
+//! Checks of every hand-written gradient (`rlhf gradcheck`): here the harness and the rows for every op and
+//! the whole model, in [`losses`] the pipeline's losses (alone and through the model), in [`kernels`] every
+//! CUDA kernel and a whole training step against the CPU engine. This layer sits above the steps it checks.
+//!
+//! Gradients are checked against central finite differences in f64 (the CPU backend instantiated with f64).
 //!
 //! For a scalar loss L(inputs) — each op's output contracted with a fixed random tensor R, L = sum(out*R),
 //! so dL/dout = R — the numeric gradient is (L(x+h) - L(x-h)) / 2h with h = 1e-6. In f64 its error is
