@@ -13,7 +13,7 @@ fn prepared(dir: &Path) -> PathBuf {
     let text = rlhf::tokenizer::read_text(Path::new("data/corpus/austen.txt.gz")).unwrap();
     let corpus = dir.join("corpus.txt");
     std::fs::write(&corpus, &text[..60_000]).unwrap();
-    let tok = Tokenizer::train(&[corpus.clone()], 300, &SPECIAL_TOKENS).unwrap();
+    let tok = Tokenizer::train(std::slice::from_ref(&corpus), 300, &SPECIAL_TOKENS).unwrap();
     let tok_path = dir.join("tokenizer.json");
     tok.save(&tok_path).unwrap();
     let out = dir.join("tokens");

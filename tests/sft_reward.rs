@@ -13,6 +13,9 @@ fn model(be: &Be) -> Gpt2<Be> {
     Gpt2::init(be, Config { n_layer: 2, n_head: 2, n_embd: 16, vocab_size: 23, n_positions: 16 }, 5).unwrap()
 }
 
+/// A change made to a batch's targets before the loss.
+type EditTargets = dyn Fn(&mut Vec<u32>);
+
 /// Loss and every gradient of the SFT objective on a batch of (prompt, answer) pairs in rows of `t`.
 fn loss_and_grads(
     be: &Be,
@@ -20,7 +23,7 @@ fn loss_and_grads(
     pairs: &[(Vec<u32>, Vec<u32>)],
     b: usize,
     t: usize,
-    targets_override: Option<&dyn Fn(&mut Vec<u32>)>,
+    targets_override: Option<&EditTargets>,
 ) -> (f64, Vec<Vec<f64>>) {
     let mut batch = PaddedBatch::new(&slices(pairs), b, t, PAD).unwrap().answer_lm_batch();
     if let Some(f) = targets_override {

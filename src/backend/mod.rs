@@ -231,6 +231,7 @@ pub trait Backend: Sync {
     }
 
     /// out[N,OC] = inp[N,C] @ w[C,OC] + bias  (see crate::ops::linear)
+    #[allow(clippy::too_many_arguments)]
     fn linear_forward(
         &self,
         out: &mut Self::Buf,

@@ -45,7 +45,7 @@ impl Config {
         if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.vocab_size == 0 || self.n_positions == 0 {
             bail!("config has a zero dimension: {self:?}");
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail!("n_embd ({}) is not a multiple of n_head ({})", self.n_embd, self.n_head);
         }
         Ok(())

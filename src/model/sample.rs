@@ -118,7 +118,7 @@ pub fn generate<B: Backend>(
     let mut acts = Acts::new(be, &model.cfg, b, tp)?;
     let padded: Vec<u32> = prompts
         .iter()
-        .flat_map(|p| p.iter().copied().chain(std::iter::repeat(*p.last().unwrap()).take(tp - p.len())))
+        .flat_map(|p| p.iter().copied().chain(std::iter::repeat_n(*p.last().unwrap(), tp - p.len())))
         .collect();
     model.forward(be, &mut acts, &padded, None, Some(&mut cache))?;
     let rows: Vec<usize> = (0..b).map(|i| i * tp + lens[i] - 1).collect();

@@ -11,7 +11,7 @@ use crate::model::sample::{generate, SampleConfig};
 use crate::model::ScalarModel;
 use crate::model::{Acts, Gpt2};
 use crate::pipeline::metrics;
-use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode};
+use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode, GoldJudge};
 use crate::util::rng::Rng;
 use crate::util::stats::mean;
 use anyhow::{bail, Result};
@@ -68,7 +68,7 @@ pub fn evaluate<B: Backend>(
     no_eos_penalty: f64,
     seed: u64,
     decode: &dyn Fn(&[u32]) -> String,
-    gold: Option<&mut dyn FnMut(&[(String, String)]) -> Result<Vec<f64>>>,
+    gold: Option<&mut GoldJudge>,
 ) -> Result<EvalReport> {
     if prompts.is_empty() {
         bail!("no held-out prompts");

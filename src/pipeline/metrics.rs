@@ -36,7 +36,7 @@ impl MetricsLog {
     }
 
     /// Current length in bytes (stored with a checkpoint).
-    pub fn len(&self) -> Result<u64> {
+    pub fn len_bytes(&self) -> Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 

@@ -8,6 +8,9 @@ use crate::model::{Acts, Gpt2};
 use crate::ops::Float;
 use anyhow::{bail, Result};
 
+/// A gold judge as the steps call it: the scores of (prompt, answer) texts, one per pair.
+pub type GoldJudge<'a> = dyn FnMut(&[(String, String)]) -> Result<Vec<f64>> + 'a;
+
 /// One sampled answer to one prompt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Episode {

@@ -122,7 +122,7 @@ impl Run {
 
     /// Length of the metrics log in bytes (stored with a checkpoint, so a resume cuts back to it).
     pub fn metrics_len(&self) -> Result<u64> {
-        self.log.len()
+        self.log.len_bytes()
     }
 
     /// One step done: advance the progress bar with `message`.
@@ -133,7 +133,7 @@ impl Run {
 
     /// Whether `step` (just completed) gets a checkpoint: every `every` steps and at `end`.
     pub fn save_due(step: u64, every: u64, end: u64) -> bool {
-        step % every == 0 || step == end
+        step.is_multiple_of(every) || step == end
     }
 
     /// Commit the checkpoint of `step` (written by `write` into a fresh folder) and make it `latest`.
@@ -219,7 +219,7 @@ pub fn fit<B: Backend>(
         let dt = t0.elapsed().as_secs_f64();
         let mut rec =
             json!({"step": opt.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": (b * t) as f64 / dt});
-        if opt.step % lc.eval_every == 0 || opt.step == lc.steps {
+        if opt.step.is_multiple_of(lc.eval_every) || opt.step == lc.steps {
             val_loss = evaluate(be, model, &mut acts, src.eval_batches())?;
             rec["val_loss"] = json!(val_loss);
         }

@@ -35,7 +35,7 @@ use crate::model::scalar::{clone_model, clone_trunk_head, head_step, HeadOpt};
 use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
-use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode};
+use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode, GoldJudge};
 use crate::pipeline::run::Run;
 use crate::util::rng::Rng;
 use crate::util::stats::mean;
@@ -162,15 +162,21 @@ impl PpoConfig {
     }
 }
 
+/// Token ids -> text.
+pub type Decode<'a> = dyn Fn(&[u32]) -> String + 'a;
+
+/// PPO-ptx's pretraining batch `i`: (inputs, targets, rows, columns), a pure function of `i`.
+pub type PtxBatches<'a> = dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)> + 'a;
+
 /// What the trainer gets from the other layers (text, judge, pretraining data) as plain functions.
 #[derive(Default)]
 pub struct Hooks<'a> {
     /// Token ids -> text (samples printed, the gold judge's input).
-    pub decode: Option<&'a dyn Fn(&[u32]) -> String>,
+    pub decode: Option<&'a Decode<'a>>,
     /// The gold judge: scores of (prompt, answer) texts.
-    pub gold: Option<&'a mut dyn FnMut(&[(String, String)]) -> Result<Vec<f64>>>,
+    pub gold: Option<&'a mut GoldJudge<'a>>,
     /// A pretraining batch (inputs, targets, rows, columns) for PPO-ptx, a pure function of its index.
-    pub ptx: Option<&'a dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)>>,
+    pub ptx: Option<&'a PtxBatches<'a>>,
     /// Print sample answers and progress to stderr.
     pub verbose: bool,
 }
@@ -323,7 +329,7 @@ fn update<B: Backend>(
     cfg: &PpoConfig,
     ro: &Rollout,
     rng: &mut Rng,
-    ptx: Option<&dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)>>,
+    ptx: Option<&PtxBatches<'_>>,
 ) -> Result<UpdateStats> {
     let inv_temp = 1.0 / cfg.temperature;
     let mcfg = m.policy.cfg;
@@ -348,7 +354,7 @@ fn update<B: Backend>(
                 // a compute type narrower than f32 (bf16 on a GPU) widens the bound (module docs)
                 let narrow = be.roundoff() > f32::EPSILON as f64;
                 let tol = if narrow { cfg.ratio_tol.max(RATIO_ROUNDOFFS * be.roundoff()) } else { cfg.ratio_tol };
-                if !(pl.max_ratio_dev < tol) {
+                if pl.max_ratio_dev.is_nan() || pl.max_ratio_dev >= tol {
                     let (i, j, a, b) = worst_logprob(&logp, &eps);
                     bail!(
                         "ratio check failed at the first minibatch: max |ratio - 1| = {:.3e} >= {:.0e}; the training forward and the rollout disagree (episode {i} token {j}: training logprob {a:.6}, rollout {b:.6}); check temperature scaling and padding",
