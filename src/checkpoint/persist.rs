@@ -95,11 +95,19 @@ impl TrainState {
 impl<B: Backend> ScalarModel<B> {
     /// A reward-kind checkpoint of this model (decoder + `score.weight`, `score.bias`).
     pub fn to_checkpoint(&self, be: &B) -> Result<Checkpoint> {
+        self.to_checkpoint_as(be, ModelKind::Reward)
+    }
+
+    /// A checkpoint of this model as a reward or a value model (`kind`).
+    pub fn to_checkpoint_as(&self, be: &B, kind: ModelKind) -> Result<Checkpoint> {
+        if !kind.has_head() {
+            bail!("a scalar model is saved as a reward or value model, not as a {}", kind.as_str());
+        }
         let (w, b) = self.head.to_host(be);
         let c = self.trunk.cfg.n_embd;
         let extra =
             vec![NamedTensor::new("score.weight", vec![1, c], w), NamedTensor::new("score.bias", vec![1], vec![b])];
-        let mut ck = Checkpoint::from_model(be, &self.trunk, ModelKind::Reward);
+        let mut ck = Checkpoint::from_model(be, &self.trunk, kind);
         ck.extra = extra;
         ck.validate()?;
         Ok(ck)
@@ -107,10 +115,17 @@ impl<B: Backend> ScalarModel<B> {
 
     /// Load a reward-kind checkpoint; `what` names it in errors.
     pub fn from_checkpoint(be: &B, ck: &Checkpoint, what: &str) -> Result<Self> {
-        ck.expect_kind(ModelKind::Reward, what)?;
+        Self::from_checkpoint_as(be, ck, ModelKind::Reward, what)
+    }
+
+    /// Load a checkpoint of kind `kind` (reward or value); `what` names it in errors.
+    pub fn from_checkpoint_as(be: &B, ck: &Checkpoint, kind: ModelKind, what: &str) -> Result<Self> {
+        ck.expect_kind(kind, what)?;
         let trunk = ck.to_model(be)?;
         let c = ck.config.n_embd;
-        let w = ck.get("score.weight").with_context(|| format!("{what}: reward checkpoint has no 'score.weight'"))?;
+        let w = ck
+            .get("score.weight")
+            .with_context(|| format!("{what}: {} checkpoint has no 'score.weight'", kind.as_str()))?;
         if w.numel() != c {
             bail!("{what}: 'score.weight' has shape {:?}, expected [1, {c}]", w.shape);
         }

@@ -489,7 +489,7 @@ fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, run: 
         data_position: st.iteration,
         ..TrainState::from_optimizer(be, &m.policy.cfg, &st.policy_opt, serde_json::to_value(&rec)?, metrics_len)
     };
-    let vck = m.value.to_checkpoint(be)?;
+    let vck = m.value.to_checkpoint_as(be, ModelKind::Value)?;
     let vstate = TrainState {
         data_position: st.iteration,
         ..st.head_opt.trunk_state(be, &m.value.cfg(), &st.value_opt, json!({}), metrics_len)
@@ -515,7 +515,9 @@ fn load_state<B: Backend>(be: &B, dir: &Path, m: &mut Models<B>) -> Result<(PpoC
     m.policy = pol.to_model(be)?;
     let vd = dir.join(VALUE_DIR);
     let vck = checkpoint::load(&vd)?;
-    m.value = ScalarModel::from_checkpoint(be, &vck, &vd.display().to_string())?;
+    // Runs saved before value models had their own kind stored them as reward models.
+    let kind = if vck.kind == ModelKind::Reward { ModelKind::Reward } else { ModelKind::Value };
+    m.value = ScalarModel::from_checkpoint_as(be, &vck, kind, &vd.display().to_string())?;
     let vstate = checkpoint::load_train_state(&vd)?;
     let mcfg = m.policy.cfg;
     let mut policy_opt = AdamW::new(be, &mcfg, rec.config.adamw)?;
