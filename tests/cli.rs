@@ -261,3 +261,45 @@ fn bad_settings_are_refused_with_the_flag_named() {
     let (ok, out) = rlhf(&["reward", "--base", "nowhere", "--data", "d.jsonl", "--tokenizer", "t.json", "--lr", "nan"]);
     assert!(!ok && out.contains("--lr must be a positive finite number (got NaN)"), "{out}");
 }
+
+/// The commands that are not training steps refuse their bad values the same way, before reading files.
+#[test]
+fn other_commands_refuse_bad_values_naming_the_flag() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["sample", "--checkpoint", "c", "--tokenizer", "t", "--num-samples", "0"],
+            "--num-samples must be at least 1 (got 0)",
+        ),
+        (
+            &["sample", "--checkpoint", "c", "--tokenizer", "t", "--temperature", "nan"],
+            "--temperature must be a finite number >= 0 (got NaN)",
+        ),
+        (&["bench", "--batch", "0"], "--batch must be at least 1 (got 0)"),
+        (
+            &["label", "--policy", "p", "--prompts", "q", "--tokenizer", "t", "--out", "o", "-k", "1"],
+            "-k must be at least 2 (got 1)",
+        ),
+        (
+            &[
+                "eval",
+                "--policy",
+                "p",
+                "--sft",
+                "s",
+                "--reward",
+                "r",
+                "--prompts",
+                "q",
+                "--tokenizer",
+                "t",
+                "--max-new-tokens",
+                "0",
+            ],
+            "--max-new-tokens must be at least 1 (got 0)",
+        ),
+    ];
+    for (args, want) in cases {
+        let (ok, out) = rlhf(args);
+        assert!(!ok && out.contains(want), "rlhf {}: {out}", args.join(" "));
+    }
+}

@@ -145,7 +145,17 @@ pub struct LabelArgs {
     pub device: DeviceArg,
 }
 
+impl LabelArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("-k", self.k as u64, 2)?;
+        check::non_negative("--temperature", self.temperature)?;
+        check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)
+    }
+}
+
 pub fn run_label(args: LabelArgs) -> Result<()> {
+    args.validate()?;
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let end = ct.end;
@@ -231,7 +241,17 @@ pub struct EvalArgs {
     pub device: DeviceArg,
 }
 
+impl EvalArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::non_negative("--temperature", self.temperature)?;
+        check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)?;
+        check::finite("--no-eos-penalty", self.no_eos_penalty)
+    }
+}
+
 pub fn run_eval(args: EvalArgs) -> Result<()> {
+    args.validate()?;
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let (end, pad) = (ct.end, ct.pad);
