@@ -139,3 +139,167 @@ fn tokenizer_prepare_pretrain_sample_end_to_end() {
     let (ok, out) = rlhf(&["sample", "--checkpoint", &d("run"), "--tokenizer", &d("small.json"), "--device", "cpu"]);
     assert!(!ok && out.contains("small.json"), "a mismatched tokenizer was accepted:\n{out}");
 }
+
+/// The subcommands' flags, parsed as the binary parses them (each `Args` struct under a test parser).
+mod flags {
+    use clap::Parser;
+    use rlhf::cli::{ppo::PpoArgs, pretrain::PretrainArgs, reward::RewardArgs, sft::SftArgs};
+
+    #[derive(Parser)]
+    struct P<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+
+    pub fn parse<T: clap::Args>(args: &[&str]) -> Result<T, clap::Error> {
+        P::<T>::try_parse_from(std::iter::once("rlhf").chain(args.iter().copied())).map(|p| p.args)
+    }
+
+    pub fn ppo(extra: &[&str]) -> PpoArgs {
+        let req = ["--policy", "p", "--reward", "r", "--prompts", "q.jsonl", "--tokenizer", "t.json"];
+        parse(&[&req[..], extra].concat()).unwrap()
+    }
+    pub fn sft(extra: &[&str]) -> SftArgs {
+        parse(&[&["--base", "b", "--data", "d.jsonl", "--tokenizer", "t.json"][..], extra].concat()).unwrap()
+    }
+    pub fn reward(extra: &[&str]) -> RewardArgs {
+        parse(&[&["--base", "b", "--data", "d.jsonl", "--tokenizer", "t.json"][..], extra].concat()).unwrap()
+    }
+    pub fn pretrain(extra: &[&str]) -> PretrainArgs {
+        parse(&[&["--data", "tokens"][..], extra].concat()).unwrap()
+    }
+}
+
+/// Each default is defined once: the flags' defaults are the library configs' defaults, and the values
+/// the demo relies on (the CLI's, where the two used to disagree) are the ones kept.
+#[test]
+fn defaults_have_one_source() {
+    use rlhf::pipeline::ppo::PpoConfig;
+    let args = flags::ppo(&[]);
+    let parsed = PpoConfig { stop_token: 3, pad_token: 4, ..args.config };
+    let lib = PpoConfig::new("runs/ppo".into(), 3, 4);
+    assert_eq!(serde_json::to_value(&parsed).unwrap(), serde_json::to_value(&lib).unwrap());
+    // --sample-every was 5 on the command line and 10 in `PpoConfig::new`: the command line's value stays.
+    assert_eq!(lib.sample_every, 5);
+    assert_eq!((lib.iterations, lib.batch, lib.minibatch, lib.ppo_epochs, lib.save_every), (60, 32, 8, 4, 10));
+    assert_eq!(
+        (lib.lr, lib.value_lr, lib.init_kl_coef, lib.no_eos_penalty, lib.ratio_tol),
+        (5e-5, 1e-4, 0.05, -1.0, 1e-4)
+    );
+    assert_eq!(lib.adamw.weight_decay, 0.0);
+
+    // SFT: the warmup and final learning rate that were hard-coded in the command are flags with those values.
+    let sft = flags::sft(&[]).settings.config().unwrap();
+    assert_eq!((sft.batch, sft.epochs, sft.eval_fraction), (16, 2.0, 0.1));
+    let r = &sft.run;
+    assert_eq!((r.steps, r.lr, r.warmup, r.eval_every, r.save_every, r.seed), (0, 3e-4, 10, 50, 100, 1));
+    assert!((r.min_lr - 3e-5).abs() < 1e-18 && r.adamw.weight_decay == 0.0, "{r:?}");
+
+    let pre = flags::pretrain(&[]).settings.config(rlhf::model::Config::preset("tiny", 300).unwrap()).unwrap();
+    assert_eq!((pre.batch, pre.seq, pre.eval_batches), (16, 128, 8));
+    let r = &pre.run;
+    assert_eq!((r.steps, r.lr, r.warmup, r.eval_every, r.save_every, r.seed), (1000, 1e-3, 50, 100, 250, 1337));
+    assert_eq!((r.adamw.weight_decay, r.adamw.grad_clip), (0.1, 1.0));
+    assert!((r.min_lr - 1e-4).abs() < 1e-18, "{r:?}");
+
+    // The reward model's flags are its saved configuration; an old run's record without `save_every` reads
+    // back with the flag's default.
+    let rw = flags::reward(&[]).config;
+    assert_eq!(
+        (rw.prompts_per_step, rw.epochs, rw.lr, rw.eval_fraction, rw.seed, rw.save_every),
+        (8, 1.0, 1e-4, 0.15, 1, 50)
+    );
+    let mut old = serde_json::to_value(&rw).unwrap();
+    old.as_object_mut().unwrap().remove("save_every");
+    old.as_object_mut().unwrap().remove("stop_after");
+    let back: rlhf::pipeline::reward::RewardConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&rw).unwrap());
+}
+
+fn err_of(r: anyhow::Result<impl std::fmt::Debug>) -> String {
+    format!("{:#}", r.expect_err("a bad value was accepted"))
+}
+
+/// Out-of-range settings are refused by the step's own `validate`, with the flag named; nothing is clamped.
+#[test]
+fn bad_settings_are_refused_with_the_flag_named() {
+    let ppo = |extra: &[&str]| {
+        let a = flags::ppo(extra);
+        err_of(rlhf::pipeline::ppo::PpoConfig { stop_token: 3, pad_token: 4, ..a.config }.validate(100))
+    };
+    assert!(ppo(&["--batch", "0", "--minibatch", "0"]).contains("--batch must be at least 1 (got 0)"));
+    assert!(ppo(&["--lr", "nan"]).contains("--lr must be a positive finite number (got NaN)"));
+    assert!(ppo(&["--value-lr", "inf"]).contains("--value-lr must be a positive finite number (got inf)"));
+    assert!(ppo(&["--save-every", "0"]).contains("--save-every must be at least 1 (got 0)"));
+    assert!(ppo(&["--top-p", "1.5"]).contains("--top-p must be in (0, 1] (got 1.5)"));
+    assert!(ppo(&["--lam", "1.5"]).contains("--lam must be in [0, 1] (got 1.5)"));
+    assert!(ppo(&["--no-eos-penalty", "-inf"]).contains("--no-eos-penalty must be a finite number (got -inf)"));
+    assert!(ppo(&["--minibatch", "64"]).contains("--minibatch 64 exceeds --batch 32"));
+
+    let sft = |extra: &[&str]| err_of(flags::sft(extra).settings.config());
+    assert!(sft(&["--eval-fraction", "0"]).contains("--eval-fraction must be in (0, 1) (got 0)"));
+    assert!(sft(&["--eval-fraction", "1"]).contains("--eval-fraction must be in (0, 1) (got 1)"));
+    assert!(sft(&["--eval-every", "0"]).contains("--eval-every must be at least 1 (got 0)"));
+    assert!(sft(&["--epochs", "nan"]).contains("--epochs must be a positive finite number (got NaN)"));
+    assert!(sft(&["--min-lr-frac", "2"]).contains("--min-lr-frac must be in [0, 1] (got 2)"));
+
+    let tiny = || rlhf::model::Config::preset("tiny", 300).unwrap();
+    let pre = |extra: &[&str]| err_of(flags::pretrain(extra).settings.config(tiny()));
+    assert!(pre(&["--eval-batches", "0"]).contains("--eval-batches must be at least 1 (got 0)"));
+    assert!(pre(&["--steps", "0"]).contains("--steps must be at least 1 (got 0)"));
+    assert!(pre(&["--grad-clip", "nan"]).contains("--grad-clip must be a finite number >= 0 (got NaN)"));
+    assert!(pre(&["--stop-after", "0"]).contains("--stop-after must be at least 1 (got 0)"));
+
+    let rw = |extra: &[&str]| err_of(flags::reward(extra).config.validate());
+    assert!(rw(&["--prompts-per-step", "0"]).contains("--prompts-per-step must be at least 1 (got 0)"));
+    assert!(rw(&["--eval-fraction", "1.5"]).contains("--eval-fraction must be in (0, 1) (got 1.5)"));
+
+    // The binary refuses them before reading any file.
+    let (ok, out) =
+        rlhf(&["sft", "--base", "nowhere", "--data", "d.jsonl", "--tokenizer", "t.json", "--save-every", "0"]);
+    assert!(!ok && out.contains("--save-every must be at least 1 (got 0)"), "{out}");
+    let (ok, out) = rlhf(&["reward", "--base", "nowhere", "--data", "d.jsonl", "--tokenizer", "t.json", "--lr", "nan"]);
+    assert!(!ok && out.contains("--lr must be a positive finite number (got NaN)"), "{out}");
+}
+
+/// The commands that are not training steps refuse their bad values the same way, before reading files.
+#[test]
+fn other_commands_refuse_bad_values_naming_the_flag() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["sample", "--checkpoint", "c", "--tokenizer", "t", "--num-samples", "0"],
+            "--num-samples must be at least 1 (got 0)",
+        ),
+        (
+            &["sample", "--checkpoint", "c", "--tokenizer", "t", "--temperature", "nan"],
+            "--temperature must be a finite number >= 0 (got NaN)",
+        ),
+        (&["bench", "--batch", "0"], "--batch must be at least 1 (got 0)"),
+        (
+            &["label", "--policy", "p", "--prompts", "q", "--tokenizer", "t", "--out", "o", "-k", "1"],
+            "-k must be at least 2 (got 1)",
+        ),
+        (
+            &[
+                "eval",
+                "--policy",
+                "p",
+                "--sft",
+                "s",
+                "--reward",
+                "r",
+                "--prompts",
+                "q",
+                "--tokenizer",
+                "t",
+                "--max-new-tokens",
+                "0",
+            ],
+            "--max-new-tokens must be at least 1 (got 0)",
+        ),
+    ];
+    for (args, want) in cases {
+        let (ok, out) = rlhf(args);
+        assert!(!ok && out.contains(want), "rlhf {}: {out}", args.join(" "));
+    }
+}

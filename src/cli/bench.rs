@@ -7,6 +7,7 @@ use crate::bench::cuda::{self as kbench, BenchSizes};
 use crate::cli::device::{self, Device, DeviceArg};
 use crate::kernels::{CudaBackend, DType, SimBackend};
 use crate::model::Config;
+use crate::pipeline::run::check;
 use anyhow::Result;
 
 #[derive(clap::Args, Debug)]
@@ -36,7 +37,18 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+impl BenchArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("--batch", self.batch as u64, 1)?;
+        check::at_least("--seq", self.seq as u64, 1)?;
+        check::at_least("--steps", self.steps as u64, 1)?;
+        check::at_least("--vocab", self.vocab as u64, 1)
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
+    args.validate()?;
     let cfg = Config::preset(&args.preset, args.vocab)?;
     let dev = device::select(args.device)?;
     if dev != Device::Cpu {

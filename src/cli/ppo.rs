@@ -6,10 +6,10 @@ use crate::cli::device::{self, DeviceArg};
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl;
 use crate::model::sample::{generate, SampleConfig};
-use crate::model::AdamWConfig;
 use crate::pipeline::eval;
 use crate::pipeline::label;
 use crate::pipeline::ppo::trainer::{train_from, Hooks, PpoConfig};
+use crate::pipeline::run::check;
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -32,64 +32,9 @@ pub struct PpoArgs {
     /// The tokenizer.json of the models.
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Run directory: metrics.jsonl, plots, step-numbered checkpoints.
-    #[arg(long, default_value = "runs/ppo")]
-    pub out: PathBuf,
-    /// PPO iterations (rollout + update); ~2.5 s each on the tiny preset with 2 CPU cores.
-    #[arg(long, default_value_t = 60)]
-    pub iterations: u64,
-    /// Prompts (episodes) per rollout.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Episodes per gradient step.
-    #[arg(long, default_value_t = 8)]
-    pub minibatch: usize,
-    #[arg(long, default_value_t = 4)]
-    pub ppo_epochs: usize,
-    /// Policy learning rate (tuned for the tiny preset; ~1e-5 for GPT-2 124M).
-    #[arg(long, default_value_t = 5e-5)]
-    pub lr: f64,
-    /// Value model learning rate.
-    #[arg(long, default_value_t = 1e-4)]
-    pub value_lr: f64,
-    /// Initial KL coefficient beta.
-    #[arg(long, default_value_t = 0.05)]
-    pub init_kl_coef: f64,
-    /// Target KL (nats per answer) of the adaptive controller.
-    #[arg(long, default_value_t = 6.0)]
-    pub target_kl: f64,
-    #[arg(long, default_value_t = 10000.0)]
-    pub horizon: f64,
-    /// Keep beta fixed at --init-kl-coef.
-    #[arg(long)]
-    pub fixed_kl: bool,
-    #[arg(long, default_value_t = 1.0)]
-    pub gamma: f64,
-    #[arg(long, default_value_t = 0.95)]
-    pub lam: f64,
-    #[arg(long, default_value_t = 0.2)]
-    pub cliprange: f64,
-    #[arg(long, default_value_t = 0.2)]
-    pub cliprange_value: f64,
-    #[arg(long, default_value_t = 1.0)]
-    pub vf_coef: f64,
-    /// Entropy bonus coefficient (0 = off; the entropy is logged either way).
-    #[arg(long, default_value_t = 0.0)]
-    pub ent_coef: f64,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    #[arg(long, default_value_t = 24)]
-    pub max_new_tokens: usize,
-    /// Score of an answer that does not end with <|end|> within --max-new-tokens.
-    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
-    pub no_eos_penalty: f64,
-    /// PPO-ptx: coefficient of the pretraining LM loss mixed into the policy gradient (0 = off).
-    #[arg(long, default_value_t = 0.0)]
-    pub ptx_coef: f64,
+    // The run's settings (saved with each checkpoint): their flags and defaults are defined there.
+    #[command(flatten)]
+    pub config: PpoConfig,
     /// Prepared pretraining shards (`rlhf prepare`) for PPO-ptx.
     #[arg(long)]
     pub ptx_data: Option<PathBuf>,
@@ -98,19 +43,10 @@ pub struct PpoArgs {
     pub ptx_batch: usize,
     #[arg(long, default_value_t = 64)]
     pub ptx_seq: usize,
-    /// Print sample answers every N iterations.
-    #[arg(long, default_value_t = 5)]
-    pub sample_every: u64,
-    #[arg(long, default_value_t = 10)]
-    pub save_every: u64,
     /// Gold judge: `lexicon` (built in) or a command (see `rlhf judge --help`); scores rollouts every
     /// --gold-every iterations, for the over-optimisation curve.
     #[arg(long)]
     pub judge: Option<String>,
-    #[arg(long, default_value_t = 5)]
-    pub gold_every: u64,
-    #[arg(long, default_value_t = 1337)]
-    pub seed: u64,
     /// Continue the run in --out from its latest checkpoint (its settings; --iterations may be raised).
     #[arg(long)]
     pub resume: bool,
@@ -128,39 +64,14 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let (end, pad) = (ct.end, ct.pad);
+    let cfg = PpoConfig { stop_token: end, pad_token: pad, ..args.config };
+    cfg.validate(tok.vocab_size())?;
+    check::at_least("--ptx-batch", args.ptx_batch as u64, 1)?;
+    check::at_least("--ptx-seq", args.ptx_seq as u64, 1)?;
+    let seed = cfg.seed;
     let texts = jsonl::read_prompts(&args.prompts, false)?.records;
     let prompts: Vec<Vec<u32>> = texts.iter().map(|p| chat::encode_prompt(&tok, &ct, p)).collect::<Result<_>>()?;
-    let cfg = PpoConfig {
-        iterations: args.iterations,
-        batch: args.batch,
-        minibatch: args.minibatch,
-        ppo_epochs: args.ppo_epochs,
-        lr: args.lr,
-        value_lr: args.value_lr,
-        init_kl_coef: args.init_kl_coef,
-        target_kl: args.target_kl,
-        horizon: args.horizon,
-        fixed_kl: args.fixed_kl,
-        gamma: args.gamma,
-        lam: args.lam,
-        cliprange: args.cliprange,
-        cliprange_value: args.cliprange_value,
-        vf_coef: args.vf_coef,
-        ent_coef: args.ent_coef,
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        max_new_tokens: args.max_new_tokens,
-        no_eos_penalty: args.no_eos_penalty,
-        ptx_coef: args.ptx_coef,
-        adamw: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
-        sample_every: args.sample_every,
-        save_every: args.save_every.max(1),
-        gold_every: args.gold_every,
-        seed: args.seed,
-        ..PpoConfig::new(args.out.clone(), end, pad)
-    };
-    let ptx_data = match (&args.ptx_data, args.ptx_coef > 0.0) {
+    let ptx_data = match (&args.ptx_data, cfg.ptx_coef > 0.0) {
         (Some(d), true) => Some(
             crate::data::shards::Dataset::open(d, "train", tok.vocab_size())
                 .with_context(|| format!("--ptx-data {}", d.display()))?,
@@ -181,7 +92,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<()> {
         let decode = |ids: &[u32]| answer_text(&tok, ids, end);
         let ptx = |i: u64| -> Result<(Vec<u32>, Vec<u32>, usize, usize)> {
             let d = ptx_data.as_ref().context("no --ptx-data")?;
-            let b = d.batch(args.seed, i, args.ptx_batch, args.ptx_seq)?;
+            let b = d.batch(seed, i, args.ptx_batch, args.ptx_seq)?;
             Ok((b.inputs, b.targets, args.ptx_batch, args.ptx_seq))
         };
         let mut gold = |pairs: &[(String, String)]| judge.as_mut().context("no judge")?.score(pairs);
@@ -234,7 +145,17 @@ pub struct LabelArgs {
     pub device: DeviceArg,
 }
 
+impl LabelArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("-k", self.k as u64, 2)?;
+        check::non_negative("--temperature", self.temperature)?;
+        check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)
+    }
+}
+
 pub fn run_label(args: LabelArgs) -> Result<()> {
+    args.validate()?;
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let end = ct.end;
@@ -320,7 +241,17 @@ pub struct EvalArgs {
     pub device: DeviceArg,
 }
 
+impl EvalArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::non_negative("--temperature", self.temperature)?;
+        check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)?;
+        check::finite("--no-eos-penalty", self.no_eos_penalty)
+    }
+}
+
 pub fn run_eval(args: EvalArgs) -> Result<()> {
+    args.validate()?;
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let (end, pad) = (ct.end, ct.pad);

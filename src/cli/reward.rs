@@ -10,64 +10,19 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct RewardArgs {
-    /// Start from a policy (usually the SFT model: a fresh scalar head is added) or a reward model (continue).
-    #[arg(long)]
-    pub base: PathBuf,
-    /// Comparisons, JSONL: {"prompt", "chosen", "rejected"} or {"prompt", "completions": [K], "ranking": [K]}
-    /// with ranking[i] the rank of completion i (0 = best; equal ranks are ties, dropped).
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long)]
-    pub tokenizer: PathBuf,
-    /// SFT demonstrations ({"prompt", "completion"}): after training the bias is set so they score 0 on average.
-    #[arg(long)]
-    pub sft_data: Option<PathBuf>,
-    #[arg(long, default_value = "runs/reward")]
-    pub out: PathBuf,
-    /// Prompts per step (all K answers of each prompt in one batch).
-    #[arg(long, default_value_t = 8)]
-    pub prompts_per_step: usize,
-    /// Passes over the comparisons (1 is the published choice: more overfits).
-    #[arg(long, default_value_t = 1.0)]
-    pub epochs: f64,
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f64,
-    /// Fraction of prompts held out for the pairwise accuracy.
-    #[arg(long, default_value_t = 0.15)]
-    pub eval_fraction: f64,
-    #[arg(long)]
-    pub skip_bad: bool,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Save a checkpoint (model, both optimizers' moments, step) every N steps; the last step always.
-    #[arg(long, default_value_t = 50)]
-    pub save_every: u64,
+    // The run's settings (saved with each checkpoint): their flags and defaults are defined there.
+    #[command(flatten)]
+    pub config: RewardConfig,
     /// Continue the run in --out from its latest checkpoint (same data, seed and hyper-parameters).
     #[arg(long)]
     pub resume: bool,
-    /// Pause after this step (a checkpoint is written); continue later with --resume.
-    #[arg(long)]
-    pub stop_after: Option<u64>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 }
 
 pub fn run_reward(a: RewardArgs) -> Result<()> {
-    let cfg = RewardConfig {
-        base: a.base,
-        data: a.data,
-        tokenizer: a.tokenizer,
-        sft_data: a.sft_data,
-        out: a.out,
-        prompts_per_step: a.prompts_per_step.max(1),
-        epochs: a.epochs,
-        lr: a.lr,
-        eval_fraction: a.eval_fraction,
-        skip_bad: a.skip_bad,
-        seed: a.seed,
-        save_every: a.save_every.max(1),
-        stop_after: a.stop_after,
-    };
+    let cfg = a.config;
+    cfg.validate()?;
     let dev = device::select(a.device)?;
     let s = crate::with_backend!(dev, |be| reward::train(be, &cfg, a.resume))?;
     if !s.complete {

@@ -2,9 +2,10 @@
 
 use crate::cli::device::{self, DeviceArg};
 use crate::model::sample::{generate, SampleConfig};
+use crate::pipeline::run::check;
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -38,7 +39,22 @@ pub struct SampleArgs {
     pub device: DeviceArg,
 }
 
+impl SampleArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("--num-samples", self.num_samples as u64, 1)?;
+        check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)?;
+        check::non_negative("--temperature", self.temperature)?;
+        check::positive("--top-p", self.top_p)?;
+        if self.top_p > 1.0 {
+            bail!("--top-p must be in (0, 1] (got {})", self.top_p);
+        }
+        Ok(())
+    }
+}
+
 pub fn run(args: SampleArgs) -> Result<()> {
+    args.validate()?;
     let tok = Tokenizer::load(&args.tokenizer)?;
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {

@@ -67,6 +67,19 @@ pub struct PrepareArgs {
     pub shard_tokens: usize,
 }
 
+impl PrepareArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!("--val-fraction must be in [0, 1) (got {})", self.val_fraction);
+        }
+        if self.shard_tokens == 0 || self.shard_tokens > i32::MAX as usize {
+            bail!("--shard-tokens must be between 1 and {} (got {})", i32::MAX, self.shard_tokens);
+        }
+        Ok(())
+    }
+}
+
 /// Cuts `text` into documents: trimmed of surrounding blank lines, never empty.
 pub fn split_documents(text: &str, how: DocSplit) -> Vec<String> {
     let text = text.replace("\r\n", "\n");
@@ -106,12 +119,7 @@ pub fn split_documents(text: &str, how: DocSplit) -> Vec<String> {
 /// Runs `prepare`: encode, split, write shards and meta.json, print a summary.
 pub fn run(args: PrepareArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    if !(0.0..1.0).contains(&args.val_fraction) {
-        bail!("--val-fraction must be in [0, 1), got {}", args.val_fraction);
-    }
-    if args.shard_tokens == 0 || args.shard_tokens > i32::MAX as usize {
-        bail!("--shard-tokens must be between 1 and {}, got {}", i32::MAX, args.shard_tokens);
-    }
+    args.validate()?;
     let tok = Tokenizer::load(&args.tokenizer)?;
     let eot = tok.eot();
 

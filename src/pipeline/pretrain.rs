@@ -1,11 +1,11 @@
 //! Step 0: pretraining a decoder on token shards, through the language-model loop of [`super::run`].
 
-use super::run::{fit, resume_point, BatchSource, FitSummary, LoopConfig};
+use super::run::{check, fit, resume_point, BatchSource, FitSummary, LoopConfig};
 use crate::backend::Backend;
 use crate::data::batch::LmBatch;
 use crate::data::shards::Batch;
 use crate::data::shards::Dataset;
-use crate::model::{AdamW, Config, Gpt2};
+use crate::model::{AdamW, AdamWConfig, Config, Gpt2};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,100 @@ pub struct PretrainConfig {
     pub seq: usize,
     pub eval_batches: usize,
     pub run: LoopConfig,
+}
+
+impl PretrainConfig {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("--batch", self.batch as u64, 1)?;
+        check::at_least("--seq", self.seq as u64, 1)?;
+        check::at_least("--eval-batches", self.eval_batches as u64, 1)?;
+        check::at_least("--steps", self.run.steps, 1)?;
+        self.run.validate()
+    }
+}
+
+/// The `rlhf pretrain` flags: every setting of a [`PretrainConfig`] a user chooses, with its default
+/// written once, here ([`PretrainSettings::config`] turns them into the saved configuration).
+#[derive(Clone, Debug, clap::Args)]
+pub struct PretrainSettings {
+    /// Directory of token shards written by `rlhf prepare` (train_*.bin, val_*.bin, meta.json).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory: metrics.jsonl, loss.svg and step-numbered checkpoints go here.
+    #[arg(long, default_value = "runs/pretrain")]
+    pub out: PathBuf,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Tokens per sequence (at most the model's context).
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Total optimizer steps.
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Peak learning rate (after warmup; cosine decay to --min-lr-frac of it).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// The final learning rate as a fraction of --lr, in [0, 1].
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_frac: f64,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 50)]
+    pub warmup: u64,
+    /// AdamW decoupled weight decay (2-D weights only).
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Measure the validation loss every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: usize,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 250)]
+    pub save_every: u64,
+    /// Pause after this global step (a checkpoint is written); continue later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Seed for initialisation and batch sampling: same seed, same run, bit for bit.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+}
+
+impl PretrainSettings {
+    /// The run's configuration for a fresh `model` (validated).
+    pub fn config(self, model: Config) -> Result<PretrainConfig> {
+        check::unit_closed("--min-lr-frac", self.min_lr_frac)?;
+        let cfg = PretrainConfig {
+            data: self.data,
+            model,
+            batch: self.batch,
+            seq: self.seq,
+            eval_batches: self.eval_batches,
+            run: LoopConfig {
+                out: self.out,
+                steps: self.steps,
+                lr: self.lr,
+                min_lr: self.lr * self.min_lr_frac,
+                warmup: self.warmup,
+                adamw: AdamWConfig {
+                    weight_decay: self.weight_decay,
+                    grad_clip: self.grad_clip,
+                    ..AdamWConfig::default()
+                },
+                eval_every: self.eval_every,
+                save_every: self.save_every,
+                seed: self.seed,
+                stop_after: self.stop_after,
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 /// The result a caller (and the README's demo) reports.
@@ -56,6 +150,7 @@ pub fn pretrain<B: Backend>(
     init: Option<&Path>,
     resume: bool,
 ) -> Result<PretrainSummary> {
+    cfg.validate()?;
     let start = resume_point(&cfg.run.out, resume)?;
     let mut log_len = None;
     let mut opt_state = None;

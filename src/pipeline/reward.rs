@@ -24,7 +24,7 @@ use crate::model::scalar::{head_step, HeadOpt, ScalarModel};
 use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics;
-use crate::pipeline::run::Run;
+use crate::pipeline::run::{check, Run};
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -53,30 +53,71 @@ pub fn pairwise_loss(r: &[f64], pairs: &[(usize, usize)]) -> (f64, Vec<f64>) {
     (loss / p, dr)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Everything that defines a reward-model run (saved with each checkpoint; `--resume` checks it). Its
+/// fields are also the `rlhf reward` flags, each default written once, here.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
 pub struct RewardConfig {
+    /// Start from a policy (usually the SFT model: a fresh scalar head is added) or a reward model (continue).
+    #[arg(long)]
     pub base: PathBuf,
+    /// Comparisons, JSONL: {"prompt", "chosen", "rejected"} or {"prompt", "completions": [K], "ranking": [K]}
+    /// with ranking[i] the rank of completion i (0 = best; equal ranks are ties, dropped).
+    #[arg(long)]
     pub data: PathBuf,
+    /// The tokenizer.json of the base model.
+    #[arg(long)]
     pub tokenizer: PathBuf,
+    /// SFT demonstrations ({"prompt", "completion"}): after training the bias is set so they score 0 on average.
+    #[arg(long)]
     pub sft_data: Option<PathBuf>,
+    /// Run directory: metrics.jsonl, loss.svg and step-numbered checkpoints.
+    #[arg(long, default_value = "runs/reward")]
     pub out: PathBuf,
-    /// Prompts (each with all its answers) per optimizer step.
+    /// Prompts per step (all K answers of each prompt in one batch).
+    #[arg(long, default_value_t = 8)]
     pub prompts_per_step: usize,
+    /// Passes over the comparisons (1 is the published choice: more overfits).
+    #[arg(long, default_value_t = 1.0)]
     pub epochs: f64,
+    /// Peak learning rate (warmup over the first tenth of the steps, cosine decay to a tenth of it).
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    /// Fraction of prompts held out for the pairwise accuracy, in (0, 1).
+    #[arg(long, default_value_t = 0.15)]
     pub eval_fraction: f64,
+    /// Skip (and count) malformed JSONL lines instead of stopping at the first one.
+    #[arg(long)]
     pub skip_bad: bool,
+    /// Seed of the held-out split, the head's initialisation and the prompt order.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Save a checkpoint every N steps (the final step is always saved).
+    /// Save a checkpoint (model, both optimizers' moments, step) every N steps; the last step always.
     #[serde(default = "default_save_every")]
+    #[arg(long, default_value_t = default_save_every())]
     pub save_every: u64,
-    /// End this invocation (with a checkpoint) once this step is reached; `--resume` continues.
+    /// Pause after this step (a checkpoint is written); continue later with --resume.
     #[serde(default)]
+    #[arg(long)]
     pub stop_after: Option<u64>,
 }
 
 fn default_save_every() -> u64 {
     50
+}
+
+impl RewardConfig {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("--prompts-per-step", self.prompts_per_step as u64, 1)?;
+        check::positive("--epochs", self.epochs)?;
+        check::positive("--lr", self.lr)?;
+        check::unit_open("--eval-fraction", self.eval_fraction)?;
+        check::at_least("--save-every", self.save_every, 1)?;
+        if let Some(s) = self.stop_after {
+            check::at_least("--stop-after", s, 1)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -240,6 +281,7 @@ fn save_state<B: Backend>(
 
 /// Train (or, with `resume`, continue) a reward model.
 pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<RewardSummary> {
+    cfg.validate()?;
     let (mut rm, saved) = match Run::start_point(&cfg.out, resume)? {
         Some(dir) => {
             let (ck, state) = (checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?);

@@ -46,6 +46,85 @@ pub struct LoopConfig {
     pub stop_after: Option<u64>,
 }
 
+impl LoopConfig {
+    /// Refuses settings out of range, naming the flag (`steps` is the caller's: 0 may mean "from epochs").
+    pub fn validate(&self) -> Result<()> {
+        check::positive("--lr", self.lr)?;
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            bail!(
+                "the final learning rate (--min-lr-frac x --lr) must be in [0, --lr {}] (got {})",
+                self.lr,
+                self.min_lr
+            );
+        }
+        check::non_negative("--weight-decay", self.adamw.weight_decay)?;
+        check::non_negative("--grad-clip", self.adamw.grad_clip)?;
+        check::at_least("--eval-every", self.eval_every, 1)?;
+        check::at_least("--save-every", self.save_every, 1)?;
+        if let Some(s) = self.stop_after {
+            check::at_least("--stop-after", s, 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// The defaults of a clap settings struct, read from its `#[arg(default_value_t = ...)]` attributes, so
+/// that a config's library constructor and its command-line flags share one definition.
+pub fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true));
+    let matches = cmd.try_get_matches_from(std::iter::empty::<String>()).expect("every setting has a default");
+    T::from_arg_matches(&matches).expect("the defaults parse")
+}
+
+/// Refusals of settings out of range, each naming its flag and the value given.
+pub mod check {
+    use anyhow::{bail, Result};
+
+    pub fn at_least(flag: &str, value: u64, min: u64) -> Result<()> {
+        if value < min {
+            bail!("{flag} must be at least {min} (got {value})");
+        }
+        Ok(())
+    }
+
+    pub fn finite(flag: &str, value: f64) -> Result<()> {
+        if !value.is_finite() {
+            bail!("{flag} must be a finite number (got {value})");
+        }
+        Ok(())
+    }
+
+    pub fn positive(flag: &str, value: f64) -> Result<()> {
+        if !(value.is_finite() && value > 0.0) {
+            bail!("{flag} must be a positive finite number (got {value})");
+        }
+        Ok(())
+    }
+
+    pub fn non_negative(flag: &str, value: f64) -> Result<()> {
+        if !(value.is_finite() && value >= 0.0) {
+            bail!("{flag} must be a finite number >= 0 (got {value})");
+        }
+        Ok(())
+    }
+
+    /// In [0, 1].
+    pub fn unit_closed(flag: &str, value: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&value) {
+            bail!("{flag} must be in [0, 1] (got {value})");
+        }
+        Ok(())
+    }
+
+    /// In (0, 1), e.g. a held-out fraction (both parts non-empty).
+    pub fn unit_open(flag: &str, value: f64) -> Result<()> {
+        if !(value > 0.0 && value < 1.0) {
+            bail!("{flag} must be in (0, 1) (got {value})");
+        }
+        Ok(())
+    }
+}
+
 /// Where a training loop gets its batches: the training batch of a step is a pure function of
 /// (seed, step), so a resumed run sees exactly the batches the unbroken run would have.
 pub trait BatchSource {

@@ -12,8 +12,8 @@ use crate::backend::Backend;
 use crate::data::batch::{epoch_order, slices, LmBatch, PaddedBatch, Pair};
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl;
-use crate::model::{AdamW, Gpt2};
-use crate::pipeline::run::{self, BatchSource, FitSummary, LoopConfig};
+use crate::model::{AdamW, AdamWConfig, Gpt2};
+use crate::pipeline::run::{self, check, BatchSource, FitSummary, LoopConfig};
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -30,6 +30,97 @@ pub struct SftConfig {
     pub eval_fraction: f64,
     pub skip_bad: bool,
     pub run: LoopConfig,
+}
+
+impl SftConfig {
+    /// Refuses settings out of range, naming the flag (`run.steps` 0: from --epochs).
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("--batch", self.batch as u64, 1)?;
+        check::positive("--epochs", self.epochs)?;
+        check::unit_open("--eval-fraction", self.eval_fraction)?;
+        self.run.validate()
+    }
+}
+
+/// The `rlhf sft` flags: every setting of an [`SftConfig`] a user chooses, with its default written once,
+/// here ([`SftSettings::config`] turns them into the saved configuration).
+#[derive(Clone, Debug, clap::Args)]
+pub struct SftSettings {
+    /// The model to fine-tune: a checkpoint, a run directory (its latest checkpoint) or a Hugging Face GPT-2 folder.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Demonstrations, JSONL: {"prompt", "completion"} or {"messages": [{"role", "content"}, ...]}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The tokenizer of the base model (it must have the chat tokens <|user|>, <|assistant|>, <|end|>, <|pad|>).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Run directory: metrics.jsonl, loss.svg and step-numbered checkpoints go here.
+    #[arg(long, default_value = "runs/sft")]
+    pub out: PathBuf,
+    /// Passes over the training split (sets the number of steps).
+    #[arg(long, default_value_t = 2.0)]
+    pub epochs: f64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Peak learning rate (after warmup; cosine decay to --min-lr-frac of it). AdamW without weight decay.
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// The final learning rate as a fraction of --lr, in [0, 1].
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_frac: f64,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: u64,
+    /// Fraction of examples held out for the evaluation loss, in (0, 1).
+    #[arg(long, default_value_t = 0.1)]
+    pub eval_fraction: f64,
+    /// Measure the held-out loss every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: u64,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    pub save_every: u64,
+    /// Skip (and count) malformed JSONL lines instead of stopping at the first one.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Pause after this step (a checkpoint is written); continue later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Seed of the held-out split and the example order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl SftSettings {
+    /// The run's configuration (validated); the number of steps follows from --epochs.
+    pub fn config(self) -> Result<SftConfig> {
+        check::unit_closed("--min-lr-frac", self.min_lr_frac)?;
+        let cfg = SftConfig {
+            base: self.base,
+            data: self.data,
+            tokenizer: self.tokenizer,
+            batch: self.batch,
+            epochs: self.epochs,
+            eval_fraction: self.eval_fraction,
+            skip_bad: self.skip_bad,
+            run: LoopConfig {
+                out: self.out,
+                steps: 0,
+                lr: self.lr,
+                min_lr: self.lr * self.min_lr_frac,
+                warmup: self.warmup,
+                adamw: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
+                eval_every: self.eval_every,
+                save_every: self.save_every,
+                seed: self.seed,
+                stop_after: self.stop_after,
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +157,7 @@ impl BatchSource for PairBatches {
 }
 
 pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSummary> {
+    cfg.validate()?;
     let start = run::resume_point(&cfg.run.out, resume)?;
     let (mut log_len, mut opt_state) = (None, None);
     let mut model = match start {

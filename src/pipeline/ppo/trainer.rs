@@ -36,7 +36,7 @@ use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
 use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode, GoldJudge};
-use crate::pipeline::run::Run;
+use crate::pipeline::run::{check, flag_defaults, Run};
 use crate::util::rng::Rng;
 use crate::util::stats::mean;
 use anyhow::{bail, Context, Result};
@@ -44,114 +44,145 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
-/// Everything that defines a PPO run (saved with each checkpoint; `--resume` restores it).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Everything that defines a PPO run (saved with each checkpoint; `--resume` restores it). Its fields are
+/// also the `rlhf ppo` flags: each default is written once, here, and [`PpoConfig::new`] reads it back.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
 pub struct PpoConfig {
+    /// Run directory: metrics.jsonl, plots, step-numbered checkpoints.
+    #[arg(long, default_value = "runs/ppo")]
     pub out: PathBuf,
+    /// PPO iterations (rollout + update); ~2.5 s each on the tiny preset with 2 CPU cores.
+    #[arg(long, default_value_t = 60)]
     pub iterations: u64,
     /// Prompts (episodes) per rollout.
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Episodes per gradient step.
+    #[arg(long, default_value_t = 8)]
     pub minibatch: usize,
+    /// Passes over the rollout's episodes per iteration.
+    #[arg(long, default_value_t = 4)]
     pub ppo_epochs: usize,
-    /// Policy learning rate.
+    /// Policy learning rate (tuned for the tiny preset; ~1e-5 for GPT-2 124M).
+    #[arg(long, default_value_t = 5e-5)]
     pub lr: f64,
     /// Value model learning rate.
+    #[arg(long, default_value_t = 1e-4)]
     pub value_lr: f64,
+    /// Initial KL coefficient beta.
+    #[arg(long, default_value_t = 0.05)]
     pub init_kl_coef: f64,
+    /// Target KL (nats per answer) of the adaptive controller.
+    #[arg(long, default_value_t = 6.0)]
     pub target_kl: f64,
+    /// Horizon (in episodes) of the adaptive KL controller.
+    #[arg(long, default_value_t = 10000.0)]
     pub horizon: f64,
-    /// Keep beta at `init_kl_coef`.
+    /// Keep beta fixed at --init-kl-coef.
+    #[arg(long)]
     pub fixed_kl: bool,
+    /// Discount of the rewards (GAE gamma), in [0, 1].
+    #[arg(long, default_value_t = 1.0)]
     pub gamma: f64,
+    /// GAE lambda, in [0, 1].
+    #[arg(long, default_value_t = 0.95)]
     pub lam: f64,
+    /// Clip range of the policy ratio.
+    #[arg(long, default_value_t = 0.2)]
     pub cliprange: f64,
+    /// Clip range of the value predictions.
+    #[arg(long, default_value_t = 0.2)]
     pub cliprange_value: f64,
     /// Scale of the value loss gradient.
+    #[arg(long, default_value_t = 1.0)]
     pub vf_coef: f64,
-    /// Entropy bonus: the policy loss gets -ent_coef * mean entropy (0 = off).
+    /// Entropy bonus coefficient: the policy loss gets -ent_coef * mean entropy (0 = off; the entropy is
+    /// logged either way).
     #[serde(default)]
+    #[arg(long, default_value_t = 0.0)]
     pub ent_coef: f64,
+    /// Sampling temperature of the rollouts.
+    #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
+    /// Sample from the k most likely tokens only (0 = all).
+    #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens of probability at least p, in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
+    /// Longest answer of a rollout, in tokens.
+    #[arg(long, default_value_t = 24)]
     pub max_new_tokens: usize,
-    /// The score of an answer that did not end with the stop token.
+    /// Score of an answer that does not end with <|end|> within --max-new-tokens.
+    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
     pub no_eos_penalty: f64,
-    /// PPO-ptx coefficient (0 = off); the batches come from `Hooks::ptx`.
+    /// PPO-ptx: coefficient of the pretraining LM loss mixed into the policy gradient (0 = off; the batches
+    /// come from --ptx-data, in the library from `Hooks::ptx`).
+    #[arg(long, default_value_t = 0.0)]
     pub ptx_coef: f64,
+    /// The optimizer of both models (no weight decay); not a flag.
+    #[arg(skip = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() })]
     pub adamw: AdamWConfig,
     /// Print sample answers every N iterations (0 = never).
+    #[arg(long, default_value_t = 5)]
     pub sample_every: u64,
     /// Save a checkpoint every N iterations (and at the end).
+    #[arg(long, default_value_t = 10)]
     pub save_every: u64,
-    /// Score rollouts with the gold judge every N iterations (when one is given).
+    /// Score rollouts with the gold judge (--judge) every N iterations, for the over-optimisation curve
+    /// (0 = never).
+    #[arg(long, default_value_t = 5)]
     pub gold_every: u64,
+    /// Seed of the prompt order and of the sampling: same seed, same run.
+    #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// The answer's end token (`<|end|>`) and the id used for padding (never read).
+    /// The answer's end token (`<|end|>`) and the id used for padding (never read); set from the tokenizer.
+    #[arg(skip)]
     pub stop_token: u32,
+    #[arg(skip)]
     pub pad_token: u32,
-    /// Tolerance of the first-minibatch check |ratio - 1|.
+    /// Tolerance of the first-minibatch check |ratio - 1|; not a flag.
+    #[arg(skip = 1e-4)]
     pub ratio_tol: f64,
 }
 
 impl PpoConfig {
-    /// Defaults tuned for the tiny preset; `out`, `stop_token`, `pad_token` must be set by the caller.
+    /// The defaults of the `rlhf ppo` flags (tuned for the tiny preset); `out`, `stop_token`, `pad_token`
+    /// are the caller's.
     pub fn new(out: PathBuf, stop_token: u32, pad_token: u32) -> Self {
-        PpoConfig {
-            out,
-            iterations: 60,
-            batch: 32,
-            minibatch: 8,
-            ppo_epochs: 4,
-            lr: 5e-5,
-            value_lr: 1e-4,
-            init_kl_coef: 0.05,
-            target_kl: 6.0,
-            horizon: 10000.0,
-            fixed_kl: false,
-            gamma: 1.0,
-            lam: 0.95,
-            cliprange: 0.2,
-            cliprange_value: 0.2,
-            vf_coef: 1.0,
-            ent_coef: 0.0,
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            max_new_tokens: 24,
-            no_eos_penalty: -1.0,
-            ptx_coef: 0.0,
-            adamw: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
-            sample_every: 10,
-            save_every: 10,
-            gold_every: 5,
-            seed: 1337,
-            stop_token,
-            pad_token,
-            ratio_tol: 1e-4,
-        }
+        PpoConfig { out, stop_token, pad_token, ..flag_defaults() }
     }
 
+    /// Refuses settings out of range, naming the flag; `vocab` bounds the stop and pad tokens.
     pub fn validate(&self, vocab: usize) -> Result<()> {
-        let pos = |x: f64| x.is_finite() && x > 0.0;
-        if self.batch == 0 || self.minibatch == 0 || self.ppo_epochs == 0 || self.max_new_tokens == 0 {
-            bail!("--batch, --minibatch, --ppo-epochs and --max-new-tokens must be at least 1");
-        }
+        check::at_least("--iterations", self.iterations, 1)?;
+        check::at_least("--batch", self.batch as u64, 1)?;
+        check::at_least("--minibatch", self.minibatch as u64, 1)?;
         if self.minibatch > self.batch {
             bail!("--minibatch {} exceeds --batch {}", self.minibatch, self.batch);
         }
-        if !pos(self.lr) || !pos(self.value_lr) || !pos(self.temperature) || !pos(self.horizon) || !pos(self.target_kl)
-        {
-            bail!("--lr, --value-lr, --temperature, --horizon and --target-kl must be positive");
+        check::at_least("--ppo-epochs", self.ppo_epochs as u64, 1)?;
+        check::positive("--lr", self.lr)?;
+        check::positive("--value-lr", self.value_lr)?;
+        check::non_negative("--init-kl-coef", self.init_kl_coef)?;
+        check::positive("--target-kl", self.target_kl)?;
+        check::positive("--horizon", self.horizon)?;
+        check::unit_closed("--gamma", self.gamma)?;
+        check::unit_closed("--lam", self.lam)?;
+        check::positive("--cliprange", self.cliprange)?;
+        check::positive("--cliprange-value", self.cliprange_value)?;
+        check::non_negative("--vf-coef", self.vf_coef)?;
+        check::non_negative("--ent-coef", self.ent_coef)?;
+        check::positive("--temperature", self.temperature)?;
+        check::positive("--top-p", self.top_p)?;
+        if self.top_p > 1.0 {
+            bail!("--top-p must be in (0, 1] (got {})", self.top_p);
         }
-        if !(self.init_kl_coef >= 0.0)
-            || !(self.cliprange > 0.0)
-            || !(self.cliprange_value > 0.0)
-            || !(self.top_p > 0.0 && self.top_p <= 1.0)
-        {
-            bail!("--init-kl-coef must be >= 0, the clip ranges > 0 and --top-p in (0, 1]");
-        }
+        check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)?;
+        check::finite("--no-eos-penalty", self.no_eos_penalty)?;
+        check::non_negative("--ptx-coef", self.ptx_coef)?;
+        check::at_least("--save-every", self.save_every, 1)?;
+        check::positive("ratio_tol", self.ratio_tol)?;
         if self.stop_token as usize >= vocab || self.pad_token as usize >= vocab {
             bail!("stop token {} / pad token {} outside the vocabulary ({vocab})", self.stop_token, self.pad_token);
         }
