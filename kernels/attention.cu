@@ -10,17 +10,16 @@
 //   dk_j = sum_t dS_tj q_t / sqrt(HS);  dv_j = sum_t P_tj dout_t     (attention_backward_dkv: warp per key row)
 //   dqkv [B,T,3C] is overwritten; no atomics, fixed summation order (deterministic).
 //
-// Layout of the work: one warp per (b, h, row), 4 warps per block; grid (ceil(rows/4), NH, B). Within a warp,
-// each lane takes one of 32 keys (or queries) at a time and computes its full dot product from the row vector
-// staged in shared memory; the 32 probabilities are broadcast through shared memory for the weighted sums,
-// where each lane owns head dims d = lane + 32k (k < KPL, HS <= 32 * KPL).
+// Layout of the work: one warp per (b, h, row), ATT_WARPS (4, geometry.cuh) warps per block; grid
+// (ceil(rows/4), NH, B). Within a warp, each lane takes one of 32 keys (or queries) at a time and computes its
+// full dot product from the row vector staged in shared memory; the 32 probabilities are broadcast through
+// shared memory for the weighted sums, where each lane owns head dims d = lane + 32k (k < KPL, HS <= 32 * KPL).
 // Dynamic shared memory per warp (floats): forward HS + 32, backward_dq 2 HS + 32, backward_dkv 2 HS + 64.
 //
 // These kernels use CUDA cores (FFMA). At the bottom: the tensor-core (WMMA) forward and backward for bf16 with
 // head size 64 (attention_forward_wmma_bf16, attention_backward_dq_wmma_bf16, attention_backward_dkv_wmma_bf16).
 #include "common.cuh"
-
-#define ATT_WARPS 4
+#include "geometry.cuh"  // ATT_WARPS; the WMMA kernels' tiles and shared-memory layouts
 
 template <class T, int KPL>
 __device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q_src,
@@ -243,21 +242,11 @@ ATT_INST(bf16, bf16)
 // updates the running row max / sum (2 lanes per row), writes P (bf16) and rescales its O accumulator
 // (16 x 64 f32, kept in shared memory because a fragment's element-to-row mapping is unspecified), then
 // O += P V with WMMA. Epilogue: out = O / l, lse = m + log l.
-// Dynamic shared memory: 72448 bytes (above the 48 KiB default: the device launcher opts in).
-#define WA_Q 64
-#define WA_K 64
-#define WA_D 64
-#define WA_LDH 72  // bf16 row stride (pad 8: 16 bytes)
-#define WA_LDF 68  // f32 row stride (pad 4: 16 bytes)
-#define WA_OFF_K (WA_Q * WA_LDH * 2)
-#define WA_OFF_V (WA_OFF_K + WA_K * WA_LDH * 2)
-#define WA_OFF_S (WA_OFF_V + WA_K * WA_LDH * 2)
-#define WA_OFF_P (WA_OFF_S + 4 * 16 * WA_LDF * 4)
-#define WA_OFF_O (WA_OFF_P + 4 * 16 * WA_LDH * 2)
-#define WA_OFF_M (WA_OFF_O + 4 * 16 * WA_LDF * 4)
-#define WA_SMEM (WA_OFF_M + 3 * 4 * 16 * 4)
+// Dynamic shared memory: WA_SMEM (72448) bytes, above the 48 KiB default: the device launcher opts in.
+// Tile sizes (WA_Q, WA_K, WA_D, row strides WA_LDH, WA_LDF) and the shared-memory layout (WA_OFF_*, WA_SMEM)
+// come from geometry.cuh (kernels/geometry.rs).
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
     attention_forward_wmma_bf16(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q_src,
                                 const bf16* __restrict__ kv, const unsigned* __restrict__ pos0, int Tq, int Tk, int NH,
                                 int C) {
@@ -394,22 +383,9 @@ RLHF_EXPORT(attention_forward_wmma_bf16)
 //   S^T = K_w Q^T, dP^T = V_w dO^T (Q^T, dO^T: col_major loads), P^T, dS^T element-wise (lse, D per column),
 //   dV_w += P^T dO, dK_w += dS^T Q (8 accumulator fragments in registers); dk = dK / 8, dv = dV.
 // On the diagonal tile, 16-wide sub-tiles that the causal mask empties for a warp are skipped.
-// Dynamic shared memory: dq 81408 bytes, dkv 90112 bytes (2 blocks per SM on sm_80 / sm_90).
-#define WB_T 64                          // rows per tile (queries or keys)
-#define WB_TILE (WB_T * WA_LDH * 2)      // bytes of a staged bf16 tile
-#define WB_WF (4 * 16 * WA_LDF * 4)      // bytes of the 4 warps' 16 x 64 f32 tiles
-#define WB_WH (4 * 16 * WA_LDH * 2)      // bytes of the 4 warps' 16 x 64 bf16 tiles
-#define WBQ_OFF_S (4 * WB_TILE)          // dq: Q, dO, K, V tiles, then S, dP (f32), dS (bf16), L, D
-#define WBQ_OFF_DP (WBQ_OFF_S + WB_WF)
-#define WBQ_OFF_DS (WBQ_OFF_DP + WB_WF)
-#define WBQ_OFF_L (WBQ_OFF_DS + WB_WH)
-#define WBQ_SMEM (WBQ_OFF_L + 2 * WB_T * 4)
-#define WBK_OFF_S (4 * WB_TILE)          // dkv: K, V, Q, dO tiles, then S^T, dP^T (f32), P^T, dS^T (bf16)
-#define WBK_OFF_DP (WBK_OFF_S + WB_WF)
-#define WBK_OFF_P (WBK_OFF_DP + WB_WF)
-#define WBK_OFF_DS (WBK_OFF_P + WB_WH)
-#define WBK_SMEM (WBK_OFF_DS + WB_WH)
-static_assert(WBQ_SMEM == 81408 && WBK_SMEM == 90112, "src/kernels/launch.rs ATTENTION_BWD_*_WMMA_SMEM");
+// Dynamic shared memory: dq WBQ_SMEM (81408) bytes, dkv WBK_SMEM (90112) bytes.
+// Layouts (geometry.cuh, from kernels/geometry.rs): dq: Q, dO, K, V tiles, then S, dP (f32), dS (bf16), L, D
+// (WBQ_OFF_*, WBQ_SMEM); dkv: K, V, Q, dO tiles, then S^T, dP^T (f32), P^T, dS^T (bf16) (WBK_OFF_*, WBK_SMEM).
 
 // Stage rows row0 .. row0+63 (64 bf16 each, row stride `stride` elements) of src into a padded tile; rows at
 // or beyond n are zero. 16-byte packs: src and stride must keep 16-byte alignment (checked by the launcher).
@@ -488,7 +464,7 @@ __device__ __forceinline__ void wb_write(bf16* __restrict__ dst, long long strid
   __syncwarp();
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
     attention_backward_dq_wmma_bf16(bf16* __restrict__ dqkv, float* __restrict__ Dbuf, const bf16* __restrict__ dout,
                                     const bf16* __restrict__ qkv, const bf16* __restrict__ out,
                                     const float* __restrict__ lse, int Tn, int NH, int C) {
@@ -565,7 +541,7 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 RLHF_EXPORT(attention_backward_dq_wmma_bf16)
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
     attention_backward_dkv_wmma_bf16(bf16* __restrict__ dqkv, const float* __restrict__ Dbuf,
                                      const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
                                      const float* __restrict__ lse, int Tn, int NH, int C) {

@@ -19,8 +19,7 @@
 // never read (they may hold anything, NaN included). Each element is read and written by the same lane in
 // the same pass, so p == s (in place) is allowed.
 #include "common.cuh"
-
-#define SMX_WARPS 8  // rows per block of softmax_causal (src/kernels/launch.rs SMX_WARPS)
+#include "geometry.cuh"  // SMX_WARPS
 
 template <class T>
 __device__ void attention_permute(T* __restrict__ q, T* __restrict__ k, T* __restrict__ v, const T* __restrict__ qkv,

@@ -45,7 +45,8 @@ fn gpu_kernels_match_reference() {
     let x: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
     let dx = st.clone_htod(&x).unwrap();
     let dout = st.alloc_zeros::<f32>(n).unwrap();
-    kl::gelu_forward(&l, DType::F32, dptr(&dout, &st), dptr(&dx, &st), n).unwrap();
+    // SAFETY: every pointer is a live allocation on this launcher's stream of the length the shapes passed require.
+    unsafe { kl::gelu_forward(&l, DType::F32, dptr(&dout, &st), dptr(&dx, &st), n) }.unwrap();
     let got: Vec<f64> = st.clone_dtoh(&dout).unwrap().iter().map(|&v| v as f64).collect();
     let mut want = vec![0.0; n];
     ops::gelu::forward::<f64>(&mut want, &x.iter().map(|&v| v as f64).collect::<Vec<_>>());
@@ -63,18 +64,21 @@ fn gpu_kernels_match_reference() {
         st.alloc_zeros::<f32>(rows).unwrap(),
         st.alloc_zeros::<f32>(rows).unwrap(),
     );
-    kl::layernorm_forward(
-        &l,
-        DType::F32,
-        dptr(&o, &st),
-        dptr(&m, &st),
-        dptr(&r, &st),
-        dptr(&dxi, &st),
-        dptr(&dw, &st),
-        dptr(&db, &st),
-        rows,
-        c,
-    )
+    // SAFETY: every pointer is a live allocation on this launcher's stream of the length the shapes passed require.
+    unsafe {
+        kl::layernorm_forward(
+            &l,
+            DType::F32,
+            dptr(&o, &st),
+            dptr(&m, &st),
+            dptr(&r, &st),
+            dptr(&dxi, &st),
+            dptr(&dw, &st),
+            dptr(&db, &st),
+            rows,
+            c,
+        )
+    }
     .unwrap();
     let got: Vec<f64> = st.clone_dtoh(&o).unwrap().iter().map(|&v| v as f64).collect();
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
@@ -92,20 +96,23 @@ fn gpu_kernels_match_reference() {
     let dp = st.clone_htod(&pos0).unwrap();
     let out = st.alloc_zeros::<u16>(bb * t * c).unwrap();
     let lse = st.alloc_zeros::<f32>(bb * nh * t).unwrap();
-    kl::attention_forward(
-        &l,
-        DType::BF16,
-        dptr(&out, &st),
-        dptr(&lse, &st),
-        dptr(&dq, &st),
-        dptr(&dq, &st),
-        dptr(&dp, &st),
-        bb,
-        t,
-        t,
-        c,
-        nh,
-    )
+    // SAFETY: every pointer is a live allocation on this launcher's stream of the length the shapes passed require.
+    unsafe {
+        kl::attention_forward(
+            &l,
+            DType::BF16,
+            dptr(&out, &st),
+            dptr(&lse, &st),
+            dptr(&dq, &st),
+            dptr(&dq, &st),
+            dptr(&dp, &st),
+            bb,
+            t,
+            t,
+            c,
+            nh,
+        )
+    }
     .unwrap();
     let got: Vec<f64> = st.clone_dtoh(&out).unwrap().iter().map(|&u| bf16::from_bits(u).to_f64()).collect();
     let q64: Vec<f64> = qkv.iter().map(|v| v.to_f64()).collect();

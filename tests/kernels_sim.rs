@@ -161,19 +161,23 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
 #[test]
 fn launch_errors_are_reported_not_crashes() {
     let l = launcher();
-    let e = l.launch("no_such_kernel", LaunchConfig::linear(1, 32), &[]).unwrap_err();
+    // SAFETY: no such kernel: nothing runs.
+    let e = unsafe { l.launch("no_such_kernel", LaunchConfig::linear(1, 32), &[]) }.unwrap_err();
     assert!(e.to_string().contains("no simulated kernel"), "{e}");
-    let e = l
-        .launch(
+    // SAFETY: the simulator refuses the block size before running anything.
+    let e = unsafe {
+        l.launch(
             "planted_scale2_ok",
             LaunchConfig { grid: [1, 1, 1], block: [2048, 1, 1], smem: 0 },
             &[Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0)],
         )
-        .unwrap_err();
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("max 1024"), "{e}");
     // misaligned pointer into a packed kernel is refused by the launch layer
     let b = SimBuf::<f32>::zeros(16);
-    let e = kl::gelu_forward(&l, DType::F32, b.ptr_at(1), b.ptr(), 8).unwrap_err();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    let e = unsafe { kl::gelu_forward(&l, DType::F32, b.ptr_at(1), b.ptr(), 8) }.unwrap_err();
     assert!(e.to_string().contains("aligned"), "{e}");
 }
 
@@ -188,13 +192,15 @@ fn gelu_forward_backward() {
             let x = DBuf::new(dt, &randn(&mut rng, n, 2.0));
             let dy = DBuf::new(dt, &randn(&mut rng, n, 1.0));
             let out = DBuf::poisoned(dt, n);
-            kl::gelu_forward(&l, dt, out.ptr(), x.ptr(), n).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::gelu_forward(&l, dt, out.ptr(), x.ptr(), n) }.unwrap();
             let mut want = vec![0.0; n];
             ops::gelu::forward::<f64>(&mut want, &x.get());
             check(&format!("gelu_forward n={n}"), dt, &out.get(), &want);
 
             let dx = DBuf::poisoned(dt, n);
-            kl::gelu_backward(&l, dt, dx.ptr(), x.ptr(), dy.ptr(), n).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::gelu_backward(&l, dt, dx.ptr(), x.ptr(), dy.ptr(), n) }.unwrap();
             ops::gelu::backward::<f64>(&mut want, &x.get(), &dy.get());
             check(&format!("gelu_backward n={n}"), dt, &dx.get(), &want);
         }
@@ -210,19 +216,22 @@ fn residual_add_accumulate_scale() {
             let a = DBuf::new(dt, &randn(&mut rng, n, 1.0));
             let b = DBuf::new(dt, &randn(&mut rng, n, 1.0));
             let out = DBuf::poisoned(dt, n);
-            kl::add(&l, dt, out.ptr(), a.ptr(), b.ptr(), n).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::add(&l, dt, out.ptr(), a.ptr(), b.ptr(), n) }.unwrap();
             let mut want = vec![0.0; n];
             ops::residual::add::<f64>(&mut want, &a.get(), &b.get());
             check("add", dt, &out.get(), &want);
 
             let mut want = a.get();
             ops::residual::accumulate::<f64>(&mut want, &b.get());
-            kl::accumulate(&l, dt, a.ptr(), b.ptr(), n).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::accumulate(&l, dt, a.ptr(), b.ptr(), n) }.unwrap();
             check("accumulate", dt, &a.get(), &want);
 
             let mut want = b.get();
             ops::residual::scale::<f64>(&mut want, -0.37);
-            kl::scale(&l, dt, b.ptr(), -0.37, n).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::scale(&l, dt, b.ptr(), -0.37, n) }.unwrap();
             check("scale", dt, &b.get(), &want);
         }
     }
@@ -238,14 +247,16 @@ fn casts_round_to_nearest_even() {
     let n = x.len();
     let src = SimBuf::from_slice(&x);
     let dst = SimBuf::<bf16>::poisoned(n, 0xff);
-    kl::cast_f32_to_bf16(&l, dst.ptr(), src.ptr(), n).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::cast_f32_to_bf16(&l, dst.ptr(), src.ptr(), n) }.unwrap();
     for (i, (&f, &h)) in x.iter().zip(dst.as_slice()).enumerate() {
         assert_eq!(h.to_bits(), bf16::from_f32(f).to_bits(), "element {i}: {f}");
     }
     assert_eq!(dst.as_slice()[1001].to_f32(), 1.0);
     assert_eq!(dst.as_slice()[1002].to_f32(), 1.0 + 4.0 / 256.0);
     let back = SimBuf::<f32>::poisoned(n, 0xff);
-    kl::cast_bf16_to_f32(&l, back.ptr(), dst.ptr(), n).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::cast_bf16_to_f32(&l, back.ptr(), dst.ptr(), n) }.unwrap();
     for (&b, &h) in back.as_slice().iter().zip(dst.as_slice()) {
         assert_eq!(b.to_bits(), h.to_f32().to_bits());
     }
@@ -261,7 +272,8 @@ fn bias_add_and_bias_backward() {
             let bias = DBuf::new(dt, &randn(&mut rng, oc, 1.0));
             let mut want = out.get();
             ops::linear::bias_add::<f64>(&mut want, &bias.get());
-            kl::bias_add(&l, dt, out.ptr(), bias.ptr(), n, oc).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::bias_add(&l, dt, out.ptr(), bias.ptr(), n, oc) }.unwrap();
             check("bias_add", dt, &out.get(), &want);
 
             let dout = DBuf::new(dt, &randn(&mut rng, n * oc, 1.0));
@@ -269,7 +281,8 @@ fn bias_add_and_bias_backward() {
             let mut want = db.get();
             ops::linear::bias_backward::<f64>(&mut want, &dout.get());
             let s = scratch(kl::bias_backward_scratch_bytes(n, oc));
-            kl::bias_backward(&l, dt, db.ptr(), dout.ptr(), n, oc, s.ptr()).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::bias_backward(&l, dt, db.ptr(), dout.ptr(), n, oc, s.ptr()) }.unwrap();
             check(&format!("bias_backward {n}x{oc}"), dt, &db.get(), &want);
         }
     }
@@ -285,7 +298,9 @@ fn layernorm_case(l: &dyn Launcher, dt: DType, n: usize, c: usize, seed: u64) ->
     let out = DBuf::poisoned(dt, n * c);
     let mean = SimBuf::<f32>::poisoned(n, 0xff);
     let rstd = SimBuf::<f32>::poisoned(n, 0xff);
-    kl::layernorm_forward(l, dt, out.ptr(), mean.ptr(), rstd.ptr(), x.ptr(), w.ptr(), b.ptr(), n, c).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::layernorm_forward(l, dt, out.ptr(), mean.ptr(), rstd.ptr(), x.ptr(), w.ptr(), b.ptr(), n, c) }
+        .unwrap();
     let (mut wo, mut wm, mut wr) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
     ops::layernorm::forward::<f64>(&mut wo, &mut wm, &mut wr, &x.get(), &w.get(), &b.get(), c);
     check(&format!("layernorm_forward {n}x{c} out"), dt, &out.get(), &wo);
@@ -300,21 +315,24 @@ fn layernorm_case(l: &dyn Launcher, dt: DType, n: usize, c: usize, seed: u64) ->
     let (mut wdi, mut wdw, mut wdb) = (dinp.get(), dw.get(), db.get());
     ops::layernorm::backward::<f64>(&mut wdi, &mut wdw, &mut wdb, &dout.get(), &x.get(), &w.get(), &wm, &wr, c);
     let s = scratch(kl::layernorm_backward_scratch_bytes(n, c));
-    kl::layernorm_backward(
-        l,
-        dt,
-        dinp.ptr(),
-        dw.ptr(),
-        db.ptr(),
-        dout.ptr(),
-        x.ptr(),
-        w.ptr(),
-        mean.ptr(),
-        rstd.ptr(),
-        n,
-        c,
-        s.ptr(),
-    )
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe {
+        kl::layernorm_backward(
+            l,
+            dt,
+            dinp.ptr(),
+            dw.ptr(),
+            db.ptr(),
+            dout.ptr(),
+            x.ptr(),
+            w.ptr(),
+            mean.ptr(),
+            rstd.ptr(),
+            n,
+            c,
+            s.ptr(),
+        )
+    }
     .unwrap();
     check(&format!("layernorm_backward {n}x{c} dinp"), dt, &dinp.get(), &wdi);
     check(&format!("layernorm_backward {n}x{c} dw"), dt, &dw.get(), &wdw);
@@ -344,20 +362,23 @@ fn residual_layernorm_fused_forward() {
             let bias = DBuf::new(dt, &randn(&mut rng, c, 1.0));
             let (res, out) = (DBuf::poisoned(dt, n * c), DBuf::poisoned(dt, n * c));
             let (mean, rstd) = (SimBuf::<f32>::poisoned(n, 0xff), SimBuf::<f32>::poisoned(n, 0xff));
-            kl::residual_layernorm_forward(
-                &l,
-                dt,
-                res.ptr(),
-                out.ptr(),
-                mean.ptr(),
-                rstd.ptr(),
-                a.ptr(),
-                b.ptr(),
-                w.ptr(),
-                bias.ptr(),
-                n,
-                c,
-            )
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe {
+                kl::residual_layernorm_forward(
+                    &l,
+                    dt,
+                    res.ptr(),
+                    out.ptr(),
+                    mean.ptr(),
+                    rstd.ptr(),
+                    a.ptr(),
+                    b.ptr(),
+                    w.ptr(),
+                    bias.ptr(),
+                    n,
+                    c,
+                )
+            }
             .unwrap();
             let mut want_res = vec![0.0; n * c];
             ops::residual::add::<f64>(&mut want_res, &a.get(), &b.get());
@@ -385,7 +406,8 @@ fn encoder_case(l: &dyn Launcher, dt: DType, seed: u64) -> Vec<Vec<f64>> {
     let tok_d = SimBuf::from_slice(&tokens);
     let pos_d = SimBuf::from_slice(&pos0);
     let out = DBuf::poisoned(dt, b * t * c);
-    kl::encoder_forward(l, dt, out.ptr(), tok_d.ptr(), wte.ptr(), wpe.ptr(), pos_d.ptr(), b, t, c).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::encoder_forward(l, dt, out.ptr(), tok_d.ptr(), wte.ptr(), wpe.ptr(), pos_d.ptr(), b, t, c) }.unwrap();
     let mut want = vec![0.0; b * t * c];
     ops::embedding::forward::<f64>(&mut want, &tokens, &wte.get(), &wpe.get(), &pos0, t, c);
     check("encoder_forward", dt, &out.get(), &want);
@@ -397,19 +419,22 @@ fn encoder_case(l: &dyn Launcher, dt: DType, seed: u64) -> Vec<Vec<f64>> {
     ops::embedding::backward::<f64>(&mut w1, &mut w2, &dout.get(), &tokens, &pos0, t, c);
     let plan = kl::EncoderPlan::new(&tokens);
     let plan_d = SimBuf::from_slice(&plan.data);
-    kl::encoder_backward(
-        l,
-        dt,
-        dwte.ptr(),
-        dwpe.ptr(),
-        dout.ptr(),
-        plan_d.ptr(),
-        plan.buckets,
-        pos_d.ptr(),
-        &pos0,
-        t,
-        c,
-    )
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe {
+        kl::encoder_backward(
+            l,
+            dt,
+            dwte.ptr(),
+            dwpe.ptr(),
+            dout.ptr(),
+            plan_d.ptr(),
+            plan.buckets,
+            pos_d.ptr(),
+            &pos0,
+            t,
+            c,
+        )
+    }
     .unwrap();
     check("encoder_backward dwte", dt, &dwte.get(), &w1);
     check("encoder_backward dwpe", dt, &dwpe.get(), &w2);
@@ -462,8 +487,11 @@ fn crossentropy_case(
         inv_temp,
         want_grad,
     );
-    kl::crossentropy(l, dt, losses.ptr(), logits.ptr(), td.ptr(), wd.ptr(), n, v, vp, inv_temp as f32, want_grad)
-        .unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe {
+        kl::crossentropy(l, dt, losses.ptr(), logits.ptr(), td.ptr(), wd.ptr(), n, v, vp, inv_temp as f32, want_grad)
+    }
+    .unwrap();
     // losses are f32 whatever the logits' type; with bf16 logits the inputs are the same bf16 values
     check(&format!("crossentropy losses V={v}"), DType::F32, &f64s(&losses), &want_losses);
     let got = logits.get();
@@ -506,7 +534,8 @@ fn adamw_one(
     let table =
         kl::adamw_chunks(dt, &[kl::AdamWTensor { param, master, grad, m, v, n, weight_decay: h.weight_decay }])?;
     let td = SimBuf::<u8>::from_slice(bytemuck::cast_slice(&table));
-    kl::adamw_multi(l, dt, td.ptr(), table.len(), h)
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::adamw_multi(l, dt, td.ptr(), table.len(), h) }
 }
 
 /// The sum of squares of one tensor through the multi-tensor reduction.
@@ -514,7 +543,8 @@ fn sum_squares_one(l: &dyn Launcher, dt: DType, x: u64, n: usize) -> f64 {
     let table = kl::sum_squares_chunks(dt, &[(x, n)]);
     let td = SimBuf::<u8>::from_slice(bytemuck::cast_slice(&table));
     let s = SimBuf::<f64>::poisoned(kl::sum_squares_multi_scratch_bytes(table.len()) / 8, 0xff);
-    kl::sum_squares_multi(l, dt, td.ptr(), table.len(), s.ptr()).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::sum_squares_multi(l, dt, td.ptr(), table.len(), s.ptr()) }.unwrap();
     s.as_slice()[0]
 }
 
@@ -628,8 +658,11 @@ fn attention_fwd_case_with(
     let pd = SimBuf::from_slice(pos0);
     let out = DBuf::poisoned(dt, b * tq * c);
     let lse = SimBuf::<f32>::poisoned(b * nh * tq, 0xff);
-    kl::attention_forward_with(l, imp, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh)
-        .unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe {
+        kl::attention_forward_with(l, imp, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh)
+    }
+    .unwrap();
     let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
     ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh);
     let what = format!("attention_forward[{imp:?}] B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
@@ -648,8 +681,10 @@ fn attention_forward_tensor_cores() {
         attention_fwd_case_with(&l, imp, DType::BF16, 1, 150, 150, 64, 1, &[0], 91);
         attention_fwd_case_with(&l, imp, DType::BF16, 2, 3, 100, 128, 2, &[20, 97], 92);
     }
-    let e = kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2)
-        .unwrap_err();
+    // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
+    let e =
+        unsafe { kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2) }
+            .unwrap_err();
     assert!(e.to_string().contains("bf16"), "{e}");
 }
 
@@ -694,7 +729,9 @@ fn attention_bwd_cases(
     let pd = SimBuf::from_slice(&pos0);
     let out = DBuf::poisoned(dt, b * t * c);
     let lse = SimBuf::<f32>::poisoned(b * nh * t, 0xff);
-    kl::attention_forward(l, dt, out.ptr(), lse.ptr(), qkv.ptr(), qkv.ptr(), pd.ptr(), b, t, t, c, nh).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::attention_forward(l, dt, out.ptr(), lse.ptr(), qkv.ptr(), qkv.ptr(), pd.ptr(), b, t, t, c, nh) }
+        .unwrap();
     // reference backward from the reference forward's out/lse (f64) on the same inputs
     let (mut wo, mut wl) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
     ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh);
@@ -704,21 +741,24 @@ fn attention_bwd_cases(
     for &imp in imps {
         let dqkv = DBuf::poisoned(dt, b * t * 3 * c);
         let s = scratch(kl::attention_backward_scratch_bytes(b, t, nh));
-        kl::attention_backward_with(
-            l,
-            imp,
-            dt,
-            dqkv.ptr(),
-            dout.ptr(),
-            qkv.ptr(),
-            out.ptr(),
-            lse.ptr(),
-            b,
-            t,
-            c,
-            nh,
-            s.ptr(),
-        )
+        // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+        unsafe {
+            kl::attention_backward_with(
+                l,
+                imp,
+                dt,
+                dqkv.ptr(),
+                dout.ptr(),
+                qkv.ptr(),
+                out.ptr(),
+                lse.ptr(),
+                b,
+                t,
+                c,
+                nh,
+                s.ptr(),
+            )
+        }
         .unwrap();
         check(&format!("attention_backward[{imp:?}] B={b} T={t} C={c} NH={nh}"), dt, &dqkv.get(), &want);
         res.push(dqkv.get());
@@ -738,7 +778,8 @@ fn attention_backward_matches_reference() {
         }
     }
     assert!(
-        kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2).is_err(),
+        // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
+        unsafe { kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2) }.is_err(),
         "head size 160 must be refused"
     );
 }
@@ -775,11 +816,16 @@ fn attention_backward_tensor_cores() {
         let got = attention_bwd_cases(&SimLauncher::racy(seed), &[Wmma], DType::BF16, 1, 70, 128, 2, 110);
         assert_eq!(got, want, "attention_backward (tensor cores) differs under race mode seed {seed}");
     }
-    let e = kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 0)
-        .unwrap_err();
+    // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
+    let e =
+        unsafe { kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 0) }
+            .unwrap_err();
     assert!(e.to_string().contains("bf16"), "{e}");
-    let e = kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 0)
-        .unwrap_err();
+    // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
+    let e = unsafe {
+        kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 0)
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("aligned"), "{e}");
 }
 
@@ -826,7 +872,9 @@ fn run_simple(
     let x = SimBuf::from_slice(inp);
     let mut args = vec![Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())];
     args.extend_from_slice(extra);
-    l.launch(kernel, cfg, &args).unwrap();
+    // SAFETY: the planted kernels take (out, inp, extra...) and stay within out_len and inp.len() elements
+    // for the configurations their tests pass.
+    unsafe { l.launch(kernel, cfg, &args) }.unwrap();
     f64s(&out)
 }
 
@@ -893,13 +941,15 @@ fn planted_wrong_shuffle_offset_is_caught() {
 fn planted_divergent_barrier_reports_deadlock() {
     let out = SimBuf::<f32>::zeros(64);
     let x = SimBuf::<f32>::zeros(64);
-    let e = launcher()
-        .launch(
+    // SAFETY: the kernel reads and writes 64 floats of x and out.
+    let e = unsafe {
+        launcher().launch(
             "planted_divergent_barrier",
             LaunchConfig { grid: [1, 1, 1], block: [64, 1, 1], smem: 0 },
             &[Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())],
         )
-        .unwrap_err();
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("deadlock"), "{e}");
 }
 

@@ -97,13 +97,16 @@ struct Unfused {
 fn unfused_forward(l: &dyn Launcher, dt: DType, qkv: &DBuf, b: usize, t: usize, nh: usize, hs: usize) -> Unfused {
     let (bh, c) = (b * nh, nh * hs);
     let (q, k, v) = (DBuf::poisoned(dt, bh * t * hs), DBuf::poisoned(dt, bh * t * hs), DBuf::poisoned(dt, bh * t * hs));
-    kl::attention_permute(l, dt, q.ptr(), k.ptr(), v.ptr(), qkv.ptr(), b, t, nh, hs).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::attention_permute(l, dt, q.ptr(), k.ptr(), v.ptr(), qkv.ptr(), b, t, nh, hs) }.unwrap();
     let s = DBuf::new(dt, &matmul_nt_f32(&q.get(), &k.get(), bh, t, t, hs));
     let p = DBuf::poisoned(dt, bh * t * t);
-    kl::softmax_causal(l, dt, p.ptr(), s.ptr(), bh, t, 1.0 / (hs as f32).sqrt()).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::softmax_causal(l, dt, p.ptr(), s.ptr(), bh, t, 1.0 / (hs as f32).sqrt()) }.unwrap();
     let y = DBuf::new(dt, &matmul_nn_f32(&p.get(), &v.get(), bh, t, hs, t));
     let out = DBuf::poisoned(dt, b * t * c);
-    kl::attention_unpermute(l, dt, out.ptr(), y.ptr(), b, t, nh, hs).unwrap();
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::attention_unpermute(l, dt, out.ptr(), y.ptr(), b, t, nh, hs) }.unwrap();
     Unfused { out: out.get(), p: p.get(), p_bits: p.bits(), out_bits: out.bits() }
 }
 
@@ -129,7 +132,8 @@ fn permute_unpermute_are_exact_copies() {
             let qkv = DBuf::new(dt, &randn(&mut rng, b * t * 3 * c, 1.0));
             let n = b * nh * t * hs;
             let (q, k, v) = (DBuf::poisoned(dt, n), DBuf::poisoned(dt, n), DBuf::poisoned(dt, n));
-            kl::attention_permute(&l, dt, q.ptr(), k.ptr(), v.ptr(), qkv.ptr(), b, t, nh, hs).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::attention_permute(&l, dt, q.ptr(), k.ptr(), v.ptr(), qkv.ptr(), b, t, nh, hs) }.unwrap();
             let src = qkv.bits();
             let (qb, kb, vb) = (q.bits(), k.bits(), v.bits());
             for bi in 0..b {
@@ -147,7 +151,8 @@ fn permute_unpermute_are_exact_copies() {
             }
             // unpermute(permute(qkv).v) is the v section of qkv
             let out = DBuf::poisoned(dt, b * t * c);
-            kl::attention_unpermute(&l, dt, out.ptr(), v.ptr(), b, t, nh, hs).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::attention_unpermute(&l, dt, out.ptr(), v.ptr(), b, t, nh, hs) }.unwrap();
             let ob = out.bits();
             for r in 0..b * t {
                 assert_eq!(
@@ -216,7 +221,8 @@ fn softmax_causal_in_place_upper_triangle_and_rounding() {
             let sd = DBuf::new(dt, &s);
             let sv = sd.get(); // the stored (for bf16: rounded) scores
             let p = DBuf::poisoned(dt, bh * t * t);
-            kl::softmax_causal(&l, dt, p.ptr(), sd.ptr(), bh, t, scale as f32).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::softmax_causal(&l, dt, p.ptr(), sd.ptr(), bh, t, scale as f32) }.unwrap();
             let (pv, pb) = (p.get(), p.bits());
             for r in 0..bh * t {
                 let ti = r % t;
@@ -251,13 +257,17 @@ fn softmax_causal_in_place_upper_triangle_and_rounding() {
             }
             // in place: p == s gives the same bits
             let ip = DBuf::new(dt, &s);
-            kl::softmax_causal(&l, dt, ip.ptr(), ip.ptr(), bh, t, scale as f32).unwrap();
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::softmax_causal(&l, dt, ip.ptr(), ip.ptr(), bh, t, scale as f32) }.unwrap();
             assert_eq!(ip.bits(), pb, "{dt:?} in-place softmax differs (BH={bh} T={t})");
         }
         // empty launches are no-ops
-        kl::softmax_causal(&l, dt, 0, 0, 0, 5, 1.0).unwrap();
-        kl::attention_permute(&l, dt, 0, 0, 0, 0, 0, 5, 2, 8).unwrap();
-        kl::attention_unpermute(&l, dt, 0, 0, 2, 0, 2, 8).unwrap();
+        // SAFETY (the three calls): zero elements, so no pointer is dereferenced (nothing is launched).
+        unsafe {
+            kl::softmax_causal(&l, dt, 0, 0, 0, 5, 1.0).unwrap();
+            kl::attention_permute(&l, dt, 0, 0, 0, 0, 0, 5, 2, 8).unwrap();
+            kl::attention_unpermute(&l, dt, 0, 0, 2, 0, 2, 8).unwrap();
+        }
     }
 }
 

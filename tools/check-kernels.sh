@@ -11,6 +11,11 @@ NVCC="$(cat "$ROOT/.toolchain/nvcc-path")"
 ARCHS="${RLHF_CUDA_ARCHS:-90}"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
+# geometry.cuh, as build.rs writes it: generated from kernels/geometry.rs by a two-line program.
+printf '#[path = "%s/kernels/geometry.rs"]\nmod geometry;\nfn main() { print!("{}", geometry::cuda_header()); }\n' \
+  "$ROOT" >"$TMP/gen_geometry.rs"
+rustc --edition 2021 -o "$TMP/gen_geometry" "$TMP/gen_geometry.rs"
+"$TMP/gen_geometry" >"$TMP/geometry.cuh"
 
 status=0
 printf '%-12s %-6s %-40s %5s %7s %7s %7s\n' file arch kernel regs smem spillST spillLD
@@ -19,7 +24,7 @@ for cu in "$ROOT"/kernels/*.cu; do
   for arch in ${ARCHS//,/ }; do
     log="$TMP/$stem.sm$arch.log"
     if ! "$NVCC" -cubin -arch="sm_$arch" -O3 -std=c++17 -lineinfo -Xptxas -v -Xptxas -warn-spills \
-        -Xptxas -warn-lmem-usage -I "$ROOT/kernels" -o "$TMP/$stem.sm$arch.cubin" "$cu" >"$log" 2>&1; then
+        -Xptxas -warn-lmem-usage -I "$ROOT/kernels" -I "$TMP" -o "$TMP/$stem.sm$arch.cubin" "$cu" >"$log" 2>&1; then
       cat "$log"
       echo "check-kernels: $stem.cu failed to compile for sm_$arch" >&2
       status=1

@@ -11,6 +11,10 @@
 //!   GPU's bf16 dense peak where the GPU is known, else over the measured GEMM ceiling.
 //!
 //! Written over [`Device`], so the same code runs in the simulator (tiny shapes, meaningless times) in tests.
+//!
+//! Every device pointer passed to an `unsafe` launch or copy here comes from an allocation of this module
+//! (`dev.alloc` or `rand`) that lives to the end of the function, sized for the shapes passed with it;
+//! the `// SAFETY:` comments say which sizes.
 
 use crate::kernels::device::{Device, Gemm};
 use crate::kernels::engine::KernelBackend;
@@ -162,16 +166,20 @@ fn rand<D: Device>(dev: &D, n: usize, dt: DType, seed: u64) -> Result<Rand<D::Me
     let host: Vec<f32> = (0..n).map(|_| (rng.uniform() as f32 - 0.5) * 0.5).collect();
     let mem = dev.alloc(n * dt.size())?;
     let ptr = dev.ptr(&mem);
-    match dt {
-        DType::F32 => dev.htod(ptr, bytemuck::cast_slice(&host))?,
+    let bytes: Vec<u8> = match dt {
+        DType::F32 => bytemuck::cast_slice(&host).to_vec(),
         DType::BF16 => {
-            dev.htod(ptr, bytemuck::cast_slice(&host.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>()))?
+            bytemuck::cast_slice(&host.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>()).to_vec()
         }
-    }
+    };
+    // SAFETY: `mem` was just allocated with n elements of dt, the length of `bytes`.
+    unsafe { dev.htod(ptr, &bytes)? };
     Ok(Rand { _mem: mem, ptr })
 }
 
-fn download_bf16<D: Device>(dev: &D, p: DevPtr, n: usize) -> Result<Vec<f32>> {
+/// # Safety
+/// `p` must address `n` bf16 of `dev`'s memory.
+unsafe fn download_bf16<D: Device>(dev: &D, p: DevPtr, n: usize) -> Result<Vec<f32>> {
     let mut h = vec![half::bf16::ZERO; n];
     dev.dtoh(bytemuck::cast_slice_mut(&mut h), p)?;
     Ok(h.iter().map(|x| x.to_f32()).collect())
@@ -180,11 +188,13 @@ fn download_bf16<D: Device>(dev: &D, p: DevPtr, n: usize) -> Result<Vec<f32>> {
 fn ceilings<D: Device>(dev: &D, s: &BenchSizes) -> Result<Ceilings> {
     let (src, dst) = (dev.alloc(s.copy_bytes)?, dev.alloc(s.copy_bytes)?);
     let (ps, pd) = (dev.ptr(&src), dev.ptr(&dst));
-    let t = time(dev, s.iters, |_| dev.dtod(pd, ps, s.copy_bytes))?;
+    // SAFETY: src and dst hold copy_bytes each.
+    let t = time(dev, s.iters, |_| unsafe { dev.dtod(pd, ps, s.copy_bytes) })?;
     let d = s.gemm_dim;
     let (a, b, c) = (rand(dev, d * d, DType::BF16, 1)?, rand(dev, d * d, DType::BF16, 2)?, dev.alloc(d * d * 2)?);
     let g = Gemm::single(dev.ptr(&c), a.ptr, b.ptr, d, d, d, false, false, DType::BF16, DType::BF16, 0.0);
-    let tg = time(dev, s.iters, |_| dev.gemm(&g))?;
+    // SAFETY: a, b and c hold d x d bf16 each.
+    let tg = time(dev, s.iters, |_| unsafe { dev.gemm(&g) })?;
     Ok(Ceilings {
         copy_gbps: 2.0 * s.copy_bytes as f64 / t / 1e9,
         gemm_bf16_tflops: g.flops() / tg / 1e12,
@@ -219,11 +229,16 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let (pm, pr) = (dev.ptr(&mean), dev.ptr(&rstd));
     // [N,C] operands: slice i % 4 of the [4N,C] buffers (4 x (in + out) is twice an H100/H200's 50 MB L2)
     let sl = |p: DevPtr, i: usize| p + ((i % 4) * nc * 2) as u64;
+    // SAFETY (the launches below up to the embedding): x, y, dy, out, res hold 4 N x C bf16 (a slice `sl` of
+    // N x C, or the whole for the 4C-wide ops), w, b, dbias 4C, dw, db C, mean, rstd N f32, the scratches
+    // the sizes their functions give.
 
-    let t = time(dev, s.iters, |i| kl::layernorm_forward(l, bf, sl(po, i), pm, pr, sl(x.ptr, i), w.ptr, b.ptr, n, c))?;
+    let t = time(dev, s.iters, |i| unsafe {
+        kl::layernorm_forward(l, bf, sl(po, i), pm, pr, sl(x.ptr, i), w.ptr, b.ptr, n, c)
+    })?;
     row(bf, "layernorm_forward", &shape, 2 * nc * 2 + 8 * n, t);
     let res = dev.alloc(4 * nc * 2)?;
-    let t = time(dev, s.iters, |i| {
+    let t = time(dev, s.iters, |i| unsafe {
         kl::residual_layernorm_forward(
             l,
             bf,
@@ -242,7 +257,7 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     row(bf, "residual_layernorm_forward", &shape, 4 * nc * 2 + 8 * n, t);
     let (dw, db, scratch) =
         (dev.alloc(c * 2)?, dev.alloc(c * 2)?, dev.alloc(kl::layernorm_backward_scratch_bytes(n, c))?);
-    let t = time(dev, s.iters, |i| {
+    let t = time(dev, s.iters, |i| unsafe {
         kl::layernorm_backward(
             l,
             bf,
@@ -261,14 +276,16 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     })?;
     row(bf, "layernorm_backward", &shape, 4 * nc * 2 + 8 * n, t);
     let shape4 = format!("{}x{}x{}", s.batch, s.seq, 4 * c);
-    let t = time(dev, s.iters, |_| kl::gelu_forward(l, bf, po, x.ptr, 4 * nc))?;
+    let t = time(dev, s.iters, |_| unsafe { kl::gelu_forward(l, bf, po, x.ptr, 4 * nc) })?;
     row(bf, "gelu_forward", &shape4, 2 * 4 * nc * 2, t);
-    let t = time(dev, s.iters, |_| kl::gelu_backward(l, bf, po, x.ptr, dy.ptr, 4 * nc))?;
+    let t = time(dev, s.iters, |_| unsafe { kl::gelu_backward(l, bf, po, x.ptr, dy.ptr, 4 * nc) })?;
     row(bf, "gelu_backward", &shape4, 3 * 4 * nc * 2, t);
-    let t = time(dev, s.iters, |i| kl::add(l, bf, sl(po, i), sl(x.ptr, i), sl(y.ptr, i), nc))?;
+    let t = time(dev, s.iters, |i| unsafe { kl::add(l, bf, sl(po, i), sl(x.ptr, i), sl(y.ptr, i), nc) })?;
     row(bf, "add", &shape, 3 * nc * 2, t);
     let (dbias, bscratch) = (dev.alloc(4 * c * 2)?, dev.alloc(kl::bias_backward_scratch_bytes(n, 4 * c))?);
-    let t = time(dev, s.iters, |_| kl::bias_backward(l, bf, dev.ptr(&dbias), dy.ptr, n, 4 * c, dev.ptr(&bscratch)))?;
+    let t = time(dev, s.iters, |_| unsafe {
+        kl::bias_backward(l, bf, dev.ptr(&dbias), dy.ptr, n, 4 * c, dev.ptr(&bscratch))
+    })?;
     row(bf, "bias_backward", &shape4, 4 * nc * 2, t);
     drop((x, y, dy, out, res));
 
@@ -276,10 +293,13 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     let mut rng = crate::util::rng::Rng::new(8);
     let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let tok = dev.alloc(n * 4)?;
-    dev.htod(dev.ptr(&tok), bytemuck::cast_slice(&tokens))?;
+    // SAFETY: tok holds n u32.
+    unsafe { dev.htod(dev.ptr(&tok), bytemuck::cast_slice(&tokens))? };
     let pos0 = dev.alloc(s.batch * 4)?;
     let (wte, wpe, enc) = (rand(dev, vp * c, bf, 9)?, rand(dev, cfg.n_positions * c, bf, 10)?, dev.alloc(nc * 2)?);
-    let t = time(dev, s.iters, |_| {
+    // SAFETY: enc holds N x C bf16, tok N ids below vocab_size <= Vp (the rows of wte), wpe n_positions rows
+    // (>= seq), pos0 B zeros.
+    let t = time(dev, s.iters, |_| unsafe {
         kl::encoder_forward(l, bf, dev.ptr(&enc), dev.ptr(&tok), wte.ptr, wpe.ptr, dev.ptr(&pos0), s.batch, s.seq, c)
     })?;
     row(bf, "encoder_forward", &shape, 3 * nc * 2 + 4 * n, t);
@@ -291,7 +311,8 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     for ldt in [bf, DType::F32] {
         let logits = rand(dev, n * vp, ldt, 11)?;
         // each run overwrites the logits with their gradient; rerunning on gradients moves the same bytes
-        let t = time(dev, s.iters, |_| {
+        // SAFETY: losses, weights hold N f32, logits N x Vp, tok N ids below vocab_size.
+        let t = time(dev, s.iters, |_| unsafe {
             kl::crossentropy(
                 l,
                 ldt,
@@ -327,8 +348,9 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     };
     let table = kl::adamw_chunks(bf, &[tensor])?;
     let table_d = dev.alloc(table.len() * std::mem::size_of::<kl::AdamWChunk>())?;
-    dev.htod(dev.ptr(&table_d), bytemuck::cast_slice(&table))?;
-    let t = time(dev, s.iters, |_| kl::adamw_multi(l, bf, dev.ptr(&table_d), table.len(), &h))?;
+    // SAFETY: table_d holds the table's bytes; the table covers param, grad (np bf16), master, m, v (np f32).
+    unsafe { dev.htod(dev.ptr(&table_d), bytemuck::cast_slice(&table))? };
+    let t = time(dev, s.iters, |_| unsafe { kl::adamw_multi(l, bf, dev.ptr(&table_d), table.len(), &h) })?;
     row(bf, "adamw", &format!("{np}"), np * (2 + 2 + 3 * 8), t);
     Ok(rows)
 }
@@ -342,12 +364,16 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
     let (out, lse, dqkv) = (dev.alloc(b * t * c * 2)?, dev.alloc(b * nh * t * 4)?, dev.alloc(b * t * 3 * c * 2)?);
     let pos0 = dev.alloc(b * 4)?;
     let (po, pl) = (dev.ptr(&out), dev.ptr(&lse));
-    let fwd = || kl::attention_forward(l, bf, po, pl, qkv.ptr, qkv.ptr, dev.ptr(&pos0), b, t, t, c, nh);
+    // SAFETY (the attention launches and products below): qkv, dqkv hold B x T x 3C bf16, dout, out, q, k,
+    // v, y, out2 B x T x C, lse B x NH x T f32, sbuf B x NH x T x T bf16, pos0 B zeros, scratch its size.
+    let fwd = || unsafe { kl::attention_forward(l, bf, po, pl, qkv.ptr, qkv.ptr, dev.ptr(&pos0), b, t, t, c, nh) };
     let t_fwd = time(dev, s.iters, |_| fwd())?;
     let scratch = dev.alloc(kl::attention_backward_scratch_bytes(b, t, nh))?;
     let t_both = time(dev, s.iters, |_| {
         fwd()?;
-        kl::attention_backward(l, bf, dev.ptr(&dqkv), dout.ptr, qkv.ptr, po, pl, b, t, c, nh, dev.ptr(&scratch))
+        unsafe {
+            kl::attention_backward(l, bf, dev.ptr(&dqkv), dout.ptr, qkv.ptr, po, pl, b, t, c, nh, dev.ptr(&scratch))
+        }
     })?;
     // unfused: q, k, v [B*NH, T, hs]; S = q k^T [B*NH, T, T]; P = causal softmax(S / sqrt(hs)); y = P v
     let (q, k, v, y, out2) = (
@@ -398,7 +424,7 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
         stride_out: t * hs,
         bias: 0,
     };
-    let t_unf = time(dev, s.iters, |_| {
+    let t_unf = time(dev, s.iters, |_| unsafe {
         kl::attention_permute(l, bf, pq, pk, pv, qkv.ptr, b, t, nh, hs)?;
         dev.gemm(&scores)?;
         kl::softmax_causal(l, bf, ps, ps, bh, t, 1.0 / (hs as f32).sqrt())?;
@@ -406,7 +432,9 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
         kl::attention_unpermute(l, bf, dev.ptr(&out2), py, b, t, nh, hs)
     })?;
     fwd()?;
-    let (fused, unfused) = (download_bf16(dev, po, b * t * c)?, download_bf16(dev, dev.ptr(&out2), b * t * c)?);
+    // SAFETY: out and out2 hold B x T x C bf16.
+    let (fused, unfused) =
+        unsafe { (download_bf16(dev, po, b * t * c)?, download_bf16(dev, dev.ptr(&out2), b * t * c)?) };
     let scale = fused.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
     let err = fused
         .iter()

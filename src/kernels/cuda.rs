@@ -97,7 +97,7 @@ impl CudaLauncher {
 }
 
 impl Launcher for CudaLauncher {
-    fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| anyhow!("{e}"))?;
         let mut func = self.function(kernel)?;
         if cfg.smem > func.smem_limit {
@@ -114,8 +114,9 @@ impl Launcher for CudaLauncher {
             self.funcs.lock().unwrap().insert(kernel.to_string(), func);
         }
         let mut params: Vec<*mut c_void> = args.iter().map(|a| a.value_ptr()).collect();
-        // SAFETY: params point at values that live for the call and match the kernel's parameter list (the
-        // launch layer builds both from the same contract); the device pointers among them are the caller's.
+        // SAFETY: params point at values that live for the call and match the kernel's parameter list, and the
+        // device pointers among them are valid for the kernel's accesses: both by this function's contract
+        // (`Launcher::launch`).
         unsafe {
             result::launch_kernel(
                 func.f,

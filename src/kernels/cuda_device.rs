@@ -184,26 +184,28 @@ impl Device for CudaDevice {
         let (p, _sync) = m.device_ptr(&self.stream);
         p
     }
-    // SAFETY (the copies and memset): pointers come from allocations on this stream, sized by the caller.
-    fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+    // SAFETY (the copies and memset): the pointers address device memory of the sizes given, by the
+    // trait's contract; the host slices are borrowed for the whole call (each copy to or from the host
+    // synchronizes before returning).
+    unsafe fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         self.bind()?;
         cu("copy to device", unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) })?;
         self.synchronize()
     }
-    fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
+    unsafe fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
         self.bind()?;
         cu("copy to host", unsafe { drv::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) })?;
         self.synchronize()
     }
-    fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+    unsafe fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
         self.bind()?;
         cu("device copy", unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) })
     }
-    fn memset0(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+    unsafe fn memset0(&self, dst: DevPtr, bytes: usize) -> Result<()> {
         self.bind()?;
         cu("memset", unsafe { drv::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) })
     }
-    fn gemm(&self, g: &Gemm) -> Result<()> {
+    unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
         self.bind()?;
         let desc = Desc(cu(
             "cublasLtMatmulDescCreate",

@@ -86,12 +86,35 @@ pub trait Device: Send + Sync {
     fn alloc(&self, bytes: usize) -> Result<Self::Mem>;
     fn ptr(&self, m: &Self::Mem) -> DevPtr;
     /// Copies `src` to `dst`; returns once `src` may be reused.
-    fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
+    ///
+    /// # Safety
+    /// `dst` must address `src.len()` writable bytes of this device's memory, allocated until the copy is
+    /// done and not accessed concurrently by anything else.
+    unsafe fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
     /// Copies to the host after every queued operation; returns when `dst` holds the data.
-    fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()>;
-    fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
-    fn memset0(&self, dst: DevPtr, bytes: usize) -> Result<()>;
-    fn gemm(&self, g: &Gemm) -> Result<()>;
+    ///
+    /// # Safety
+    /// `src` must address `dst.len()` readable bytes of this device's memory.
+    unsafe fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()>;
+    /// Copies `bytes` bytes from `src` to `dst` (the ranges may overlap in the simulator only).
+    ///
+    /// # Safety
+    /// `src` and `dst` must each address `bytes` bytes of this device's memory (readable, resp. writable),
+    /// allocated until the copy has completed in stream order.
+    unsafe fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
+    /// Sets `bytes` bytes at `dst` to zero.
+    ///
+    /// # Safety
+    /// `dst` must address `bytes` writable bytes of this device's memory, allocated until the memset has
+    /// completed in stream order.
+    unsafe fn memset0(&self, dst: DevPtr, bytes: usize) -> Result<()>;
+    /// Runs the products of `g`.
+    ///
+    /// # Safety
+    /// Every pointer of `g` must address this device's memory holding the elements the product reads or
+    /// writes (batch `i` at `i` strides; `bias`, if not 0, `n` elements of `out_dt`), allocated until the
+    /// product has completed in stream order.
+    unsafe fn gemm(&self, g: &Gemm) -> Result<()>;
     /// Waits for everything queued (and surfaces asynchronous errors).
     fn synchronize(&self) -> Result<()>;
 }
@@ -141,24 +164,25 @@ impl Device for SimDevice {
     fn ptr(&self, m: &SimBuf<u8>) -> DevPtr {
         m.ptr()
     }
-    // SAFETY (the four copies): device pointers are host addresses of live SimBufs sized by the caller.
-    fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+    // The simulator's device pointers are host addresses: the callers' contracts (see the trait) make these
+    // raw copies valid.
+    unsafe fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len());
         Ok(())
     }
-    fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
-        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+    unsafe fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
+        std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len());
         Ok(())
     }
-    fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
-        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+    unsafe fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
         Ok(())
     }
-    fn memset0(&self, dst: DevPtr, bytes: usize) -> Result<()> {
-        unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
+    unsafe fn memset0(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        std::ptr::write_bytes(dst as *mut u8, 0, bytes);
         Ok(())
     }
-    fn gemm(&self, g: &Gemm) -> Result<()> {
+    unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
         let (sa, sb, so) = (g.in_dt.size() as u64, g.in_dt.size() as u64, g.out_dt.size() as u64);
         for i in 0..g.batch as u64 {
             let (pa, pb, po) = (
@@ -166,7 +190,7 @@ impl Device for SimDevice {
                 g.b + i * g.stride_b as u64 * sb,
                 g.out + i * g.stride_out as u64 * so,
             );
-            // SAFETY: the Gemm describes live buffers of these sizes (the caller's contract).
+            // SAFETY: the Gemm describes live buffers of these sizes (this function's contract).
             unsafe {
                 let a = read_f32(pa, g.m * g.k, g.in_dt);
                 let b = read_f32(pb, g.k * g.n, g.in_dt);

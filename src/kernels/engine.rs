@@ -15,6 +15,12 @@
 //! of another type are read through a converted view (an f32 buffer's bf16 copy is made once and kept
 //! until the buffer is next written). Outputs that are statistics are always f32, so no f32 value is
 //! silently narrowed.
+//!
+//! Safety: the launch functions and device copies are `unsafe` (kernels dereference raw device pointers);
+//! the [`Backend`] methods here stay safe because every pointer they pass comes from a live buffer of this
+//! backend ([`DevBuf`], [`DevIds`], a scratch or cached upload) and every size a kernel will access is
+//! checked against those buffers first (`need` and the index checks), panicking like the CPU engine's
+//! slice indexing where a caller passes inconsistent shapes.
 
 use super::cuda_device::CudaDevice;
 use super::device::{Device, Gemm, SimDevice};
@@ -99,6 +105,18 @@ impl<M> View<M> {
     }
 }
 
+/// Panics unless `b` holds at least `n` elements: what the kernel about to run accesses through it.
+fn need<M>(what: &str, b: &DevBuf<M>, n: usize) {
+    assert!(b.n >= n, "{what}: a buffer of {} elements where {n} are needed", b.n);
+}
+
+/// Panics unless every id is below `bound` (ids index rows of another buffer in the kernels).
+fn ids_below(what: &str, ids: &[u32], bound: usize) {
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= bound) {
+        panic!("{what}: id {bad} out of range (< {bound} required)");
+    }
+}
+
 /// Device failures inside ops are bugs or a dead device: reported by a panic (see crate::backend).
 fn ok<T>(what: &str, r: Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e:#}"))
@@ -144,7 +162,10 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// Converts n elements from `src` (type `from`) into `dst` (type `to`).
-    fn cast(&self, dst: DevPtr, to: DType, src: DevPtr, from: DType, n: usize) {
+    ///
+    /// # Safety
+    /// `dst` must address `n` elements of `to` and `src` `n` elements of `from`, in this backend's memory.
+    unsafe fn cast(&self, dst: DevPtr, to: DType, src: DevPtr, from: DType, n: usize) {
         let r = match (from, to) {
             (a, b) if a == b => self.dev.dtod(dst, src, n * a.size()),
             (DType::F32, DType::BF16) => kl::cast_f32_to_bf16(self.l(), dst, src, n),
@@ -161,14 +182,16 @@ impl<D: Device> KernelBackend<D> {
         if b.dt == F32 {
             let half = b.half.get_or_init(|| {
                 let h = self.alloc(b.n, DType::BF16);
-                self.cast(self.p(&h), DType::BF16, self.p(&b.mem), F32, b.n);
+                // SAFETY: `h` was just allocated with b.n bf16 elements; b.mem holds b.n f32.
+                unsafe { self.cast(self.p(&h), DType::BF16, self.p(&b.mem), F32, b.n) };
                 h
             });
             return View::Borrowed(self.p(half));
         }
         let tmp = self.alloc(b.n, F32);
         let p = self.p(&tmp);
-        self.cast(p, F32, self.p(&b.mem), b.dt, b.n);
+        // SAFETY: `tmp` was just allocated with b.n f32 elements; b.mem holds b.n elements of b.dt.
+        unsafe { self.cast(p, F32, self.p(&b.mem), b.dt, b.n) };
         View::Temp(tmp, p)
     }
 
@@ -178,7 +201,8 @@ impl<D: Device> KernelBackend<D> {
         b.half.take();
         if b.dt != dt {
             let m = self.alloc(b.n, dt);
-            self.cast(self.p(&m), dt, self.p(&b.mem), b.dt, b.n);
+            // SAFETY: `m` was just allocated with b.n elements of dt; b.mem holds b.n elements of b.dt.
+            unsafe { self.cast(self.p(&m), dt, self.p(&b.mem), b.dt, b.n) };
             b.mem = m;
             b.dt = dt;
         }
@@ -191,7 +215,8 @@ impl<D: Device> KernelBackend<D> {
 
     fn upload_bytes(&self, bytes: &[u8]) -> D::Mem {
         let m = self.scratch(bytes.len());
-        ok("upload", self.dev.htod(self.p(&m), bytes));
+        // SAFETY: `m` was just allocated with bytes.len() bytes.
+        ok("upload", unsafe { self.dev.htod(self.p(&m), bytes) });
         m
     }
 }
@@ -224,19 +249,22 @@ impl<D: Device> Backend for KernelBackend<D> {
     /// Host data is kept exactly: f32 storage (a bf16 copy is made when a bf16 kernel first reads it).
     fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
         let mem = self.dev.alloc(data.len() * 4)?;
-        self.dev.htod(self.dev.ptr(&mem), bytemuck::cast_slice(data))?;
+        // SAFETY: `mem` was just allocated with the byte length of `data`.
+        unsafe { self.dev.htod(self.dev.ptr(&mem), bytemuck::cast_slice(data))? };
         Ok(DevBuf { n: data.len(), dt: F32, mem, half: OnceLock::new() })
     }
     fn download(&self, buf: &Self::Buf) -> Vec<f32> {
         match buf.dt {
             DType::F32 => {
                 let mut v = vec![0f32; buf.n];
-                ok("download", self.dev.dtoh(bytemuck::cast_slice_mut(&mut v), self.p(&buf.mem)));
+                // SAFETY: buf.mem holds buf.n f32, the length of `v`.
+                ok("download", unsafe { self.dev.dtoh(bytemuck::cast_slice_mut(&mut v), self.p(&buf.mem)) });
                 v
             }
             DType::BF16 => {
                 let mut v = vec![bf16::ZERO; buf.n];
-                ok("download", self.dev.dtoh(bytemuck::cast_slice_mut(&mut v), self.p(&buf.mem)));
+                // SAFETY: buf.mem holds buf.n bf16, the length of `v`.
+                ok("download", unsafe { self.dev.dtoh(bytemuck::cast_slice_mut(&mut v), self.p(&buf.mem)) });
                 v.iter().map(|x| x.to_f32()).collect()
             }
         }
@@ -249,14 +277,16 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
     fn fill_zero(&self, buf: &mut Self::Buf) {
         buf.half.take();
-        ok("memset", self.dev.memset0(self.p(&buf.mem), buf.n * buf.dt.size()));
+        // SAFETY: buf.mem holds buf.n elements of buf.dt.
+        ok("memset", unsafe { self.dev.memset0(self.p(&buf.mem), buf.n * buf.dt.size()) });
     }
     fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, n: usize) {
         assert!(dst_off + n <= dst.n && src_off + n <= src.n, "copy of {n} elements out of bounds");
         dst.half.take();
         let d = self.p(&dst.mem) + (dst_off * dst.dt.size()) as u64;
         let s = self.p(&src.mem) + (src_off * src.dt.size()) as u64;
-        self.cast(d, dst.dt, s, src.dt, n);
+        // SAFETY: both ranges lie inside their buffers (asserted above).
+        unsafe { self.cast(d, dst.dt, s, src.dt, n) };
     }
 
     // ---- ops ----
@@ -270,13 +300,18 @@ impl<D: Device> Backend for KernelBackend<D> {
         t: usize,
         c: usize,
     ) {
-        let dt = out.dt;
+        let (dt, bt) = (out.dt, pos0.len() * t);
+        need("encoder_forward", out, bt * c);
+        let ids = &tokens.host[..bt];
+        ids_below("encoder_forward tokens", ids, wte.n / c.max(1));
+        need("encoder_forward wpe", wpe, (pos0.iter().max().map_or(0, |&p| p as usize) + t) * c);
         let (vw, vp, pd) = (self.view(wte, dt), self.view(wpe, dt), self.positions(pos0));
         let o = self.target(out, dt);
-        ok(
-            "encoder_forward",
-            kl::encoder_forward(self.l(), dt, o, self.p(&tokens.mem), vw.ptr(), vp.ptr(), pd, pos0.len(), t, c),
-        );
+        // SAFETY: live buffers of this backend, sizes and token ids checked above; `pd` holds pos0.
+        let r = unsafe {
+            kl::encoder_forward(self.l(), dt, o, self.p(&tokens.mem), vw.ptr(), vp.ptr(), pd, pos0.len(), t, c)
+        };
+        ok("encoder_forward", r);
     }
     fn encoder_backward(
         &self,
@@ -288,15 +323,21 @@ impl<D: Device> Backend for KernelBackend<D> {
         t: usize,
         c: usize,
     ) {
-        let dt = dwte.dt;
-        let plan = kl::EncoderPlan::new(&tokens.host[..pos0.len() * t]);
+        let (dt, bt) = (dwte.dt, pos0.len() * t);
+        let ids = &tokens.host[..bt];
+        ids_below("encoder_backward tokens", ids, dwte.n / c.max(1));
+        need("encoder_backward dwpe", dwpe, (pos0.iter().max().map_or(0, |&p| p as usize) + t) * c);
+        need("encoder_backward dout", dout, bt * c);
+        let plan = kl::EncoderPlan::new(ids);
         let (plan_d, pd, vd) =
             (self.upload_bytes(bytemuck::cast_slice(&plan.data)), self.positions(pos0), self.view(dout, dt));
         let (gw, gp) = (self.target(dwte, dt), self.target(dwpe, dt));
-        ok(
-            "encoder_backward",
-            kl::encoder_backward(self.l(), dt, gw, gp, vd.ptr(), self.p(&plan_d), plan.buckets, pd, pos0, t, c),
-        );
+        // SAFETY: live buffers of this backend, sizes and token ids checked above; `plan_d` is the upload of
+        // `plan` (built from those ids), `pd` of pos0.
+        let r = unsafe {
+            kl::encoder_backward(self.l(), dt, gw, gp, vd.ptr(), self.p(&plan_d), plan.buckets, pd, pos0, t, c)
+        };
+        ok("encoder_backward", r);
     }
     fn layernorm_forward(
         &self,
@@ -309,9 +350,14 @@ impl<D: Device> Backend for KernelBackend<D> {
         c: usize,
     ) {
         let (dt, n) = (out.dt, inp.n / c);
+        need("layernorm_forward", out, n * c);
+        [&*mean, &*rstd].iter().for_each(|x| need("layernorm_forward", x, n));
+        [w, b].iter().for_each(|x| need("layernorm_forward", x, c));
         let (vi, vw, vb) = (self.view(inp, dt), self.view(w, dt), self.view(b, dt));
         let (o, m, r) = (self.target(out, dt), self.target(mean, F32), self.target(rstd, F32));
-        ok("layernorm_forward", kl::layernorm_forward(self.l(), dt, o, m, r, vi.ptr(), vw.ptr(), vb.ptr(), n, c));
+        // SAFETY: live buffers of this backend, sizes checked above.
+        let res = unsafe { kl::layernorm_forward(self.l(), dt, o, m, r, vi.ptr(), vw.ptr(), vb.ptr(), n, c) };
+        ok("layernorm_forward", res);
     }
     fn residual_layernorm_forward(
         &self,
@@ -326,13 +372,17 @@ impl<D: Device> Backend for KernelBackend<D> {
         c: usize,
     ) {
         let (dt, n) = (out.dt, a.n / c);
+        [&*residual, &*out, b].iter().for_each(|x| need("residual_layernorm_forward", x, n * c));
+        [&*mean, &*rstd].iter().for_each(|x| need("residual_layernorm_forward", x, n));
+        [w, bias].iter().for_each(|x| need("residual_layernorm_forward", x, c));
         let (va, vb, vw, vbias) = (self.view(a, dt), self.view(b, dt), self.view(w, dt), self.view(bias, dt));
         let (r, o, m, s) =
             (self.target(residual, dt), self.target(out, dt), self.target(mean, F32), self.target(rstd, F32));
-        ok(
-            "residual_layernorm_forward",
-            kl::residual_layernorm_forward(self.l(), dt, r, o, m, s, va.ptr(), vb.ptr(), vw.ptr(), vbias.ptr(), n, c),
-        );
+        // SAFETY: live buffers of this backend, sizes checked above.
+        let res = unsafe {
+            kl::residual_layernorm_forward(self.l(), dt, r, o, m, s, va.ptr(), vb.ptr(), vw.ptr(), vbias.ptr(), n, c)
+        };
+        ok("residual_layernorm_forward", res);
     }
     fn layernorm_backward(
         &self,
@@ -347,12 +397,15 @@ impl<D: Device> Backend for KernelBackend<D> {
         c: usize,
     ) {
         let (dt, n) = (dinp.dt, inp.n / c);
+        [&*dinp, dout].iter().for_each(|x| need("layernorm_backward", x, n * c));
+        [&*dw, &*db, w].iter().for_each(|x| need("layernorm_backward", x, c));
+        [mean, rstd].iter().for_each(|x| need("layernorm_backward", x, n));
         let (vd, vi, vw) = (self.view(dout, dt), self.view(inp, dt), self.view(w, dt));
         let (vm, vr) = (self.view(mean, F32), self.view(rstd, F32));
         let s = self.scratch(kl::layernorm_backward_scratch_bytes(n, c));
         let (gi, gw, gb) = (self.target(dinp, dt), self.target(dw, dt), self.target(db, dt));
-        ok(
-            "layernorm_backward",
+        // SAFETY: live buffers of this backend, sizes checked above; `s` has the scratch size asked for.
+        let res = unsafe {
             kl::layernorm_backward(
                 self.l(),
                 dt,
@@ -367,8 +420,9 @@ impl<D: Device> Backend for KernelBackend<D> {
                 n,
                 c,
                 self.p(&s),
-            ),
-        );
+            )
+        };
+        ok("layernorm_backward", res);
     }
     fn matmul(
         &self,
@@ -382,6 +436,9 @@ impl<D: Device> Backend for KernelBackend<D> {
         tb: bool,
         accumulate: bool,
     ) {
+        need("matmul a", a, m * k);
+        need("matmul b", b, k * n);
+        need("matmul out", out, m * n);
         let (va, vb) = (self.view(a, self.compute), self.view(b, self.compute));
         let out_dt = out.dt;
         let o = self.target(out, out_dt);
@@ -398,7 +455,8 @@ impl<D: Device> Backend for KernelBackend<D> {
             out_dt,
             if accumulate { 1.0 } else { 0.0 },
         );
-        ok("matmul", self.dev.gemm(&g));
+        // SAFETY: live buffers of this backend, sizes checked above.
+        ok("matmul", unsafe { self.dev.gemm(&g) });
     }
     /// The bias rides in the GEMM's epilogue (one pass over the output instead of two); should the library
     /// refuse that combination, a separate bias kernel does it (said once on stderr).
@@ -412,13 +470,20 @@ impl<D: Device> Backend for KernelBackend<D> {
         c: usize,
         oc: usize,
     ) {
+        need("linear_forward inp", inp, n * c);
+        need("linear_forward w", w, oc * c);
+        need("linear_forward out", out, n * oc);
+        if let Some(b) = bias {
+            need("linear_forward bias", b, oc);
+        }
         let (vi, vw) = (self.view(inp, self.compute), self.view(w, self.compute));
         let out_dt = out.dt;
         let vb = bias.map(|b| self.view(b, out_dt));
         let o = self.target(out, out_dt);
         let mut g = Gemm::single(o, vi.ptr(), vw.ptr(), n, oc, c, false, false, self.compute, out_dt, 0.0);
         g.bias = vb.as_ref().map_or(0, |b| b.ptr());
-        match (self.dev.gemm(&g), &vb) {
+        // SAFETY (the products and the bias kernel): live buffers of this backend, sizes checked above.
+        match (unsafe { self.dev.gemm(&g) }, &vb) {
             (Ok(()), _) => {}
             (Err(e), Some(vb)) => {
                 static SAID: std::sync::Once = std::sync::Once::new();
@@ -426,8 +491,8 @@ impl<D: Device> Backend for KernelBackend<D> {
                     eprintln!("note: GEMM with a bias epilogue refused ({e:#}); adding biases in a separate kernel")
                 });
                 g.bias = 0;
-                ok("matmul", self.dev.gemm(&g));
-                ok("bias_add", kl::bias_add(self.l(), out_dt, o, vb.ptr(), n, oc));
+                ok("matmul", unsafe { self.dev.gemm(&g) });
+                ok("bias_add", unsafe { kl::bias_add(self.l(), out_dt, o, vb.ptr(), n, oc) });
             }
             (Err(e), None) => panic!("matmul: {e:#}"),
         }
@@ -437,43 +502,54 @@ impl<D: Device> Backend for KernelBackend<D> {
         let vb = self.view(bias, dt);
         let n = out.n / oc;
         let o = self.target(out, dt);
-        ok("bias_add", kl::bias_add(self.l(), dt, o, vb.ptr(), n, oc));
+        // SAFETY: out holds n * oc elements (n = out.n / oc), bias oc.
+        ok("bias_add", unsafe { kl::bias_add(self.l(), dt, o, vb.ptr(), n, oc) });
     }
     fn bias_backward(&self, dbias: &mut Self::Buf, dout: &Self::Buf) {
         let (dt, oc) = (dbias.dt, dbias.n);
         let n = dout.n / oc;
         let (vd, s) = (self.view(dout, dt), self.scratch(kl::bias_backward_scratch_bytes(n, oc)));
         let g = self.target(dbias, dt);
-        ok("bias_backward", kl::bias_backward(self.l(), dt, g, vd.ptr(), n, oc, self.p(&s)));
+        // SAFETY: dbias holds oc elements, dout n * oc (n = dout.n / oc); `s` has the scratch size asked for.
+        ok("bias_backward", unsafe { kl::bias_backward(self.l(), dt, g, vd.ptr(), n, oc, self.p(&s)) });
     }
     fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf) {
         let dt = out.dt;
+        need("gelu_forward", out, inp.n);
         let vi = self.view(inp, dt);
         let o = self.target(out, dt);
-        ok("gelu_forward", kl::gelu_forward(self.l(), dt, o, vi.ptr(), inp.n));
+        // SAFETY: live buffers of this backend, sizes checked above.
+        ok("gelu_forward", unsafe { kl::gelu_forward(self.l(), dt, o, vi.ptr(), inp.n) });
     }
     fn gelu_backward(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf) {
         let dt = dinp.dt;
+        [&*dinp, dout].iter().for_each(|x| need("gelu_backward", x, inp.n));
         let (vi, vd) = (self.view(inp, dt), self.view(dout, dt));
         let g = self.target(dinp, dt);
-        ok("gelu_backward", kl::gelu_backward(self.l(), dt, g, vi.ptr(), vd.ptr(), inp.n));
+        // SAFETY: live buffers of this backend, sizes checked above.
+        ok("gelu_backward", unsafe { kl::gelu_backward(self.l(), dt, g, vi.ptr(), vd.ptr(), inp.n) });
     }
     fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf) {
         let dt = out.dt;
+        [&*out, b].iter().for_each(|x| need("add", x, a.n));
         let (va, vb) = (self.view(a, dt), self.view(b, dt));
         let o = self.target(out, dt);
-        ok("add", kl::add(self.l(), dt, o, va.ptr(), vb.ptr(), a.n));
+        // SAFETY: live buffers of this backend, sizes checked above.
+        ok("add", unsafe { kl::add(self.l(), dt, o, va.ptr(), vb.ptr(), a.n) });
     }
     fn accumulate(&self, dst: &mut Self::Buf, src: &Self::Buf) {
         let dt = dst.dt;
+        need("accumulate", dst, src.n);
         let vs = self.view(src, dt);
         let d = self.target(dst, dt);
-        ok("accumulate", kl::accumulate(self.l(), dt, d, vs.ptr(), src.n));
+        // SAFETY: live buffers of this backend, sizes checked above.
+        ok("accumulate", unsafe { kl::accumulate(self.l(), dt, d, vs.ptr(), src.n) });
     }
     fn scale(&self, buf: &mut Self::Buf, s: f64) {
         let (dt, n) = (buf.dt, buf.n);
         let p = self.target(buf, dt);
-        ok("scale", kl::scale(self.l(), dt, p, s as f32, n));
+        // SAFETY: buf holds n elements of dt.
+        ok("scale", unsafe { kl::scale(self.l(), dt, p, s as f32, n) });
     }
     fn attention_forward(
         &self,
@@ -489,9 +565,16 @@ impl<D: Device> Backend for KernelBackend<D> {
         nh: usize,
     ) {
         let dt = out.dt;
+        assert!(pos0.len() >= b, "attention_forward: {} positions for {b} rows", pos0.len());
+        need("attention_forward out", out, b * tq * c);
+        need("attention_forward lse", lse, b * nh * tq);
+        need("attention_forward q_src", q_src, b * tq * 3 * c);
+        need("attention_forward kv", kv, b * tk * 3 * c);
         let (vq, vkv, pd) = (self.view(q_src, dt), self.view(kv, dt), self.positions(pos0));
         let (o, l) = (self.target(out, dt), self.target(lse, F32));
-        ok("attention_forward", kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh));
+        // SAFETY: live buffers of this backend, sizes checked above; `pd` holds pos0.
+        let r = unsafe { kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh) };
+        ok("attention_forward", r);
     }
     fn attention_backward(
         &self,
@@ -506,13 +589,17 @@ impl<D: Device> Backend for KernelBackend<D> {
         nh: usize,
     ) {
         let dt = dqkv.dt;
+        [&*dqkv, qkv].iter().for_each(|x| need("attention_backward", x, b * t * 3 * c));
+        [dout, out].iter().for_each(|x| need("attention_backward", x, b * t * c));
+        need("attention_backward lse", lse, b * nh * t);
         let (vd, vq, vo, vl) = (self.view(dout, dt), self.view(qkv, dt), self.view(out, dt), self.view(lse, F32));
         let s = self.scratch(kl::attention_backward_scratch_bytes(b, t, nh));
         let g = self.target(dqkv, dt);
-        ok(
-            "attention_backward",
-            kl::attention_backward(self.l(), dt, g, vd.ptr(), vq.ptr(), vo.ptr(), vl.ptr(), b, t, c, nh, self.p(&s)),
-        );
+        // SAFETY: live buffers of this backend, sizes checked above; `s` has the scratch size asked for.
+        let r = unsafe {
+            kl::attention_backward(self.l(), dt, g, vd.ptr(), vq.ptr(), vo.ptr(), vl.ptr(), b, t, c, nh, self.p(&s))
+        };
+        ok("attention_backward", r);
     }
     fn crossentropy(
         &self,
@@ -526,24 +613,16 @@ impl<D: Device> Backend for KernelBackend<D> {
         want_grad: bool,
     ) {
         let (dt, n) = (logits.dt, losses.n);
+        need("crossentropy logits", logits, n * vp);
+        need("crossentropy weights", weights, n);
+        ids_below("crossentropy targets", &targets.host[..n], v);
         let vw = self.view(weights, F32);
         let (lo, lg) = (self.target(losses, F32), self.target(logits, dt));
-        ok(
-            "crossentropy",
-            kl::crossentropy(
-                self.l(),
-                dt,
-                lo,
-                lg,
-                self.p(&targets.mem),
-                vw.ptr(),
-                n,
-                v,
-                vp,
-                inv_temp as f32,
-                want_grad,
-            ),
-        );
+        // SAFETY: live buffers of this backend, sizes and targets checked above.
+        let r = unsafe {
+            kl::crossentropy(self.l(), dt, lo, lg, self.p(&targets.mem), vw.ptr(), n, v, vp, inv_temp as f32, want_grad)
+        };
+        ok("crossentropy", r);
     }
     fn entropy(
         &self,
@@ -557,10 +636,16 @@ impl<D: Device> Backend for KernelBackend<D> {
         want_grad: bool,
     ) -> Result<()> {
         let (dt, n) = (logits.dt, coef.n);
+        need("entropy", ent, n);
+        need("entropy logits", logits, n * vp);
+        if want_grad {
+            need("entropy dlogits", dlogits, n * vp);
+        }
         let (vl, vc) = (self.view(logits, dt), self.view(coef, F32));
         let e = self.target(ent, F32);
         let d = if want_grad { self.target(dlogits, dt) } else { 0 };
-        kl::entropy(self.l(), dt, e, d, vl.ptr(), vc.ptr(), n, v, vp, inv_temp as f32, want_grad)
+        // SAFETY: live buffers of this backend, sizes checked above (dlogits is not read without want_grad).
+        unsafe { kl::entropy(self.l(), dt, e, d, vl.ptr(), vc.ptr(), n, v, vp, inv_temp as f32, want_grad) }
     }
     fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamWParams) {
         use std::slice::{from_mut, from_ref};
@@ -592,8 +677,10 @@ impl<D: Device> Backend for KernelBackend<D> {
         let (mut halves, mut grad_views) = (Vec::new(), Vec::new());
         let (mut bf16_tensors, mut f32_tensors) = (Vec::new(), Vec::new());
         for i in 0..hs.len() {
+            let n = params[i].n;
+            [&grads[i], &m[i], &v[i]].iter().for_each(|x| need("adamw", x, n));
             let (pm, pv) = (self.target(&mut m[i], F32), self.target(&mut v[i], F32));
-            let (n, weight_decay) = (params[i].n, hs[i].weight_decay);
+            let weight_decay = hs[i].weight_decay;
             let tensor = |param, master, grad| kl::AdamWTensor { param, master, grad, m: pm, v: pv, n, weight_decay };
             if self.compute == DType::BF16 && grads[i].dt == DType::BF16 {
                 let half = params[i].half.take().unwrap_or_else(|| self.alloc(params[i].n, DType::BF16));
@@ -610,7 +697,10 @@ impl<D: Device> Backend for KernelBackend<D> {
             if !tensors.is_empty() {
                 let table = ok("adamw", kl::adamw_chunks(dt, &tensors));
                 let t = self.device_copy(bytemuck::cast_slice(&table));
-                ok("adamw", kl::adamw_multi(self.l(), dt, t, table.len(), &hs[0]));
+                // SAFETY: the table lists ranges of live buffers of this backend (sizes checked above; the
+                // bf16 working copies and grad views are kept alive until after the launch) and `t` is its
+                // upload.
+                ok("adamw", unsafe { kl::adamw_multi(self.l(), dt, t, table.len(), &hs[0]) });
             }
         }
         for (i, half) in halves {
@@ -630,7 +720,9 @@ impl<D: Device> Backend for KernelBackend<D> {
                 let table = kl::sum_squares_chunks(dt, &of_dt);
                 let t = self.device_copy(bytemuck::cast_slice(&table));
                 let s = self.scratch(kl::sum_squares_multi_scratch_bytes(table.len()));
-                ok("sum_squares", kl::sum_squares_multi(self.l(), dt, t, table.len(), self.p(&s)));
+                // SAFETY: the table lists whole live buffers of this backend, `t` is its upload and `s` has the
+                // scratch size asked for.
+                ok("sum_squares", unsafe { kl::sum_squares_multi(self.l(), dt, t, table.len(), self.p(&s)) });
                 results.push(s);
             }
         }
@@ -638,7 +730,8 @@ impl<D: Device> Backend for KernelBackend<D> {
             .iter()
             .map(|s| {
                 let mut out = [0u8; 8];
-                ok("download", self.dev.dtoh(&mut out, self.p(s)));
+                // SAFETY: the scratch starts with the f64 result.
+                ok("download", unsafe { self.dev.dtoh(&mut out, self.p(s)) });
                 f64::from_le_bytes(out)
             })
             .sum()

@@ -1,7 +1,10 @@
 //! The CUDA kernels (`kernels/*.cu`): what this build compiled, and the one launch layer that drives them.
 //!
-//! - [`launch`]: grid/block/shared-memory sizes for every kernel, computed in one place, over a [`Launcher`]
-//!   that is either the GPU (through the CUDA driver) or the CPU simulator ([`sim::SimLauncher`]).
+//! - [`launch`]: grid/block/shared-memory sizes for every kernel, one submodule per kernel file, over a
+//!   [`Launcher`] that is either the GPU (through the CUDA driver) or the CPU simulator
+//!   ([`sim::SimLauncher`]); the sizes the kernels share come from `kernels/geometry.rs`
+//!   ([`launch::geometry`]). Launches and device copies take raw device pointers and are `unsafe`;
+//!   [`engine::KernelBackend`]'s methods check buffer sizes and stay safe.
 //! - [`cuda::CudaLauncher`]: the real-device launcher (PTX loaded once, kernels by name, cuLaunchKernel).
 //! - [`sim`]: the simulator's entry points (the same `.cu` sources compiled as C++, see `kernels/sim/`).
 //! - [`device::Device`]: memory, copies, launches and matrix products, on the GPU ([`cuda_device`]) or in

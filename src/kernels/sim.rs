@@ -73,7 +73,7 @@ impl SimLauncher {
 }
 
 impl Launcher for SimLauncher {
-    fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let name = CString::new(kernel)?;
         let mut ptrs: Vec<*mut c_void> = args.iter().map(|a| a.value_ptr()).collect();
         let mut err = vec![0 as c_char; 512];
@@ -83,8 +83,8 @@ impl Launcher for SimLauncher {
             Some(Some(s)) => (1, s),
         };
         // SAFETY: the kernel reads its parameters through `ptrs` (alive for the call) and dereferences the
-        // device pointers among them, which the launch layer's callers guarantee are valid host buffers of
-        // the sizes the kernel's contract requires.
+        // device pointers among them, which this function's contract (`Launcher::launch`) makes valid host
+        // buffers of the sizes the kernel accesses; `err` has `err.len()` writable bytes.
         let rc = unsafe {
             rlhf_sim_launch(
                 name.as_ptr(),
