@@ -379,7 +379,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     };
     let mut grads = Tensors::zeros(be, &mcfg)?;
     let mut acts = Acts::new(be, &mcfg, rows, t)?;
-    let save_every = cfg.save_every.max(1);
+    let save_every = cfg.save_every;
     let end = cfg.stop_after.map_or(steps, |s| s.min(steps));
     let mut run = Run::open(&cfg.out, "reward", log_len, end.saturating_sub(opt.step), false)?;
     while opt.step < end {

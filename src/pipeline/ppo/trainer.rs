@@ -733,7 +733,7 @@ pub fn train_from<B: Backend>(
             }
         }
         plot(&cfg.out)?;
-        if Run::save_due(st.iteration, cfg.save_every.max(1), cfg.iterations) {
+        if Run::save_due(st.iteration, cfg.save_every, cfg.iterations) {
             save(be, &cfg, &m, &st, &mut run)?;
         }
     }
