@@ -16,13 +16,21 @@
 //! standard output exactly one line per item, in the same order, holding either a bare number (`0.25`) or
 //! a JSON object with a numeric `"score"` field (`{"score": 0.25}`; other fields are ignored). Scores must
 //! be finite. It must exit with status 0; otherwise its exit code and the last lines of its standard error
-//! are reported. `rlhf judge` is the built-in lexicon judge speaking this protocol, so
+//! are reported. It must finish within its timeout (`--judge-timeout`, default [`DEFAULT_TIMEOUT`]) or it
+//! is killed and the batch fails. It runs in a process group of its own, and whatever it started that is
+//! still running when it exits (or is killed) is killed with it, so a background child holding its output
+//! open cannot hang the caller. `rlhf judge` is the built-in lexicon judge speaking this protocol, so
 //! `--judge "rlhf judge"` gives the same scores as the default.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
-use std::process::{Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a judge command may take for one batch unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A scorer of `(prompt, answer)` pairs: one score per item, higher = better.
 pub trait Judge {
@@ -190,6 +198,7 @@ fn is_negation(word: &str) -> bool {
 /// An external judge: `sh -c COMMAND`, speaking the protocol in the module docs.
 pub struct CommandJudge {
     command: String,
+    timeout: Duration,
 }
 
 /// How many trailing lines of the command's stderr an error shows.
@@ -197,7 +206,12 @@ const STDERR_TAIL_LINES: usize = 10;
 
 impl CommandJudge {
     pub fn new(command: impl Into<String>) -> Self {
-        Self { command: command.into() }
+        Self::with_timeout(command, DEFAULT_TIMEOUT)
+    }
+
+    /// A judge command that is killed when one batch takes longer than `timeout`.
+    pub fn with_timeout(command: impl Into<String>, timeout: Duration) -> Self {
+        Self { command: command.into(), timeout }
     }
 
     pub fn command(&self) -> &str {
@@ -226,6 +240,7 @@ impl Judge for CommandJudge {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start judge command `{cmd}` (via sh -c)"))?;
         let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("judge command `{cmd}`: no stdin pipe"))?;
@@ -243,12 +258,30 @@ impl Judge for CommandJudge {
             let _ = stderr.read_to_end(&mut buf);
             buf
         });
-        let mut out = Vec::new();
-        let read_result = stdout.read_to_end(&mut out);
-        let status = child.wait().with_context(|| format!("waiting for judge command `{cmd}`"))?;
+        let out_reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            stdout.read_to_end(&mut out).map(|_| out)
+        });
+        let status = wait_until(&mut child, Instant::now() + self.timeout);
+        // Whatever the command left running in its group (it is the group's leader) goes with it: those
+        // processes may hold its output pipes open, and the readers only finish at end-of-file.
+        kill_group(&child);
+        let status = match status.with_context(|| format!("waiting for judge command `{cmd}`"))? {
+            Some(status) => status,
+            None => {
+                let _ = child.wait();
+                bail!(
+                    "judge command `{cmd}` did not finish within {} s and was killed (raise --judge-timeout if it is slow)",
+                    self.timeout.as_secs_f64()
+                );
+            }
+        };
         let _ = writer.join();
         let err = err_reader.join().unwrap_or_default();
-        read_result.with_context(|| format!("reading the output of judge command `{cmd}`"))?;
+        let out = out_reader
+            .join()
+            .map_err(|_| anyhow!("reading the output of judge command `{cmd}`: the reader panicked"))?
+            .with_context(|| format!("reading the output of judge command `{cmd}`"))?;
         if !status.success() {
             let how = match status.code() {
                 Some(code) => format!("exited with code {code}"),
@@ -280,6 +313,27 @@ impl Judge for CommandJudge {
                     .with_context(|| format!("judge command `{cmd}`, output line {}: {line:?}", i + 1))
             })
             .collect()
+    }
+}
+
+/// Wait for `child` until `deadline`: its exit status, or None when the deadline passed first.
+fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<std::process::ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGKILL to every process of `child`'s process group (the child leads its own group).
+fn kill_group(child: &Child) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    unsafe {
+        libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
     }
 }
 

@@ -46,7 +46,7 @@ enum Command {
     /// Step 1: supervised fine-tuning on prompt -> answer demonstrations (loss on answers only).
     Sft(cli::sft::SftArgs),
     /// Rank K answers per prompt from a policy, in the terminal or by a judge, into ranked-K JSONL.
-    Label(cli::ppo::LabelArgs),
+    Label(cli::label::LabelArgs),
     /// Step 2: train a reward model on ranked answers (pairwise loss over all C(K,2) pairs of a prompt).
     Reward(cli::reward::RewardArgs),
     /// Score prompt/answer pairs with a reward model (JSONL in, JSONL out).
@@ -54,7 +54,7 @@ enum Command {
     /// Step 3: PPO against the reward model, with a per-token KL penalty to the SFT model.
     Ppo(cli::ppo::PpoArgs),
     /// Held-out win rate of a policy against the SFT model; the over-optimisation curve of a PPO run.
-    Eval(cli::ppo::EvalArgs),
+    Eval(cli::eval::EvalArgs),
     /// Check every op's backward and the whole model's gradient against finite differences (f64).
     Gradcheck(cli::gradcheck::GradcheckArgs),
     /// Time a full training step (forward, backward, AdamW) of a preset.
@@ -72,11 +72,11 @@ fn main() {
         Command::DemoData(args) => cli::demo_data::run(args),
         Command::Judge(args) => cli::judge::run(args),
         Command::Sft(args) => cli::sft::run(args),
-        Command::Label(args) => cli::ppo::run_label(args),
+        Command::Label(args) => cli::label::run(args),
         Command::Reward(args) => cli::reward::run_reward(args),
         Command::Score(args) => cli::reward::run_score(args),
-        Command::Ppo(args) => cli::ppo::run_ppo(args),
-        Command::Eval(args) => cli::ppo::run_eval(args),
+        Command::Ppo(args) => cli::ppo::run(args),
+        Command::Eval(args) => cli::eval::run(args),
         Command::Gradcheck(args) => cli::gradcheck::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Export(args) => cli::export::run(&args),

@@ -159,6 +159,38 @@ fn rlhf_judge_protocol_matches_the_builtin_judge() {
     }
 }
 
+/// D7: a judge that never answers is killed at its timeout, and the error says so.
+#[test]
+fn command_judge_times_out() {
+    let t0 = std::time::Instant::now();
+    let mut j = CommandJudge::with_timeout("sleep 1000", std::time::Duration::from_millis(500));
+    let e = format!("{:#}", j.score(&items(&["a"])).unwrap_err());
+    assert!(e.contains("did not finish within 0.5 s") && e.contains("--judge-timeout"), "{e}");
+    assert!(t0.elapsed().as_secs_f64() < 10.0, "took {:?}", t0.elapsed());
+}
+
+/// D7: a judge that answers and exits but leaves a background child holding its output open does not
+/// hang the caller, and the child is killed with it.
+#[test]
+fn command_judge_background_children_are_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let cmd = format!("sleep 1000 & echo $! > {}; while read -r l; do echo 1; done", pidfile.display());
+    let t0 = std::time::Instant::now();
+    let mut j = CommandJudge::with_timeout(cmd, std::time::Duration::from_secs(60));
+    assert_eq!(j.score(&items(&["a", "b"])).unwrap(), vec![1.0, 1.0]);
+    assert!(t0.elapsed().as_secs_f64() < 20.0, "took {:?}", t0.elapsed());
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // The background sleep is gone (reaped by whoever adopted it) within a few seconds.
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        // SAFETY: signal 0 only checks whether the process exists.
+        let exists = unsafe { libc::kill(pid, 0) == 0 };
+        !exists || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
+    assert!(gone, "the judge's background child {pid} is still running");
+}
+
 #[test]
 fn sentence_splitting_and_cutting() {
     let s = split_sentences("Mr. Darcy bowed. \"Is it?\" said she. She smiled! Then F. Churchill came.");

@@ -552,7 +552,9 @@ fn ppo_ptx_mixes_the_pretraining_loss_into_the_policy_gradient() {
 fn ppo_eval_and_label_commands_end_to_end() {
     use clap::Parser;
     use rlhf::checkpoint::{self, Checkpoint, ModelKind};
-    use rlhf::cli::ppo::{run_eval, run_label, run_ppo, EvalArgs, LabelArgs, PpoArgs};
+    use rlhf::cli::eval::{run as run_eval, EvalArgs};
+    use rlhf::cli::label::{run as run_label, LabelArgs};
+    use rlhf::cli::ppo::{run as run_ppo, PpoArgs};
     #[derive(Parser)]
     struct P {
         #[command(flatten)]

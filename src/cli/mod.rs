@@ -2,10 +2,12 @@
 pub mod bench;
 pub mod demo_data;
 pub mod device;
+pub mod eval;
 pub mod export;
 pub mod gpt2_tokenizer;
 pub mod gradcheck;
 pub mod judge;
+pub mod label;
 pub mod ppo;
 pub mod prepare;
 pub mod pretrain;

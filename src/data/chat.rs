@@ -65,6 +65,12 @@ pub fn encode_answer(tok: &Tokenizer, ct: &ChatTokens, answer: &str) -> Result<V
     Ok(ids)
 }
 
+/// The text of a sampled answer, without its end token.
+pub fn answer_text(tok: &Tokenizer, answer: &[u32], end: u32) -> String {
+    let body = if answer.last() == Some(&end) { &answer[..answer.len() - 1] } else { answer };
+    tok.decode(body)
+}
+
 /// A conversation as (prompt tokens, answer tokens): the answer is the last assistant turn, the prompt
 /// every turn before it. Roles are "user" and "assistant" (a "system" turn is read as a user turn).
 pub fn encode_messages(tok: &Tokenizer, ct: &ChatTokens, messages: &[Message]) -> Result<(Vec<u32>, Vec<u32>)> {

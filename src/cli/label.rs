@@ -1,0 +1,104 @@
+//! `rlhf label`: K answers per prompt from a policy, ranked at the terminal or by a judge
+//! (`crate::pipeline::label`), into ranked-K JSONL.
+
+use crate::cli::device::{self, DeviceArg};
+use crate::cli::judge::JudgeChoice;
+use crate::data::chat::{self, ChatTokens};
+use crate::data::jsonl;
+use crate::model::sample::{generate, SampleConfig};
+use crate::pipeline::label;
+use crate::pipeline::run::check;
+use crate::tokenizer::Tokenizer;
+use crate::util::rng::Rng;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct LabelArgs {
+    /// The policy whose answers are ranked.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Prompts, one JSON object per line: {"prompt": "..."}.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Answers per prompt.
+    #[arg(short, long, default_value_t = 4)]
+    pub k: usize,
+    /// Ranked-K JSONL, appended per record; prompts already in it are skipped.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// With a judge, answers are ranked by it instead of at the terminal.
+    #[command(flatten)]
+    pub judge: JudgeChoice,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+}
+
+impl LabelArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("-k", self.k as u64, 2)?;
+        check::non_negative("--temperature", self.temperature)?;
+        check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)
+    }
+}
+
+pub fn run(args: LabelArgs) -> Result<()> {
+    args.validate()?;
+    let tok = Tokenizer::load(&args.tokenizer)?;
+    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let end = ct.end;
+    let prompts = jsonl::read_prompts(&args.prompts, false)?.records;
+    let mut judge = args.judge.build()?;
+    let has_judge = judge.is_some();
+    let dev = device::select(args.device)?;
+    crate::with_backend!(dev, |be| {
+        let policy = crate::checkpoint::persist::load_policy(be, &args.policy)?;
+        crate::tokenizer::check_vocab(tok.vocab_size(), policy.cfg.vocab_size, &args.policy.display().to_string())?;
+        let sc = SampleConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            stop: Some(end),
+        };
+        let mut gen = |p: &str| -> Result<Vec<String>> {
+            // A pure function of (seed, prompt text), so a resumed session draws the same answers.
+            let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+            let ids = chat::encode_prompt(&tok, &ct, p)?;
+            let g = generate(be, &policy, &vec![ids; args.k], &sc, &mut Rng::stream(args.seed, h))?;
+            Ok(g.iter().map(|g| chat::answer_text(&tok, &g.tokens, end)).collect())
+        };
+        let mut jf = |p: &str, answers: &[String]| -> Result<Vec<f64>> {
+            let pairs: Vec<(String, String)> = answers.iter().map(|a| (p.to_string(), a.clone())).collect();
+            judge.as_mut().context("no judge")?.score(&pairs)
+        };
+        let stdin = std::io::stdin();
+        let st = label::label(
+            &prompts,
+            args.k,
+            &args.out,
+            &mut gen,
+            if has_judge { Some(&mut jf) } else { None },
+            &mut stdin.lock(),
+            &mut std::io::stderr(),
+        )?;
+        println!(
+            "label: {} new records in {} ({} prompts already labelled, {} skipped{})",
+            st.labelled,
+            args.out.display(),
+            st.skipped_done,
+            st.skipped_by_user,
+            if st.quit { ", stopped early" } else { "" }
+        );
+        Ok(())
+    })
+}
