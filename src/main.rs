@@ -64,6 +64,12 @@ enum Command {
 }
 
 fn main() {
+    // A closed standard output (`rlhf sample ... | head -1`) ends the process quietly, as it does for other
+    // Unix tools, instead of making every print fail (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let result = match Cli::parse().command {
         Command::Tokenizer(cmd) => cli::tokenizer::run(cmd),
         Command::Prepare(args) => cli::prepare::run(args),

@@ -303,3 +303,22 @@ fn other_commands_refuse_bad_values_naming_the_flag() {
         assert!(!ok && out.contains(want), "rlhf {}: {out}", args.join(" "));
     }
 }
+
+/// Issue 13, D20: output into a closed pipe (`rlhf ... | head -1`) ends the process quietly, not in a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["gradcheck"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rlhf");
+    drop(child.stdout.take()); // the reader goes away before anything is printed
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+}
+

@@ -64,3 +64,35 @@ fn a_prompt_longer_than_the_context_is_an_error() {
     let err = generate(&be, &m, &[vec![1; 20]], &sc, &mut Rng::new(1)).unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
 }
+
+/// Issue 13, D1: a NaN weight is refused when the checkpoint loads (naming the tensor), and non-finite
+/// logits are an error of the sampler, not a panic.
+#[test]
+fn non_finite_weights_and_logits_are_errors() {
+    use rlhf::checkpoint::{self, Checkpoint, ModelKind};
+    let be = Cpu::<f32>::new();
+    let m = Gpt2::init(&be, tiny(), 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    checkpoint::save(&ck, &Checkpoint::from_model(&be, &m, ModelKind::Policy)).unwrap();
+    // One NaN written into h.1.mlp.c_fc.weight of the saved file.
+    let file = ck.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (name, info) = header.as_object().unwrap().iter().find(|(k, _)| k.ends_with("h.1.mlp.c_fc.weight")).unwrap();
+    assert_eq!(info["dtype"], "F32", "{name}");
+    let at = 8 + n + info["data_offsets"][0].as_u64().unwrap() as usize + 4 * 5;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let e = format!("{:#}", checkpoint::load(&ck).unwrap_err());
+    assert!(e.contains("h.1.mlp.c_fc.weight") && e.contains("non-finite") && e.contains("index 5"), "{e}");
+    // Saving a model with a NaN is refused too.
+    let mut bad = Checkpoint::from_model(&be, &m, ModelKind::Policy);
+    bad.tensors[3].data[0] = f32::INFINITY;
+    assert!(format!("{:#}", checkpoint::save(&dir.path().join("bad"), &bad).unwrap_err()).contains("non-finite"));
+    // The sampler on a non-finite logit.
+    let sc = SampleConfig { max_new_tokens: 1, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
+    let e = rlhf::model::sample::pick(&[0.5, f32::NAN, 1.0], &sc, &mut Rng::new(0)).unwrap_err().to_string();
+    assert!(e.contains("token 1") && e.contains("NaN"), "{e}");
+}

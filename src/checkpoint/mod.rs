@@ -224,6 +224,12 @@ impl Checkpoint {
                 bail!("tensor '{}' has shape {:?} but holds {} values", t.name, t.shape, t.data.len());
             }
         }
+        // A non-finite weight makes every output NaN; such a model is refused on load and never saved.
+        for t in self.tensors.iter().chain(&self.extra) {
+            if let Some((i, x)) = t.data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                bail!("tensor '{}' holds a non-finite value ({x}) at index {i}", t.name);
+            }
+        }
         if self.kind.has_head() && !self.extra.iter().any(|t| t.name == SCORE_WEIGHT) {
             bail!("{} model has no '{SCORE_WEIGHT}' tensor", self.kind.as_str());
         }

@@ -52,7 +52,11 @@ impl<B: Backend> Gpt2<B> {
 }
 
 /// Pick a token from `logits` (one row) and return it with its temperature-scaled log-probability.
-pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> (u32, f32) {
+/// Non-finite logits (a diverged model) are an error, not a token.
+pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> Result<(u32, f32)> {
+    if let Some((i, x)) = logits.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        bail!("the model's logit for token {i} is {x}: its weights or activations are not finite");
+    }
     let t = if sc.temperature > 0.0 { sc.temperature } else { 1.0 };
     let z: Vec<f64> = logits.iter().map(|&x| x as f64 / t).collect();
     let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -62,7 +66,7 @@ pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> (u32, f32) {
         z.iter().enumerate().fold(0, |best, (i, &x)| if x > z[best] { i } else { best })
     } else {
         let mut idx: Vec<usize> = (0..z.len()).collect();
-        idx.sort_by(|&a, &b| z[b].partial_cmp(&z[a]).unwrap().then(a.cmp(&b)));
+        idx.sort_by(|&a, &b| z[b].partial_cmp(&z[a]).expect("finite logits (checked above)").then(a.cmp(&b)));
         let mut keep = if sc.top_k > 0 { sc.top_k.min(idx.len()) } else { idx.len() };
         if sc.top_p < 1.0 {
             let mut cum = 0.0;
@@ -87,7 +91,7 @@ pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> (u32, f32) {
         }
         choice
     };
-    (tok as u32, (z[tok] - lse) as f32)
+    Ok((tok as u32, (z[tok] - lse) as f32))
 }
 
 /// Sample a continuation for every prompt in one batch.
@@ -131,7 +135,7 @@ pub fn generate<B: Backend>(
                 next[i] = *out[i].tokens.last().unwrap();
                 continue;
             }
-            let (tok, lp) = pick(&logits[i], sc, rng);
+            let (tok, lp) = pick(&logits[i], sc, rng)?;
             out[i].tokens.push(tok);
             out[i].logprobs.push(lp);
             out[i].ended = sc.stop == Some(tok);
