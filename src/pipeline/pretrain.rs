@@ -1,6 +1,9 @@
 //! Step 0: pretraining a decoder on token shards, through the language-model loop of [`super::run`].
 
-use super::run::{check, fit, resume_point, BatchSource, FitSummary, LoopConfig};
+use super::run::{
+    check, fit, flag_of, refuse_changes, resume_point, setting_differences, with_extra, BatchSource, Fingerprint,
+    FitSummary, LoopConfig,
+};
 use crate::backend::Backend;
 use crate::data::batch::LmBatch;
 use crate::data::shards::Batch;
@@ -143,7 +146,50 @@ impl BatchSource for ShardBatches {
     }
 }
 
+/// What a pretraining checkpoint records beyond its [`PretrainConfig`] (extra keys of the same JSON object,
+/// so runs saved before them still resume): the model it started from and a fingerprint of its data.
+#[derive(Serialize, Deserialize, Default)]
+struct Started {
+    #[serde(default)]
+    init: Option<PathBuf>,
+    #[serde(default)]
+    data_fingerprint: Option<String>,
+}
+
+/// The flag of a [`PretrainConfig`] setting's path.
+fn flag(path: &str) -> String {
+    match path {
+        "run.min_lr" => "--min-lr-frac (the final learning rate --min-lr-frac x --lr)".into(),
+        "run.adamw.weight_decay" | "run.adamw.grad_clip" => flag_of(path),
+        p if p.starts_with("run.adamw.") => format!("the optimizer's {}", &p["run.adamw.".len()..]),
+        p if p.starts_with("model.") => format!("--preset (the model's {})", &p["model.".len()..]),
+        p => flag_of(p),
+    }
+}
+
+/// A fingerprint of a prepared data directory: `meta.json` and every shard (name, length, contents).
+fn data_fingerprint(dir: &Path) -> Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+        .filter(|n| n == "meta.json" || ((n.starts_with("train_") || n.starts_with("val_")) && n.ends_with(".bin")))
+        .collect();
+    names.sort();
+    let mut fp = Fingerprint::new();
+    for name in names {
+        let bytes = std::fs::read(dir.join(&name)).with_context(|| format!("reading {}", dir.join(&name).display()))?;
+        fp.bytes(name.as_bytes());
+        fp.u64(bytes.len() as u64);
+        fp.bytes(&bytes);
+    }
+    Ok(fp.hex())
+}
+
 /// Run (or, with `resume`, continue) pretraining. `init` optionally starts from an existing model.
+///
+/// A resume continues in `cfg.run.out` with the run's own settings; `--steps` may be raised and
+/// `--stop-after`, `--save-every` changed (neither changes a step's numbers). Any other setting that differs
+/// from the run's, or data whose shards changed, is refused, naming it.
 pub fn pretrain<B: Backend>(
     be: &B,
     mut cfg: PretrainConfig,
@@ -151,20 +197,41 @@ pub fn pretrain<B: Backend>(
     resume: bool,
 ) -> Result<PretrainSummary> {
     cfg.validate()?;
-    let start = resume_point(&cfg.run.out, resume)?;
+    let (lock, start) = resume_point(&cfg.run.out, resume)?;
+    let data_fp = data_fingerprint(&cfg.data)?;
     let mut log_len = None;
     let mut opt_state = None;
+    let mut started = Started { init: init.map(Path::to_owned), data_fingerprint: Some(data_fp.clone()) };
     let mut model = match start {
         Some((ck, state)) => {
             let saved: PretrainConfig =
                 serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
-            // The run's own settings win, except how far to go and where to pause.
+            let was: Started = serde_json::from_value(state.args.clone()).unwrap_or_default();
+            // A model from --init has that model's shape, whatever --preset says.
+            let mut allowed = vec!["run.out", "run.steps", "run.stop_after", "run.save_every"];
+            if was.init.is_some() {
+                allowed.push("model");
+            }
+            let diffs =
+                setting_differences(&serde_json::to_value(&saved)?, &serde_json::to_value(&cfg)?, &allowed, &flag);
+            refuse_changes(&cfg.run.out, &diffs)?;
+            if was.data_fingerprint.as_ref().is_some_and(|f| *f != data_fp) {
+                bail!(
+                    "--resume: the token shards in {} changed since the run started (data fingerprint {} then, {data_fp} now); resume with the run's own data, or choose another --out",
+                    cfg.data.display(),
+                    was.data_fingerprint.unwrap_or_default()
+                );
+            }
+            // The run's own settings, except how far to go, where to pause or save, and where it lives.
             let run = LoopConfig {
+                out: cfg.run.out.clone(),
                 steps: cfg.run.steps.max(saved.run.steps),
                 stop_after: cfg.run.stop_after,
+                save_every: cfg.run.save_every,
                 ..saved.run.clone()
             };
             cfg = PretrainConfig { run, ..saved };
+            started.init = was.init;
             log_len = Some(state.metrics_len);
             opt_state = Some(state);
             ck.to_model(be)?
@@ -195,7 +262,7 @@ pub fn pretrain<B: Backend>(
     if let Some(state) = &opt_state {
         state.restore_optimizer(be, &mcfg, &mut opt)?;
     }
-    let record = serde_json::to_value(&cfg)?;
+    let record = with_extra(serde_json::to_value(&cfg)?, serde_json::to_value(&started)?);
     let fit = fit(
         be,
         "pretrain",
@@ -204,6 +271,7 @@ pub fn pretrain<B: Backend>(
         &mut opt,
         &src,
         &record,
+        lock,
         log_len,
         Some(("unigram baseline", unigram)),
     )?;

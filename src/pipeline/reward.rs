@@ -24,7 +24,10 @@ use crate::model::scalar::{head_step, HeadOpt, ScalarModel};
 use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics;
-use crate::pipeline::run::{check, Run};
+use crate::pipeline::run::{
+    check, finite_head, finite_weights, flag_of, non_finite_weights, refuse_changes, setting_differences, Fingerprint,
+    Run,
+};
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -224,40 +227,24 @@ struct RunRecord {
 
 /// FNV-1a over the encoded groups: their tokens, lengths and (better, worse) pairs.
 fn fingerprint<'a>(groups: impl Iterator<Item = &'a Group>) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |x: u64| {
-        for byte in x.to_le_bytes() {
-            h = (h ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut fp = Fingerprint::new();
     for g in groups {
-        eat(g.pairs.len() as u64);
+        fp.u64(g.pairs.len() as u64);
         for (p, a) in &g.pairs {
-            eat(p.len() as u64);
-            p.iter().chain(a).for_each(|&t| eat(t as u64));
-            eat(a.len() as u64);
+            fp.u64(p.len() as u64);
+            p.iter().chain(a).for_each(|&t| fp.u64(t as u64));
+            fp.u64(a.len() as u64);
         }
-        g.better_worse.iter().for_each(|&(w, l)| eat(((w as u64) << 32) | l as u64));
+        g.better_worse.iter().for_each(|&(w, l)| fp.u64(((w as u64) << 32) | l as u64));
     }
-    format!("{h:016x}")
+    fp.hex()
 }
 
 /// The settings a resumed run must share with the saved one (all but where it lives and when it saves or
 /// pauses), as "name: saved vs given" for each that differs.
 fn config_differences(saved: &RewardConfig, given: &RewardConfig) -> Result<Vec<String>> {
     let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(given)?);
-    let (a, b) = (a.as_object().context("config is not an object")?, b.as_object().context("config is not an object")?);
-    Ok(a.iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "out" | "save_every" | "stop_after"))
-        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-        .map(|(k, v)| {
-            format!(
-                "--{}: {v} in the run, {} now",
-                k.replace('_', "-"),
-                b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
-            )
-        })
-        .collect())
+    Ok(setting_differences(&a, &b, &["out", "save_every", "stop_after"], &flag_of))
 }
 
 /// Commit the model and training state of the current step: the reward model, the trunk's moments
@@ -282,7 +269,8 @@ fn save_state<B: Backend>(
 /// Train (or, with `resume`, continue) a reward model.
 pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<RewardSummary> {
     cfg.validate()?;
-    let (mut rm, saved) = match Run::start_point(&cfg.out, resume)? {
+    let (lock, start) = Run::start_point(&cfg.out, resume)?;
+    let (mut rm, saved) = match start {
         Some(dir) => {
             let (ck, state) = (checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?);
             let rec: RunRecord = serde_json::from_value(state.args.clone())
@@ -294,10 +282,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
                     rec.steps
                 );
             }
-            let diffs = config_differences(&rec.config, cfg)?;
-            if !diffs.is_empty() {
-                bail!("--resume: {} was trained with other settings ({}); resume with the run's own data, seed and hyper-parameters, or choose another --out", cfg.out.display(), diffs.join("; "));
-            }
+            refuse_changes(&cfg.out, &config_differences(&rec.config, cfg)?)?;
             (RewardModel::from_checkpoint(be, &ck, &dir.display().to_string())?, Some((ck, state, rec)))
         }
         None => {
@@ -381,7 +366,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let mut acts = Acts::new(be, &mcfg, rows, t)?;
     let save_every = cfg.save_every;
     let end = cfg.stop_after.map_or(steps, |s| s.min(steps));
-    let mut run = Run::open(&cfg.out, "reward", log_len, end.saturating_sub(opt.step), false)?;
+    let mut run = Run::open(lock, &cfg.out, "reward", log_len, end.saturating_sub(opt.step), false)?;
     while opt.step < end {
         let step = opt.step;
         // Prompts in the seeded epoch order.
@@ -422,6 +407,9 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         let lr = lr_schedule(step, cfg.lr, cfg.lr * 0.1, (steps / 10).max(1), steps);
         let norm = opt.update(be, &mut rm.trunk.params, &grads, lr);
         head_step(be, &mut rm, &mut head_opt, &hg, lr, &hp, opt.step);
+        if let Err(sq) = finite_weights(be, &rm.trunk.params.bufs).and_then(|_| finite_head(be, &rm.head)) {
+            return Err(run.stopped("step", step + 1, non_finite_weights("reward model's", lr, sq, "--lr")));
+        }
         last_loss = loss;
         run.log(&json!({"step": opt.step, "loss": loss, "train_pair_accuracy": right as f64 / n_pairs.max(1) as f64, "lr": lr, "grad_norm": norm}))?;
         run.tick(format!("loss {loss:.3}"));

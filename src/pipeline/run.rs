@@ -2,8 +2,14 @@
 //!
 //! [`Run`] is the scaffold that pretraining, SFT, the reward model and PPO drive their loops through: where
 //! a run starts (a fresh directory, or the latest checkpoint with `--resume`, each refusing the other's
-//! case), the metrics log (cut back to the checkpoint's length on resume), the progress bar, the checkpoint
-//! cadence and commits, and the one error a run stops with, naming the step and the last good checkpoint.
+//! case), the lock that keeps a second run out of the folder, the metrics log (cut back to the checkpoint's
+//! length on resume, emptied on a fresh start), the progress bar, the checkpoint cadence and commits, and
+//! the one error a run stops with, naming the step and the last good checkpoint (a non-finite loss,
+//! gradient norm, or weights after an update).
+//!
+//! A resumed run must be bit-identical to one that never stopped, so every step records what it was
+//! started with (its settings, and fingerprints of its data and models) and refuses a resume that changes
+//! any of it, naming each setting: [`setting_differences`], [`refuse_changes`], [`Fingerprint`].
 //!
 //! [`fit`] is the language-model loop shared by pretraining and SFT (they differ only in where batches
 //! come from and which tokens carry loss). One step, top to bottom:  batch(seed, step) -> zero grads -> forward -> fused weighted LM loss ->
@@ -13,7 +19,7 @@
 //! moments and step are restored exactly, so a resumed run is bit-identical to one that never stopped.
 
 use crate::backend::Backend;
-use crate::checkpoint::run_dir;
+use crate::checkpoint::run_dir::{self, RunLock};
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::batch::LmBatch;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
@@ -162,32 +168,54 @@ pub struct Run {
     log: MetricsLog,
     bar: ProgressBar,
     last_ckpt: Option<PathBuf>,
+    _lock: RunLock,
 }
 
 impl Run {
-    /// The checkpoint a run continues from: the latest one of `out` with `resume` (refused when there is
-    /// none), else nothing (refused when `out` already holds a run).
-    pub fn start_point(out: &Path, resume: bool) -> Result<Option<PathBuf>> {
+    /// Claim `out` (see [`RunLock`]) and find the checkpoint a run continues from: the latest one of `out`
+    /// with `resume` (refused when there is none), else nothing (refused when `out` already holds a run).
+    /// The claim is held until the [`Run`] opened with it ends.
+    pub fn start_point(out: &Path, resume: bool) -> Result<(RunLock, Option<PathBuf>)> {
+        if resume && !out.is_dir() {
+            bail!("--resume: {} holds no checkpoint to resume from (it does not exist)", out.display());
+        }
+        let lock = RunLock::acquire(out)?;
         match (resume, run_dir::latest(out)?) {
             (true, Some(dir)) => {
+                if !out.join("latest").is_file() {
+                    eprintln!(
+                        "{} has no `latest` (the run was killed before recording its first checkpoint); {} is complete",
+                        out.display(),
+                        dir.display()
+                    );
+                }
                 eprintln!("resuming {} from {}", out.display(), dir.display());
-                Ok(Some(dir))
+                Ok((lock, Some(dir)))
             }
             (true, None) => bail!("--resume: {} holds no checkpoint to resume from", out.display()),
             (false, Some(_)) => {
                 bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display())
             }
-            (false, None) => Ok(None),
+            (false, None) => Ok((lock, None)),
         }
     }
 
-    /// Open `out` for training (created if missing); `log_len` cuts the metrics log back to a resumed
-    /// checkpoint's length. `steps_left` sizes the progress bar (hidden when `quiet`).
-    pub fn open(out: &Path, name: &str, log_len: Option<u64>, steps_left: u64, quiet: bool) -> Result<Run> {
+    /// Open `out` (claimed by `lock`, from [`Run::start_point`]) for training; `log_len` cuts the metrics log
+    /// back to a resumed checkpoint's length, `None` (a fresh run) empties it. `steps_left` sizes the
+    /// progress bar (hidden when `quiet`).
+    pub fn open(
+        lock: RunLock,
+        out: &Path,
+        name: &str,
+        log_len: Option<u64>,
+        steps_left: u64,
+        quiet: bool,
+    ) -> Result<Run> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let log = MetricsLog::open(&out.join("metrics.jsonl"), log_len)?;
+        let log = MetricsLog::open(&out.join("metrics.jsonl"), Some(log_len.unwrap_or(0)))?;
         let bar = if quiet { ProgressBar::hidden() } else { crate::util::progress::bar(steps_left, name) };
-        Ok(Run { out: out.to_owned(), name: name.to_owned(), log, bar, last_ckpt: run_dir::latest(out)? })
+        let last_ckpt = run_dir::latest(out)?;
+        Ok(Run { out: out.to_owned(), name: name.to_owned(), log, bar, last_ckpt, _lock: lock })
     }
 
     pub fn out(&self) -> &Path {
@@ -239,19 +267,169 @@ impl Run {
     }
 }
 
-/// A language-model run's starting point: the latest checkpoint and its training state with `resume`
-/// (see [`Run::start_point`]).
-pub fn resume_point(out: &Path, resume: bool) -> Result<Option<(Checkpoint, TrainState)>> {
+/// A language-model run's starting point: the claim on `out` and, with `resume`, the latest checkpoint and
+/// its training state (see [`Run::start_point`]).
+pub fn resume_point(out: &Path, resume: bool) -> Result<(RunLock, Option<(Checkpoint, TrainState)>)> {
     match Run::start_point(out, resume)? {
-        Some(dir) => Ok(Some((checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?))),
-        None => Ok(None),
+        (lock, Some(dir)) => Ok((lock, Some((checkpoint::load(&dir)?, checkpoint::load_train_state(&dir)?)))),
+        (lock, None) => Ok((lock, None)),
+    }
+}
+
+/// `Err(sum of squares)` when a weight of `bufs` is not finite, in one reduction: the sum of the squares
+/// is finite exactly when every weight is (squares of f32 values summed in f64 cannot overflow).
+pub fn finite_weights<B: Backend>(be: &B, bufs: &[B::Buf]) -> std::result::Result<(), f64> {
+    let sq = be.sum_squares_all(bufs);
+    if sq.is_finite() {
+        Ok(())
+    } else {
+        Err(sq)
+    }
+}
+
+/// As [`finite_weights`], for a scalar head (its weight column and bias).
+pub fn finite_head<B: Backend>(be: &B, head: &crate::model::ScalarHead<B>) -> std::result::Result<(), f64> {
+    let sq = be.sum_squares(&head.w) + be.sum_squares(&head.b);
+    if sq.is_finite() {
+        Ok(())
+    } else {
+        Err(sq)
+    }
+}
+
+/// What [`Run::stopped`] says when an update at learning rate `lr` left non-finite weights (`sq`: their sum
+/// of squares).
+pub fn non_finite_weights(model: &str, lr: f64, sq: f64, flag: &str) -> String {
+    format!("the update at learning rate {lr} made the {model} weights non-finite (sum of squares {sq}); lower {flag}")
+}
+
+/// The settings of a resumed run that differ from the ones it was started with, each as "FLAG: SAVED in the
+/// run, GIVEN now". `saved` and `given` are the two configurations as JSON; nested objects are compared
+/// leaf by leaf under dotted paths (e.g. `run.lr`), numbers up to JSON's last-digit rounding. Paths in
+/// `allowed` (and everything under them) are skipped; `flag` names the setting of a path.
+pub fn setting_differences(
+    saved: &Value,
+    given: &Value,
+    allowed: &[&str],
+    flag: &dyn Fn(&str) -> String,
+) -> Vec<String> {
+    let mut out = vec![];
+    diff_values("", saved, given, allowed, flag, &mut out);
+    out
+}
+
+fn diff_values(
+    path: &str,
+    a: &Value,
+    b: &Value,
+    allowed: &[&str],
+    flag: &dyn Fn(&str) -> String,
+    out: &mut Vec<String>,
+) {
+    if allowed.contains(&path) {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))).collect();
+            keys.sort();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let null = Value::Null;
+                diff_values(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), allowed, flag, out);
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.as_f64().zip(y.as_f64()).is_some_and(|(x, y)| same_number(x, y)) => {}
+        _ if a == b => {}
+        _ => out.push(format!("{}: {a} in the run, {b} now", flag(path))),
+    }
+}
+
+/// Equal up to the last digit a JSON round trip may change.
+fn same_number(x: f64, y: f64) -> bool {
+    x == y || (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs())
+}
+
+/// The flag of a setting's path by the usual rule: its last part, `--` and dashes (`run.min_lr` ->
+/// `--min-lr`).
+pub fn flag_of(path: &str) -> String {
+    format!("--{}", path.rsplit('.').next().unwrap_or(path).replace('_', "-"))
+}
+
+/// `config`'s JSON object with the keys of `extra` added (what a run records beside its configuration, read
+/// back with `#[serde(default)]` fields so that runs saved before them still resume).
+pub fn with_extra(mut config: Value, extra: Value) -> Value {
+    if let (Some(c), Value::Object(e)) = (config.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    config
+}
+
+/// Refuse a resume of `out` whose settings differ from the run's (`diffs`, from [`setting_differences`]).
+pub fn refuse_changes(out: &Path, diffs: &[String]) -> Result<()> {
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "--resume: {} was started with other settings ({}); a resumed run must be bit-identical to one that never stopped: resume with the run's own data, seed and hyper-parameters, or choose another --out",
+        out.display(),
+        diffs.join("; ")
+    )
+}
+
+/// A 64-bit FNV-1a hash of what a run was started with (data, models), so a resume can tell whether it
+/// changed. Fed in little-endian 64-bit words ([`Fingerprint::u64`]) or bytes.
+#[derive(Clone, Copy)]
+pub struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn u64(&mut self, x: u64) {
+        self.bytes(&x.to_le_bytes());
+    }
+
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// A model's weights: shape and every value's bits.
+    pub fn model<B: Backend>(&mut self, be: &B, model: &Gpt2<B>) {
+        for (spec, data) in model.to_host(be) {
+            self.bytes(spec.name.as_bytes());
+            self.u64(data.len() as u64);
+            data.iter().for_each(|x| self.bytes(&x.to_bits().to_le_bytes()));
+        }
+    }
+
+    /// Token sequences: each one's length and ids.
+    pub fn tokens<'a>(&mut self, seqs: impl IntoIterator<Item = &'a [u32]>) {
+        for s in seqs {
+            self.u64(s.len() as u64);
+            s.iter().for_each(|&t| self.u64(t as u64));
+        }
+    }
+
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
     }
 }
 
 /// The loop, top to bottom: batch(seed, step) -> zero grads -> forward -> fused weighted LM loss ->
 /// backward -> global-norm clip + AdamW at the scheduled learning rate; validation loss every `eval_every`
 /// steps, a checkpoint with the full training state (and `record`, the command's own settings) every
-/// `save_every` steps and at the end. A non-finite loss or gradient norm stops without saving.
+/// `save_every` steps and at the end. A non-finite loss, gradient norm or updated weight stops without
+/// saving. `lock` is the claim on the run folder from [`resume_point`].
 #[allow(clippy::too_many_arguments)]
 pub fn fit<B: Backend>(
     be: &B,
@@ -261,13 +439,14 @@ pub fn fit<B: Backend>(
     opt: &mut AdamW<B>,
     src: &dyn BatchSource,
     record: &Value,
+    lock: RunLock,
     log_len: Option<u64>,
     baseline: Option<(&str, f64)>,
 ) -> Result<FitSummary> {
     let mcfg = model.cfg;
     let (b, t) = src.shape();
     let end = lc.stop_after.map_or(lc.steps, |s| s.min(lc.steps));
-    let mut run = Run::open(&lc.out, name, log_len, end.saturating_sub(opt.step), false)?;
+    let mut run = Run::open(lock, &lc.out, name, log_len, end.saturating_sub(opt.step), false)?;
     let mut grads = Tensors::zeros(be, &mcfg)?;
     let mut acts = Acts::new(be, &mcfg, b, t)?;
     let (mut last_loss, mut val_loss) = (f64::NAN, f64::NAN);
@@ -293,6 +472,9 @@ pub fn fit<B: Backend>(
         if !norm.is_finite() {
             let what = format!("the gradient norm became {norm} (lower --lr or check the data)");
             return Err(run.stopped("step", step + 1, what));
+        }
+        if let Err(sq) = finite_weights(be, &model.params.bufs) {
+            return Err(run.stopped("step", step + 1, non_finite_weights("model's", lr, sq, "--lr")));
         }
         last_loss = loss;
         let dt = t0.elapsed().as_secs_f64();

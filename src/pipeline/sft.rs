@@ -13,7 +13,10 @@ use crate::data::batch::{epoch_order, slices, LmBatch, PaddedBatch, Pair};
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl;
 use crate::model::{AdamW, AdamWConfig, Gpt2};
-use crate::pipeline::run::{self, check, BatchSource, FitSummary, LoopConfig};
+use crate::pipeline::run::{
+    self, check, flag_of, refuse_changes, setting_differences, with_extra, BatchSource, Fingerprint, FitSummary,
+    LoopConfig,
+};
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -156,16 +159,55 @@ impl BatchSource for PairBatches {
     }
 }
 
+/// What an SFT checkpoint records beyond its [`SftConfig`] (extra keys of the same JSON object, so runs
+/// saved before them still resume).
+#[derive(Serialize, Deserialize, Default)]
+struct Started {
+    /// Of the encoded examples (held-out split first), so changed data or tokenizer is caught.
+    #[serde(default)]
+    data_fingerprint: Option<String>,
+    /// Exact bits of the base model's held-out loss, so a resume needs no `--base`.
+    #[serde(default)]
+    base_eval_loss_bits: Option<u64>,
+}
+
+/// The flag of an [`SftConfig`] setting's path.
+fn flag(path: &str) -> String {
+    match path {
+        "run.min_lr" => "--min-lr-frac (the final learning rate --min-lr-frac x --lr)".into(),
+        p if p.starts_with("run.adamw.") => format!("the optimizer's {}", &p["run.adamw.".len()..]),
+        p => flag_of(p),
+    }
+}
+
+/// Run (or, with `resume`, continue) supervised fine-tuning.
+///
+/// A resume continues in `cfg.run.out` from the run's checkpoint (it needs no `--base`: the base model's
+/// held-out loss is recorded); `--stop-after` and `--save-every` may change. Any other setting that differs
+/// from the run's, or demonstrations (or a tokenizer) that no longer encode as when it started, is refused,
+/// naming it.
 pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSummary> {
     cfg.validate()?;
-    let start = run::resume_point(&cfg.run.out, resume)?;
-    let (mut log_len, mut opt_state) = (None, None);
+    let (lock, start) = run::resume_point(&cfg.run.out, resume)?;
+    let (mut log_len, mut opt_state, mut was) = (None, None, None);
     let mut model = match start {
         Some((ck, state)) => {
             let saved: SftConfig =
                 serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
-            let run = LoopConfig { steps: saved.run.steps, stop_after: cfg.run.stop_after, ..saved.run.clone() };
+            // `base` only serves a fresh start (the model comes from the checkpoint); steps follow from epochs.
+            let allowed = ["run.out", "run.steps", "run.stop_after", "run.save_every", "base"];
+            let diffs =
+                setting_differences(&serde_json::to_value(&saved)?, &serde_json::to_value(&cfg)?, &allowed, &flag);
+            refuse_changes(&cfg.run.out, &diffs)?;
+            let run = LoopConfig {
+                out: cfg.run.out.clone(),
+                steps: saved.run.steps,
+                stop_after: cfg.run.stop_after,
+                save_every: cfg.run.save_every,
+                ..saved.run.clone()
+            };
             cfg = SftConfig { run, ..saved };
+            was = Some(serde_json::from_value::<Started>(state.args.clone()).unwrap_or_default());
             log_len = Some(state.metrics_len);
             opt_state = Some(state);
             ck.to_model(be)?
@@ -208,17 +250,46 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
     if cfg.run.steps == 0 {
         cfg.run.steps = ((cfg.epochs * train_pairs.len() as f64) / cfg.batch as f64).ceil().max(1.0) as u64;
     }
+    let mut fp = Fingerprint::new();
+    fp.u64(t as u64);
+    fp.tokens(eval_pairs.iter().chain(&train_pairs).flat_map(|(p, a)| [p.as_slice(), a.as_slice()]));
+    let data_fingerprint = fp.hex();
+    if let Some(f) = was.as_ref().and_then(|w| w.data_fingerprint.as_ref()) {
+        if *f != data_fingerprint {
+            bail!(
+                "--resume: the demonstrations in {} (with {}) no longer encode as when the run started (data fingerprint {f} then, {data_fingerprint} now); resume with the run's own data and tokenizer, or choose another --out",
+                cfg.data.display(),
+                cfg.tokenizer.display()
+            );
+        }
+    }
     let src = PairBatches { train: train_pairs, eval, b: cfg.batch, t, pad: ct.pad };
-    let base_eval_loss = {
-        let base = base_model(be, &cfg, &model)?;
-        let mut acts = crate::model::Acts::new(be, &base.cfg, cfg.batch, t)?;
-        run::evaluate(be, &base, &mut acts, src.eval_batches())?
+    let base_eval_loss = match was.as_ref().and_then(|w| w.base_eval_loss_bits) {
+        Some(bits) => f64::from_bits(bits),
+        None => {
+            let measure = || -> Result<f64> {
+                let base = base_model(be, &cfg, &model)?;
+                let mut acts = crate::model::Acts::new(be, &base.cfg, cfg.batch, t)?;
+                run::evaluate(be, &base, &mut acts, src.eval_batches())
+            };
+            match (measure(), &was) {
+                (Ok(loss), _) => loss,
+                (Err(e), Some(_)) => {
+                    // A run saved before the base loss was recorded, whose base is gone: only the report lacks it.
+                    eprintln!("sft: the base model's held-out loss is not reported ({e:#})");
+                    f64::NAN
+                }
+                (Err(e), None) => return Err(e),
+            }
+        }
     };
     let mut opt = AdamW::new(be, &model.cfg, cfg.run.adamw)?;
     if let Some(state) = &opt_state {
         state.restore_optimizer(be, &model.cfg, &mut opt)?;
     }
-    let record = serde_json::to_value(&cfg)?;
+    let started =
+        Started { data_fingerprint: Some(data_fingerprint), base_eval_loss_bits: Some(base_eval_loss.to_bits()) };
+    let record = with_extra(serde_json::to_value(&cfg)?, serde_json::to_value(&started)?);
     let fit = run::fit(
         be,
         "sft",
@@ -227,6 +298,7 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         &mut opt,
         &src,
         &record,
+        lock,
         log_len,
         Some(("base model (held out)", base_eval_loss)),
     )?;

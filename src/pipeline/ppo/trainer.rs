@@ -36,7 +36,10 @@ use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
 use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode, GoldJudge};
-use crate::pipeline::run::{check, flag_defaults, Run};
+use crate::pipeline::run::{
+    check, finite_head, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes,
+    setting_differences, Fingerprint, Run,
+};
 use crate::util::rng::Rng;
 use crate::util::stats::mean;
 use anyhow::{bail, Context, Result};
@@ -423,6 +426,9 @@ fn update<B: Backend>(
             if !pl.loss.is_finite() || !norm.is_finite() {
                 bail!("the policy loss ({}) or its gradient norm ({norm}) is not finite", pl.loss);
             }
+            if let Err(sq) = finite_weights(be, &m.policy.params.bufs) {
+                bail!("{}", non_finite_weights("policy", cfg.lr, sq, "--lr"));
+            }
             // ---- value ----
             let vcfg = m.value.cfg();
             let mut vacts = Acts::new(be, &vcfg, sb.b, sb.t)?;
@@ -440,6 +446,10 @@ fn update<B: Backend>(
             head_step(be, &mut m.value, &mut st.head_opt, &hg, cfg.value_lr, &cfg.adamw, st.value_opt.step);
             if !vl.is_finite() || !vnorm.is_finite() {
                 bail!("the value loss ({vl}) or its gradient norm ({vnorm}) is not finite");
+            }
+            if let Err(sq) = finite_weights(be, &m.value.trunk.params.bufs).and_then(|_| finite_head(be, &m.value.head))
+            {
+                bail!("{}", non_finite_weights("value model's", cfg.value_lr, sq, "--value-lr"));
             }
             s.policy_loss += pl.loss;
             s.value_loss += vl;
@@ -501,17 +511,78 @@ struct RunRecord {
     beta_bits: u64,
     iteration: u64,
     value_step: u64,
+    /// Fingerprints of what the run was started with (absent in runs saved before they were recorded).
+    #[serde(default)]
+    inputs: Option<Inputs>,
+}
+
+/// Fingerprints of a run's inputs: the models it was given and its prompts.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+struct Inputs {
+    policy: String,
+    reference: String,
+    reward: String,
+    prompts: String,
+}
+
+impl Inputs {
+    fn of<B: Backend>(be: &B, init: &Gpt2<B>, sft: &Gpt2<B>, reward: &ScalarModel<B>, prompts: &[Vec<u32>]) -> Inputs {
+        let model = |m: &Gpt2<B>| {
+            let mut fp = Fingerprint::new();
+            fp.model(be, m);
+            fp
+        };
+        let mut rm = model(&reward.trunk);
+        let (w, b) = reward.head.to_host(be);
+        w.iter().chain([&b]).for_each(|x| rm.bytes(&x.to_bits().to_le_bytes()));
+        let mut pr = Fingerprint::new();
+        pr.tokens(prompts.iter().map(Vec::as_slice));
+        Inputs { policy: model(init).hex(), reference: model(sft).hex(), reward: rm.hex(), prompts: pr.hex() }
+    }
+
+    /// What differs from `given`, naming the flag of each.
+    fn differences(&self, given: &Inputs) -> Vec<String> {
+        [
+            ("--policy (the initial policy's weights)", &self.policy, &given.policy),
+            ("--reference (the reference model's weights)", &self.reference, &given.reference),
+            ("--reward (the reward model's weights)", &self.reward, &given.reward),
+            ("--prompts (the encoded prompts)", &self.prompts, &given.prompts),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(flag, a, b)| format!("{flag}: fingerprint {a} in the run, {b} now"))
+        .collect()
+    }
+}
+
+/// The flag of a [`PpoConfig`] setting's path.
+fn flag(path: &str) -> String {
+    match path {
+        "stop_token" => "--tokenizer (its <|end|> id)".into(),
+        "pad_token" => "--tokenizer (its <|pad|> id)".into(),
+        "ratio_tol" => "ratio_tol (the first-minibatch ratio tolerance)".into(),
+        p if p.starts_with("adamw.") => format!("the optimizer's {}", &p["adamw.".len()..]),
+        p => flag_of(p),
+    }
 }
 
 const VALUE_DIR: &str = "value";
 
-fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, run: &mut Run) -> Result<PathBuf> {
+fn save<B: Backend>(
+    be: &B,
+    cfg: &PpoConfig,
+    inputs: &Inputs,
+    m: &Models<B>,
+    st: &State<B>,
+    run: &mut Run,
+) -> Result<PathBuf> {
     let rec = RunRecord {
         config: cfg.clone(),
         kl: st.kl.clone(),
         beta_bits: st.kl.beta.to_bits(),
         iteration: st.iteration,
         value_step: st.value_opt.step,
+        inputs: Some(inputs.clone()),
     };
     let metrics_len = run.metrics_len()?;
     let pol = Checkpoint::from_model(be, &m.policy, ModelKind::Policy);
@@ -535,8 +606,10 @@ fn save<B: Backend>(be: &B, cfg: &PpoConfig, m: &Models<B>, st: &State<B>, run: 
     })
 }
 
-/// Restore a run from its latest checkpoint: (config, models' trainable parts, state, metrics length).
-fn load_state<B: Backend>(be: &B, dir: &Path, m: &mut Models<B>) -> Result<(PpoConfig, State<B>, u64)> {
+/// Restore a run from its latest checkpoint: (config, models' trainable parts, state, metrics length, the
+/// fingerprints of its inputs).
+#[allow(clippy::type_complexity)]
+fn load_state<B: Backend>(be: &B, dir: &Path, m: &mut Models<B>) -> Result<(PpoConfig, State<B>, u64, Option<Inputs>)> {
     let pstate = checkpoint::load_train_state(dir)?;
     let rec: RunRecord = serde_json::from_value(pstate.args.clone())
         .with_context(|| format!("{}: not a PPO run's training state", dir.display()))?;
@@ -557,7 +630,8 @@ fn load_state<B: Backend>(be: &B, dir: &Path, m: &mut Models<B>) -> Result<(PpoC
     let head_opt = HeadOpt::restore_trunk_state(be, &vck, &vstate, &mut value_opt)?;
     let mut kl = rec.kl;
     kl.beta = f64::from_bits(rec.beta_bits);
-    Ok((rec.config, State { policy_opt, value_opt, head_opt, kl, iteration: rec.iteration }, pstate.metrics_len))
+    let st = State { policy_opt, value_opt, head_opt, kl, iteration: rec.iteration };
+    Ok((rec.config, st, pstate.metrics_len, rec.inputs))
 }
 
 /// Run (or, with `resume`, continue) PPO from an SFT policy and a reward model. `prompts` are token ids
@@ -612,9 +686,25 @@ pub fn train_from<B: Backend>(
         reward: clone_trunk_head(be, reward)?,
         value: clone_trunk_head(be, reward)?,
     };
-    let (mut st, log_len) = if let Some(dir) = Run::start_point(&cfg.out, resume)? {
-        let (saved, st, len) = load_state(be, &dir, &mut m)?;
-        cfg = PpoConfig { iterations: cfg.iterations.max(saved.iterations), ..saved };
+    let inputs = Inputs::of(be, init, sft, reward, prompts);
+    let (lock, start) = Run::start_point(&cfg.out, resume)?;
+    let (mut st, log_len) = if let Some(dir) = start {
+        let (saved, st, len, was) = load_state(be, &dir, &mut m)?;
+        // Where the run lives, how far it goes and when it saves or prints samples may change; nothing else.
+        let allowed = ["out", "iterations", "save_every", "sample_every"];
+        let mut diffs =
+            setting_differences(&serde_json::to_value(&saved)?, &serde_json::to_value(&cfg)?, &allowed, &flag);
+        if let Some(was) = &was {
+            diffs.extend(was.differences(&inputs));
+        }
+        refuse_changes(&cfg.out, &diffs)?;
+        cfg = PpoConfig {
+            out: cfg.out.clone(),
+            iterations: cfg.iterations.max(saved.iterations),
+            save_every: cfg.save_every,
+            sample_every: cfg.sample_every,
+            ..saved
+        };
         (st, Some(len))
     } else {
         let c = rcfg.n_embd;
@@ -640,7 +730,8 @@ pub fn train_from<B: Backend>(
             );
         }
     }
-    let mut run = Run::open(&cfg.out, "PPO", log_len, cfg.iterations.saturating_sub(st.iteration), !hooks.verbose)?;
+    let mut run =
+        Run::open(lock, &cfg.out, "PPO", log_len, cfg.iterations.saturating_sub(st.iteration), !hooks.verbose)?;
     let (mut first_score, mut last_score, mut last_kl) = (f64::NAN, f64::NAN, f64::NAN);
     while st.iteration < cfg.iterations {
         let it = st.iteration;
@@ -734,7 +825,7 @@ pub fn train_from<B: Backend>(
         }
         plot(&cfg.out)?;
         if Run::save_due(st.iteration, cfg.save_every, cfg.iterations) {
-            save(be, &cfg, &m, &st, &mut run)?;
+            save(be, &cfg, &inputs, &m, &st, &mut run)?;
         }
     }
     let checkpoint = run.finish()?;
