@@ -100,6 +100,17 @@ fn pairwise_loss_pairs_and_one_forward_per_answer() {
     }
 }
 
+/// Issue 13, D12: a reward model that scores NaN is an error of scoring (`rlhf score`), not a `null` score.
+#[test]
+fn a_non_finite_score_is_an_error() {
+    let be = Be::new();
+    let head = rlhf::model::ScalarHead::from_host(&be, &[0.1; 16], f32::NAN).unwrap();
+    let rm = RewardModel { trunk: model(&be), head };
+    let pairs = vec![(vec![2, 5, 3], vec![7, 4]), (vec![2, 5], vec![8, 4])];
+    let e = rlhf::pipeline::reward::score_all(&be, &rm, &pairs, PAD, 2).unwrap_err().to_string();
+    assert!(e.contains("pair 1") && e.contains("NaN"), "{e}");
+}
+
 #[test]
 fn bad_jsonl_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();

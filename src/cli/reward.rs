@@ -92,7 +92,7 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
             chat::fit_context(&mut pt, &mut at, rm.trunk.cfg.n_positions);
             pairs.push((pt, at));
         }
-        reward::score_all(be, &rm, &pairs, ct.pad, 16)
+        reward::score_all(be, &rm, &pairs, ct.pad, 16).with_context(|| format!("scoring {}", a.data.display()))
     })?;
     let mut out = String::new();
     for ((mut v, _, _), s) in records.into_iter().zip(scores) {

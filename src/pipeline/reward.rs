@@ -174,13 +174,16 @@ pub fn score_pairs<B: Backend>(
     rm.scores(be, acts, &sb)
 }
 
-/// Scores of many pairs, in batches of the activations' size.
+/// Scores of many pairs, in batches of the activations' size; a non-finite score is an error.
 pub fn score_all<B: Backend>(be: &B, rm: &RewardModel<B>, pairs: &[Pair], pad: u32, batch: usize) -> Result<Vec<f64>> {
     let t = pairs.iter().map(|(p, a)| p.len() + a.len()).max().unwrap_or(1);
     let mut acts = Acts::new(be, &rm.trunk.cfg, batch, t)?;
     let mut out = vec![];
     for chunk in pairs.chunks(batch) {
         out.extend(score_pairs(be, rm, &mut acts, &chunk.iter().collect::<Vec<_>>(), pad)?);
+    }
+    if let Some((i, x)) = out.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        bail!("the reward model scored pair {} (in input order, from 1) as {x}: the model is not usable", i + 1);
     }
     Ok(out)
 }
