@@ -884,7 +884,8 @@ fn planted_missing_barrier_is_caught() {
     let inp: Vec<f32> = (0..4 * 256).map(|_| rng.normal() as f32).collect();
     let want: Vec<f64> = inp.chunks(256).map(|c| c.iter().map(|&v| v as f64).sum()).collect();
     let cfg = LaunchConfig { grid: [4, 1, 1], block: [256, 1, 1], smem: 0 };
-    for l in [SimLauncher::ordered(), SimLauncher::racy(5)] {
+    // Without the race checker, which would report the planted race instead (see planted_races_are_reported).
+    for l in [SimLauncher::ordered().without_racecheck(), SimLauncher::racy(5).without_racecheck()] {
         assert!(rel_err(&run_simple(&l, "planted_tree_sum_ok", cfg, 4, &inp, &[]), &want) < TOL_F32);
         let bad = rel_err(&run_simple(&l, "planted_tree_sum_nobarrier", cfg, 4, &inp, &[]), &want);
         assert!(bad > TOL_F32, "missing barrier not caught ({l:?}): error {bad:e}");
@@ -898,12 +899,13 @@ fn planted_missing_barrier_needs_race_mode() {
     let want: Vec<f64> =
         (0..inp.len()).map(|i| inp[i] as f64 - if i % 256 > 0 { inp[i - 1] as f64 } else { 0.0 }).collect();
     let cfg = LaunchConfig { grid: [2, 1, 1], block: [256, 1, 1], smem: 0 };
-    let ordered = SimLauncher::ordered();
+    // Without the race checker, which reports this race in either schedule (see planted_races_are_reported).
+    let ordered = SimLauncher::ordered().without_racecheck();
     assert!(rel_err(&run_simple(&ordered, "planted_neighbor_diff_ok", cfg, 512, &inp, &[]), &want) < TOL_F32);
     // The in-order schedule hides this bug (documented limitation) ...
     assert!(rel_err(&run_simple(&ordered, "planted_neighbor_diff_nobarrier", cfg, 512, &inp, &[]), &want) < TOL_F32);
     // ... race mode exposes it.
-    let racy = SimLauncher::racy(6);
+    let racy = SimLauncher::racy(6).without_racecheck();
     assert!(rel_err(&run_simple(&racy, "planted_neighbor_diff_ok", cfg, 512, &inp, &[]), &want) < TOL_F32);
     let bad = rel_err(&run_simple(&racy, "planted_neighbor_diff_nobarrier", cfg, 512, &inp, &[]), &want);
     assert!(bad > TOL_F32, "race mode missed the missing barrier: error {bad:e}");
@@ -970,4 +972,86 @@ fn early_exit_threads_leave_the_barrier() {
         );
         assert_eq!(got, want);
     }
+}
+
+// ------------------------------------------------------------------------------------------------ race checker
+
+/// The launch error of `kernel` (out, inp, extra...) under `l`, which must fail.
+fn launch_err(l: &SimLauncher, kernel: &str, cfg: LaunchConfig, out_len: usize, inp: &[f32], extra: &[Arg]) -> String {
+    let out = SimBuf::<f32>::zeros(out_len);
+    let x = SimBuf::from_slice(inp);
+    let mut args = vec![Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())];
+    args.extend_from_slice(extra);
+    // SAFETY: as in run_simple.
+    match unsafe { l.launch(kernel, cfg, &args) } {
+        Ok(()) => panic!("{kernel}: no hazard reported ({l:?})"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn planted_races_are_reported() {
+    let inp: Vec<f32> = (0..4 * 256).map(|i| (i % 7) as f32).collect();
+    let blk = |n: u32| LaunchConfig { grid: [1, 1, 1], block: [n, 1, 1], smem: 0 };
+    for l in [SimLauncher::ordered().with_racecheck(), SimLauncher::racy(3).with_racecheck()] {
+        // Every hazard names the kernel, its kind, the memory, both threads and both source lines.
+        let e = launch_err(&l, "planted_tree_sum_nobarrier", blk(256), 4, &inp, &[]);
+        assert!(e.contains("race hazard in planted_tree_sum_nobarrier"), "{e}");
+        assert!(e.contains("static __shared__"), "{e}");
+        assert!(e.contains("planted_bugs.cu:"), "no source line: {e}");
+        assert!(e.contains("s[t] += s[t + h]"), "no source text: {e}");
+        // The race the in-order schedule hides from the numbers (planted_missing_barrier_needs_race_mode).
+        let e = launch_err(&l, "planted_neighbor_diff_nobarrier", blk(256), 256, &inp, &[]);
+        assert!(e.contains("read-after-write") || e.contains("write-after-read"), "{e}");
+        let e = launch_err(&l, "planted_shared_waw", blk(64), 64, &inp, &[]);
+        assert!(e.contains("write-after-write"), "{e}");
+        assert!(e.contains("thread (0,0,0)") && e.contains("thread (32,0,0)"), "{e}");
+        let e = launch_err(&l, "planted_warp_nosyncwarp", blk(32), 32, &inp, &[]);
+        assert!(e.contains("or warp barrier"), "{e}");
+        let e = launch_err(&l, "planted_key_tiles_notopbarrier", blk(128), 128, &inp, &[Arg::I32(3)]);
+        eprintln!("{e}");
+        assert!(e.contains("write-after-read") && e.contains("Ks[t] = inp[k * 64 + t]"), "{e}");
+        // The correct twins pass, atomics are exempt.
+        for (k, n, extra) in [
+            ("planted_tree_sum_ok", 256, vec![]),
+            ("planted_neighbor_diff_ok", 256, vec![]),
+            ("planted_warp_syncwarp_ok", 32, vec![]),
+            ("planted_shared_atomic_ok", 64, vec![]),
+            ("planted_key_tiles_ok", 128, vec![Arg::I32(3)]),
+        ] {
+            run_simple(&l, k, blk(n), n as usize, &inp, &extra);
+        }
+    }
+}
+
+#[test]
+fn race_checker_off_runs_planted_races() {
+    let inp: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [64, 1, 1], smem: 0 };
+    run_simple(&SimLauncher::ordered().without_racecheck(), "planted_shared_waw", cfg, 64, &inp, &[]);
+}
+
+/// The planted bug of issue 18 in small: without the barrier at the top of the key-tile loop, a warp that
+/// runs ahead (race mode) overwrites the tile others still read, so the numbers go wrong too, not only the
+/// hazard report.
+#[test]
+fn run_ahead_warps_expose_the_missing_top_barrier() {
+    let ntiles = 4usize;
+    let mut rng = Rng::new(53);
+    let inp: Vec<f32> = (0..ntiles * 64).map(|_| rng.normal() as f32).collect();
+    let total: f64 = inp.iter().map(|&v| v as f64).sum();
+    let want: Vec<f64> = (0..128).map(|t| total * ((t / 32) + 1) as f64).collect();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [128, 1, 1], smem: 0 };
+    let n = [Arg::I32(ntiles as i32)];
+    let ordered = SimLauncher::ordered().without_racecheck();
+    assert!(rel_err(&run_simple(&ordered, "planted_key_tiles_ok", cfg, 128, &inp, &n), &want) < TOL_F32);
+    let mut caught = 0;
+    for seed in 1..=3 {
+        let racy = SimLauncher::racy(seed).without_racecheck();
+        assert!(rel_err(&run_simple(&racy, "planted_key_tiles_ok", cfg, 128, &inp, &n), &want) < TOL_F32);
+        if rel_err(&run_simple(&racy, "planted_key_tiles_notopbarrier", cfg, 128, &inp, &n), &want) > TOL_F32 {
+            caught += 1;
+        }
+    }
+    assert!(caught > 0, "no seed of race mode made the missing top-of-loop barrier give wrong numbers");
 }

@@ -9,7 +9,12 @@
 //  - warp shuffles/ballots exchange values through per-warp slots plus a warp barrier;
 //  - WMMA fragments hold the whole tile in every lane; mma_sync computes the full tile product in f32.
 // Race-detection mode (env RLHF_SIM_RACE=1, or rlhf_sim_set_options) runs blocks in a random order and resumes
-// a block's fibers in a random order at every scheduling pass.
+// a block's fibers in a random order at every scheduling pass, and lets one warp at a time run ahead.
+// Race checker (on unless RLHF_SIM_RACECHECK=0): the kernel files are compiled with -fsanitize=thread, whose
+// per-access callbacks (__tsan_read4(addr), ...) sim_runtime.cpp implements: every shared-memory access is
+// checked against the last writer and readers of its bytes (see sim_runtime.cpp, "race checker"). Simulator
+// internals that kernel code calls (thread indices, warp exchanges, atomics, WMMA arithmetic) are
+// RLHF_SIM_NOCHECK: not inlined into the kernels, so not instrumented.
 //
 // Not simulated (must stay out of simulated code, behind `#ifndef RLHF_SIM`): inline PTX, cp.async, wgmma, TMA.
 #pragma once
@@ -38,6 +43,9 @@
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #define __grid_constant__
+
+// Functions of the simulator itself: never instrumented by the race checker (out of line in kernel code).
+#define RLHF_SIM_NOCHECK __attribute__((no_sanitize("thread"), noinline))
 
 // ---------------------------------------------------------------------------------------------------------
 // Index types
@@ -75,12 +83,24 @@ struct ThreadCtx {
   int state;
   unsigned parity;    // alternates on every warp exchange
   uint64_t nexch;     // number of warp exchanges done (ballot stamps)
+  uint32_t bep;       // race checker: block barriers passed
+  uint32_t wep;       // race checker: warp barriers passed (__syncwarp, shuffles, WMMA load/store)
+  uint32_t coll;      // race checker: nonzero inside a warp-collective store (WMMA store_matrix_sync)
   BlockCtx* blk;
   void* fiber;        // runtime-private (ucontext)
 };
 
 extern thread_local ThreadCtx* g_cur;
 extern thread_local BlockCtx* g_blk;
+
+// Index variables for kernel code (out of line: not instrumented).
+RLHF_SIM_NOCHECK const uint3& cur_tid();
+RLHF_SIM_NOCHECK const uint3& cur_bid();
+RLHF_SIM_NOCHECK const dim3& cur_bdim();
+RLHF_SIM_NOCHECK const dim3& cur_gdim();
+// Brackets a warp-collective store (every lane stores the same tile): the lanes' identical writes do not race.
+RLHF_SIM_NOCHECK void collective_begin();
+RLHF_SIM_NOCHECK void collective_end();
 
 void block_barrier();  // __syncthreads
 void warp_barrier();   // __syncwarp / warp exchanges
@@ -89,7 +109,7 @@ unsigned warp_live_mask();
 
 // Exchange a value of up to 16 bytes within the warp: every live lane publishes `v`; returns lane `src`'s value.
 template <class T>
-inline T exchange(const T& v, unsigned src) {
+RLHF_SIM_NOCHECK T exchange(const T& v, unsigned src) {
   static_assert(sizeof(T) <= 16, "warp exchange of a value over 16 bytes");
   ThreadCtx* t = g_cur;
   unsigned p = (t->parity ^= 1u);
@@ -105,16 +125,16 @@ inline T exchange(const T& v, unsigned src) {
 
 }  // namespace sim
 
-#define threadIdx (::sim::g_cur->tid)
-#define blockIdx (::sim::g_blk->bid)
-#define blockDim (::sim::g_blk->bdim)
-#define gridDim (::sim::g_blk->gdim)
+#define threadIdx (::sim::cur_tid())
+#define blockIdx (::sim::cur_bid())
+#define blockDim (::sim::cur_bdim())
+#define gridDim (::sim::cur_gdim())
 #define warpSize 32
 
 inline void __syncthreads() { ::sim::block_barrier(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { ::sim::warp_barrier(); }
-inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+RLHF_SIM_NOCHECK inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+RLHF_SIM_NOCHECK inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline unsigned __activemask() { return ::sim::warp_live_mask(); }
 [[noreturn]] inline void __trap() { ::sim::trap("__trap() called"); }
 
@@ -189,8 +209,8 @@ inline unsigned __float_as_uint(float f) { unsigned x; std::memcpy(&x, &f, 4); r
 inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
 
 // ---------------------------------------------------------------------------------------------------------
-// Atomics (blocks run on parallel OS threads: these are real atomics)
-inline float atomicAdd(float* a, float v) {
+// Atomics (blocks run on parallel OS threads: these are real atomics; exempt from the race checker)
+RLHF_SIM_NOCHECK inline float atomicAdd(float* a, float v) {
   uint32_t* p = reinterpret_cast<uint32_t*>(a);
   uint32_t old = __atomic_load_n(p, __ATOMIC_RELAXED), nw;
   do {
@@ -199,7 +219,7 @@ inline float atomicAdd(float* a, float v) {
   } while (!__atomic_compare_exchange_n(p, &old, nw, true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
   return __uint_as_float(old);
 }
-inline double atomicAdd(double* a, double v) {
+RLHF_SIM_NOCHECK inline double atomicAdd(double* a, double v) {
   uint64_t* p = reinterpret_cast<uint64_t*>(a);
   uint64_t old = __atomic_load_n(p, __ATOMIC_RELAXED), nw;
   do {
@@ -212,37 +232,37 @@ inline double atomicAdd(double* a, double v) {
   std::memcpy(&r, &old, 8);
   return r;
 }
-inline int atomicAdd(int* a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
-inline unsigned atomicAdd(unsigned* a, unsigned v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
-inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+RLHF_SIM_NOCHECK inline int atomicAdd(int* a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
+RLHF_SIM_NOCHECK inline unsigned atomicAdd(unsigned* a, unsigned v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
+RLHF_SIM_NOCHECK inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
   return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);
 }
-inline int atomicCAS(int* a, int cmp, int val) {
+RLHF_SIM_NOCHECK inline int atomicCAS(int* a, int cmp, int val) {
   __atomic_compare_exchange_n(a, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
   return cmp;
 }
-inline unsigned atomicCAS(unsigned* a, unsigned cmp, unsigned val) {
+RLHF_SIM_NOCHECK inline unsigned atomicCAS(unsigned* a, unsigned cmp, unsigned val) {
   __atomic_compare_exchange_n(a, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
   return cmp;
 }
-inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long cmp, unsigned long long val) {
+RLHF_SIM_NOCHECK inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long cmp, unsigned long long val) {
   __atomic_compare_exchange_n(a, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
   return cmp;
 }
 template <class T>
-inline T sim_atomic_minmax(T* a, T v, bool is_max) {
+RLHF_SIM_NOCHECK inline T sim_atomic_minmax(T* a, T v, bool is_max) {
   T old = __atomic_load_n(a, __ATOMIC_RELAXED);
   while ((is_max ? v > old : v < old) &&
          !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
   }
   return old;
 }
-inline int atomicMax(int* a, int v) { return sim_atomic_minmax(a, v, true); }
-inline unsigned atomicMax(unsigned* a, unsigned v) { return sim_atomic_minmax(a, v, true); }
-inline int atomicMin(int* a, int v) { return sim_atomic_minmax(a, v, false); }
-inline unsigned atomicMin(unsigned* a, unsigned v) { return sim_atomic_minmax(a, v, false); }
-inline int atomicExch(int* a, int v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }
-inline unsigned atomicExch(unsigned* a, unsigned v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }
+RLHF_SIM_NOCHECK inline int atomicMax(int* a, int v) { return sim_atomic_minmax(a, v, true); }
+RLHF_SIM_NOCHECK inline unsigned atomicMax(unsigned* a, unsigned v) { return sim_atomic_minmax(a, v, true); }
+RLHF_SIM_NOCHECK inline int atomicMin(int* a, int v) { return sim_atomic_minmax(a, v, false); }
+RLHF_SIM_NOCHECK inline unsigned atomicMin(unsigned* a, unsigned v) { return sim_atomic_minmax(a, v, false); }
+RLHF_SIM_NOCHECK inline int atomicExch(int* a, int v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }
+RLHF_SIM_NOCHECK inline unsigned atomicExch(unsigned* a, unsigned v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }
 
 // ---------------------------------------------------------------------------------------------------------
 // Vector types
@@ -350,7 +370,7 @@ struct fragment {
 };
 
 template <class Use, int M, int N, int K, class T, class L, class V>
-inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, const V& v) {
+RLHF_SIM_NOCHECK void fill_fragment(fragment<Use, M, N, K, T, L>& f, const V& v) {
   T tv = detail::from_f<T>(detail::to_f(v));
   for (int i = 0; i < f.num_elements; i++) f.x[i] = tv;
 }
@@ -376,15 +396,17 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void>& f, const T
 template <int M, int N, int K, class T>
 inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T, void>& f, unsigned ldm, layout_t l) {
   ::sim::warp_barrier();  // collective: every lane holds the same tile; all arrive before the (identical) stores
+  ::sim::collective_begin();
   for (int r = 0; r < M; r++)
     for (int c = 0; c < N; c++) {
       T* d = l == mem_row_major ? &p[(size_t)r * ldm + c] : &p[(size_t)c * ldm + r];
       *d = f.x[r * N + c];
     }
+  ::sim::collective_end();
 }
 
 template <int M, int N, int K, class TA, class LA, class TB, class LB, class TC>
-inline void mma_sync(fragment<accumulator, M, N, K, TC, void>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+RLHF_SIM_NOCHECK void mma_sync(fragment<accumulator, M, N, K, TC, void>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
                      const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, TC, void>& c) {
   float acc[M * N];
   for (int i = 0; i < M; i++)

@@ -1,7 +1,11 @@
-// The simulator's scheduler: blocks on a pool of OS threads, a block's threads as ucontext fibers.
-// Compiled once into the simulated kernel library (see build.rs); C ABI entry points at the bottom.
+// The simulator's scheduler: blocks on a pool of OS threads, a block's threads as ucontext fibers, and the race
+// checker. Compiled into the simulated kernel library without instrumentation, beside the kernel files compiled
+// with -fsanitize=thread (see build.rs); C ABI entry points at the bottom.
 #include "cuda_sim.h"
 
+#include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 #include <ucontext.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -9,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <random>
@@ -35,6 +40,39 @@ struct Fiber {
   ThreadCtx t;
 };
 
+// ---- race checker state. One shadow record per 2-byte granule of shared memory (no kernel accesses shared
+// memory in single bytes): the last writer and up to two readers since that write, each with the thread's
+// barrier epochs at the access and the code address of the access (symbolised only when reported).
+struct Acc {
+  const void* pc;
+  uint32_t gen;  // block generation on this worker; a record of another block is empty
+  uint32_t bep, wep;
+  uint16_t tid;   // linear thread index in the block
+  uint16_t coll;  // written inside a warp-collective store
+};
+struct Cell {
+  Acc w, r1, r2;
+};
+struct Shadow {
+  uintptr_t lo = 0;
+  size_t len = 0;
+  std::vector<Cell> cells;
+  const char* what = "";
+  const char* module = nullptr;
+};
+struct Hazard {
+  const char* kind = nullptr;  // "read-after-write", ...
+  const char* region = nullptr;
+  const char* module = nullptr;  // static __shared__: the module whose TLS segment holds it
+  size_t offset = 0;
+  uint3 bid{};
+  unsigned a = 0, b = 0;  // earlier and later thread (linear)
+  const void* pa = nullptr;
+  const void* pb = nullptr;
+  uint32_t bep = 0;
+  bool same_warp = false;
+};
+
 struct Worker {
   ucontext_t sched;
   std::vector<Fiber> fibers;
@@ -45,6 +83,12 @@ struct Worker {
   std::vector<WarpSlots> warps;
   std::vector<unsigned char> smem_store;
   std::string error;
+  // race checker
+  bool check = false;
+  uint32_t gen = 0;
+  Shadow dyn, stat;
+  Hazard hazard;
+  uint64_t nhazards = 0;
   ~Worker() {
     if (stacks) munmap(stacks, stack_stride * nstacks);
   }
@@ -82,12 +126,126 @@ unsigned char* dyn_smem() { return g_blk->dyn_smem; }
 void block_barrier() {
   g_cur->state = WAIT_BLOCK;
   yield_to_scheduler();
+  g_cur->bep++;
 }
 
 void warp_barrier() {
   g_cur->state = WAIT_WARP;
   yield_to_scheduler();
+  g_cur->wep++;
 }
+
+const uint3& cur_tid() { return g_cur->tid; }
+const uint3& cur_bid() { return g_blk->bid; }
+const dim3& cur_bdim() { return g_blk->bdim; }
+const dim3& cur_gdim() { return g_blk->gdim; }
+void collective_begin() { g_cur->coll = 1; }
+void collective_end() { g_cur->coll = 0; }
+
+// ---------------------------------------------------------------------------------------------------------
+// Race checker. Two accesses to a shared-memory byte, by different threads of a block, at least one a write,
+// are ordered when a __syncthreads lies between them (the block epochs differ) or, for two lanes of one warp,
+// a warp barrier (__syncwarp, a shuffle/ballot, a WMMA load/store: the warp epochs differ). Anything else is a
+// hazard. Atomics are not instrumented (exempt). The identical stores of a WMMA store_matrix_sync by the lanes
+// of one warp are one collective store, not a write-after-write.
+namespace {
+
+inline bool unordered(const Acc& p, const ThreadCtx* t, uint32_t gen) {
+  if (p.gen != gen || p.tid == t->linear || p.bep != t->bep) return false;
+  if (p.tid / 32 == t->warp) return p.wep == t->wep && !(p.coll && t->coll);
+  return true;
+}
+
+void report(Worker* w, const char* kind, const Shadow& sh, size_t off, const Acc& p, const void* pc) {
+  ThreadCtx* t = g_cur;
+  if (w->nhazards++ > 0) return;
+  Hazard& h = w->hazard;
+  h.kind = kind;
+  h.region = sh.what;
+  h.module = sh.module;
+  h.offset = off;
+  h.bid = g_blk->bid;
+  h.a = p.tid;
+  h.b = t->linear;
+  h.pa = p.pc;
+  h.pb = pc;
+  h.bep = t->bep;
+  h.same_warp = p.tid / 32 == t->warp;
+}
+
+inline void set(Acc& a, const ThreadCtx* t, uint32_t gen, const void* pc) {
+  a.pc = pc;
+  a.gen = gen;
+  a.bep = t->bep;
+  a.wep = t->wep;
+  a.tid = (uint16_t)t->linear;
+  a.coll = (uint16_t)t->coll;
+}
+
+void on_access(const void* addr, size_t n, bool write, const void* pc) {
+  Worker* w = g_worker;
+  if (!w || !w->check || !g_cur) return;
+  const uintptr_t x = (uintptr_t)addr;
+  Shadow* sh;
+  if (x - w->dyn.lo < w->dyn.len) {
+    sh = &w->dyn;
+  } else if (x - w->stat.lo < w->stat.len) {
+    sh = &w->stat;
+  } else {
+    return;  // global memory, fiber stacks (locals)
+  }
+  const ThreadCtx* t = g_cur;
+  const uint32_t gen = w->gen;
+  const size_t g0 = (x - sh->lo) >> 1, g1 = std::min((x - sh->lo + n - 1) >> 1, sh->cells.size() - 1);
+  for (size_t g = g0; g <= g1; g++) {
+    Cell& c = sh->cells[g];
+    const size_t off = g * 2;
+    if (write) {
+      if (unordered(c.w, t, gen)) report(w, "write-after-write", *sh, off, c.w, pc);
+      if (unordered(c.r1, t, gen)) report(w, "write-after-read", *sh, off, c.r1, pc);
+      if (unordered(c.r2, t, gen)) report(w, "write-after-read", *sh, off, c.r2, pc);
+      set(c.w, t, gen, pc);
+      c.r1.gen = c.r2.gen = 0;
+    } else {
+      if (unordered(c.w, t, gen)) report(w, "read-after-write", *sh, off, c.w, pc);
+      // Readers from an earlier block epoch are ordered before everything that follows: forget them. Keep
+      // two readers, preferring two different warps (a later write conflicts with a reader of another warp
+      // whatever its warp epoch), and the later of two readers of one warp.
+      auto live = [&](const Acc& r) { return r.gen == gen && r.bep == t->bep; };
+      if (!live(c.r1) || c.r1.tid == t->linear) {
+        set(c.r1, t, gen, pc);
+        if (!live(c.r2)) c.r2.gen = 0;
+      } else if (!live(c.r2) || c.r2.tid == t->linear) {
+        set(c.r2, t, gen, pc);
+      } else if (c.r1.tid / 32 == c.r2.tid / 32 || c.r2.tid / 32 == t->warp) {
+        set(c.r2, t, gen, pc);
+      } else if (c.r1.tid / 32 == t->warp) {
+        set(c.r1, t, gen, pc);
+      }
+    }
+  }
+}
+
+// The calling thread's copy of the TLS segment of the module holding the simulator (and so the kernels'
+// static __shared__ variables, which are `static thread_local`).
+int find_tls(struct dl_phdr_info* info, size_t, void* data) {
+  Shadow* sh = static_cast<Shadow*>(data);
+  if (!info->dlpi_tls_data) return 0;
+  for (int i = 0; i < info->dlpi_phnum; i++) {
+    if (info->dlpi_phdr[i].p_type != PT_TLS) continue;
+    uintptr_t lo = (uintptr_t)info->dlpi_tls_data, hi = lo + info->dlpi_phdr[i].p_memsz;
+    uintptr_t me = (uintptr_t)&g_worker;
+    if (me >= lo && me < hi) {
+      sh->module = info->dlpi_name ? info->dlpi_name : "";
+      sh->lo = lo;
+      sh->len = hi - lo;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
 
 unsigned warp_live_mask() {
   ThreadCtx* t = g_cur;
@@ -124,6 +282,29 @@ unsigned __ballot_sync(unsigned, int pred) {
   return r;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The -fsanitize=thread instrumentation of the kernel files calls these for every memory access.
+extern "C" {
+#define RLHF_TSAN_RW(n)                                                                                         \
+  void __tsan_read##n(void* a) { sim::on_access(a, n, false, __builtin_return_address(0)); }                    \
+  void __tsan_write##n(void* a) { sim::on_access(a, n, true, __builtin_return_address(0)); }                    \
+  void __tsan_unaligned_read##n(void* a) { sim::on_access(a, n, false, __builtin_return_address(0)); }          \
+  void __tsan_unaligned_write##n(void* a) { sim::on_access(a, n, true, __builtin_return_address(0)); }          \
+  void __tsan_volatile_read##n(void* a) { sim::on_access(a, n, false, __builtin_return_address(0)); }           \
+  void __tsan_volatile_write##n(void* a) { sim::on_access(a, n, true, __builtin_return_address(0)); }
+RLHF_TSAN_RW(1)
+RLHF_TSAN_RW(2)
+RLHF_TSAN_RW(4)
+RLHF_TSAN_RW(8)
+RLHF_TSAN_RW(16)
+#undef RLHF_TSAN_RW
+void __tsan_read_range(void* a, size_t n) { sim::on_access(a, n, false, __builtin_return_address(0)); }
+void __tsan_write_range(void* a, size_t n) { sim::on_access(a, n, true, __builtin_return_address(0)); }
+void __tsan_init() {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+}
+
 namespace sim {
 namespace {
 
@@ -140,6 +321,7 @@ bool run_block(Worker& w, BlockCtx& b, std::mt19937_64* rng) {
     t.state = RUNNABLE;
     t.parity = 0;
     t.nexch = 0;
+    t.bep = t.wep = t.coll = 0;
     t.blk = &b;
     t.fiber = &f;
     getcontext(&f.uc);
@@ -162,42 +344,78 @@ bool run_block(Worker& w, BlockCtx& b, std::mt19937_64* rng) {
       w.warp_wait[wi] = 0;
     }
   };
+  uint64_t block_releases = 0;
   auto release_block_if_complete = [&]() {
     if (block_wait > 0 && block_wait == live) {
       for (unsigned i = 0; i < n; i++)
         if (w.fibers[i].t.state == WAIT_BLOCK) w.fibers[i].t.state = RUNNABLE;
       block_wait = 0;
+      block_releases++;
     }
   };
+  // Resumes fiber i until its next scheduling point.
+  auto resume = [&](unsigned i) {
+    Fiber& f = w.fibers[i];
+    g_cur = &f.t;
+    swapcontext(&w.sched, &f.uc);
+    const unsigned wi = f.t.warp;
+    switch (f.t.state) {
+      case DONE:
+        live--;
+        w.warp_live[wi]--;
+        release_warp_if_complete(wi);
+        release_block_if_complete();
+        break;
+      case WAIT_WARP:
+        w.warp_wait[wi]++;
+        release_warp_if_complete(wi);
+        break;
+      case WAIT_BLOCK:
+        block_wait++;
+        release_block_if_complete();
+        break;
+      default:
+        break;
+    }
+  };
+
+  // Race mode: between two __syncthreads, one warp (the lead, chosen at random) runs `ahead` warp-level steps
+  // (segments between scheduling points) for every one step of the others, so a warp that goes on to the next
+  // tile while others still work on this one does so in the simulator too.
+  unsigned lead = ~0u, ahead = 0;
+  uint64_t releases_seen = 0;
+  auto pick_lead = [&]() {
+    if (rng && nw > 1) {
+      lead = (unsigned)((*rng)() % nw);
+      ahead = 2 + (unsigned)((*rng)() % 15);
+    }
+  };
+  pick_lead();
 
   while (live > 0) {
     if (rng) std::shuffle(w.order.begin(), w.order.end(), *rng);
     bool ran = false;
-    for (unsigned k = 0; k < n; k++) {
-      Fiber& f = w.fibers[w.order[k]];
-      if (f.t.state != RUNNABLE) continue;
-      ran = true;
-      g_cur = &f.t;
-      swapcontext(&w.sched, &f.uc);
-      const unsigned wi = f.t.warp;
-      switch (f.t.state) {
-        case DONE:
-          live--;
-          w.warp_live[wi]--;
-          release_warp_if_complete(wi);
-          release_block_if_complete();
-          break;
-        case WAIT_WARP:
-          w.warp_wait[wi]++;
-          release_warp_if_complete(wi);
-          break;
-        case WAIT_BLOCK:
-          block_wait++;
-          release_block_if_complete();
-          break;
-        default:
-          break;
+    if (lead != ~0u) {
+      for (unsigned step = 0; step < ahead; step++) {
+        bool any = false;
+        for (unsigned k = 0; k < n; k++) {
+          const unsigned i = w.order[k];
+          if (i / 32 != lead || w.fibers[i].t.state != RUNNABLE) continue;
+          any = true;
+          resume(i);
+        }
+        if (!any) break;
+        ran = true;
       }
+    }
+    for (unsigned k = 0; k < n; k++) {
+      if (w.fibers[w.order[k]].t.state != RUNNABLE) continue;
+      ran = true;
+      resume(w.order[k]);
+    }
+    if (block_releases != releases_seen) {
+      releases_seen = block_releases;
+      pick_lead();
     }
     if (!ran && live > 0) {
       char buf[256];
@@ -215,11 +433,145 @@ bool run_block(Worker& w, BlockCtx& b, std::mt19937_64* rng) {
 }  // namespace
 }  // namespace sim
 
+namespace sim {
+namespace {
+
+// "file:line `source text`" for a code address of the instrumented kernels (addr2line over the module's debug
+// line table, inlined frames innermost first), or the raw address when that fails.
+// This process's executable (for the tools run below, "/proc/self/exe" would be themselves).
+std::string self_exe() {
+  char b[4096];
+  ssize_t n = readlink("/proc/self/exe", b, sizeof b - 1);
+  if (n <= 0) return "/proc/self/exe";
+  b[n] = 0;
+  return b;
+}
+
+std::string where(const void* pc) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%p", pc);
+  std::string raw = buf;
+  Dl_info info;
+  if (!pc || !dladdr(pc, &info) || !info.dli_fbase) return raw;
+  uintptr_t addr = (uintptr_t)pc - 1;  // inside the call instruction
+  const ElfW(Ehdr)* eh = static_cast<const ElfW(Ehdr)*>(info.dli_fbase);
+  if (eh->e_type == ET_DYN) addr -= (uintptr_t)info.dli_fbase;
+  std::string file = info.dli_fname && strchr(info.dli_fname, '/') ? info.dli_fname : self_exe();
+  snprintf(buf, sizeof buf, "%#lx", (unsigned long)addr);
+  std::string cmd = "addr2line -i -e '" + file + "' " + buf + " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return raw;
+  std::string out, line;
+  char lb[1024];
+  std::vector<std::string> frames;
+  while (fgets(lb, sizeof lb, p)) {
+    std::string l = lb;
+    while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.pop_back();
+    size_t d = l.find(" (discriminator");
+    if (d != std::string::npos) l.resize(d);
+    if (l.empty() || l[0] == '?') continue;
+    frames.push_back(l);
+  }
+  pclose(p);
+  if (frames.empty()) return raw + " (no line information)";
+  for (size_t i = 0; i < frames.size(); i++) {
+    const std::string& fr = frames[i];
+    size_t colon = fr.rfind(':');
+    std::string path = fr.substr(0, colon);
+    int ln = colon == std::string::npos ? 0 : atoi(fr.c_str() + colon + 1);
+    std::string shown = fr;
+    size_t k = shown.rfind("kernels/");
+    if (k != std::string::npos) shown = shown.substr(k);
+    std::string text;
+    std::ifstream src(path);
+    for (int j = 1; ln > 0 && std::getline(src, text); j++)
+      if (j == ln) break;
+    size_t a = text.find_first_not_of(" \t");
+    text = a == std::string::npos ? "" : text.substr(a);
+    if (!out.empty()) out += ", inlined at ";
+    out += shown;
+    if (!text.empty()) out += " `" + text + "`";
+  }
+  return out;
+}
+
+// The static __shared__ variable (a TLS symbol of the module) at byte `off` of the TLS segment, with the
+// byte's offset in it, from the module's symbol table (readelf), or "" when not found.
+std::string tls_symbol(const std::string& module, size_t off) {
+  std::string cmd = "readelf -sW --demangle '" + module + "' 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return "";
+  std::string best;
+  char lb[4096];
+  while (fgets(lb, sizeof lb, p)) {
+    // Num: Value Size Type Bind Vis Ndx Name (Bind may contain spaces: "<OS specific>: 10")
+    char val[64];
+    unsigned long size;
+    if (sscanf(lb, " %*[^:]: %63s %lu", val, &size) < 2) continue;
+    const char* tls = strstr(lb, " TLS ");
+    if (!tls) continue;
+    const char* vis = nullptr;
+    for (const char* v : {" DEFAULT ", " HIDDEN ", " PROTECTED ", " INTERNAL "})
+      if ((vis = strstr(tls, v))) {
+        vis += strlen(v);
+        break;
+      }
+    if (!vis) continue;
+    while (*vis == ' ') vis++;
+    while (*vis && *vis != ' ') vis++;  // Ndx
+    while (*vis == ' ') vis++;
+    int pos = (int)(vis - lb);
+    size_t v = strtoul(val, nullptr, 16);
+    if (off >= v && off < v + size) {
+      std::string name = lb + pos;
+      while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+      best = name + " + " + std::to_string(off - v);
+      break;
+    }
+  }
+  pclose(p);
+  return best;
+}
+
+std::string thread_name(unsigned linear, dim3 bdim) {
+  char buf[96];
+  snprintf(buf, sizeof buf, "thread (%u,%u,%u) [warp %u lane %u]", linear % bdim.x, (linear / bdim.x) % bdim.y,
+           linear / (bdim.x * bdim.y), linear / 32, linear % 32);
+  return buf;
+}
+
+std::string describe(const char* kernel, const Hazard& h, uint64_t total, dim3 bdim) {
+  char buf[256];
+  std::string m = std::string("race hazard in ") + kernel + ": " + h.kind + " on " + h.region;
+  snprintf(buf, sizeof buf, " byte offset %zu", h.offset);
+  m += buf;
+  if (h.module) {
+    std::string sym = tls_symbol(*h.module ? std::string(h.module) : self_exe(), h.offset);
+    if (!sym.empty()) m += " (" + sym + ")";
+  }
+  snprintf(buf, sizeof buf, ", block (%u,%u,%u): ", h.bid.x, h.bid.y, h.bid.z);
+  m += buf;
+  m += thread_name(h.b, bdim) + " at " + where(h.pb) + "; earlier " + thread_name(h.a, bdim) + " at " + where(h.pa);
+  snprintf(buf, sizeof buf, "; both after __syncthreads #%u with no __syncthreads%s between them", h.bep,
+           h.same_warp ? " or warp barrier" : "");
+  m += buf;
+  if (total > 1) m += " (" + std::to_string(total) + " hazards in this launch, the first reported)";
+  return m;
+}
+
+}  // namespace
+}  // namespace sim
+
 // ---------------------------------------------------------------------------------------------------------
 // C ABI
 extern "C" {
 
-int rlhf_sim_kernel_count() { return (int)sim::registry().size(); }
+void rlhf_sim_kernels_anchor();  // defined in the kernel unit: links it in with the runtime
+
+int rlhf_sim_kernel_count() {
+  rlhf_sim_kernels_anchor();
+  return (int)sim::registry().size();
+}
 
 const char* rlhf_sim_kernel_name(int i) {
   auto& r = sim::registry();
@@ -233,11 +585,12 @@ int rlhf_sim_has_kernel(const char* name) { return sim::registry().count(name) ?
 
 // Launch `name` like cuLaunchKernel: args[i] points at the i-th kernel parameter's value.
 // race: -1 = from env RLHF_SIM_RACE (seed RLHF_SIM_SEED), 0 = off, 1 = on with `seed`.
+// check: race checker, -1 = from env (on unless RLHF_SIM_RACECHECK=0), 0 = off, 1 = on.
 // workers: OS threads running blocks (0 = env RLHF_SIM_THREADS or the hardware concurrency).
 // Returns 0 on success; otherwise writes a message to err.
 int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                    unsigned smem, void** args, int race_opt, uint64_t seed_opt, int workers_opt, char* err,
-                    size_t errlen) {
+                    unsigned smem, void** args, int race_opt, uint64_t seed_opt, int workers_opt, int check_opt,
+                    char* err, size_t errlen) {
   using namespace sim;
   auto fail = [&](const std::string& m) {
     snprintf(err, errlen, "%s", m.c_str());
@@ -253,6 +606,8 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
   if (smem > 227 * 1024) return fail("dynamic shared memory of " + std::to_string(smem) + " bytes (max 227 KiB)");
 
   bool race = race_opt < 0 ? env_flag("RLHF_SIM_RACE") : race_opt > 0;
+  const char* rc_env = getenv("RLHF_SIM_RACECHECK");
+  bool check = check_opt < 0 ? !(rc_env && strcmp(rc_env, "0") == 0) : check_opt > 0;
   uint64_t seed = seed_opt;
   if (race_opt < 0 && getenv("RLHF_SIM_SEED")) seed = strtoull(getenv("RLHF_SIM_SEED"), nullptr, 10);
   seed ^= 0x9e3779b97f4a7c15ull * (g_launch_counter.fetch_add(1) + 1);
@@ -275,6 +630,8 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
   std::atomic<bool> failed{false};
   std::string first_error;
   std::mutex err_mu;
+  Hazard hazard;
+  uint64_t nhazards = 0;
 
   auto work = [&](int wid) {
     Worker w;
@@ -304,6 +661,16 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
     b.dyn_smem_bytes = smem;
     b.warps = w.warps.data();
     b.nthreads = (unsigned)nthreads;
+    if (check) {
+      w.check = true;
+      w.dyn.what = "dynamic shared memory";
+      w.dyn.lo = (uintptr_t)w.smem_store.data();
+      w.dyn.len = smem;
+      w.dyn.cells.resize((smem + 1) / 2);
+      w.stat.what = "static __shared__ memory, TLS";
+      dl_iterate_phdr(find_tls, &w.stat);
+      w.stat.cells.resize((w.stat.len + 1) / 2);
+    }
     while (!failed) {
       uint64_t k = next.fetch_add(1);
       if (k >= nblocks) break;
@@ -312,6 +679,7 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
       // Dynamic shared memory starts as NaN-ish garbage (0xff bytes) in every block, as on the GPU it
       // holds whatever the previous block left.
       if (smem) memset(b.dyn_smem, 0xff, smem);
+      w.gen++;
       g_blk = &b;
       if (!run_block(w, b, race ? &rng : nullptr)) {
         std::lock_guard<std::mutex> g(err_mu);
@@ -322,6 +690,11 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
       g_cur = nullptr;
     }
     g_worker = nullptr;
+    if (w.nhazards) {
+      std::lock_guard<std::mutex> g(err_mu);
+      if (!nhazards) hazard = w.hazard;
+      nhazards += w.nhazards;
+    }
   };
 
   if (workers <= 1) {
@@ -332,6 +705,7 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
     for (auto& t : ts) t.join();
   }
   if (failed) return fail(std::string(name) + ": " + first_error);
+  if (nhazards) return fail(describe(name, hazard, nhazards, dim3(bx, by, bz)));
   return 0;
 }
 

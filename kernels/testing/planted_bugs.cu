@@ -105,3 +105,76 @@ extern "C" __global__ void planted_early_exit_ok(float* out, const float* inp, i
   out[t] = s[(t + 1) % n];
 }
 RLHF_EXPORT(planted_early_exit_ok)
+
+// The key-tile loop of attention_forward_wmma_bf16 in small: per tile, 64 threads stage a tile of 64 keys in
+// shared memory, then every warp reads the whole tile in several warp-level steps (the reads interleaved with
+// shuffles, as P.V reads Vs between WMMA steps). out[t] = sum over tiles and keys of key * (warp + 1), via the
+// warp sums. 128 threads (4 warps); inp holds ntiles * 64 keys.
+template <bool TOP_BARRIER>
+__device__ void planted_key_tiles(float* out, const float* inp, int ntiles) {
+  __shared__ float Ks[64];
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  float acc = 0.f;
+  for (int k = 0; k < ntiles; k++) {
+    if (TOP_BARRIER) __syncthreads();  // previous tile's keys no longer read
+    if (t < 64) Ks[t] = inp[k * 64 + t];
+    __syncthreads();
+    for (int part = 0; part < 4; part++) {
+      float v = 0.f;
+      for (int j = 0; j < 16; j++) v += Ks[part * 16 + (lane + j) % 16] * (float)(warp + 1);
+      acc += warp_sum(v) / 32.f;
+    }
+  }
+  out[t] = acc;
+}
+extern "C" __global__ void planted_key_tiles_ok(float* out, const float* inp, int ntiles) {
+  planted_key_tiles<true>(out, inp, ntiles);
+}
+RLHF_EXPORT(planted_key_tiles_ok)
+// BUG: the barrier at the top of the key-tile loop deleted (the planted bug of issue 18): a warp done with tile
+// k overwrites Ks with tile k+1 while another warp still reads tile k.
+extern "C" __global__ void planted_key_tiles_notopbarrier(float* out, const float* inp, int ntiles) {
+  planted_key_tiles<false>(out, inp, ntiles);
+}
+RLHF_EXPORT(planted_key_tiles_notopbarrier)
+
+// BUG: two threads of different warps write the same shared word with no barrier between (write-after-write).
+extern "C" __global__ void planted_shared_waw(float* out, const float* inp) {
+  __shared__ float s[1];
+  const int t = threadIdx.x;
+  if (t == 0 || t == 32) s[0] = inp[t];
+  __syncthreads();
+  out[t] = s[0];
+}
+RLHF_EXPORT(planted_shared_waw)
+
+// Atomics are exempt from the race checker: every thread adds into one shared word, then reads it after a barrier.
+extern "C" __global__ void planted_shared_atomic_ok(float* out, const float* inp) {
+  __shared__ float s[1];
+  const int t = threadIdx.x;
+  if (t == 0) s[0] = 0.f;
+  __syncthreads();
+  atomicAdd(&s[0], inp[t]);
+  __syncthreads();
+  out[t] = s[0];
+}
+RLHF_EXPORT(planted_shared_atomic_ok)
+
+// BUG: lanes of one warp exchange through shared memory without __syncwarp (read-after-write within a warp).
+extern "C" __global__ void planted_warp_nosyncwarp(float* out, const float* inp) {
+  __shared__ float s[32];
+  const int lane = threadIdx.x % 32;
+  s[lane] = inp[lane];
+  out[lane] = s[(lane + 1) % 32];
+}
+RLHF_EXPORT(planted_warp_nosyncwarp)
+
+// The same exchange ordered by __syncwarp: no hazard.
+extern "C" __global__ void planted_warp_syncwarp_ok(float* out, const float* inp) {
+  __shared__ float s[32];
+  const int lane = threadIdx.x % 32;
+  s[lane] = inp[lane];
+  __syncwarp();
+  out[lane] = s[(lane + 1) % 32];
+}
+RLHF_EXPORT(planted_warp_syncwarp_ok)

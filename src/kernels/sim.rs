@@ -1,9 +1,15 @@
 //! The CPU simulator of the CUDA kernels: the `.cu` files compiled as C++ against `kernels/sim/cuda_sim.h`
 //! (see build.rs). "Device memory" is host memory: a [`DevPtr`] is a host address, e.g. of a [`SimBuf`].
 //!
-//! Race-detection mode runs blocks in a random order and resumes a block's threads in a random order at every
-//! barrier pass, so a missing `__syncthreads`/`__syncwarp` changes results; enable it per launcher
-//! ([`SimLauncher::racy`]) or for the default launcher with `RLHF_SIM_RACE=1` (seed `RLHF_SIM_SEED`).
+//! Race-detection mode runs blocks in a random order, resumes a block's threads in a random order at every
+//! barrier pass and lets one warp run several warp-level steps ahead of the others, so a missing
+//! `__syncthreads`/`__syncwarp` changes results; enable it per launcher ([`SimLauncher::racy`]) or for the
+//! default launcher with `RLHF_SIM_RACE=1` (seed `RLHF_SIM_SEED`).
+//!
+//! The race checker (on by default; off with `RLHF_SIM_RACECHECK=0` or [`SimLauncher::without_racecheck`])
+//! records the last writer and the readers of every shared-memory byte with the barrier epochs that order them
+//! and fails the launch on a hazard (an unordered conflicting access by another thread of the block), naming
+//! the kernel, both threads, the address and both source lines. See `kernels/README.md`.
 
 use super::launch::{Arg, DevPtr, LaunchConfig, Launcher};
 use anyhow::{bail, Result};
@@ -24,6 +30,7 @@ extern "C" {
         race: c_int,
         seed: u64,
         workers: c_int,
+        check: c_int,
         err: *mut c_char,
         errlen: usize,
     ) -> c_int;
@@ -55,6 +62,8 @@ pub struct SimLauncher {
     race: Option<Option<u64>>,
     /// OS threads running blocks (0 = RLHF_SIM_THREADS or all cores).
     pub workers: i32,
+    /// None: race checker from the environment (on unless RLHF_SIM_RACECHECK=0); Some(on).
+    racecheck: Option<bool>,
 }
 
 impl SimLauncher {
@@ -64,11 +73,20 @@ impl SimLauncher {
     }
     /// Deterministic schedule: blocks and threads in index order, whatever the environment says.
     pub fn ordered() -> Self {
-        SimLauncher { race: Some(None), workers: 0 }
+        SimLauncher { race: Some(None), workers: 0, racecheck: None }
     }
     /// Race-detection mode with `seed`: random block order and random thread resumption order.
     pub fn racy(seed: u64) -> Self {
-        SimLauncher { race: Some(Some(seed)), workers: 0 }
+        SimLauncher { race: Some(Some(seed)), workers: 0, racecheck: None }
+    }
+    /// The same launcher without the race checker: for tests that want a planted race's wrong numbers rather
+    /// than its hazard report.
+    pub fn without_racecheck(self) -> Self {
+        SimLauncher { racecheck: Some(false), ..self }
+    }
+    /// The same launcher with the race checker on, whatever the environment says.
+    pub fn with_racecheck(self) -> Self {
+        SimLauncher { racecheck: Some(true), ..self }
     }
 }
 
@@ -76,7 +94,7 @@ impl Launcher for SimLauncher {
     unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let name = CString::new(kernel)?;
         let mut ptrs: Vec<*mut c_void> = args.iter().map(|a| a.value_ptr()).collect();
-        let mut err = vec![0 as c_char; 512];
+        let mut err = vec![0 as c_char; 4096];
         let (race, seed) = match self.race {
             None => (-1, 0),
             Some(None) => (0, 0),
@@ -99,6 +117,11 @@ impl Launcher for SimLauncher {
                 race,
                 seed,
                 self.workers,
+                match self.racecheck {
+                    None => -1,
+                    Some(false) => 0,
+                    Some(true) => 1,
+                },
                 err.as_mut_ptr(),
                 err.len(),
             )
