@@ -95,14 +95,37 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         bail!("{p}: header has a non-positive dimension (maxT, V, L, NH, C, Vp) = {dims:?}");
     }
     let [max_t, v, l, nh, c, vp] = dims.map(|d| d as usize);
+    // Bound each header field before any size is computed from it, naming the field as llm.c does.
+    for (field, value, max) in [
+        ("maxT", max_t, Config::MAX_POSITIONS),
+        ("V", v, Config::MAX_VOCAB),
+        ("L", l, Config::MAX_LAYERS),
+        ("NH", nh, Config::MAX_HEADS),
+        ("C", c, Config::MAX_EMBD),
+    ] {
+        if value > max {
+            bail!("{p}: header field {field} = {value} is larger than any supported model (at most {max})");
+        }
+    }
     if vp < v {
         bail!("{p}: padded vocabulary Vp = {vp} is smaller than V = {v}");
     }
     let cfg = Config { n_layer: l, n_head: nh, n_embd: c, vocab_size: v, n_positions: max_t };
     cfg.validate().with_context(|| format!("{p}: invalid model shape in header"))?;
     let shapes = llmc_shapes(&cfg, vp);
-    let total: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-    let want = HEADER_BYTES + total * elem;
+    // Checked: a crafted header (huge Vp) must not wrap the size the file is compared with.
+    let want = shapes
+        .iter()
+        .try_fold(0usize, |acc, (_, s)| {
+            s.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| acc.checked_add(n))
+        })
+        .and_then(|total| total.checked_mul(elem))
+        .and_then(|b| b.checked_add(HEADER_BYTES));
+    let Some(want) = want else {
+        bail!(
+            "{p}: header (maxT {max_t}, V {v}, Vp {vp}, L {l}, NH {nh}, C {c}) describes a model too large to address"
+        );
+    };
     if bytes.len() != want {
         bail!(
             "{p} is {}: expected {want} bytes for (maxT {max_t}, V {v}, Vp {vp}, L {l}, NH {nh}, C {c}, version {version}), found {}",

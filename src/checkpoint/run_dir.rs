@@ -21,9 +21,19 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     let latest = path.join("latest");
     if latest.is_file() {
         let name = std::fs::read_to_string(&latest).with_context(|| format!("reading {}", latest.display()))?;
-        let dir = path.join(name.trim());
+        let name = name.trim();
+        // Only a checkpoint of this run: a plain `step-NNNNNN` child, never a path leading elsewhere.
+        let digits = name.strip_prefix("step-").unwrap_or("");
+        if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            bail!(
+                "{} names {name:?}, which is not a checkpoint of this run (expected a step-NNNNNN folder inside {})",
+                latest.display(),
+                path.display()
+            );
+        }
+        let dir = path.join(name);
         if !dir.is_dir() {
-            bail!("{} names checkpoint '{}', which does not exist", latest.display(), name.trim());
+            bail!("{} names checkpoint '{name}', which does not exist", latest.display());
         }
         return Ok(dir);
     }

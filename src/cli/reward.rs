@@ -76,10 +76,20 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", a.data.display(), i + 1))?;
         let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-        let prompt = get("prompt").with_context(|| format!("{}:{}: missing \"prompt\"", a.data.display(), i + 1))?;
-        let answer = get("completion")
-            .or_else(|| get("answer"))
-            .with_context(|| format!("{}:{}: missing \"completion\" (or \"answer\")", a.data.display(), i + 1))?;
+        let why = |k: &str| match v.get(k) {
+            Some(x) => format!("{}:{}: field \"{k}\" is {x}, not a string", a.data.display(), i + 1),
+            None => format!("{}:{}: missing \"{k}\"", a.data.display(), i + 1),
+        };
+        let prompt = get("prompt").with_context(|| why("prompt"))?;
+        let answer = get("completion").or_else(|| get("answer")).with_context(|| {
+            if v.get("completion").is_none() && v.get("answer").is_some() {
+                why("answer")
+            } else if v.get("completion").is_some() {
+                why("completion")
+            } else {
+                format!("{}:{}: missing \"completion\" (or \"answer\")", a.data.display(), i + 1)
+            }
+        })?;
         records.push((v, prompt, answer));
     }
     let dev = device::select(a.device)?;

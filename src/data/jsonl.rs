@@ -56,9 +56,25 @@ pub struct Read<T> {
 }
 
 fn read_lines<T>(path: &Path, skip_bad: bool, parse: impl Fn(&Value) -> Result<T>) -> Result<Read<T>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Bytes, split into lines, each decoded on its own: one bad byte is an error (or a skip) on its line.
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (mut records, mut skipped) = (vec![], 0);
-    for (i, line) in text.lines().enumerate() {
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) => line,
+            Err(_) if skip_bad => {
+                skipped += 1;
+                continue;
+            }
+            Err(e) => bail!(
+                "{}:{}: not valid UTF-8 (bad byte 0x{:02x} at byte {} of the line)",
+                path.display(),
+                i + 1,
+                raw[e.valid_up_to()],
+                e.valid_up_to() + 1
+            ),
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -96,8 +112,14 @@ pub fn read_sft(path: &Path, skip_bad: bool) -> Result<Read<SftExample>> {
             if let Some(e) = msgs.iter().find(|m| m.content.trim().is_empty()) {
                 bail!("a {} message is empty", e.role);
             }
-            if !msgs.iter().any(|m| m.role == "assistant") {
+            if let Some(m) = msgs.iter().find(|m| !matches!(m.role.as_str(), "user" | "assistant" | "system")) {
+                bail!("unknown role '{}' (expected user, assistant or system)", m.role);
+            }
+            let Some(last) = msgs.iter().rposition(|m| m.role == "assistant") else {
                 bail!("the conversation has no assistant turn");
+            };
+            if !msgs[..last].iter().any(|m| m.role != "assistant") {
+                bail!("the conversation opens with the assistant: it needs a user (or system) turn before its last assistant turn");
             }
             return Ok(SftExample::Conversation(msgs));
         }

@@ -7,14 +7,17 @@
 //! `train_000.bin, ...`, `val_000.bin, ...` (see [`crate::data::shards`] for the format) and `meta.json`.
 //!
 //! Everything is written to a staging directory first and moved into place only when all of it
-//! succeeded, so a failed run never damages data prepared earlier.
+//! succeeded, so a failed run never damages data prepared earlier. The install itself (one rename per
+//! file) removes the old `meta.json` first and writes the new one last: `meta.json` lists every shard with
+//! its size and hash, and the shard loader refuses a directory that does not match it, so a `prepare`
+//! killed halfway through the install leaves a directory that is refused, never one mixing two runs' splits.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use crate::data::shards::{write_shard, Meta, SplitMeta, SHARD_TOKENS};
+use crate::data::shards::{shard_bytes, Meta, ShardInfo, SplitMeta, META_FILE, SHARD_TOKENS};
 use crate::tokenizer::{read_text, Tokenizer};
 use crate::util::rng::Rng;
 
@@ -182,6 +185,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     let result = (|| -> Result<Meta> {
         let train_shards = write_split(&staging, "train", &train, vocab, args.shard_tokens)?;
         let val_shards = write_split(&staging, "val", &val, vocab, args.shard_tokens)?;
+        let names = |m: &[ShardInfo]| m.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         let meta = Meta {
             vocab_size: vocab,
             eot,
@@ -190,11 +194,22 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             documents: args.documents.name().to_string(),
             val_fraction: args.val_fraction,
             seed: args.seed,
-            train: SplitMeta { tokens: train.len() as u64, documents: train_docs, shards: train_shards },
-            val: SplitMeta { tokens: val.len() as u64, documents: val_docs, shards: val_shards },
+            train: SplitMeta {
+                tokens: train.len() as u64,
+                documents: train_docs,
+                shards: names(&train_shards),
+                manifest: train_shards,
+            },
+            val: SplitMeta {
+                tokens: val.len() as u64,
+                documents: val_docs,
+                shards: names(&val_shards),
+                manifest: val_shards,
+            },
         };
+        meta.validate().context("internal error: the new meta.json is inconsistent")?;
         let json = serde_json::to_string_pretty(&meta)?;
-        crate::util::fs::write_atomic(&staging.join("meta.json"), json.as_bytes())?;
+        crate::util::fs::write_atomic(&staging.join(META_FILE), json.as_bytes())?;
         install(&staging, &args.out, &meta)?;
         Ok(meta)
     })();
@@ -220,21 +235,31 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes `tokens` as `DIR/{split}_NNN.bin` shards of at most `per_shard` tokens; returns the file names.
-fn write_split(dir: &Path, split: &str, tokens: &[u32], vocab: usize, per_shard: usize) -> Result<Vec<String>> {
-    let mut names = Vec::new();
+/// Writes `tokens` as `DIR/{split}_NNN.bin` shards of at most `per_shard` tokens; returns their records
+/// (name, tokens, size, hash) for `meta.json`.
+fn write_split(dir: &Path, split: &str, tokens: &[u32], vocab: usize, per_shard: usize) -> Result<Vec<ShardInfo>> {
+    let mut infos = Vec::new();
     for (i, chunk) in tokens.chunks(per_shard).enumerate() {
         let name = format!("{split}_{i:03}.bin");
-        write_shard(dir.join(&name), chunk, vocab)?;
-        names.push(name);
+        let path = dir.join(&name);
+        let bytes = shard_bytes(chunk, vocab).with_context(|| format!("cannot write shard {}", path.display()))?;
+        crate::util::fs::write_atomic(&path, &bytes)?;
+        infos.push(ShardInfo::of(&name, &bytes));
     }
-    Ok(names)
+    Ok(infos)
 }
 
-/// Replaces the shards and meta.json in `out` by the staged ones: new shards are renamed over old ones
+/// Replaces the shards and meta.json in `out` by the staged ones: the old meta.json is removed first (from
+/// then on the directory is refused until the new one is in place), new shards are renamed over old ones
 /// of the same name, then shards of earlier runs that are not part of the new set are removed (they
 /// would otherwise be read as extra data), and meta.json comes last.
 fn install(staging: &Path, out: &Path, meta: &Meta) -> Result<()> {
+    let old_meta = out.join(META_FILE);
+    match std::fs::remove_file(&old_meta) {
+        Ok(()) => sync_dir(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove the old {}", old_meta.display())),
+    }
     let new: Vec<&String> = meta.train.shards.iter().chain(&meta.val.shards).collect();
     for name in &new {
         let (from, to) = (staging.join(name), out.join(name));
@@ -249,9 +274,18 @@ fn install(staging: &Path, out: &Path, meta: &Meta) -> Result<()> {
                 .with_context(|| format!("cannot remove old shard {}", e.path().display()))?;
         }
     }
-    let (from, to) = (staging.join("meta.json"), out.join("meta.json"));
+    sync_dir(out);
+    let (from, to) = (staging.join(META_FILE), out.join(META_FILE));
     std::fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+    sync_dir(out);
     Ok(())
+}
+
+/// Flushes a directory's entries (renames, removals) to disk, so they reach it in order; best effort.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,12 @@
 //! [`SHARD_TOKENS`] tokens each) and `meta.json` ([`Meta`]). [`Dataset`] treats the sorted shards of one
 //! split as one continuous token stream (documents inside it are separated by `<|endoftext|>`).
 //!
+//! `meta.json` is the directory's manifest: it lists every shard of each split with its token count, size
+//! and FNV-1a 64 hash ([`ShardInfo`]), and [`Dataset::open`] refuses a directory whose shards do not match
+//! it (a stray extra shard, a missing one, or one from another `prepare`, as an interrupted `prepare` or a
+//! hand-copied file would leave), naming the shard. A directory without `meta.json` is read as bare shards
+//! (e.g. shards prepared by llm.c), except where the caller needs the manifest ([`check_data_vocab`]).
+//!
 //! Training batches are a pure function of `(seed, index)`: [`Dataset::batch`] draws `b` random windows of
 //! `t + 1` tokens with `Rng::stream(seed, index)`, so step `k` of a run always sees the same batch and a
 //! resumed run is bit-identical without storing any loader state. Validation uses
@@ -96,6 +102,17 @@ pub fn shard_bytes(tokens: &[u32], vocab_size: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// FNV-1a, 64 bits, of `bytes`: the shard hash recorded in `meta.json` (a check against mix-ups, not
+/// against tampering).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// Writes a shard atomically (uint16 tokens when `vocab_size <= 65536`, else version 2 with uint32).
 pub fn write_shard(path: impl AsRef<Path>, tokens: &[u32], vocab_size: usize) -> Result<()> {
     let path = path.as_ref();
@@ -164,6 +181,16 @@ impl Shard {
 
     fn body(&self) -> &[u8] {
         &self.map[HEADER_BYTES..]
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// [`fnv1a64`] of the whole file, as `meta.json` records it.
+    pub fn hash(&self) -> String {
+        format!("{:016x}", fnv1a64(&self.map))
     }
 
     fn find_out_of_range(&self, vocab_size: usize) -> Option<(usize, u32)> {
@@ -276,11 +303,54 @@ impl Dataset {
                 paths.push(e.path());
             }
         }
+        paths.sort();
+        let meta_path = dir.join(META_FILE);
+        let listed = if meta_path.exists() {
+            let meta = Meta::load(dir)?;
+            match split {
+                "train" => Some((meta.train, meta.val_fraction)),
+                "val" => Some((meta.val, meta.val_fraction)),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some((sm, _)) = &listed {
+            let on_disk: Vec<String> =
+                paths.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().to_string()).collect();
+            if let Some(stray) = on_disk.iter().find(|n| !sm.shards.contains(n)) {
+                bail!(
+                    "shard {} is not listed in {} (which lists {} {split} shard(s)): a stray file, or left by an \
+                     interrupted `prepare`; remove it or run `prepare` again",
+                    dir.join(stray).display(),
+                    meta_path.display(),
+                    sm.shards.len()
+                );
+            }
+            if let Some(missing) = sm.shards.iter().find(|n| !on_disk.contains(n)) {
+                bail!(
+                    "shard {} listed in {} is missing; run `prepare` again",
+                    dir.join(missing).display(),
+                    meta_path.display()
+                );
+            }
+        }
         if paths.is_empty() {
+            if let Some((_, val_fraction)) = &listed {
+                bail!(
+                    "the {split} split of {} is empty ({} lists no {split} shards; it was prepared with \
+                     --val-fraction {val_fraction}): run `prepare` again so that it has {split} documents{}",
+                    dir.display(),
+                    meta_path.display(),
+                    if split == "val" { " (--val-fraction above 0)" } else { "" }
+                );
+            }
             bail!("no {split} shards ({split}_*.bin) in {}; run `prepare` first", dir.display());
         }
-        paths.sort();
         let shards = paths.iter().map(|p| Shard::open(p, vocab_size)).collect::<Result<Vec<_>>>()?;
+        if let Some((sm, _)) = &listed {
+            check_against_manifest(&shards, sm, &meta_path)?;
+        }
         let mut starts = Vec::with_capacity(shards.len() + 1);
         let mut total = 0usize;
         for s in &shards {
@@ -451,12 +521,78 @@ pub fn unigram_entropy(ds: &Dataset) -> f64 {
         .sum()
 }
 
+/// The checks of a split's shards against its `meta.json` entry (names were matched by the caller).
+fn check_against_manifest(shards: &[Shard], sm: &SplitMeta, meta_path: &Path) -> Result<()> {
+    let m = meta_path.display();
+    for (shard, info) in shards.iter().zip(&sm.manifest) {
+        let p = shard.path().display();
+        if shard.len() as u64 != info.tokens || shard.file_bytes() != info.bytes {
+            bail!(
+                "shard {p} holds {} tokens ({} bytes) but {m} records {} tokens ({} bytes): it is not the shard \
+                 `prepare` wrote there (an interrupted `prepare`, or a copied file); run `prepare` again",
+                shard.len(),
+                shard.file_bytes(),
+                info.tokens,
+                info.bytes
+            );
+        }
+        let hash = shard.hash();
+        if hash != info.fnv1a64 {
+            bail!(
+                "shard {p} has hash {hash} but {m} records {}: it is not the shard `prepare` wrote there (an \
+                 interrupted `prepare`, or a copied file); run `prepare` again",
+                info.fnv1a64
+            );
+        }
+    }
+    let total: u64 = shards.iter().map(|s| s.len() as u64).sum();
+    if total != sm.tokens {
+        bail!("the shards listed in {m} hold {total} tokens but it records {} for their split", sm.tokens);
+    }
+    Ok(())
+}
+
+/// Name of the manifest file of a prepared data directory.
+pub const META_FILE: &str = "meta.json";
+
+/// One shard as `prepare` wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// File name inside the data directory.
+    pub name: String,
+    /// Number of tokens.
+    pub tokens: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// [`fnv1a64`] of the whole file, 16 lowercase hex digits.
+    pub fnv1a64: String,
+}
+
+impl ShardInfo {
+    /// The record of a shard file's `bytes` (as [`shard_bytes`] made them) named `name`.
+    pub fn of(name: &str, bytes: &[u8]) -> ShardInfo {
+        let tokens = (bytes.len().saturating_sub(HEADER_BYTES)) as u64;
+        let width = bytes.get(4..8).and_then(|w| width_of(i32::from_le_bytes(w.try_into().ok()?))).unwrap_or(2);
+        ShardInfo {
+            name: name.to_string(),
+            tokens: tokens / width as u64,
+            bytes: bytes.len() as u64,
+            fnv1a64: format!("{:016x}", fnv1a64(bytes)),
+        }
+    }
+}
+
 /// Token and document counts of one split, as recorded in `meta.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SplitMeta {
     pub tokens: u64,
     pub documents: u64,
+    /// The split's shard file names, in stream order.
     pub shards: Vec<String>,
+    /// One record per shard, same order as `shards` (absent in data prepared before it was recorded; then
+    /// only the names and the token total are checked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manifest: Vec<ShardInfo>,
 }
 
 /// `meta.json` of a prepared data directory.
@@ -481,12 +617,76 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Reads `DIR/meta.json`.
+    /// Reads and checks `DIR/meta.json` ([`Meta::validate`]).
     pub fn load(dir: impl AsRef<Path>) -> Result<Meta> {
-        let path = dir.as_ref().join("meta.json");
+        let dir = dir.as_ref();
+        let path = dir.join(META_FILE);
+        if !path.exists() && dir.is_dir() {
+            bail!(
+                "{} has no {META_FILE}: it is not a directory written by `rlhf prepare`, or a `prepare` into it \
+                 was interrupted; run `prepare` again",
+                dir.display()
+            );
+        }
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid data meta file", path.display()))
+        let meta: Meta =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a valid data meta file", path.display()))?;
+        meta.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(meta)
     }
+
+    /// Checks the fields against each other and against sane bounds (before anything is sized from them).
+    pub fn validate(&self) -> Result<()> {
+        let max = crate::model::Config::MAX_VOCAB;
+        if self.vocab_size == 0 || self.vocab_size > max {
+            bail!("vocab_size is {}, outside the supported range 1..={max}", self.vocab_size);
+        }
+        if self.eot as usize >= self.vocab_size {
+            bail!("eot is {}, outside the vocabulary of {} ids", self.eot, self.vocab_size);
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!("val_fraction is {}, outside [0, 1)", self.val_fraction);
+        }
+        for (split, sm) in [("train", &self.train), ("val", &self.val)] {
+            for name in &sm.shards {
+                let plain = !name.contains(['/', '\\']) && name.starts_with(&format!("{split}_"));
+                if !plain || !name.ends_with(".bin") {
+                    bail!("{split}.shards lists {name:?}, not a {split}_NNN.bin file name");
+                }
+            }
+            if sm.shards.is_empty() != (sm.tokens == 0) {
+                bail!("{split} has {} tokens but lists {} shard(s)", sm.tokens, sm.shards.len());
+            }
+            if !sm.manifest.is_empty() {
+                let names: Vec<&String> = sm.manifest.iter().map(|i| &i.name).collect();
+                if names != sm.shards.iter().collect::<Vec<_>>() {
+                    bail!("{split}.manifest names {names:?} but {split}.shards lists {:?}", sm.shards);
+                }
+                let total: u64 = sm.manifest.iter().map(|i| i.tokens).sum();
+                if total != sm.tokens {
+                    bail!("{split}.manifest counts {total} tokens but {split}.tokens is {}", sm.tokens);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors unless the prepared data in `dir` (its `meta.json`, which must exist) was encoded with a
+/// vocabulary of `model_vocab` ids, the model's: data from another tokenizer would train the model's rows
+/// on ids that mean other tokens.
+pub fn check_data_vocab(dir: &Path, model_vocab: usize) -> Result<()> {
+    let meta = Meta::load(dir)?;
+    if meta.vocab_size != model_vocab {
+        bail!(
+            "{}: the data was encoded with a tokenizer of {} ids ({}), but the model's vocabulary has {model_vocab} \
+             ids: prepare the data with the model's tokenizer",
+            dir.join(META_FILE).display(),
+            meta.vocab_size,
+            meta.tokenizer
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

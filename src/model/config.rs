@@ -41,14 +41,57 @@ impl Config {
     /// GPT-2's vocabulary size; the presets use it unless a tokenizer says otherwise.
     pub const GPT2_VOCAB: usize = 50257;
 
+    /// Largest `n_layer` accepted (GPT-3 has 96 blocks).
+    pub const MAX_LAYERS: usize = 1024;
+    /// Largest `n_head` accepted.
+    pub const MAX_HEADS: usize = 1024;
+    /// Largest `n_embd` accepted (GPT-3 is 12288 wide).
+    pub const MAX_EMBD: usize = 1 << 16;
+    /// Largest `vocab_size` accepted (real tokenizers have at most a few hundred thousand ids).
+    pub const MAX_VOCAB: usize = 1 << 24;
+    /// Largest `n_positions` accepted.
+    pub const MAX_POSITIONS: usize = 1 << 20;
+    /// Largest parameter count accepted (a sanity bound, far above anything this engine trains).
+    pub const MAX_PARAMS: u64 = 1 << 36;
+
+    /// Checks the shape: no zero dimension, `n_embd` a multiple of `n_head`, every dimension and the
+    /// parameter count within sane bounds (so a corrupt file is an error here, not a failed allocation later).
     pub fn validate(&self) -> Result<()> {
         if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.vocab_size == 0 || self.n_positions == 0 {
             bail!("config has a zero dimension: {self:?}");
         }
+        for (name, value, max) in [
+            ("n_layer", self.n_layer, Self::MAX_LAYERS),
+            ("n_head", self.n_head, Self::MAX_HEADS),
+            ("n_embd", self.n_embd, Self::MAX_EMBD),
+            ("vocab_size", self.vocab_size, Self::MAX_VOCAB),
+            ("n_positions", self.n_positions, Self::MAX_POSITIONS),
+        ] {
+            if value > max {
+                bail!("{name} is {value}, more than the largest supported ({max})");
+            }
+        }
         if !self.n_embd.is_multiple_of(self.n_head) {
             bail!("n_embd ({}) is not a multiple of n_head ({})", self.n_embd, self.n_head);
         }
-        Ok(())
+        match self.checked_num_params() {
+            Some(n) if n <= Self::MAX_PARAMS => Ok(()),
+            n => bail!(
+                "the model would have {} parameters, more than the largest supported ({})",
+                n.map_or("too many to count".to_string(), |n| n.to_string()),
+                Self::MAX_PARAMS
+            ),
+        }
+    }
+
+    /// [`Config::num_params`] with overflow checks (None when it does not fit in a u64).
+    pub fn checked_num_params(&self) -> Option<u64> {
+        let u = |x: usize| u64::try_from(x).ok();
+        let (l, c, v, t) = (u(self.n_layer)?, u(self.n_embd)?, u(self.vocab_size)?, u(self.n_positions)?);
+        // Per block: 2 layer norms (4C), c_attn (3C^2 + 3C), c_proj (C^2 + C), c_fc (4C^2 + 4C), mlp c_proj
+        // (4C^2 + C): 12 C^2 + 13 C.
+        let per_block = c.checked_mul(c)?.checked_mul(12)?.checked_add(c.checked_mul(13)?)?;
+        v.checked_add(t)?.checked_mul(c)?.checked_add(l.checked_mul(per_block)?)?.checked_add(c.checked_mul(2)?)
     }
 
     /// Head size (HS = C / NH).
@@ -92,6 +135,10 @@ mod tests {
         assert!(Config::preset("gpt5", 100).is_err());
         let bad = Config { n_layer: 1, n_head: 3, n_embd: 8, vocab_size: 10, n_positions: 4 };
         assert!(bad.validate().is_err());
+        let huge = Config { n_layer: 100_000_000, n_head: 4, n_embd: 128, vocab_size: 512, n_positions: 256 };
+        assert!(huge.validate().unwrap_err().to_string().contains("n_layer is 100000000"));
+        let cfg = Config::preset("gpt2-xl", Config::GPT2_VOCAB).unwrap();
+        assert_eq!(cfg.checked_num_params(), Some(cfg.num_params() as u64));
     }
 }
 

@@ -249,6 +249,7 @@ pub fn pretrain<B: Backend>(
     if cfg.seq > mcfg.n_positions {
         bail!("--seq {} exceeds the model's context n_positions = {}", cfg.seq, mcfg.n_positions);
     }
+    crate::data::shards::check_data_vocab(&cfg.data, mcfg.vocab_size)?;
     let train = Dataset::open(&cfg.data, "train", mcfg.vocab_size)?;
     let val = Dataset::open(&cfg.data, "val", mcfg.vocab_size)?;
     let eval = val

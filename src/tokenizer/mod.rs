@@ -96,6 +96,12 @@ impl Tokenizer {
         let vocab = inner.get_vocab(true);
         let max_id =
             vocab.values().copied().max().ok_or_else(|| anyhow!("{what}: the tokenizer has an empty vocabulary"))?;
+        if max_id as usize >= crate::model::Config::MAX_VOCAB {
+            bail!(
+                "{what}: the tokenizer has an id {max_id}, beyond the largest supported vocabulary ({} ids)",
+                crate::model::Config::MAX_VOCAB
+            );
+        }
         let eot = inner
             .token_to_id(EOT)
             .ok_or_else(|| anyhow!("{what}: the tokenizer has no {EOT} token (needed to separate documents)"))?;
