@@ -1,33 +1,16 @@
 //! Pretraining runs: determinism, bit-identical resume, and the errors a user can run into.
 
+mod common;
+
 use rlhf::backend::Cpu;
-use rlhf::data::prepare::{self, DocSplit, PrepareArgs};
 use rlhf::model::{AdamWConfig, Config};
 use rlhf::pipeline::pretrain::{pretrain, PretrainConfig};
 use rlhf::pipeline::run::LoopConfig;
-use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
 use std::path::{Path, PathBuf};
 
 /// A small real-text corpus (the committed Austen sample's first chapters) tokenized into shards.
 fn prepared(dir: &Path) -> PathBuf {
-    let text = rlhf::tokenizer::read_text(Path::new("data/corpus/austen.txt.gz")).unwrap();
-    let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, &text[..60_000]).unwrap();
-    let tok = Tokenizer::train(std::slice::from_ref(&corpus), 300, &SPECIAL_TOKENS).unwrap();
-    let tok_path = dir.join("tokenizer.json");
-    tok.save(&tok_path).unwrap();
-    let out = dir.join("tokens");
-    prepare::run(PrepareArgs {
-        tokenizer: tok_path,
-        input: vec![corpus],
-        out: out.clone(),
-        val_fraction: 0.1,
-        seed: 1,
-        documents: DocSplit::Paragraphs,
-        shard_tokens: 1 << 20,
-    })
-    .unwrap();
-    out
+    common::prepared_corpus(dir, 60_000)
 }
 
 fn config(data: &Path, out: &Path, steps: u64) -> PretrainConfig {

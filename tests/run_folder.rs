@@ -2,9 +2,10 @@
 //! in `--out` (D3), runs killed before their first checkpoint and torn metrics (D4), resumes that change
 //! settings, data or models (D17), SFT resume without its base (D18), and the lock on a run folder (D19).
 
+mod common;
+
 use rlhf::backend::Cpu;
 use rlhf::checkpoint::run_dir::{self, RunLock};
-use rlhf::data::prepare::{self, DocSplit, PrepareArgs};
 use rlhf::model::{AdamWConfig, Config, Gpt2, ScalarHead, ScalarModel};
 use rlhf::pipeline::ppo::{Hooks, PpoConfig};
 use rlhf::pipeline::pretrain::{pretrain, PretrainConfig};
@@ -20,24 +21,7 @@ type Be = Cpu<f32>;
 
 /// A small corpus tokenized into shards, and its tokenizer.
 fn prepared(dir: &Path) -> PathBuf {
-    let text = rlhf::tokenizer::read_text(Path::new("data/corpus/austen.txt.gz")).unwrap();
-    let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, &text[..30_000]).unwrap();
-    let tok = Tokenizer::train(std::slice::from_ref(&corpus), 300, &SPECIAL_TOKENS).unwrap();
-    let tok_path = dir.join("tokenizer.json");
-    tok.save(&tok_path).unwrap();
-    let out = dir.join("tokens");
-    prepare::run(PrepareArgs {
-        tokenizer: tok_path,
-        input: vec![corpus],
-        out: out.clone(),
-        val_fraction: 0.1,
-        seed: 1,
-        documents: DocSplit::Paragraphs,
-        shard_tokens: 1 << 20,
-    })
-    .unwrap();
-    out
+    common::prepared_corpus(dir, 30_000)
 }
 
 fn pre_cfg(data: &Path, out: &Path, steps: u64) -> PretrainConfig {

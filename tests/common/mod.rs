@@ -1,5 +1,5 @@
-//! Helpers shared by the simulator kernel tests (`tests/kernels_sim.rs`, `tests/kernels_unfused_sim.rs`):
-//! random inputs and a typed "device" buffer in the simulator.
+//! Helpers shared by test files: random inputs and a typed "device" buffer in the simulator (the kernel
+//! tests), and a small prepared corpus (the training-run tests).
 #![allow(dead_code)] // each test crate uses its own subset
 
 use half::bf16;
@@ -56,4 +56,29 @@ impl DBuf {
             DType::BF16 => self.h.as_ref().unwrap().as_slice().iter().map(|v| v.to_bits() as u32).collect(),
         }
     }
+}
+
+/// The first `bytes` of the committed Austen corpus, a 300-id tokenizer trained on them
+/// (`dir/tokenizer.json`), and their token shards (`dir/tokens`, returned).
+pub fn prepared_corpus(dir: &std::path::Path, bytes: usize) -> std::path::PathBuf {
+    use rlhf::data::prepare::{self, DocSplit, PrepareArgs};
+    use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
+    let text = rlhf::tokenizer::read_text(std::path::Path::new("data/corpus/austen.txt.gz")).unwrap();
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, &text[..bytes]).unwrap();
+    let tok = Tokenizer::train(std::slice::from_ref(&corpus), 300, &SPECIAL_TOKENS).unwrap();
+    let tok_path = dir.join("tokenizer.json");
+    tok.save(&tok_path).unwrap();
+    let out = dir.join("tokens");
+    prepare::run(PrepareArgs {
+        tokenizer: tok_path,
+        input: vec![corpus],
+        out: out.clone(),
+        val_fraction: 0.1,
+        seed: 1,
+        documents: DocSplit::Paragraphs,
+        shard_tokens: 1 << 20,
+    })
+    .unwrap();
+    out
 }
