@@ -110,6 +110,9 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 __device__ __forceinline__ float block_max(float v, float* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
   v = warp_max(v);
+  // Orders this call's writes of `scratch` after an earlier reduction's reads of it. Today block_max is always
+  // a kernel's first reduction (block_row_logsumexp, one row per block), so no test can catch its deletion
+  // (tools/barrier-mutants.sh: the one survivor); kept for callers that reduce more than once per block.
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
