@@ -37,6 +37,13 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// `rlhf pretrain --data DATA --out OUT --steps 1 --device cpu EXTRA...`, which must be refused.
+fn refused_pretrain(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let (data, out) = (s(data), s(out));
+    let base = ["pretrain", "--data", &data, "--out", &out, "--steps", "1", "--device", "cpu"];
+    refused(&[&base[..], extra].concat())
+}
+
 /// A chat tokenizer of 300 ids trained once on the committed corpus, and that corpus' text.
 fn shared() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
     static TOK: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
@@ -116,17 +123,7 @@ fn d5_meta_json_with_a_huge_vocab_size_is_refused_naming_the_file_and_key() {
     let data = tmp.path().join("tokens");
     prepared(&data, 0.1, 1);
     edit_json(&data.join("meta.json"), |v| v["vocab_size"] = serde_json::json!(100_000_000_000u64));
-    let out = refused(&[
-        "pretrain",
-        "--data",
-        &s(&data),
-        "--out",
-        &s(&tmp.path().join("run")),
-        "--steps",
-        "1",
-        "--device",
-        "cpu",
-    ]);
+    let out = refused_pretrain(&data, &tmp.path().join("run"), &[]);
     assert!(out.contains("meta.json") && out.contains("vocab_size is 100000000000"), "{out}");
     let e = err(Dataset::open(&data, "train", 300));
     assert!(e.contains("meta.json") && e.contains("vocab_size"), "{e}");
@@ -272,27 +269,9 @@ fn d9_pretrain_init_refuses_data_of_another_vocabulary() {
     prepared(&data, 0.1, 1);
     let ck = tmp.path().join("ck512");
     saved_checkpoint(&ck, 512);
-    let out = refused(&[
-        "pretrain",
-        "--data",
-        &s(&data),
-        "--init",
-        &s(&ck),
-        "--out",
-        &s(&tmp.path().join("run")),
-        "--steps",
-        "1",
-        "--batch",
-        "1",
-        "--seq",
-        "8",
-        "--eval-batches",
-        "1",
-        "--eval-every",
-        "1",
-        "--device",
-        "cpu",
-    ]);
+    let init = s(&ck);
+    let extra = ["--init", &init, "--batch", "1", "--seq", "8", "--eval-batches", "1", "--eval-every", "1"];
+    let out = refused_pretrain(&data, &tmp.path().join("run"), &extra);
     assert!(out.contains("meta.json") && out.contains("300 ids") && out.contains("512"), "{out}");
     assert!(!tmp.path().join("run").join("latest").exists());
 }
@@ -459,17 +438,7 @@ fn d16_an_empty_validation_split_is_named_as_such() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("tokens");
     prepared(&data, 0.0, 1);
-    let out = refused(&[
-        "pretrain",
-        "--data",
-        &s(&data),
-        "--out",
-        &s(&tmp.path().join("run")),
-        "--steps",
-        "1",
-        "--device",
-        "cpu",
-    ]);
+    let out = refused_pretrain(&data, &tmp.path().join("run"), &[]);
     assert!(out.contains("val split") && out.contains("is empty") && out.contains("--val-fraction 0"), "{out}");
     assert!(!out.contains("run `prepare` first"), "{out}");
     // `--steps 0` is refused by the flag validation, naming the flag (it used to say "no checkpoint was
