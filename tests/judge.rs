@@ -1,6 +1,6 @@
 //! The gold judge (lexicon and external-command judges, the `rlhf judge` protocol) and the demo data builder.
 
-use rlhf::data::demo::{build, cut_words, is_heading, split_sentences, MAX_COMPLETION_WORDS, MAX_PROMPT_WORDS};
+use rlhf::data::demo::{build, cut_words, is_heading, split_sentences, Sizes, MAX_COMPLETION_WORDS, MAX_PROMPT_WORDS};
 use rlhf::judge::{from_spec, parse_score_line, words, CommandJudge, Judge, LexiconJudge};
 use std::collections::HashSet;
 
@@ -48,14 +48,15 @@ fn lexicon_negation_flips_and_compound_is_bounded() {
 
 #[test]
 fn lexicon_judge_trait_and_spec() {
-    let mut j = from_spec(None).unwrap();
+    let t = rlhf::judge::DEFAULT_TIMEOUT;
+    let mut j = from_spec("lexicon", t).unwrap();
     assert!(j.name().contains("lexicon"));
     let s = j.score(&items(&["good", "bad", ""])).unwrap();
     assert!(s[0] > 0.0 && s[1] < 0.0 && s[2] == 0.0);
-    let mut k = from_spec(Some("lexicon")).unwrap();
-    assert_eq!(k.score(&items(&["good", "bad", ""])).unwrap(), s);
-    assert!(from_spec(Some("  ")).is_err());
-    assert!(from_spec(Some("cat")).unwrap().name().contains("cat"));
+    assert_eq!(LexiconJudge::new().unwrap().score(&items(&["good", "bad", ""])).unwrap(), s);
+    assert!(from_spec("gold", t).unwrap().name().contains("gold"));
+    assert!(from_spec("  ", t).is_err());
+    assert!(from_spec("cat", t).unwrap().name().contains("cat"));
 }
 
 #[test]
@@ -132,11 +133,11 @@ fn command_judge_large_batch_does_not_deadlock() {
 }
 
 #[test]
-fn rlhf_judge_protocol_matches_the_builtin_judge() {
+fn rlhf_judge_protocol_matches_the_builtin_judges() {
     let lex = LexiconJudge::new().unwrap();
     let input = "{\"prompt\": \"p\", \"answer\": \"a good day\"}\n\n{\"answer\": \"not good\"}\n";
     let mut out = Vec::new();
-    rlhf::cli::judge::run_io(input.as_bytes(), &mut out).unwrap();
+    rlhf::cli::judge::run_io("lexicon", input.as_bytes(), &mut out).unwrap();
     let out = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2);
@@ -144,17 +145,29 @@ fn rlhf_judge_protocol_matches_the_builtin_judge() {
     assert_eq!(parse_score_line(lines[1]).unwrap(), lex.score_text("not good"));
     assert!(lines[0].starts_with("{\"score\":"));
 
-    // The example in docs/demo.md.
+    // The gold judge: the same scores as the library's, with the parts beside each.
+    let gold = rlhf::judge::GoldJudge::new().unwrap();
+    let pairs = [("It was a fine morning.", " She walked out into the garden, and was happy."), ("p", "")];
+    let input: String =
+        pairs.iter().map(|(p, a)| serde_json::json!({"prompt": p, "answer": a}).to_string() + "\n").collect();
     let mut out = Vec::new();
-    rlhf::cli::judge::run_io("{\"prompt\": \"It was\", \"answer\": \" a happy day.\"}\n".as_bytes(), &mut out).unwrap();
-    assert_eq!(String::from_utf8(out).unwrap(), "{\"score\":0.5718850320700721}\n");
+    rlhf::cli::judge::run_io("gold", input.as_bytes(), &mut out).unwrap();
+    let want = gold.verdicts(&pairs.map(|(p, a)| (p.to_string(), a.to_string()))).unwrap();
+    for (line, v) in String::from_utf8(out).unwrap().lines().zip(&want) {
+        let got: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(parse_score_line(line).unwrap(), v.score, "{line}");
+        assert_eq!(got["words"].as_u64().unwrap() as usize, v.words);
+        assert!(got.get("fluency").is_some() && got.get("relevance").is_some() && got.get("sentiment").is_some());
+    }
+    assert_eq!(want[1].score, rlhf::judge::gold::EMPTY_SCORE);
 
     for (bad, what) in [
         ("{\"answer\": \"ok\"}\nnot json\n", "input line 2"),
         ("{\"prompt\": \"x\"}\n", "no \"answer\""),
         ("{\"answer\": 3}\n", "not a string"),
+        ("{\"answer\": \"a\", \"prompt\": 3}\n", "\"prompt\" is not a string"),
     ] {
-        let e = format!("{:#}", rlhf::cli::judge::run_io(bad.as_bytes(), Vec::new()).unwrap_err());
+        let e = format!("{:#}", rlhf::cli::judge::run_io("lexicon", bad.as_bytes(), Vec::new()).unwrap_err());
         assert!(e.contains(what), "{bad:?}: {e}");
     }
 }
@@ -220,21 +233,43 @@ fn corpus() -> String {
     t
 }
 
+fn sizes(sft: usize, rm_prompts: usize, ppo_prompts: usize, heldout: usize) -> Sizes {
+    Sizes { sft, rm_prompts, ppo_prompts, heldout }
+}
+
 #[test]
 fn demo_data_is_deterministic_disjoint_and_bounded() {
     let text = corpus();
-    let a = build(&text, 7, 150, 100, 50).unwrap();
-    let b = build(&text, 7, 150, 100, 50).unwrap();
+    let a = build(&text, 7, sizes(150, 100, 80, 20)).unwrap();
+    let b = build(&text, 7, sizes(150, 100, 80, 20)).unwrap();
     assert_eq!(a, b);
-    let c = build(&text, 8, 150, 100, 50).unwrap();
+    let c = build(&text, 8, sizes(150, 100, 80, 20)).unwrap();
     assert_ne!(a.sft, c.sft);
-    assert_eq!((a.sft.len(), a.prompts.len(), a.heldout.len()), (150, 100, 50));
-    assert_eq!(a.candidates, 400);
+    assert_eq!((a.sft.len(), a.rm_prompts.len(), a.ppo_prompts.len(), a.heldout.len()), (150, 100, 80, 20));
+    assert_eq!(a.candidates + a.eval_candidates, 400);
+    assert!((20..=80).contains(&a.eval_candidates), "{} passages in the evaluation pool", a.eval_candidates);
     let sft: HashSet<&str> = a.sft.iter().map(|e| e.prompt.as_str()).collect();
-    let pr: HashSet<&str> = a.prompts.iter().map(|s| s.as_str()).collect();
-    let he: HashSet<&str> = a.heldout.iter().map(|s| s.as_str()).collect();
-    assert_eq!((sft.len(), pr.len(), he.len()), (150, 100, 50));
-    assert!(sft.is_disjoint(&pr) && sft.is_disjoint(&he) && pr.is_disjoint(&he));
+    let rm: HashSet<&str> = a.rm_prompts.iter().map(|s| s.as_str()).collect();
+    let ppo: HashSet<&str> = a.ppo_prompts.iter().map(|s| s.as_str()).collect();
+    let he: HashSet<&str> = a.heldout.iter().map(|e| e.prompt.as_str()).collect();
+    assert_eq!((sft.len(), rm.len(), ppo.len(), he.len()), (150, 100, 80, 20));
+    let splits = [&sft, &rm, &ppo, &he];
+    for (i, x) in splits.iter().enumerate() {
+        for y in &splits[i + 1..] {
+            assert!(x.is_disjoint(y));
+        }
+    }
+    // No model reads an evaluation passage: the pretraining text has none of them, and has every other one.
+    for e in &a.heldout {
+        assert!(!a.pretrain.contains(&e.prompt) && !a.pretrain.contains(e.completion.trim()), "{e:?}");
+        assert!(e.completion.starts_with(' '));
+    }
+    assert!(a.sft.iter().all(|e| a.pretrain.contains(&e.prompt)));
+    // The evaluation pool does not depend on the seed.
+    let eval_prompts = |d: &rlhf::data::demo::DemoData| d.heldout.iter().map(|e| e.prompt.clone()).collect::<HashSet<_>>();
+    let all_a = build(&text, 7, sizes(1, 1, 1, a.eval_candidates)).unwrap();
+    let all_c = build(&text, 8, sizes(1, 1, 1, a.eval_candidates)).unwrap();
+    assert_eq!(eval_prompts(&all_a), eval_prompts(&all_c));
     for e in &a.sft {
         let pw = e.prompt.split_whitespace().count();
         let cw = e.completion.split_whitespace().count();
@@ -252,16 +287,18 @@ fn demo_data_is_deterministic_disjoint_and_bounded() {
             assert!(whole.starts_with("Paragraph "), "{whole}");
         }
     }
-    let e = format!("{:#}", build(&text, 7, 300, 100, 50).unwrap_err());
-    assert!(e.contains("only 400 usable passages"), "{e}");
+    let e = format!("{:#}", build(&text, 7, sizes(300, 100, 100, 10)).unwrap_err());
+    assert!(e.contains("outside the evaluation pool"), "{e}");
+    let e = format!("{:#}", build(&text, 7, sizes(10, 10, 10, 100)).unwrap_err());
+    assert!(e.contains("in the evaluation pool"), "{e}");
 }
 
 #[test]
 fn demo_data_from_the_real_corpus() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/austen.txt.gz");
     let text = rlhf::tokenizer::read_text(&path).unwrap();
-    let d = build(&text, 1, 2000, 300, 100).unwrap();
-    assert_eq!(d.candidates, 7245, "the count docs/demo.md quotes");
+    let d = build(&text, 1, sizes(2000, 600, 600, 200)).unwrap();
+    assert_eq!((d.candidates, d.eval_candidates), (6557, 688), "the counts docs/demo.md quotes");
     for e in &d.sft {
         assert!(e.prompt.split_whitespace().count() <= MAX_PROMPT_WORDS);
         assert!(e.completion.split_whitespace().count() <= MAX_COMPLETION_WORDS);
@@ -270,12 +307,18 @@ fn demo_data_from_the_real_corpus() {
     }
     let dir = tempfile::tempdir().unwrap();
     d.write_files(dir.path()).unwrap();
+    let lines = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap().lines().count();
+    assert_eq!(
+        (lines("sft.jsonl"), lines("rm-prompts.jsonl"), lines("ppo-prompts.jsonl"), lines("heldout.jsonl")),
+        (2000, 600, 600, 200)
+    );
     let sft = std::fs::read_to_string(dir.path().join("sft.jsonl")).unwrap();
-    assert_eq!(sft.lines().count(), 2000);
     let first: serde_json::Value = serde_json::from_str(sft.lines().next().unwrap()).unwrap();
     assert!(first["prompt"].is_string() && first["completion"].is_string());
-    let held = std::fs::read_to_string(dir.path().join("heldout.jsonl")).unwrap();
-    assert_eq!(held.lines().count(), 100);
+    let held = rlhf::data::jsonl::read_heldout(&dir.path().join("heldout.jsonl"), false).unwrap().records;
+    assert!(held.iter().all(|(_, c)| c.is_some()));
+    let pretrain = std::fs::read_to_string(dir.path().join("pretrain.txt")).unwrap();
+    assert!(held.iter().all(|(p, _)| !pretrain.contains(p.as_str())));
 }
 
 #[test]
@@ -287,27 +330,25 @@ fn demo_data_command_writes_all_files_and_summary() {
         out: dir.path().join("demo"),
         seed: 1,
         sft: 2000,
-        prompts: 300,
+        rm_prompts: 300,
+        ppo_prompts: 200,
         heldout: 100,
     };
     rlhf::cli::demo_data::run(args).unwrap();
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("demo/summary.json")).unwrap()).unwrap();
-    assert_eq!((s["sft"].as_u64(), s["prompts"].as_u64(), s["heldout"].as_u64()), (Some(2000), Some(300), Some(100)));
-    // The numbers docs/demo.md quotes.
-    assert_eq!(
-        (s["sft_completions_positive"].as_u64(), s["sft_completions_negative"].as_u64()),
-        (Some(996), Some(497))
-    );
-    assert!((s["sft_completion_mean_judge_score"].as_f64().unwrap() - 0.156).abs() < 5e-4);
-    assert_eq!(std::fs::read_to_string(dir.path().join("demo/prompts.jsonl")).unwrap().lines().count(), 300);
+    let n = |k: &str| s[k].as_u64().unwrap();
+    assert_eq!((n("sft"), n("rm_prompts"), n("ppo_prompts"), n("heldout")), (2000, 300, 200, 100));
+    assert_eq!((n("candidates"), n("eval_candidates"), n("paragraphs")), (6557, 688, 10298));
+    assert_eq!(std::fs::read_to_string(dir.path().join("demo/ppo-prompts.jsonl")).unwrap().lines().count(), 200);
 
     let missing = rlhf::cli::demo_data::DemoDataArgs {
         corpus: dir.path().join("nope.txt"),
         out: dir.path().join("x"),
         seed: 1,
         sft: 1,
-        prompts: 1,
+        rm_prompts: 1,
+        ppo_prompts: 1,
         heldout: 1,
     };
     let e = format!("{:#}", rlhf::cli::demo_data::run(missing).unwrap_err());

@@ -67,7 +67,7 @@ fn run<B: Backend<F = f32>>(be: &B, dir: &Path, tokens: &[u32], targets: &[u32],
 
     let prompts = vec![tokens[..5].to_vec(), tokens[t..t + 9].to_vec()];
     let sc = SampleConfig { max_new_tokens: 6, temperature: 0.0, top_k: 0, top_p: 1.0, stop: None };
-    let greedy = generate(be, &m, &prompts, &sc, &mut Rng::new(0)).unwrap().into_iter().map(|g| g.tokens).collect();
+    let greedy = generate(be, &m, &prompts, &sc, &mut [Rng::new(0)]).unwrap().into_iter().map(|g| g.tokens).collect();
     Run { logits, loss, grads, norm2, stepped, greedy }
 }
 

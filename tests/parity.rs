@@ -108,7 +108,7 @@ fn forward_loss_backward_and_greedy_match_pytorch() {
         let prompt = ids(&exp["greedy_prompt"]);
         let want_gen = ids(&exp["greedy_tokens"]);
         let sc = SampleConfig { max_new_tokens: want_gen.len(), temperature: 0.0, top_k: 0, top_p: 1.0, stop: None };
-        let gens = generate(&be, &m, std::slice::from_ref(&prompt), &sc, &mut Rng::new(0)).unwrap();
+        let gens = generate(&be, &m, std::slice::from_ref(&prompt), &sc, &mut [Rng::new(0)]).unwrap();
         assert_eq!(gens[0].tokens, want_gen, "{name}: greedy continuation of {prompt:?}");
     }
 }

@@ -165,6 +165,7 @@ mod tiny {
 }
 
 use rlhf::pipeline::ppo::trainer::{score_rollout, Models};
+use rlhf::pipeline::ppo::trainer::GoldHook;
 use rlhf::pipeline::ppo::Hooks;
 use rlhf::pipeline::rollout::episode_batch;
 use rlhf::pipeline::rollout::Episode;
@@ -332,15 +333,19 @@ fn bad_inputs_give_clear_errors() {
     let decode = |t: &[u32]| format!("{t:?}");
     let mut failing =
         |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge command exited with status 3") };
-    let msg =
-        run("judge", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(&mut failing), ..Default::default() });
+    let gold = GoldHook { judge: &mut failing, prompt_text: &decode, unended: -10.0 };
+    let msg = run("judge", &prompts(8), &rm, Hooks { decode: Some(&decode), gold: Some(gold), ..Default::default() });
     assert!(msg.contains("gold judge failed") && msg.contains("status 3") && msg.contains("iteration 1"), "{msg}");
     let mut garbage = |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0; p.len() - 1]) };
     let msg = run(
         "garbage",
         &prompts(8),
         &rm,
-        Hooks { decode: Some(&decode), gold: Some(&mut garbage), ..Default::default() },
+        Hooks {
+            decode: Some(&decode),
+            gold: Some(GoldHook { judge: &mut garbage, prompt_text: &decode, unended: -10.0 }),
+            ..Default::default()
+        },
     );
     assert!(msg.contains("gold judge returned 7 scores") && msg.contains("for 8 answers"), "{msg}");
     // A reward model that yields NaN: stop, naming the iteration; no checkpoint is written over.
@@ -380,7 +385,8 @@ fn ppo_raises_the_reward_model_score() {
 
 // ---- labelling ----
 
-use rlhf::pipeline::label::{self, parse_ranking, RankedRecord};
+use rlhf::data::jsonl::Ranked;
+use rlhf::pipeline::label::{self, parse_ranking, Answer};
 
 #[test]
 fn typed_rankings_are_validated() {
@@ -391,8 +397,16 @@ fn typed_rankings_are_validated() {
     for bad in ["", "1 0 2", "0 1 2 4", "1 1 2 3", "ABC", "ABCE", "AABC", "x y z w"] {
         assert!(parse_ranking(bad, 4).is_err(), "{bad:?} accepted");
     }
-    assert_eq!(label::ranks_from_scores(&[0.5, 2.0, 0.5, -1.0]).unwrap(), vec![1, 0, 1, 3]);
-    assert!(label::ranks_from_scores(&[f64::NAN, 1.0]).is_err());
+    let all = [true; 4];
+    assert_eq!(label::ranks_from_scores(&[0.5, 2.0, 0.5, -1.0], &all).unwrap(), vec![1, 0, 1, 3]);
+    assert!(label::ranks_from_scores(&[f64::NAN, 1.0], &[true, true]).is_err());
+    // An answer cut at the length limit ranks below every answer that ended, whatever its score.
+    assert_eq!(label::ranks_from_scores(&[5.0, 1.0, 9.0, 0.0], &[true, true, false, false]).unwrap(), vec![0, 1, 2, 3]);
+}
+
+/// Three answers per prompt, the second one cut at the length limit.
+fn three(p: &str) -> Vec<Answer> {
+    (0..3).map(|i| Answer { text: format!("{p}-answer-{i}"), ended: i != 1 }).collect()
 }
 
 #[test]
@@ -401,25 +415,26 @@ fn interactive_labelling_with_scripted_input_resumes_and_never_loses_labels() {
     let out = dir.path().join("labels.jsonl");
     let prompts: Vec<String> = ["p1", "p2", "p3", "p4"].iter().map(|s| s.to_string()).collect();
     let mut calls = 0;
-    let mut gen = |p: &str| -> anyhow::Result<Vec<String>> {
+    let mut gen = |ps: &[&str]| -> anyhow::Result<Vec<Vec<Answer>>> {
         calls += 1;
-        Ok((0..3).map(|i| format!("{p}-answer-{i}")).collect())
+        Ok(ps.iter().map(|p| three(p)).collect())
     };
     // p1: bad input twice, then ranks; p2: skipped; p3: an order; then quit before p4.
     let mut input = std::io::Cursor::new("1 2\nhello\n1 0 2\ns\nCAB\nq\n");
     let mut ui = Vec::new();
-    let st = label::label(&prompts, 3, &out, &mut gen, None, &mut input, &mut ui).unwrap();
+    let st = label::label(&prompts, 3, 2, &out, &mut gen, None, &mut input, &mut ui).unwrap();
     assert_eq!((st.labelled, st.skipped_by_user, st.quit), (2, 1, true));
     let ui = String::from_utf8(ui).unwrap();
     assert_eq!(ui.matches("not a ranking").count(), 2, "{ui}");
-    assert!(ui.contains("p1-answer-2") && ui.contains("--- C ---"));
+    assert!(ui.contains("p1-answer-2") && ui.contains("--- C ---") && ui.contains("--- B (cut off: it did not end) ---"));
     let recs = label::read_records(&out).unwrap();
     assert_eq!(
         recs[0],
-        RankedRecord {
+        Ranked {
             prompt: "p1".into(),
             completions: vec!["p1-answer-0".into(), "p1-answer-1".into(), "p1-answer-2".into()],
-            ranking: vec![1, 0, 2]
+            ranking: vec![1, 0, 2],
+            ended: vec![true, false, true],
         }
     );
     assert_eq!((recs[1].prompt.as_str(), recs[1].ranking.clone()), ("p3", vec![1, 2, 0]));
@@ -428,7 +443,7 @@ fn interactive_labelling_with_scripted_input_resumes_and_never_loses_labels() {
     std::io::Write::write_all(&mut f, b"{\"prompt\": \"p4\", \"compl").unwrap();
     // Next session: p1, p3 are done; p2 and p4 are asked; end of input stops cleanly.
     let mut input = std::io::Cursor::new("0 1 2\n");
-    let st = label::label(&prompts, 3, &out, &mut gen, None, &mut input, &mut Vec::new()).unwrap();
+    let st = label::label(&prompts, 3, 2, &out, &mut gen, None, &mut input, &mut Vec::new()).unwrap();
     assert_eq!((st.skipped_done, st.labelled, st.quit), (2, 1, true));
     let recs = label::read_records(&out).unwrap();
     assert_eq!(recs.iter().map(|r| r.prompt.as_str()).collect::<Vec<_>>(), vec!["p1", "p3", "p2"]);
@@ -436,56 +451,140 @@ fn interactive_labelling_with_scripted_input_resumes_and_never_loses_labels() {
     std::fs::write(&out, "{\"prompt\":\"a\",\"completions\":[\"x\",\"y\"],\"ranking\":[0,1]}\nnot json\n{\"prompt\":\"b\",\"completions\":[\"x\",\"y\"],\"ranking\":[0,1]}\n").unwrap();
     let e = label::read_records(&out).unwrap_err();
     assert!(format!("{e:#}").contains("labels.jsonl:2"), "{e:#}");
-    assert!(calls >= 4);
+    assert!(calls >= 3);
 }
 
 #[test]
 fn judge_labelling_runs_unattended_and_reports_a_failing_judge() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("labels.jsonl");
-    let prompts: Vec<String> = vec!["a".into(), "b".into()];
-    let mut gen =
-        |p: &str| -> anyhow::Result<Vec<String>> { Ok(vec![format!("{p}!"), format!("{p}!!!"), format!("{p}")]) };
-    let mut judge = |_: &str, answers: &[String]| -> anyhow::Result<Vec<f64>> {
-        Ok(answers.iter().map(|a| a.len() as f64).collect())
+    let prompts: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
+    let batches = std::cell::RefCell::new(vec![]);
+    let mut gen = |ps: &[&str]| -> anyhow::Result<Vec<Vec<Answer>>> {
+        batches.borrow_mut().push(ps.len());
+        Ok(ps
+            .iter()
+            .map(|p| {
+                // An empty answer (ended at once) is a legal answer.
+                [format!("{p}!"), format!("{p}!!!"), String::new()].into_iter().map(|text| Answer { text, ended: true }).collect()
+            })
+            .collect())
     };
-    let st = label::label(&prompts, 3, &out, &mut gen, Some(&mut judge), &mut std::io::empty(), &mut std::io::sink())
+    let mut calls = 0;
+    let mut judge = |items: &[(String, String)]| -> anyhow::Result<Vec<f64>> {
+        calls += 1;
+        Ok(items.iter().map(|(_, a)| a.len() as f64).collect())
+    };
+    let st = label::label(&prompts, 3, 2, &out, &mut gen, Some(&mut judge), &mut std::io::empty(), &mut std::io::sink())
         .unwrap();
-    assert_eq!(st.labelled, 2);
-    assert_eq!(label::read_records(&out).unwrap()[0].ranking, vec![1, 0, 2]);
+    assert_eq!((st.labelled, calls), (3, 2), "one judge call per batch of 2 prompts");
+    let recs = label::read_records(&out).unwrap();
+    assert_eq!(recs[0].ranking, vec![1, 0, 2]);
+    assert_eq!(recs[0].completions[2], "");
+    assert_eq!(*batches.borrow(), vec![2, 1]);
+    // What label writes, reward reads: the empty answer is one of the ranked completions.
+    let read = rlhf::data::jsonl::read_ranked(&out, false).unwrap();
+    assert_eq!(read.records, recs);
     let out2 = dir.path().join("l2.jsonl");
-    let mut garbage = |_: &str, _: &[String]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0]) };
-    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut garbage), &mut std::io::empty(), &mut std::io::sink())
+    let mut garbage = |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0]) };
+    let e = label::label(&prompts, 3, 2, &out2, &mut gen, Some(&mut garbage), &mut std::io::empty(), &mut std::io::sink())
         .unwrap_err();
-    assert!(format!("{e:#}").contains("returned 1 scores for 3 answers"), "{e:#}");
-    let mut failing = |_: &str, _: &[String]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge crashed") };
-    let e = label::label(&prompts, 3, &out2, &mut gen, Some(&mut failing), &mut std::io::empty(), &mut std::io::sink())
+    assert!(format!("{e:#}").contains("returned 1 scores for 6 answers"), "{e:#}");
+    let mut failing = |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge crashed") };
+    let e = label::label(&prompts, 3, 2, &out2, &mut gen, Some(&mut failing), &mut std::io::empty(), &mut std::io::sink())
         .unwrap_err();
     assert!(format!("{e:#}").contains("judge failed") && format!("{e:#}").contains("judge crashed"), "{e:#}");
 }
 
 // ---- evaluation ----
 
+/// A judge for tests: the number of words of the answer.
+struct WordCount;
+impl rlhf::judge::Judge for WordCount {
+    fn name(&self) -> String {
+        "word count".into()
+    }
+    fn score(&mut self, items: &[(String, String)]) -> anyhow::Result<Vec<f64>> {
+        Ok(items.iter().map(|(_, a)| rlhf::judge::words(a).len() as f64).collect())
+    }
+}
+
 #[test]
-fn win_rate_counts_ties_half_and_eval_runs_on_tiny_models() {
-    use rlhf::pipeline::eval;
-    assert_eq!(eval::win_rate(&[1.0, 2.0, 3.0, 0.0], &[0.0, 2.0, 4.0, -1.0]).unwrap(), 2.5 / 4.0);
-    assert!(eval::win_rate(&[], &[]).is_err());
-    let be = Be::new();
-    let (sft, rm) = models(&be);
-    let c = ppo_cfg(Path::new("/x"), 1);
-    let decode = |t: &[u32]| format!("{t:?}");
-    let mut gold =
-        |p: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(p.iter().map(|(_, a)| a.len() as f64).collect()) };
-    let r =
-        eval::evaluate(&be, &sft, &sft, &rm, &prompts(6), &c.sample_config(), PAD, -1.0, 3, &decode, Some(&mut gold))
-            .unwrap();
-    // The SFT model against itself: no KL (the same weights score the same tokens).
-    assert!(r.kl_to_sft.abs() < 1e-9, "{r:?}");
-    assert!(r.win_rate_gold.is_some() && (0.0..=1.0).contains(&r.win_rate_rm));
+fn eval_reports_systems_baselines_and_strategies_on_tiny_models() {
+    use rlhf::data::chat::ChatTokens;
+    use rlhf::model::{Gpt2, ScalarHead, ScalarModel};
+    use rlhf::pipeline::eval::{self, EvalConfig, HeldOut, Models};
+    use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
     let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "She was glad to see him. He walked to the house. It rained all day and night.\n".repeat(20))
+        .unwrap();
+    let tok = Tokenizer::train(&[text], 300, &SPECIAL_TOKENS).unwrap();
+    let ct = ChatTokens::from_tokenizer(&tok).unwrap();
+    let be = Be::new();
+    let cfg = rlhf::model::Config { vocab_size: tok.vocab_size(), n_positions: 48, ..tiny::cfg() };
+    let sft = Gpt2::init(&be, cfg, 1).unwrap();
+    let rm = ScalarModel { trunk: Gpt2::init(&be, cfg, 2).unwrap(), head: ScalarHead::init(&be, 16, 3).unwrap() };
+    let heldout: Vec<HeldOut> = (0..5)
+        .map(|i| HeldOut { prompt: format!("He walked {i} times."), reference: Some(" She was glad to see him.".into()) })
+        .collect();
+    let mut ec = EvalConfig {
+        sample: rlhf::model::sample::SampleConfig {
+            max_new_tokens: 3,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            stop: Some(ct.end),
+        },
+        samples: 2,
+        best_of: 3,
+        no_eos_penalty: 1.0,
+        unended_gold: -10.0,
+        seed: 3,
+        side_by_side: 2,
+    };
+    let models = Models { policy: &sft, sft: &sft, reward: &rm, base: Some(&sft) };
+    let mut judge = WordCount;
+    let r = eval::evaluate(&be, &models, &tok, &ct, &heldout, &ec, Some(&mut judge)).unwrap();
+    let names: Vec<&str> = r.systems.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["policy", "SFT", "best-of-3 (RM)", "best constant answer", "Austen"], "{r:#?}");
+    let (pol, sft_row, austen) = (r.system("policy").unwrap(), r.system("SFT").unwrap(), r.system("Austen").unwrap());
+    assert_eq!((pol.answers, sft_row.answers, austen.answers), (10, 30, 5));
+    // The SFT model against itself: no KL (the same weights score the same tokens).
+    assert!(pol.kl_to_sft.unwrap().abs() < 1e-9, "{pol:?}");
+    // A random model with 3 new tokens rarely ends: unended answers score -10 by gold, whatever the judge says.
+    let gold = pol.gold.unwrap().mean;
+    let ended = pol.eos_frac;
+    assert!(ended < 1.0, "{pol:?}");
+    assert!(gold <= ended * 3.0 + (1.0 - ended) * -10.0 + 1e-9, "gold {gold} with {ended} of the answers ended");
+    // Austen's 6 words against answers of at most 3 tokens: it wins nearly always, so others win rarely.
+    assert!(pol.win_vs_austen.unwrap().mean < 0.2 && austen.win_vs_austen.is_none());
+    assert!(sft_row.win_vs_sft.is_none() && pol.win_vs_sft.is_some());
+    assert_eq!((r.best_of, r.strategies.len()), (3, 11), "{:?}", r.strategies);
+    let empty = r.strategies.iter().find(|s| s.name == "empty answer").unwrap();
+    assert_eq!((empty.gold.mean, empty.win_vs_austen.mean), (0.0, 0.0));
+    let copy = r.strategies.iter().find(|s| s.name == "a copy of the prompt").unwrap();
+    assert!(copy.example.starts_with(" He walked 0 times."));
+    assert_eq!(r.side_by_side.len(), 2);
+    assert!(pol.ppl_base.unwrap() > 1.0);
+    let tables = r.tables();
+    assert_eq!(tables.len(), 3);
+    assert!(tables[0].to_markdown().contains("| policy | 10 |"), "{}", tables[0].to_markdown());
+    // Without references: no Austen row, no strategies.
+    let bare: Vec<HeldOut> = heldout.iter().map(|h| HeldOut { reference: None, ..h.clone() }).collect();
+    ec.side_by_side = 0;
+    let r = eval::evaluate(&be, &models, &tok, &ct, &bare, &ec, Some(&mut judge)).unwrap();
+    assert!(r.system("Austen").is_none() && r.strategies.is_empty() && r.best_constant.is_none());
     let e = eval::overoptimisation_plot(dir.path(), &dir.path().join("x.svg")).unwrap_err();
     assert!(format!("{e:#}").contains("metrics.jsonl"), "{e:#}");
+}
+
+#[test]
+fn intervals_are_over_prompts() {
+    let (m, h) = rlhf::util::stats::mean_ci95(&[0.0, 1.0, 0.0, 1.0]);
+    // sd = sqrt(1/3), n = 4: 1.96 * 0.57735 / 2.
+    assert!((m - 0.5).abs() < 1e-12 && (h - 1.96 * (1.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12, "{m} {h}");
+    assert!(rlhf::util::stats::mean_ci95(&[1.0]).1.is_nan());
 }
 
 // ---- command-line inputs ----

@@ -22,7 +22,7 @@ fn greedy_batched_cached_decoding_matches_full_forward() {
     let m = Gpt2::init(&be, tiny(), 3).unwrap();
     let prompts = vec![vec![1, 2, 3, 4, 5], vec![7, 8], vec![9, 10, 11]];
     let sc = SampleConfig { max_new_tokens: 8, temperature: 0.0, top_k: 0, top_p: 1.0, stop: None };
-    let gens = generate(&be, &m, &prompts, &sc, &mut Rng::new(0)).unwrap();
+    let gens = generate(&be, &m, &prompts, &sc, &mut [Rng::new(0)]).unwrap();
     for (p, g) in prompts.iter().zip(&gens) {
         assert_eq!(g.tokens.len(), 8);
         let mut seq = p.clone();
@@ -43,8 +43,8 @@ fn sampling_is_deterministic_for_a_seed_and_stops_at_eos() {
     let m = Gpt2::init(&be, tiny(), 4).unwrap();
     let prompts = vec![vec![1, 2], vec![3]];
     let sc = SampleConfig { max_new_tokens: 12, temperature: 1.0, top_k: 10, top_p: 0.95, stop: Some(5) };
-    let a = generate(&be, &m, &prompts, &sc, &mut Rng::new(9)).unwrap();
-    let b = generate(&be, &m, &prompts, &sc, &mut Rng::new(9)).unwrap();
+    let a = generate(&be, &m, &prompts, &sc, &mut [Rng::new(9)]).unwrap();
+    let b = generate(&be, &m, &prompts, &sc, &mut [Rng::new(9)]).unwrap();
     assert_eq!(a, b);
     for g in &a {
         assert_eq!(g.tokens.len(), g.logprobs.len());
@@ -61,7 +61,7 @@ fn a_prompt_longer_than_the_context_is_an_error() {
     let be = Cpu::<f32>::new();
     let m = Gpt2::init(&be, tiny(), 4).unwrap();
     let sc = SampleConfig { max_new_tokens: 10, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
-    let err = generate(&be, &m, &[vec![1; 20]], &sc, &mut Rng::new(1)).unwrap_err();
+    let err = generate(&be, &m, &[vec![1; 20]], &sc, &mut [Rng::new(1)]).unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
 }
 

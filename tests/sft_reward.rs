@@ -73,6 +73,7 @@ fn pairwise_loss_pairs_and_one_forward_per_answer() {
         prompt: "p".into(),
         completions: vec!["a".into(), "b".into(), "c".into(), "d".into()],
         ranking: vec![1, 0, 1, 2],
+        ended: vec![true; 4],
     };
     let pairs = rec.pairs();
     assert_eq!(pairs.len(), 6 - 1, "C(4,2) pairs minus the one tie");

@@ -1,7 +1,6 @@
 //! `rlhf demo-data`: the demo task's files from a corpus (see [`crate::data::demo`] and `docs/demo.md`).
 
-use crate::data::demo::build;
-use crate::judge::{Judge, LexiconJudge};
+use crate::data::demo::{build, Sizes};
 use crate::tokenizer::read_text;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -11,7 +10,8 @@ pub struct DemoDataArgs {
     /// The corpus (.txt or .txt.gz), paragraphs separated by blank lines.
     #[arg(long, default_value = "data/corpus/austen.txt.gz")]
     pub corpus: PathBuf,
-    /// Output directory: sft.jsonl, prompts.jsonl, heldout.jsonl, summary.json.
+    /// Output directory: sft.jsonl, rm-prompts.jsonl, ppo-prompts.jsonl, heldout.jsonl, pretrain.txt,
+    /// summary.json.
     #[arg(long)]
     pub out: PathBuf,
     /// Seed for the cut points and the shuffle that deals passages into the splits.
@@ -20,33 +20,27 @@ pub struct DemoDataArgs {
     /// Number of SFT demonstrations (prompt + completion).
     #[arg(long, default_value_t = 2000)]
     pub sft: usize,
-    /// Number of prompt-only prompts (reward-model data collection and PPO).
-    #[arg(long, default_value_t = 300)]
-    pub prompts: usize,
-    /// Number of held-out prompts (evaluation).
-    #[arg(long, default_value_t = 100)]
+    /// Number of prompts whose sampled answers are ranked for the reward model.
+    #[arg(long, default_value_t = 600)]
+    pub rm_prompts: usize,
+    /// Number of prompts for PPO (disjoint from the reward model's).
+    #[arg(long, default_value_t = 600)]
+    pub ppo_prompts: usize,
+    /// Number of held-out prompts (evaluation; from the evaluation pool, with Austen's continuation).
+    #[arg(long, default_value_t = 200)]
     pub heldout: usize,
 }
 
 pub fn run(args: DemoDataArgs) -> Result<()> {
     let text = read_text(&args.corpus)?;
-    let data = build(&text, args.seed, args.sft, args.prompts, args.heldout)
+    let sizes =
+        Sizes { sft: args.sft, rm_prompts: args.rm_prompts, ppo_prompts: args.ppo_prompts, heldout: args.heldout };
+    let data = build(&text, args.seed, sizes)
         .with_context(|| format!("building demo data from {}", args.corpus.display()))?;
     data.write_files(&args.out)?;
     let mut summary = data.summary();
-    // The gold judge's view of the human-written continuations: the reference point for the policy.
-    let mut judge = LexiconJudge::new()?;
-    let items: Vec<(String, String)> = data.sft.iter().map(|e| (e.prompt.clone(), e.completion.clone())).collect();
-    let scores = judge.score(&items)?;
-    let mean = if scores.is_empty() { 0.0 } else { scores.iter().sum::<f64>() / scores.len() as f64 };
-    let positive = scores.iter().filter(|&&s| s > 0.0).count();
-    let negative = scores.iter().filter(|&&s| s < 0.0).count();
     summary["corpus"] = args.corpus.display().to_string().into();
     summary["seed"] = args.seed.into();
-    summary["judge"] = judge.name().into();
-    summary["sft_completion_mean_judge_score"] = mean.into();
-    summary["sft_completions_positive"] = positive.into();
-    summary["sft_completions_negative"] = negative.into();
     let json = serde_json::to_string_pretty(&summary)? + "\n";
     crate::util::fs::write_atomic(&args.out.join("summary.json"), json.as_bytes())?;
     print!("{json}");

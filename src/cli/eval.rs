@@ -1,44 +1,66 @@
-//! `rlhf eval`: held-out win rate of a policy against the SFT model (`crate::pipeline::eval`), and the
-//! over-optimisation curve of a PPO run.
+//! `rlhf eval`: held-out evaluation of a policy against the SFT model, the baselines and the judge's
+//! degenerate strategies (`crate::pipeline::eval`), and the over-optimisation curve of a PPO run.
 
 use crate::cli::device::{self, DeviceArg};
-use crate::cli::judge::JudgeChoice;
-use crate::data::chat::{self, ChatTokens};
+use crate::cli::judge::{JudgeChoice, DEFAULT_JUDGE};
+use crate::data::chat::ChatTokens;
 use crate::data::jsonl;
 use crate::model::sample::SampleConfig;
-use crate::pipeline::eval;
+use crate::pipeline::eval::{self, EvalConfig, HeldOut, Models};
 use crate::pipeline::run::check;
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// The PPO policy (a checkpoint or a run directory).
+    /// The policy to evaluate (a checkpoint or a run directory), e.g. the PPO run.
     #[arg(long)]
     pub policy: PathBuf,
-    /// The SFT model it is compared with.
+    /// The SFT model it is compared with (and the best-of-N baseline samples from).
     #[arg(long)]
     pub sft: PathBuf,
+    /// The reward model (RM scores, best-of-N).
     #[arg(long)]
     pub reward: PathBuf,
-    /// Held-out prompts, one JSON object per line: {"prompt": "..."}.
+    /// The pretrained model before SFT: the perplexity of every system's answers under it.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Held-out prompts, one JSON object per line: {"prompt": "..."}, with the reference answer as
+    /// "completion" for the comparisons with it and the judge's degenerate strategies.
     #[arg(long)]
     pub prompts: PathBuf,
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// The gold judge gives the win rate by gold score.
+    /// The gold judge (default `gold`; see `rlhf judge --help`).
     #[command(flatten)]
     pub judge: JudgeChoice,
+    /// Policy answers per prompt.
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    /// N of the best-of-N baseline (the SFT model draws N x --samples answers per prompt).
+    #[arg(long, default_value_t = 4)]
+    pub best_of: usize,
     /// A PPO run directory: also draw gold and proxy score against sqrt(KL) (over-optimisation curve).
     #[arg(long)]
     pub ppo_run: Option<PathBuf>,
+    /// Folder for eval.json (every number), eval.md (the tables) and the plots.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 48)]
     pub max_new_tokens: usize,
-    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
+    /// Subtracted from the reward model's score of an answer that never ended (as in PPO).
+    #[arg(long, default_value_t = 1.0)]
     pub no_eos_penalty: f64,
+    /// The gold score of an answer that never ended (at or below the judge's lowest score, so it loses
+    /// to every answer that ended; the gold judge gives an empty answer -10).
+    #[arg(long, default_value_t = crate::judge::gold::EMPTY_SCORE, allow_hyphen_values = true)]
+    pub unended_gold: f64,
+    /// Prompts shown side by side.
+    #[arg(long, default_value_t = 8)]
+    pub side_by_side: usize,
     #[arg(long, default_value_t = 99)]
     pub seed: u64,
     /// Print the report as JSON.
@@ -53,7 +75,10 @@ impl EvalArgs {
     pub fn validate(&self) -> Result<()> {
         check::non_negative("--temperature", self.temperature)?;
         check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)?;
-        check::finite("--no-eos-penalty", self.no_eos_penalty)
+        check::at_least("--samples", self.samples as u64, 1)?;
+        check::at_least("--best-of", self.best_of as u64, 1)?;
+        check::non_negative("--no-eos-penalty", self.no_eos_penalty)?;
+        check::finite("--unended-gold", self.unended_gold)
     }
 }
 
@@ -61,73 +86,71 @@ pub fn run(args: EvalArgs) -> Result<()> {
     args.validate()?;
     let tok = Tokenizer::load(&args.tokenizer)?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
-    let (end, pad) = (ct.end, ct.pad);
-    let texts = jsonl::read_prompts(&args.prompts, false)?.records;
-    let prompts: Vec<Vec<u32>> = texts.iter().map(|p| chat::encode_prompt(&tok, &ct, p)).collect::<Result<_>>()?;
-    let mut judge = args.judge.build()?;
-    let has_judge = judge.is_some();
-    let dev = device::select(args.device)?;
-    let report: eval::EvalReport = crate::with_backend!(dev, |be| {
-        let policy = crate::checkpoint::persist::load_policy(be, &args.policy)?;
-        let sft = crate::checkpoint::persist::load_policy(be, &args.sft)?;
-        let reward = crate::pipeline::reward::load(be, &args.reward)?;
-        if policy.cfg.vocab_size != reward.cfg().vocab_size || sft.cfg.vocab_size != policy.cfg.vocab_size {
-            bail!(
-                "vocabularies differ: policy {}, SFT {}, reward model {}",
-                policy.cfg.vocab_size,
-                sft.cfg.vocab_size,
-                reward.cfg().vocab_size
-            );
-        }
-        let sc = SampleConfig {
+    let heldout: Vec<HeldOut> = jsonl::read_heldout(&args.prompts, false)?
+        .records
+        .into_iter()
+        .map(|(prompt, reference)| HeldOut { prompt, reference })
+        .collect();
+    if heldout.iter().any(|h| h.reference.is_none()) {
+        println!(
+            "note: {} has prompts without a \"completion\": no comparison with the reference and no degenerate strategies",
+            args.prompts.display()
+        );
+    }
+    let judge_choice = JudgeChoice { judge: Some(args.judge.judge.clone().unwrap_or(DEFAULT_JUDGE.into())), ..args.judge.clone() };
+    let mut judge = judge_choice.build()?;
+    let cfg = EvalConfig {
+        sample: SampleConfig {
             max_new_tokens: args.max_new_tokens,
             temperature: args.temperature,
             top_k: 0,
             top_p: 1.0,
-            stop: Some(end),
-        };
-        let decode = |ids: &[u32]| chat::answer_text(&tok, ids, end);
-        let mut gold = |pairs: &[(String, String)]| judge.as_mut().context("no judge")?.score(pairs);
-        eval::evaluate(
-            be,
-            &policy,
-            &sft,
-            &reward,
-            &prompts,
-            &sc,
-            pad,
-            args.no_eos_penalty,
-            args.seed,
-            &decode,
-            if has_judge { Some(&mut gold) } else { None },
-        )
+            stop: Some(ct.end),
+        },
+        samples: args.samples,
+        best_of: args.best_of,
+        no_eos_penalty: args.no_eos_penalty,
+        unended_gold: args.unended_gold,
+        seed: args.seed,
+        side_by_side: args.side_by_side,
+    };
+    let dev = device::select(args.device)?;
+    let report: eval::EvalReport = crate::with_backend!(dev, |be| {
+        let load = |p: &PathBuf| crate::checkpoint::persist::load_policy(be, p);
+        let policy = load(&args.policy)?;
+        let sft = load(&args.sft)?;
+        let base = args.base.as_ref().map(load).transpose()?;
+        let reward = crate::pipeline::reward::load(be, &args.reward)?;
+        let vocab = [policy.cfg.vocab_size, sft.cfg.vocab_size, reward.cfg().vocab_size];
+        if vocab.iter().chain(base.as_ref().map(|b| &b.cfg.vocab_size)).any(|&v| v != tok.vocab_size()) {
+            bail!(
+                "vocabularies differ: tokenizer {}, policy {}, SFT {}, reward model {}{}",
+                tok.vocab_size(),
+                vocab[0],
+                vocab[1],
+                vocab[2],
+                base.as_ref().map_or(String::new(), |b| format!(", base {}", b.cfg.vocab_size))
+            );
+        }
+        let models = Models { policy: &policy, sft: &sft, reward: &reward, base: base.as_ref() };
+        eval::evaluate(be, &models, &tok, &ct, &heldout, &cfg, judge.as_deref_mut())
     })?;
+    let markdown: String = report.tables().iter().map(|t| t.to_markdown() + "\n").collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("held-out prompts: {}", report.prompts);
-        if let (Some(w), Some(gp), Some(gs)) = (report.win_rate_gold, report.gold_policy, report.gold_sft) {
-            println!("  win rate vs SFT (gold judge)   {:.1}%   mean gold score {gp:.4} vs {gs:.4}", 100.0 * w);
-        }
-        println!(
-            "  win rate vs SFT (reward model) {:.1}%   mean RM score   {:.4} vs {:.4}",
-            100.0 * report.win_rate_rm,
-            report.rm_policy,
-            report.rm_sft
-        );
-        println!("  KL(policy || SFT) per answer   {:.3} nats", report.kl_to_sft);
-        println!(
-            "  answers ending in <|end|>      {:.0}% vs {:.0}%; mean length {:.1} vs {:.1} tokens",
-            100.0 * report.eos_frac_policy,
-            100.0 * report.eos_frac_sft,
-            report.answer_len_policy,
-            report.answer_len_sft
-        );
+        print!("{markdown}");
+    }
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        crate::util::fs::write_atomic(&out.join("eval.json"), (serde_json::to_string_pretty(&report)? + "\n").as_bytes())?;
+        crate::util::fs::write_atomic(&out.join("eval.md"), markdown.as_bytes())?;
+        println!("wrote {} and {}", out.join("eval.json").display(), out.join("eval.md").display());
     }
     if let Some(run) = &args.ppo_run {
-        let svg = run.join("overoptimisation.svg");
+        let svg = args.out.as_ref().unwrap_or(run).join("overoptimisation.svg");
         let n = eval::overoptimisation_plot(run, &svg)?;
-        println!("  over-optimisation curve ({n} gold points): {}", svg.display());
+        println!("over-optimisation curve ({n} gold points): {}", svg.display());
     }
     Ok(())
 }

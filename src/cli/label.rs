@@ -10,7 +10,7 @@ use crate::pipeline::label;
 use crate::pipeline::run::check;
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -38,6 +38,9 @@ pub struct LabelArgs {
     pub max_new_tokens: usize,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Prompts sampled together (their K answers each are the rows of one batch).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 }
@@ -46,6 +49,7 @@ impl LabelArgs {
     /// Refuses settings out of range, naming the flag.
     pub fn validate(&self) -> Result<()> {
         check::at_least("-k", self.k as u64, 2)?;
+        check::at_least("--batch", self.batch as u64, 1)?;
         check::non_negative("--temperature", self.temperature)?;
         check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)
     }
@@ -62,6 +66,9 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
         let policy = crate::checkpoint::persist::load_policy(be, &args.policy)?;
+        if args.max_new_tokens + 2 > policy.cfg.n_positions {
+            bail!("--max-new-tokens {} leaves no room for a prompt in the context of {}", args.max_new_tokens, policy.cfg.n_positions);
+        }
         crate::tokenizer::check_vocab(tok.vocab_size(), policy.cfg.vocab_size, &args.policy.display().to_string())?;
         let sc = SampleConfig {
             max_new_tokens: args.max_new_tokens,
@@ -70,21 +77,32 @@ pub fn run(args: LabelArgs) -> Result<()> {
             top_p: 1.0,
             stop: Some(end),
         };
-        let mut gen = |p: &str| -> Result<Vec<String>> {
-            // A pure function of (seed, prompt text), so a resumed session draws the same answers.
-            let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-            let ids = chat::encode_prompt(&tok, &ct, p)?;
-            let g = generate(be, &policy, &vec![ids; args.k], &sc, &mut Rng::stream(args.seed, h))?;
-            Ok(g.iter().map(|g| chat::answer_text(&tok, &g.tokens, end)).collect())
+        let mut gen = |batch: &[&str]| -> Result<Vec<Vec<label::Answer>>> {
+            let mut ids = Vec::with_capacity(batch.len() * args.k);
+            let mut rngs = Vec::with_capacity(batch.len() * args.k);
+            for p in batch {
+                // Answer j to a prompt draws from its own stream, a pure function of (seed, prompt text, j), so
+                // a resumed session (whose batches hold other prompts) draws the same answers.
+                let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+                let mut prompt = chat::encode_prompt(&tok, &ct, p)?;
+                chat::fit_prompt(&mut prompt, policy.cfg.n_positions - args.max_new_tokens);
+                for j in 0..args.k {
+                    ids.push(prompt.clone());
+                    rngs.push(Rng::stream(args.seed ^ h, j as u64));
+                }
+            }
+            let g = generate(be, &policy, &ids, &sc, &mut rngs)?;
+            let answers: Vec<label::Answer> =
+                g.iter().map(|g| label::Answer { text: chat::answer_text(&tok, &g.tokens, end), ended: g.ended }).collect();
+            Ok(answers.chunks(args.k).map(<[label::Answer]>::to_vec).collect())
         };
-        let mut jf = |p: &str, answers: &[String]| -> Result<Vec<f64>> {
-            let pairs: Vec<(String, String)> = answers.iter().map(|a| (p.to_string(), a.clone())).collect();
-            judge.as_mut().context("no judge")?.score(&pairs)
-        };
+        let mut jf =
+            |items: &[(String, String)]| -> Result<Vec<f64>> { judge.as_mut().context("no judge")?.score(items) };
         let stdin = std::io::stdin();
         let st = label::label(
             &prompts,
             args.k,
+            args.batch,
             &args.out,
             &mut gen,
             if has_judge { Some(&mut jf) } else { None },

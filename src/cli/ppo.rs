@@ -4,7 +4,7 @@ use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl;
-use crate::pipeline::ppo::trainer::{train_from, Hooks, PpoConfig};
+use crate::pipeline::ppo::trainer::{train_from, GoldHook, Hooks, PpoConfig};
 use crate::pipeline::run::check;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -41,6 +41,9 @@ pub struct PpoArgs {
     /// The gold judge scores rollouts every --gold-every iterations (the over-optimisation curve).
     #[command(flatten)]
     pub judge: JudgeChoice,
+    /// The gold score of a rollout that never ended (as in `rlhf eval`).
+    #[arg(long, default_value_t = crate::judge::gold::EMPTY_SCORE, allow_hyphen_values = true)]
+    pub unended_gold: f64,
     /// Continue the run in --out from its latest checkpoint (its settings; --iterations may be raised).
     #[arg(long)]
     pub resume: bool,
@@ -57,8 +60,8 @@ pub fn run(args: PpoArgs) -> Result<()> {
     check::at_least("--ptx-batch", args.ptx_batch as u64, 1)?;
     check::at_least("--ptx-seq", args.ptx_seq as u64, 1)?;
     let seed = cfg.seed;
+    check::finite("--unended-gold", args.unended_gold)?;
     let texts = jsonl::read_prompts(&args.prompts, false)?.records;
-    let prompts: Vec<Vec<u32>> = texts.iter().map(|p| chat::encode_prompt(&tok, &ct, p)).collect::<Result<_>>()?;
     let ptx_data = match (&args.ptx_data, cfg.ptx_coef > 0.0) {
         (Some(d), true) => Some(
             crate::data::shards::Dataset::open(d, "train", tok.vocab_size())
@@ -73,6 +76,11 @@ pub fn run(args: PpoArgs) -> Result<()> {
     crate::with_backend!(dev, |be| {
         let init = crate::checkpoint::persist::load_policy(be, &args.policy)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), init.cfg.vocab_size, &args.policy.display().to_string())?;
+        let (prompts, cut) =
+            chat::encode_prompts_to_sample(&tok, &ct, &texts, init.cfg.n_positions, cfg.max_new_tokens)?;
+        if cut > 0 {
+            println!("{cut} of {} prompts cut at the left to fit the context with the answer", prompts.len());
+        }
         let reference = match &args.reference {
             Some(p) => crate::checkpoint::persist::load_policy(be, p)?,
             None => crate::model::scalar::clone_model(be, &init)?,
@@ -84,10 +92,11 @@ pub fn run(args: PpoArgs) -> Result<()> {
             let b = d.batch(seed, i, args.ptx_batch, args.ptx_seq)?;
             Ok((b.inputs, b.targets, args.ptx_batch, args.ptx_seq))
         };
+        let prompt_text = |ids: &[u32]| chat::prompt_text(&tok, &ct, ids);
         let mut gold = |pairs: &[(String, String)]| judge.as_mut().context("no judge")?.score(pairs);
         let hooks = Hooks {
             decode: Some(&decode),
-            gold: if has_judge { Some(&mut gold) } else { None },
+            gold: has_judge.then_some(GoldHook { judge: &mut gold, prompt_text: &prompt_text, unended: args.unended_gold }),
             ptx: if ptx_data.is_some() { Some(&ptx) } else { None },
             verbose: true,
         };

@@ -46,6 +46,10 @@ pub fn run_reward(a: RewardArgs) -> Result<()> {
         100.0 * s.eval_accuracy_before
     );
     println!("  bias shifted by {:+.4} so the SFT demonstrations average 0", s.bias_shift);
+    println!(
+        "  left out: {} malformed ranked lines, {} prompts whose answers all tie, {} malformed demonstration lines",
+        s.skipped_lines, s.all_tied_prompts, s.skipped_demo_lines
+    );
     println!("  checkpoint {}", s.checkpoint.display());
     Ok(())
 }

@@ -69,7 +69,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             top_p: args.top_p,
             stop: Some(tok.eot()),
         };
-        let gens = generate(be, &model, &vec![prompt; args.num_samples], &sc, &mut Rng::new(args.seed))?;
+        let gens = generate(be, &model, &vec![prompt; args.num_samples], &sc, &mut [Rng::new(args.seed)])?;
         for (i, g) in gens.iter().enumerate() {
             let body = if g.ended { &g.tokens[..g.tokens.len() - 1] } else { &g.tokens[..] };
             let text = tok.decode(body);

@@ -71,6 +71,50 @@ pub fn answer_text(tok: &Tokenizer, answer: &[u32], end: u32) -> String {
     tok.decode(body)
 }
 
+/// The user's text of a chat-format prompt: its ids without the opening `<|user|>` and the closing
+/// `<|assistant|>` (what a judge reads; for a conversation, every turn's text).
+pub fn prompt_text(tok: &Tokenizer, ct: &ChatTokens, prompt: &[u32]) -> String {
+    let body = prompt.strip_prefix(&[ct.user]).unwrap_or(prompt);
+    let body = body.strip_suffix(&[ct.assistant]).unwrap_or(body);
+    tok.decode(body)
+}
+
+/// Prompts encoded for sampling answers of up to `max_new` tokens from a model of context `ctx`: each cut
+/// to `ctx - max_new` tokens by [`fit_prompt`]. Returns the prompts and how many were cut.
+pub fn encode_prompts_to_sample(
+    tok: &Tokenizer,
+    ct: &ChatTokens,
+    texts: &[String],
+    ctx: usize,
+    max_new: usize,
+) -> Result<(Vec<Vec<u32>>, usize)> {
+    if max_new + 2 > ctx {
+        bail!("answers of {max_new} new tokens leave no room for a prompt in the model's context of {ctx} tokens");
+    }
+    let mut cut = 0;
+    let prompts = texts
+        .iter()
+        .map(|t| {
+            let mut p = encode_prompt(tok, ct, t)?;
+            cut += fit_prompt(&mut p, ctx - max_new) as usize;
+            Ok(p)
+        })
+        .collect::<Result<_>>()?;
+    Ok((prompts, cut))
+}
+
+/// Cuts a chat-format prompt to at most `room` tokens as the length policy does (module docs): from the
+/// left, keeping the leading `<|user|>`; returns whether it was cut. `room` must be at least 2.
+pub fn fit_prompt(prompt: &mut Vec<u32>, room: usize) -> bool {
+    if prompt.len() <= room {
+        return false;
+    }
+    let tail = prompt.split_off(prompt.len() - (room - 1));
+    prompt.truncate(1);
+    prompt.extend(tail);
+    true
+}
+
 /// A conversation as (prompt tokens, answer tokens): the answer is the last assistant turn, the prompt
 /// every turn before it. Roles are "user" and "assistant" (a "system" turn is read as a user turn).
 pub fn encode_messages(tok: &Tokenizer, ct: &ChatTokens, messages: &[Message]) -> Result<(Vec<u32>, Vec<u32>)> {
@@ -106,13 +150,8 @@ pub fn fit_context(prompt: &mut Vec<u32>, answer: &mut Vec<u32>, ctx: usize) -> 
     }
     let answer_max = (ctx - ctx.min(prompt.len())).max(ctx / 2);
     answer.truncate(answer_max);
-    let keep = ctx - answer.len();
-    if prompt.len() > keep {
-        // Keep the leading <|user|> and the last keep-1 tokens (which end with <|assistant|>).
-        let tail = prompt.split_off(prompt.len() - (keep - 1));
-        prompt.truncate(1);
-        prompt.extend(tail);
-    }
+    // Keep the leading <|user|> and the last tokens (which end with <|assistant|>).
+    fit_prompt(prompt, ctx - answer.len());
     true
 }
 

@@ -14,10 +14,15 @@
 //! The completion is the source cut to at most [`MAX_COMPLETION_WORDS`] words on a word boundary (if cut,
 //! trailing punctuation is dropped and a period added); it starts with a space, so `prompt + completion`
 //! is the original text. Passages whose completion has fewer than 3 words are skipped, and so are passages
-//! whose prompt repeats an earlier one. The passages are shuffled with the seed and dealt, in that order,
-//! into the SFT demonstrations, the prompt-only prompts and the held-out prompts, so the three splits never
-//! share a passage or a prompt. Everything is a pure function of the text and the seed.
-
+//! whose prompt repeats an earlier one.
+//!
+//! **The evaluation pool.** One paragraph in [`EVAL_POOL_MODULUS`] (chosen by a hash of its text, so the
+//! same paragraphs whatever the seed) belongs to the evaluation pool: held-out prompts come only from it,
+//! and it is left out of the pretraining text ([`DemoData::pretrain`]) that both the policy and the gold
+//! judge's language model are trained on, so no model has read an evaluation passage or Austen's own
+//! continuation of it. The other passages are shuffled with the seed and dealt, in that order, into the SFT
+//! demonstrations, the reward model's prompts and PPO's prompts, so no two splits share a passage or a
+//! prompt. Everything is a pure function of the text and the seed.
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -36,6 +41,8 @@ pub const MIN_COMPLETION_WORDS: usize = 3;
 pub const MIN_PARAGRAPH_WORDS: usize = 12;
 /// Range of the word count of a prompt cut from a long first sentence.
 pub const CUT_PROMPT_WORDS: (usize, usize) = (8, 20);
+/// One paragraph in this many is in the evaluation pool (see the module docs).
+pub const EVAL_POOL_MODULUS: u64 = 10;
 
 /// One SFT demonstration (TRL prompt-completion format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,48 +51,104 @@ pub struct SftExample {
     pub completion: String,
 }
 
-/// The three splits of the demo task.
+/// How many passages each split gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// SFT demonstrations.
+    pub sft: usize,
+    /// Prompts whose sampled answers are ranked for the reward model.
+    pub rm_prompts: usize,
+    /// Prompts PPO (or another RL step) samples on.
+    pub ppo_prompts: usize,
+    /// Evaluation prompts, with Austen's continuation as the reference answer.
+    pub heldout: usize,
+}
+
+/// The splits of the demo task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DemoData {
     pub sft: Vec<SftExample>,
-    /// Prompt-only prompts for reward-model data collection and PPO.
-    pub prompts: Vec<String>,
-    /// Prompt-only held-out prompts for evaluation.
-    pub heldout: Vec<String>,
-    /// Usable passages the corpus offered (before dealing).
+    /// Prompt-only prompts for reward-model data collection.
+    pub rm_prompts: Vec<String>,
+    /// Prompt-only prompts for PPO, disjoint from the reward model's.
+    pub ppo_prompts: Vec<String>,
+    /// Held-out prompts with Austen's own continuation (from the evaluation pool).
+    pub heldout: Vec<SftExample>,
+    /// The corpus without the evaluation pool: one paragraph per line group, blank lines between.
+    pub pretrain: String,
+    /// Usable passages outside the evaluation pool (before dealing).
     pub candidates: usize,
-    /// Paragraphs in the corpus (before filtering).
+    /// Usable passages in the evaluation pool.
+    pub eval_candidates: usize,
+    /// Paragraphs in the corpus (before filtering), and how many of them are in the evaluation pool.
     pub paragraphs: usize,
+    pub eval_paragraphs: usize,
+}
+
+/// Whether a paragraph (as [`paragraphs`] returns it) is in the evaluation pool: FNV-1a of its bytes.
+pub fn in_eval_pool(paragraph: &str) -> bool {
+    let h = paragraph.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    h % EVAL_POOL_MODULUS == 0
 }
 
 /// Builds the demo data from corpus `text`; errors if the corpus has fewer usable passages than asked for.
-pub fn build(text: &str, seed: u64, n_sft: usize, n_prompts: usize, n_heldout: usize) -> Result<DemoData> {
+pub fn build(text: &str, seed: u64, sizes: Sizes) -> Result<DemoData> {
     let paras = paragraphs(text);
     let mut seen = HashSet::new();
-    let mut passages = Vec::new();
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    let mut pretrain = String::new();
+    let mut eval_paragraphs = 0;
     for (i, p) in paras.iter().enumerate() {
+        let in_eval = in_eval_pool(p);
+        if in_eval {
+            eval_paragraphs += 1;
+        } else {
+            pretrain.push_str(p);
+            pretrain.push_str("\n\n");
+        }
         if let Some(ex) = passage(p, &mut Rng::stream(seed, i as u64)) {
             if seen.insert(ex.prompt.clone()) {
-                passages.push(ex);
+                if in_eval { &mut eval } else { &mut train }.push(ex);
             }
         }
     }
-    let need = n_sft + n_prompts + n_heldout;
-    if passages.len() < need {
+    let Sizes { sft: n_sft, rm_prompts: n_rm, ppo_prompts: n_ppo, heldout: n_heldout } = sizes;
+    let need = n_sft + n_rm + n_ppo;
+    if train.len() < need {
         bail!(
-            "the corpus yields only {} usable passages (from {} paragraphs), but {need} were asked for \
-             ({n_sft} SFT + {n_prompts} prompts + {n_heldout} held-out)",
-            passages.len(),
+            "the corpus yields only {} usable passages outside the evaluation pool (from {} paragraphs), but {need} \
+             were asked for ({n_sft} SFT + {n_rm} reward-model prompts + {n_ppo} PPO prompts)",
+            train.len(),
             paras.len()
         );
     }
-    let candidates = passages.len();
-    Rng::new(seed).shuffle(&mut passages);
-    let mut it = passages.into_iter();
+    if eval.len() < n_heldout {
+        bail!(
+            "the corpus yields only {} usable passages in the evaluation pool, but {n_heldout} held-out prompts \
+             were asked for",
+            eval.len()
+        );
+    }
+    let (candidates, eval_candidates) = (train.len(), eval.len());
+    let mut rng = Rng::new(seed);
+    rng.shuffle(&mut train);
+    rng.shuffle(&mut eval);
+    let mut it = train.into_iter();
     let sft: Vec<SftExample> = it.by_ref().take(n_sft).collect();
-    let prompts = it.by_ref().take(n_prompts).map(|e| e.prompt).collect();
-    let heldout = it.by_ref().take(n_heldout).map(|e| e.prompt).collect();
-    Ok(DemoData { sft, prompts, heldout, candidates, paragraphs: paras.len() })
+    let rm_prompts = it.by_ref().take(n_rm).map(|e| e.prompt).collect();
+    let ppo_prompts = it.by_ref().take(n_ppo).map(|e| e.prompt).collect();
+    eval.truncate(n_heldout);
+    Ok(DemoData {
+        sft,
+        rm_prompts,
+        ppo_prompts,
+        heldout: eval,
+        pretrain,
+        candidates,
+        eval_candidates,
+        paragraphs: paras.len(),
+        eval_paragraphs,
+    })
 }
 
 /// Paragraphs of `text`: runs of non-blank lines, joined with single spaces, whitespace collapsed and
@@ -216,40 +279,46 @@ impl DemoData {
         let mean = |v: &[usize]| if v.is_empty() { 0.0 } else { v.iter().sum::<usize>() as f64 / v.len() as f64 };
         let sft_prompt: Vec<usize> = self.sft.iter().map(|e| word_count(&e.prompt)).collect();
         let sft_completion: Vec<usize> = self.sft.iter().map(|e| word_count(&e.completion)).collect();
-        let prompt_words: Vec<usize> = self.prompts.iter().chain(&self.heldout).map(|p| word_count(p)).collect();
+        let prompt_words: Vec<usize> = self.rm_prompts.iter().chain(&self.ppo_prompts).map(|p| word_count(p)).collect();
+        let heldout_completion: Vec<usize> = self.heldout.iter().map(|e| word_count(&e.completion)).collect();
         serde_json::json!({
             "sft": self.sft.len(),
-            "prompts": self.prompts.len(),
+            "rm_prompts": self.rm_prompts.len(),
+            "ppo_prompts": self.ppo_prompts.len(),
             "heldout": self.heldout.len(),
             "candidates": self.candidates,
+            "eval_candidates": self.eval_candidates,
             "paragraphs": self.paragraphs,
+            "eval_pool_paragraphs": self.eval_paragraphs,
+            "pretrain_chars": self.pretrain.chars().count(),
             "mean_sft_prompt_words": mean(&sft_prompt),
             "mean_sft_completion_words": mean(&sft_completion),
             "mean_prompt_only_words": mean(&prompt_words),
+            "mean_heldout_completion_words": mean(&heldout_completion),
             "max_prompt_words": MAX_PROMPT_WORDS,
             "max_completion_words": MAX_COMPLETION_WORDS,
         })
     }
 
-    /// Writes `sft.jsonl`, `prompts.jsonl` and `heldout.jsonl` into `dir` (atomically, one file at a time).
+    /// Writes `sft.jsonl`, `rm-prompts.jsonl`, `ppo-prompts.jsonl`, `heldout.jsonl` and `pretrain.txt` into
+    /// `dir` (atomically, one file at a time).
     pub fn write_files(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-        crate::util::fs::atomic_write(&dir.join("sft.jsonl"), |w| {
-            for e in &self.sft {
-                serde_json::to_writer(&mut *w, e)?;
-                w.write_all(b"\n")?;
-            }
-            Ok(())
-        })?;
-        for (name, list) in [("prompts.jsonl", &self.prompts), ("heldout.jsonl", &self.heldout)] {
+        let write_jsonl = |name: &str, records: &mut dyn Iterator<Item = serde_json::Value>| {
             crate::util::fs::atomic_write(&dir.join(name), |w| {
-                for p in list {
-                    serde_json::to_writer(&mut *w, &serde_json::json!({ "prompt": p }))?;
+                for r in records {
+                    serde_json::to_writer(&mut *w, &r)?;
                     w.write_all(b"\n")?;
                 }
                 Ok(())
-            })?;
-        }
-        Ok(())
+            })
+        };
+        let pair = |e: &SftExample| serde_json::json!({ "prompt": e.prompt, "completion": e.completion });
+        let prompt = |p: &String| serde_json::json!({ "prompt": p });
+        write_jsonl("sft.jsonl", &mut self.sft.iter().map(pair))?;
+        write_jsonl("rm-prompts.jsonl", &mut self.rm_prompts.iter().map(prompt))?;
+        write_jsonl("ppo-prompts.jsonl", &mut self.ppo_prompts.iter().map(prompt))?;
+        write_jsonl("heldout.jsonl", &mut self.heldout.iter().map(pair))?;
+        crate::util::fs::write_atomic(&dir.join("pretrain.txt"), self.pretrain.as_bytes())
     }
 }

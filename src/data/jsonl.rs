@@ -4,9 +4,13 @@
 //! - conversational (SFT):          `{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}`
 //! - preference pair (reward model): `{"prompt": "...", "chosen": "...", "rejected": "..."}`
 //! - ranked K answers (reward model, our shape): `{"prompt": "...", "completions": ["a", "b", ...],
-//!   "ranking": [r_a, r_b, ...]}` where `ranking[i]` is the rank of completion i, 0 = best; equal ranks are
-//!   ties (allowed, and dropped from the pairs). A pair record is the K = 2 case with ranking [0, 1].
-//! - prompt-only (PPO, evaluation):  `{"prompt": "..."}`
+//!   "ranking": [r_a, r_b, ...], "ended": [true, false, ...]}` where `ranking[i]` is the rank of completion
+//!   i, 0 = best; equal ranks are ties (allowed, and dropped from the pairs). A completion may be empty (an
+//!   answer that ended at once is a legal answer). `ended[i]` says whether answer i ended with `<|end|>`
+//!   (false: it was cut at the length limit, and is never given an `<|end|>` it did not have); without the
+//!   field every answer ended. A pair record is the K = 2 case with ranking [0, 1].
+//! - prompt-only (PPO, evaluation):  `{"prompt": "..."}`, for evaluation optionally with the reference
+//!   answer `{"prompt": "...", "completion": "..."}`
 //!
 //! Every error names the file and the 1-based line. With `skip_bad`, malformed lines are counted and
 //! skipped instead.
@@ -23,12 +27,13 @@ pub enum SftExample {
     Conversation(Vec<Message>),
 }
 
-/// K answers to one prompt with their ranks (0 = best).
-#[derive(Clone, Debug, PartialEq)]
+/// K answers to one prompt with their ranks (0 = best) and whether each ended with `<|end|>`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Ranked {
     pub prompt: String,
     pub completions: Vec<String>,
     pub ranking: Vec<u32>,
+    pub ended: Vec<bool>,
 }
 
 impl Ranked {
@@ -128,48 +133,74 @@ pub fn read_sft(path: &Path, skip_bad: bool) -> Result<Read<SftExample>> {
 }
 
 pub fn read_ranked(path: &Path, skip_bad: bool) -> Result<Read<Ranked>> {
-    read_lines(path, skip_bad, |v| {
-        let prompt = text_field(v, "prompt")?;
-        if v.get("chosen").is_some() || v.get("rejected").is_some() {
-            return Ok(Ranked {
-                prompt,
-                completions: vec![text_field(v, "chosen")?, text_field(v, "rejected")?],
-                ranking: vec![0, 1],
-            });
-        }
-        let completions: Vec<String> = match v.get("completions") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, c)| match c {
-                    Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
-                    _ => bail!("completion {i} is empty or not a string"),
-                })
-                .collect::<Result<_>>()?,
-            _ => bail!("expected \"chosen\"/\"rejected\" or a \"completions\" list with a \"ranking\""),
-        };
-        let ranking: Vec<u32> = match v.get("ranking") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|r| {
-                    r.as_u64().map(|x| x as u32).ok_or_else(|| anyhow!("ranking holds {r}, not a rank (0 = best)"))
-                })
-                .collect::<Result<_>>()?,
-            _ => bail!("missing \"ranking\" (one rank per completion, 0 = best)"),
-        };
-        if completions.len() < 2 {
-            bail!("{} completion(s): a ranking needs at least 2", completions.len());
-        }
-        if ranking.len() != completions.len() {
-            bail!("the ranking has {} entries for {} completions", ranking.len(), completions.len());
-        }
-        if ranking.iter().any(|&r| r as usize >= completions.len()) {
-            bail!("ranking {ranking:?} has a rank outside 0..{}", completions.len());
-        }
-        Ok(Ranked { prompt, completions, ranking })
-    })
+    read_lines(path, skip_bad, parse_ranked)
+}
+
+/// One ranked record (either shape of the module docs) from its JSON value.
+pub fn parse_ranked(v: &Value) -> Result<Ranked> {
+    let prompt = text_field(v, "prompt")?;
+    if v.get("chosen").is_some() || v.get("rejected").is_some() {
+        return Ok(Ranked {
+            prompt,
+            completions: vec![text_field(v, "chosen")?, text_field(v, "rejected")?],
+            ranking: vec![0, 1],
+            ended: vec![true, true],
+        });
+    }
+    let completions: Vec<String> = match v.get("completions") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.as_str().map(str::to_string).ok_or_else(|| anyhow!("completion {i} is not a string")))
+            .collect::<Result<_>>()?,
+        _ => bail!("expected \"chosen\"/\"rejected\" or a \"completions\" list with a \"ranking\""),
+    };
+    let ranking: Vec<u32> = match v.get("ranking") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|r| r.as_u64().map(|x| x as u32).ok_or_else(|| anyhow!("ranking holds {r}, not a rank (0 = best)")))
+            .collect::<Result<_>>()?,
+        _ => bail!("missing \"ranking\" (one rank per completion, 0 = best)"),
+    };
+    let ended: Vec<bool> = match v.get("ended") {
+        None => vec![true; completions.len()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|e| e.as_bool().ok_or_else(|| anyhow!("\"ended\" holds {e}, not true or false")))
+            .collect::<Result<_>>()?,
+        Some(_) => bail!("\"ended\" is not a list of true/false (one per completion)"),
+    };
+    if completions.len() < 2 {
+        bail!("{} completion(s): a ranking needs at least 2", completions.len());
+    }
+    if ranking.len() != completions.len() || ended.len() != completions.len() {
+        bail!(
+            "{} completions but {} ranks and {} ended flags (one each per completion)",
+            completions.len(),
+            ranking.len(),
+            ended.len()
+        );
+    }
+    if ranking.iter().any(|&r| r as usize >= completions.len()) {
+        bail!("ranking {ranking:?} has a rank outside 0..{}", completions.len());
+    }
+    if let Some(i) = (0..completions.len()).find(|&i| !ended[i] && completions[i].is_empty()) {
+        bail!("completion {i} is empty but did not end: an answer cut at the length limit has tokens");
+    }
+    Ok(Ranked { prompt, completions, ranking, ended })
 }
 
 pub fn read_prompts(path: &Path, skip_bad: bool) -> Result<Read<String>> {
     read_lines(path, skip_bad, |v| text_field(v, "prompt"))
+}
+
+/// Evaluation prompts: `{"prompt"}` with an optional reference `"completion"`.
+pub fn read_heldout(path: &Path, skip_bad: bool) -> Result<Read<(String, Option<String>)>> {
+    read_lines(path, skip_bad, |v| {
+        let reference = match v.get("completion") {
+            None => None,
+            Some(_) => Some(text_field(v, "completion")?),
+        };
+        Ok((text_field(v, "prompt")?, reference))
+    })
 }

@@ -21,10 +21,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// The presets: `tiny` is the CPU demo size; the others are the four published GPT-2 sizes.
+    /// The presets: `tiny` is the CPU demo size; `gold` is the demo's gold judge's language model (larger
+    /// and longer trained than the policy, see docs/demo.md); the others are the four published GPT-2 sizes.
     pub fn preset(name: &str, vocab_size: usize) -> Result<Config> {
         let (n_layer, n_head, n_embd, n_positions) = match name {
             "tiny" => (4, 4, 128, 256),
+            "gold" => (6, 6, 192, 256),
             "gpt2" => (12, 12, 768, 1024),
             "gpt2-medium" => (24, 16, 1024, 1024),
             "gpt2-large" => (36, 20, 1280, 1024),
@@ -36,7 +38,7 @@ impl Config {
         Ok(cfg)
     }
 
-    pub const PRESETS: [&'static str; 5] = ["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
+    pub const PRESETS: [&'static str; 6] = ["tiny", "gold", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
 
     /// GPT-2's vocabulary size; the presets use it unless a tokenizer says otherwise.
     pub const GPT2_VOCAB: usize = 50257;

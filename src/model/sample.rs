@@ -53,6 +53,11 @@ impl<B: Backend> Gpt2<B> {
 
 /// Pick a token from `logits` (one row) and return it with its temperature-scaled log-probability.
 /// Non-finite logits (a diverged model) are an error, not a token.
+///
+/// Cost per row: O(V) without top-k/top-p (one pass for the log-sum-exp, one inverse-CDF pass in id
+/// order); with top-k, a partial selection of the k largest (O(V)) and a sort of those k; with top-p
+/// alone, a sort of the ids by logit (the nucleus can be any size), and with both, the top-p cut is made
+/// on the sorted top-k set.
 pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> Result<(u32, f32)> {
     if let Some((i, x)) = logits.iter().enumerate().find(|(_, x)| !x.is_finite()) {
         bail!("the model's logit for token {i} is {x}: its weights or activations are not finite");
@@ -64,13 +69,22 @@ pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> Result<(u32, f3
     let tok = if sc.temperature <= 0.0 {
         // First maximum, so ties break towards the lower id (as torch.argmax does).
         z.iter().enumerate().fold(0, |best, (i, &x)| if x > z[best] { i } else { best })
+    } else if sc.top_k == 0 && sc.top_p >= 1.0 {
+        let total: f64 = z.iter().map(|&x| (x - mx).exp()).sum();
+        draw((0..z.len()).map(|i| (i, (z[i] - mx).exp())), total, rng)
     } else {
+        // Descending by logit, ties towards the lower id.
+        let order = |a: &usize, b: &usize| z[*b].total_cmp(&z[*a]).then(a.cmp(b));
         let mut idx: Vec<usize> = (0..z.len()).collect();
-        idx.sort_by(|&a, &b| z[b].partial_cmp(&z[a]).expect("finite logits (checked above)").then(a.cmp(&b)));
-        let mut keep = if sc.top_k > 0 { sc.top_k.min(idx.len()) } else { idx.len() };
+        let mut keep = idx.len();
+        if sc.top_k > 0 && sc.top_k < idx.len() {
+            idx.select_nth_unstable_by(sc.top_k - 1, order);
+            keep = sc.top_k;
+        }
+        idx[..keep].sort_unstable_by(order);
         if sc.top_p < 1.0 {
             let mut cum = 0.0;
-            for (n, &i) in idx.iter().enumerate().take(keep) {
+            for (n, &i) in idx[..keep].iter().enumerate() {
                 cum += (z[i] - lse).exp();
                 if cum >= sc.top_p {
                     keep = n + 1;
@@ -80,31 +94,42 @@ pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> Result<(u32, f3
         }
         let kept = &idx[..keep];
         let total: f64 = kept.iter().map(|&i| (z[i] - mx).exp()).sum();
-        let mut u = rng.uniform() * total;
-        let mut choice = kept[keep - 1];
-        for &i in kept {
-            u -= (z[i] - mx).exp();
-            if u <= 0.0 {
-                choice = i;
-                break;
-            }
-        }
-        choice
+        draw(kept.iter().map(|&i| (i, (z[i] - mx).exp())), total, rng)
     };
     Ok((tok as u32, (z[tok] - lse) as f32))
 }
 
-/// Sample a continuation for every prompt in one batch.
+/// Inverse-CDF draw from (id, unnormalised weight) pairs summing to `total`: the first id at which the
+/// running sum reaches u * total (the last id if rounding leaves u above the sum).
+fn draw(weights: impl Iterator<Item = (usize, f64)>, total: f64, rng: &mut Rng) -> usize {
+    let mut u = rng.uniform() * total;
+    let mut last = 0;
+    for (i, w) in weights {
+        last = i;
+        u -= w;
+        if u <= 0.0 {
+            return i;
+        }
+    }
+    last
+}
+
+/// Sample a continuation for every prompt in one batch. `rngs` holds one generator shared by all rows
+/// (drawn row by row at each step) or one per row (then a row's answer does not depend on the other rows
+/// of the batch: a pure function of its prompt and its generator).
 pub fn generate<B: Backend>(
     be: &B,
     model: &Gpt2<B>,
     prompts: &[Vec<u32>],
     sc: &SampleConfig,
-    rng: &mut Rng,
+    rngs: &mut [Rng],
 ) -> Result<Vec<Generation>> {
     let b = prompts.len();
     if b == 0 {
         return Ok(vec![]);
+    }
+    if rngs.len() != 1 && rngs.len() != b {
+        bail!("{} generators for {b} rows (one shared, or one per row)", rngs.len());
     }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         bail!("prompt {i} is empty: sampling needs at least one token");
@@ -135,6 +160,7 @@ pub fn generate<B: Backend>(
                 next[i] = *out[i].tokens.last().unwrap();
                 continue;
             }
+            let rng = if rngs.len() == 1 { &mut rngs[0] } else { &mut rngs[i] };
             let (tok, lp) = pick(&logits[i], sc, rng)?;
             out[i].tokens.push(tok);
             out[i].logprobs.push(lp);

@@ -1,29 +1,38 @@
 //! Collecting ranked comparisons: K answers per prompt from the current policy, ranked by a person at the
-//! terminal or by a judge, appended to a ranked-K JSONL file
-//!   {"prompt": "...", "completions": ["..", ..K], "ranking": [r_0, .., r_{K-1}]}   (r_i = rank of answer i,
-//!   0 = best, ties share a rank)
-//! Every record is appended and flushed as soon as it is given, and a session skips the prompts the file
-//! already holds, so quitting (or being killed) never loses a label and the next session continues.
+//! terminal or by a judge, appended to a ranked-K JSONL file (the shape of [`crate::data::jsonl`])
+//!   {"prompt": "...", "completions": ["..", ..K], "ranking": [r_0, .., r_{K-1}], "ended": [..K]}
+//! (r_i = rank of answer i, 0 = best, ties share a rank; ended_i = whether answer i ended with `<|end|>`).
+//! An empty answer (the policy ended at once) is a legal answer and is ranked like any other; an answer
+//! cut at the length limit is recorded as not ended, and ranks below every answer that ended (a reader
+//! would rank an answer that stops mid-sentence last), then by score among its kind.
+//! Answers are sampled for several prompts at once; every record is appended and flushed as soon as it is
+//! given, and a session skips the prompts the file already holds, so quitting (or being killed) never
+//! loses a label and the next session continues.
 
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use crate::data::jsonl::{parse_ranked, Ranked};
+use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RankedRecord {
-    pub prompt: String,
-    pub completions: Vec<String>,
-    pub ranking: Vec<usize>,
+/// One sampled answer: its text (without `<|end|>`) and whether it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub ended: bool,
 }
 
-/// Competition ranks from scores (higher is better): rank_i = #answers with a strictly higher score.
-pub fn ranks_from_scores(scores: &[f64]) -> Result<Vec<usize>> {
+/// Competition ranks (rank_i = #answers strictly better than answer i) where an answer that ended beats
+/// one that did not, and otherwise the higher score is better.
+pub fn ranks_from_scores(scores: &[f64], ended: &[bool]) -> Result<Vec<usize>> {
     if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
         bail!("score {i} is {} (not a number a ranking can use)", scores[i]);
     }
-    Ok(scores.iter().map(|s| scores.iter().filter(|o| *o > s).count()).collect())
+    if scores.len() != ended.len() {
+        bail!("{} scores for {} answers", scores.len(), ended.len());
+    }
+    let better = |j: usize, i: usize| (ended[j] && !ended[i]) || (ended[j] == ended[i] && scores[j] > scores[i]);
+    Ok((0..scores.len()).map(|i| (0..scores.len()).filter(|&j| better(j, i)).count()).collect())
 }
 
 /// Parse a typed ranking of `k` answers. Two forms:
@@ -83,7 +92,7 @@ fn order_example(k: usize) -> String {
 
 /// Read the records of an existing output file (missing file: none). A torn last line (a crash while it was
 /// written) is cut off with a warning; any other malformed line is an error naming it.
-pub fn read_records(path: &Path) -> Result<Vec<RankedRecord>> {
+pub fn read_records(path: &Path) -> Result<Vec<Ranked>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -96,7 +105,8 @@ pub fn read_records(path: &Path) -> Result<Vec<RankedRecord>> {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<RankedRecord>(line) {
+        let parsed = serde_json::from_str(line).map_err(|e| anyhow!("not JSON ({e})")).and_then(|v| parse_ranked(&v));
+        match parsed {
             Ok(r) => out.push(r),
             Err(_) if i + 1 == lines.len() && !complete => {
                 let keep = text.len() - line.len();
@@ -104,14 +114,14 @@ pub fn read_records(path: &Path) -> Result<Vec<RankedRecord>> {
                 let f = std::fs::OpenOptions::new().write(true).open(path)?;
                 f.set_len(keep as u64)?;
             }
-            Err(e) => bail!("{}:{}: not a ranked record ({e})", path.display(), i + 1),
+            Err(e) => bail!("{}:{}: not a ranked record ({e:#})", path.display(), i + 1),
         }
     }
     Ok(out)
 }
 
 /// Append one record and flush it to disk.
-pub fn append_record(path: &Path, r: &RankedRecord) -> Result<()> {
+pub fn append_record(path: &Path, r: &Ranked) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -130,17 +140,22 @@ pub struct LabelStats {
     pub quit: bool,
 }
 
-/// A judge ranking K answers to one prompt: their scores (higher is better).
-pub type JudgeFn<'a> = &'a mut dyn FnMut(&str, &[String]) -> Result<Vec<f64>>;
+/// A judge: the scores of (prompt, answer) items, one per item (higher is better).
+pub type JudgeFn<'a> = &'a mut dyn FnMut(&[(String, String)]) -> Result<Vec<f64>>;
 
-/// Label `prompts` into `out`: for each prompt not yet in the file, `generate` K answers, then rank them
-/// with `judge` when given, else ask through `input`/`ui` (re-asking on bad input; `s` skips the prompt,
-/// `q` or end of input stops).
+/// A sampler: K answers to each of the given prompts.
+pub type GenerateFn<'a> = &'a mut dyn FnMut(&[&str]) -> Result<Vec<Vec<Answer>>>;
+
+/// Label `prompts` into `out`, `batch` prompts at a time: for each prompt not yet in the file, `generate`
+/// K answers, then rank them with `judge` when given (one call per batch), else ask through `input`/`ui`
+/// (re-asking on bad input; `s` skips the prompt, `q` or end of input stops).
+#[allow(clippy::too_many_arguments)]
 pub fn label<R: BufRead, W: Write>(
     prompts: &[String],
     k: usize,
+    batch: usize,
     out: &Path,
-    generate: &mut dyn FnMut(&str) -> Result<Vec<String>>,
+    generate: GenerateFn,
     mut judge: Option<JudgeFn>,
     input: &mut R,
     ui: &mut W,
@@ -148,67 +163,102 @@ pub fn label<R: BufRead, W: Write>(
     if k < 2 {
         bail!("-k must be at least 2 to rank answers");
     }
+    if batch == 0 {
+        bail!("labelling needs at least one prompt per batch");
+    }
     let done: HashSet<String> = read_records(out)?.into_iter().map(|r| r.prompt).collect();
     let mut stats = LabelStats::default();
-    let todo: Vec<&String> = prompts.iter().filter(|p| !done.contains(*p)).collect();
+    let todo: Vec<&str> = prompts.iter().filter(|p| !done.contains(*p)).map(String::as_str).collect();
     stats.skipped_done = prompts.len() - todo.len();
-    for (n, prompt) in todo.iter().enumerate() {
-        let answers = generate(prompt)?;
-        if answers.len() != k {
-            bail!("generated {} answers for a prompt, expected {k}", answers.len());
+    let mut n = 0;
+    for chunk in todo.chunks(batch) {
+        let all = generate(chunk)?;
+        if all.len() != chunk.len() || all.iter().any(|a| a.len() != k) {
+            bail!("the sampler gave {} answer lists for {} prompts, expected {k} answers each", all.len(), chunk.len());
         }
-        let ranking = match judge.as_mut() {
+        let scores = match judge.as_mut() {
             Some(j) => {
-                let scores = j(prompt, &answers).context("the judge failed")?;
-                if scores.len() != k {
-                    bail!("the judge returned {} scores for {k} answers", scores.len());
+                let items: Vec<(String, String)> = chunk
+                    .iter()
+                    .zip(&all)
+                    .flat_map(|(p, answers)| answers.iter().map(|a| (p.to_string(), a.text.clone())))
+                    .collect();
+                let s = j(&items).context("the judge failed")?;
+                if s.len() != items.len() {
+                    bail!("the judge returned {} scores for {} answers", s.len(), items.len());
                 }
-                ranks_from_scores(&scores).context("the judge's scores")?
+                Some(s)
             }
-            None => {
-                writeln!(ui, "\n=== prompt {}/{} ===\n{}\n", n + 1, todo.len(), prompt.trim())?;
-                for (i, a) in answers.iter().enumerate() {
-                    writeln!(ui, "--- {} ---\n{}\n", (b'A' + i as u8) as char, a.trim())?;
-                }
-                let mut got = None;
-                loop {
-                    write!(ui, "rank the answers: ranks per answer (e.g. '{}', 0 = best, ties allowed) or best-to-worst letters (e.g. '{}'); s = skip, q = quit: ", (0..k).map(|i| i.to_string()).collect::<Vec<_>>().join(" "), order_example(k))?;
-                    ui.flush()?;
-                    let mut line = String::new();
-                    if input.read_line(&mut line)? == 0 {
-                        break; // end of input: stop like q
+            None => None,
+        };
+        for (i, (prompt, answers)) in chunk.iter().zip(all).enumerate() {
+            n += 1;
+            let ended: Vec<bool> = answers.iter().map(|a| a.ended).collect();
+            let ranking = match &scores {
+                Some(s) => ranks_from_scores(&s[i * k..(i + 1) * k], &ended).context("the judge's scores")?,
+                None => match ask(ui, input, n, todo.len(), prompt, &answers)? {
+                    Asked::Ranking(r) => r,
+                    Asked::Skip => {
+                        stats.skipped_by_user += 1;
+                        continue;
                     }
-                    match line.trim() {
-                        "q" | "Q" => break,
-                        "s" | "S" => {
-                            got = Some(None);
-                            break;
-                        }
-                        other => match parse_ranking(other, k) {
-                            Ok(r) => {
-                                got = Some(Some(r));
-                                break;
-                            }
-                            Err(why) => writeln!(ui, "not a ranking: {why}")?,
-                        },
-                    }
-                }
-                match got {
-                    None => {
+                    Asked::Quit => {
                         stats.quit = true;
                         writeln!(ui, "stopped; {} labels saved in {}", stats.labelled, out.display())?;
                         return Ok(stats);
                     }
-                    Some(None) => {
-                        stats.skipped_by_user += 1;
-                        continue;
-                    }
-                    Some(Some(r)) => r,
-                }
-            }
-        };
-        append_record(out, &RankedRecord { prompt: prompt.to_string(), completions: answers, ranking })?;
-        stats.labelled += 1;
+                },
+            };
+            let record = Ranked {
+                prompt: prompt.to_string(),
+                completions: answers.into_iter().map(|a| a.text).collect(),
+                ranking: ranking.into_iter().map(|r| r as u32).collect(),
+                ended,
+            };
+            append_record(out, &record)?;
+            stats.labelled += 1;
+        }
     }
     Ok(stats)
+}
+
+enum Asked {
+    Ranking(Vec<usize>),
+    Skip,
+    Quit,
+}
+
+/// Shows prompt `n` of `total` and its answers at the terminal and reads a ranking (asking again on bad
+/// input).
+fn ask<R: BufRead, W: Write>(
+    ui: &mut W,
+    input: &mut R,
+    n: usize,
+    total: usize,
+    prompt: &str,
+    answers: &[Answer],
+) -> Result<Asked> {
+    let k = answers.len();
+    writeln!(ui, "\n=== prompt {n}/{total} ===\n{}\n", prompt.trim())?;
+    for (i, a) in answers.iter().enumerate() {
+        let note = if a.ended { "" } else { " (cut off: it did not end)" };
+        let text = if a.text.trim().is_empty() { "(empty answer)" } else { a.text.trim() };
+        writeln!(ui, "--- {}{note} ---\n{text}\n", (b'A' + i as u8) as char)?;
+    }
+    loop {
+        write!(ui, "rank the answers: ranks per answer (e.g. '{}', 0 = best, ties allowed) or best-to-worst letters (e.g. '{}'); s = skip, q = quit: ", (0..k).map(|i| i.to_string()).collect::<Vec<_>>().join(" "), order_example(k))?;
+        ui.flush()?;
+        let mut line = String::new();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(Asked::Quit); // end of input: stop like q
+        }
+        match line.trim() {
+            "q" | "Q" => return Ok(Asked::Quit),
+            "s" | "S" => return Ok(Asked::Skip),
+            other => match parse_ranking(other, k) {
+                Ok(r) => return Ok(Asked::Ranking(r)),
+                Err(why) => writeln!(ui, "not a ranking: {why}")?,
+            },
+        }
+    }
 }

@@ -126,6 +126,11 @@ impl RewardConfig {
 #[derive(Debug, Serialize)]
 pub struct RewardSummary {
     pub steps: u64,
+    /// What was left out of the data, each counted: malformed ranked lines (with `skip_bad`), prompts
+    /// whose answers all tie (no pair to learn from), malformed SFT demonstration lines (with `skip_bad`).
+    pub skipped_lines: usize,
+    pub all_tied_prompts: usize,
+    pub skipped_demo_lines: usize,
     pub train_prompts: usize,
     pub eval_prompts: usize,
     pub eval_pairs: usize,
@@ -151,8 +156,11 @@ pub fn encode_groups(tok: &Tokenizer, ct: &ChatTokens, recs: &[Ranked], ctx: usi
             let pairs = r
                 .completions
                 .iter()
-                .map(|c| {
-                    let (mut p, mut a) = (prompt.clone(), chat::encode_answer(tok, ct, c)?);
+                .zip(&r.ended)
+                .map(|(c, &ended)| {
+                    // An answer cut at the length limit is scored at its last token, without an <|end|>.
+                    let a = if ended { chat::encode_answer(tok, ct, c)? } else { tok.try_encode(c)? };
+                    let (mut p, mut a) = (prompt.clone(), a);
                     chat::fit_context(&mut p, &mut a, ctx);
                     Ok((p, a))
                 })
@@ -314,7 +322,9 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let read = jsonl::read_ranked(&cfg.data, cfg.skip_bad)?;
     let mut groups = encode_groups(&tok, &ct, &read.records, mcfg.n_positions)?;
+    let before = groups.len();
     groups.retain(|g| !g.better_worse.is_empty());
+    let all_tied_prompts = before - groups.len();
     if groups.len() < 2 {
         bail!(
             "{} has {} prompt(s) with at least one untied pair: too few to train and hold out",
@@ -426,6 +436,9 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         eprintln!("reward: paused at step {} of {steps}; continue with --resume", opt.step);
         return Ok(RewardSummary {
             steps: opt.step,
+            skipped_lines: read.skipped,
+            all_tied_prompts,
+            skipped_demo_lines: 0,
             train_prompts: train_groups.len(),
             eval_prompts: eval_groups.len(),
             eval_pairs,
@@ -440,9 +453,11 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let (acc, _) = accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?;
     run.log(&json!({"step": steps, "eval_pair_accuracy": acc, "eval_pair_accuracy_before": acc_before}))?;
     // Reward normalisation: the SFT demonstrations score 0 on average.
+    let mut skipped_demo_lines = 0;
     let bias_shift = match &cfg.sft_data {
         Some(path) => {
             let demos = jsonl::read_sft(path, cfg.skip_bad)?;
+            skipped_demo_lines = demos.skipped;
             let (pairs, _) = chat::encode_examples(&tok, &ct, &demos.records, mcfg.n_positions)?;
             let scores = score_all(be, &rm, &pairs, ct.pad, eval_batch)?;
             let mean = scores.iter().sum::<f64>() / scores.len() as f64;
@@ -463,6 +478,9 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     metrics::write_plot(&cfg.out.join("loss.svg"), &svg)?;
     Ok(RewardSummary {
         steps,
+        skipped_lines: read.skipped,
+        all_tied_prompts,
+        skipped_demo_lines,
         train_prompts: train_groups.len(),
         eval_prompts: eval_groups.len(),
         eval_pairs,

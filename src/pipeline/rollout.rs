@@ -1,11 +1,8 @@
 //! Rollouts, shared by the steps that sample (PPO, evaluation): sampled answers as episodes, laid out as a
 //! right-padded [prompt + answer] batch ([`crate::data::batch::PaddedBatch`], whose doc gives the row of
-//! each answer token), and the log-probabilities of the answers under a model.
+//! each answer token); their log-probabilities under a model are [`crate::model::answer_logprobs`].
 
-use crate::backend::Backend;
 use crate::data::batch::PaddedBatch;
-use crate::model::{Acts, Gpt2};
-use crate::ops::Float;
 use anyhow::{bail, Result};
 
 /// A gold judge as the steps call it: the scores of (prompt, answer) texts, one per pair.
@@ -22,6 +19,17 @@ pub struct Episode {
     pub ended: bool,
 }
 
+/// The reward of an answer as PPO and the evaluation use it: the reward model's score at its last token,
+/// minus `penalty` when the answer never emitted `<|end|>` (the EOS trick, subtracted as TRL does, so a
+/// cut answer is always worse than the same text scored as ended would be, never better).
+pub fn penalised_score(score: f64, ended: bool, penalty: f64) -> f64 {
+    if ended {
+        score
+    } else {
+        score - penalty
+    }
+}
+
 /// Episodes as one right-padded batch, one row each, as wide as the longest.
 pub fn episode_batch(episodes: &[&Episode], pad: u32) -> Result<PaddedBatch> {
     for (i, e) in episodes.iter().enumerate() {
@@ -31,19 +39,4 @@ pub fn episode_batch(episodes: &[&Episode], pad: u32) -> Result<PaddedBatch> {
     }
     let pairs: Vec<(&[u32], &[u32])> = episodes.iter().map(|e| (e.prompt.as_slice(), e.answer.as_slice())).collect();
     PaddedBatch::fitted(&pairs, pad)
-}
-
-/// Per-token log-probabilities of every answer under `model` (temperature-scaled by `inv_temp`), by one
-/// forward pass and the fused cross-entropy (no gradient). Leaves the forward's activations in `acts`.
-pub fn answer_logprobs<B: Backend>(
-    be: &B,
-    model: &Gpt2<B>,
-    acts: &mut Acts<B>,
-    sb: &PaddedBatch,
-    inv_temp: f64,
-) -> Result<Vec<Vec<f64>>> {
-    model.forward(be, acts, &sb.tokens, None, None)?;
-    model.lm_loss(be, acts, &sb.targets, &vec![0.0; sb.b * sb.t], inv_temp, None)?;
-    let losses: Vec<f64> = be.download(&acts.losses).iter().map(|x| -x.f64()).collect();
-    Ok(sb.gather(&losses))
 }

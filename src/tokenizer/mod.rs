@@ -118,9 +118,14 @@ impl Tokenizer {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let json = std::fs::read(path).with_context(|| format!("cannot read tokenizer file {}", path.display()))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&json)
-            .map_err(|e| anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
-        Self::from_inner(inner, &path.display().to_string())
+        Self::from_json(&json, &path.display().to_string())
+    }
+
+    /// Parses the bytes of a `tokenizer.json`; `what` names its source in errors.
+    pub fn from_json(json: &[u8], what: &str) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(|e| anyhow!("{what} is not a valid tokenizer.json: {e}"))?;
+        Self::from_inner(inner, what)
     }
 
     /// Saves as `tokenizer.json` atomically (temporary file in the same directory, then rename).

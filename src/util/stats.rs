@@ -8,3 +8,16 @@ pub fn mean(x: &[f64]) -> f64 {
         x.iter().sum::<f64>() / x.len() as f64
     }
 }
+
+/// The mean of per-group values and the half-width of its normal-approximation 95% confidence interval,
+/// 1.96 s / sqrt(n) with s the sample standard deviation of the group values (groups are the independent
+/// units: in an evaluation, prompts, whose several samples are correlated). NaN half-width for n < 2.
+pub fn mean_ci95(groups: &[f64]) -> (f64, f64) {
+    let n = groups.len();
+    let m = mean(groups);
+    if n < 2 {
+        return (m, f64::NAN);
+    }
+    let var = groups.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1) as f64;
+    (m, 1.96 * (var / n as f64).sqrt())
+}

@@ -5,10 +5,10 @@
 //! trained with its own optimizer). One iteration, top to bottom:
 //!
 //!   1. prompts: the next `batch` prompts of a seeded shuffle (a pure function of seed and iteration)
-//!   2. rollout: sample an answer per prompt (KV cache; temperature T, top-k/top-p; stop at `<|end|>`),
+//!   2. rollout: sample an answer per prompt (KV cache; temperature T, no truncation; stop at `<|end|>`),
 //!      keeping each token's logprob under logits / T
-//!   3. score: reference logprobs (same T), values, and the reward model's score at the answer's last token;
-//!      an answer that never emitted `<|end|>` gets the fixed `no_eos_penalty` instead (the EOS trick)
+//!   3. score: reference logprobs (same T), values, and the reward model's score at the answer's last token,
+//!      minus `no_eos_penalty` for an answer that never emitted `<|end|>` (the EOS trick, as TRL does it)
 //!   4. rewards r_t = -beta (logp_t - ref_t) + score at the last token; GAE; advantages whitened per batch
 //!   5. `ppo_epochs` passes over shuffled minibatches: the clipped surrogate's dL/dlogp is passed to
 //!      `lm_loss` as per-token weights (-dL/dlogp, since its per-token loss is -logp), backward, AdamW;
@@ -35,7 +35,8 @@ use crate::model::scalar::{clone_model, clone_trunk_head, head_step, HeadOpt};
 use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
-use crate::pipeline::rollout::{answer_logprobs, episode_batch, Episode, GoldJudge};
+use crate::model::answer_logprobs;
+use crate::pipeline::rollout::{episode_batch, penalised_score, Episode, GoldJudge};
 use crate::pipeline::run::{
     check, finite_head, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes,
     setting_differences, Fingerprint, Run,
@@ -107,17 +108,20 @@ pub struct PpoConfig {
     /// Sampling temperature of the rollouts.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
-    /// Sample from the k most likely tokens only (0 = all).
+    /// Top-k truncation of the rollouts: only 0 (off) is accepted. PPO's ratio and KL penalty need the
+    /// log-probabilities of the distribution that was sampled, and a truncated distribution is not the one
+    /// the training forward pass computes, so rollouts sample from the whole tempered distribution.
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Nucleus sampling: the smallest set of tokens of probability at least p, in (0, 1].
+    /// Nucleus truncation of the rollouts: only 1 (off) is accepted, for the reason given for --top-k.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
     /// Longest answer of a rollout, in tokens.
     #[arg(long, default_value_t = 24)]
     pub max_new_tokens: usize,
-    /// Score of an answer that does not end with <|end|> within --max-new-tokens.
-    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
+    /// Subtracted from the reward model's score of an answer that does not end with <|end|> within
+    /// --max-new-tokens (the EOS trick; >= 0).
+    #[arg(long, default_value_t = 1.0)]
     pub no_eos_penalty: f64,
     /// PPO-ptx: coefficient of the pretraining LM loss mixed into the policy gradient (0 = off; the batches
     /// come from --ptx-data, in the library from `Hooks::ptx`).
@@ -177,12 +181,17 @@ impl PpoConfig {
         check::non_negative("--vf-coef", self.vf_coef)?;
         check::non_negative("--ent-coef", self.ent_coef)?;
         check::positive("--temperature", self.temperature)?;
-        check::positive("--top-p", self.top_p)?;
-        if self.top_p > 1.0 {
-            bail!("--top-p must be in (0, 1] (got {})", self.top_p);
+        if self.top_k != 0 || self.top_p != 1.0 {
+            bail!(
+                "--top-k {} / --top-p {}: PPO rollouts sample the whole tempered distribution (--top-k 0, --top-p 1), \
+                 because the policy ratio and the KL penalty need the log-probabilities of the distribution \
+                 that was sampled; lower --temperature instead",
+                self.top_k,
+                self.top_p
+            );
         }
         check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)?;
-        check::finite("--no-eos-penalty", self.no_eos_penalty)?;
+        check::non_negative("--no-eos-penalty", self.no_eos_penalty)?;
         check::non_negative("--ptx-coef", self.ptx_coef)?;
         check::at_least("--save-every", self.save_every, 1)?;
         check::positive("ratio_tol", self.ratio_tol)?;
@@ -202,13 +211,22 @@ pub type Decode<'a> = dyn Fn(&[u32]) -> String + 'a;
 /// PPO-ptx's pretraining batch `i`: (inputs, targets, rows, columns), a pure function of `i`.
 pub type PtxBatches<'a> = dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)> + 'a;
 
+/// The gold judge as PPO calls it: its scores of (prompt text, answer text) pairs, where the prompt text
+/// is the user's text (`prompt_text` of the chat-format ids, as `label` and `eval` give the judge), and the
+/// gold score of an answer that never ended (as in `eval`).
+pub struct GoldHook<'a> {
+    pub judge: &'a mut GoldJudge<'a>,
+    pub prompt_text: &'a Decode<'a>,
+    pub unended: f64,
+}
+
 /// What the trainer gets from the other layers (text, judge, pretraining data) as plain functions.
 #[derive(Default)]
 pub struct Hooks<'a> {
-    /// Token ids -> text (samples printed, the gold judge's input).
+    /// Token ids -> text (samples printed, the answers the gold judge reads).
     pub decode: Option<&'a Decode<'a>>,
-    /// The gold judge: scores of (prompt, answer) texts.
-    pub gold: Option<&'a mut GoldJudge<'a>>,
+    /// The gold judge.
+    pub gold: Option<GoldHook<'a>>,
     /// A pretraining batch (inputs, targets, rows, columns) for PPO-ptx, a pure function of its index.
     pub ptx: Option<&'a PtxBatches<'a>>,
     /// Print sample answers and progress to stderr.
@@ -218,7 +236,7 @@ pub struct Hooks<'a> {
 /// A rollout scored and turned into per-token training targets.
 pub struct Rollout {
     pub episodes: Vec<Episode>,
-    /// The score used (reward model at the last token, or the no-EOS penalty).
+    /// The score used (the reward model at the last token, minus the no-EOS penalty for an unended answer).
     pub scores: Vec<f64>,
     /// The reward model's raw score of every answer (also of those that did not end).
     pub rm_scores: Vec<f64>,
@@ -280,7 +298,7 @@ pub fn score_rollout<B: Backend>(
         rm_scores.extend(m.reward.scores(be, &mut acts, &sb)?);
     }
     let scores: Vec<f64> =
-        episodes.iter().zip(&rm_scores).map(|(e, &s)| if e.ended { s } else { cfg.no_eos_penalty }).collect();
+        episodes.iter().zip(&rm_scores).map(|(e, &s)| penalised_score(s, e.ended, cfg.no_eos_penalty)).collect();
     let (mut rewards, mut kl, mut adv, mut ret) = (vec![], vec![], vec![], vec![]);
     for (i, e) in episodes.iter().enumerate() {
         let lp: Vec<f64> = e.logprobs.iter().map(|&x| x as f64).collect();
@@ -328,7 +346,7 @@ pub fn rollout<B: Backend>(
 ) -> Result<Vec<Episode>> {
     let mut eps = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(cfg.minibatch.max(1) * 4) {
-        let gens = generate(be, policy, chunk, &cfg.sample_config(), rng)?;
+        let gens = generate(be, policy, chunk, &cfg.sample_config(), std::slice::from_mut(rng))?;
         eps.extend(chunk.iter().zip(gens).map(|(p, g)| Episode {
             prompt: p.clone(),
             answer: g.tokens,
@@ -785,8 +803,8 @@ pub fn train_from<B: Backend>(
         if let (Some(gold), Some(decode)) = (hooks.gold.as_mut(), hooks.decode) {
             if cfg.gold_every > 0 && (it % cfg.gold_every == 0 || st.iteration == cfg.iterations) {
                 let pairs: Vec<(String, String)> =
-                    ro.episodes.iter().map(|e| (decode(&e.prompt), decode(&e.answer))).collect();
-                let g = gold(&pairs).map_err(|e| fail(&run, format!("the gold judge failed: {e:#}")))?;
+                    ro.episodes.iter().map(|e| ((gold.prompt_text)(&e.prompt), decode(&e.answer))).collect();
+                let g = (gold.judge)(&pairs).map_err(|e| fail(&run, format!("the gold judge failed: {e:#}")))?;
                 if g.len() != pairs.len() || g.iter().any(|x| !x.is_finite()) {
                     return Err(fail(
                         &run,
@@ -797,6 +815,8 @@ pub fn train_from<B: Backend>(
                         ),
                     ));
                 }
+                let g: Vec<f64> =
+                    g.iter().zip(&ro.episodes).map(|(&g, e)| if e.ended { g } else { gold.unended }).collect();
                 rec["gold_score"] = json!(mean(&g));
             }
         }

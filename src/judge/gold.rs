@@ -1,0 +1,227 @@
+//! The default gold judge (`--judge gold`): a fixed stand-in for a person who prefers answers that
+//! continue the passage fluently, stay on its subject, and are cheerful.
+//!
+//! It reads an answer with a frozen "gold" language model (`data/judge/gold/`: a GPT-2-style decoder larger
+//! and trained longer than the demo's policy, on Austen's novels without the demo's evaluation pool, see
+//! `docs/demo.md`) and the VADER lexicon ([`super::lexicon`]). For an answer `a` (its gold-tokenizer tokens
+//! a_1..a_n) to prompt `x`:
+//!
+//! - fluency   F = (1/n) sum_t log p(a_t | EOT, x, a_<t): mean log-likelihood per token of the answer as a
+//!   continuation of the passage (nats; the answer is read with one leading space, as prose continues);
+//! - relevance R = F - (1/n') sum_t log p(a'_t | EOT, a'_<t), where a' is the answer on its own (leading
+//!   space dropped, n' tokens): how much the passage helps predict the answer, a pointwise mutual
+//!   information per token. A generic sentence that fits any passage scores about 0, another passage's
+//!   sentence below 0, a continuation of this passage above 0;
+//! - sentiment S = the VADER compound of the answer in [-1, 1];
+//! - repetition P_rep = the fraction of the answer's word bigrams that repeat an earlier bigram of it, and
+//!   copying P_copy = the fraction of its word trigrams that occur in the prompt (a language model rates
+//!   a text it has just read as likely, so both are checked on words, not by the model).
+//!
+//! The score is one number, higher is better (see [`Weights`] for the constants and their reasons):
+//!
+//!   score = w_F (F - F_0) + w_R R + w_S S - w_rep P_rep - w_copy P_copy - w_short max(0, m - words)
+//!
+//! An answer with no word at all scores [`EMPTY_SCORE`], below any answer with words.
+//! The parts of every verdict are kept ([`Verdict`]) so that a score can be explained.
+
+use super::lexicon::{words, LexiconJudge};
+use super::Judge;
+use crate::backend::Cpu;
+use crate::checkpoint::{self, safetensors::SafeTensors};
+use crate::model::{pairs_logprobs, Gpt2};
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::Path;
+
+/// The gold language model, embedded in the binary (see `data/judge/gold/SOURCE.md`).
+const GOLD_MODEL: &[u8] = include_bytes!("../../data/judge/gold/model.safetensors");
+const GOLD_CONFIG: &str = include_str!("../../data/judge/gold/config.json");
+const GOLD_TOKENIZER: &[u8] = include_bytes!("../../data/judge/gold/tokenizer.json");
+
+/// The constants of the score formula (module docs). Units: F and R in nats per token, S in [-1, 1].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Weights {
+    pub fluency: f64,
+    /// F_0: the fluency that scores 0.
+    pub fluency_ref: f64,
+    pub relevance: f64,
+    pub sentiment: f64,
+    pub repetition: f64,
+    pub copying: f64,
+    /// Per word short of `min_words`.
+    pub short: f64,
+    pub min_words: usize,
+}
+
+/// The weights of the built-in gold judge.
+pub const WEIGHTS: Weights = Weights {
+    fluency: 1.0,
+    fluency_ref: -4.0,
+    relevance: 2.0,
+    sentiment: 1.0,
+    repetition: 4.0,
+    copying: 4.0,
+    short: 0.5,
+    min_words: 4,
+};
+
+/// The score of an answer with no word.
+pub const EMPTY_SCORE: f64 = -10.0;
+
+/// Items scored per forward pass of the gold model (two rows each: with and without the prompt).
+const BATCH: usize = 32;
+
+/// One verdict: the score and the parts it is made of.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub score: f64,
+    pub fluency: f64,
+    pub relevance: f64,
+    pub sentiment: f64,
+    pub repetition: f64,
+    pub copying: f64,
+    pub words: usize,
+}
+
+/// The gold judge: the gold language model on the CPU engine, its tokenizer and the lexicon.
+pub struct GoldJudge {
+    be: Cpu<f32>,
+    lm: Gpt2<Cpu<f32>>,
+    tok: Tokenizer,
+    lexicon: LexiconJudge,
+    weights: Weights,
+}
+
+impl GoldJudge {
+    /// The built-in gold judge (the embedded model and [`WEIGHTS`]).
+    pub fn new() -> Result<Self> {
+        let label = Path::new("<embedded gold model>");
+        let st = SafeTensors::from_bytes(GOLD_MODEL.to_vec(), label)?;
+        let pc = checkpoint::parse_config(GOLD_CONFIG, Path::new("<embedded gold config.json>"))?;
+        let ck = checkpoint::from_safetensors(&st, &pc).context("the embedded gold model is malformed")?;
+        let tok = Tokenizer::from_json(GOLD_TOKENIZER, "<embedded gold tokenizer.json>")?;
+        crate::tokenizer::check_vocab(tok.vocab_size(), ck.config.vocab_size, "the embedded gold model")?;
+        let be = Cpu::<f32>::new();
+        let lm = ck.to_model(&be)?;
+        Ok(Self { be, lm, tok, lexicon: LexiconJudge::new()?, weights: WEIGHTS })
+    }
+
+    /// The verdicts on `(prompt, answer)` pairs, in order.
+    pub fn verdicts(&self, items: &[(String, String)]) -> Result<Vec<Verdict>> {
+        let eot = self.tok.eot();
+        let max = self.lm.cfg.n_positions;
+        // Two rows per item: [EOT, prompt, " " + answer] and [EOT, answer]; empty answers get no rows.
+        let mut rows: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
+        let mut row_of = Vec::with_capacity(items.len());
+        for (prompt, answer) in items {
+            let bare = answer.trim_start();
+            if words(bare).is_empty() {
+                row_of.push(None);
+                continue;
+            }
+            let with = self.tok.encode(&format!(" {bare}"));
+            let alone = self.tok.encode(bare);
+            let ctx: Vec<u32> = std::iter::once(eot).chain(self.tok.encode(prompt)).collect();
+            row_of.push(Some(rows.len()));
+            rows.push(fit(&ctx, &with, max));
+            rows.push(fit(&[eot], &alone, max));
+        }
+        let mean_lp: Vec<f64> = pairs_logprobs(&self.be, &self.lm, &rows, eot, 2 * BATCH)?
+            .iter()
+            .map(|lp| lp.iter().sum::<f64>() / lp.len() as f64)
+            .collect();
+        Ok(items
+            .iter()
+            .zip(row_of)
+            .map(|((prompt, answer), row)| match row {
+                None => Verdict {
+                    score: EMPTY_SCORE,
+                    fluency: f64::NAN,
+                    relevance: f64::NAN,
+                    sentiment: 0.0,
+                    repetition: 0.0,
+                    copying: 0.0,
+                    words: 0,
+                },
+                Some(r) => {
+                    let (fluency, alone) = (mean_lp[r], mean_lp[r + 1]);
+                    let w = words(answer);
+                    let mut v = Verdict {
+                        score: 0.0,
+                        fluency,
+                        relevance: fluency - alone,
+                        sentiment: self.lexicon.score_text(answer),
+                        repetition: repeated_fraction(&w, 2),
+                        copying: copied_fraction(&w, &words(prompt), 3),
+                        words: w.len(),
+                    };
+                    v.score = self.weights.score(&v);
+                    v
+                }
+            })
+            .collect())
+    }
+}
+
+impl Weights {
+    /// The formula of the module docs on a verdict's parts.
+    pub fn score(&self, v: &Verdict) -> f64 {
+        let short = self.min_words.saturating_sub(v.words) as f64;
+        self.fluency * (v.fluency - self.fluency_ref) + self.relevance * v.relevance + self.sentiment * v.sentiment
+            - self.repetition * v.repetition
+            - self.copying * v.copying
+            - self.short * short
+    }
+}
+
+impl Judge for GoldJudge {
+    fn name(&self) -> String {
+        "gold (fluency and relevance under the gold language model, VADER sentiment)".to_string()
+    }
+
+    fn score(&mut self, items: &[(String, String)]) -> Result<Vec<f64>> {
+        Ok(self.verdicts(items)?.into_iter().map(|v| v.score).collect())
+    }
+
+    fn explain(&mut self, items: &[(String, String)]) -> Result<Vec<serde_json::Value>> {
+        self.verdicts(items)?.iter().map(|v| Ok(serde_json::to_value(v)?)).collect()
+    }
+}
+
+/// `(context, answer)` cut to fit `max` positions: the answer keeps at most `max - 1` tokens (its start),
+/// the context its first token (EOT) and as many of its last tokens as still fit.
+fn fit(ctx: &[u32], answer: &[u32], max: usize) -> (Vec<u32>, Vec<u32>) {
+    let answer = &answer[..answer.len().min(max - 1)];
+    let room = max - answer.len();
+    let ctx = if ctx.len() <= room {
+        ctx.to_vec()
+    } else {
+        std::iter::once(ctx[0]).chain(ctx[ctx.len() - (room - 1)..].iter().copied()).collect()
+    };
+    (ctx, answer.to_vec())
+}
+
+/// The fraction of the n-grams of `w` that repeat an earlier n-gram of `w` (0 when there are none).
+pub fn repeated_fraction(w: &[String], n: usize) -> f64 {
+    if w.len() < n {
+        return 0.0;
+    }
+    let mut seen = HashSet::new();
+    let grams = w.windows(n);
+    let total = grams.len();
+    let repeats = grams.filter(|g| !seen.insert(*g)).count();
+    repeats as f64 / total as f64
+}
+
+/// The fraction of the n-grams of `w` that occur in `source` (0 when `w` has none).
+pub fn copied_fraction(w: &[String], source: &[String], n: usize) -> f64 {
+    if w.len() < n {
+        return 0.0;
+    }
+    let known: HashSet<&[String]> = source.windows(n).collect();
+    let grams = w.windows(n);
+    let total = grams.len();
+    grams.filter(|g| known.contains(g)).count() as f64 / total as f64
+}
