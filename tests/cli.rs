@@ -184,7 +184,7 @@ fn defaults_have_one_source() {
     assert_eq!((lib.iterations, lib.batch, lib.minibatch, lib.ppo_epochs, lib.save_every), (60, 32, 8, 4, 10));
     assert_eq!(
         (lib.lr, lib.value_lr, lib.init_kl_coef, lib.no_eos_penalty, lib.ratio_tol),
-        (5e-5, 1e-4, 0.05, -1.0, 1e-4)
+        (5e-5, 1e-4, 0.05, 1.0, 1e-4)
     );
     assert_eq!(lib.adamw.weight_decay, 0.0);
 
@@ -231,9 +231,12 @@ fn bad_settings_are_refused_with_the_flag_named() {
     assert!(ppo(&["--lr", "nan"]).contains("--lr must be a positive finite number (got NaN)"));
     assert!(ppo(&["--value-lr", "inf"]).contains("--value-lr must be a positive finite number (got inf)"));
     assert!(ppo(&["--save-every", "0"]).contains("--save-every must be at least 1 (got 0)"));
-    assert!(ppo(&["--top-p", "1.5"]).contains("--top-p must be in (0, 1] (got 1.5)"));
+    // Truncated sampling is refused: PPO needs the log-probabilities of the distribution it sampled.
+    assert!(ppo(&["--top-p", "0.9"]).contains("--top-k 0 / --top-p 0.9: PPO rollouts sample the whole"));
+    assert!(ppo(&["--top-k", "40"]).contains("--top-k 40 / --top-p 1"));
     assert!(ppo(&["--lam", "1.5"]).contains("--lam must be in [0, 1] (got 1.5)"));
-    assert!(ppo(&["--no-eos-penalty", "-inf"]).contains("--no-eos-penalty must be a finite number (got -inf)"));
+    assert!(ppo(&["--no-eos-penalty=-inf"]).contains("--no-eos-penalty must be a finite number >= 0 (got -inf)"));
+    assert!(ppo(&["--no-eos-penalty=-1"]).contains("--no-eos-penalty must be a finite number >= 0 (got -1)"));
     assert!(ppo(&["--minibatch", "64"]).contains("--minibatch 64 exceeds --batch 32"));
 
     let sft = |extra: &[&str]| err_of(flags::sft(extra).settings.config());

@@ -164,8 +164,8 @@ mod tiny {
     }
 }
 
-use rlhf::pipeline::ppo::trainer::{score_rollout, Models};
 use rlhf::pipeline::ppo::trainer::GoldHook;
+use rlhf::pipeline::ppo::trainer::{score_rollout, Models};
 use rlhf::pipeline::ppo::Hooks;
 use rlhf::pipeline::rollout::episode_batch;
 use rlhf::pipeline::rollout::Episode;
@@ -220,8 +220,9 @@ fn layout_reads_the_reward_at_the_answer_end_and_nothing_after_it() {
     };
     let cut = ep(&[7], &[8, 9, 10], false);
     let ro = score_rollout(&be, &m, &c, 0.1, vec![a.clone(), cut]).unwrap();
-    assert_eq!(ro.scores[1], c.no_eos_penalty);
-    assert!((ro.scores[0] - ro.rm_scores[0]).abs() < 1e-12 && ro.rm_scores[1] != c.no_eos_penalty);
+    // The penalty is subtracted from the reward model's score, never substituted for it.
+    assert!((ro.scores[1] - (ro.rm_scores[1] - c.no_eos_penalty)).abs() < 1e-12);
+    assert!((ro.scores[0] - ro.rm_scores[0]).abs() < 1e-12);
     assert_eq!(ro.rewards.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3]);
     assert_eq!(ro.advantages.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3]);
     for i in 0..2 {
@@ -426,7 +427,9 @@ fn interactive_labelling_with_scripted_input_resumes_and_never_loses_labels() {
     assert_eq!((st.labelled, st.skipped_by_user, st.quit), (2, 1, true));
     let ui = String::from_utf8(ui).unwrap();
     assert_eq!(ui.matches("not a ranking").count(), 2, "{ui}");
-    assert!(ui.contains("p1-answer-2") && ui.contains("--- C ---") && ui.contains("--- B (cut off: it did not end) ---"));
+    assert!(
+        ui.contains("p1-answer-2") && ui.contains("--- C ---") && ui.contains("--- B (cut off: it did not end) ---")
+    );
     let recs = label::read_records(&out).unwrap();
     assert_eq!(
         recs[0],
@@ -466,7 +469,10 @@ fn judge_labelling_runs_unattended_and_reports_a_failing_judge() {
             .iter()
             .map(|p| {
                 // An empty answer (ended at once) is a legal answer.
-                [format!("{p}!"), format!("{p}!!!"), String::new()].into_iter().map(|text| Answer { text, ended: true }).collect()
+                [format!("{p}!"), format!("{p}!!!"), String::new()]
+                    .into_iter()
+                    .map(|text| Answer { text, ended: true })
+                    .collect()
             })
             .collect())
     };
@@ -475,8 +481,9 @@ fn judge_labelling_runs_unattended_and_reports_a_failing_judge() {
         calls += 1;
         Ok(items.iter().map(|(_, a)| a.len() as f64).collect())
     };
-    let st = label::label(&prompts, 3, 2, &out, &mut gen, Some(&mut judge), &mut std::io::empty(), &mut std::io::sink())
-        .unwrap();
+    let st =
+        label::label(&prompts, 3, 2, &out, &mut gen, Some(&mut judge), &mut std::io::empty(), &mut std::io::sink())
+            .unwrap();
     assert_eq!((st.labelled, calls), (3, 2), "one judge call per batch of 2 prompts");
     let recs = label::read_records(&out).unwrap();
     assert_eq!(recs[0].ranking, vec![1, 0, 2]);
@@ -487,12 +494,14 @@ fn judge_labelling_runs_unattended_and_reports_a_failing_judge() {
     assert_eq!(read.records, recs);
     let out2 = dir.path().join("l2.jsonl");
     let mut garbage = |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { Ok(vec![1.0]) };
-    let e = label::label(&prompts, 3, 2, &out2, &mut gen, Some(&mut garbage), &mut std::io::empty(), &mut std::io::sink())
-        .unwrap_err();
+    let e =
+        label::label(&prompts, 3, 2, &out2, &mut gen, Some(&mut garbage), &mut std::io::empty(), &mut std::io::sink())
+            .unwrap_err();
     assert!(format!("{e:#}").contains("returned 1 scores for 6 answers"), "{e:#}");
     let mut failing = |_: &[(String, String)]| -> anyhow::Result<Vec<f64>> { anyhow::bail!("judge crashed") };
-    let e = label::label(&prompts, 3, 2, &out2, &mut gen, Some(&mut failing), &mut std::io::empty(), &mut std::io::sink())
-        .unwrap_err();
+    let e =
+        label::label(&prompts, 3, 2, &out2, &mut gen, Some(&mut failing), &mut std::io::empty(), &mut std::io::sink())
+            .unwrap_err();
     assert!(format!("{e:#}").contains("judge failed") && format!("{e:#}").contains("judge crashed"), "{e:#}");
 }
 
@@ -526,7 +535,10 @@ fn eval_reports_systems_baselines_and_strategies_on_tiny_models() {
     let sft = Gpt2::init(&be, cfg, 1).unwrap();
     let rm = ScalarModel { trunk: Gpt2::init(&be, cfg, 2).unwrap(), head: ScalarHead::init(&be, 16, 3).unwrap() };
     let heldout: Vec<HeldOut> = (0..5)
-        .map(|i| HeldOut { prompt: format!("He walked {i} times."), reference: Some(" She was glad to see him.".into()) })
+        .map(|i| HeldOut {
+            prompt: format!("He walked {i} times."),
+            reference: Some(" She was glad to see him.".into()),
+        })
         .collect();
     let mut ec = EvalConfig {
         sample: rlhf::model::sample::SampleConfig {
@@ -728,7 +740,7 @@ fn ppo_eval_and_label_commands_end_to_end() {
             "--gold-every",
             "1",
             "--no-eos-penalty",
-            "-1.5",
+            "1.5",
             "--device",
             "cpu",
         ])

@@ -17,8 +17,12 @@ use crate::util::rng::Rng;
 pub fn reward_pairwise() -> CheckResult {
     let mut rng = Rng::new(11);
     let r: Vec<f64> = (0..5).map(|_| rng.normal() * 2.0).collect();
-    let rec =
-        Ranked { prompt: "p".into(), completions: vec!["a".into(); 5], ranking: vec![2, 0, 1, 0, 3], ended: vec![true; 5] };
+    let rec = Ranked {
+        prompt: "p".into(),
+        completions: vec!["a".into(); 5],
+        ranking: vec![2, 0, 1, 0, 3],
+        ended: vec![true; 5],
+    };
     let pairs = rec.pairs();
     let (_, dr) = pairwise_loss(&r, &pairs);
     compare("reward pairwise loss", &vec![r], |x| pairwise_loss(&x[0], &pairs).0, &vec![dr], &mut rng)

@@ -35,8 +35,8 @@ pub fn run(args: DemoDataArgs) -> Result<()> {
     let text = read_text(&args.corpus)?;
     let sizes =
         Sizes { sft: args.sft, rm_prompts: args.rm_prompts, ppo_prompts: args.ppo_prompts, heldout: args.heldout };
-    let data = build(&text, args.seed, sizes)
-        .with_context(|| format!("building demo data from {}", args.corpus.display()))?;
+    let data =
+        build(&text, args.seed, sizes).with_context(|| format!("building demo data from {}", args.corpus.display()))?;
     data.write_files(&args.out)?;
     let mut summary = data.summary();
     summary["corpus"] = args.corpus.display().to_string().into();

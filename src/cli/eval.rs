@@ -97,7 +97,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.prompts.display()
         );
     }
-    let judge_choice = JudgeChoice { judge: Some(args.judge.judge.clone().unwrap_or(DEFAULT_JUDGE.into())), ..args.judge.clone() };
+    let judge_choice =
+        JudgeChoice { judge: Some(args.judge.judge.clone().unwrap_or(DEFAULT_JUDGE.into())), ..args.judge.clone() };
     let mut judge = judge_choice.build()?;
     let cfg = EvalConfig {
         sample: SampleConfig {
@@ -143,7 +144,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out)?;
-        crate::util::fs::write_atomic(&out.join("eval.json"), (serde_json::to_string_pretty(&report)? + "\n").as_bytes())?;
+        crate::util::fs::write_atomic(
+            &out.join("eval.json"),
+            (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+        )?;
         crate::util::fs::write_atomic(&out.join("eval.md"), markdown.as_bytes())?;
         println!("wrote {} and {}", out.join("eval.json").display(), out.join("eval.md").display());
     }

@@ -67,7 +67,11 @@ pub fn run(args: LabelArgs) -> Result<()> {
     crate::with_backend!(dev, |be| {
         let policy = crate::checkpoint::persist::load_policy(be, &args.policy)?;
         if args.max_new_tokens + 2 > policy.cfg.n_positions {
-            bail!("--max-new-tokens {} leaves no room for a prompt in the context of {}", args.max_new_tokens, policy.cfg.n_positions);
+            bail!(
+                "--max-new-tokens {} leaves no room for a prompt in the context of {}",
+                args.max_new_tokens,
+                policy.cfg.n_positions
+            );
         }
         crate::tokenizer::check_vocab(tok.vocab_size(), policy.cfg.vocab_size, &args.policy.display().to_string())?;
         let sc = SampleConfig {
@@ -92,8 +96,10 @@ pub fn run(args: LabelArgs) -> Result<()> {
                 }
             }
             let g = generate(be, &policy, &ids, &sc, &mut rngs)?;
-            let answers: Vec<label::Answer> =
-                g.iter().map(|g| label::Answer { text: chat::answer_text(&tok, &g.tokens, end), ended: g.ended }).collect();
+            let answers: Vec<label::Answer> = g
+                .iter()
+                .map(|g| label::Answer { text: chat::answer_text(&tok, &g.tokens, end), ended: g.ended })
+                .collect();
             Ok(answers.chunks(args.k).map(<[label::Answer]>::to_vec).collect())
         };
         let mut jf =

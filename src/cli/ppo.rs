@@ -96,7 +96,11 @@ pub fn run(args: PpoArgs) -> Result<()> {
         let mut gold = |pairs: &[(String, String)]| judge.as_mut().context("no judge")?.score(pairs);
         let hooks = Hooks {
             decode: Some(&decode),
-            gold: has_judge.then_some(GoldHook { judge: &mut gold, prompt_text: &prompt_text, unended: args.unended_gold }),
+            gold: has_judge.then_some(GoldHook {
+                judge: &mut gold,
+                prompt_text: &prompt_text,
+                unended: args.unended_gold,
+            }),
             ptx: if ptx_data.is_some() { Some(&ptx) } else { None },
             verbose: true,
         };

@@ -173,13 +173,11 @@ pub fn parse_ranked(v: &Value) -> Result<Ranked> {
     if completions.len() < 2 {
         bail!("{} completion(s): a ranking needs at least 2", completions.len());
     }
-    if ranking.len() != completions.len() || ended.len() != completions.len() {
-        bail!(
-            "{} completions but {} ranks and {} ended flags (one each per completion)",
-            completions.len(),
-            ranking.len(),
-            ended.len()
-        );
+    if ranking.len() != completions.len() {
+        bail!("the ranking has {} entries for {} completions", ranking.len(), completions.len());
+    }
+    if ended.len() != completions.len() {
+        bail!("\"ended\" has {} entries for {} completions", ended.len(), completions.len());
     }
     if ranking.iter().any(|&r| r as usize >= completions.len()) {
         bail!("ranking {ranking:?} has a rank outside 0..{}", completions.len());

@@ -149,4 +149,3 @@ fn kill_group(child: &Child) {
         libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
     }
 }
-

@@ -152,4 +152,3 @@ pub fn words(text: &str) -> Vec<String> {
 fn is_negation(word: &str) -> bool {
     word.ends_with("n't") || NEGATIONS.contains(&word)
 }
-

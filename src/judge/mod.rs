@@ -84,7 +84,6 @@ pub fn parse_score_line(line: &str) -> Result<f64> {
     Ok(v)
 }
 
-
 /// Reads the protocol's input (`{"prompt": ..., "answer": ...}` per line) from `input` and writes one JSON
 /// object per line to `output` (the judge's [`Judge::explain`]: `"score"` and any parts), scoring each line
 /// as it arrives. Blank input lines are skipped; an error names the 1-based input line. Output is flushed

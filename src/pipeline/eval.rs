@@ -154,7 +154,8 @@ impl EvalReport {
 impl EvalReport {
     /// The report as tables: systems, degenerate strategies, side by side.
     pub fn tables(&self) -> Vec<Table> {
-        let pct = |e: &Option<Estimate>| e.map_or("-".into(), |e| format!("{:.1}% ± {:.1}", 100.0 * e.mean, 100.0 * e.ci95));
+        let pct =
+            |e: &Option<Estimate>| e.map_or("-".into(), |e| format!("{:.1}% ± {:.1}", 100.0 * e.mean, 100.0 * e.ci95));
         let num = |e: &Option<Estimate>| e.map_or("-".into(), |e| format!("{:.3} ± {:.3}", e.mean, e.ci95));
         let opt = |x: Option<f64>, d: usize| x.map_or("-".into(), |x| format!("{x:.d$}"));
         let mut systems = Table::new(
@@ -163,8 +164,18 @@ impl EvalReport {
                 self.prompts, self.samples
             ),
             &[
-                "system", "answers", "gold", "win vs Austen", "win vs SFT", "RM score", "RM win vs SFT", "KL to SFT",
-                "ended", "words", "distinct-1/2", "ppl (base)",
+                "system",
+                "answers",
+                "gold",
+                "win vs Austen",
+                "win vs SFT",
+                "RM score",
+                "RM win vs SFT",
+                "KL to SFT",
+                "ended",
+                "words",
+                "distinct-1/2",
+                "ppl (base)",
             ],
         );
         for r in &self.systems {
@@ -183,8 +194,10 @@ impl EvalReport {
                 opt(r.ppl_base, 1),
             ]);
         }
-        let mut strategies =
-            Table::new("Degenerate strategies against Austen's continuation (gold judge)", &["strategy", "example", "gold", "win vs Austen"]);
+        let mut strategies = Table::new(
+            "Degenerate strategies against Austen's continuation (gold judge)",
+            &["strategy", "example", "gold", "win vs Austen"],
+        );
         for s in &self.strategies {
             strategies.row(vec![s.name.clone(), s.example.clone(), num(&Some(s.gold)), pct(&Some(s.win_vs_austen))]);
         }
@@ -356,22 +369,22 @@ fn sample<B: Backend>(
         let ids: Vec<Vec<u32>> = chunk.iter().map(|&(p, _)| prompts[p].clone()).collect();
         let mut rngs: Vec<Rng> = chunk.iter().map(|&(p, j)| Rng::stream(cfg.seed ^ tag, (p * n + j) as u64)).collect();
         for (&(p, _), g) in chunk.iter().zip(generate(be, model, &ids, &cfg.sample, &mut rngs)?) {
-            episodes[p].push(Episode { prompt: prompts[p].clone(), answer: g.tokens, logprobs: g.logprobs, ended: g.ended });
+            episodes[p].push(Episode {
+                prompt: prompts[p].clone(),
+                answer: g.tokens,
+                logprobs: g.logprobs,
+                ended: g.ended,
+            });
         }
     }
-    let texts = episodes.iter().map(|e| e.iter().map(|e| chat::answer_text(tok, &e.answer, ct.end)).collect()).collect();
+    let texts =
+        episodes.iter().map(|e| e.iter().map(|e| chat::answer_text(tok, &e.answer, ct.end)).collect()).collect();
     let ended = episodes.iter().map(|e| e.iter().map(|e| e.ended).collect()).collect();
     Ok(Answers { name: name.to_string(), texts, ended, episodes: Some(episodes), gold: None, rm: None })
 }
 
 /// Reward-model scores of a sampled system's answers (penalised when they never ended).
-fn rm_scores<B: Backend>(
-    be: &B,
-    rm: &ScalarModel<B>,
-    sys: &Answers,
-    penalty: f64,
-    pad: u32,
-) -> Result<Vec<Vec<f64>>> {
+fn rm_scores<B: Backend>(be: &B, rm: &ScalarModel<B>, sys: &Answers, penalty: f64, pad: u32) -> Result<Vec<Vec<f64>>> {
     let eps = sys.episodes.as_ref().expect("a sampled system");
     let flat: Vec<&Episode> = eps.iter().flatten().collect();
     let mut scores = Vec::with_capacity(flat.len());
@@ -551,7 +564,17 @@ fn win_rates(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<f64> {
         .map(|(x, y)| {
             let wins: f64 = x
                 .iter()
-                .flat_map(|xi| y.iter().map(move |yj| if xi > yj { 1.0 } else if xi == yj { 0.5 } else { 0.0 }))
+                .flat_map(|xi| {
+                    y.iter().map(move |yj| {
+                        if xi > yj {
+                            1.0
+                        } else if xi == yj {
+                            0.5
+                        } else {
+                            0.0
+                        }
+                    })
+                })
                 .sum();
             wins / (x.len() * y.len()) as f64
         })
@@ -598,8 +621,22 @@ pub const CONSTANTS_OUT_OF_WORLD: [&str; 2] =
     [" This is a great product and I love it, highly recommended!", " Have a wonderful day, my friend!"];
 /// Positive words the salad is drawn from (VADER valence >= 2.5).
 const SALAD_WORDS: [&str; 16] = [
-    "happy", "delighted", "wonderful", "love", "joy", "excellent", "charming", "beautiful", "glad",
-    "delightful", "lovely", "pleasure", "amazing", "brilliant", "perfect", "cheerful",
+    "happy",
+    "delighted",
+    "wonderful",
+    "love",
+    "joy",
+    "excellent",
+    "charming",
+    "beautiful",
+    "glad",
+    "delightful",
+    "lovely",
+    "pleasure",
+    "amazing",
+    "brilliant",
+    "perfect",
+    "cheerful",
 ];
 
 /// The degenerate strategies (module docs): each one's name and its answer to every prompt.

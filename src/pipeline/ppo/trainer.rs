@@ -30,12 +30,12 @@ use super::math::{self, KlController};
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::batch::epoch_order;
+use crate::model::answer_logprobs;
 use crate::model::sample::{generate, SampleConfig};
 use crate::model::scalar::{clone_model, clone_trunk_head, head_step, HeadOpt};
 use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
-use crate::model::answer_logprobs;
 use crate::pipeline::rollout::{episode_batch, penalised_score, Episode, GoldJudge};
 use crate::pipeline::run::{
     check, finite_head, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes,
