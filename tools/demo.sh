@@ -4,8 +4,8 @@
 # The task: continue a Jane Austen passage; the labeller is the built-in gold judge, a fixed stand-in for a
 # person who prefers continuations that are fluent, on the passage's subject and cheerful (docs/demo.md).
 # Each stage prints the numbers that show it worked; the evaluation compares the PPO policy with the SFT
-# model, Austen's own continuations and two baselines, with 95% intervals; runs/demo/report.html gathers
-# every stage's numbers, plots and the side-by-side samples.
+# model, Austen's own continuations and two baselines, with 95% intervals, and writes its tables and the
+# side-by-side samples to runs/demo/eval/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/demo}
@@ -52,7 +52,4 @@ stage "4. evaluation on the held-out prompts: PPO vs SFT, Austen, best-of-4 and 
 rlhf eval --device "$DEVICE" --policy "$OUT/ppo" --sft "$OUT/sft" --reward "$OUT/reward" --base "$OUT/pretrain" \
   --prompts "$OUT/data/heldout.jsonl" "${TOK[@]}" --judge gold --max-new-tokens "$MAX_NEW" \
   --ppo-run "$OUT/ppo" --out "$OUT/eval"
-
-stage "report"
-rlhf report --run "$OUT"
-stage "done: open $OUT/report.html (metrics in $OUT/*/metrics.jsonl, plots in $OUT/*/*.svg)"
+stage "done: tables in $OUT/eval/eval.md, metrics in $OUT/*/metrics.jsonl, plots in $OUT/*/*.svg"

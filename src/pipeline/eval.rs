@@ -250,7 +250,7 @@ pub fn evaluate<'j, B: Backend>(
     ct: &ChatTokens,
     heldout: &[HeldOut],
     cfg: &EvalConfig,
-    mut judge: Option<&mut (dyn Judge + 'j)>,
+    judge: Option<&mut (dyn Judge + 'j)>,
 ) -> Result<EvalReport> {
     if heldout.is_empty() {
         bail!("no held-out prompts");
@@ -281,7 +281,7 @@ pub fn evaluate<'j, B: Backend>(
         _ => vec![],
     };
     let judge_name = judge.as_ref().map(|j| j.name());
-    if let Some(j) = judge.as_deref_mut() {
+    if let Some(j) = judge {
         let mut all: Vec<&mut Answers> = vec![&mut policy, &mut sft, &mut best];
         all.extend(austen.as_mut());
         all.extend(strategies.iter_mut());
