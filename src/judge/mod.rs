@@ -64,6 +64,17 @@ pub fn from_spec(spec: &str, timeout: Duration) -> Result<Box<dyn Judge>> {
     }
 }
 
+/// Refuses a judge's reply that does not hold one finite score per answer; `who` names the judge.
+pub fn check_scores(who: &str, scores: &[f64], answers: usize) -> Result<()> {
+    if scores.len() != answers {
+        bail!("{who} returned {} scores for {answers} answers", scores.len());
+    }
+    if let Some(i) = scores.iter().position(|x| !x.is_finite()) {
+        bail!("{who} scored answer {} of {answers} as {}, not a number", i + 1, scores[i]);
+    }
+    Ok(())
+}
+
 /// Parses one output line of the protocol: a bare number or an object with a numeric `"score"`.
 pub fn parse_score_line(line: &str) -> Result<f64> {
     let t = line.trim();

@@ -32,7 +32,8 @@ use crate::judge::{words, Judge};
 use crate::model::sample::{generate, SampleConfig};
 use crate::model::{answer_logprobs, pairs_logprobs, Acts, Gpt2, ScalarModel};
 use crate::pipeline::metrics;
-use crate::pipeline::rollout::{episode_batch, penalised_score, Episode};
+use crate::pipeline::reward::score_all;
+use crate::pipeline::rollout::{episode_batch, gold_score, penalised_score, Episode};
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use crate::util::stats::{mean, mean_ci95};
@@ -387,13 +388,12 @@ fn sample<B: Backend>(
 fn rm_scores<B: Backend>(be: &B, rm: &ScalarModel<B>, sys: &Answers, penalty: f64, pad: u32) -> Result<Vec<Vec<f64>>> {
     let eps = sys.episodes.as_ref().expect("a sampled system");
     let flat: Vec<&Episode> = eps.iter().flatten().collect();
-    let mut scores = Vec::with_capacity(flat.len());
-    for c in flat.chunks(32) {
-        let sb = episode_batch(c, pad)?;
-        let mut acts = Acts::new(be, &rm.cfg(), sb.b, sb.t)?;
-        let s = rm.scores(be, &mut acts, &sb)?;
-        scores.extend(c.iter().zip(s).map(|(e, s)| penalised_score(s, e.ended, penalty)));
-    }
+    let pairs: Vec<_> = flat.iter().map(|e| (e.prompt.clone(), e.answer.clone())).collect();
+    let scores: Vec<f64> = score_all(be, rm, &pairs, pad, 32)?
+        .into_iter()
+        .zip(&flat)
+        .map(|(s, e)| penalised_score(s, e.ended, penalty))
+        .collect();
     Ok(regroup(&scores, eps.iter().map(Vec::len)))
 }
 
@@ -415,7 +415,7 @@ fn fixed_rm_scores<B: Backend>(
             pairs.push((p, a));
         }
     }
-    let scores = crate::pipeline::reward::score_all(be, rm, &pairs, ct.pad, 32)?;
+    let scores = score_all(be, rm, &pairs, ct.pad, 32)?;
     Ok(regroup(&scores, sys.texts.iter().map(Vec::len)))
 }
 
@@ -452,26 +452,14 @@ fn gold_scores(judge: &mut dyn Judge, heldout: &[HeldOut], systems: &mut [&mut A
         }
     }
     let scores = judge.score(&items)?;
-    if scores.len() != items.len() || scores.iter().any(|x| !x.is_finite()) {
-        bail!("the gold judge returned {} scores (or non-numbers) for {} answers", scores.len(), items.len());
-    }
+    crate::judge::check_scores("the gold judge", &scores, items.len())?;
     let mut it = scores.into_iter();
     for s in systems.iter_mut() {
         let gold = s
             .ended
             .iter()
             .map(|ended| {
-                ended
-                    .iter()
-                    .map(|&e| {
-                        let g = it.next().expect("one score per item");
-                        if e {
-                            g
-                        } else {
-                            unended
-                        }
-                    })
-                    .collect()
+                ended.iter().map(|&e| gold_score(it.next().expect("one score per item"), e, unended)).collect()
             })
             .collect();
         s.gold = Some(gold);

@@ -184,9 +184,7 @@ pub fn label<R: BufRead, W: Write>(
                     .flat_map(|(p, answers)| answers.iter().map(|a| (p.to_string(), a.text.clone())))
                     .collect();
                 let s = j(&items).context("the judge failed")?;
-                if s.len() != items.len() {
-                    bail!("the judge returned {} scores for {} answers", s.len(), items.len());
-                }
+                crate::judge::check_scores("the judge", &s, items.len())?;
                 Some(s)
             }
             None => None,

@@ -30,6 +30,16 @@ pub fn penalised_score(score: f64, ended: bool, penalty: f64) -> f64 {
     }
 }
 
+/// The gold score of an answer as PPO and the evaluation count it: the judge's score, or `unended` for an
+/// answer that never emitted `<|end|>` (so running on to the length limit never pays).
+pub fn gold_score(gold: f64, ended: bool, unended: f64) -> f64 {
+    if ended {
+        gold
+    } else {
+        unended
+    }
+}
+
 /// Episodes as one right-padded batch, one row each, as wide as the longest.
 pub fn episode_batch(episodes: &[&Episode], pad: u32) -> Result<PaddedBatch> {
     for (i, e) in episodes.iter().enumerate() {

@@ -36,7 +36,7 @@ use crate::model::scalar::{clone_model, clone_trunk_head, head_step, HeadOpt};
 use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
-use crate::pipeline::rollout::{episode_batch, penalised_score, Episode, GoldJudge};
+use crate::pipeline::rollout::{episode_batch, gold_score, penalised_score, Episode, GoldJudge};
 use crate::pipeline::run::{
     check, finite_head, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes,
     setting_differences, Fingerprint, Run,
@@ -805,18 +805,10 @@ pub fn train_from<B: Backend>(
                 let pairs: Vec<(String, String)> =
                     ro.episodes.iter().map(|e| ((gold.prompt_text)(&e.prompt), decode(&e.answer))).collect();
                 let g = (gold.judge)(&pairs).map_err(|e| fail(&run, format!("the gold judge failed: {e:#}")))?;
-                if g.len() != pairs.len() || g.iter().any(|x| !x.is_finite()) {
-                    return Err(fail(
-                        &run,
-                        format!(
-                            "the gold judge returned {} scores (some not finite?) for {} answers",
-                            g.len(),
-                            pairs.len()
-                        ),
-                    ));
-                }
+                crate::judge::check_scores("the gold judge", &g, pairs.len())
+                    .map_err(|e| fail(&run, format!("{e:#}")))?;
                 let g: Vec<f64> =
-                    g.iter().zip(&ro.episodes).map(|(&g, e)| if e.ended { g } else { gold.unended }).collect();
+                    g.iter().zip(&ro.episodes).map(|(&g, e)| gold_score(g, e.ended, gold.unended)).collect();
                 rec["gold_score"] = json!(mean(&g));
             }
         }
