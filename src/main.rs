@@ -16,7 +16,8 @@ use rlhf::cli;
 ///   rlhf label --policy runs/sft --prompts prompts.jsonl -k 4 --judge "rlhf judge" --out ranked.jsonl
 ///   rlhf reward --base runs/sft --data ranked.jsonl --tokenizer tokenizer.json --out runs/reward
 ///   rlhf ppo --policy runs/sft --reward runs/reward --prompts prompts.jsonl --out runs/ppo
-///   rlhf eval --policy runs/ppo --sft runs/sft --reward runs/reward --prompts heldout.jsonl
+///   rlhf eval --policy runs/ppo --sft runs/sft --reward runs/reward --prompts heldout.jsonl --out runs/eval
+///   rlhf report --run runs
 ///
 /// Every command that computes takes --device cpu|cuda|auto (auto: CUDA when usable, else the CPU).
 #[derive(Parser, Debug)]
@@ -53,6 +54,8 @@ enum Command {
     Score(cli::reward::ScoreArgs),
     /// Step 3: PPO against the reward model, with a per-token KL penalty to the SFT model.
     Ppo(cli::ppo::PpoArgs),
+    /// Steps 2 and 3 repeated: rank the policy's answers, retrain the reward model, continue PPO (resumable).
+    Iterate(cli::iterate::IterateArgs),
     /// Held-out win rate of a policy against the SFT model; the over-optimisation curve of a PPO run.
     Eval(cli::eval::EvalArgs),
     /// Check every op's backward and the whole model's gradient against finite differences (f64).
@@ -61,6 +64,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Write a checkpoint as a Hugging Face folder (GPT2LMHeadModel / reward head) with its tokenizer.
     Export(cli::export::ExportArgs),
+    /// One page of a pipeline's results: each step's numbers, plots and tables (report.html, report.md).
+    Report(cli::report::ReportArgs),
 }
 
 fn main() {
@@ -86,6 +91,8 @@ fn main() {
         Command::Gradcheck(args) => cli::gradcheck::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Export(args) => cli::export::run(&args),
+        Command::Report(args) => cli::report::run(args),
+        Command::Iterate(args) => cli::iterate::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

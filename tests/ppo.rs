@@ -587,7 +587,7 @@ fn eval_reports_systems_baselines_and_strategies_on_tiny_models() {
     ec.side_by_side = 0;
     let r = eval::evaluate(&be, &models, &tok, &ct, &bare, &ec, Some(&mut judge)).unwrap();
     assert!(r.system("Austen").is_none() && r.strategies.is_empty() && r.best_constant.is_none());
-    let e = eval::overoptimisation_plot(dir.path(), &dir.path().join("x.svg")).unwrap_err();
+    let e = eval::Curve::of_run(dir.path()).unwrap_err();
     assert!(format!("{e:#}").contains("metrics.jsonl"), "{e:#}");
 }
 
@@ -769,6 +769,8 @@ fn ppo_eval_and_label_commands_end_to_end() {
         judge,
         "--ppo-run",
         &d("run"),
+        "--out",
+        &d("eval"),
         "--max-new-tokens",
         "5",
         "--device",
@@ -776,7 +778,15 @@ fn ppo_eval_and_label_commands_end_to_end() {
     ])
     .a;
     run_eval(a).unwrap();
-    assert!(dir.path().join("run/overoptimisation.svg").is_file());
+    assert!(dir.path().join("eval/overoptimisation.svg").is_file());
+    // each step leaves its summary; the report gathers them, PPO before the evaluation, plots inline
+    let (html, md) = rlhf::pipeline::report::write(dir.path()).unwrap();
+    let html = std::fs::read_to_string(html).unwrap();
+    let (ppo_at, eval_at) = (html.find("<h2>ppo (run)</h2>").unwrap(), html.find("<h2>eval (eval)</h2>").unwrap());
+    assert!(ppo_at < eval_at, "pipeline order");
+    assert_eq!(html.matches("<svg").count(), 4, "three PPO plots and the over-optimisation curve");
+    assert!(html.contains("policy: gold win rate vs SFT"), "the evaluation's headline numbers");
+    assert!(std::fs::read_to_string(md).unwrap().contains("![eval/overoptimisation.svg](eval/overoptimisation.svg)"));
     let a = L::parse_from([
         "label",
         "--policy",
@@ -801,6 +811,48 @@ fn ppo_eval_and_label_commands_end_to_end() {
     let recs = label::read_records(&dir.path().join("labels.jsonl")).unwrap();
     assert_eq!(recs.len(), 6);
     assert!(recs.iter().all(|r| r.completions.len() == 3 && r.ranking.len() == 3 && r.ranking.contains(&0)));
+
+    // the iterated loop: round 1 PPO against rm, round 2 labels, retrains and continues; a rerun with one
+    // more round does only round 3
+    use rlhf::cli::iterate::{run as run_iterate, IterateArgs};
+    #[derive(Parser)]
+    struct I {
+        #[command(flatten)]
+        a: IterateArgs,
+    }
+    std::fs::write(d("demos.jsonl"), "{\"prompt\": \"a truth\", \"completion\": \" a wife\"}\n".repeat(4)).unwrap();
+    let iterate = |rounds: &str| {
+        let mut args: Vec<String> =
+            ["iterate", "--rounds", rounds, "--iterations", "1", "-k", "3"].map(String::from).into();
+        for (flag, file) in [
+            ("--sft", "sft"),
+            ("--reward", "rm"),
+            ("--labels", "labels.jsonl"),
+            ("--rm-prompts", "prompts.jsonl"),
+            ("--ppo-prompts", "prompts.jsonl"),
+            ("--sft-data", "demos.jsonl"),
+            ("--tokenizer", "tok.json"),
+            ("--out", "iter"),
+        ] {
+            args.extend([flag.to_string(), d(file)]);
+        }
+        args.extend(["--max-new-tokens", "5", "--judge", judge, "--device", "cpu"].map(String::from));
+        args.push("--reward-args=--skip-bad --prompts-per-step 2 --eval-fraction 0.3".into());
+        args.push("--ppo-args=--batch 4 --minibatch 2 --ppo-epochs 1 --gold-every 1".into());
+        run_iterate(I::parse_from(args).a)
+    };
+    iterate("2").unwrap();
+    let round2 = std::fs::read_to_string(dir.path().join("iter/round-2/labels-all.jsonl")).unwrap();
+    assert_eq!(round2.lines().count(), 12, "the initial labels and round 2's");
+    let summary = std::fs::read_to_string(dir.path().join("iter/summary.json")).unwrap();
+    assert!(summary.contains("iter/round-2/reward"), "{summary}");
+    let ppo1 = std::fs::metadata(dir.path().join("iter/round-1/ppo/summary.json")).unwrap().modified().unwrap();
+    iterate("3").unwrap();
+    let again = std::fs::metadata(dir.path().join("iter/round-1/ppo/summary.json")).unwrap().modified().unwrap();
+    assert_eq!(ppo1, again, "a finished round is not run again");
+    assert!(dir.path().join("iter/round-3/ppo/summary.json").is_file());
+    let all3 = std::fs::read_to_string(dir.path().join("iter/round-3/labels-all.jsonl")).unwrap();
+    assert_eq!(all3.lines().count(), 18);
 }
 
 /// Timing of the default settings on the tiny preset (random weights, a 4096-token vocabulary); run with

@@ -52,4 +52,6 @@ stage "4. evaluation on the held-out prompts: PPO vs SFT, Austen, best-of-4 and 
 rlhf eval --device "$DEVICE" --policy "$OUT/ppo" --sft "$OUT/sft" --reward "$OUT/reward" --base "$OUT/pretrain" \
   --prompts "$OUT/data/heldout.jsonl" "${TOK[@]}" --judge gold --max-new-tokens "$MAX_NEW" \
   --ppo-run "$OUT/ppo" --out "$OUT/eval"
-stage "done: tables in $OUT/eval/eval.md, metrics in $OUT/*/metrics.jsonl, plots in $OUT/*/*.svg"
+stage "5. the report: every stage's numbers, plots and tables on one page"
+rlhf report --run "$OUT"
+stage "done: open $OUT/report.html (or $OUT/report.md); metrics in $OUT/*/metrics.jsonl"

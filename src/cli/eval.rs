@@ -142,6 +142,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         print!("{markdown}");
     }
+    let mut summary = report.summary();
+    if let Some(run) = &args.ppo_run {
+        let svg = args.out.as_ref().unwrap_or(run).join(OVEROPTIMISATION_PLOT);
+        let curve = eval::Curve::of_run(run)?;
+        curve.plot(&svg)?;
+        println!("over-optimisation curve ({} gold points): {}", curve.points.len(), svg.display());
+        summary = curve.add_to(summary.plot(OVEROPTIMISATION_PLOT));
+    }
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out)?;
         crate::util::fs::write_atomic(
@@ -150,11 +158,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         )?;
         crate::util::fs::write_atomic(&out.join("eval.md"), markdown.as_bytes())?;
         println!("wrote {} and {}", out.join("eval.json").display(), out.join("eval.md").display());
-    }
-    if let Some(run) = &args.ppo_run {
-        let svg = args.out.as_ref().unwrap_or(run).join("overoptimisation.svg");
-        let n = eval::overoptimisation_plot(run, &svg)?;
-        println!("over-optimisation curve ({n} gold points): {}", svg.display());
+        summary.finish(out)?;
+    } else {
+        print!("{}", summary.to_text());
     }
     Ok(())
 }
+
+/// The over-optimisation curve's file name beside the evaluation.
+const OVEROPTIMISATION_PLOT: &str = "overoptimisation.svg";

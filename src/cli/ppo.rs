@@ -4,11 +4,13 @@ use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl;
-use crate::pipeline::ppo::trainer::{train_from, GoldHook, Hooks, PpoConfig};
+use crate::pipeline::metrics;
+use crate::pipeline::ppo::trainer::{train_from, GoldHook, Hooks, PpoConfig, PpoSummary};
 use crate::pipeline::run::check;
 use crate::tokenizer::Tokenizer;
+use crate::util::summary::Summary;
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct PpoArgs {
@@ -104,16 +106,38 @@ pub fn run(args: PpoArgs) -> Result<()> {
             ptx: if ptx_data.is_some() { Some(&ptx) } else { None },
             verbose: true,
         };
+        let out = cfg.out.clone();
         let s = train_from(be, cfg, &prompts, &init, &reference, &reward, hooks, args.resume)?;
-        println!(
-            "ppo: {} iterations; mean score {:.4} -> {:.4}; KL to reference {:.3}; beta {:.4}; checkpoint {}",
-            s.iterations,
-            s.first_score,
-            s.last_score,
-            s.last_kl,
-            s.beta,
-            s.checkpoint.display()
-        );
-        Ok(())
+        summary(&out, &s)
     })
+}
+
+/// Summary names read back by `rlhf iterate`.
+pub const SCORE_LAST: &str = "reward-model score, last iteration";
+pub const GOLD_FIRST: &str = "gold score, first scored iteration";
+pub const GOLD_LAST: &str = "gold score, last scored iteration";
+pub const KL_LAST: &str = "KL to the reference, last iteration";
+
+/// The run's first and last reward-model and gold scores (from its whole metrics log, resumed parts
+/// included), its KL and coefficient, printed and written as `summary.json`.
+fn summary(out: &Path, s: &PpoSummary) -> Result<()> {
+    let recs = metrics::read(&out.join("metrics.jsonl"))?;
+    let ends = |key: &str| {
+        let v = metrics::series(&recs, "iteration", key);
+        (v.first().map_or(f64::NAN, |p| p.1), v.last().map_or(f64::NAN, |p| p.1))
+    };
+    let (score0, score1) = ends("score");
+    let (gold0, gold1) = ends("gold_score");
+    Summary::new("ppo", format!("PPO done: {} iterations", s.iterations))
+        .noted("reward-model score, first iteration", score0, "", "minus the no-<|end|> penalty")
+        .number(SCORE_LAST, score1, "")
+        .noted(GOLD_FIRST, gold0, "", "the judge on the rollouts")
+        .number(GOLD_LAST, gold1, "")
+        .noted(KL_LAST, s.last_kl, "nats/answer", "sum over the answer's tokens")
+        .number("KL coefficient beta, last", s.beta, "")
+        .plot("ppo_scores.svg")
+        .plot("ppo_stats.svg")
+        .plot("ppo_len_beta.svg")
+        .line(format!("checkpoint {}", s.checkpoint.display()))
+        .finish(out)
 }

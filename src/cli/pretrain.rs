@@ -3,6 +3,7 @@
 use crate::cli::device::{self, DeviceArg};
 use crate::model::Config;
 use crate::pipeline::pretrain::{pretrain, PretrainSettings};
+use crate::util::summary::Summary;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -28,13 +29,15 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     let meta_vocab = crate::data::shards::Meta::load(&args.settings.data)?.vocab_size;
     let cfg = args.settings.config(Config::preset(&args.preset, meta_vocab)?)?;
     let dev = device::select(args.device)?;
+    let out = cfg.run.out.clone();
     let s = crate::with_backend!(dev, |be| pretrain(be, cfg, args.init.as_deref(), args.resume))?;
     let f = &s.fit;
-    println!("pretraining done: {} steps, {:.0} tokens/s", f.steps, f.tokens_per_s);
-    println!(
-        "  train loss {:.4}   val loss {:.4}   unigram baseline {:.4} nats/token",
-        f.train_loss, f.val_loss, s.unigram_entropy
-    );
-    println!("  checkpoint {}", f.checkpoint.display());
-    Ok(())
+    Summary::new("pretrain", format!("pretraining done: {} steps", f.steps))
+        .number("train loss", f.train_loss, "nats/token")
+        .noted("validation loss", f.val_loss, "nats/token", "held-out shard")
+        .noted("unigram baseline", s.unigram_entropy, "nats/token", "entropy of the token frequencies")
+        .number("throughput", f.tokens_per_s, "tokens/s")
+        .plot("loss.svg")
+        .line(format!("checkpoint {}", f.checkpoint.display()))
+        .finish(&out)
 }

@@ -4,6 +4,7 @@ use crate::cli::device::{self, DeviceArg};
 use crate::data::chat::{self, ChatTokens};
 use crate::pipeline::reward::{self, RewardConfig};
 use crate::tokenizer::Tokenizer;
+use crate::util::summary::Summary;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,6 +21,9 @@ pub struct RewardArgs {
     pub device: DeviceArg,
 }
 
+/// The summary's name of the held-out pairwise accuracy (read back by `rlhf iterate`).
+pub const HELD_OUT_ACCURACY: &str = "held-out pairwise accuracy";
+
 pub fn run_reward(a: RewardArgs) -> Result<()> {
     let cfg = a.config;
     cfg.validate()?;
@@ -34,24 +38,23 @@ pub fn run_reward(a: RewardArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "reward model done: {} steps on {} prompts, final train loss {:.4}",
-        s.steps, s.train_prompts, s.final_train_loss
-    );
-    println!(
-        "  held-out pairwise accuracy: {:.1}% on {} pairs of {} prompts (before training {:.1}%)",
-        100.0 * s.eval_accuracy,
-        s.eval_pairs,
-        s.eval_prompts,
-        100.0 * s.eval_accuracy_before
-    );
-    println!("  bias shifted by {:+.4} so the SFT demonstrations average 0", s.bias_shift);
-    println!(
-        "  left out: {} malformed ranked lines, {} prompts whose answers all tie, {} malformed demonstration lines",
-        s.skipped_lines, s.all_tied_prompts, s.skipped_demo_lines
-    );
-    println!("  checkpoint {}", s.checkpoint.display());
-    Ok(())
+    let pairs = format!("{} pairs of {} held-out prompts", s.eval_pairs, s.eval_prompts);
+    Summary::new("reward", format!("reward model done: {} steps on {} prompts", s.steps, s.train_prompts))
+        .noted(HELD_OUT_ACCURACY, 100.0 * s.eval_accuracy, "%", &pairs)
+        .noted(
+            "held-out pairwise accuracy before training",
+            100.0 * s.eval_accuracy_before,
+            "%",
+            "the SFT trunk with a fresh head",
+        )
+        .number("final train loss", s.final_train_loss, "")
+        .noted("bias shift", s.bias_shift, "", "so the SFT demonstrations average 0")
+        .number("malformed ranked lines left out", s.skipped_lines as f64, "")
+        .number("prompts left out (all answers tie)", s.all_tied_prompts as f64, "")
+        .number("malformed demonstration lines left out", s.skipped_demo_lines as f64, "")
+        .plot("loss.svg")
+        .line(format!("checkpoint {}", s.checkpoint.display()))
+        .finish(&cfg.out)
 }
 
 #[derive(clap::Args, Debug)]

@@ -35,8 +35,10 @@ use crate::pipeline::metrics;
 use crate::pipeline::reward::score_all;
 use crate::pipeline::rollout::{episode_batch, gold_score, penalised_score, Episode};
 use crate::tokenizer::Tokenizer;
+use crate::util::plot::{Figure, Panel};
 use crate::util::rng::Rng;
 use crate::util::stats::{mean, mean_ci95};
+use crate::util::summary::Summary;
 use crate::util::table::Table;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -216,6 +218,44 @@ impl EvalReport {
             ]);
         }
         [systems, strategies, side].into_iter().filter(|t| !t.rows.is_empty()).collect()
+    }
+
+    /// The headline numbers (the policy against SFT and Austen by the gold judge, its KL and fluency) and
+    /// every table, for the step summary.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::new(
+            "eval",
+            format!("evaluation on {} held-out prompts, {} samples per prompt", self.prompts, self.samples),
+        );
+        let interval =
+            |e: Estimate, scale: f64| format!("95% interval ± {:.*}", if scale > 1.0 { 1 } else { 3 }, scale * e.ci95);
+        for (row, name) in [(POLICY, "policy"), (SFT, "SFT")] {
+            let Some(r) = self.system(row) else { continue };
+            if let Some(g) = r.gold {
+                s = s.noted(&format!("{name}: mean gold score"), g.mean, "", &interval(g, 1.0));
+            }
+            if let Some(w) = r.win_vs_austen {
+                s = s.noted(&format!("{name}: gold win rate vs Austen"), 100.0 * w.mean, "%", &interval(w, 100.0));
+            }
+        }
+        if let Some(r) = self.system(POLICY) {
+            if let Some(w) = r.win_vs_sft {
+                s = s.noted("policy: gold win rate vs SFT", 100.0 * w.mean, "%", &interval(w, 100.0));
+            }
+            if let Some(w) = r.rm_win_vs_sft {
+                s = s.noted("policy: reward-model win rate vs SFT", 100.0 * w.mean, "%", &interval(w, 100.0));
+            }
+            if let Some(kl) = r.kl_to_sft {
+                s = s.noted("policy: KL to SFT", kl, "nats/answer", "on its own answers");
+            }
+            if let Some(p) = r.ppl_base {
+                s = s.noted("policy: perplexity of its answers under the base model", p, "", "lower: more fluent");
+            }
+        }
+        for t in self.tables() {
+            s = s.table(t);
+        }
+        s
     }
 }
 
@@ -660,28 +700,92 @@ pub fn strategy_answers(heldout: &[HeldOut], references: &[String], seed: u64) -
     out
 }
 
-/// Gao et al.'s curve from a PPO run: gold and proxy (reward-model) score against sqrt(KL to the reference),
-/// written to `svg`. Fails when the run logged no gold scores (it needs a judge during PPO).
-pub fn overoptimisation_plot(run: &Path, svg: &Path) -> Result<usize> {
-    let recs = metrics::read(&run.join("metrics.jsonl"))?;
-    let gold = metrics::series(&recs, "sqrt_kl", "gold_score");
-    if gold.is_empty() {
-        bail!("{} has no gold scores: run PPO with a judge (--judge) so it scores its rollouts every --gold-every iterations", run.display());
+/// A point of the over-optimisation curve: one gold-scored iteration of a PPO run.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CurvePoint {
+    pub iteration: f64,
+    pub sqrt_kl: f64,
+    pub gold: f64,
+    pub proxy: f64,
+}
+
+/// Gao et al.'s curve from a PPO run's metrics: gold and proxy (reward-model) score against sqrt(KL to the
+/// reference), at every iteration the judge scored, in iteration order.
+#[derive(Clone, Debug, Serialize)]
+pub struct Curve {
+    pub points: Vec<CurvePoint>,
+}
+
+impl Curve {
+    /// Reads the run's `metrics.jsonl`; fails when it logged no gold scores (PPO needs a judge for them).
+    pub fn of_run(run: &Path) -> Result<Curve> {
+        let recs = metrics::read(&run.join("metrics.jsonl"))?;
+        let num = |r: &serde_json::Value, k: &str| r.get(k).and_then(|v| v.as_f64()).filter(|v| v.is_finite());
+        let points: Vec<CurvePoint> = recs
+            .iter()
+            .filter_map(|r| {
+                Some(CurvePoint {
+                    iteration: num(r, "iteration")?,
+                    sqrt_kl: num(r, "sqrt_kl")?,
+                    gold: num(r, "gold_score")?,
+                    proxy: num(r, "score")?,
+                })
+            })
+            .collect();
+        if points.is_empty() {
+            bail!("{} has no gold scores: run PPO with a judge (--judge) so it scores its rollouts every --gold-every iterations", run.display());
+        }
+        Ok(Curve { points })
     }
-    let proxy: Vec<(f64, f64)> = recs
-        .iter()
-        .filter(|r| r.get("gold_score").is_some())
-        .filter_map(|r| Some((r.get("sqrt_kl")?.as_f64()?, r.get("score")?.as_f64()?)))
-        .collect();
-    let sorted = |mut v: Vec<(f64, f64)>| {
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        v
-    };
-    let s = metrics::svg_plot(
-        "gold and proxy score vs sqrt(KL to SFT)",
-        "sqrt(KL)",
-        &[("gold (judge)", sorted(gold.clone())), ("proxy (reward model)", sorted(proxy))],
-    );
-    metrics::write_plot(svg, &s)?;
-    Ok(gold.len())
+
+    /// The gold-scored iteration with the highest gold score.
+    pub fn peak(&self) -> CurvePoint {
+        *self.points.iter().max_by(|a, b| a.gold.total_cmp(&b.gold)).expect("a curve has points")
+    }
+
+    pub fn last(&self) -> CurvePoint {
+        *self.points.last().expect("a curve has points")
+    }
+
+    /// Both scores against sqrt(KL), each on its own axis, written to `svg`.
+    pub fn plot(&self, svg: &Path) -> Result<()> {
+        let by_kl = |f: fn(&CurvePoint) -> f64| {
+            let mut v: Vec<(f64, f64)> = self.points.iter().map(|p| (p.sqrt_kl, f(p))).collect();
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v
+        };
+        Figure::new("over-optimisation: gold and proxy score against sqrt(KL to SFT)", "sqrt(KL) (sqrt nats)")
+            .panel(Panel::new("reward-model score").dotted_line("proxy (reward model)", by_kl(|p| p.proxy)))
+            .panel(Panel::new("gold score").dotted_line("gold (judge)", by_kl(|p| p.gold)))
+            .write(svg)
+    }
+
+    /// Peak and end of the gold score, and the proxy's rise, as summary numbers.
+    pub fn add_to(&self, s: Summary) -> Summary {
+        let (first, peak, last) = (self.points[0], self.peak(), self.last());
+        s.noted(
+            "over-optimisation: gold at the first scored iteration",
+            first.gold,
+            "",
+            &format!("sqrt(KL) {:.2}", first.sqrt_kl),
+        )
+        .noted(
+            "over-optimisation: gold at its peak",
+            peak.gold,
+            "",
+            &format!("iteration {}, sqrt(KL) {:.2}", peak.iteration, peak.sqrt_kl),
+        )
+        .noted(
+            "over-optimisation: gold at the last scored iteration",
+            last.gold,
+            "",
+            &format!("iteration {}, sqrt(KL) {:.2}", last.iteration, last.sqrt_kl),
+        )
+        .noted(
+            "over-optimisation: proxy from first to last scored iteration",
+            last.proxy - first.proxy,
+            "",
+            &format!("{:.3} -> {:.3}", first.proxy, last.proxy),
+        )
+    }
 }

@@ -1,4 +1,5 @@
-//! Run metrics: one JSON object per line (`metrics.jsonl`), and SVG line plots drawn from it.
+//! Run metrics: one JSON object per line (`metrics.jsonl`), read back as series for the plots
+//! ([`crate::util::plot`]).
 //!
 //! The log is append-only and each record is one `write` of its whole line, so a killed run loses nothing it
 //! reported and a failed write (a full disk) is cut back off; on resume it is cut back to the length
@@ -102,81 +103,4 @@ pub fn series(records: &[Value], x_key: &str, y_key: &str) -> Vec<(f64, f64)> {
         .filter_map(|r| Some((r.get(x_key)?.as_f64()?, r.get(y_key)?.as_f64()?)))
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect()
-}
-
-/// A small self-contained SVG line chart: one or more named series on shared axes.
-pub fn svg_plot(title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> String {
-    const W: f64 = 640.0;
-    const H: f64 = 400.0;
-    const M: f64 = 56.0;
-    const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
-    let pts = series.iter().flat_map(|(_, s)| s.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if !x0.is_finite() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
-    }
-    if y1 - y0 < 1e-12 {
-        y1 = y0 + 1.0;
-    }
-    let sx = |x: f64| M + (x - x0) / (x1 - x0) * (W - 2.0 * M);
-    let sy = |y: f64| H - M - (y - y0) / (y1 - y0) * (H - 2.0 * M);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    s += &format!("<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n", W / 2.0, esc(title));
-    s += &format!("<line x1=\"{M}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n", H - M, W - M, H - M);
-    s += &format!("<line x1=\"{M}\" y1=\"{M}\" x2=\"{M}\" y2=\"{}\" stroke=\"black\"/>\n", H - M);
-    for i in 0..=4 {
-        let f = i as f64 / 4.0;
-        let (xv, yv) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
-        s += &format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
-            sx(xv),
-            H - M + 16.0,
-            fmt_tick(xv)
-        );
-        s +=
-            &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", M - 6.0, sy(yv) + 4.0, fmt_tick(yv));
-        s += &format!("<line x1=\"{M}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#eee\"/>\n", sy(yv), W - M);
-    }
-    s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", W / 2.0, H - 12.0, esc(x_label));
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
-        s += &format!(
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-            path.join(" ")
-        );
-        s += &format!(
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>\n",
-            W - M - 150.0,
-            M + 14.0 * i as f64,
-            esc(name)
-        );
-    }
-    s + "</svg>\n"
-}
-
-fn fmt_tick(v: f64) -> String {
-    if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-2) {
-        format!("{v:.2e}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-/// Write `svg` to `path` atomically.
-pub fn write_plot(path: &Path, svg: &str) -> Result<()> {
-    crate::util::fs::write_atomic(path, svg.as_bytes())
 }

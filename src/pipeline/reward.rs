@@ -20,6 +20,7 @@ use crate::checkpoint;
 use crate::data::batch::{epoch_order, slices, PaddedBatch, Pair};
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl::{self, Ranked};
+use crate::data::shards::fnv1a64;
 use crate::model::scalar::{head_step, HeadOpt, ScalarModel};
 use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
 use crate::ops::adamw::lr_schedule;
@@ -29,10 +30,12 @@ use crate::pipeline::run::{
     Run,
 };
 use crate::tokenizer::Tokenizer;
+use crate::util::plot::{Figure, Panel};
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 pub type RewardModel<B> = ScalarModel<B>;
@@ -85,7 +88,8 @@ pub struct RewardConfig {
     /// Peak learning rate (warmup over the first tenth of the steps, cosine decay to a tenth of it).
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
-    /// Fraction of prompts held out for the pairwise accuracy, in (0, 1).
+    /// Fraction of prompts held out for the pairwise accuracy, in (0, 1); a prompt is held out by a hash of
+    /// its text, so it is on the same side in every file and every round of the iterated loop.
     #[arg(long, default_value_t = 0.15)]
     pub eval_fraction: f64,
     /// Skip (and count) malformed JSONL lines instead of stopping at the first one.
@@ -168,6 +172,22 @@ pub fn encode_groups(tok: &Tokenizer, ct: &ChatTokens, recs: &[Ranked], ctx: usi
             Ok(Group { pairs, better_worse: r.pairs() })
         })
         .collect()
+}
+
+/// Holds out the groups whose prompt's seeded hash falls in the lowest `fraction` of the hash range (at least
+/// one prompt on each side): a prompt's side depends on its text alone, not on its place or on the other
+/// records, so every record of one prompt lands on the same side in every file it is in. The iterated loop
+/// retrains on every round's labels; its reward models are measured on prompts that no round trained on.
+pub fn split_by_prompt(groups: Vec<(&str, Group)>, fraction: f64, seed: u64) -> (Vec<Group>, Vec<Group>) {
+    let key = |p: &str| Rng::stream(seed, fnv1a64(p.as_bytes())).next_u64();
+    let threshold = (fraction * u64::MAX as f64) as u64;
+    let mut keys: Vec<u64> = groups.iter().map(|(p, _)| key(p)).collect::<HashSet<_>>().into_iter().collect();
+    keys.sort_unstable();
+    // the held-out hashes: those under the threshold, else the lowest; never all of them
+    let n_eval = keys.partition_point(|&k| k < threshold).clamp(1, keys.len() - 1);
+    let held_out: HashSet<u64> = keys[..n_eval].iter().copied().collect();
+    let (eval, train): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(p, _)| held_out.contains(&key(p)));
+    (train.into_iter().map(|(_, g)| g).collect(), eval.into_iter().map(|(_, g)| g).collect())
 }
 
 /// Scores of right-padded (prompt, answer) rows, read at each answer's last token.
@@ -321,21 +341,25 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     crate::tokenizer::check_vocab(tok.vocab_size(), mcfg.vocab_size, &cfg.tokenizer.display().to_string())?;
     let ct = ChatTokens::from_tokenizer(&tok)?;
     let read = jsonl::read_ranked(&cfg.data, cfg.skip_bad)?;
-    let mut groups = encode_groups(&tok, &ct, &read.records, mcfg.n_positions)?;
+    let groups = encode_groups(&tok, &ct, &read.records, mcfg.n_positions)?;
     let before = groups.len();
-    groups.retain(|g| !g.better_worse.is_empty());
+    let mut groups: Vec<(&str, Group)> = read
+        .records
+        .iter()
+        .map(|r| r.prompt.as_str())
+        .zip(groups)
+        .filter(|(_, g)| !g.better_worse.is_empty())
+        .collect();
     let all_tied_prompts = before - groups.len();
-    if groups.len() < 2 {
+    let distinct = groups.iter().map(|(p, _)| *p).collect::<HashSet<_>>().len();
+    if distinct < 2 {
         bail!(
-            "{} has {} prompt(s) with at least one untied pair: too few to train and hold out",
+            "{} has {distinct} distinct prompt(s) with at least one untied pair: too few to train and hold out",
             cfg.data.display(),
-            groups.len()
         );
     }
     Rng::new(cfg.seed).shuffle(&mut groups);
-    let n_eval = ((groups.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, groups.len() - 1);
-    let train_groups = groups.split_off(n_eval);
-    let eval_groups = groups;
+    let (train_groups, eval_groups) = split_by_prompt(groups, cfg.eval_fraction, cfg.seed);
     let k_max = train_groups.iter().map(|g| g.pairs.len()).max().unwrap();
     let t = train_groups
         .iter()
@@ -470,12 +494,8 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     save_state(be, &mut run, &rm, &opt, &head_opt, &record(last_loss, true))?;
     let dir = run.finish()?;
     let recs = metrics::read(&cfg.out.join("metrics.jsonl"))?;
-    let svg = metrics::svg_plot(
-        "reward model: pairwise loss",
-        "step",
-        &[("train loss", metrics::series(&recs, "step", "loss"))],
-    );
-    metrics::write_plot(&cfg.out.join("loss.svg"), &svg)?;
+    let loss = Panel::new("-log sigmoid(r_w - r_l)").line("train", metrics::series(&recs, "step", "loss"));
+    Figure::new("reward model: pairwise loss", "step").whole_x().panel(loss).write(&cfg.out.join("loss.svg"))?;
     Ok(RewardSummary {
         steps,
         skipped_lines: read.skipped,
@@ -498,4 +518,37 @@ pub fn load<B: Backend>(be: &B, path: &Path) -> Result<RewardModel<B>> {
     let dir = crate::checkpoint::run_dir::resolve_checkpoint(path)?;
     let ck = checkpoint::load(&dir)?;
     RewardModel::from_checkpoint(be, &ck, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(id: u32) -> Group {
+        Group { pairs: vec![(vec![id], vec![1]), (vec![id], vec![2])], better_worse: vec![(0, 1)] }
+    }
+
+    #[test]
+    fn a_prompt_is_held_out_by_its_text_alone() {
+        let prompts: Vec<String> = (0..400).map(|i| format!("prompt {i}")).collect();
+        // round one: 200 prompts; round two: those again (twice, in another order) and 200 new ones
+        let one: Vec<&String> = prompts[..200].iter().collect();
+        let two: Vec<&String> = prompts.iter().rev().chain(&prompts[..200]).collect();
+        // the held-out prompts' texts (each group carries its record's index as its prompt token)
+        let side = |texts: Vec<&String>| -> HashSet<String> {
+            let tagged: Vec<(&str, Group)> =
+                texts.iter().enumerate().map(|(i, p)| (p.as_str(), group(i as u32))).collect();
+            let (_, eval) = split_by_prompt(tagged, 0.15, 1);
+            eval.iter().map(|g| texts[g.pairs[0].0[0] as usize].clone()).collect()
+        };
+        let (eval_one, eval_two) = (side(one), side(two));
+        assert!(eval_one.iter().all(|p| eval_two.contains(p)), "a prompt held out once stays held out");
+        let first_half_two: HashSet<&String> = eval_two.iter().filter(|p| prompts[..200].contains(p)).collect();
+        assert_eq!(first_half_two.len(), eval_one.len(), "and a trained one stays trained");
+        let frac = eval_two.len() as f64 / 400.0;
+        assert!((0.08..0.22).contains(&frac), "about --eval-fraction of the prompts: {frac}");
+        // at least one prompt on each side, however few there are
+        let (train, eval) = split_by_prompt(vec![("a", group(0)), ("b", group(1))], 0.15, 1);
+        assert_eq!((train.len(), eval.len()), (1, 1));
+    }
 }

@@ -25,6 +25,7 @@ use crate::data::batch::LmBatch;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics::{self, MetricsLog};
+use crate::util::plot::{Figure, Panel};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
@@ -513,10 +514,9 @@ fn plot_losses(out: &Path, name: &str, baseline: Option<(&str, f64)>) -> Result<
     let train = metrics::series(&recs, "step", "loss");
     let val = metrics::series(&recs, "step", "val_loss");
     let last = train.last().map_or(1.0, |p| p.0);
-    let mut series = vec![("train", train), ("val", val)];
+    let mut panel = Panel::new("loss (nats/token)").line("train", train).dotted_line("validation", val);
     if let Some((label, y)) = baseline {
-        series.push((label, vec![(0.0, y), (last, y)]));
+        panel = panel.level(label, y, 0.0, last);
     }
-    let svg = metrics::svg_plot(&format!("{name} loss (nats/token)"), "step", &series);
-    metrics::write_plot(&out.join("loss.svg"), &svg)
+    Figure::new(&format!("{name}: loss"), "step").whole_x().panel(panel).write(&out.join("loss.svg"))
 }

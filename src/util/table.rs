@@ -1,7 +1,7 @@
 //! A table of text cells, rendered as Markdown (the terminal and `.md` files) or as HTML (the report).
 
 /// A titled table: a header row and body rows of cells.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Table {
     pub title: String,
     pub columns: Vec<String>,

@@ -41,6 +41,7 @@ use crate::pipeline::run::{
     check, finite_head, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes,
     setting_differences, Fingerprint, Run,
 };
+use crate::util::plot::{Figure, Panel};
 use crate::util::rng::Rng;
 use crate::util::stats::mean;
 use anyhow::{bail, Context, Result};
@@ -848,37 +849,23 @@ pub fn train_from<B: Backend>(
 pub fn plot(out: &Path) -> Result<()> {
     let recs = metrics::read(&out.join("metrics.jsonl"))?;
     let s = |k: &str| metrics::series(&recs, "iteration", k);
-    let svg = metrics::svg_plot(
-        "PPO: scores and KL",
-        "iteration",
-        &[
-            ("score", s("score")),
-            ("rm score", s("rm_score")),
-            ("gold score", s("gold_score")),
-            ("KL to reference", s("kl")),
-        ],
-    );
-    metrics::write_plot(&out.join("ppo_scores.svg"), &svg)?;
-    let svg = metrics::svg_plot(
-        "PPO: update statistics",
-        "iteration",
-        &[
-            ("entropy", s("entropy")),
-            ("clip frac", s("clip_frac")),
-            ("approx KL", s("approx_kl")),
-            ("value loss", s("value_loss")),
-            ("explained var", s("explained_variance")),
-            ("eos frac", s("eos_frac")),
-        ],
-    );
-    metrics::write_plot(&out.join("ppo_stats.svg"), &svg)?;
-    let svg = metrics::svg_plot(
-        "PPO: answer length and beta",
-        "iteration",
-        &[
-            ("answer length", s("answer_len")),
-            ("beta x 100", s("beta").into_iter().map(|(x, y)| (x, 100.0 * y)).collect()),
-        ],
-    );
-    metrics::write_plot(&out.join("ppo_len_beta.svg"), &svg)
+    Figure::new("PPO: scores and KL to the reference", "iteration")
+        .whole_x()
+        .panel(Panel::new("reward-model score").line("score (less penalties)", s("score")).line("raw", s("rm_score")))
+        .panel(Panel::new("gold score").dotted_line("gold judge", s("gold_score")))
+        .panel(Panel::new("KL (nats/answer)").line("KL to reference", s("kl")))
+        .write(&out.join("ppo_scores.svg"))?;
+    Figure::new("PPO: update statistics", "iteration")
+        .whole_x()
+        .panel(Panel::new("fraction").line("ratio clipped", s("clip_frac")).line("answers ended", s("eos_frac")))
+        .panel(Panel::new("entropy (nats/token)").line("entropy", s("entropy")))
+        .panel(Panel::new("approx KL (old->new)").line("approx KL", s("approx_kl")))
+        .panel(Panel::new("value loss").line("value loss", s("value_loss")))
+        .panel(Panel::new("explained variance").line("explained variance", s("explained_variance")))
+        .write(&out.join("ppo_stats.svg"))?;
+    Figure::new("PPO: answer length and KL coefficient", "iteration")
+        .whole_x()
+        .panel(Panel::new("tokens").line("answer length", s("answer_len")))
+        .panel(Panel::new("beta").line("KL coefficient", s("beta")))
+        .write(&out.join("ppo_len_beta.svg"))
 }
