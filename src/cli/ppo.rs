@@ -56,7 +56,7 @@ pub fn run(args: PpoArgs) -> Result<()> {
     if let Some(r) = &args.reference {
         sources.push(Source::Model("--reference", r));
     }
-    if args.resume {
+    if args.resume && args.config.out.join("latest").is_file() {
         sources.push(Source::Model("--out (the run resumed)", &args.config.out));
     }
     let tf = ck_tok::resolve(&args.tokenizer, &sources)?;
