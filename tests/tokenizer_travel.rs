@@ -343,3 +343,29 @@ fn sft_accepts_a_tokenizer_that_extends_the_base_models_own() {
     let out = refused(&[&sft[..], &["--out", &s(&tmp.path().join("sft3")), "--device", "cpu"]].concat());
     assert!(out.contains("<|user|>"), "{out}");
 }
+
+/// A token folder from before `prepare` copied the tokenizer: `pretrain` needs `--tokenizer` (and stores it);
+/// a folder whose copy was changed is caught by the hash in meta.json.
+#[test]
+fn an_old_token_folder_needs_the_tokenizer_flag() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("tokens");
+    std::fs::create_dir_all(&old).unwrap();
+    for e in std::fs::read_dir(f.p("tokens")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, old.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(old.join("tokenizer.json"), serde_json::to_string(&json(&f.tok)).unwrap()).unwrap();
+    let pre = ["pretrain", "--data", &s(&old), "--steps", "1", "--batch", "1", "--seq", "8", "--eval-batches", "1"];
+    let out = refused(&[&pre[..], &["--out", &s(&tmp.path().join("a")), "--device", "cpu"]].concat());
+    assert!(out.contains("changed after `rlhf prepare` wrote it") && out.contains(&f.sha), "{out}");
+    std::fs::remove_file(old.join("tokenizer.json")).unwrap();
+    let mut meta = json(&old.join("meta.json"));
+    meta.as_object_mut().unwrap().remove("tokenizer_sha256");
+    std::fs::write(old.join("meta.json"), serde_json::to_string_pretty(&meta).unwrap()).unwrap();
+    let out = refused(&[&pre[..], &["--out", &s(&tmp.path().join("b")), "--device", "cpu"]].concat());
+    assert!(out.contains("no tokenizer is stored with --data") && out.contains("--tokenizer"), "{out}");
+    ok(&[&pre[..], &["--tokenizer", &s(&f.tok), "--out", &s(&tmp.path().join("c")), "--device", "cpu"]].concat());
+    assert_carries_tokenizer(f, &tmp.path().join("c/step-000001"));
+}

@@ -95,4 +95,18 @@ mod tests {
         assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
+
+    fn file_of(tok: tokenizers::Tokenizer, name: &str) -> TokenizerFile {
+        TokenizerFile::from_bytes(tok.to_string(false).unwrap().into_bytes(), Path::new(name)).unwrap()
+    }
+
+    #[test]
+    fn gpt2_with_the_chat_tokens_extends_gpt2_and_not_the_reverse() {
+        let plain = file_of(crate::tokenizer::gpt2::build().unwrap(), "gpt2.json");
+        let chat = file_of(crate::tokenizer::gpt2::build_chat().unwrap(), "gpt2-chat.json");
+        assert_ne!(plain.sha256(), chat.sha256());
+        assert!(chat.extends(&plain));
+        assert!(!plain.extends(&chat));
+        assert!(!chat.extends(&chat), "a tokenizer does not extend itself");
+    }
 }
