@@ -11,14 +11,16 @@ use rlhf::cli;
 ///   rlhf tokenizer train --input corpus.txt --vocab-size 4096 --out tokenizer.json
 ///   rlhf prepare --tokenizer tokenizer.json --input corpus.txt --out data/tokens
 ///   rlhf pretrain --data data/tokens --preset tiny --out runs/pretrain
-///   rlhf sample --checkpoint runs/pretrain --tokenizer tokenizer.json --prompt "It is a truth"
-///   rlhf sft --base runs/pretrain --data demos.jsonl --tokenizer tokenizer.json --out runs/sft
+///   rlhf sample --checkpoint runs/pretrain --prompt "It is a truth"
+///   rlhf sft --base runs/pretrain --data demos.jsonl --out runs/sft
 ///   rlhf label --policy runs/sft --prompts prompts.jsonl -k 4 --judge "rlhf judge" --out ranked.jsonl
-///   rlhf reward --base runs/sft --data ranked.jsonl --tokenizer tokenizer.json --out runs/reward
+///   rlhf reward --base runs/sft --data ranked.jsonl --out runs/reward
 ///   rlhf ppo --policy runs/sft --reward runs/reward --prompts prompts.jsonl --out runs/ppo
 ///   rlhf eval --policy runs/ppo --sft runs/sft --reward runs/reward --prompts heldout.jsonl --out runs/eval
 ///   rlhf report --run runs
 ///
+/// The tokenizer travels with the data and every checkpoint (tokenizer.json, its SHA-256 in config.json):
+/// after `prepare`, no command needs --tokenizer unless a model stores none.
 /// Every command that computes takes --device cpu|cuda|auto (auto: CUDA when usable, else the CPU).
 #[derive(Parser, Debug)]
 #[command(name = "rlhf", version, about, long_about, verbatim_doc_comment, max_term_width = 110)]

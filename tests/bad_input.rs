@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use rlhf::checkpoint::tokenizer::TokenizerArgs;
 use rlhf::checkpoint::{self, Checkpoint, ModelKind};
 use rlhf::data::prepare::{self, DocSplit, PrepareArgs};
 use rlhf::data::shards::{Dataset, Meta};
@@ -88,7 +89,7 @@ fn tiny_checkpoint(vocab: usize) -> Checkpoint {
 
 fn saved_checkpoint(dir: &Path, vocab: usize) -> Checkpoint {
     let ck = tiny_checkpoint(vocab);
-    checkpoint::save(dir, &ck).unwrap();
+    checkpoint::save(dir, &ck, None).unwrap();
     ck
 }
 
@@ -283,13 +284,13 @@ fn d9_export_refuses_a_tokenizer_of_another_vocabulary() {
     let ck = tmp.path().join("ck512");
     saved_checkpoint(&ck, 512);
     let hf = tmp.path().join("hf");
-    let e = err(checkpoint::export::export(&ck, &hf, Some(tokenizer_path())));
+    let e = err(checkpoint::export::export(&ck, &hf, &TokenizerArgs::path(tokenizer_path())));
     assert!(e.contains("tokenizer.json") && e.contains("300") && e.contains("512"), "{e}");
     assert!(!hf.exists(), "a refused export left {}", hf.display());
     // The matching size is accepted.
     let ck300 = tmp.path().join("ck300");
     saved_checkpoint(&ck300, 300);
-    let r = checkpoint::export::export(&ck300, &hf, Some(tokenizer_path())).unwrap();
+    let r = checkpoint::export::export(&ck300, &hf, &TokenizerArgs::path(tokenizer_path())).unwrap();
     assert_eq!(r.tokenizer, Some(hf.join("tokenizer.json")));
 }
 
@@ -303,12 +304,12 @@ fn d13_export_accepts_a_run_folder() {
     let ck = saved_checkpoint(&run.join("step-000003"), 300);
     std::fs::write(run.join("latest"), "step-000003").unwrap();
     let hf = tmp.path().join("hf");
-    checkpoint::export::export(&run, &hf, None).unwrap();
+    checkpoint::export::export(&run, &hf, &TokenizerArgs::default()).unwrap();
     assert_eq!(checkpoint::load(&hf).unwrap(), ck);
     // Exporting again over it (no tokenizer this time) replaces the files and leaves no stale tokenizer.
-    checkpoint::export::export(&run, &hf, Some(tokenizer_path())).unwrap();
+    checkpoint::export::export(&run, &hf, &TokenizerArgs::path(tokenizer_path())).unwrap();
     assert!(hf.join("tokenizer.json").is_file());
-    checkpoint::export::export(&run, &hf, None).unwrap();
+    checkpoint::export::export(&run, &hf, &TokenizerArgs::default()).unwrap();
     assert!(!hf.join("tokenizer.json").exists() && hf.join("model.safetensors").is_file());
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
@@ -340,7 +341,7 @@ fn d13_export_of_a_nan_model_names_the_tensor_and_leaves_nothing() {
     saved_checkpoint(&ck, 300);
     poison(&ck, "transformer.h.0.mlp.c_fc.weight");
     let hf = tmp.path().join("hf");
-    let e = err(checkpoint::export::export(&ck, &hf, None));
+    let e = err(checkpoint::export::export(&ck, &hf, &TokenizerArgs::default()));
     assert!(e.contains("h.0.mlp.c_fc.weight") && (e.contains("non-finite") || e.contains("NaN")), "{e}");
     assert!(!e.contains("does not read back identical"), "{e}");
     assert!(!hf.exists(), "a refused export left {}", hf.display());
@@ -355,16 +356,16 @@ fn d13_a_failed_export_leaves_no_partial_folder() {
     let bad = tmp.path().join("bad-tokenizer.json");
     std::fs::write(&bad, "{\"not\": \"a tokenizer\"}").unwrap();
     let hf = tmp.path().join("hf");
-    let e = err(checkpoint::export::export(&ck, &hf, Some(&bad)));
+    let e = err(checkpoint::export::export(&ck, &hf, &TokenizerArgs::path(&bad)));
     assert!(e.contains("bad-tokenizer.json"), "{e}");
     assert!(!hf.exists(), "a failed export left {}", hf.display());
-    let e = err(checkpoint::export::export(&ck, &hf, Some(&tmp.path().join("absent.json"))));
+    let e = err(checkpoint::export::export(&ck, &hf, &TokenizerArgs::path(tmp.path().join("absent.json"))));
     assert!(e.contains("absent.json"), "{e}");
     assert!(!hf.exists());
     // An existing export is left as it was.
-    checkpoint::export::export(&ck, &hf, Some(tokenizer_path())).unwrap();
+    checkpoint::export::export(&ck, &hf, &TokenizerArgs::path(tokenizer_path())).unwrap();
     let before = std::fs::read(hf.join("tokenizer.json")).unwrap();
-    assert!(checkpoint::export::export(&ck, &hf, Some(&bad)).is_err());
+    assert!(checkpoint::export::export(&ck, &hf, &TokenizerArgs::path(&bad)).is_err());
     assert_eq!(std::fs::read(hf.join("tokenizer.json")).unwrap(), before);
 }
 

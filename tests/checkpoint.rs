@@ -1,6 +1,7 @@
 //! Checkpoint files: round trips, Hugging Face and llm.c interop, and every malformed input naming what is
 //! wrong.
 
+use rlhf::checkpoint::tokenizer::TokenizerArgs;
 use rlhf::checkpoint::{
     self, llmc, load, load_kind, load_train_state, save, save_train_state, Checkpoint, ModelKind, NamedTensor,
     TrainState,
@@ -124,7 +125,7 @@ fn save_load_round_trip_is_bit_identical() {
     for kind in [ModelKind::Policy, ModelKind::Reward, ModelKind::Value] {
         let ck = random_checkpoint(tiny(), kind, 7);
         let d = tempfile::tempdir().unwrap();
-        save(d.path(), &ck).unwrap();
+        save(d.path(), &ck, None).unwrap();
         let back = load(d.path()).unwrap();
         assert_eq!(back.kind, kind);
         assert_eq!(back.config, ck.config);
@@ -447,27 +448,27 @@ fn expected_shape_and_kind_are_enforced() {
     ck.expect_config(&ck.config, "x").unwrap();
 
     let d = tempfile::tempdir().unwrap();
-    save(d.path(), &random_checkpoint(tiny(), ModelKind::Reward, 1)).unwrap();
+    save(d.path(), &random_checkpoint(tiny(), ModelKind::Reward, 1), None).unwrap();
     assert_err_contains(load_kind(d.path(), ModelKind::Policy), &["reward model", "policy model is expected"]);
     load_kind(d.path(), ModelKind::Reward).unwrap();
     assert_err_contains(load_kind(d.path(), ModelKind::Value), &["reward model", "value model is expected"]);
     let d2 = tempfile::tempdir().unwrap();
-    save(d2.path(), &random_checkpoint(tiny(), ModelKind::Policy, 1)).unwrap();
+    save(d2.path(), &random_checkpoint(tiny(), ModelKind::Policy, 1), None).unwrap();
     assert_err_contains(load_kind(d2.path(), ModelKind::Reward), &["policy model", "reward model is expected"]);
 
     // A reward model without its head is refused, on save and on load.
     let mut ck = random_checkpoint(tiny(), ModelKind::Reward, 1);
     ck.extra.retain(|t| t.name != "score.weight");
-    assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck), &["score.weight"]);
+    assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck, None), &["score.weight"]);
     let mut ck = random_checkpoint(tiny(), ModelKind::Value, 1);
     ck.extra.retain(|t| t.name != "score.bias");
-    assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck), &["value model", "score.bias"]);
+    assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck, None), &["value model", "score.bias"]);
     // A head on a policy is refused.
     let mut ck = random_checkpoint(tiny(), ModelKind::Reward, 1);
     ck.kind = ModelKind::Policy;
-    assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck), &["score.weight", "policy"]);
+    assert_err_contains(save(tempfile::tempdir().unwrap().path(), &ck, None), &["score.weight", "policy"]);
     let d3 = tempfile::tempdir().unwrap();
-    save(d3.path(), &random_checkpoint(tiny(), ModelKind::Policy, 1)).unwrap();
+    save(d3.path(), &random_checkpoint(tiny(), ModelKind::Policy, 1), None).unwrap();
     let p = d3.path().join("config.json");
     let text = std::fs::read_to_string(&p).unwrap().replace("\"policy\"", "\"reward\"");
     std::fs::write(&p, text).unwrap();
@@ -586,10 +587,10 @@ fn export_round_trips_hf_files_exactly() {
     rlhf::tokenizer::gpt2::write_tokenizer_json(&tok, false).unwrap();
     // The fixture's vocabulary (97) is smaller than GPT-2's: a GPT-2 tokenizer does not fit it.
     assert_err_contains(
-        rlhf::checkpoint::export::export(&fixture(), &out, Some(&tok)),
+        rlhf::checkpoint::export::export(&fixture(), &out, &TokenizerArgs::path(&tok)),
         &["50257 tokens", "vocab_size is 97"],
     );
-    let r = rlhf::checkpoint::export::export(&fixture(), &out, None).unwrap();
+    let r = rlhf::checkpoint::export::export(&fixture(), &out, &TokenizerArgs::default()).unwrap();
     assert_eq!(r.kind, ModelKind::Policy);
     assert_eq!(r.tokenizer, None);
     // Same tensor names, shapes and bytes as the file transformers wrote.
@@ -610,9 +611,9 @@ fn export_round_trips_hf_files_exactly() {
     // A GPT-2-vocabulary model gets GPT-2's tokenizer and its side files.
     let cfg = Config { n_layer: 1, n_head: 1, n_embd: 4, vocab_size: 50257, n_positions: 8 };
     let src = d.path().join("gpt2v");
-    save(&src, &random_checkpoint(cfg, ModelKind::Reward, 5)).unwrap();
+    save(&src, &random_checkpoint(cfg, ModelKind::Reward, 5), None).unwrap();
     let out2 = d.path().join("hf2");
-    let r = rlhf::checkpoint::export::export(&src, &out2, None).unwrap();
+    let r = rlhf::checkpoint::export::export(&src, &out2, &TokenizerArgs::default()).unwrap();
     assert_eq!(r.kind, ModelKind::Reward);
     assert!(out2.join("tokenizer.json").is_file() && out2.join("tokenizer_config.json").is_file());
     let c2: Value = serde_json::from_str(&std::fs::read_to_string(out2.join("config.json")).unwrap()).unwrap();
@@ -646,7 +647,7 @@ fn train_state_round_trip_and_torn_state() {
         v: moments(&mut rng),
     };
     let d = tempfile::tempdir().unwrap();
-    save(d.path(), &ck).unwrap();
+    save(d.path(), &ck, None).unwrap();
     assert!(!checkpoint::is_resumable(d.path()));
     save_train_state(d.path(), &state).unwrap();
     assert!(checkpoint::is_resumable(d.path()));

@@ -691,18 +691,18 @@ fn ppo_eval_and_label_commands_end_to_end() {
     let be = Be::new();
     let mcfg = rlhf::model::Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 64 };
     let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
-    checkpoint::save(&dir.path().join("sft"), &Checkpoint::from_model(&be, &sft, ModelKind::Policy)).unwrap();
+    checkpoint::save(&dir.path().join("sft"), &Checkpoint::from_model(&be, &sft, ModelKind::Policy), None).unwrap();
     let rm = rlhf::model::ScalarModel {
         trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
     };
-    checkpoint::save(&dir.path().join("rm"), &rm.to_checkpoint(&be).unwrap()).unwrap();
+    checkpoint::save(&dir.path().join("rm"), &rm.to_checkpoint(&be).unwrap(), None).unwrap();
     let other = rlhf::model::Config { vocab_size: mcfg.vocab_size + 10, ..mcfg };
     let rm_other = rlhf::model::ScalarModel {
         trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
     };
-    checkpoint::save(&dir.path().join("rm_other"), &rm_other.to_checkpoint(&be).unwrap()).unwrap();
+    checkpoint::save(&dir.path().join("rm_other"), &rm_other.to_checkpoint(&be).unwrap(), None).unwrap();
     std::fs::write(
         d("prompts.jsonl"),
         ["a truth", "a single man", "good fortune", "a wife", "universally", "in want"]

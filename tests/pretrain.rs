@@ -17,6 +17,7 @@ fn config(data: &Path, out: &Path, steps: u64) -> PretrainConfig {
     let vocab = rlhf::data::shards::Meta::load(data).unwrap().vocab_size;
     PretrainConfig {
         data: data.to_owned(),
+        tokenizer: Default::default(),
         model: Config { n_layer: 2, n_head: 2, n_embd: 32, vocab_size: vocab, n_positions: 32 },
         batch: 4,
         seq: 16,

@@ -28,6 +28,7 @@ fn pre_cfg(data: &Path, out: &Path, steps: u64) -> PretrainConfig {
     let vocab = rlhf::data::shards::Meta::load(data).unwrap().vocab_size;
     PretrainConfig {
         data: data.to_owned(),
+        tokenizer: Default::default(),
         model: Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: vocab, n_positions: 16 },
         batch: 2,
         seq: 8,
@@ -97,7 +98,7 @@ fn sft_fixture() -> SftFixture {
         &Gpt2::init(&be, cfg, 3).unwrap(),
         rlhf::checkpoint::ModelKind::Policy,
     );
-    rlhf::checkpoint::save(&base, &ck).unwrap();
+    rlhf::checkpoint::save(&base, &ck, None).unwrap();
     let data = dir.path().join("sft.jsonl");
     let lines: String = (0..10)
         .map(|i| format!("{{\"prompt\": \"q {i}\", \"completion\": \"a {} answer\"}}\n", words[i % 10]))
@@ -111,7 +112,7 @@ impl SftFixture {
         SftConfig {
             base: self.base.clone(),
             data: self.data.clone(),
-            tokenizer: self.tokenizer.clone(),
+            tokenizer: rlhf::checkpoint::tokenizer::TokenizerArgs::path(self.tokenizer.clone()),
             batch: 2,
             epochs: 1.0,
             eval_fraction: 0.2,
@@ -205,7 +206,7 @@ fn d2_non_finite_weights_after_an_update_stop_the_run_without_a_checkpoint() {
     let rcfg = rlhf::pipeline::reward::RewardConfig {
         base: f.base.clone(),
         data: ranked,
-        tokenizer: f.tokenizer.clone(),
+        tokenizer: rlhf::checkpoint::tokenizer::TokenizerArgs::path(f.tokenizer.clone()),
         sft_data: None,
         out: f.dir.path().join("rm"),
         prompts_per_step: 2,

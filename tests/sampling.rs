@@ -74,7 +74,7 @@ fn non_finite_weights_and_logits_are_errors() {
     let m = Gpt2::init(&be, tiny(), 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ck");
-    checkpoint::save(&ck, &Checkpoint::from_model(&be, &m, ModelKind::Policy)).unwrap();
+    checkpoint::save(&ck, &Checkpoint::from_model(&be, &m, ModelKind::Policy), None).unwrap();
     // One NaN written into h.1.mlp.c_fc.weight of the saved file.
     let file = ck.join("model.safetensors");
     let mut bytes = std::fs::read(&file).unwrap();
@@ -90,7 +90,7 @@ fn non_finite_weights_and_logits_are_errors() {
     // Saving a model with a NaN is refused too.
     let mut bad = Checkpoint::from_model(&be, &m, ModelKind::Policy);
     bad.tensors[3].data[0] = f32::INFINITY;
-    assert!(format!("{:#}", checkpoint::save(&dir.path().join("bad"), &bad).unwrap_err()).contains("non-finite"));
+    assert!(format!("{:#}", checkpoint::save(&dir.path().join("bad"), &bad, None).unwrap_err()).contains("non-finite"));
     // The sampler on a non-finite logit.
     let sc = SampleConfig { max_new_tokens: 1, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
     let e = rlhf::model::sample::pick(&[0.5, f32::NAN, 1.0], &sc, &mut Rng::new(0)).unwrap_err().to_string();

@@ -153,13 +153,14 @@ fn reward_and_policy_checkpoints_are_not_interchangeable() {
     let head = rlhf::model::ScalarHead::init(&be, 8, 1).unwrap();
     let rm = RewardModel { trunk: m, head };
     let rdir = dir.path().join("rm");
-    rlhf::checkpoint::save(&rdir, &rm.to_checkpoint(&be).unwrap()).unwrap();
+    rlhf::checkpoint::save(&rdir, &rm.to_checkpoint(&be).unwrap(), None).unwrap();
     let e = rlhf::checkpoint::persist::load_policy(&be, &rdir).err().expect("a reward model loaded as a policy");
     assert!(format!("{e:#}").contains("reward"), "{e:#}");
     let pdir = dir.path().join("policy");
     rlhf::checkpoint::save(
         &pdir,
         &rlhf::checkpoint::Checkpoint::from_model(&be, &rm.trunk, rlhf::checkpoint::ModelKind::Policy),
+        None,
     )
     .unwrap();
     let e = rlhf::pipeline::reward::load(&be, &pdir).err().expect("a policy loaded as a reward model");
@@ -221,7 +222,7 @@ fn rm_fixture() -> RmFixture {
         &Gpt2::init(&be, cfg, 3).unwrap(),
         rlhf::checkpoint::ModelKind::Policy,
     );
-    rlhf::checkpoint::save(&base, &ck).unwrap();
+    rlhf::checkpoint::save(&base, &ck, None).unwrap();
     // 10 prompts: 2 held out, 8 trained on (4 steps per epoch at 2 prompts per step).
     let mut ranked = String::new();
     for i in 0..10 {
@@ -247,7 +248,7 @@ impl RmFixture {
         rlhf::pipeline::reward::RewardConfig {
             base: self.base.clone(),
             data: self.data.clone(),
-            tokenizer: self.tokenizer.clone(),
+            tokenizer: rlhf::checkpoint::tokenizer::TokenizerArgs::path(self.tokenizer.clone()),
             sft_data: Some(self.sft.clone()),
             out: self.dir.path().join(out),
             prompts_per_step: 3,

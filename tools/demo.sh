@@ -24,33 +24,32 @@ rlhf demo-data --corpus data/corpus/austen.txt.gz --out "$OUT/data"
 stage "0. tokenizer (byte-level BPE) and token shards of the training text (the evaluation pool left out)"
 rlhf tokenizer train --input "$OUT/data/pretrain.txt" --vocab-size 4096 --out "$OUT/tokenizer.json"
 rlhf prepare --tokenizer "$OUT/tokenizer.json" --input "$OUT/data/pretrain.txt" --out "$OUT/tokens"
-TOK=(--tokenizer "$OUT/tokenizer.json")
 
 stage "0. pretrain the tiny preset (val loss vs the unigram baseline)"
 rlhf pretrain --device "$DEVICE" --data "$OUT/tokens" --out "$OUT/pretrain" --preset tiny \
   --steps 1000 --batch 16 --seq 128 --lr 2e-3 --warmup 50 --eval-every 100 --save-every 250
-rlhf sample --device "$DEVICE" --checkpoint "$OUT/pretrain" "${TOK[@]}" \
+rlhf sample --device "$DEVICE" --checkpoint "$OUT/pretrain" \
   --prompt "It is a truth universally acknowledged" --num-samples 2 --max-new-tokens 40
 
 stage "1. SFT on 2000 demonstrations (held-out answer loss: base model vs fine-tuned)"
-rlhf sft --device "$DEVICE" --base "$OUT/pretrain" --data "$OUT/data/sft.jsonl" "${TOK[@]}" --out "$OUT/sft" \
+rlhf sft --device "$DEVICE" --base "$OUT/pretrain" --data "$OUT/data/sft.jsonl" --out "$OUT/sft" \
   --epochs 2 --batch 16 --lr 5e-4
 
 stage "2a. K = 4 answers per reward-model prompt from the SFT model, ranked by the gold judge"
-rlhf label --device "$DEVICE" --policy "$OUT/sft" --prompts "$OUT/data/rm-prompts.jsonl" "${TOK[@]}" -k 4 \
+rlhf label --device "$DEVICE" --policy "$OUT/sft" --prompts "$OUT/data/rm-prompts.jsonl" -k 4 \
   --judge gold --max-new-tokens "$MAX_NEW" --out "$OUT/ranked.jsonl"
 
 stage "2b. reward model (held-out pairwise accuracy against the gold judge)"
-rlhf reward --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" "${TOK[@]}" \
+rlhf reward --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" \
   --sft-data "$OUT/data/sft.jsonl" --out "$OUT/reward" --epochs 2 --lr 1e-3 --prompts-per-step 4 --skip-bad
 
 stage "3. PPO on its own prompts against the reward model (score up, KL to SFT bounded; gold scored every 5 iterations)"
 rlhf ppo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts "$OUT/data/ppo-prompts.jsonl" \
-  "${TOK[@]}" --out "$OUT/ppo" --judge gold --max-new-tokens "$MAX_NEW" --init-kl-coef 0.2 --horizon 1000
+  --out "$OUT/ppo" --judge gold --max-new-tokens "$MAX_NEW" --init-kl-coef 0.2 --horizon 1000
 
 stage "4. evaluation on the held-out prompts: PPO vs SFT, Austen, best-of-4 and the best constant answer"
 rlhf eval --device "$DEVICE" --policy "$OUT/ppo" --sft "$OUT/sft" --reward "$OUT/reward" --base "$OUT/pretrain" \
-  --prompts "$OUT/data/heldout.jsonl" "${TOK[@]}" --judge gold --max-new-tokens "$MAX_NEW" \
+  --prompts "$OUT/data/heldout.jsonl" --judge gold --max-new-tokens "$MAX_NEW" \
   --ppo-run "$OUT/ppo" --out "$OUT/eval"
 stage "5. the report: every stage's numbers, plots and tables on one page"
 rlhf report --run "$OUT"

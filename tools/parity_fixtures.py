@@ -10,6 +10,14 @@ Modes:
       and tests/fixtures/gpt2_tokenizer_ids.json: GPT-2 token ids of a fixed text set, from transformers'
       GPT-2 tokenizer and cross-checked against an independent implementation of GPT-2's original
       encoder (regex pre-tokenization + greedy lowest-rank BPE).
+  chat [--rlhf target/release/rlhf] [--out tests/fixtures/hf_chat]
+      The chat template and the reward model's padded scoring in transformers (issue 17): trains a 300-id
+      tokenizer with `rlhf tokenizer train`, makes a small random GPT2ForSequenceClassification (plus a
+      `score.bias`, which the class cannot hold), exports it with `rlhf export` into OUT/model, then records
+      in OUT/expected.json what transformers makes of the export: `apply_chat_template` ids of a few
+      conversations (with and without `add_generation_prompt`) and the scores of a right-padded batch of
+      answers of different lengths. tests/hf_chat.rs compares them with the engine's chat encoder and
+      `rlhf score`.
   check-export DIR [--expected FIXTURE_DIR]
       Loads DIR (written by `rlhf export`) with GPT2LMHeadModel.from_pretrained, prints its logits on the
       fixture inputs and compares them with FIXTURE_DIR/expected.safetensors; loads DIR/tokenizer.json with
@@ -246,11 +254,136 @@ def check_export(export_dir, expected_dir):
     return 0 if ok else 1
 
 
+CHAT_CONVERSATIONS = [
+    [{"role": "user", "content": "Who is Mr. Darcy?"}, {"role": "assistant", "content": "A gentleman of Derbyshire."}],
+    [
+        {"role": "system", "content": "Answer as Miss Austen would."},
+        {"role": "user", "content": "Is it a truth universally acknowledged?"},
+        {"role": "assistant", "content": "It is, my dear."},
+        {"role": "user", "content": "And the single man?"},
+        {"role": "assistant", "content": " Must be in want of a wife.\n"},
+    ],
+    [{"role": "user", "content": "  spaces,\ttabs and <|endoftext|> inside  "}, {"role": "assistant", "content": "ok"}],
+]
+
+# (prompt, answer) pairs of different lengths, scored as one right-padded batch.
+CHAT_ANSWERS = [
+    ("It is a truth", "universally acknowledged."),
+    ("Elizabeth said", "no."),
+    ("The ball at Netherfield", "was the most delightful evening of the whole winter, and Jane danced twice with Mr. Bingley."),
+    ("Emma", "Woodhouse, handsome, clever, and rich"),
+]
+
+
+def ids_of(x):
+    """apply_chat_template(tokenize=True) gives a list of ids, or (in some versions) a BatchEncoding."""
+    if hasattr(x, "keys") and "input_ids" in x:
+        x = x["input_ids"]
+    return [int(i) for i in x]
+
+
+def chat_fixture(rlhf, out_dir):
+    import subprocess
+    import tempfile
+    import transformers
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    os.makedirs(out_dir, exist_ok=True)
+    model_dir = os.path.join(out_dir, "model")
+    with tempfile.TemporaryDirectory() as tmp:
+        with gzip.open(os.path.join(ROOT, "data/corpus/austen.txt.gz"), "rt", encoding="utf-8") as f:
+            text = f.read()[:20000]
+        corpus = os.path.join(tmp, "corpus.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.write(text)
+        tok_path = os.path.join(tmp, "tokenizer.json")
+        subprocess.run([rlhf, "tokenizer", "train", "--input", corpus, "--vocab-size", "300", "--out", tok_path], check=True)
+        vocab = 1 + max(json.load(open(tok_path))["model"]["vocab"].values())
+        torch.manual_seed(4242)
+        cfg = GPT2Config(
+            n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=128, num_labels=1,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+            bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        )
+        model = GPT2ForSequenceClassification(cfg).float()
+        with torch.no_grad():
+            for _, p in model.named_parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        src = os.path.join(tmp, "src")
+        model.save_pretrained(src, safe_serialization=True)
+        # The engine's reward head has a bias, which GPT2ForSequenceClassification cannot hold.
+        st_path = os.path.join(src, "model.safetensors")
+        tensors = load_file(st_path)
+        bias = 0.375
+        tensors["score.bias"] = torch.tensor([bias])
+        save_file(tensors, st_path, metadata={"format": "pt"})
+        if os.path.exists(model_dir):
+            for name in os.listdir(model_dir):
+                os.remove(os.path.join(model_dir, name))
+        subprocess.run([rlhf, "export", "--checkpoint", src, "--tokenizer", tok_path, "--out", model_dir], check=True)
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rm = GPT2ForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").float().eval()
+    convs = []
+    for conv in CHAT_CONVERSATIONS:
+        convs.append({
+            "messages": conv,
+            "text": tok.apply_chat_template(conv, tokenize=False),
+            "ids": ids_of(tok.apply_chat_template(conv, tokenize=True)),
+            # The prompt of the last assistant turn: every turn before it and the generation prompt.
+            "prompt_ids": ids_of(tok.apply_chat_template(conv[:-1], tokenize=True, add_generation_prompt=True)),
+            "first_prompt_ids": ids_of(tok.apply_chat_template(conv[:1], tokenize=True, add_generation_prompt=True)),
+        })
+    rows = [ids_of(tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": a}], tokenize=True))
+            for p, a in CHAT_ANSWERS]
+    width = max(len(r) for r in rows)
+    pad = rm.config.pad_token_id
+    batch = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with torch.no_grad():
+        padded = rm(input_ids=batch, attention_mask=mask).logits[:, 0].tolist()
+        alone = [rm(input_ids=torch.tensor([r])).logits[0, 0].item() for r in rows]
+    answers_jsonl = os.path.join(out_dir, "answers.jsonl")
+    with open(answers_jsonl, "w", encoding="utf-8") as f:
+        for p, a in CHAT_ANSWERS:
+            f.write(json.dumps({"prompt": p, "completion": a}) + "\n")
+    ours = subprocess.run([rlhf, "score", "--reward", model_dir, "--data", answers_jsonl, "--device", "cpu"],
+                          check=True, capture_output=True, text=True).stdout
+    ours = [json.loads(l)["score"] for l in ours.splitlines() if l.strip()]
+    diff = max(abs(o - (h + bias)) for o, h in zip(ours, padded))
+    print(f"transformers {transformers.__version__}: padded scores {padded}")
+    print(f"rlhf score (minus score.bias {bias}) vs transformers: max |diff| = {diff:.3e}")
+    spread = max(abs(x - y) for x, y in zip(padded, alone))
+    print(f"padded vs one-at-a-time in transformers: max |diff| = {spread:.3e}")
+    expected = {
+        "source": f"transformers {transformers.__version__}, torch {torch.__version__}: tools/parity_fixtures.py chat",
+        "pad_token_id": pad,
+        "score_bias": bias,
+        "conversations": convs,
+        "answers": [{"prompt": p, "completion": a, "ids": r, "hf_score": s} for (p, a), r, s in zip(CHAT_ANSWERS, rows, padded)],
+        "padded_input_ids": batch.tolist(),
+        "hf_scores_one_at_a_time": alone,
+        "rlhf_scores_when_generated": ours,
+    }
+    import re
+
+    text = json.dumps(expected, ensure_ascii=False, indent=1)
+    # Lists of numbers on one line each (the ids and scores), the rest indented.
+    text = re.sub(r"\[\s*(-?[\d.e+-]+(?:,\s*-?[\d.e+-]+)*)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
+    with open(os.path.join(out_dir, "expected.json"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    print(f"wrote {out_dir}")
+    return 0 if diff <= 1e-4 else 1
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="mode", required=True)
     f = sub.add_parser("fixtures")
     f.add_argument("--out", default=os.path.join(ROOT, "tests/fixtures"))
+    h = sub.add_parser("chat")
+    h.add_argument("--rlhf", default=os.path.join(ROOT, "target/release/rlhf"))
+    h.add_argument("--out", default=os.path.join(ROOT, "tests/fixtures/hf_chat"))
     c = sub.add_parser("check-export")
     c.add_argument("dir")
     c.add_argument("--expected")
@@ -261,6 +394,8 @@ def main():
         tokenizer_fixture(a.out)
         parity_fixtures(a.out)
         return 0
+    if a.mode == "chat":
+        return chat_fixture(a.rlhf, a.out)
     return check_export(a.dir, a.expected)
 
 

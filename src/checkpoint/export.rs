@@ -1,4 +1,4 @@
-//! `rlhf export --checkpoint DIR --out HFDIR [--tokenizer tokenizer.json]`: write a Hugging Face folder.
+//! `rlhf export --checkpoint CKPT_OR_RUN --out HFDIR [--tokenizer tokenizer.json]`: write a Hugging Face folder.
 //!
 //! The folder holds `model.safetensors` (F32, `transformer.`-prefixed names as `save_pretrained` writes
 //! them, LM head tied and omitted), `config.json`, and when a tokenizer is known `tokenizer.json` +
@@ -11,12 +11,20 @@
 //! 1: `classifier.weight` [1, C] + `classifier.bias` [1], the class's own layout, so its per-token values
 //! in Hugging Face equal ours.
 //!
-//! The tokenizer is `--tokenizer` if given, else a `tokenizer.json` beside the checkpoint, else GPT-2's
-//! (built offline) when the vocabulary has GPT-2's 50257 tokens; otherwise none is written and a note says so.
-//! A tokenizer whose vocabulary differs from the model's is refused, as is a model holding NaN or infinite
-//! values; a failed export leaves no partial folder.
+//! The tokenizer is the one stored with the checkpoint (`crate::checkpoint::tokenizer`; `--tokenizer` only
+//! where none is, checked against it like every command's), else GPT-2's (built offline) when the
+//! vocabulary has GPT-2's 50257 tokens; otherwise the model is exported alone and a note says so. For a
+//! chat tokenizer (one with `<|user|>`, `<|assistant|>`, `<|end|>`, `<|pad|>`), `tokenizer_config.json`
+//! carries the chat format as a Jinja `chat_template` (`crate::data::chat::CHAT_TEMPLATE`, so
+//! `tokenizer.apply_chat_template` gives the engine's ids), `eos_token` `<|end|>` and `pad_token` `<|pad|>`,
+//! and `config.json` the matching `eos_token_id` and `pad_token_id`: `GPT2ForSequenceClassification` then
+//! scores a right-padded batch at each answer's `<|end|>`, the token `rlhf score` reads. The export is
+//! itself a checkpoint that records its tokenizer. A tokenizer whose vocabulary differs from the model's is
+//! refused, as is a model holding NaN or infinite values; a failed export leaves no partial folder.
 
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::checkpoint::{self, ModelKind};
+use crate::tokenizer::TokenizerFile;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -24,31 +32,37 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
 pub struct ExportArgs {
-    /// The model to export: a checkpoint folder, a `.safetensors` file with `config.json` beside it, or an
-    /// llm.c `.bin`.
+    /// The model to export: a checkpoint folder, a run folder (its latest checkpoint), a `.safetensors`
+    /// file with `config.json` beside it, or an llm.c `.bin`.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Output folder (created; files in it are replaced).
     #[arg(long)]
     pub out: PathBuf,
-    /// A `tokenizer.json` to ship with the model.
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
 }
 
 /// What [`export`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportReport {
     pub kind: ModelKind,
+    /// The exported `tokenizer.json`, if one was written.
     pub tokenizer: Option<PathBuf>,
+    /// Whether `tokenizer_config.json` carries the chat template (a chat tokenizer).
+    pub chat_template: bool,
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    let r = export(&args.checkpoint, &args.out, args.tokenizer.as_deref())?;
+    let r = export(&args.checkpoint, &args.out, &args.tokenizer)?;
     println!("exported {} model {} to {}", r.kind.as_str(), args.checkpoint.display(), args.out.display());
     match &r.tokenizer {
+        Some(t) if r.chat_template => println!("tokenizer: {} (with the chat template)", t.display()),
         Some(t) => println!("tokenizer: {}", t.display()),
-        None => println!("note: no tokenizer written (pass --tokenizer tokenizer.json to include one)"),
+        None => println!(
+            "note: no tokenizer written: {} stores none (pass --tokenizer tokenizer.json to include one)",
+            args.checkpoint.display()
+        ),
     }
     Ok(())
 }
@@ -57,7 +71,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
 const EXPORT_FILES: [&str; 5] = [
     checkpoint::MODEL_FILE,
     checkpoint::CONFIG_FILE,
-    "tokenizer.json",
+    crate::tokenizer::TOKENIZER_FILE,
     "tokenizer_config.json",
     "special_tokens_map.json",
 ];
@@ -66,7 +80,7 @@ const EXPORT_FILES: [&str; 5] = [
 /// `out`, then reloads the written model and checks it is bit-identical to the source. Everything is
 /// checked and written in a temporary folder beside `out` first and moved into `out` only at the end, so a
 /// failed export leaves no partial folder (and an existing `out` as it was).
-pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: Option<&Path>) -> Result<ExportReport> {
+pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: &TokenizerArgs) -> Result<ExportReport> {
     let source = checkpoint::run_dir::resolve_checkpoint(checkpoint_path)?;
     let ck = checkpoint::load(&source)?;
     check_finite(&ck, &source)?;
@@ -78,40 +92,21 @@ pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: Option<&Path>) -> R
     };
 
     // The tokenizer to ship: read and checked against the model before anything is written.
-    let beside = |p: &Path| {
-        if p.is_dir() {
-            p.join("tokenizer.json")
-        } else {
-            p.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
-        }
-    };
-    let found = [beside(&source), beside(checkpoint_path)].into_iter().find(|b| b.is_file());
-    let tok_source = match tokenizer {
-        Some(t) => Some(t.to_path_buf()),
-        None => found,
-    };
-    let shipped = match &tok_source {
-        Some(src) => {
-            let text =
-                std::fs::read_to_string(src).with_context(|| format!("cannot read tokenizer {}", src.display()))?;
-            let tok = tokenizers::Tokenizer::from_bytes(text.as_bytes())
-                .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", src.display()))?;
-            // Size of the id space (largest id + 1), as the engine counts a tokenizer's vocabulary.
-            let n = tok.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
-            if n != ck.config.vocab_size {
-                bail!(
-                    "tokenizer {} has {n} tokens but the model's vocab_size is {}: it is not the model's tokenizer",
-                    src.display(),
-                    ck.config.vocab_size
-                );
-            }
-            Some((Some(text), tok))
-        }
-        None if ck.config.vocab_size == crate::tokenizer::gpt2::VOCAB_SIZE => {
-            Some((None, crate::tokenizer::gpt2::build()?))
-        }
+    let shipped = match ck_tok::resolve_optional(tokenizer, &[Source::Model("--checkpoint", checkpoint_path)])? {
+        Some(tf) => Some(tf),
+        None if ck.config.vocab_size == crate::tokenizer::gpt2::VOCAB_SIZE => Some(gpt2_builtin()?),
         None => None,
     };
+    if let Some(tf) = &shipped {
+        let n = tf.tokenizer().vocab_size();
+        if n != ck.config.vocab_size {
+            bail!(
+                "tokenizer {} has {n} tokens but the model's vocab_size is {}: it is not the model's tokenizer",
+                tf.source().display(),
+                ck.config.vocab_size
+            );
+        }
+    }
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -119,19 +114,15 @@ pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: Option<&Path>) -> R
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove stale {}", tmp.display()))?;
     }
+    let mut chat_template = false;
     let written = (|| -> Result<()> {
-        checkpoint::save(&tmp, &ck).with_context(|| format!("exporting to {}", out.display()))?;
+        checkpoint::save(&tmp, &ck, shipped.as_ref()).with_context(|| format!("exporting to {}", out.display()))?;
         let back = checkpoint::load(&tmp).with_context(|| format!("re-reading the export {}", tmp.display()))?;
         if back != ck {
             bail!("the export in {} does not read back identical to {}", tmp.display(), source.display());
         }
-        if let Some((text, tok)) = &shipped {
-            let dest = tmp.join("tokenizer.json");
-            match text {
-                Some(text) => crate::util::fs::write_atomic(&dest, text.as_bytes())?,
-                None => crate::tokenizer::gpt2::write_tokenizer_json(&dest, false)?,
-            }
-            write_tokenizer_side_files(&tmp, tok, ck.config.n_positions)?;
+        if let Some(tf) = &shipped {
+            chat_template = write_tokenizer_side_files(&tmp, tf, ck.config.n_positions)?;
         }
         install(&tmp, out)
     })();
@@ -139,7 +130,18 @@ pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: Option<&Path>) -> R
         let _ = std::fs::remove_dir_all(&tmp);
     }
     written?;
-    Ok(ExportReport { kind: ck.kind, tokenizer: shipped.map(|_| out.join("tokenizer.json")) })
+    Ok(ExportReport {
+        kind: ck.kind,
+        tokenizer: shipped.map(|_| out.join(crate::tokenizer::TOKENIZER_FILE)),
+        chat_template,
+    })
+}
+
+/// GPT-2's own tokenizer (built offline), for a GPT-2-vocabulary model that stores none.
+fn gpt2_builtin() -> Result<TokenizerFile> {
+    let tok = crate::tokenizer::gpt2::build()?;
+    let text = tok.to_string(true).map_err(|e| anyhow::anyhow!("cannot serialise GPT-2's tokenizer: {e}"))?;
+    TokenizerFile::from_bytes(text.into_bytes(), Path::new("GPT-2's tokenizer (built in)"))
 }
 
 /// Refuses a model with a NaN or infinite value, naming the tensor (it would not survive the round trip
@@ -178,10 +180,10 @@ fn install(tmp: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `tokenizer_config.json` and `special_tokens_map.json` for a `tokenizer.json` in `out`.
-fn write_tokenizer_side_files(out: &Path, tok: &tokenizers::Tokenizer, max_len: usize) -> Result<()> {
-    let eot = crate::tokenizer::gpt2::EOT;
-    let has_eot = tok.token_to_id(eot).is_some();
+/// `tokenizer_config.json` and `special_tokens_map.json` for the `tokenizer.json` in `out`; the chat
+/// template and `<|pad|>` for a chat tokenizer. Returns whether the chat template was written.
+fn write_tokenizer_side_files(out: &Path, tf: &TokenizerFile, max_len: usize) -> Result<bool> {
+    let sp = ck_tok::hf_special_tokens(tf.tokenizer());
     let mut cfg = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_len,
@@ -189,15 +191,21 @@ fn write_tokenizer_side_files(out: &Path, tok: &tokenizers::Tokenizer, max_len: 
         "add_prefix_space": false,
     });
     let mut special = json!({});
-    if has_eot {
-        for k in ["bos_token", "eos_token", "unk_token"] {
-            cfg[k] = json!(eot);
-            special[k] = json!(eot);
-        }
+    let unk = crate::tokenizer::EOT.to_string();
+    for (k, tok) in [("bos_token", &sp.bos.0), ("eos_token", &sp.eos.0), ("unk_token", &unk)] {
+        cfg[k] = json!(tok);
+        special[k] = json!(tok);
+    }
+    if let Some((pad, _)) = &sp.pad {
+        cfg["pad_token"] = json!(pad);
+        special["pad_token"] = json!(pad);
+    }
+    if sp.chat {
+        cfg["chat_template"] = json!(crate::data::chat::CHAT_TEMPLATE);
     }
     for (name, v) in [("tokenizer_config.json", cfg), ("special_tokens_map.json", special)] {
         let text = serde_json::to_string_pretty(&v)? + "\n";
         crate::util::fs::write_atomic(&out.join(name), text.as_bytes())?;
     }
-    Ok(())
+    Ok(sp.chat)
 }

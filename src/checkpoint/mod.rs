@@ -1,6 +1,7 @@
 //! Checkpoints: the engine's model folders, Hugging Face GPT-2 folders and llm.c model files; every
 //! conversion between a model and files lives here ([`persist`]: models and optimizer state, [`export`]:
-//! Hugging Face folders, [`run_dir`]: a run's step-numbered checkpoints).
+//! Hugging Face folders, [`run_dir`]: a run's step-numbered checkpoints, [`tokenizer`]: the tokenizer stored
+//! with each checkpoint).
 //!
 //! # The engine's checkpoint folder
 //! A checkpoint is a folder holding
@@ -12,10 +13,14 @@
 //!   head as `classifier.weight` [1, C] + `classifier.bias` [1], exactly `GPT2ForTokenClassification` with
 //!   one label (one value per token).
 //! - `config.json`: Hugging Face GPT-2 keys (so `from_pretrained(DIR)` loads the folder as it is) plus our own
-//!   `"rlhf"` section: `{"kind": "policy" | "reward" | "value", "format": 1}`; a reward model given where a
-//!   policy is expected (or any other mix-up) is an error ([`Checkpoint::expect_kind`]). Without the section
-//!   the kind follows `architectures` (`GPT2ForSequenceClassification`: reward, `GPT2ForTokenClassification`:
-//!   value, else policy).
+//!   `"rlhf"` section: `{"kind": "policy" | "reward" | "value", "format": 1, "tokenizer": {"file":
+//!   "tokenizer.json", "sha256": "..."}}`; a reward model given where a policy is expected (or any other
+//!   mix-up) is an error ([`Checkpoint::expect_kind`]). Without the section the kind follows
+//!   `architectures` (`GPT2ForSequenceClassification`: reward, `GPT2ForTokenClassification`: value, else
+//!   policy). `bos_token_id` / `eos_token_id` / `pad_token_id` follow the tokenizer
+//!   ([`tokenizer::hf_special_tokens`]).
+//! - `tokenizer.json`: the tokenizer the model was trained with, byte for byte, its SHA-256 in
+//!   `config.json` ([`tokenizer`]: how commands find it and check an explicit `--tokenizer` against it).
 //! - optionally, for `--resume`, `train_state.safetensors` + `train_state.json` ([`save_train_state`]).
 //!
 //! Every file is written atomically (temporary file in the folder, fsync, rename).
@@ -37,8 +42,10 @@ pub mod llmc;
 pub mod persist;
 pub mod run_dir;
 pub mod safetensors;
+pub mod tokenizer;
 
 use crate::model::Config;
+use crate::tokenizer::TokenizerFile;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -269,8 +276,9 @@ impl Checkpoint {
     }
 }
 
-/// The Hugging Face `config.json` we write for a checkpoint (GPT-2 keys + our `"rlhf"` section).
-pub fn hf_config_json(ck: &Checkpoint) -> Value {
+/// The Hugging Face `config.json` we write for a checkpoint (GPT-2 keys + our `"rlhf"` section), recording
+/// the tokenizer `tok` stored beside it, if any.
+pub fn hf_config_json(ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Value {
     let c = &ck.config;
     let mut v = json!({
         "model_type": "gpt2",
@@ -301,10 +309,19 @@ pub fn hf_config_json(ck: &Checkpoint) -> Value {
         "torch_dtype": "float32",
         "rlhf": {"kind": ck.kind.as_str(), "format": FORMAT_VERSION},
     });
-    // GPT-2's end-of-text id where the vocabulary has it; otherwise none (transformers would default to 50256).
-    let eot = if c.vocab_size > 50256 { json!(50256) } else { Value::Null };
-    v["bos_token_id"] = eot.clone();
-    v["eos_token_id"] = eot;
+    // The tokenizer's special ids; without a tokenizer, GPT-2's end-of-text id where the vocabulary has it,
+    // otherwise none (transformers would default to 50256).
+    let special = tok.map(|t| tokenizer::hf_special_tokens(t.tokenizer()));
+    let (bos, eos, pad) = match &special {
+        Some(s) => (json!(s.bos.1), json!(s.eos.1), s.pad.as_ref().map_or(json!(s.eos.1), |p| json!(p.1))),
+        None if c.vocab_size > 50256 => (json!(50256), json!(50256), json!(50256)),
+        None => (Value::Null, Value::Null, Value::Null),
+    };
+    v["bos_token_id"] = bos;
+    v["eos_token_id"] = eos;
+    if let Some(t) = tok {
+        v["rlhf"]["tokenizer"] = tokenizer::record_json(t);
+    }
     if ck.kind == ModelKind::Value {
         v["classifier_dropout"] = json!(0.0);
     }
@@ -312,23 +329,31 @@ pub fn hf_config_json(ck: &Checkpoint) -> Value {
         v["num_labels"] = json!(1);
         v["id2label"] = json!({"0": "LABEL_0"});
         v["label2id"] = json!({"LABEL_0": 0});
-        // GPT2ForSequenceClassification scores the last non-pad token; with no pad id it refuses batches > 1.
-        if c.vocab_size > 50256 {
-            v["pad_token_id"] = json!(50256);
+        // GPT2ForSequenceClassification scores the last token that is not padding (with no pad id it
+        // refuses batches > 1): `<|pad|>` for a chat tokenizer, so a right-padded answer is scored at its
+        // `<|end|>`, the token the engine reads.
+        if !pad.is_null() {
+            v["pad_token_id"] = pad;
         }
+    } else if let Some(p) = special.as_ref().and_then(|s| s.pad.as_ref()) {
+        v["pad_token_id"] = json!(p.1);
     }
     v
 }
 
-/// Saves `ck` as a checkpoint folder `dir` (created if missing): `model.safetensors` then `config.json`,
-/// each atomically.
-pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
-    save_with_config(dir, ck, hf_config_json(ck))
-}
-
-/// As [`save`], with a caller-made `config.json` value (e.g. to add keys on export).
-pub fn save_with_config(dir: &Path, ck: &Checkpoint, config: Value) -> Result<()> {
+/// Saves `ck` as a checkpoint folder `dir` (created if missing): `model.safetensors`, the tokenizer it was
+/// trained with as `tokenizer.json` (when given; `None` writes a model that records no tokenizer), then
+/// `config.json` recording it, each atomically.
+pub fn save(dir: &Path, ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Result<()> {
     ck.validate().context("refusing to save an inconsistent checkpoint")?;
+    if let Some(t) = tok {
+        crate::tokenizer::check_vocab(
+            t.tokenizer().vocab_size(),
+            ck.config.vocab_size,
+            &t.source().display().to_string(),
+        )
+        .context("refusing to save a checkpoint with another model's tokenizer")?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let names: Vec<String> = ck.tensors.iter().map(|t| format!("{HF_PREFIX}{}", t.name)).collect();
     let mut refs: Vec<TensorRef> =
@@ -345,7 +370,10 @@ pub fn save_with_config(dir: &Path, ck: &Checkpoint, config: Value) -> Result<()
     }));
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::save_f32(&dir.join(MODEL_FILE), &refs, &meta)?;
-    let text = serde_json::to_string_pretty(&config)? + "\n";
+    if let Some(t) = tok {
+        t.write(&dir.join(crate::tokenizer::TOKENIZER_FILE))?;
+    }
+    let text = serde_json::to_string_pretty(&hf_config_json(ck, tok))? + "\n";
     crate::util::fs::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `rlhf eval`: held-out evaluation of a policy against the SFT model, the baselines and the judge's
 //! degenerate strategies (`crate::pipeline::eval`), and the over-optimisation curve of a PPO run.
 
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::{JudgeChoice, DEFAULT_JUDGE};
 use crate::data::chat::ChatTokens;
@@ -8,7 +9,6 @@ use crate::data::jsonl;
 use crate::model::sample::SampleConfig;
 use crate::pipeline::eval::{self, EvalConfig, HeldOut, Models};
 use crate::pipeline::run::check;
-use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -30,8 +30,8 @@ pub struct EvalArgs {
     /// "completion" for the comparisons with it and the judge's degenerate strategies.
     #[arg(long)]
     pub prompts: PathBuf,
-    #[arg(long)]
-    pub tokenizer: PathBuf,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
     /// The gold judge (default `gold`; see `rlhf judge --help`).
     #[command(flatten)]
     pub judge: JudgeChoice,
@@ -84,8 +84,18 @@ impl EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     args.validate()?;
-    let tok = Tokenizer::load(&args.tokenizer)?;
-    let ct = ChatTokens::from_tokenizer(&tok)?;
+    // The tokenizer every model read records (all the same one).
+    let mut sources = vec![
+        Source::Model("--policy", &args.policy),
+        Source::Model("--sft", &args.sft),
+        Source::Model("--reward", &args.reward),
+    ];
+    if let Some(b) = &args.base {
+        sources.push(Source::Model("--base", b));
+    }
+    let tf = ck_tok::resolve(&args.tokenizer, &sources)?;
+    let tok = tf.tokenizer();
+    let ct = ChatTokens::from_tokenizer(tok)?;
     let heldout: Vec<HeldOut> = jsonl::read_heldout(&args.prompts, false)?
         .records
         .into_iter()
@@ -134,7 +144,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             );
         }
         let models = Models { policy: &policy, sft: &sft, reward: &reward, base: base.as_ref() };
-        eval::evaluate(be, &models, &tok, &ct, &heldout, &cfg, judge.as_deref_mut())
+        eval::evaluate(be, &models, tok, &ct, &heldout, &cfg, judge.as_deref_mut())
     })?;
     let markdown: String = report.tables().iter().map(|t| t.to_markdown() + "\n").collect();
     if args.json {

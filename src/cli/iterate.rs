@@ -42,8 +42,10 @@ pub struct IterateArgs {
     /// SFT demonstrations: each reward model's bias is shifted so they score 0 on average.
     #[arg(long)]
     pub sft_data: PathBuf,
+    /// The models' tokenizer.json; by default the one recorded in the SFT model (every step checks that the
+    /// models it reads agree).
     #[arg(long)]
-    pub tokenizer: PathBuf,
+    pub tokenizer: Option<PathBuf>,
     /// The folder of the rounds (OUT/round-1, ...) and of the loop's summary.
     #[arg(long, default_value = "runs/iterate")]
     pub out: PathBuf,
@@ -118,9 +120,9 @@ pub fn run(a: IterateArgs) -> Result<()> {
     let judge_flags = ["--judge".to_string(), judge, "--judge-timeout".into(), a.judge.judge_timeout.to_string()];
     let device_name = clap::ValueEnum::to_possible_value(&a.device).map(|v| v.get_name().to_string());
     let device = ["--device".to_string(), device_name.unwrap_or("auto".into())];
-    let common = |v: Vec<String>| -> Vec<String> {
-        v.into_iter().chain(["--tokenizer".into(), s(&a.tokenizer)]).chain(device.iter().cloned()).collect()
-    };
+    let tokenizer: Vec<String> = a.tokenizer.iter().flat_map(|t| ["--tokenizer".into(), s(t)]).collect();
+    let common =
+        |v: Vec<String>| -> Vec<String> { v.into_iter().chain(tokenizer.clone()).chain(device.clone()).collect() };
     let (mut policy, mut rm) = (a.sft.clone(), a.reward.clone());
     for r in 1..=a.rounds {
         let dir = a.out.join(format!("round-{r}"));

@@ -1,6 +1,7 @@
 //! `rlhf label`: K answers per prompt from a policy, ranked at the terminal or by a judge
 //! (`crate::pipeline::label`), into ranked-K JSONL.
 
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
 use crate::data::chat::{self, ChatTokens};
@@ -8,7 +9,6 @@ use crate::data::jsonl;
 use crate::model::sample::{generate, SampleConfig};
 use crate::pipeline::label;
 use crate::pipeline::run::check;
-use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -21,8 +21,8 @@ pub struct LabelArgs {
     /// Prompts, one JSON object per line: {"prompt": "..."}.
     #[arg(long)]
     pub prompts: PathBuf,
-    #[arg(long)]
-    pub tokenizer: PathBuf,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
     /// Answers per prompt.
     #[arg(short, long, default_value_t = 4)]
     pub k: usize,
@@ -57,8 +57,9 @@ impl LabelArgs {
 
 pub fn run(args: LabelArgs) -> Result<()> {
     args.validate()?;
-    let tok = Tokenizer::load(&args.tokenizer)?;
-    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let tf = ck_tok::resolve(&args.tokenizer, &[Source::Model("--policy", &args.policy)])?;
+    let tok = tf.tokenizer();
+    let ct = ChatTokens::from_tokenizer(tok)?;
     let end = ct.end;
     let prompts = jsonl::read_prompts(&args.prompts, false)?.records;
     let mut judge = args.judge.build()?;
@@ -88,7 +89,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
                 // Answer j to a prompt draws from its own stream, a pure function of (seed, prompt text, j), so
                 // a resumed session (whose batches hold other prompts) draws the same answers.
                 let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-                let mut prompt = chat::encode_prompt(&tok, &ct, p)?;
+                let mut prompt = chat::encode_prompt(tok, &ct, p)?;
                 chat::fit_prompt(&mut prompt, policy.cfg.n_positions - args.max_new_tokens);
                 for j in 0..args.k {
                     ids.push(prompt.clone());
@@ -98,7 +99,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
             let g = generate(be, &policy, &ids, &sc, &mut rngs)?;
             let answers: Vec<label::Answer> = g
                 .iter()
-                .map(|g| label::Answer { text: chat::answer_text(&tok, &g.tokens, end), ended: g.ended })
+                .map(|g| label::Answer { text: chat::answer_text(tok, &g.tokens, end), ended: g.ended })
                 .collect();
             Ok(answers.chunks(args.k).map(<[label::Answer]>::to_vec).collect())
         };

@@ -1,5 +1,6 @@
 //! `rlhf ppo`: PPO against a reward model (`crate::pipeline::ppo`).
 
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
 use crate::data::chat::{self, ChatTokens};
@@ -7,7 +8,6 @@ use crate::data::jsonl;
 use crate::pipeline::metrics;
 use crate::pipeline::ppo::trainer::{train_from, GoldHook, Hooks, PpoConfig, PpoSummary};
 use crate::pipeline::run::check;
-use crate::tokenizer::Tokenizer;
 use crate::util::summary::Summary;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -26,9 +26,8 @@ pub struct PpoArgs {
     /// Prompts, one JSON object per line: {"prompt": "..."}.
     #[arg(long)]
     pub prompts: PathBuf,
-    /// The tokenizer.json of the models.
-    #[arg(long)]
-    pub tokenizer: PathBuf,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
     // The run's settings (saved with each checkpoint): their flags and defaults are defined there.
     #[command(flatten)]
     pub config: PpoConfig,
@@ -54,8 +53,17 @@ pub struct PpoArgs {
 }
 
 pub fn run(args: PpoArgs) -> Result<()> {
-    let tok = Tokenizer::load(&args.tokenizer)?;
-    let ct = ChatTokens::from_tokenizer(&tok)?;
+    // The tokenizer every model read records (all the same one); a resumed run's too.
+    let mut sources = vec![Source::Model("--policy", &args.policy), Source::Model("--reward", &args.reward)];
+    if let Some(r) = &args.reference {
+        sources.push(Source::Model("--reference", r));
+    }
+    if args.resume && args.config.out.join("latest").is_file() {
+        sources.push(Source::Model("--out (the run resumed)", &args.config.out));
+    }
+    let tf = ck_tok::resolve(&args.tokenizer, &sources)?;
+    let tok = tf.tokenizer();
+    let ct = ChatTokens::from_tokenizer(tok)?;
     let (end, pad) = (ct.end, ct.pad);
     let cfg = PpoConfig { stop_token: end, pad_token: pad, ..args.config };
     cfg.validate(tok.vocab_size())?;
@@ -79,7 +87,7 @@ pub fn run(args: PpoArgs) -> Result<()> {
         let init = crate::checkpoint::persist::load_policy(be, &args.policy)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), init.cfg.vocab_size, &args.policy.display().to_string())?;
         let (prompts, cut) =
-            chat::encode_prompts_to_sample(&tok, &ct, &texts, init.cfg.n_positions, cfg.max_new_tokens)?;
+            chat::encode_prompts_to_sample(tok, &ct, &texts, init.cfg.n_positions, cfg.max_new_tokens)?;
         if cut > 0 {
             println!("{cut} of {} prompts cut at the left to fit the context with the answer", prompts.len());
         }
@@ -88,13 +96,13 @@ pub fn run(args: PpoArgs) -> Result<()> {
             None => crate::model::scalar::clone_model(be, &init)?,
         };
         let reward = crate::pipeline::reward::load(be, &args.reward)?;
-        let decode = |ids: &[u32]| chat::answer_text(&tok, ids, end);
+        let decode = |ids: &[u32]| chat::answer_text(tok, ids, end);
         let ptx = |i: u64| -> Result<(Vec<u32>, Vec<u32>, usize, usize)> {
             let d = ptx_data.as_ref().context("no --ptx-data")?;
             let b = d.batch(seed, i, args.ptx_batch, args.ptx_seq)?;
             Ok((b.inputs, b.targets, args.ptx_batch, args.ptx_seq))
         };
-        let prompt_text = |ids: &[u32]| chat::prompt_text(&tok, &ct, ids);
+        let prompt_text = |ids: &[u32]| chat::prompt_text(tok, &ct, ids);
         let mut gold = |pairs: &[(String, String)]| judge.as_mut().context("no judge")?.score(pairs);
         let hooks = Hooks {
             decode: Some(&decode),
@@ -105,6 +113,7 @@ pub fn run(args: PpoArgs) -> Result<()> {
             }),
             ptx: if ptx_data.is_some() { Some(&ptx) } else { None },
             verbose: true,
+            tokenizer: Some(&tf),
         };
         let out = cfg.out.clone();
         let s = train_from(be, cfg, &prompts, &init, &reference, &reward, hooks, args.resume)?;

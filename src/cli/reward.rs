@@ -1,9 +1,9 @@
 //! `rlhf reward` (train a reward model on ranked answers) and `rlhf score` (score prompt/answer pairs).
 
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::data::chat::{self, ChatTokens};
 use crate::pipeline::reward::{self, RewardConfig};
-use crate::tokenizer::Tokenizer;
 use crate::util::summary::Summary;
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -62,8 +62,8 @@ pub struct ScoreArgs {
     /// A reward model checkpoint (or its run directory).
     #[arg(long)]
     pub reward: PathBuf,
-    #[arg(long)]
-    pub tokenizer: PathBuf,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
     /// JSONL of {"prompt", "completion"} (or "answer") to score.
     #[arg(long)]
     pub data: PathBuf,
@@ -75,8 +75,6 @@ pub struct ScoreArgs {
 }
 
 pub fn run_score(a: ScoreArgs) -> Result<()> {
-    let tok = Tokenizer::load(&a.tokenizer)?;
-    let ct = ChatTokens::from_tokenizer(&tok)?;
     let text = std::fs::read_to_string(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
     let mut records = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -99,13 +97,16 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
         })?;
         records.push((v, prompt, answer));
     }
+    let tf = ck_tok::resolve(&a.tokenizer, &[Source::Model("--reward", &a.reward)])?;
+    let tok = tf.tokenizer();
+    let ct = ChatTokens::from_tokenizer(tok)?;
     let dev = device::select(a.device)?;
     let scores = crate::with_backend!(dev, |be| {
         let rm = reward::load(be, &a.reward)?;
-        crate::tokenizer::check_vocab(tok.vocab_size(), rm.trunk.cfg.vocab_size, &a.tokenizer.display().to_string())?;
+        crate::tokenizer::check_vocab(tok.vocab_size(), rm.trunk.cfg.vocab_size, &tf.source().display().to_string())?;
         let mut pairs = vec![];
         for (_, p, ans) in &records {
-            let (mut pt, mut at) = (chat::encode_prompt(&tok, &ct, p)?, chat::encode_answer(&tok, &ct, ans)?);
+            let (mut pt, mut at) = (chat::encode_prompt(tok, &ct, p)?, chat::encode_answer(tok, &ct, ans)?);
             chat::fit_context(&mut pt, &mut at, rm.trunk.cfg.n_positions);
             pairs.push((pt, at));
         }

@@ -1,9 +1,9 @@
 //! `rlhf sample`: generate text from a checkpoint with a KV cache.
 
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::model::sample::{generate, SampleConfig};
 use crate::pipeline::run::check;
-use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -13,9 +13,8 @@ pub struct SampleArgs {
     /// A checkpoint directory, a run directory (its latest checkpoint), or a Hugging Face GPT-2 folder.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// The tokenizer.json the model was trained with.
-    #[arg(long)]
-    pub tokenizer: PathBuf,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
     /// Text to continue (empty: start from <|endoftext|>).
     #[arg(long, default_value = "")]
     pub prompt: String,
@@ -55,11 +54,12 @@ impl SampleArgs {
 
 pub fn run(args: SampleArgs) -> Result<()> {
     args.validate()?;
-    let tok = Tokenizer::load(&args.tokenizer)?;
+    let tf = ck_tok::resolve(&args.tokenizer, &[Source::Model("--checkpoint", &args.checkpoint)])?;
+    let tok = tf.tokenizer();
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
         let model = crate::checkpoint::persist::load_policy(be, &args.checkpoint)?;
-        crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &args.tokenizer.display().to_string())?;
+        crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &tf.source().display().to_string())?;
         let mut prompt = vec![tok.eot()];
         prompt.extend(tok.encode(&args.prompt));
         let sc = SampleConfig {

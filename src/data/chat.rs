@@ -17,6 +17,21 @@ use crate::data::jsonl::SftExample;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 
+/// The chat format as a Jinja chat template, as Hugging Face `transformers` renders one
+/// (`tokenizer.apply_chat_template`): user (and system) turns `<|user|>{content}`, assistant turns
+/// `<|assistant|>{content}<|end|>`, and with `add_generation_prompt` a closing `<|assistant|>`, the prompt
+/// the model answers. Encoded, it gives exactly the ids of [`encode_messages`] (a conversation ending with
+/// an assistant turn) and of [`encode_prompt`] (one user turn, with the generation prompt); any other role
+/// is an error, as it is here. `rlhf export` writes it into `tokenizer_config.json` for chat tokenizers.
+pub const CHAT_TEMPLATE: &str = concat!(
+    "{% for message in messages %}",
+    "{% if message['role'] == 'assistant' %}{{ '<|assistant|>' + message['content'] + '<|end|>' }}",
+    "{% elif message['role'] == 'user' or message['role'] == 'system' %}{{ '<|user|>' + message['content'] }}",
+    "{% else %}{{ raise_exception('unknown role ' + message['role'] + ' (expected user, assistant or system)') }}",
+    "{% endif %}{% endfor %}",
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}",
+);
+
 pub const USER: &str = "<|user|>";
 pub const ASSISTANT: &str = "<|assistant|>";
 pub const END: &str = "<|end|>";

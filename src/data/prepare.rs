@@ -4,7 +4,9 @@
 //! blank lines), each document is encoded and followed by `<|endoftext|>`, and each document goes to the
 //! validation split with probability `--val-fraction`, decided by a generator seeded with `--seed` (so
 //! the same inputs and seed always give the same split). The output directory receives
-//! `train_000.bin, ...`, `val_000.bin, ...` (see [`crate::data::shards`] for the format) and `meta.json`.
+//! `train_000.bin, ...`, `val_000.bin, ...` (see [`crate::data::shards`] for the format), `meta.json`, and
+//! a copy of the tokenizer (`tokenizer.json`, its SHA-256 in `meta.json`), which `pretrain` stores with its
+//! checkpoints.
 //!
 //! Everything is written to a staging directory first and moved into place only when all of it
 //! succeeded, so a failed run never damages data prepared earlier. The install itself (one rename per
@@ -18,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 use crate::data::shards::{shard_bytes, Meta, ShardInfo, SplitMeta, META_FILE, SHARD_TOKENS};
-use crate::tokenizer::{read_text, Tokenizer};
+use crate::tokenizer::{read_text, TokenizerFile, TOKENIZER_FILE};
 use crate::util::rng::Rng;
 
 /// How input text is cut into documents (each followed by `<|endoftext|>`).
@@ -123,7 +125,8 @@ pub fn split_documents(text: &str, how: DocSplit) -> Vec<String> {
 pub fn run(args: PrepareArgs) -> Result<()> {
     let start = std::time::Instant::now();
     args.validate()?;
-    let tok = Tokenizer::load(&args.tokenizer)?;
+    let tok_file = TokenizerFile::read(&args.tokenizer)?;
+    let tok = tok_file.tokenizer();
     let eot = tok.eot();
 
     let mut docs = Vec::new();
@@ -190,6 +193,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             vocab_size: vocab,
             eot,
             tokenizer: args.tokenizer.display().to_string(),
+            tokenizer_sha256: Some(tok_file.sha256().to_string()),
             inputs: args.input.iter().map(|p| p.display().to_string()).collect(),
             documents: args.documents.name().to_string(),
             val_fraction: args.val_fraction,
@@ -208,6 +212,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             },
         };
         meta.validate().context("internal error: the new meta.json is inconsistent")?;
+        tok_file.write(&staging.join(TOKENIZER_FILE))?;
         let json = serde_json::to_string_pretty(&meta)?;
         crate::util::fs::write_atomic(&staging.join(META_FILE), json.as_bytes())?;
         install(&staging, &args.out, &meta)?;
@@ -252,7 +257,7 @@ fn write_split(dir: &Path, split: &str, tokens: &[u32], vocab: usize, per_shard:
 /// Replaces the shards and meta.json in `out` by the staged ones: the old meta.json is removed first (from
 /// then on the directory is refused until the new one is in place), new shards are renamed over old ones
 /// of the same name, then shards of earlier runs that are not part of the new set are removed (they
-/// would otherwise be read as extra data), and meta.json comes last.
+/// would otherwise be read as extra data), then the tokenizer, and meta.json comes last.
 fn install(staging: &Path, out: &Path, meta: &Meta) -> Result<()> {
     let old_meta = out.join(META_FILE);
     match std::fs::remove_file(&old_meta) {
@@ -274,6 +279,8 @@ fn install(staging: &Path, out: &Path, meta: &Meta) -> Result<()> {
                 .with_context(|| format!("cannot remove old shard {}", e.path().display()))?;
         }
     }
+    let (from, to) = (staging.join(TOKENIZER_FILE), out.join(TOKENIZER_FILE));
+    std::fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
     sync_dir(out);
     let (from, to) = (staging.join(META_FILE), out.join(META_FILE));
     std::fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;

@@ -30,6 +30,8 @@
 //! it (a stray extra shard, a missing one, or one from another `prepare`, as an interrupted `prepare` or a
 //! hand-copied file would leave), naming the shard. A directory without `meta.json` is read as bare shards
 //! (e.g. shards prepared by llm.c), except where the caller needs the manifest ([`check_data_vocab`]).
+//! `prepare` also copies the tokenizer into the directory (`tokenizer.json`, its SHA-256 in `meta.json`),
+//! so pretraining knows which tokenizer its data was encoded with ([`recorded_tokenizer`]).
 //!
 //! Training batches are a pure function of `(seed, index)`: [`Dataset::batch`] draws `b` random windows of
 //! `t + 1` tokens with `Rng::stream(seed, index)`, so step `k` of a run always sees the same batch and a
@@ -42,6 +44,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::tokenizer::{TokenizerFile, TOKENIZER_FILE};
 use crate::util::fs::write_atomic;
 use crate::util::rng::Rng;
 
@@ -602,8 +605,12 @@ pub struct Meta {
     pub vocab_size: usize,
     /// Id of `<|endoftext|>`, appended after every document.
     pub eot: u32,
-    /// Tokenizer file the data was encoded with.
+    /// Tokenizer file the data was encoded with (the path given to `prepare`).
     pub tokenizer: String,
+    /// SHA-256 of that file, copied into the folder as `tokenizer.json` (absent in data prepared before
+    /// tokenizers travelled with the data; see [`recorded_tokenizer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
     /// Input text files, in order.
     pub inputs: Vec<String>,
     /// How the inputs were split into documents.
@@ -670,6 +677,25 @@ impl Meta {
         }
         Ok(())
     }
+}
+
+/// The tokenizer the prepared data in `dir` was encoded with: its `tokenizer.json`, checked against the
+/// SHA-256 in `meta.json`; `None` for data prepared before the tokenizer was copied into the folder.
+pub fn recorded_tokenizer(dir: &Path) -> Result<Option<TokenizerFile>> {
+    let meta = Meta::load(dir)?;
+    let Some(want) = meta.tokenizer_sha256 else { return Ok(None) };
+    let path = dir.join(TOKENIZER_FILE);
+    let tf = TokenizerFile::read(&path)
+        .with_context(|| format!("{} records a tokenizer (SHA-256 {want})", dir.join(META_FILE).display()))?;
+    if tf.sha256() != want {
+        bail!(
+            "{} has SHA-256 {}, but {} records {want}: the file was changed after `rlhf prepare` wrote it; run prepare again",
+            path.display(),
+            tf.sha256(),
+            dir.join(META_FILE).display()
+        );
+    }
+    Ok(Some(tf))
 }
 
 /// Errors unless the prepared data in `dir` (its `meta.json`, which must exist) was encoded with a

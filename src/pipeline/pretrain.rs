@@ -5,6 +5,7 @@ use super::run::{
     FitSummary, LoopConfig,
 };
 use crate::backend::Backend;
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::LmBatch;
 use crate::data::shards::Batch;
 use crate::data::shards::Dataset;
@@ -17,6 +18,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PretrainConfig {
     pub data: PathBuf,
+    /// The tokenizer stored with the checkpoints: by default the one `prepare` copied into `data`.
+    #[serde(flatten)]
+    pub tokenizer: TokenizerArgs,
     pub model: Config,
     pub batch: usize,
     pub seq: usize,
@@ -42,6 +46,8 @@ pub struct PretrainSettings {
     /// Directory of token shards written by `rlhf prepare` (train_*.bin, val_*.bin, meta.json).
     #[arg(long)]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
     /// Run directory: metrics.jsonl, loss.svg and step-numbered checkpoints go here.
     #[arg(long, default_value = "runs/pretrain")]
     pub out: PathBuf,
@@ -92,6 +98,7 @@ impl PretrainSettings {
         check::unit_closed("--min-lr-frac", self.min_lr_frac)?;
         let cfg = PretrainConfig {
             data: self.data,
+            tokenizer: self.tokenizer,
             model,
             batch: self.batch,
             seq: self.seq,
@@ -208,7 +215,9 @@ pub fn pretrain<B: Backend>(
                 serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
             let was: Started = serde_json::from_value(state.args.clone()).unwrap_or_default();
             // A model from --init has that model's shape, whatever --preset says.
-            let mut allowed = vec!["run.out", "run.steps", "run.stop_after", "run.save_every"];
+            // The tokenizer is checked by its hash against the run's checkpoint instead (below).
+            let mut allowed =
+                vec!["run.out", "run.steps", "run.stop_after", "run.save_every", "tokenizer", "force_tokenizer"];
             if was.init.is_some() {
                 allowed.push("model");
             }
@@ -230,7 +239,7 @@ pub fn pretrain<B: Backend>(
                 save_every: cfg.run.save_every,
                 ..saved.run.clone()
             };
-            cfg = PretrainConfig { run, ..saved };
+            cfg = PretrainConfig { run, tokenizer: cfg.tokenizer, ..saved };
             started.init = was.init;
             log_len = Some(state.metrics_len);
             opt_state = Some(state);
@@ -250,6 +259,20 @@ pub fn pretrain<B: Backend>(
         bail!("--seq {} exceeds the model's context n_positions = {}", cfg.seq, mcfg.n_positions);
     }
     crate::data::shards::check_data_vocab(&cfg.data, mcfg.vocab_size)?;
+    // The tokenizer stored with every checkpoint: the data's, the --init model's, or the resumed run's.
+    let mut sources = vec![Source::Data("--data", &cfg.data)];
+    if let Some(p) = init.filter(|_| opt_state.is_none()) {
+        sources.push(Source::Model("--init", p));
+    }
+    if opt_state.is_some() {
+        sources.push(Source::Model("--out (the run resumed)", &cfg.run.out));
+    }
+    let tokenizer = ck_tok::resolve(&cfg.tokenizer, &sources)?;
+    crate::tokenizer::check_vocab(
+        tokenizer.tokenizer().vocab_size(),
+        mcfg.vocab_size,
+        &tokenizer.source().display().to_string(),
+    )?;
     let train = Dataset::open(&cfg.data, "train", mcfg.vocab_size)?;
     let val = Dataset::open(&cfg.data, "val", mcfg.vocab_size)?;
     let eval = val
@@ -272,6 +295,7 @@ pub fn pretrain<B: Backend>(
         &mut opt,
         &src,
         &record,
+        &tokenizer,
         lock,
         log_len,
         Some(("unigram baseline", unigram)),

@@ -17,6 +17,7 @@
 
 use crate::backend::Backend;
 use crate::checkpoint;
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::{epoch_order, slices, PaddedBatch, Pair};
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl::{self, Ranked};
@@ -29,7 +30,7 @@ use crate::pipeline::run::{
     check, finite_head, finite_weights, flag_of, non_finite_weights, refuse_changes, setting_differences, Fingerprint,
     Run,
 };
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, TokenizerFile};
 use crate::util::plot::{Figure, Panel};
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -70,9 +71,10 @@ pub struct RewardConfig {
     /// with ranking[i] the rank of completion i (0 = best; equal ranks are ties, dropped).
     #[arg(long)]
     pub data: PathBuf,
-    /// The tokenizer.json of the base model.
-    #[arg(long)]
-    pub tokenizer: PathBuf,
+    // --tokenizer / --force-tokenizer: by default the base model's (on a resume, the run's).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tokenizer: TokenizerArgs,
     /// SFT demonstrations ({"prompt", "completion"}): after training the bias is set so they score 0 on average.
     #[arg(long)]
     pub sft_data: Option<PathBuf>,
@@ -275,7 +277,9 @@ fn fingerprint<'a>(groups: impl Iterator<Item = &'a Group>) -> String {
 /// pauses), as "name: saved vs given" for each that differs.
 fn config_differences(saved: &RewardConfig, given: &RewardConfig) -> Result<Vec<String>> {
     let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(given)?);
-    Ok(setting_differences(&a, &b, &["out", "save_every", "stop_after"], &flag_of))
+    // The tokenizer is checked by its hash against the run's checkpoint instead.
+    let allowed = ["out", "save_every", "stop_after", "tokenizer", "force_tokenizer"];
+    Ok(setting_differences(&a, &b, &allowed, &flag_of))
 }
 
 /// Commit the model and training state of the current step: the reward model, the trunk's moments
@@ -287,12 +291,13 @@ fn save_state<B: Backend>(
     opt: &AdamW<B>,
     head_opt: &HeadOpt<B>,
     rec: &RunRecord,
+    tokenizer: &TokenizerFile,
 ) -> Result<PathBuf> {
     let ck = rm.to_checkpoint(be)?;
     let state = head_opt.trunk_state(be, &rm.trunk.cfg, opt, serde_json::to_value(rec)?, run.metrics_len()?);
     state.validate_for(&ck)?;
     run.commit(opt.step, |dir| {
-        checkpoint::save(dir, &ck)?;
+        checkpoint::save(dir, &ck, Some(tokenizer))?;
         checkpoint::save_train_state(dir, &state)
     })
 }
@@ -337,11 +342,16 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         }
     };
     let mcfg = rm.trunk.cfg;
-    let tok = Tokenizer::load(&cfg.tokenizer)?;
-    crate::tokenizer::check_vocab(tok.vocab_size(), mcfg.vocab_size, &cfg.tokenizer.display().to_string())?;
-    let ct = ChatTokens::from_tokenizer(&tok)?;
+    let source = match &saved {
+        None => Source::Model("--base", &cfg.base),
+        Some(_) => Source::Model("--out (the run resumed)", &cfg.out),
+    };
+    let tok_file = ck_tok::resolve(&cfg.tokenizer, &[source])?;
+    let tok = tok_file.tokenizer();
+    crate::tokenizer::check_vocab(tok.vocab_size(), mcfg.vocab_size, &tok_file.source().display().to_string())?;
+    let ct = ChatTokens::from_tokenizer(tok)?;
     let read = jsonl::read_ranked(&cfg.data, cfg.skip_bad)?;
-    let groups = encode_groups(&tok, &ct, &read.records, mcfg.n_positions)?;
+    let groups = encode_groups(tok, &ct, &read.records, mcfg.n_positions)?;
     let before = groups.len();
     let mut groups: Vec<(&str, Group)> = read
         .records
@@ -383,7 +393,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
                 bail!(
                     "--resume: the comparisons in {} (with {}) no longer encode as when the run started; resume with the run's own data and tokenizer, or choose another --out",
                     cfg.data.display(),
-                    cfg.tokenizer.display()
+                    tok_file.source().display()
                 );
             }
             head_opt = HeadOpt::restore_trunk_state(be, ck, state, &mut opt)?;
@@ -452,7 +462,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         run.tick(format!("loss {loss:.3}"));
         // The last step is saved after the evaluation and bias shift, below.
         if opt.step < steps && Run::save_due(opt.step, save_every, end) {
-            save_state(be, &mut run, &rm, &opt, &head_opt, &record(last_loss, false))?;
+            save_state(be, &mut run, &rm, &opt, &head_opt, &record(last_loss, false), &tok_file)?;
         }
     }
     if opt.step < steps {
@@ -482,7 +492,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         Some(path) => {
             let demos = jsonl::read_sft(path, cfg.skip_bad)?;
             skipped_demo_lines = demos.skipped;
-            let (pairs, _) = chat::encode_examples(&tok, &ct, &demos.records, mcfg.n_positions)?;
+            let (pairs, _) = chat::encode_examples(tok, &ct, &demos.records, mcfg.n_positions)?;
             let scores = score_all(be, &rm, &pairs, ct.pad, eval_batch)?;
             let mean = scores.iter().sum::<f64>() / scores.len() as f64;
             let (w, b) = rm.head.to_host(be);
@@ -491,7 +501,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         }
         None => 0.0,
     };
-    save_state(be, &mut run, &rm, &opt, &head_opt, &record(last_loss, true))?;
+    save_state(be, &mut run, &rm, &opt, &head_opt, &record(last_loss, true), &tok_file)?;
     let dir = run.finish()?;
     let recs = metrics::read(&cfg.out.join("metrics.jsonl"))?;
     let loss = Panel::new("-log sigmoid(r_w - r_l)").line("train", metrics::series(&recs, "step", "loss"));

@@ -25,6 +25,7 @@ use crate::data::batch::LmBatch;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics::{self, MetricsLog};
+use crate::tokenizer::TokenizerFile;
 use crate::util::plot::{Figure, Panel};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
@@ -430,7 +431,8 @@ impl Fingerprint {
 /// backward -> global-norm clip + AdamW at the scheduled learning rate; validation loss every `eval_every`
 /// steps, a checkpoint with the full training state (and `record`, the command's own settings) every
 /// `save_every` steps and at the end. A non-finite loss, gradient norm or updated weight stops without
-/// saving. `lock` is the claim on the run folder from [`resume_point`].
+/// saving. `lock` is the claim on the run folder from [`resume_point`]; `tokenizer` is stored with every
+/// checkpoint.
 #[allow(clippy::too_many_arguments)]
 pub fn fit<B: Backend>(
     be: &B,
@@ -440,6 +442,7 @@ pub fn fit<B: Backend>(
     opt: &mut AdamW<B>,
     src: &dyn BatchSource,
     record: &Value,
+    tokenizer: &TokenizerFile,
     lock: RunLock,
     log_len: Option<u64>,
     baseline: Option<(&str, f64)>,
@@ -494,7 +497,7 @@ pub fn fit<B: Backend>(
             let ckpt = Checkpoint::from_model(be, model, ModelKind::Policy);
             let state = TrainState::from_optimizer(be, &mcfg, opt, record.clone(), run.metrics_len()?);
             run.commit(opt.step, |dir| {
-                checkpoint::save(dir, &ckpt)?;
+                checkpoint::save(dir, &ckpt, Some(tokenizer))?;
                 checkpoint::save_train_state(dir, &state)
             })?;
         }

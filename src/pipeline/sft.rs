@@ -9,6 +9,7 @@
 //! is the pretraining one (`crate::pipeline::run::fit`).
 
 use crate::backend::Backend;
+use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::{epoch_order, slices, LmBatch, PaddedBatch, Pair};
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl;
@@ -17,7 +18,6 @@ use crate::pipeline::run::{
     self, check, flag_of, refuse_changes, setting_differences, with_extra, BatchSource, Fingerprint, FitSummary,
     LoopConfig,
 };
-use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 pub struct SftConfig {
     pub base: PathBuf,
     pub data: PathBuf,
-    pub tokenizer: PathBuf,
+    /// `--tokenizer`: by default the base model's (on a resume, the run's).
+    #[serde(flatten)]
+    pub tokenizer: TokenizerArgs,
     pub batch: usize,
     pub epochs: f64,
     pub eval_fraction: f64,
@@ -55,9 +57,11 @@ pub struct SftSettings {
     /// Demonstrations, JSONL: {"prompt", "completion"} or {"messages": [{"role", "content"}, ...]}.
     #[arg(long)]
     pub data: PathBuf,
-    /// The tokenizer of the base model (it must have the chat tokens <|user|>, <|assistant|>, <|end|>, <|pad|>).
-    #[arg(long)]
-    pub tokenizer: PathBuf,
+    // The tokenizer must have the chat tokens <|user|>, <|assistant|>, <|end|>, <|pad|>. A --tokenizer that
+    // extends the base model's with new tokens (GPT-2's with `rlhf tokenizer gpt2 --chat`) is accepted: the
+    // model's embedding grows by them.
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
     /// Run directory: metrics.jsonl, loss.svg and step-numbered checkpoints go here.
     #[arg(long, default_value = "runs/sft")]
     pub out: PathBuf,
@@ -194,8 +198,10 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         Some((ck, state)) => {
             let saved: SftConfig =
                 serde_json::from_value(state.args.clone()).context("reading the run's saved configuration")?;
-            // `base` only serves a fresh start (the model comes from the checkpoint); steps follow from epochs.
-            let allowed = ["run.out", "run.steps", "run.stop_after", "run.save_every", "base"];
+            // `base` only serves a fresh start (the model comes from the checkpoint); steps follow from epochs;
+            // the tokenizer is checked by its hash against the run's checkpoint instead (below).
+            let allowed =
+                ["run.out", "run.steps", "run.stop_after", "run.save_every", "base", "tokenizer", "force_tokenizer"];
             let diffs =
                 setting_differences(&serde_json::to_value(&saved)?, &serde_json::to_value(&cfg)?, &allowed, &flag);
             refuse_changes(&cfg.run.out, &diffs)?;
@@ -206,7 +212,7 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
                 save_every: cfg.run.save_every,
                 ..saved.run.clone()
             };
-            cfg = SftConfig { run, ..saved };
+            cfg = SftConfig { run, tokenizer: cfg.tokenizer, ..saved };
             was = Some(serde_json::from_value::<Started>(state.args.clone()).unwrap_or_default());
             log_len = Some(state.metrics_len);
             opt_state = Some(state);
@@ -215,7 +221,12 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         None => crate::checkpoint::persist::load_policy(be, &cfg.base)
             .with_context(|| format!("--base {}", cfg.base.display()))?,
     };
-    let tok = Tokenizer::load(&cfg.tokenizer)?;
+    // The base model's tokenizer, or one that extends it (grown into the model below); a resumed run's own.
+    let tok_file = match &opt_state {
+        None => ck_tok::resolve_growing(&cfg.tokenizer, &[Source::Model("--base", &cfg.base)])?,
+        Some(_) => ck_tok::resolve(&cfg.tokenizer, &[Source::Model("--out (the run resumed)", &cfg.run.out)])?,
+    };
+    let tok = tok_file.tokenizer();
     if tok.vocab_size() > model.cfg.vocab_size
         && opt_state.is_none()
         && tok.token_id(chat::USER).is_some_and(|id| id as usize >= model.cfg.vocab_size)
@@ -228,10 +239,10 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         );
         model = model.grow_vocab(be, tok.vocab_size())?;
     }
-    crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &cfg.tokenizer.display().to_string())?;
-    let ct = ChatTokens::from_tokenizer(&tok)?;
+    crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &tok_file.source().display().to_string())?;
+    let ct = ChatTokens::from_tokenizer(tok)?;
     let read = jsonl::read_sft(&cfg.data, cfg.skip_bad)?;
-    let (pairs, truncated) = chat::encode_examples(&tok, &ct, &read.records, model.cfg.n_positions)?;
+    let (pairs, truncated) = chat::encode_examples(tok, &ct, &read.records, model.cfg.n_positions)?;
     // Held-out split: a seeded shuffle, the first eval_fraction held out.
     let mut idx: Vec<usize> = (0..pairs.len()).collect();
     Rng::new(cfg.run.seed).shuffle(&mut idx);
@@ -259,7 +270,7 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
             bail!(
                 "--resume: the demonstrations in {} (with {}) no longer encode as when the run started (data fingerprint {f} then, {data_fingerprint} now); resume with the run's own data and tokenizer, or choose another --out",
                 cfg.data.display(),
-                cfg.tokenizer.display()
+                tok_file.source().display()
             );
         }
     }
@@ -298,6 +309,7 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         &mut opt,
         &src,
         &record,
+        &tok_file,
         lock,
         log_len,
         Some(("base model (held out)", base_eval_loss)),

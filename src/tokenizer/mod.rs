@@ -18,9 +18,13 @@
 //! | 4  | `<\|end\|>`       | end of an answer                               |
 //!
 //! The model's embedding table needs [`Tokenizer::vocab_size`] rows (largest id + 1, added tokens
-//! included); [`check_vocab`] turns a mismatch into a clear error.
+//! included); [`check_vocab`] turns a mismatch into a clear error. [`TokenizerFile`] is a tokenizer with
+//! the bytes and SHA-256 of its file, as it is stored with token folders and checkpoints.
 
+pub mod file;
 pub mod gpt2;
+
+pub use file::{TokenizerFile, TOKENIZER_FILE};
 
 use std::collections::HashSet;
 use std::io::Read;

@@ -41,6 +41,7 @@ use crate::pipeline::run::{
     check, finite_head, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes,
     setting_differences, Fingerprint, Run,
 };
+use crate::tokenizer::TokenizerFile;
 use crate::util::plot::{Figure, Panel};
 use crate::util::rng::Rng;
 use crate::util::stats::mean;
@@ -232,6 +233,8 @@ pub struct Hooks<'a> {
     pub ptx: Option<&'a PtxBatches<'a>>,
     /// Print sample answers and progress to stderr.
     pub verbose: bool,
+    /// The tokenizer stored with every checkpoint (the policy's and the value model's).
+    pub tokenizer: Option<&'a TokenizerFile>,
 }
 
 /// A rollout scored and turned into per-token training targets.
@@ -577,8 +580,8 @@ impl Inputs {
 /// The flag of a [`PpoConfig`] setting's path.
 fn flag(path: &str) -> String {
     match path {
-        "stop_token" => "--tokenizer (its <|end|> id)".into(),
-        "pad_token" => "--tokenizer (its <|pad|> id)".into(),
+        "stop_token" => "the tokenizer (its <|end|> id)".into(),
+        "pad_token" => "the tokenizer (its <|pad|> id)".into(),
         "ratio_tol" => "ratio_tol (the first-minibatch ratio tolerance)".into(),
         p if p.starts_with("adamw.") => format!("the optimizer's {}", &p["adamw.".len()..]),
         p => flag_of(p),
@@ -594,6 +597,7 @@ fn save<B: Backend>(
     m: &Models<B>,
     st: &State<B>,
     run: &mut Run,
+    tokenizer: Option<&TokenizerFile>,
 ) -> Result<PathBuf> {
     let rec = RunRecord {
         config: cfg.clone(),
@@ -617,10 +621,10 @@ fn save<B: Backend>(
     };
     vstate.validate_for(&vck)?;
     run.commit(st.iteration, |dir| {
-        checkpoint::save(dir, &pol)?;
+        checkpoint::save(dir, &pol, tokenizer)?;
         checkpoint::save_train_state(dir, &pstate)?;
         let vd = dir.join(VALUE_DIR);
-        checkpoint::save(&vd, &vck)?;
+        checkpoint::save(&vd, &vck, tokenizer)?;
         checkpoint::save_train_state(&vd, &vstate)
     })
 }
@@ -838,7 +842,7 @@ pub fn train_from<B: Backend>(
         }
         plot(&cfg.out)?;
         if Run::save_due(st.iteration, cfg.save_every, cfg.iterations) {
-            save(be, &cfg, &inputs, &m, &st, &mut run)?;
+            save(be, &cfg, &inputs, &m, &st, &mut run, hooks.tokenizer)?;
         }
     }
     let checkpoint = run.finish()?;
