@@ -21,18 +21,23 @@ MAX_NEW=32
 stage "demo data: passages of Austen's novels; the evaluation pool (one paragraph in ten) is kept out of everything trained"
 rlhf demo-data --corpus data/corpus/austen.txt.gz --out "$OUT/data"
 
-stage "0. tokenizer (byte-level BPE) and token shards of the training text (the evaluation pool left out)"
-rlhf tokenizer train --input "$OUT/data/pretrain.txt" --vocab-size 4096 --out "$OUT/tokenizer.json"
-rlhf prepare --tokenizer "$OUT/tokenizer.json" --input "$OUT/data/pretrain.txt" --out "$OUT/tokens"
-
-stage "0. pretrain the tiny preset (val loss vs the unigram baseline)"
-rlhf pretrain --device "$DEVICE" --data "$OUT/tokens" --out "$OUT/pretrain" --preset tiny \
-  --steps 1000 --batch 16 --seq 128 --lr 2e-3 --warmup 50 --eval-every 100 --save-every 250
-rlhf sample --device "$DEVICE" --checkpoint "$OUT/pretrain" \
+if [ "${PRETRAIN:-0}" = 1 ]; then
+  stage "0. tokenizer (byte-level BPE) and token shards of the training text (the evaluation pool left out)"
+  rlhf tokenizer train --input "$OUT/data/pretrain.txt" --vocab-size 4096 --out "$OUT/tokenizer.json"
+  rlhf prepare --tokenizer "$OUT/tokenizer.json" --input "$OUT/data/pretrain.txt" --out "$OUT/tokens"
+  stage "0. pretrain the tiny preset as tools/train-demo-base.sh does (val loss vs the unigram baseline; ~25 min)"
+  rlhf pretrain --device "$DEVICE" --data "$OUT/tokens" --out "$OUT/pretrain" --preset tiny \
+    --steps 1500 --batch 32 --seq 128 --lr 2e-3 --warmup 100 --eval-every 100 --save-every 250
+  BASE="$OUT/pretrain"
+else
+  stage "0. the pretrained base: data/demo/base, the tiny preset trained on the training text to a validation loss of 4.08 (data/demo/SOURCE.md; PRETRAIN=1 trains it here)"
+  BASE=data/demo/base
+fi
+rlhf sample --device "$DEVICE" --checkpoint "$BASE" \
   --prompt "It is a truth universally acknowledged" --num-samples 2 --max-new-tokens 40
 
 stage "1. SFT on 2000 demonstrations (held-out answer loss: base model vs fine-tuned)"
-rlhf sft --device "$DEVICE" --base "$OUT/pretrain" --data "$OUT/data/sft.jsonl" --out "$OUT/sft" \
+rlhf sft --device "$DEVICE" --base "$BASE" --data "$OUT/data/sft.jsonl" --out "$OUT/sft" \
   --epochs 2 --batch 16 --lr 5e-4
 
 stage "2a. K = 4 answers per reward-model prompt from the SFT model, ranked by the gold judge"
@@ -48,7 +53,7 @@ rlhf ppo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts
   --out "$OUT/ppo" --judge gold --max-new-tokens "$MAX_NEW" --init-kl-coef 0.2 --horizon 1000
 
 stage "4. evaluation on the held-out prompts: PPO vs SFT, Austen, best-of-4 and the best constant answer"
-rlhf eval --device "$DEVICE" --policy "$OUT/ppo" --sft "$OUT/sft" --reward "$OUT/reward" --base "$OUT/pretrain" \
+rlhf eval --device "$DEVICE" --policy "$OUT/ppo" --sft "$OUT/sft" --reward "$OUT/reward" --base "$BASE" \
   --prompts "$OUT/data/heldout.jsonl" --judge gold --max-new-tokens "$MAX_NEW" \
   --ppo-run "$OUT/ppo" --out "$OUT/eval"
 stage "5. the report: every stage's numbers, plots and tables on one page"

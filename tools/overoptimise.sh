@@ -13,22 +13,23 @@ BETA=${BETA:-0.005}
 GOLD_EVERY=${GOLD_EVERY:-5}
 DEVICE=${DEVICE:-auto}
 MAX_NEW=32
-for need in sft reward data/ppo-prompts.jsonl data/heldout.jsonl tokenizer.json; do
+for need in sft reward data/ppo-prompts.jsonl data/heldout.jsonl; do
   [ -e "$OUT/$need" ] || { echo "$OUT/$need is missing: run tools/demo.sh first" >&2; exit 1; }
 done
 cargo build --release --quiet
 rlhf() { ./target/release/rlhf "$@"; }
-TOK=(--tokenizer "$OUT/tokenizer.json")
+BASE=data/demo/base
+[ -e "$OUT/pretrain/latest" ] && BASE="$OUT/pretrain"
 RUN="$OUT/overopt-ppo"
 if [ -e "$RUN/latest" ]; then resume=(--resume); else resume=(); fi
 
 echo "== PPO with a fixed KL coefficient of $BETA for $ITERS iterations (gold scored every $GOLD_EVERY)"
 rlhf ppo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts "$OUT/data/ppo-prompts.jsonl" \
-  "${TOK[@]}" --out "$RUN" --judge gold --max-new-tokens "$MAX_NEW" --init-kl-coef "$BETA" --fixed-kl \
+  --out "$RUN" --judge gold --max-new-tokens "$MAX_NEW" --init-kl-coef "$BETA" --fixed-kl \
   --iterations "$ITERS" --gold-every "$GOLD_EVERY" --sample-every 25 "${resume[@]}"
 
 echo "== the over-optimised policy on the held-out prompts, and the curve"
-rlhf eval --device "$DEVICE" --policy "$RUN" --sft "$OUT/sft" --reward "$OUT/reward" --base "$OUT/pretrain" \
-  --prompts "$OUT/data/heldout.jsonl" "${TOK[@]}" --judge gold --max-new-tokens "$MAX_NEW" \
+rlhf eval --device "$DEVICE" --policy "$RUN" --sft "$OUT/sft" --reward "$OUT/reward" --base "$BASE" \
+  --prompts "$OUT/data/heldout.jsonl" --judge gold --max-new-tokens "$MAX_NEW" \
   --ppo-run "$RUN" --out "$OUT/overopt-eval"
 rlhf report --run "$OUT"
