@@ -93,7 +93,10 @@ impl Summary {
     pub fn to_text(&self) -> String {
         let mut s = format!("{}\n", self.title);
         for n in &self.numbers {
-            let unit = if n.unit.is_empty() { String::new() } else { format!(" {}", n.unit) };
+            let unit = match n.unit.as_str() {
+                "" | "%" => n.unit.clone(),
+                u => format!(" {u}"),
+            };
             let note = if n.note.is_empty() { String::new() } else { format!("  ({})", n.note) };
             s += &format!("  {}: {}{unit}{note}\n", n.name, n.value_text());
         }

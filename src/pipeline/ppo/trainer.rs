@@ -855,7 +855,7 @@ pub fn plot(out: &Path) -> Result<()> {
     let s = |k: &str| metrics::series(&recs, "iteration", k);
     Figure::new("PPO: scores and KL to the reference", "iteration")
         .whole_x()
-        .panel(Panel::new("reward-model score").line("score (less penalties)", s("score")).line("raw", s("rm_score")))
+        .panel(Panel::new("reward-model score").line("with no-end penalty", s("score")).line("raw", s("rm_score")))
         .panel(Panel::new("gold score").dotted_line("gold judge", s("gold_score")))
         .panel(Panel::new("KL (nats/answer)").line("KL to reference", s("kl")))
         .write(&out.join("ppo_scores.svg"))?;
