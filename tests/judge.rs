@@ -345,11 +345,11 @@ fn demo_data_command_writes_all_files_and_summary() {
         heldout: 100,
     };
     rlhf::cli::demo_data::run(args).unwrap();
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("demo/summary.json")).unwrap()).unwrap();
-    let n = |k: &str| s[k].as_u64().unwrap();
-    assert_eq!((n("sft"), n("rm_prompts"), n("ppo_prompts"), n("heldout")), (2000, 300, 200, 100));
-    assert_eq!((n("candidates"), n("eval_candidates"), n("paragraphs")), (6557, 688, 10298));
+    let s = rlhf::util::summary::Summary::read(&dir.path().join("demo")).unwrap().unwrap();
+    assert_eq!(s.stage, "demo-data");
+    let n = |k: &str| s.get(k).and_then(|n| n.value).unwrap();
+    assert_eq!((n("sft"), n("rm prompts"), n("ppo prompts"), n("heldout")), (2000.0, 300.0, 200.0, 100.0));
+    assert_eq!((n("candidates"), n("eval candidates"), n("paragraphs")), (6557.0, 688.0, 10298.0));
     assert_eq!(std::fs::read_to_string(dir.path().join("demo/ppo-prompts.jsonl")).unwrap().lines().count(), 200);
 
     let missing = rlhf::cli::demo_data::DemoDataArgs {

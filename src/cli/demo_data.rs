@@ -2,6 +2,7 @@
 
 use crate::data::demo::{build, Sizes};
 use crate::tokenizer::read_text;
+use crate::util::summary::Summary;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ pub struct DemoDataArgs {
     #[arg(long, default_value = "data/corpus/austen.txt.gz")]
     pub corpus: PathBuf,
     /// Output directory: sft.jsonl, rm-prompts.jsonl, ppo-prompts.jsonl, heldout.jsonl, pretrain.txt,
-    /// summary.json.
+    /// summary.json (the counts and mean lengths, as every step's summary).
     #[arg(long)]
     pub out: PathBuf,
     /// Seed for the cut points and the shuffle that deals passages into the splits.
@@ -38,11 +39,13 @@ pub fn run(args: DemoDataArgs) -> Result<()> {
     let data =
         build(&text, args.seed, sizes).with_context(|| format!("building demo data from {}", args.corpus.display()))?;
     data.write_files(&args.out)?;
-    let mut summary = data.summary();
-    summary["corpus"] = args.corpus.display().to_string().into();
-    summary["seed"] = args.seed.into();
-    let json = serde_json::to_string_pretty(&summary)? + "\n";
-    crate::util::fs::write_atomic(&args.out.join("summary.json"), json.as_bytes())?;
-    print!("{json}");
+    let mut summary =
+        Summary::new("demo-data", format!("demo data from {} (seed {})", args.corpus.display(), args.seed));
+    for (name, value) in data.summary().as_object().into_iter().flatten() {
+        if let Some(v) = value.as_f64() {
+            summary = summary.number(&name.replace('_', " "), v, "");
+        }
+    }
+    summary.finish(&args.out)?;
     Ok(())
 }
