@@ -73,13 +73,19 @@ struct Hazard {
   bool same_warp = false;
 };
 
-// The first out-of-bounds index (-fsanitize=bounds) of a launch on a worker.
+// The first out-of-bounds access of a launch on a worker: an index out of an array's range (-fsanitize=bounds:
+// `where`, `array`, `index`) or an access outside the dynamic shared memory (race checker: `pc`, `index` = byte
+// offset, `smem` = its size).
 struct OutOfBounds {
   std::string where, array;
   long long index = 0;
+  const void* pc = nullptr;
+  size_t smem = 0;
   uint3 bid{};
   unsigned thread = 0;
 };
+
+constexpr size_t SMEM_GUARD = 64;  // bytes on each side of the dynamic shared memory
 
 struct Worker {
   ucontext_t sched;
@@ -142,10 +148,10 @@ void block_barrier() {
   g_cur->bep++;
 }
 
-void warp_barrier() {
+void warp_barrier(bool orders_memory) {
   g_cur->state = WAIT_WARP;
   yield_to_scheduler();
-  g_cur->wep++;
+  if (orders_memory) g_cur->wep++;
 }
 
 const uint3& cur_tid() { return g_cur->tid; }
@@ -158,8 +164,9 @@ void collective_end() { g_cur->coll = 0; }
 // ---------------------------------------------------------------------------------------------------------
 // Race checker. Two accesses to a shared-memory byte, by different threads of a block, at least one a write,
 // are ordered when a __syncthreads lies between them (the block epochs differ) or, for two lanes of one warp,
-// a warp barrier (__syncwarp, a shuffle/ballot, a WMMA load/store: the warp epochs differ). Anything else is a
-// hazard. Atomics are not instrumented (exempt). The identical stores of a WMMA store_matrix_sync by the lanes
+// a warp barrier (__syncwarp, a WMMA load/store: the warp epochs differ; a shuffle or ballot is not a memory
+// barrier, on the GPU either). Anything else is a hazard. So is a read of shared memory no thread of the block
+// has written (uninitialized), and an access outside the launch's dynamic shared memory. Atomics are not instrumented (exempt). The identical stores of a WMMA store_matrix_sync by the lanes
 // of one warp are one collective store, not a write-after-write.
 namespace {
 
@@ -216,8 +223,17 @@ void on_access(const void* addr, size_t n, bool write, const void* pc) {
   if (!w || !w->check || !g_cur) return;
   const uintptr_t x = (uintptr_t)addr;
   Shadow* sh;
-  if (x - w->dyn.lo < w->dyn.len) {
+  if (x - w->dyn.lo < w->dyn.len && x + n - w->dyn.lo <= w->dyn.len) {
     sh = &w->dyn;
+  } else if (w->dyn.len && x + n > w->dyn.lo - SMEM_GUARD && x < w->dyn.lo + w->dyn.len + SMEM_GUARD) {
+    if (w->noob++ == 0) {
+      w->oob.index = (long long)(x - w->dyn.lo);
+      w->oob.pc = pc;
+      w->oob.smem = w->dyn.len;
+      w->oob.bid = g_blk->bid;
+      w->oob.thread = g_cur->linear;
+    }
+    return;
   } else if (x - w->stat.lo < w->stat.len) {
     // The simulator's own thread-locals that inline simulator code in kernels reads (not __shared__ memory).
     if (x - (uintptr_t)&g_cur < sizeof g_cur || x - (uintptr_t)&g_blk < sizeof g_blk) return;
@@ -749,19 +765,21 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
     for (uint64_t i = 0; i < nthreads; i++) mprotect(w.stacks + i * w.stack_stride, 4096, PROT_NONE);
     w.fibers.resize(nthreads);
     w.warps.resize((nthreads + 31) / 32);
-    w.smem_store.resize(smem + 16);
+    // Dynamic shared memory between two guard zones of SMEM_GUARD bytes: the race checker reports an access
+    // there (out of bounds of the launch's dynamic shared memory).
+    w.smem_store.resize(smem + 2 * SMEM_GUARD);
     std::mt19937_64 rng(seed + 0x51ed270b27u * (uint64_t)(wid + 1));
     BlockCtx b;
     b.bdim = dim3(bx, by, bz);
     b.gdim = dim3(gx, gy, gz);
-    b.dyn_smem = smem ? w.smem_store.data() : nullptr;
+    b.dyn_smem = smem ? w.smem_store.data() + SMEM_GUARD : nullptr;
     b.dyn_smem_bytes = smem;
     b.warps = w.warps.data();
     b.nthreads = (unsigned)nthreads;
     if (check) {
       w.check = true;
       w.dyn.what = "dynamic shared memory";
-      w.dyn.lo = (uintptr_t)w.smem_store.data();
+      w.dyn.lo = (uintptr_t)w.smem_store.data() + SMEM_GUARD;
       w.dyn.len = smem;
       w.dyn.cells.resize((smem + 1) / 2);
       w.stat.what = "static __shared__ memory, TLS";
@@ -811,8 +829,14 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
   if (failed) return fail(std::string(name) + ": " + first_error);
   if (noob) {
     char buf[160];
-    snprintf(buf, sizeof buf, "array index %lld out of bounds of %s at ", oob.index, oob.array.c_str());
-    std::string m = std::string("out-of-bounds index in ") + name + ": " + buf + oob.where;
+    std::string m = std::string("out-of-bounds index in ") + name + ": ";
+    if (oob.pc) {
+      snprintf(buf, sizeof buf, "dynamic shared memory byte offset %lld (of %zu bytes) at ", oob.index, oob.smem);
+      m += buf + where(oob.pc);
+    } else {
+      snprintf(buf, sizeof buf, "array index %lld out of bounds of %s at ", oob.index, oob.array.c_str());
+      m += buf + oob.where;
+    }
     snprintf(buf, sizeof buf, ", block (%u,%u,%u): ", oob.bid.x, oob.bid.y, oob.bid.z);
     m += buf + thread_name(oob.thread, dim3(bx, by, bz));
     if (noob > 1) m += " (" + std::to_string(noob) + " in this launch, the first reported)";
