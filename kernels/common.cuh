@@ -39,11 +39,21 @@ __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <>
 __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
 
+// The simulator checks every index into an array of known size (-fsanitize=bounds) except into a struct's last
+// member array, which GCC takes for a possible flexible array member: RLHF_BOUNDS_CHECKED after such an array
+// (a zero-size member, no change of layout; nothing under nvcc) keeps it checked.
+#ifdef RLHF_SIM
+#define RLHF_BOUNDS_CHECKED char rlhf_bounds_checked_[0];
+#else
+#define RLHF_BOUNDS_CHECKED
+#endif
+
 // ---- 16 bytes of T (4 floats or 8 bf16) for vectorised loads/stores; pointers must be 16-byte aligned.
 template <class T>
 struct alignas(16) Pack {
   static constexpr int N = 16 / sizeof(T);
   T v[N];
+  RLHF_BOUNDS_CHECKED
 };
 template <class T>
 __device__ __forceinline__ Pack<T> load_pack(const T* p) {
@@ -59,6 +69,7 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T>& x) {
 template <class T, int W>
 struct alignas(W * sizeof(T)) Chunk {
   T v[W];
+  RLHF_BOUNDS_CHECKED
 };
 template <class T, int W>
 __device__ __forceinline__ Chunk<T, W> load_chunk(const T* p) {

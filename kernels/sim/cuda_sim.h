@@ -12,7 +12,8 @@
 // a block's fibers in a random order at every scheduling pass, and lets one warp at a time run ahead.
 // Race checker (on unless RLHF_SIM_RACECHECK=0): the kernel files are compiled with -fsanitize=thread, whose
 // per-access callbacks (__tsan_read4(addr), ...) sim_runtime.cpp implements: every shared-memory access is
-// checked against the last writer and readers of its bytes (see sim_runtime.cpp, "race checker"). Simulator
+// checked against the last writer and readers of its bytes (see sim_runtime.cpp, "race checker"). Array
+// bounds: also -fsanitize=bounds, whose callback (an index out of an array's range) sim_runtime.cpp implements. Simulator
 // internals that kernel code calls (thread indices, warp exchanges, atomics, WMMA arithmetic) are
 // RLHF_SIM_NOCHECK: not inlined into the kernels, so not instrumented.
 //
@@ -103,7 +104,9 @@ RLHF_SIM_NOCHECK void collective_begin();
 RLHF_SIM_NOCHECK void collective_end();
 
 void block_barrier();  // __syncthreads
-void warp_barrier();   // __syncwarp / warp exchanges
+// __syncwarp, WMMA loads/stores (orders_memory: the race checker's warp epoch advances) and the exchange of
+// shuffles and ballots (not a memory barrier on the GPU: shared-memory accesses it separates stay unordered).
+void warp_barrier(bool orders_memory = true);
 unsigned warp_live_mask();
 [[noreturn]] void trap(const char* what);
 
@@ -116,7 +119,7 @@ RLHF_SIM_NOCHECK T exchange(const T& v, unsigned src) {
   WarpSlots& s = t->blk->warps[t->warp];
   std::memcpy(s.v[p][t->lane], &v, sizeof(T));
   t->nexch++;
-  warp_barrier();
+  warp_barrier(false);
   t = g_cur;
   T r;
   std::memcpy(&r, t->blk->warps[t->warp].v[p][src & 31u], sizeof(T));

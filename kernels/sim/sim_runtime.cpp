@@ -61,7 +61,7 @@ struct Shadow {
   const char* module = nullptr;
 };
 struct Hazard {
-  const char* kind = nullptr;  // "read-after-write", ...
+  const char* kind = nullptr;  // "read-after-write", ...; "uninitialized read": no earlier access (pa null)
   const char* region = nullptr;
   const char* module = nullptr;  // static __shared__: the module whose TLS segment holds it
   size_t offset = 0;
@@ -72,6 +72,20 @@ struct Hazard {
   uint32_t bep = 0;
   bool same_warp = false;
 };
+
+// The first out-of-bounds access of a launch on a worker: an index out of an array's range (-fsanitize=bounds:
+// `where`, `array`, `index`) or an access outside the dynamic shared memory (race checker: `pc`, `index` = byte
+// offset, `smem` = its size).
+struct OutOfBounds {
+  std::string where, array;
+  long long index = 0;
+  const void* pc = nullptr;
+  size_t smem = 0;
+  uint3 bid{};
+  unsigned thread = 0;
+};
+
+constexpr size_t SMEM_GUARD = 64;  // bytes on each side of the dynamic shared memory
 
 struct Worker {
   ucontext_t sched;
@@ -89,6 +103,11 @@ struct Worker {
   Shadow dyn, stat;
   Hazard hazard;
   uint64_t nhazards = 0;
+  Hazard uninit;  // the first uninitialized read (reported only when the launch has no race hazard)
+  uint64_t nuninit = 0;
+  // array bounds (always on)
+  OutOfBounds oob;
+  uint64_t noob = 0;
   ~Worker() {
     if (stacks) munmap(stacks, stack_stride * nstacks);
   }
@@ -129,10 +148,10 @@ void block_barrier() {
   g_cur->bep++;
 }
 
-void warp_barrier() {
+void warp_barrier(bool orders_memory) {
   g_cur->state = WAIT_WARP;
   yield_to_scheduler();
-  g_cur->wep++;
+  if (orders_memory) g_cur->wep++;
 }
 
 const uint3& cur_tid() { return g_cur->tid; }
@@ -145,8 +164,9 @@ void collective_end() { g_cur->coll = 0; }
 // ---------------------------------------------------------------------------------------------------------
 // Race checker. Two accesses to a shared-memory byte, by different threads of a block, at least one a write,
 // are ordered when a __syncthreads lies between them (the block epochs differ) or, for two lanes of one warp,
-// a warp barrier (__syncwarp, a shuffle/ballot, a WMMA load/store: the warp epochs differ). Anything else is a
-// hazard. Atomics are not instrumented (exempt). The identical stores of a WMMA store_matrix_sync by the lanes
+// a warp barrier (__syncwarp, a WMMA load/store: the warp epochs differ; a shuffle or ballot is not a memory
+// barrier, on the GPU either). Anything else is a hazard. So is a read of shared memory no thread of the block
+// has written (uninitialized), and an access outside the launch's dynamic shared memory. Atomics are not instrumented (exempt). The identical stores of a WMMA store_matrix_sync by the lanes
 // of one warp are one collective store, not a write-after-write.
 namespace {
 
@@ -173,6 +193,22 @@ void report(Worker* w, const char* kind, const Shadow& sh, size_t off, const Acc
   h.same_warp = p.tid / 32 == t->warp;
 }
 
+void report_uninit(Worker* w, const Shadow& sh, size_t off, const void* pc) {
+  ThreadCtx* t = g_cur;
+  if (w->nuninit++ > 0) return;
+  Hazard& h = w->uninit;
+  h.kind = "uninitialized read";
+  h.region = sh.what;
+  h.module = sh.module;
+  h.offset = off;
+  h.bid = g_blk->bid;
+  h.a = h.b = t->linear;
+  h.pa = nullptr;
+  h.pb = pc;
+  h.bep = t->bep;
+  h.same_warp = false;
+}
+
 inline void set(Acc& a, const ThreadCtx* t, uint32_t gen, const void* pc) {
   a.pc = pc;
   a.gen = gen;
@@ -187,9 +223,20 @@ void on_access(const void* addr, size_t n, bool write, const void* pc) {
   if (!w || !w->check || !g_cur) return;
   const uintptr_t x = (uintptr_t)addr;
   Shadow* sh;
-  if (x - w->dyn.lo < w->dyn.len) {
+  if (x - w->dyn.lo < w->dyn.len && x + n - w->dyn.lo <= w->dyn.len) {
     sh = &w->dyn;
+  } else if (w->dyn.len && x + n > w->dyn.lo - SMEM_GUARD && x < w->dyn.lo + w->dyn.len + SMEM_GUARD) {
+    if (w->noob++ == 0) {
+      w->oob.index = (long long)(x - w->dyn.lo);
+      w->oob.pc = pc;
+      w->oob.smem = w->dyn.len;
+      w->oob.bid = g_blk->bid;
+      w->oob.thread = g_cur->linear;
+    }
+    return;
   } else if (x - w->stat.lo < w->stat.len) {
+    // The simulator's own thread-locals that inline simulator code in kernels reads (not __shared__ memory).
+    if (x - (uintptr_t)&g_cur < sizeof g_cur || x - (uintptr_t)&g_blk < sizeof g_blk) return;
     sh = &w->stat;
   } else {
     return;  // global memory, fiber stacks (locals)
@@ -207,6 +254,8 @@ void on_access(const void* addr, size_t n, bool write, const void* pc) {
       set(c.w, t, gen, pc);
       c.r1.gen = c.r2.gen = 0;
     } else {
+      // No thread of this block wrote it: on the GPU, whatever an earlier block left there.
+      if (c.w.gen != gen) report_uninit(w, *sh, off, pc);
       if (unordered(c.w, t, gen)) report(w, "read-after-write", *sh, off, c.w, pc);
       // Readers from an earlier block epoch are ordered before everything that follows: forget them. Keep
       // two readers, preferring two different warps (a later write conflicts with a reader of another warp
@@ -303,6 +352,60 @@ void __tsan_write_range(void* a, size_t n) { sim::on_access(a, n, true, __builti
 void __tsan_init() {}
 void __tsan_func_entry(void*) {}
 void __tsan_func_exit() {}
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Array bounds: the kernel files are also compiled with -fsanitize=bounds, whose check of every index into an
+// array of known size (a thread's local arrays, a struct's member arrays) calls this on an index out of range
+// (no sanitizer runtime is linked; GCC's data layout). The first one of a launch fails the launch.
+namespace sim {
+namespace {
+struct UbsanLocation {
+  const char* file;
+  uint32_t line, column;
+};
+struct UbsanType {
+  uint16_t kind, info;  // kind 0: integer (info bit 0: signed)
+  char name[1];
+};
+struct UbsanOutOfBounds {
+  UbsanLocation loc;
+  const UbsanType* array;
+  const UbsanType* index;
+};
+
+void on_out_of_bounds(const UbsanOutOfBounds* d, uintptr_t index) {
+  const bool is_signed = d->index && d->index->kind == 0 && (d->index->info & 1);
+  const unsigned bits = d->index && d->index->kind == 0 ? 1u << (d->index->info >> 1) : 64;
+  long long ix = (long long)index;
+  if (is_signed && bits < 64) ix = (long long)(((int64_t)index << (64 - bits)) >> (64 - bits));
+  std::string file = d->loc.file ? d->loc.file : "?";
+  size_t k = file.rfind("kernels/");
+  if (k != std::string::npos) file = file.substr(k);
+  char buf[64];
+  snprintf(buf, sizeof buf, ":%u:%u", d->loc.line, d->loc.column);
+  Worker* w = g_worker;
+  if (!w || !g_cur || !g_blk) {
+    fprintf(stderr, "rlhf-sim: array index %lld out of bounds at %s%s\n", ix, file.c_str(), buf);
+    abort();
+  }
+  if (w->noob++ > 0) return;
+  w->oob.where = file + buf;
+  w->oob.array = d->array ? d->array->name : "?";
+  w->oob.index = ix;
+  w->oob.bid = g_blk->bid;
+  w->oob.thread = g_cur->linear;
+}
+}  // namespace
+}  // namespace sim
+
+extern "C" {
+void __ubsan_handle_out_of_bounds(void* data, void* index) {
+  sim::on_out_of_bounds(static_cast<const sim::UbsanOutOfBounds*>(data), (uintptr_t)index);
+}
+void __ubsan_handle_out_of_bounds_abort(void* data, void* index) {
+  sim::on_out_of_bounds(static_cast<const sim::UbsanOutOfBounds*>(data), (uintptr_t)index);
+}
 }
 
 namespace sim {
@@ -542,7 +645,9 @@ std::string thread_name(unsigned linear, dim3 bdim) {
 
 std::string describe(const char* kernel, const Hazard& h, uint64_t total, dim3 bdim) {
   char buf[256];
-  std::string m = std::string("race hazard in ") + kernel + ": " + h.kind + " on " + h.region;
+  const bool uninit = !h.pa;
+  std::string m = std::string(uninit ? "uninitialized shared memory in " : "race hazard in ") + kernel + ": " +
+                  h.kind + (uninit ? " of " : " on ") + h.region;
   snprintf(buf, sizeof buf, " byte offset %zu", h.offset);
   m += buf;
   if (h.module) {
@@ -551,11 +656,17 @@ std::string describe(const char* kernel, const Hazard& h, uint64_t total, dim3 b
   }
   snprintf(buf, sizeof buf, ", block (%u,%u,%u): ", h.bid.x, h.bid.y, h.bid.z);
   m += buf;
-  m += thread_name(h.b, bdim) + " at " + where(h.pb) + "; earlier " + thread_name(h.a, bdim) + " at " + where(h.pa);
-  snprintf(buf, sizeof buf, "; both after __syncthreads #%u with no __syncthreads%s between them", h.bep,
-           h.same_warp ? " or warp barrier" : "");
-  m += buf;
-  if (total > 1) m += " (" + std::to_string(total) + " hazards in this launch, the first reported)";
+  if (uninit) {
+    m += thread_name(h.b, bdim) + " at " + where(h.pb) + " reads it, and no thread of the block has written it";
+  } else {
+    m += thread_name(h.b, bdim) + " at " + where(h.pb) + "; earlier " + thread_name(h.a, bdim) + " at " +
+         where(h.pa);
+    snprintf(buf, sizeof buf, "; both after __syncthreads #%u with no __syncthreads%s between them", h.bep,
+             h.same_warp ? " or warp barrier" : "");
+    m += buf;
+  }
+  if (total > 1)
+    m += " (" + std::to_string(total) + (uninit ? " such reads" : " hazards") + " in this launch, the first reported)";
   return m;
 }
 
@@ -630,8 +741,10 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
   std::atomic<bool> failed{false};
   std::string first_error;
   std::mutex err_mu;
-  Hazard hazard;
-  uint64_t nhazards = 0;
+  Hazard hazard, uninit;
+  uint64_t nhazards = 0, nuninit = 0;
+  OutOfBounds oob;
+  uint64_t noob = 0;
 
   auto work = [&](int wid) {
     Worker w;
@@ -652,19 +765,21 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
     for (uint64_t i = 0; i < nthreads; i++) mprotect(w.stacks + i * w.stack_stride, 4096, PROT_NONE);
     w.fibers.resize(nthreads);
     w.warps.resize((nthreads + 31) / 32);
-    w.smem_store.resize(smem + 16);
+    // Dynamic shared memory between two guard zones of SMEM_GUARD bytes: the race checker reports an access
+    // there (out of bounds of the launch's dynamic shared memory).
+    w.smem_store.resize(smem + 2 * SMEM_GUARD);
     std::mt19937_64 rng(seed + 0x51ed270b27u * (uint64_t)(wid + 1));
     BlockCtx b;
     b.bdim = dim3(bx, by, bz);
     b.gdim = dim3(gx, gy, gz);
-    b.dyn_smem = smem ? w.smem_store.data() : nullptr;
+    b.dyn_smem = smem ? w.smem_store.data() + SMEM_GUARD : nullptr;
     b.dyn_smem_bytes = smem;
     b.warps = w.warps.data();
     b.nthreads = (unsigned)nthreads;
     if (check) {
       w.check = true;
       w.dyn.what = "dynamic shared memory";
-      w.dyn.lo = (uintptr_t)w.smem_store.data();
+      w.dyn.lo = (uintptr_t)w.smem_store.data() + SMEM_GUARD;
       w.dyn.len = smem;
       w.dyn.cells.resize((smem + 1) / 2);
       w.stat.what = "static __shared__ memory, TLS";
@@ -690,10 +805,17 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
       g_cur = nullptr;
     }
     g_worker = nullptr;
-    if (w.nhazards) {
+    if (w.noob) {
+      std::lock_guard<std::mutex> g(err_mu);
+      if (!noob) oob = w.oob;
+      noob += w.noob;
+    }
+    if (w.nhazards || w.nuninit) {
       std::lock_guard<std::mutex> g(err_mu);
       if (!nhazards) hazard = w.hazard;
       nhazards += w.nhazards;
+      if (!nuninit) uninit = w.uninit;
+      nuninit += w.nuninit;
     }
   };
 
@@ -705,7 +827,25 @@ int rlhf_sim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, uns
     for (auto& t : ts) t.join();
   }
   if (failed) return fail(std::string(name) + ": " + first_error);
+  if (noob) {
+    char buf[160];
+    std::string m = std::string("out-of-bounds index in ") + name + ": ";
+    if (oob.pc) {
+      snprintf(buf, sizeof buf, "dynamic shared memory byte offset %lld (of %zu bytes) at ", oob.index, oob.smem);
+      m += buf + where(oob.pc);
+    } else {
+      snprintf(buf, sizeof buf, "array index %lld out of bounds of %s at ", oob.index, oob.array.c_str());
+      m += buf + oob.where;
+    }
+    snprintf(buf, sizeof buf, ", block (%u,%u,%u): ", oob.bid.x, oob.bid.y, oob.bid.z);
+    m += buf + thread_name(oob.thread, dim3(bx, by, bz));
+    if (noob > 1) m += " (" + std::to_string(noob) + " in this launch, the first reported)";
+    return fail(m);
+  }
+  // A missing barrier often shows both ways: a read before the write it should wait for, and then the write
+  // after that read. The race names both lines: it is reported first.
   if (nhazards) return fail(describe(name, hazard, nhazards, dim3(bx, by, bz)));
+  if (nuninit) return fail(describe(name, uninit, nuninit, dim3(bx, by, bz)));
   return 0;
 }
 

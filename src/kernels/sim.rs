@@ -10,11 +10,39 @@
 //! records the last writer and the readers of every shared-memory byte with the barrier epochs that order them
 //! and fails the launch on a hazard (an unordered conflicting access by another thread of the block), naming
 //! the kernel, both threads, the address and both source lines. See `kernels/README.md`.
+//!
+//! The kernels are those linked into this binary, unless `RLHF_SIM_KERNELS` names a shared object holding a
+//! whole simulator library of its own (runtime and kernels, the same C entry points): then every launch goes
+//! to that library, loaded on first use. `tools/kernel-mutants.py` uses it to run the already built test
+//! binaries on mutated kernels without rebuilding the crate.
 
 use super::launch::{Arg, DevPtr, LaunchConfig, Launcher};
 use anyhow::{bail, Result};
+use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::marker::PhantomData;
+use std::sync::{Mutex, OnceLock};
+
+type LaunchFn = unsafe extern "C" fn(
+    name: *const c_char,
+    gx: u32,
+    gy: u32,
+    gz: u32,
+    bx: u32,
+    by: u32,
+    bz: u32,
+    smem: u32,
+    args: *mut *mut c_void,
+    race: c_int,
+    seed: u64,
+    workers: c_int,
+    check: c_int,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int;
+type CountFn = unsafe extern "C" fn() -> c_int;
+type NameFn = unsafe extern "C" fn(i: c_int) -> *const c_char;
+type HasFn = unsafe extern "C" fn(name: *const c_char) -> c_int;
 
 extern "C" {
     fn rlhf_sim_launch(
@@ -39,20 +67,72 @@ extern "C" {
     fn rlhf_sim_has_kernel(name: *const c_char) -> c_int;
 }
 
+/// The simulator's C entry points: those linked into this binary, or those of the library `RLHF_SIM_KERNELS`
+/// names.
+struct Api {
+    launch: LaunchFn,
+    count: CountFn,
+    name: NameFn,
+    has: HasFn,
+}
+
+fn api() -> &'static Api {
+    static API: OnceLock<Api> = OnceLock::new();
+    API.get_or_init(|| match std::env::var_os("RLHF_SIM_KERNELS").filter(|p| !p.is_empty()) {
+        None => Api {
+            launch: rlhf_sim_launch,
+            count: rlhf_sim_kernel_count,
+            name: rlhf_sim_kernel_name,
+            has: rlhf_sim_has_kernel,
+        },
+        Some(path) => load_api(&path).unwrap_or_else(|e| panic!("RLHF_SIM_KERNELS={}: {e}", path.to_string_lossy())),
+    })
+}
+
+/// dlopen the library (never closed: its kernels may run until the process ends) and look up the entry points.
+fn load_api(path: &std::ffi::OsStr) -> Result<Api> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_bytes())?;
+    // SAFETY: `c` is a valid C string; the library's constructors only register its kernels.
+    let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if h.is_null() {
+        // SAFETY: dlerror returns a NUL-terminated message (or null) after a failed dlopen.
+        let e = unsafe { libc::dlerror() };
+        let msg = if e.is_null() { "dlopen failed".into() } else { unsafe { CStr::from_ptr(e) }.to_string_lossy() };
+        bail!("{msg}");
+    }
+    let sym = |name: &CStr| -> Result<*mut c_void> {
+        // SAFETY: `h` is a live handle and `name` a valid C string.
+        let p = unsafe { libc::dlsym(h, name.as_ptr()) };
+        if p.is_null() {
+            bail!("no symbol {} in the library", name.to_string_lossy());
+        }
+        Ok(p)
+    };
+    // SAFETY: the library is a simulator library built like this crate's own (sim_runtime.cpp), whose C entry
+    // points have exactly these signatures.
+    unsafe {
+        Ok(Api {
+            launch: std::mem::transmute::<*mut c_void, LaunchFn>(sym(c"rlhf_sim_launch")?),
+            count: std::mem::transmute::<*mut c_void, CountFn>(sym(c"rlhf_sim_kernel_count")?),
+            name: std::mem::transmute::<*mut c_void, NameFn>(sym(c"rlhf_sim_kernel_name")?),
+            has: std::mem::transmute::<*mut c_void, HasFn>(sym(c"rlhf_sim_has_kernel")?),
+        })
+    }
+}
+
 /// Every kernel compiled into the simulator, by its `extern "C"` name, sorted.
 pub fn kernel_names() -> Vec<String> {
-    // SAFETY: the registry is filled by static constructors before main and never changes afterwards.
-    unsafe {
-        (0..rlhf_sim_kernel_count())
-            .map(|i| CStr::from_ptr(rlhf_sim_kernel_name(i)).to_string_lossy().into_owned())
-            .collect()
-    }
+    let a = api();
+    // SAFETY: the registry is filled by static constructors before main (or at dlopen) and never changes
+    // afterwards.
+    unsafe { (0..(a.count)()).map(|i| CStr::from_ptr((a.name)(i)).to_string_lossy().into_owned()).collect() }
 }
 
 pub fn has_kernel(name: &str) -> bool {
     let c = CString::new(name).unwrap();
     // SAFETY: read-only lookup with a valid C string.
-    unsafe { rlhf_sim_has_kernel(c.as_ptr()) != 0 }
+    unsafe { (api().has)(c.as_ptr()) != 0 }
 }
 
 /// Launches kernels in the simulator.
@@ -90,8 +170,32 @@ impl SimLauncher {
     }
 }
 
+/// `RLHF_SIM_TRACE=FILE`: the name of every kernel launched, once per process, appended to FILE (which kernels a
+/// test runs, for `tools/kernel-mutants.py`).
+fn trace(kernel: &str) {
+    type Trace = Mutex<(std::fs::File, HashSet<String>)>;
+    static TRACE: OnceLock<Option<Trace>> = OnceLock::new();
+    let t = TRACE.get_or_init(|| {
+        let path = std::env::var_os("RLHF_SIM_TRACE").filter(|p| !p.is_empty())?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("RLHF_SIM_TRACE={}: {e}", path.to_string_lossy()));
+        Some(Mutex::new((f, HashSet::new())))
+    });
+    if let Some(t) = t {
+        let mut g = t.lock().unwrap_or_else(|e| e.into_inner());
+        if g.1.insert(kernel.to_string()) {
+            use std::io::Write;
+            let _ = writeln!(g.0, "{kernel}");
+        }
+    }
+}
+
 impl Launcher for SimLauncher {
     unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        trace(kernel);
         let name = CString::new(kernel)?;
         let mut ptrs: Vec<*mut c_void> = args.iter().map(|a| a.value_ptr()).collect();
         let mut err = vec![0 as c_char; 4096];
@@ -104,7 +208,7 @@ impl Launcher for SimLauncher {
         // device pointers among them, which this function's contract (`Launcher::launch`) makes valid host
         // buffers of the sizes the kernel accesses; `err` has `err.len()` writable bytes.
         let rc = unsafe {
-            rlhf_sim_launch(
+            (api().launch)(
                 name.as_ptr(),
                 cfg.grid[0],
                 cfg.grid[1],
@@ -139,9 +243,14 @@ impl Launcher for SimLauncher {
     }
 }
 
-/// A 64-byte-aligned host buffer standing in for device memory in the simulator.
+/// A 64-byte-aligned host buffer standing in for device memory in the simulator, between two guard zones of
+/// [`SimBuf::GUARD`] bytes, the back one starting right after the last element. A kernel that writes even one
+/// element before or past the buffer fails [`SimBuf::check_guards`], which drop runs (a panic naming the
+/// buffer's length and the first overwritten byte); one that reads there reads NaN (the guard bytes are
+/// `f1 7f` repeated: a NaN as f64, f32 and bf16, and a huge index as an integer).
 pub struct SimBuf<T: bytemuck::Pod> {
-    ptr: *mut u8,
+    /// The allocation: GUARD bytes, the elements, at least GUARD bytes.
+    base: *mut u8,
     len: usize,
     _t: PhantomData<T>,
 }
@@ -151,14 +260,44 @@ unsafe impl<T: bytemuck::Pod + Send> Send for SimBuf<T> {}
 unsafe impl<T: bytemuck::Pod + Sync> Sync for SimBuf<T> {}
 
 impl<T: bytemuck::Pod> SimBuf<T> {
+    /// Bytes of each guard zone (also the alignment of the elements).
+    pub const GUARD: usize = 64;
+
+    fn bytes(len: usize) -> usize {
+        len * std::mem::size_of::<T>()
+    }
     fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align((len * std::mem::size_of::<T>()).max(64), 64).unwrap()
+        let size = (2 * Self::GUARD + Self::bytes(len)).next_multiple_of(Self::GUARD);
+        std::alloc::Layout::from_size_align(size, Self::GUARD).unwrap()
+    }
+    /// The guard byte at offset `at` of the allocation (even offsets 0xf1, odd ones 0x7f; the elements start at
+    /// an even offset, so an aligned f64, f32 or bf16 read of a guard is a NaN whose payload no arithmetic
+    /// produces, and a write of 0x00 or 0xff fill bytes never matches).
+    fn guard_byte(at: usize) -> u8 {
+        if at.is_multiple_of(2) {
+            0xf1
+        } else {
+            0x7f
+        }
+    }
+    /// (offset from the allocation's start, length) of the two guard zones.
+    fn zones(&self) -> [(usize, usize); 2] {
+        let end = Self::GUARD + Self::bytes(self.len);
+        [(0, Self::GUARD), (end, Self::layout(self.len).size() - end)]
     }
     pub fn zeros(len: usize) -> Self {
         // SAFETY: non-zero size, valid alignment.
-        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
-        assert!(!ptr.is_null(), "SimBuf allocation failed");
-        SimBuf { ptr, len, _t: PhantomData }
+        let base = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        assert!(!base.is_null(), "SimBuf allocation failed");
+        let b = SimBuf { base, len, _t: PhantomData };
+        for (at, n) in b.zones() {
+            // SAFETY: the zone lies inside the allocation.
+            let z = unsafe { std::slice::from_raw_parts_mut(base.add(at), n) };
+            for (i, x) in z.iter_mut().enumerate() {
+                *x = Self::guard_byte(at + i);
+            }
+        }
+        b
     }
     pub fn from_slice(x: &[T]) -> Self {
         let mut b = Self::zeros(x.len());
@@ -167,10 +306,29 @@ impl<T: bytemuck::Pod> SimBuf<T> {
     }
     /// Every byte set to `byte` (0xff: NaN for f32/bf16), to catch outputs a kernel forgot to write.
     pub fn poisoned(len: usize, byte: u8) -> Self {
-        let b = Self::zeros(len);
-        // SAFETY: the allocation holds at least len * size_of::<T>() bytes.
-        unsafe { std::ptr::write_bytes(b.ptr, byte, len * std::mem::size_of::<T>()) };
+        let mut b = Self::zeros(len);
+        bytemuck::cast_slice_mut::<T, u8>(b.as_mut_slice()).fill(byte);
         b
+    }
+    /// Err naming the first overwritten guard byte when something wrote before or past the elements.
+    pub fn check_guards(&self) -> Result<()> {
+        for (zone, (at, n)) in self.zones().into_iter().enumerate() {
+            // SAFETY: the zone lies inside the allocation.
+            let z = unsafe { std::slice::from_raw_parts(self.base.add(at), n) };
+            if let Some(i) = z.iter().enumerate().position(|(i, &x)| x != Self::guard_byte(at + i)) {
+                let elem = std::mem::size_of::<T>().max(1);
+                let (side, k) =
+                    if zone == 0 { ("before", (Self::GUARD - i).div_ceil(elem)) } else { ("past", i / elem + 1) };
+                bail!(
+                    "simulated device buffer of {} x {} bytes: written {side} its elements (guard byte {i}, element {k} {side} the \
+                     {})",
+                    self.len,
+                    elem,
+                    if zone == 0 { "first" } else { "last" }
+                );
+            }
+        }
+        Ok(())
     }
     pub fn len(&self) -> usize {
         self.len
@@ -178,22 +336,26 @@ impl<T: bytemuck::Pod> SimBuf<T> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the elements start GUARD bytes into the allocation.
+        unsafe { self.base.add(Self::GUARD) }
+    }
     /// The "device pointer" kernels receive.
     pub fn ptr(&self) -> DevPtr {
-        self.ptr as DevPtr
+        self.data() as DevPtr
     }
     /// The pointer `off` elements in.
     pub fn ptr_at(&self, off: usize) -> DevPtr {
         assert!(off <= self.len);
-        self.ptr as DevPtr + (off * std::mem::size_of::<T>()) as DevPtr
+        self.data() as DevPtr + (off * std::mem::size_of::<T>()) as DevPtr
     }
     pub fn as_slice(&self) -> &[T] {
-        // SAFETY: the allocation is aligned for T and holds len initialised (Pod) elements.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const T, self.len) }
+        // SAFETY: the elements are aligned for T (64 bytes) and len initialised (Pod) values.
+        unsafe { std::slice::from_raw_parts(self.data() as *const T, self.len) }
     }
     pub fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut T, self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.data() as *mut T, self.len) }
     }
     pub fn to_vec(&self) -> Vec<T> {
         self.as_slice().to_vec()
@@ -202,7 +364,13 @@ impl<T: bytemuck::Pod> SimBuf<T> {
 
 impl<T: bytemuck::Pod> Drop for SimBuf<T> {
     fn drop(&mut self) {
+        let guards = self.check_guards();
         // SAFETY: allocated in zeros() with the same layout.
-        unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.len)) }
+        unsafe { std::alloc::dealloc(self.base, Self::layout(self.len)) }
+        if let Err(e) = guards {
+            if !std::thread::panicking() {
+                panic!("{e}");
+            }
+        }
     }
 }
