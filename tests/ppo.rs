@@ -572,7 +572,7 @@ fn eval_reports_systems_baselines_and_strategies_on_tiny_models() {
     // Austen's 6 words against answers of at most 3 tokens: it wins nearly always, so others win rarely.
     assert!(pol.win_vs_austen.unwrap().mean < 0.2 && austen.win_vs_austen.is_none());
     assert!(sft_row.win_vs_sft.is_none() && pol.win_vs_sft.is_some());
-    assert_eq!((r.best_of, r.strategies.len()), (3, 11), "{:?}", r.strategies);
+    assert_eq!((r.best_of, r.strategies.len()), (3, 12), "{:?}", r.strategies);
     let empty = r.strategies.iter().find(|s| s.name == "empty answer").unwrap();
     assert_eq!((empty.gold.mean, empty.win_vs_austen.mean), (0.0, 0.0));
     let copy = r.strategies.iter().find(|s| s.name == "a copy of the prompt").unwrap();

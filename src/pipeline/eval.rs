@@ -695,6 +695,10 @@ pub fn strategy_answers(heldout: &[HeldOut], references: &[String], seed: u64) -
         }),
     ));
     out.push(("another passage's continuation".into(), each(&|p| references[(p + 1) % references.len()].clone())));
+    out.push((
+        "the continuation cut to its first three words".into(),
+        each(&|p| format!(" {}.", references[p].split_whitespace().take(3).collect::<Vec<_>>().join(" "))),
+    ));
     out.push(("empty answer".into(), each(&|_| String::new())));
     out.push(("a copy of the prompt".into(), each(&|p| format!(" {}", heldout[p].prompt))));
     out
