@@ -23,8 +23,9 @@
 //!
 //! Degenerate strategies (the judge's audit, needs the reference continuations): constant cheerful
 //! sentences in and out of the story's world, a repeated sentiment word, positive-word salad, the
-//! continuation's words shuffled, another passage's continuation, the empty answer and a copy of the
-//! prompt. Each must score below Austen's continuation and win fewer than half of its comparisons.
+//! continuation's words shuffled, another passage's continuation, the continuation cut to its first three
+//! words, the empty answer and a copy of the prompt. Each must score below Austen's continuation and win
+//! fewer than half of its comparisons.
 
 use crate::backend::Backend;
 use crate::data::chat::{self, ChatTokens};
