@@ -25,7 +25,7 @@ if [ "${PRETRAIN:-0}" = 1 ]; then
   stage "0. tokenizer (byte-level BPE) and token shards of the training text (the evaluation pool left out)"
   rlhf tokenizer train --input "$OUT/data/pretrain.txt" --vocab-size 4096 --out "$OUT/tokenizer.json"
   rlhf prepare --tokenizer "$OUT/tokenizer.json" --input "$OUT/data/pretrain.txt" --out "$OUT/tokens"
-  stage "0. pretrain the tiny preset as tools/train-demo-base.sh does (val loss vs the unigram baseline; ~25 min)"
+  stage "0. pretrain the tiny preset as tools/train-shipped-model.sh base does (val loss vs the unigram baseline; ~25 min)"
   rlhf pretrain --device "$DEVICE" --data "$OUT/tokens" --out "$OUT/pretrain" --preset tiny \
     --steps 1500 --batch 32 --seq 128 --lr 2e-3 --warmup 100 --eval-every 100 --save-every 250
   BASE="$OUT/pretrain"
