@@ -232,26 +232,30 @@ fn residual_add_accumulate_scale() {
     let mut rng = Rng::new(2);
     for dt in DTYPES {
         for n in [3usize, 16, 777, 2 * g(EW_BLOCK) * PACK + 3] {
-            let a = DBuf::new(dt, &randn(&mut rng, n, 1.0));
-            let b = DBuf::new(dt, &randn(&mut rng, n, 1.0));
+            // a and b hold one element more than the kernels are given: the in-place kernels must leave it alone
+            // (the guard bytes past a buffer would not show an update of element n: it keeps their NaN)
+            let a = DBuf::new(dt, &randn(&mut rng, n + 1, 1.0));
+            let b = DBuf::new(dt, &randn(&mut rng, n + 1, 1.0));
             let out = DBuf::poisoned(dt, n);
             // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
             unsafe { kl::add(&l, dt, out.ptr(), a.ptr(), b.ptr(), n) }.unwrap();
             let mut want = vec![0.0; n];
-            ops::residual::add::<f64>(&mut want, &a.get(), &b.get());
+            ops::residual::add::<f64>(&mut want, &a.get()[..n], &b.get()[..n]);
             check("add", dt, &out.get(), &want);
 
             let mut want = a.get();
-            ops::residual::accumulate::<f64>(&mut want, &b.get());
+            ops::residual::accumulate::<f64>(&mut want[..n], &b.get()[..n]);
             // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
             unsafe { kl::accumulate(&l, dt, a.ptr(), b.ptr(), n) }.unwrap();
             check("accumulate", dt, &a.get(), &want);
+            assert_eq!(a.get()[n], want[n], "accumulate n={n} wrote element n");
 
             let mut want = b.get();
-            ops::residual::scale::<f64>(&mut want, -0.37);
+            ops::residual::scale::<f64>(&mut want[..n], -0.37);
             // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
             unsafe { kl::scale(&l, dt, b.ptr(), -0.37, n) }.unwrap();
             check("scale", dt, &b.get(), &want);
+            assert_eq!(b.get()[n], want[n], "scale n={n} wrote element n");
         }
     }
 }
@@ -290,13 +294,15 @@ fn bias_add_and_bias_backward() {
         // ragged; the finalizer and bias_add over more than one EW_BLOCK of columns
         let (rows, cols) = (g(COLSUM_ROWS) + 44, g(COLSUM_COLS) + 1);
         for (n, oc) in [(1usize, 5usize), (37, 67), (rows, cols), (rows, g(EW_BLOCK) + g(COLSUM_COLS) + 5)] {
-            let out = DBuf::new(dt, &randn(&mut rng, n * oc, 1.0));
+            // one element more than the kernel is given, which it must leave alone (as in residual_add_...)
+            let out = DBuf::new(dt, &randn(&mut rng, n * oc + 1, 1.0));
             let bias = DBuf::new(dt, &randn(&mut rng, oc, 1.0));
             let mut want = out.get();
-            ops::linear::bias_add::<f64>(&mut want, &bias.get());
+            ops::linear::bias_add::<f64>(&mut want[..n * oc], &bias.get());
             // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
             unsafe { kl::bias_add(&l, dt, out.ptr(), bias.ptr(), n, oc) }.unwrap();
             check("bias_add", dt, &out.get(), &want);
+            assert_eq!(out.get()[n * oc], want[n * oc], "bias_add {n}x{oc} wrote element N*OC");
 
             let dout = DBuf::new(dt, &randn(&mut rng, n * oc, 1.0));
             let db = DBuf::new(dt, &randn(&mut rng, oc, 1.0));
@@ -433,7 +439,8 @@ fn encoder_case(l: &dyn Launcher, dt: DType, c: usize, seed: u64) -> Vec<Vec<f64
     let wte = DBuf::new(dt, &randn(&mut rng, v * c, 1.0));
     let wpe = DBuf::new(dt, &randn(&mut rng, max_t * c, 1.0));
     let tok_d = SimBuf::from_slice(&tokens);
-    let pos_d = SimBuf::from_slice(&pos0);
+    // one position more than the B rows have, in range: a kernel that reads pos0 past row B - 1 takes it
+    let pos_d = SimBuf::from_slice(&[pos0.as_slice(), &[1]].concat());
     let out = DBuf::poisoned(dt, b * t * c);
     // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
     unsafe { kl::encoder_forward(l, dt, out.ptr(), tok_d.ptr(), wte.ptr(), wpe.ptr(), pos_d.ptr(), b, t, c) }.unwrap();

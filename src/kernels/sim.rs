@@ -246,12 +246,13 @@ impl Launcher for SimLauncher {
 /// A 64-byte-aligned host buffer standing in for device memory in the simulator, between two guard zones of
 /// [`SimBuf::GUARD`] bytes, the back one starting right after the last element. A kernel that writes even one
 /// element before or past the buffer fails [`SimBuf::check_guards`], which drop runs (a panic naming the
-/// buffer's length and the first overwritten byte); one that reads there reads NaN (the guard bytes are
-/// `f1 7f` repeated: a NaN as f64, f32 and bf16, and a huge index as an integer).
+/// buffer's length and the first overwritten byte); one that reads there reads NaN (see [`SimBuf::guard_byte`]).
 pub struct SimBuf<T: bytemuck::Pod> {
     /// The allocation: GUARD bytes, the elements, at least GUARD bytes.
     base: *mut u8,
     len: usize,
+    /// Which buffer this is (the guard bytes differ from buffer to buffer).
+    id: u64,
     _t: PhantomData<T>,
 }
 
@@ -270,12 +271,19 @@ impl<T: bytemuck::Pod> SimBuf<T> {
         let size = (2 * Self::GUARD + Self::bytes(len)).next_multiple_of(Self::GUARD);
         std::alloc::Layout::from_size_align(size, Self::GUARD).unwrap()
     }
-    /// The guard byte at offset `at` of the allocation (even offsets 0xf1, odd ones 0x7f; the elements start at
-    /// an even offset, so an aligned f64, f32 or bf16 read of a guard is a NaN whose payload no arithmetic
-    /// produces, and a write of 0x00 or 0xff fill bytes never matches).
-    fn guard_byte(at: usize) -> u8 {
+    /// The guard byte at offset `at` of buffer `id`'s allocation. Each 2-byte pair (the elements start at an
+    /// even offset) is one of 31 values `(0xf0..=0xff, 0x7f or 0xff)`, never `(0xff, 0xff)`, picked by a hash of
+    /// the buffer and the pair: an aligned f64, f32 or bf16 read of a guard is a NaN (exponent bits all ones,
+    /// mantissa not zero) whose payload no arithmetic produces, an integer read a huge index, and a kernel
+    /// that copies one buffer's guard bytes into another's (an off-by-one copy) changes them.
+    fn guard_byte(id: u64, at: usize) -> u8 {
+        let mut h = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (at / 2) as u64;
+        h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let v = ((h ^ (h >> 29)) % 31) as u8;
         if at.is_multiple_of(2) {
-            0xf1
+            0xf0 | (v & 0xf)
+        } else if v & 0x10 != 0 {
+            0xff
         } else {
             0x7f
         }
@@ -289,12 +297,14 @@ impl<T: bytemuck::Pod> SimBuf<T> {
         // SAFETY: non-zero size, valid alignment.
         let base = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
         assert!(!base.is_null(), "SimBuf allocation failed");
-        let b = SimBuf { base, len, _t: PhantomData };
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let b = SimBuf { base, len, id, _t: PhantomData };
         for (at, n) in b.zones() {
             // SAFETY: the zone lies inside the allocation.
             let z = unsafe { std::slice::from_raw_parts_mut(base.add(at), n) };
             for (i, x) in z.iter_mut().enumerate() {
-                *x = Self::guard_byte(at + i);
+                *x = Self::guard_byte(id, at + i);
             }
         }
         b
@@ -315,7 +325,7 @@ impl<T: bytemuck::Pod> SimBuf<T> {
         for (zone, (at, n)) in self.zones().into_iter().enumerate() {
             // SAFETY: the zone lies inside the allocation.
             let z = unsafe { std::slice::from_raw_parts(self.base.add(at), n) };
-            if let Some(i) = z.iter().enumerate().position(|(i, &x)| x != Self::guard_byte(at + i)) {
+            if let Some(i) = z.iter().enumerate().position(|(i, &x)| x != Self::guard_byte(self.id, at + i)) {
                 let elem = std::mem::size_of::<T>().max(1);
                 let (side, k) =
                     if zone == 0 { ("before", (Self::GUARD - i).div_ceil(elem)) } else { ("past", i / elem + 1) };
