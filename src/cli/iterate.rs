@@ -15,6 +15,7 @@
 //! Rerun the same command to continue: a step whose summary.json exists is done and skipped, a run folder
 //! without one resumes (--resume), and labelling continues where it stopped.
 
+use crate::checkpoint::tokenizer::TokenizerArgs;
 use crate::cli::judge::{JudgeChoice, DEFAULT_JUDGE};
 use crate::cli::{label, ppo, reward};
 use crate::util::summary::{Summary, SUMMARY_FILE};
@@ -42,10 +43,9 @@ pub struct IterateArgs {
     /// SFT demonstrations: each reward model's bias is shifted so they score 0 on average.
     #[arg(long)]
     pub sft_data: PathBuf,
-    /// The models' tokenizer.json; by default the one recorded in the SFT model (every step checks that the
-    /// models it reads agree).
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
+    /// Passed to every step, which checks it against the models it reads.
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
     /// The folder of the rounds (OUT/round-1, ...) and of the loop's summary.
     #[arg(long, default_value = "runs/iterate")]
     pub out: PathBuf,
@@ -120,7 +120,10 @@ pub fn run(a: IterateArgs) -> Result<()> {
     let judge_flags = ["--judge".to_string(), judge, "--judge-timeout".into(), a.judge.judge_timeout.to_string()];
     let device_name = clap::ValueEnum::to_possible_value(&a.device).map(|v| v.get_name().to_string());
     let device = ["--device".to_string(), device_name.unwrap_or("auto".into())];
-    let tokenizer: Vec<String> = a.tokenizer.iter().flat_map(|t| ["--tokenizer".into(), s(t)]).collect();
+    let mut tokenizer: Vec<String> = a.tokenizer.tokenizer.iter().flat_map(|t| ["--tokenizer".into(), s(t)]).collect();
+    if a.tokenizer.force_tokenizer {
+        tokenizer.push("--force-tokenizer".into());
+    }
     let common =
         |v: Vec<String>| -> Vec<String> { v.into_iter().chain(tokenizer.clone()).chain(device.clone()).collect() };
     let (mut policy, mut rm) = (a.sft.clone(), a.reward.clone());

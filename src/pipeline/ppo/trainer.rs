@@ -274,8 +274,6 @@ struct State<B: Backend> {
 #[derive(Debug, Serialize)]
 pub struct PpoSummary {
     pub iterations: u64,
-    pub first_score: f64,
-    pub last_score: f64,
     pub last_kl: f64,
     pub beta: f64,
     pub checkpoint: PathBuf,
@@ -755,7 +753,7 @@ pub fn train_from<B: Backend>(
     }
     let mut run =
         Run::open(lock, &cfg.out, "PPO", log_len, cfg.iterations.saturating_sub(st.iteration), !hooks.verbose)?;
-    let (mut first_score, mut last_score, mut last_kl) = (f64::NAN, f64::NAN, f64::NAN);
+    let mut last_kl = f64::NAN;
     while st.iteration < cfg.iterations {
         let it = st.iteration;
         let fail = |run: &Run, what: String| run.stopped("iteration", it + 1, what);
@@ -821,10 +819,7 @@ pub fn train_from<B: Backend>(
             return Err(fail(&run, format!("mean score {score}, KL {kl}")));
         }
         run.log(&rec)?;
-        if first_score.is_nan() {
-            first_score = score;
-        }
-        (last_score, last_kl) = (score, kl);
+        last_kl = kl;
         run.tick(format!("score {score:.3} kl {kl:.3} beta {beta_used:.4}"));
         if hooks.verbose {
             if let Some(decode) = hooks.decode {
@@ -846,7 +841,7 @@ pub fn train_from<B: Backend>(
         }
     }
     let checkpoint = run.finish()?;
-    Ok(PpoSummary { iterations: st.iteration, first_score, last_score, last_kl, beta: st.kl.beta, checkpoint })
+    Ok(PpoSummary { iterations: st.iteration, last_kl, beta: st.kl.beta, checkpoint })
 }
 
 /// Redraw the run's plots from its metrics log.
