@@ -15,6 +15,9 @@
 // full dot product from the row vector staged in shared memory; the 32 probabilities are broadcast through
 // shared memory for the weighted sums, where each lane owns head dims d = lane + 32k (k < KPL, HS <= 32 * KPL).
 // Dynamic shared memory per warp (floats): forward HS + 32, backward_dq 2 HS + 32, backward_dkv 2 HS + 64.
+// Several bounds only save work, so moving them by one changes no output (equivalent mutants, listed in
+// kernels/mutants-allowed.txt): a pass of 32 keys or queries that starts at the bound adds nothing (nj, ni = 0);
+// a key at j = nkeys has s = -inf, so p = 0 unguarded; a dim d = HS (k = KPL) is computed but never stored.
 //
 // These kernels use CUDA cores (FFMA). At the bottom: the tensor-core (WMMA) forward and backward for bf16 with
 // head size 64 (attention_forward_wmma_bf16, attention_backward_dq_wmma_bf16, attention_backward_dkv_wmma_bf16).
@@ -382,7 +385,10 @@ RLHF_EXPORT(attention_forward_wmma_bf16)
 // works on the transposed tiles of its 16 keys:
 //   S^T = K_w Q^T, dP^T = V_w dO^T (Q^T, dO^T: col_major loads), P^T, dS^T element-wise (lse, D per column),
 //   dV_w += P^T dO, dK_w += dS^T Q (8 accumulator fragments in registers); dk = dK / 8, dv = dV.
-// On the diagonal tile, 16-wide sub-tiles that the causal mask empties for a warp are skipped.
+// On the diagonal tile, 16-wide sub-tiles that the causal mask empties for a warp are skipped. Padding rows and
+// columns (t, i >= Tn; zero-staged) are computed like the others and never stored, and a masked sub-tile
+// holds only zeros or unread scores: bounds that only exclude them are equivalent mutants one off
+// (kernels/mutants-allowed.txt), as are the forward's padding query rows and the key tile past nkeys.
 // Dynamic shared memory: dq WBQ_SMEM (81408) bytes, dkv WBK_SMEM (90112) bytes.
 // Layouts (geometry.cuh, from kernels/geometry.rs): dq: Q, dO, K, V tiles, then S, dP (f32), dS (bf16), L, D
 // (WBQ_OFF_*, WBQ_SMEM); dkv: K, V, Q, dO tiles, then S^T, dP^T (f32), P^T, dS^T (bf16) (WBK_OFF_*, WBK_SMEM).
@@ -461,6 +467,9 @@ __device__ __forceinline__ void wb_write(bf16* __restrict__ dst, long long strid
     for (int k = 0; k < 8; k++) p.v[k] = __float2bfloat16_rn(st[r * WA_LDF + c + k] * mul);
     store_pack(dst + (long long)(row0 + r) * stride + c, p);
   }
+  // The staging tile's reads are done before a next wb_write stores into it. The simulator cannot see this
+  // barrier go (its WMMA store is itself a warp-collective step; kernels/mutants-allowed.txt); the GPU orders
+  // the lanes' shared-memory accesses only at __syncwarp.
   __syncwarp();
 }
 
@@ -509,13 +518,14 @@ extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
       if (t < Tn) Dbuf[bh + t] = dd;
     }
   }
-  __syncwarp();
+  // No __syncwarp needed before the other lanes read Dr, Lr: the key-tile loop below runs at least once
+  // (k0 = 0 <= q0) and opens with a __syncthreads, which orders these writes before every read.
 
   wb_acc dq[WA_D / 16];
 #pragma unroll
   for (int n = 0; n < WA_D / 16; n++) wmma::fill_fragment(dq[n], 0.f);
   for (int k0 = 0; k0 <= q0; k0 += WB_T) {
-    __syncthreads();  // previous tile's K/V no longer read
+    __syncthreads();  // D, L written; previous tile's K/V no longer read
     wb_stage(Ks, base + C, C3, k0, Tn);
     wb_stage(Vs, base + 2 * C, C3, k0, Tn);
     __syncthreads();

@@ -15,7 +15,8 @@
 // sides of each copy are contiguous along d (resp. along t*C+c), so warps read and write runs of HS elements.
 // softmax_causal: one warp per row (SMX_WARPS rows per block). Lane l visits columns l, l+32, ... (coalesced):
 // pass 1 keeps a per-lane running max and sum (online), merged across the warp in f32; pass 2 rereads the
-// row and writes the normalised probabilities, then zeros for j > i. Entries above the diagonal of S are
+// row and writes the normalised probabilities, then zeros for j > i (`x >= m` for `x > m` in pass 1 is an
+// equivalent mutant for finite scores: a tie adds 1 to l either way). Entries above the diagonal of S are
 // never read (they may hold anything, NaN included). Each element is read and written by the same lane in
 // the same pass, so p == s (in place) is allowed.
 #include "common.cuh"

@@ -4,6 +4,8 @@
 //   bx*32 .. bx*32+31 and writes partial[k][r][c] for each of its K (1 or 2) quantities, reducing its
 //   COLSUM_LANES row-lanes in a fixed order.
 // Stage 2 (colsum_finalize_*, in linear.cu): thread per column sums the R partials in order and adds to dst.
+// The column guard of the row loop (`c < C`) only saves work: the store is guarded too, so `c <= C` there is
+// an equivalent mutant (kernels/mutants-allowed.txt).
 #pragma once
 #include "common.cuh"
 #include "geometry.cuh"

@@ -123,7 +123,8 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   v = warp_max(v);
   // Orders this call's writes of `scratch` after an earlier reduction's reads of it. Today block_max is always
   // a kernel's first reduction (block_row_logsumexp, one row per block), so no test can catch its deletion
-  // (tools/barrier-mutants.sh: the one survivor); kept for callers that reduce more than once per block.
+  // (a surviving mutant of tools/kernel-mutants.py, on kernels/mutants-allowed.txt); kept for callers that
+  // reduce more than once per block.
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
@@ -138,7 +139,8 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 
 // Calls f(z) with z = inv_temp * x[j] for every j < V of a row that the whole block reads in chunks of W
 // (thread t takes chunks t, t + blockDim, ...; x 16-byte aligned when W > 1; a chunk may run past V into
-// padding, which is read but ignored).
+// padding, which is read but ignored). `c <= V` in the loop would change nothing but a read: a chunk that
+// starts at V is skipped element by element (an equivalent mutant, kernels/mutants-allowed.txt).
 template <class T, int W, class F>
 __device__ __forceinline__ void for_row_scaled(const T* __restrict__ x, int V, float inv_temp, F f) {
   for (int c = threadIdx.x * W; c < V; c += blockDim.x * W) {
@@ -152,7 +154,8 @@ __device__ __forceinline__ void for_row_scaled(const T* __restrict__ x, int V, f
 }
 
 // logsumexp_j (inv_temp * x[j]) over j < V of a row the whole block reads (as for_row_scaled): an online
-// (max, sum) per thread, combined across the block. Every thread gets the result.
+// (max, sum) per thread, combined across the block. Every thread gets the result. (`z >= m` for `z > m` is an
+// equivalent mutant for finite z: a tie adds exp(0) = 1 to s either way.)
 template <class T, int W>
 __device__ float block_row_logsumexp(const T* __restrict__ x, int V, float inv_temp, float* scratch) {
   float m = -INFINITY, s = 0.f;

@@ -6,7 +6,8 @@
 //     built): plan = [start[U+1], token[U], rows[N]] with each bucket's rows ascending. One block per bucket,
 //     threads over C, rows summed in order: O(N*C) work, deterministic.
 //   dwpe[p,:] += sum over b with 0 <= p - pos0[b] < T of dout[b, p - pos0[b], :], in b order.
-//     Thread per (p, c) for p in [p_lo, p_lo + P) (the launch code computes the range from host pos0).
+//     Thread per (p, c) for p in [p_lo, p_lo + P) (the launch code computes the range from host pos0; position
+//     p_lo + P is past every row, so a guard `i > P * C` would change nothing: an equivalent mutant).
 #include "common.cuh"
 
 template <class T>

@@ -2,7 +2,9 @@
 //   y  = 0.5 x (1 + tanh(u)),  u = s (x + 0.044715 x^3),  s = sqrt(2/pi)
 //   dx = dy (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) s (1 + 3 * 0.044715 x^2))      (dinp is overwritten)
 // Shapes: any n, elementwise. One thread per 16-byte pack (4 f32 / 8 bf16); the last pack may be partial.
-// Pointers must be 16-byte aligned (checked by the launch code).
+// Pointers must be 16-byte aligned (checked by the launch code). Two guards are exact only for speed, so their
+// off-by-one mutants change nothing (kernels/mutants-allowed.txt): a thread at i == n finds the element loop
+// empty (`i > n`), and a last full pack gives the same values through the element loop (`i + P < n`).
 #include "common.cuh"
 
 #define GELU_S 0.7978845608028654f

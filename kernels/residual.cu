@@ -4,6 +4,8 @@
 //   scale:      buf *= s
 //   cast:       dst (bf16) = round(src (f32)) and dst (f32) = src (bf16)
 // One thread per 16-byte pack (the last pack may be partial); pointers 16-byte aligned (checked at launch).
+// As in gelu.cu, the early return and the full-pack test are exact only for speed: `i > n` and `i + P < n`
+// are equivalent mutants (kernels/mutants-allowed.txt).
 #include "common.cuh"
 
 template <class T>

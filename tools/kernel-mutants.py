@@ -20,18 +20,24 @@ The simulator loads such a library instead of its linked-in kernels when RLHF_SI
 (src/kernels/sim.rs). The baseline run executes every simulator test alone on the baseline library, recording
 its time and the kernels it launches (RLHF_SIM_TRACE). A mutant recompiles only the kernel files it touches
 (a header: every file including it), relinks, and runs the tests that launch a kernel of those files, fastest
-first, stopping at the first failure (killed: a wrong result, a race-checker hazard, a deadlock report, an
-overwritten buffer guard, a crash, or a timeout). A mutant all of whose tests pass survived.
+first, stopping at the first failure (killed: a wrong result, a race-checker hazard or uninitialized read,
+an out-of-bounds index, a deadlock report, an overwritten buffer guard, a crash, or a timeout of 10 s + 5x the
+test's baseline time). A mutant that passes them all runs them again in race mode (RLHF_SIM_RACE=1, seeds
+--race-seeds: random block order and interleaving, so a missing barrier or a stray write into another block's
+output shows). A mutant all of whose runs pass survived.
 
 Every survivor must be on the allow-list (kernels/mutants-allowed.txt, lines `FILE:LINE | OPERATOR | mutated
 line | reason`) or the run fails; so does an allow-list entry that matches no mutant (the code moved) or whose
 mutant is now killed.
 
 Usage: tools/kernel-mutants.py [FILE ...] [--ops barrier,bound,stride,shuffle] [--sample N] [--jobs J]
-  FILE       kernel files to mutate (default: every kernels/*.cu and kernels/*.cuh)
-  --sample N run every barrier mutant and a fixed 1/N of the other operators' mutants (chosen by a hash of
-             file, operator and mutated line: the same sample run to run while those lines do not change)
-  --list     print the mutants and exit
+  FILE           kernel files to mutate (default: every kernels/*.cu and kernels/*.cuh)
+  --sample N     run every barrier mutant and a fixed 1/N of the other operators' mutants (chosen by a hash of
+                 file, operator and mutated line: the same sample run to run while those lines do not change)
+  --skip-allowed do not run the allow-listed mutants (what CI does: they cost the most, every test passing)
+  --only-allowed run only them (that each still survives: else its entry is to be removed)
+  --match REGEX  only the mutants whose `FILE:LINE OPERATOR mutated line` matches
+  --list         print the mutants and exit
 """
 
 import argparse
@@ -50,9 +56,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_BINARIES = ["kernels_sim", "kernels_engine_sim", "kernels_unfused_sim"]
 OPERATORS = ["barrier", "bound", "stride", "shuffle"]
-# Operators whose mutants may change results only under another schedule: their survivors of the in-order
-# runs are run again in race mode.
-RACY_OPERATORS = ["barrier", "shuffle"]
 ALLOWED = os.path.join(ROOT, "kernels", "mutants-allowed.txt")
 
 
@@ -370,6 +373,8 @@ def main():
     ap.add_argument("--race-seeds", default="1", help="race-mode seeds for the survivors of the in-order runs")
     ap.add_argument("--skip-allowed", action="store_true",
                     help="do not run the allow-listed mutants (CI: only a new survivor can fail the run)")
+    ap.add_argument("--only-allowed", action="store_true",
+                    help="run only the allow-listed mutants (do they all still survive?)")
     ap.add_argument("--match", help="only the mutants whose `FILE:LINE OPERATOR mutated line` matches this regex")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -395,15 +400,18 @@ def main():
     allowed_keys = {e["key"]: e for e in allowed}
     if args.skip_allowed:
         run = [m for m in run if m.key() not in allowed_keys]
-    if args.list:
-        for m in run:
-            print(f"{m.where:28} {m.op:8} {m.mutated}")
-        print(f"{len(run)} of {len(all_mutants)} mutants")
-        return 0
-
+    if args.only_allowed:
+        run = [m for m in run if m.key() in allowed_keys]
     checked_files = set(files)
     stale = [e for e in allowed if e["key"][0].split(":")[0] in checked_files and e["key"][1] in ops
              and e["key"] not in {m.key() for m in all_mutants}]
+    if args.list:
+        for m in run:
+            print(f"{m.where:28} {m.op:8} {m.mutated}")
+        print(f"{len(run)} of {len(all_mutants)} mutants, {len(allowed)} on the allow-list")
+        for e in stale:
+            print(f"allow-list line {e['line']} matches no mutant: {' | '.join(e['key'])}")
+        return 1 if stale else 0
 
     t_start = time.time()
     print(f"kernel mutants: {len(run)} of {len(all_mutants)} ({', '.join(ops)}; sample 1/{args.sample} of the "
@@ -504,7 +512,7 @@ def main():
                 chosen = sorted((t for t in tests if t.kernels & kernels), key=lambda t: t.secs)
                 verdict = "SURVIVED"
                 runs = [(t, test_env(lib, threads), "") for t in chosen]
-                for seed in race_seeds if m.op in RACY_OPERATORS else []:
+                for seed in race_seeds:
                     runs += [(t, test_env(lib, threads, race_env(seed)), f" (race mode, seed {seed})")
                              for t in chosen if seed in t.race_ok]
                 for t, env, how in runs:
