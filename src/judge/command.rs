@@ -1,7 +1,7 @@
 //! An external judge: any program speaking the judge protocol (see [`super`]), run as `sh -c COMMAND` once
 //! per batch, with a timeout, in a process group of its own.
 
-use super::{parse_score_line, Judge, DEFAULT_TIMEOUT};
+use super::{Judge, DEFAULT_TIMEOUT};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -108,24 +108,7 @@ impl Judge for CommandJudge {
             }
             bail!("judge command `{cmd}` {how}; last lines of its stderr:\n{tail}");
         }
-        let out =
-            String::from_utf8(out).map_err(|_| anyhow!("judge command `{cmd}` printed output that is not UTF-8"))?;
-        let lines: Vec<&str> = out.lines().collect();
-        if lines.len() != items.len() {
-            bail!(
-                "judge command `{cmd}` printed {} output lines for {} items (expected one line per item)",
-                lines.len(),
-                items.len()
-            );
-        }
-        lines
-            .iter()
-            .enumerate()
-            .map(|(i, line)| {
-                parse_score_line(line)
-                    .with_context(|| format!("judge command `{cmd}`, output line {}: {line:?}", i + 1))
-            })
-            .collect()
+        super::parse_scores(&out, items.len()).with_context(|| format!("judge command `{cmd}`"))
     }
 }
 

@@ -75,6 +75,20 @@ pub fn check_scores(who: &str, scores: &[f64], answers: usize) -> Result<()> {
     Ok(())
 }
 
+/// Parses a judge command's whole stdout: UTF-8, exactly one line per item, each as [`parse_score_line`].
+pub fn parse_scores(out: &[u8], items: usize) -> Result<Vec<f64>> {
+    let out = std::str::from_utf8(out).map_err(|e| anyhow!("its output is not UTF-8 (byte {})", e.valid_up_to()))?;
+    let lines: Vec<&str> = out.lines().collect();
+    if lines.len() != items {
+        bail!("it printed {} output lines for {items} items (expected one line per item)", lines.len());
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| parse_score_line(line).with_context(|| format!("output line {}: {line:?}", i + 1)))
+        .collect()
+}
+
 /// Parses one output line of the protocol: a bare number or an object with a numeric `"score"`.
 pub fn parse_score_line(line: &str) -> Result<f64> {
     let t = line.trim();

@@ -1,0 +1,18 @@
+//! Inputs the fuzz targets (fuzz/) found to crash a loader, each now a one-line error naming the file.
+
+use rlhf::tokenizer::Tokenizer;
+
+const CHAT_TOKENIZER: &str = include_str!("fixtures/hf_chat/model/tokenizer.json");
+
+/// A JSON syntax error inside the "decoder" object panicked in the tokenizers library (an `expect` in its
+/// decoder deserializer) instead of being an error.
+#[test]
+fn tokenizer_with_a_syntax_error_in_its_decoder_is_an_error() {
+    assert!(CHAT_TOKENIZER.contains("\"decoder\": {"), "fixture changed");
+    let at = CHAT_TOKENIZER.find("\"decoder\": {").unwrap();
+    let (head, tail) = CHAT_TOKENIZER.split_at(at);
+    let broken = format!("{head}{}", tail.replacen("\"add_prefix_space\"", ")add_prefix_space\"", 1));
+    let e = Tokenizer::from_json(broken.as_bytes(), "bad/tokenizer.json").err().expect("a broken tokenizer.json loaded");
+    let e = format!("{e:#}");
+    assert!(e.contains("bad/tokenizer.json is not valid JSON") && e.contains("line"), "{e}");
+}
