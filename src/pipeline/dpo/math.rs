@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn label_smoothing_and_ipo_have_their_minimum_where_expected() {
         // cDPO: dL/dh = 0 where sigmoid(beta h) = 1 - eps, at a finite margin (plain DPO has none).
-        let (beta, eps) = (0.5, 0.1);
+        let (beta, eps) = (0.5f64, 0.1f64);
         let h_star = ((1.0 - eps) / eps).ln() / beta;
         let s = preference_loss(&[h_star, 0.0], &[(0, 1)], PreferenceLoss::Sigmoid { beta, eps }).unwrap();
         assert!(s.grad[0].abs() < 1e-12, "cDPO gradient at its optimum: {}", s.grad[0]);
