@@ -1,13 +1,15 @@
 //! The losses of the pipeline's steps against finite differences in f64 (the harness of [`super`]): the
-//! reward model's pairwise loss, and PPO's clipped policy and value losses and entropy bonus, each alone and
-//! through the whole model (the trainers' own paths: per-token weights into `lm_loss`, the value head and
-//! trunk backward, the entropy bonus through the LM head). Inputs are kept away from the clip kinks, where
+//! reward model's pairwise loss, PPO's clipped policy and value losses and entropy bonus, and the DPO
+//! losses, each alone and through the whole model (the trainers' own paths: per-token weights into
+//! `lm_loss`, the value head and trunk backward, the entropy bonus through the LM head). Inputs are kept away from the clip kinks, where
 //! finite differences straddle a corner.
 
 use super::{compare, CheckResult};
 use crate::data::batch::PaddedBatch;
 use crate::data::jsonl::Ranked;
+use crate::model::logprobs::answer_logprobs;
 use crate::model::ScalarModel;
+use crate::pipeline::dpo::math::{preference_loss, PreferenceLoss};
 use crate::pipeline::ppo::math::{policy_loss, value_loss};
 use crate::pipeline::reward::pairwise_loss;
 use crate::pipeline::rollout::{episode_batch, Episode};
@@ -300,4 +302,59 @@ pub fn ppo() -> Vec<CheckResult> {
         check_value_through_model(&mut rng),
         check_entropy_through_model(&mut rng),
     ]
+}
+
+/// A DPO loss through the decoder (the trainer's path): z_y = sum of answer y's token log-probs minus a
+/// fixed reference, the pair (0 better than 1), and -dL/dz_y as the weight of every token of y in `lm_loss`.
+pub fn check_preference_through_model(rng: &mut Rng, kind: PreferenceLoss, name: &str) -> CheckResult {
+    use crate::backend::Cpu;
+    use crate::model::{Acts, Tensors};
+    let be = Cpu::<f64>::new();
+    let (cfg, inputs, sb) = tiny_f64(rng);
+    let reference = rng.normals(2, 1.0);
+    let logratios = |m: &crate::model::Gpt2<Cpu<f64>>, a: &mut Acts<Cpu<f64>>| {
+        let lp = answer_logprobs(&be, m, a, &sb, 1.0).unwrap();
+        lp.iter().zip(&reference).map(|(l, r)| l.iter().sum::<f64>() - r).collect::<Vec<f64>>()
+    };
+    let f = |x: &Vec<Vec<f64>>| {
+        let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
+        preference_loss(&logratios(&model_f64(cfg, x), &mut a), &[(0, 1)], kind).unwrap().loss
+    };
+    let m = model_f64(cfg, &inputs);
+    let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
+    let g = preference_loss(&logratios(&m, &mut a), &[(0, 1)], kind).unwrap().grad;
+    let per: Vec<Vec<f64>> = sb.answer_len.iter().zip(&g).map(|(&n, &gy)| vec![-gy; n]).collect();
+    let weights: Vec<f32> = sb.scatter(&per).iter().map(|&w| w as f32).collect();
+    let mut grads = Tensors::zeros(&be, &cfg).unwrap();
+    m.lm_loss(&be, &mut a, &sb.targets, &weights, 1.0, Some(&mut grads)).unwrap();
+    m.backward(&be, &mut a, &mut grads);
+    let analytic: Vec<Vec<f64>> = grads.bufs.iter().zip(&inputs).map(|(g, x)| g[..x.len()].to_vec()).collect();
+    compare(name, &inputs, f, &analytic, rng)
+}
+
+/// Every DPO gradient check: the loss alone over a ranked prompt (five untied pairs), and each variant
+/// through the decoder.
+pub fn dpo() -> Vec<CheckResult> {
+    let mut rng = Rng::new(5151);
+    let rec = Ranked {
+        prompt: "p".into(),
+        completions: vec!["a".into(); 4],
+        ranking: vec![1, 0, 2, 1],
+        ended: vec![true; 4],
+    };
+    let pairs = rec.pairs();
+    let z = rng.normals(4, 2.0);
+    let kinds = [
+        (PreferenceLoss::Sigmoid { beta: 0.1, eps: 0.0 }, "dpo"),
+        (PreferenceLoss::Sigmoid { beta: 0.5, eps: 0.1 }, "cdpo"),
+        (PreferenceLoss::Ipo { tau: 0.5 }, "ipo"),
+    ];
+    let mut out = Vec::new();
+    for (kind, name) in kinds {
+        let g = preference_loss(&z, &pairs, kind).unwrap().grad;
+        let loss = |x: &Vec<Vec<f64>>| preference_loss(&x[0], &pairs, kind).unwrap().loss;
+        out.push(compare(&format!("{name} loss (ranked prompt)"), &vec![z.clone()], loss, &vec![g], &mut rng));
+        out.push(check_preference_through_model(&mut rng, kind, &format!("{name} loss through the decoder")));
+    }
+    out
 }

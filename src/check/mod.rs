@@ -312,6 +312,7 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
     let mut results: Vec<CheckResult> = checks.iter().map(|c| c(&mut rng)).collect();
     results.push(losses::reward_pairwise());
     results.extend(losses::ppo());
+    results.extend(losses::dpo());
     results
 }
 

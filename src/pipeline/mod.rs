@@ -3,9 +3,10 @@
 //! - [`run`]: the training-loop scaffold (run directory, resume, metrics, plots, checkpoints) and the
 //!   language-model loop that pretraining and SFT share.
 //! - [`rollout`]: sampled episodes as padded batches and their log-probabilities (PPO, evaluation).
-//! - [`pretrain`] (step 0), [`sft`] (step 1), [`label`] and [`reward`] (step 2), [`ppo`] (step 3), [`eval`];
-//!   [`report`] gathers their summaries into one page.
+//! - [`pretrain`] (step 0), [`sft`] (step 1), [`label`] and [`reward`] (step 2), [`ppo`] and [`dpo`] (step 3),
+//!   [`eval`]; [`report`] gathers their summaries into one page.
 //! - [`metrics`]: `metrics.jsonl`, written and read back as series for the plots.
+pub mod dpo;
 pub mod eval;
 pub mod label;
 pub mod metrics;

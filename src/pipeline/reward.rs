@@ -33,6 +33,7 @@ use crate::pipeline::run::{
 use crate::tokenizer::{Tokenizer, TokenizerFile};
 use crate::util::plot::{Figure, Panel};
 use crate::util::rng::Rng;
+use crate::util::stats::{sigmoid, softplus};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -51,9 +52,9 @@ pub fn pairwise_loss(r: &[f64], pairs: &[(usize, usize)]) -> (f64, Vec<f64>) {
     let mut loss = 0.0;
     for &(w, l) in pairs {
         let m = r[w] - r[l];
-        // -log sigmoid(m) = softplus(-m), computed stably; its derivative is -sigmoid(-m).
-        loss += if m > 0.0 { (-m).exp().ln_1p() } else { -m + m.exp().ln_1p() };
-        let s = 1.0 / (1.0 + m.exp());
+        // -log sigmoid(m) = softplus(-m); its derivative is -sigmoid(-m).
+        loss += softplus(-m);
+        let s = sigmoid(-m);
         dr[w] -= s / p;
         dr[l] += s / p;
     }

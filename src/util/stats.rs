@@ -21,3 +21,22 @@ pub fn mean_ci95(groups: &[f64]) -> (f64, f64) {
     let var = groups.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1) as f64;
     (m, 1.96 * (var / n as f64).sqrt())
 }
+
+/// log(1 + e^x), computed stably.
+pub fn softplus(x: f64) -> f64 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// 1 / (1 + e^-x), computed stably.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
