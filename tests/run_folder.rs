@@ -1,6 +1,7 @@
 //! Run folders under faults and misuse (issue 13): the divergence guard on the updated weights (D2), resuming
 //! in `--out` (D3), runs killed before their first checkpoint and torn metrics (D4), resumes that change
-//! settings, data or models (D17), SFT resume without its base (D18), and the lock on a run folder (D19).
+//! settings, data or models (D17), SFT resume without its base (D18), the lock on a run folder (D19), and the
+//! kind PPO stores its value model with (D11).
 
 mod common;
 
@@ -243,7 +244,17 @@ fn d2_non_finite_weights_after_an_update_stop_the_run_without_a_checkpoint() {
 fn d2_cli_refuses_non_finite_or_negative_learning_rates() {
     let tmp = tempfile::tempdir().unwrap();
     let data = prepared(tmp.path());
-    for bad in [&["--lr", "inf"][..], &["--lr", "nan"], &["--lr=-1"], &["--min-lr-frac", "nan"], &["--lr", "0"]] {
+    let bad_flags = [
+        &["--lr", "inf"][..],
+        &["--lr", "nan"],
+        &["--lr=-1"],
+        &["--lr", "0"],
+        &["--min-lr-frac", "nan"],
+        &["--min-lr-frac", "2"],
+        &["--warmup=-1"],
+        &["--warmup", "nan"],
+    ];
+    for bad in bad_flags {
         let out = tmp.path().join("cli");
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlhf"))
             .args(["pretrain", "--device", "cpu", "--steps", "1", "--data"])
@@ -461,6 +472,29 @@ fn d17_ppo_resume_refuses_other_models_prompts_and_settings() {
     let e = format!("{:#}", ppo(c, &prompts, &sft_m, &rm, true).unwrap_err());
     assert!(e.contains("--lr: 0.001 in the run, 0.002 now") && e.contains("--target-kl"), "{e}");
     // Unchanged: the resume goes ahead.
+    ppo(ppo_cfg(&out, 2), &prompts, &sft_m, &rm, true).unwrap();
+}
+
+// ---------------------------------------------------------------- D11: the value model's kind
+
+/// PPO's value model is stored as a value model, so a command that expects a reward model (`eval --reward`,
+/// `score`, `ppo --reward`: all load through `reward::load`) refuses it, while PPO's own resume reads it back.
+#[test]
+fn d11_ppo_value_model_is_refused_where_a_reward_model_is_expected() {
+    let be = Be::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ppo");
+    let (sft_m, rm) = ppo_models(&be, 2);
+    let prompts = ppo_prompts(8, 9);
+    ppo(ppo_cfg(&out, 1), &prompts, &sft_m, &rm, false).unwrap();
+    let value = out.join("step-000001/value");
+    let ck = rlhf::checkpoint::load(&value).unwrap();
+    assert_eq!(ck.kind, rlhf::checkpoint::ModelKind::Value);
+    let e = match rlhf::pipeline::reward::load(&be, &value) {
+        Ok(_) => panic!("{} was accepted as a reward model", value.display()),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("is a value model checkpoint, but a reward model is expected"), "{e}");
     ppo(ppo_cfg(&out, 2), &prompts, &sft_m, &rm, true).unwrap();
 }
 
