@@ -12,8 +12,7 @@ fn tokenizer_with_a_syntax_error_in_its_decoder_is_an_error() {
     let at = CHAT_TOKENIZER.find("\"decoder\": {").unwrap();
     let (head, tail) = CHAT_TOKENIZER.split_at(at);
     let broken = format!("{head}{}", tail.replacen("\"add_prefix_space\"", ")add_prefix_space\"", 1));
-    let e =
-        Tokenizer::from_json(broken.as_bytes(), "bad/tokenizer.json").err().expect("a broken tokenizer.json loaded");
+    let e = Tokenizer::from_json(broken.as_bytes(), "bad/tokenizer.json").expect_err("a broken tokenizer.json loaded");
     let e = format!("{e:#}");
     assert!(e.contains("bad/tokenizer.json is not valid JSON") && e.contains("line"), "{e}");
 }
