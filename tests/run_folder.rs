@@ -166,6 +166,16 @@ fn ppo(cfg: PpoConfig, prompts: &[Vec<u32>], sft: &Gpt2<Be>, rm: &ScalarModel<Be
     rlhf::pipeline::ppo::train(&Be::new(), cfg, prompts, sft, rm, Hooks::default(), resume).map(|_| ())
 }
 
+/// A PPO run of one iteration in `TMP/ppo`, with the models and prompts it was started with.
+fn ppo_after_one_iteration() -> (Be, tempfile::TempDir, Gpt2<Be>, ScalarModel<Be>, Vec<Vec<u32>>) {
+    let be = Be::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (sft_m, rm) = ppo_models(&be, 2);
+    let prompts = ppo_prompts(8, 9);
+    ppo(ppo_cfg(&tmp.path().join("ppo"), 1), &prompts, &sft_m, &rm, false).unwrap();
+    (be, tmp, sft_m, rm, prompts)
+}
+
 // ---------------------------------------------------------------- D2: the divergence guard
 
 /// A learning rate that passes validation (finite, positive) but overflows f32 in the update: the loss and
@@ -439,12 +449,8 @@ fn d17_pretrain_and_sft_resume_refuse_changed_settings_and_data() {
 
 #[test]
 fn d17_ppo_resume_refuses_other_models_prompts_and_settings() {
-    let be = Be::new();
-    let tmp = tempfile::tempdir().unwrap();
+    let (be, tmp, sft_m, rm, prompts) = ppo_after_one_iteration();
     let out = tmp.path().join("ppo");
-    let (sft_m, rm) = ppo_models(&be, 2);
-    let prompts = ppo_prompts(8, 9);
-    ppo(ppo_cfg(&out, 1), &prompts, &sft_m, &rm, false).unwrap();
     let (_, other_rm) = ppo_models(&be, 5);
     let e = format!("{:#}", ppo(ppo_cfg(&out, 2), &prompts, &sft_m, &other_rm, true).unwrap_err());
     assert!(e.contains("--reward") && !e.contains("--prompts"), "{e}");
@@ -481,12 +487,8 @@ fn d17_ppo_resume_refuses_other_models_prompts_and_settings() {
 /// `score`, `ppo --reward`: all load through `reward::load`) refuses it, while PPO's own resume reads it back.
 #[test]
 fn d11_ppo_value_model_is_refused_where_a_reward_model_is_expected() {
-    let be = Be::new();
-    let tmp = tempfile::tempdir().unwrap();
+    let (be, tmp, sft_m, rm, prompts) = ppo_after_one_iteration();
     let out = tmp.path().join("ppo");
-    let (sft_m, rm) = ppo_models(&be, 2);
-    let prompts = ppo_prompts(8, 9);
-    ppo(ppo_cfg(&out, 1), &prompts, &sft_m, &rm, false).unwrap();
     let value = out.join("step-000001/value");
     let ck = rlhf::checkpoint::load(&value).unwrap();
     assert_eq!(ck.kind, rlhf::checkpoint::ModelKind::Value);
