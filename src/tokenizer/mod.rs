@@ -127,9 +127,9 @@ impl Tokenizer {
 
     /// Parses the bytes of a `tokenizer.json`; `what` names its source in errors.
     pub fn from_json(json: &[u8], what: &str) -> Result<Self> {
-        // Syntax first: the tokenizers library panics on a syntax error inside its "decoder" object instead
-        // of returning the error (found by fuzz/fuzz_targets/tokenizer.rs).
-        serde_json::from_slice::<serde::de::IgnoredAny>(json).map_err(|e| anyhow!("{what} is not valid JSON: {e}"))?;
+        // JSON first, every string decoded: the tokenizers library panics on a syntax error or a byte that is
+        // not UTF-8 inside its "decoder" object instead of returning the error (found by fuzz/fuzz_targets/tokenizer.rs).
+        serde_json::from_slice::<serde_json::Value>(json).map_err(|e| anyhow!("{what} is not valid JSON: {e}"))?;
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| anyhow!("{what} is not a valid tokenizer.json: {e}"))?;
         Self::from_inner(inner, what)
