@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of every loader and parser (fuzz/, libFuzzer through libfuzzer-sys).
 #
-#   bash tools/fuzz.sh [--time S | --runs N] [TARGET ...]
+#   bash tools/fuzz.sh [--time S | --runs N] [--seed K] [TARGET ...]
 #
 # Builds the targets on the stable toolchain (SanitizerCoverage through -Cpasses=sancov-module and LLVM
 # options, no nightly flag), writes the seed corpus from the test fixtures (fuzz/corpus/<target>/, kept
 # between runs), then runs each target for S seconds (default 30) or N executions, with a 10 s timeout per
 # input, 2 GiB of RSS and any single allocation over 256 MiB counted as a crash (fuzz/src/lib.rs). Fails when
 # a target finds a crash, hang or oversized allocation: the input is left in fuzz/artifacts/<target>/, to be
-# turned into a test. Prints executions, coverage (libFuzzer's cov: edges, ft: features) and corpus size per
-# target. Targets: safetensors hf_config llmc shards tokenizer jsonl judge_output (default: all).
+# turned into a test. Prints executions, coverage (libFuzzer's cov: edges, ft: features) and the result per
+# target. --seed fixes libFuzzer's random seed (default: a new one per run); with --runs and a fresh corpus
+# (as in CI's clean clone) the run is reproducible. Targets: safetensors hf_config llmc shards tokenizer jsonl judge_output (default: all).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT/fuzz"
@@ -17,11 +18,13 @@ cd "$ROOT/fuzz"
 ALL=(safetensors hf_config llmc shards tokenizer jsonl judge_output)
 LIMIT=(-max_total_time=30)
 TARGETS=()
+SEED=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --time) LIMIT=(-max_total_time="$2"); shift 2 ;;
     --runs) LIMIT=(-runs="$2"); shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --seed) SEED=(-seed="$2"); shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) TARGETS+=("$1"); shift ;;
   esac
 done
@@ -41,7 +44,7 @@ printf '%-13s %12s %8s %8s %8s  %s\n' target executions exec/s cov ft result
 for t in "${TARGETS[@]}"; do
   mkdir -p "artifacts/$t" "corpus/$t"
   log="artifacts/$t/last-run.log"
-  if RLHF_FUZZ_SEEDS="corpus/$t" "$BIN/$t" "corpus/$t" "${LIMIT[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=262144 \
+  if RLHF_FUZZ_SEEDS="corpus/$t" "$BIN/$t" "corpus/$t" "${LIMIT[@]}" "${SEED[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=262144 \
       -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
     result=ok
   else
