@@ -4,7 +4,7 @@
 //! `lm_loss`, the value head and trunk backward, the entropy bonus through the LM head). Inputs are kept away from the clip kinks, where
 //! finite differences straddle a corner.
 
-use super::{compare, CheckResult};
+use super::{compare, param_grads, CheckResult};
 use crate::data::batch::PaddedBatch;
 use crate::data::jsonl::Ranked;
 use crate::model::logprobs::answer_logprobs;
@@ -141,7 +141,7 @@ pub fn check_policy_through_model(rng: &mut Rng) -> CheckResult {
     m0.forward(&be, &mut acts, &tokens, None, None).unwrap();
     m0.lm_loss(&be, &mut acts, &targets, &weights, inv_temp, Some(&mut grads)).unwrap();
     m0.backward(&be, &mut acts, &mut grads);
-    let analytic: Vec<Vec<f64>> = grads.bufs.iter().zip(&inputs).map(|(g, x)| g[..x.len()].to_vec()).collect();
+    let analytic = param_grads(&grads, &inputs);
     compare("ppo policy loss through the decoder", &inputs, f, &analytic, rng)
 }
 
@@ -254,7 +254,7 @@ pub fn check_value_through_model(rng: &mut Rng) -> CheckResult {
     be.fill_zero(&mut a.dlnf);
     vm.head.backward(&be, &mut hg, &mut a.dlnf, &a.lnf, &dr, c).unwrap();
     vm.trunk.backward(&be, &mut a, &mut grads);
-    let mut analytic: Vec<Vec<f64>> = grads.bufs.iter().zip(&inputs).map(|(g, x)| g[..x.len()].to_vec()).collect();
+    let mut analytic = param_grads(&grads, &inputs);
     analytic.push(hg.w);
     analytic.push(hg.b);
     compare("ppo value loss through head + decoder", &inputs, f, &analytic, rng)
@@ -287,7 +287,7 @@ pub fn check_entropy_through_model(rng: &mut Rng) -> CheckResult {
     };
     let mut grads = Tensors::zeros(&be, &cfg).unwrap();
     run(&inputs, Some(&mut grads));
-    let analytic: Vec<Vec<f64>> = grads.bufs.iter().zip(&inputs).map(|(g, x)| g[..x.len()].to_vec()).collect();
+    let analytic = param_grads(&grads, &inputs);
     compare("ppo entropy bonus through the decoder", &inputs, |x| run(x, None), &analytic, rng)
 }
 
@@ -328,7 +328,7 @@ pub fn check_preference_through_model(rng: &mut Rng, kind: PreferenceLoss, name:
     let mut grads = Tensors::zeros(&be, &cfg).unwrap();
     m.lm_loss(&be, &mut a, &sb.targets, &weights, 1.0, Some(&mut grads)).unwrap();
     m.backward(&be, &mut a, &mut grads);
-    let analytic: Vec<Vec<f64>> = grads.bufs.iter().zip(&inputs).map(|(g, x)| g[..x.len()].to_vec()).collect();
+    let analytic = param_grads(&grads, &inputs);
     compare(name, &inputs, f, &analytic, rng)
 }
 

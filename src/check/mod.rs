@@ -37,6 +37,12 @@ pub struct CheckResult {
 
 type Inputs = Vec<Vec<f64>>;
 
+/// The decoder's gradient buffers cut to the lengths of the parameters they belong to (a buffer may be
+/// padded past its tensor), in the order of `params`: the analytic side of a whole-model check.
+fn param_grads(grads: &Tensors<Cpu<f64>>, params: &Inputs) -> Inputs {
+    grads.bufs.iter().zip(params).map(|(g, x)| g[..x.len()].to_vec()).collect()
+}
+
 /// Compare `analytic` (one gradient per input tensor) with central differences of `loss` at `inputs`.
 pub fn compare(
     op: &str,
@@ -245,7 +251,7 @@ pub fn check_model(rng: &mut Rng) -> CheckResult {
     m.forward(&be, &mut acts, &tokens, None, None).unwrap();
     m.lm_loss(&be, &mut acts, &targets, &weights, 1.0, Some(&mut grads)).unwrap();
     m.backward(&be, &mut acts, &mut grads);
-    let analytic: Inputs = grads.bufs.iter().zip(&inputs).map(|(g, x)| g[..x.len()].to_vec()).collect();
+    let analytic = param_grads(&grads, &inputs);
     compare("gpt2 model (all parameters)", &inputs, f, &analytic, rng)
 }
 
