@@ -127,11 +127,13 @@ impl Tokenizer {
 
     /// Parses the bytes of a `tokenizer.json`; `what` names its source in errors.
     pub fn from_json(json: &[u8], what: &str) -> Result<Self> {
-        // JSON first, every string decoded: the tokenizers library panics on a syntax error or a byte that is
-        // not UTF-8 inside its "decoder" object instead of returning the error (found by fuzz/fuzz_targets/tokenizer.rs).
-        serde_json::from_slice::<serde_json::Value>(json).map_err(|e| anyhow!("{what} is not valid JSON: {e}"))?;
-        let inner = tokenizers::Tokenizer::from_bytes(json)
-            .map_err(|e| anyhow!("{what} is not a valid tokenizer.json: {e}"))?;
+        // Text to a JSON value first, then the value to a tokenizer: read straight from the text, the
+        // tokenizers library panics on a syntax error or a byte that is not UTF-8 inside its "decoder" object
+        // instead of returning the error (found by fuzz/fuzz_targets/tokenizer.rs).
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| anyhow!("{what} is not valid JSON: {e}"))?;
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(value).map_err(|e| anyhow!("{what} is not a valid tokenizer.json: {e}"))?;
         Self::from_inner(inner, what)
     }
 
