@@ -4,16 +4,25 @@ use rlhf::tokenizer::Tokenizer;
 
 const CHAT_TOKENIZER: &str = include_str!("fixtures/hf_chat/model/tokenizer.json");
 
+/// The fixture tokenizer with the first `"add_prefix_space"` of its "decoder" object replaced by `key`.
+fn decoder_key_replaced(key: &[u8]) -> Vec<u8> {
+    let at = CHAT_TOKENIZER.find("\"decoder\": {").expect("fixture changed");
+    let (head, tail) = CHAT_TOKENIZER.as_bytes().split_at(at);
+    let old = b"\"add_prefix_space\"";
+    let i = tail.windows(old.len()).position(|w| w == old).expect("fixture changed");
+    [head, &tail[..i], key, &tail[i + old.len()..]].concat()
+}
+
+fn load_error(json: &[u8]) -> String {
+    let e = Tokenizer::from_json(json, "bad/tokenizer.json").expect_err("a broken tokenizer.json loaded");
+    format!("{e:#}")
+}
+
 /// A JSON syntax error inside the "decoder" object panicked in the tokenizers library (an `expect` in its
 /// decoder deserializer) instead of being an error.
 #[test]
 fn tokenizer_with_a_syntax_error_in_its_decoder_is_an_error() {
-    assert!(CHAT_TOKENIZER.contains("\"decoder\": {"), "fixture changed");
-    let at = CHAT_TOKENIZER.find("\"decoder\": {").unwrap();
-    let (head, tail) = CHAT_TOKENIZER.split_at(at);
-    let broken = format!("{head}{}", tail.replacen("\"add_prefix_space\"", ")add_prefix_space\"", 1));
-    let e = Tokenizer::from_json(broken.as_bytes(), "bad/tokenizer.json").expect_err("a broken tokenizer.json loaded");
-    let e = format!("{e:#}");
+    let e = load_error(&decoder_key_replaced(b")add_prefix_space\""));
     assert!(e.contains("bad/tokenizer.json is not valid JSON") && e.contains("line"), "{e}");
 }
 
@@ -21,14 +30,6 @@ fn tokenizer_with_a_syntax_error_in_its_decoder_is_an_error() {
 /// without decoding them lets it through to the tokenizers library, which panics).
 #[test]
 fn tokenizer_with_a_non_utf8_key_in_its_decoder_is_an_error() {
-    let at = CHAT_TOKENIZER.find("\"decoder\": {").expect("fixture changed");
-    let (head, tail) = CHAT_TOKENIZER.split_at(at);
-    let tail = tail.replacen("\"add_prefix_space\"", "\"add_prefix_sp\u{1}\"", 1);
-    let mut broken = format!("{head}{tail}").into_bytes();
-    let i = broken.iter().position(|&b| b == 1).unwrap();
-    broken[i] = 0xAD;
-    let e =
-        Tokenizer::from_json(&broken, "bad/tokenizer.json").expect_err("a tokenizer.json with a non-UTF-8 key loaded");
-    let e = format!("{e:#}");
+    let e = load_error(&decoder_key_replaced(b"\"add_prefix_sp\xAD\""));
     assert!(e.contains("bad/tokenizer.json is not valid JSON"), "{e}");
 }
