@@ -6,6 +6,7 @@
 mod seeds;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The largest single allocation a loader may make for an input of at most a few MiB (the fuzz runs use
@@ -35,17 +36,11 @@ unsafe impl GlobalAlloc for Bounded {
 
 fn check(size: usize) {
     if size > ALLOC_LIMIT {
-        // No formatting machinery here (it may allocate): a fixed message, then abort, which libFuzzer
-        // reports as a crash and saves the input.
-        let msg = b"fuzz: an allocation exceeded ALLOC_LIMIT (256 MiB)\n";
-        unsafe { libc_write(2, msg.as_ptr(), msg.len()) };
+        // A fixed message without formatting (which would allocate, inside the allocator), then abort, which
+        // libFuzzer reports as a crash and saves the input.
+        let _ = std::io::stderr().write_all(b"fuzz: an allocation exceeded ALLOC_LIMIT (256 MiB)\n");
         std::process::abort();
     }
-}
-
-extern "C" {
-    #[link_name = "write"]
-    fn libc_write(fd: i32, buf: *const u8, n: usize) -> isize;
 }
 
 /// A folder of this process's own under the system's temporary directory (tmpfs when /dev/shm exists).
