@@ -16,6 +16,7 @@ use rlhf::cli;
 ///   rlhf label --policy runs/sft --prompts prompts.jsonl -k 4 --judge "rlhf judge" --out ranked.jsonl
 ///   rlhf reward --base runs/sft --data ranked.jsonl --out runs/reward
 ///   rlhf ppo --policy runs/sft --reward runs/reward --prompts prompts.jsonl --out runs/ppo
+///   rlhf dpo --base runs/sft --data ranked.jsonl --out runs/dpo       (instead of reward + ppo)
 ///   rlhf eval --policy runs/ppo --sft runs/sft --reward runs/reward --prompts heldout.jsonl --out runs/eval
 ///   rlhf report --run runs
 ///
@@ -56,6 +57,8 @@ enum Command {
     Score(cli::reward::ScoreArgs),
     /// Step 3: PPO against the reward model, with a per-token KL penalty to the SFT model.
     Ppo(cli::ppo::PpoArgs),
+    /// Steps 2-3 in one: DPO on preference pairs or ranked answers against the frozen SFT model (no reward model).
+    Dpo(cli::dpo::DpoArgs),
     /// Steps 2 and 3 repeated: rank the policy's answers, retrain the reward model, continue PPO (resumable).
     Iterate(cli::iterate::IterateArgs),
     /// Held-out win rate of a policy against the SFT model; the over-optimisation curve of a PPO run.
@@ -89,6 +92,7 @@ fn main() {
         Command::Reward(args) => cli::reward::run_reward(args),
         Command::Score(args) => cli::reward::run_score(args),
         Command::Ppo(args) => cli::ppo::run(args),
+        Command::Dpo(args) => cli::dpo::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Gradcheck(args) => cli::gradcheck::run(args),
         Command::Bench(args) => cli::bench::run(args),

@@ -1,5 +1,8 @@
 //! SFT masking and padding, the reward model's pairwise loss and data handling.
 
+mod common;
+
+use common::{preference_fixture, PreferenceFixture};
 use rlhf::backend::Cpu;
 use rlhf::data::batch::{slices, PaddedBatch};
 use rlhf::data::jsonl::{read_ranked, read_sft, Ranked};
@@ -192,58 +195,7 @@ fn fwd(be: &Be, m: &Gpt2<Be>, tokens: &[u32]) -> Acts<Be> {
 
 // ---------------------------------------------------------------- reward-model checkpoints and --resume
 
-/// A tiny reward-model setup on disk: tokenizer, a policy to start from, ranked answers, demonstrations.
-struct RmFixture {
-    dir: tempfile::TempDir,
-    tokenizer: std::path::PathBuf,
-    base: std::path::PathBuf,
-    data: std::path::PathBuf,
-    sft: std::path::PathBuf,
-}
-
-fn rm_fixture() -> RmFixture {
-    use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
-    let dir = tempfile::tempdir().unwrap();
-    let words = ["good", "bad", "kind", "cruel", "bright", "dull", "warm", "cold", "happy", "sad"];
-    let corpus = dir.path().join("corpus.txt");
-    std::fs::write(
-        &corpus,
-        words.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>().repeat(4),
-    )
-    .unwrap();
-    let tok = Tokenizer::train(&[corpus], 300, &SPECIAL_TOKENS).unwrap();
-    let tokenizer = dir.path().join("tokenizer.json");
-    tok.save(&tokenizer).unwrap();
-    let be = Cpu::<f32>::new();
-    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 48 };
-    let base = dir.path().join("base");
-    let ck = rlhf::checkpoint::Checkpoint::from_model(
-        &be,
-        &Gpt2::init(&be, cfg, 3).unwrap(),
-        rlhf::checkpoint::ModelKind::Policy,
-    );
-    rlhf::checkpoint::save(&base, &ck, None).unwrap();
-    // 10 prompts: 2 held out, 8 trained on (4 steps per epoch at 2 prompts per step).
-    let mut ranked = String::new();
-    for i in 0..10 {
-        let (w, l) = (words[i % 10], words[(i + 3) % 10]);
-        if i % 2 == 0 {
-            ranked +=
-                &format!("{{\"prompt\": \"q {i}\", \"chosen\": \"a {w} answer\", \"rejected\": \"a {l} answer\"}}\n");
-        } else {
-            ranked += &format!(
-                "{{\"prompt\": \"q {i}\", \"completions\": [\"{w}\", \"{l}\", \"a {w}\"], \"ranking\": [0, 2, 1]}}\n"
-            );
-        }
-    }
-    let data = dir.path().join("ranked.jsonl");
-    std::fs::write(&data, ranked).unwrap();
-    let sft = dir.path().join("sft.jsonl");
-    std::fs::write(&sft, "{\"prompt\": \"q 1\", \"completion\": \"a good answer\"}\n{\"prompt\": \"q 2\", \"completion\": \"a kind answer\"}\n").unwrap();
-    RmFixture { dir, tokenizer, base, data, sft }
-}
-
-impl RmFixture {
+impl PreferenceFixture {
     fn config(&self, out: &str) -> rlhf::pipeline::reward::RewardConfig {
         rlhf::pipeline::reward::RewardConfig {
             base: self.base.clone(),
@@ -278,7 +230,7 @@ fn latest_state(out: &std::path::Path) -> (rlhf::checkpoint::Checkpoint, rlhf::c
 
 #[test]
 fn reward_run_paused_and_resumed_is_bit_identical() {
-    let f = rm_fixture();
+    let f = preference_fixture();
     // 8 training prompts, 3 per step, 2 epochs: 6 steps, epoch 1 starting inside step 3.
     let whole = train_rm(&f.config("whole"), false).unwrap();
     assert!(whole.complete && whole.steps == 6, "{whole:?}");
@@ -318,7 +270,7 @@ fn reward_run_paused_and_resumed_is_bit_identical() {
 
 #[test]
 fn reward_resume_refuses_other_settings_data_and_a_taken_out() {
-    let f = rm_fixture();
+    let f = preference_fixture();
     let mut cfg = f.config("run");
     cfg.stop_after = Some(2);
     train_rm(&cfg, false).unwrap();
@@ -348,7 +300,7 @@ fn reward_resume_refuses_other_settings_data_and_a_taken_out() {
 
 #[test]
 fn reward_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint() {
-    let f = rm_fixture();
+    let f = preference_fixture();
     let cfg = rlhf::pipeline::reward::RewardConfig { lr: 1e30, save_every: 1, ..f.config("nan") };
     let e = format!("{:#}", train_rm(&cfg, false).unwrap_err());
     assert!(e.contains("at step ") && e.contains("last good checkpoint is kept") && e.contains("step-0000"), "{e}");

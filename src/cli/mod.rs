@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod demo_data;
 pub mod device;
+pub mod dpo;
 pub mod eval;
 pub mod export;
 pub mod gpt2_tokenizer;

@@ -20,8 +20,8 @@ use crate::checkpoint;
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::{epoch_order, slices, PaddedBatch, Pair};
 use crate::data::chat::{self, ChatTokens};
-use crate::data::jsonl::{self, Ranked};
-use crate::data::shards::fnv1a64;
+use crate::data::jsonl;
+use crate::data::preference::{Group, Preferences};
 use crate::model::scalar::{head_step, HeadOpt, ScalarModel};
 use crate::model::{Acts, AdamW, AdamWConfig, ScalarHead, Tensors};
 use crate::ops::adamw::lr_schedule;
@@ -30,14 +30,12 @@ use crate::pipeline::run::{
     check, finite_head, finite_weights, flag_of, non_finite_weights, refuse_changes, setting_differences, Fingerprint,
     Run,
 };
-use crate::tokenizer::{Tokenizer, TokenizerFile};
+use crate::tokenizer::TokenizerFile;
 use crate::util::plot::{Figure, Panel};
-use crate::util::rng::Rng;
 use crate::util::stats::{sigmoid, softplus};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 pub type RewardModel<B> = ScalarModel<B>;
@@ -150,49 +148,6 @@ pub struct RewardSummary {
     pub complete: bool,
 }
 
-/// One ranked record, encoded: the prompt's chat-format tokens with each answer, and the pairs.
-pub struct Group {
-    pub pairs: Vec<Pair>,
-    pub better_worse: Vec<(usize, usize)>,
-}
-
-pub fn encode_groups(tok: &Tokenizer, ct: &ChatTokens, recs: &[Ranked], ctx: usize) -> Result<Vec<Group>> {
-    recs.iter()
-        .map(|r| {
-            let prompt = chat::encode_prompt(tok, ct, &r.prompt)?;
-            let pairs = r
-                .completions
-                .iter()
-                .zip(&r.ended)
-                .map(|(c, &ended)| {
-                    // An answer cut at the length limit is scored at its last token, without an <|end|>.
-                    let a = if ended { chat::encode_answer(tok, ct, c)? } else { tok.try_encode(c)? };
-                    let (mut p, mut a) = (prompt.clone(), a);
-                    chat::fit_context(&mut p, &mut a, ctx);
-                    Ok((p, a))
-                })
-                .collect::<Result<_>>()?;
-            Ok(Group { pairs, better_worse: r.pairs() })
-        })
-        .collect()
-}
-
-/// Holds out the groups whose prompt's seeded hash falls in the lowest `fraction` of the hash range (at least
-/// one prompt on each side): a prompt's side depends on its text alone, not on its place or on the other
-/// records, so every record of one prompt lands on the same side in every file it is in. The iterated loop
-/// retrains on every round's labels; its reward models are measured on prompts that no round trained on.
-pub fn split_by_prompt(groups: Vec<(&str, Group)>, fraction: f64, seed: u64) -> (Vec<Group>, Vec<Group>) {
-    let key = |p: &str| Rng::stream(seed, fnv1a64(p.as_bytes())).next_u64();
-    let threshold = (fraction * u64::MAX as f64) as u64;
-    let mut keys: Vec<u64> = groups.iter().map(|(p, _)| key(p)).collect::<HashSet<_>>().into_iter().collect();
-    keys.sort_unstable();
-    // the held-out hashes: those under the threshold, else the lowest; never all of them
-    let n_eval = keys.partition_point(|&k| k < threshold).clamp(1, keys.len() - 1);
-    let held_out: HashSet<u64> = keys[..n_eval].iter().copied().collect();
-    let (eval, train): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(p, _)| held_out.contains(&key(p)));
-    (train.into_iter().map(|(_, g)| g).collect(), eval.into_iter().map(|(_, g)| g).collect())
-}
-
 /// Scores of right-padded (prompt, answer) rows, read at each answer's last token.
 pub fn score_pairs<B: Backend>(
     be: &B,
@@ -257,21 +212,6 @@ struct RunRecord {
     last_loss_bits: u64,
     /// The final checkpoint (bias shifted): nothing is left to resume.
     complete: bool,
-}
-
-/// FNV-1a over the encoded groups: their tokens, lengths and (better, worse) pairs.
-fn fingerprint<'a>(groups: impl Iterator<Item = &'a Group>) -> String {
-    let mut fp = Fingerprint::new();
-    for g in groups {
-        fp.u64(g.pairs.len() as u64);
-        for (p, a) in &g.pairs {
-            fp.u64(p.len() as u64);
-            p.iter().chain(a).for_each(|&t| fp.u64(t as u64));
-            fp.u64(a.len() as u64);
-        }
-        g.better_worse.iter().for_each(|&(w, l)| fp.u64(((w as u64) << 32) | l as u64));
-    }
-    fp.hex()
 }
 
 /// The settings a resumed run must share with the saved one (all but where it lives and when it saves or
@@ -351,38 +291,13 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let tok = tok_file.tokenizer();
     crate::tokenizer::check_vocab(tok.vocab_size(), mcfg.vocab_size, &tok_file.source().display().to_string())?;
     let ct = ChatTokens::from_tokenizer(tok)?;
-    let read = jsonl::read_ranked(&cfg.data, cfg.skip_bad)?;
-    let groups = encode_groups(tok, &ct, &read.records, mcfg.n_positions)?;
-    let before = groups.len();
-    let mut groups: Vec<(&str, Group)> = read
-        .records
-        .iter()
-        .map(|r| r.prompt.as_str())
-        .zip(groups)
-        .filter(|(_, g)| !g.better_worse.is_empty())
-        .collect();
-    let all_tied_prompts = before - groups.len();
-    let distinct = groups.iter().map(|(p, _)| *p).collect::<HashSet<_>>().len();
-    if distinct < 2 {
-        bail!(
-            "{} has {distinct} distinct prompt(s) with at least one untied pair: too few to train and hold out",
-            cfg.data.display(),
-        );
-    }
-    Rng::new(cfg.seed).shuffle(&mut groups);
-    let (train_groups, eval_groups) = split_by_prompt(groups, cfg.eval_fraction, cfg.seed);
-    let k_max = train_groups.iter().map(|g| g.pairs.len()).max().unwrap();
-    let t = train_groups
-        .iter()
-        .chain(&eval_groups)
-        .flat_map(|g| g.pairs.iter())
-        .map(|(p, a)| p.len() + a.len())
-        .max()
-        .unwrap();
+    let data = Preferences::load(&cfg.data, cfg.skip_bad, tok, &ct, mcfg.n_positions, cfg.eval_fraction, cfg.seed)?;
+    let (t, k_max) = data.widths();
+    let (train_groups, eval_groups) = (&data.train, &data.eval);
     let rows = cfg.prompts_per_step * k_max;
     let eval_batch = 16;
-    let eval_pairs = eval_groups.iter().map(|g| g.better_worse.len()).sum();
-    let data_fingerprint = fingerprint(eval_groups.iter().chain(&train_groups));
+    let eval_pairs = data.eval_pairs();
+    let data_fingerprint = Fingerprint::groups(eval_groups.iter().chain(train_groups));
     let steps = ((cfg.epochs * train_groups.len() as f64) / cfg.prompts_per_step as f64).ceil().max(1.0) as u64;
 
     let hp = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
@@ -400,7 +315,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
             head_opt = HeadOpt::restore_trunk_state(be, ck, state, &mut opt)?;
             (f64::from_bits(rec.acc_before_bits), f64::from_bits(rec.last_loss_bits), Some(state.metrics_len))
         }
-        None => (accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?.0, f64::NAN, Some(0)),
+        None => (accuracy(be, &rm, eval_groups, ct.pad, eval_batch)?.0, f64::NAN, Some(0)),
     };
     let record = |last_loss: f64, complete: bool| RunRecord {
         config: cfg.clone(),
@@ -471,8 +386,8 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
         eprintln!("reward: paused at step {} of {steps}; continue with --resume", opt.step);
         return Ok(RewardSummary {
             steps: opt.step,
-            skipped_lines: read.skipped,
-            all_tied_prompts,
+            skipped_lines: data.skipped_lines,
+            all_tied_prompts: data.all_tied_prompts,
             skipped_demo_lines: 0,
             train_prompts: train_groups.len(),
             eval_prompts: eval_groups.len(),
@@ -485,7 +400,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
             complete: false,
         });
     }
-    let (acc, _) = accuracy(be, &rm, &eval_groups, ct.pad, eval_batch)?;
+    let (acc, _) = accuracy(be, &rm, eval_groups, ct.pad, eval_batch)?;
     run.log(&json!({"step": steps, "eval_pair_accuracy": acc, "eval_pair_accuracy_before": acc_before}))?;
     // Reward normalisation: the SFT demonstrations score 0 on average.
     let mut skipped_demo_lines = 0;
@@ -509,8 +424,8 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     Figure::new("reward model: pairwise loss", "step").whole_x().panel(loss).write(&cfg.out.join("loss.svg"))?;
     Ok(RewardSummary {
         steps,
-        skipped_lines: read.skipped,
-        all_tied_prompts,
+        skipped_lines: data.skipped_lines,
+        all_tied_prompts: data.all_tied_prompts,
         skipped_demo_lines,
         train_prompts: train_groups.len(),
         eval_prompts: eval_groups.len(),
@@ -529,37 +444,4 @@ pub fn load<B: Backend>(be: &B, path: &Path) -> Result<RewardModel<B>> {
     let dir = crate::checkpoint::run_dir::resolve_checkpoint(path)?;
     let ck = checkpoint::load(&dir)?;
     RewardModel::from_checkpoint(be, &ck, &path.display().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn group(id: u32) -> Group {
-        Group { pairs: vec![(vec![id], vec![1]), (vec![id], vec![2])], better_worse: vec![(0, 1)] }
-    }
-
-    #[test]
-    fn a_prompt_is_held_out_by_its_text_alone() {
-        let prompts: Vec<String> = (0..400).map(|i| format!("prompt {i}")).collect();
-        // round one: 200 prompts; round two: those again (twice, in another order) and 200 new ones
-        let one: Vec<&String> = prompts[..200].iter().collect();
-        let two: Vec<&String> = prompts.iter().rev().chain(&prompts[..200]).collect();
-        // the held-out prompts' texts (each group carries its record's index as its prompt token)
-        let side = |texts: Vec<&String>| -> HashSet<String> {
-            let tagged: Vec<(&str, Group)> =
-                texts.iter().enumerate().map(|(i, p)| (p.as_str(), group(i as u32))).collect();
-            let (_, eval) = split_by_prompt(tagged, 0.15, 1);
-            eval.iter().map(|g| texts[g.pairs[0].0[0] as usize].clone()).collect()
-        };
-        let (eval_one, eval_two) = (side(one), side(two));
-        assert!(eval_one.iter().all(|p| eval_two.contains(p)), "a prompt held out once stays held out");
-        let first_half_two: HashSet<&String> = eval_two.iter().filter(|p| prompts[..200].contains(p)).collect();
-        assert_eq!(first_half_two.len(), eval_one.len(), "and a trained one stays trained");
-        let frac = eval_two.len() as f64 / 400.0;
-        assert!((0.08..0.22).contains(&frac), "about --eval-fraction of the prompts: {frac}");
-        // at least one prompt on each side, however few there are
-        let (train, eval) = split_by_prompt(vec![("a", group(0)), ("b", group(1))], 0.15, 1);
-        assert_eq!((train.len(), eval.len()), (1, 1));
-    }
 }

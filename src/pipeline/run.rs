@@ -22,6 +22,7 @@ use crate::backend::Backend;
 use crate::checkpoint::run_dir::{self, RunLock};
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::batch::LmBatch;
+use crate::data::preference::Group;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics::{self, MetricsLog};
@@ -420,6 +421,21 @@ impl Fingerprint {
             self.u64(s.len() as u64);
             s.iter().for_each(|&t| self.u64(t as u64));
         }
+    }
+
+    /// Encoded preference groups: their tokens, lengths and (better, worse) pairs.
+    pub fn groups<'a>(groups: impl Iterator<Item = &'a Group>) -> String {
+        let mut fp = Fingerprint::new();
+        for g in groups {
+            fp.u64(g.pairs.len() as u64);
+            for (p, a) in &g.pairs {
+                fp.u64(p.len() as u64);
+                p.iter().chain(a).for_each(|&t| fp.u64(t as u64));
+                fp.u64(a.len() as u64);
+            }
+            g.better_worse.iter().for_each(|&(w, l)| fp.u64(((w as u64) << 32) | l as u64));
+        }
+        fp.hex()
     }
 
     pub fn hex(&self) -> String {

@@ -1,5 +1,5 @@
 //! Helpers shared by test files: random inputs and a typed "device" buffer in the simulator (the kernel
-//! tests), and a small prepared corpus (the training-run tests).
+//! tests), a small prepared corpus (the training-run tests) and a preference data set (reward model, DPO).
 #![allow(dead_code)] // each test crate uses its own subset
 
 use half::bf16;
@@ -81,4 +81,58 @@ pub fn prepared_corpus(dir: &std::path::Path, bytes: usize) -> std::path::PathBu
     })
     .unwrap();
     out
+}
+
+/// A tiny preference setup on disk (the reward model and DPO tests): a tokenizer, a policy to start from,
+/// ranked answers (pairs and K = 3 records), demonstrations.
+pub struct PreferenceFixture {
+    pub dir: tempfile::TempDir,
+    pub tokenizer: std::path::PathBuf,
+    pub base: std::path::PathBuf,
+    pub data: std::path::PathBuf,
+    pub sft: std::path::PathBuf,
+}
+
+pub fn preference_fixture() -> PreferenceFixture {
+    use rlhf::backend::Cpu;
+    use rlhf::model::{Config, Gpt2};
+    use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["good", "bad", "kind", "cruel", "bright", "dull", "warm", "cold", "happy", "sad"];
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        words.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>().repeat(4),
+    )
+    .unwrap();
+    let tok = Tokenizer::train(&[corpus], 300, &SPECIAL_TOKENS).unwrap();
+    let tokenizer = dir.path().join("tokenizer.json");
+    tok.save(&tokenizer).unwrap();
+    let be = Cpu::<f32>::new();
+    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 48 };
+    let base = dir.path().join("base");
+    let ck = rlhf::checkpoint::Checkpoint::from_model(
+        &be,
+        &Gpt2::init(&be, cfg, 3).unwrap(),
+        rlhf::checkpoint::ModelKind::Policy,
+    );
+    rlhf::checkpoint::save(&base, &ck, None).unwrap();
+    // 10 prompts: 2 held out, 8 trained on (4 steps per epoch at 2 prompts per step).
+    let mut ranked = String::new();
+    for i in 0..10 {
+        let (w, l) = (words[i % 10], words[(i + 3) % 10]);
+        if i % 2 == 0 {
+            ranked +=
+                &format!("{{\"prompt\": \"q {i}\", \"chosen\": \"a {w} answer\", \"rejected\": \"a {l} answer\"}}\n");
+        } else {
+            ranked += &format!(
+                "{{\"prompt\": \"q {i}\", \"completions\": [\"{w}\", \"{l}\", \"a {w}\"], \"ranking\": [0, 2, 1]}}\n"
+            );
+        }
+    }
+    let data = dir.path().join("ranked.jsonl");
+    std::fs::write(&data, ranked).unwrap();
+    let sft = dir.path().join("sft.jsonl");
+    std::fs::write(&sft, "{\"prompt\": \"q 1\", \"completion\": \"a good answer\"}\n{\"prompt\": \"q 2\", \"completion\": \"a kind answer\"}\n").unwrap();
+    PreferenceFixture { dir, tokenizer, base, data, sft }
 }
