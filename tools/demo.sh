@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: the whole pipeline on the demo task, end to end, on the CPU when no GPU is usable.
-#   bash tools/demo.sh        (everything under runs/demo; DEVICE=cuda|cpu|auto, default auto)
+#   bash tools/demo.sh        (everything under runs/demo; DEVICE=cuda|cpu|auto, default auto;
+#                              METHODS="ppo dpo" adds DPO on the same labels and compares the two)
 # The task: continue a Jane Austen passage; the labeller is the built-in gold judge, a fixed stand-in for a
 # person who prefers continuations that are fluent, on the passage's subject and cheerful (docs/demo.md).
 # Each stage prints the numbers that show it worked; the evaluation compares the PPO policy with the SFT
@@ -48,14 +49,34 @@ stage "2b. reward model (held-out pairwise accuracy against the gold judge)"
 rlhf reward --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" \
   --sft-data "$OUT/data/sft.jsonl" --out "$OUT/reward" --epochs 2 --lr 1e-3 --prompts-per-step 4 --skip-bad
 
-stage "3. PPO on its own prompts against the reward model (score up, KL to SFT bounded; gold scored every 5 iterations)"
-rlhf ppo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts "$OUT/data/ppo-prompts.jsonl" \
-  --out "$OUT/ppo" --judge gold --max-new-tokens "$MAX_NEW" --init-kl-coef 0.2 --horizon 1000
+# METHODS="ppo dpo" runs every listed alternative for step 3 from the same SFT model and the same labels,
+# times and evaluates each, and writes the comparison table to $OUT/compare.md (docs/demo.md).
+for m in ${METHODS:-ppo}; do
+  t0=$SECONDS
+  case $m in
+    ppo)
+      stage "3. PPO on its own prompts against the reward model (score up, KL to SFT bounded; gold scored every 5 iterations)"
+      rlhf ppo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts "$OUT/data/ppo-prompts.jsonl" \
+        --out "$OUT/ppo" --judge gold --max-new-tokens "$MAX_NEW" --init-kl-coef 0.2 --horizon 1000 ;;
+    dpo)
+      stage "3. DPO on the reward model's labels (every untied pair of the K = 4 ranked answers) against the SFT model"
+      rlhf dpo --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" --out "$OUT/dpo" \
+        --lr 1e-4 --beta 0.1 --skip-bad ;;
+    *) echo "unknown method '$m' in METHODS (ppo, dpo)" >&2; exit 2 ;;
+  esac
+  echo $((SECONDS - t0)) >"$OUT/$m/train-seconds"
+done
 
-stage "4. evaluation on the held-out prompts: PPO vs SFT, Austen, best-of-4 and the best constant answer"
-rlhf eval --device "$DEVICE" --policy "$OUT/ppo" --sft "$OUT/sft" --reward "$OUT/reward" --base "$BASE" \
-  --prompts "$OUT/data/heldout.jsonl" --judge gold --max-new-tokens "$MAX_NEW" \
-  --ppo-run "$OUT/ppo" --out "$OUT/eval"
+for m in ${METHODS:-ppo}; do
+  if [ "$m" = ppo ]; then dir="$OUT/eval"; curve=(--ppo-run "$OUT/ppo"); else dir="$OUT/eval-$m"; curve=(); fi
+  stage "4. evaluation on the held-out prompts: ${m^^} vs SFT, Austen, best-of-4 and the best constant answer"
+  rlhf eval --device "$DEVICE" --policy "$OUT/$m" --sft "$OUT/sft" --reward "$OUT/reward" --base "$BASE" \
+    --prompts "$OUT/data/heldout.jsonl" --judge gold --max-new-tokens "$MAX_NEW" "${curve[@]}" --out "$dir"
+done
+if [ "$(wc -w <<<"${METHODS:-ppo}")" -gt 1 ]; then
+  stage "4b. the methods compared: same SFT model, same labels ($OUT/compare.md)"
+  python3 tools/compare_methods.py "$OUT" ${METHODS} | tee "$OUT/compare.md"
+fi
 stage "5. the report: every stage's numbers, plots and tables on one page"
 rlhf report --run "$OUT"
 stage "done: open $OUT/report.html (or $OUT/report.md); metrics in $OUT/*/metrics.jsonl"
