@@ -169,3 +169,30 @@ fn dpo_refuses_settings_out_of_range_naming_the_flag() {
     let e = format!("{:#}", run(&cfg, false).unwrap_err());
     assert!(e.contains("--reference") && e.contains("shape"), "{e}");
 }
+
+/// The same DPO run on the CUDA kernels (in the simulator) and on the CPU engine: every step's loss and
+/// the trained policy agree to 1e-4 of scale (f32 on both sides, different summation orders; the
+/// tolerance of tests/kernels_engine_sim.rs).
+#[test]
+fn dpo_on_the_simulated_kernels_follows_the_cpu_engine() {
+    let f = preference_fixture();
+    let cpu = DpoConfig { epochs: 0.75, ..f.dpo_config("cpu") };
+    let sim = DpoConfig { out: f.dir.path().join("sim"), ..cpu.clone() };
+    run(&cpu, false).unwrap();
+    dpo(&rlhf::kernels::SimBackend::new(), &sim, false).unwrap();
+    let (a, b) = (metrics(&cpu), metrics(&sim));
+    assert_eq!(a.len(), 2);
+    for (x, y) in a.iter().zip(&b) {
+        for k in ["loss", "margin", "chosen_logratio", "grad_norm"] {
+            let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{k}: cpu {x} vs kernels {y}");
+        }
+    }
+    let weights = |out: &std::path::Path| {
+        rlhf::checkpoint::load(&rlhf::checkpoint::run_dir::latest(out).unwrap().unwrap()).unwrap().flat_params()
+    };
+    let (wa, wb) = (weights(&cpu.out), weights(&sim.out));
+    let scale = wa.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = wa.iter().zip(&wb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(worst <= 1e-4 * scale, "policy weights differ by {worst:e} (scale {scale})");
+}
