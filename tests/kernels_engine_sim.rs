@@ -15,6 +15,8 @@ use rlhf::ops::adamw::AdamWParams;
 use rlhf::util::rng::Rng;
 use std::path::Path;
 
+mod common;
+
 const TOL: f32 = 1e-4;
 
 fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
@@ -73,9 +75,12 @@ fn run<B: Backend<F = f32>>(be: &B, dir: &Path, tokens: &[u32], targets: &[u32],
 
 /// `run` on `be` and on the CPU engine for every parity fixture, with the same batch: (name, got, want).
 fn fixture_runs<B: Backend<F = f32>>(be: &B) -> Vec<(String, Run, Run)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
-    let mut dirs: Vec<_> =
-        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let root = common::fixtures().join("parity");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{} (set RLHF_FIXTURES to the tests/fixtures folder): {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     assert!(!dirs.is_empty());
     let cpu = Cpu::<f32>::new();
@@ -150,9 +155,10 @@ fn model_through_cuda_backend_matches_cpu_engine() {
 #[test]
 fn kernel_check_passes_in_both_precisions() {
     for be in [SimBackend::new(), SimBackend::mixed()] {
-        let rows = rlhf::check::kernels::run(&be, 1234).unwrap();
+        let rows = rlhf::check::kernels::run(&be, 1234, |_| {});
         print!("{}", rlhf::check::format_table(&rows));
         assert!(rows.len() >= 20, "every op and the training step are checked");
+        assert!(rows.iter().any(|r| r.op.contains("scalar head backward (oc = 1)")), "the n = 1 / k = 1 products");
         let failed: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| r.op.clone()).collect();
         assert!(failed.is_empty(), "failed: {failed:?}");
     }

@@ -82,3 +82,12 @@ pub fn prepared_corpus(dir: &std::path::Path, bytes: usize) -> std::path::PathBu
     .unwrap();
     out
 }
+
+/// The test fixtures folder: `RLHF_FIXTURES` when set (a test binary run on another machine, where the source
+/// folder it was built in does not exist), else `tests/fixtures` of the source tree.
+pub fn fixtures() -> std::path::PathBuf {
+    match std::env::var_os("RLHF_FIXTURES").filter(|p| !p.is_empty()) {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
+}
