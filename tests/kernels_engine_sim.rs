@@ -249,3 +249,58 @@ fn multi_tensor_adamw_and_norm_match_per_tensor() {
         assert!(((got - want) / want).abs() < 1e-12, "{}: sum of squares {got} vs {want}", be.name());
     }
 }
+
+/// The simulator, except that every product with one output column fails (as a GEMM with no usable
+/// algorithm or a faulting device would): for the check harness's handling of a failing group.
+#[derive(Default)]
+struct NoScalarGemm(rlhf::kernels::device::SimDevice);
+
+impl rlhf::kernels::device::Device for NoScalarGemm {
+    type Mem = <rlhf::kernels::device::SimDevice as rlhf::kernels::device::Device>::Mem;
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn launcher(&self) -> &dyn rlhf::kernels::Launcher {
+        self.0.launcher()
+    }
+    fn alloc(&self, bytes: usize) -> anyhow::Result<Self::Mem> {
+        self.0.alloc(bytes)
+    }
+    fn ptr(&self, m: &Self::Mem) -> rlhf::kernels::DevPtr {
+        self.0.ptr(m)
+    }
+    // SAFETY (all below): the trait's contracts, passed on to the simulator.
+    unsafe fn htod(&self, dst: rlhf::kernels::DevPtr, src: &[u8]) -> anyhow::Result<()> {
+        unsafe { self.0.htod(dst, src) }
+    }
+    unsafe fn dtoh(&self, dst: &mut [u8], src: rlhf::kernels::DevPtr) -> anyhow::Result<()> {
+        unsafe { self.0.dtoh(dst, src) }
+    }
+    unsafe fn dtod(&self, dst: rlhf::kernels::DevPtr, src: rlhf::kernels::DevPtr, bytes: usize) -> anyhow::Result<()> {
+        unsafe { self.0.dtod(dst, src, bytes) }
+    }
+    unsafe fn memset0(&self, dst: rlhf::kernels::DevPtr, bytes: usize) -> anyhow::Result<()> {
+        unsafe { self.0.memset0(dst, bytes) }
+    }
+    unsafe fn gemm(&self, g: &rlhf::kernels::device::Gemm) -> anyhow::Result<()> {
+        anyhow::ensure!(g.n != 1, "planted failure: GEMM {} x 1 x {}", g.m, g.k);
+        unsafe { self.0.gemm(g) }
+    }
+    fn synchronize(&self) -> anyhow::Result<()> {
+        self.0.synchronize()
+    }
+}
+
+/// A group of `gradcheck --device cuda` whose op panics (here: the scalar head's products fail) is one failed
+/// row naming the group and the error; the groups after it still run and pass.
+#[test]
+fn kernel_check_reports_a_failing_group_and_runs_the_rest() {
+    let be = rlhf::kernels::KernelBackend::with_device(NoScalarGemm::default(), rlhf::kernels::DType::F32);
+    let mut streamed = Vec::new();
+    let rows = rlhf::check::kernels::run(&be, 1234, |r| streamed.push(r.op.clone()));
+    assert_eq!(streamed, rows.iter().map(|r| r.op.clone()).collect::<Vec<_>>(), "every row is passed on as it is made");
+    let failed: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.op.as_str()).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].starts_with("f32 scalar head: panicked:") && failed[0].contains("planted failure"), "{failed:?}");
+    assert!(rows.iter().any(|r| r.op.starts_with("f32 train step: every gradient") && r.ok), "later groups ran");
+}
