@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: build everything on a machine without a GPU, run it on a machine with one that has no Rust.
 #
-#   tools/gpu-check.sh build            # here: pinned nvcc, release build with PTX (sm_80, sm_90), the two GPU
+#   tools/gpu-check.sh build            # here: pinned nvcc, release build with cubins + PTX (sm_90), the two GPU
 #                                       # test binaries; copies them (debug info stripped) into .gpu/
 #   tools/gpu-check.sh run [OUT_DIR]    # there: GPU tests, gradcheck, bench, the PyTorch reference, the table
 #
@@ -9,7 +9,7 @@
 # `bash tools/gpu-check.sh run "$OUT"` there with a time limit of about 330 s (DEVELOPERS.md has the exact
 # call): one run and a rerun fit in 15 minutes of device time with the machine's start. Before anything runs it
 # compares the C library versions the binaries need (recorded by the build) with the machine's and prints a
-# verdict (it stops there when they cannot run). Each step has its own limit: kernels_gpu 45 s, engine_cuda
+# verdict (it stops there when the binary cannot start). Each step has its own limit: kernels_gpu 45 s, engine_cuda
 # 45 s, gradcheck 50 s (these three with RLHF_CUDA_SYNC=1: a fault is reported by the kernel that caused it),
 # bench 75 s, sanitizer 40 s (compute-sanitizer on kernels_gpu; skipped with a note when the tool is not there),
 # torch 70 s (one training batch size; the PyTorch script keeps to its own limit and still prints its JSON),
@@ -115,8 +115,14 @@ build() {
     echo "libs_needed=$libs"
   } > "$GPU_DIR/build-info.txt"
 
+  # The binaries travel xz-compressed (about a quarter of their size: the tree's limit is 64 MiB); the run
+  # unpacks them.
+  local names=(); for p in "${bins[@]}"; do names+=("$(basename "$p")"); done
+  XZ_OPT="-6 -T2" tar -C "$GPU_DIR" -cJf "$GPU_DIR/bins.tar.xz" "${names[@]}" || die "compressing the binaries failed"
+  (cd "$GPU_DIR" && rm -f "${names[@]}")
+
   echo
-  echo "gpu-check: .gpu/ (debug info stripped):"
+  echo "gpu-check: .gpu/ (debug info stripped, binaries in bins.tar.xz):"
   ls -l "$GPU_DIR"
   local gpu_bytes tree_bytes
   gpu_bytes="$(du -cb "$GPU_DIR" | tail -n 1 | cut -f 1)"
@@ -248,7 +254,7 @@ DEADLINE="${GPU_CHECK_DEADLINE_S:-300}"
 version_ok() { [[ -z "$1" || "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n 1)" == "$1" ]]; }
 
 # libc_verdict: the glibc and libstdc++ symbol versions the binaries need (build-info.txt) against this
-# machine's; prints one line each and a verdict; fails when the binaries cannot start here.
+# machine's; prints one line each and a verdict (nonzero when they look too old or missing).
 libc_verdict() {
   local info="$GPU_DIR/build-info.txt" ok=0
   local need_c need_cxx libs
@@ -320,6 +326,9 @@ run() {
   mkdir -p "$out" || die "cannot create $out"
   out="$(cd "$out" && pwd)"
   export PYTHONUNBUFFERED=1
+  if [[ -f "$GPU_DIR/bins.tar.xz" && ! -e "$GPU_DIR/rlhf" ]]; then
+    tar -C "$GPU_DIR" -xJf "$GPU_DIR/bins.tar.xz" || die "unpacking .gpu/bins.tar.xz failed"
+  fi
   [[ -x "$GPU_DIR/rlhf" ]] || chmod +x "$GPU_DIR"/* 2>/dev/null
   [[ -x "$GPU_DIR/rlhf" ]] || die "no .gpu/rlhf: run 'tools/gpu-check.sh build' first and copy .gpu/ along"
   local kgpu keng
@@ -333,7 +342,14 @@ run() {
     echo "glibc here: $(ldd --version 2>&1 | head -n 1)"
   } 2>&1 | tee "$out/env.log"
   libc_verdict 2>&1 | tee -a "$out/env.log"
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || die "the binaries in .gpu/ cannot run on this machine (see the libc check above)"
+  # The verdict reads version strings; whether the binary starts is the fact (a missing ldconfig cache must
+  # not stop a run that would work).
+  if ! "$GPU_DIR/rlhf" --help > /dev/null 2> "$out/.start.txt"; then
+    tee -a "$out/env.log" < "$out/.start.txt"
+    die "the binaries in .gpu/ cannot start on this machine (see the libc check above and $out/env.log)"
+  fi
+  rm -f "$out/.start.txt"
+  echo "libc check: .gpu/rlhf starts here" | tee -a "$out/env.log"
   {
     echo "RLHF_FIXTURES=$RLHF_FIXTURES"
     nvidia-smi 2>&1
