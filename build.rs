@@ -6,7 +6,9 @@
 //!    `$OUT_DIR/sim-kernels.json`, from which `tools/kernel-mutants.py` builds mutated kernel libraries that the
 //!    simulator loads at run time (`RLHF_SIM_KERNELS`).
 //! 2. PTX (when nvcc is found): each file for each architecture in `RLHF_CUDA_ARCHS` (default `80,90`) with
-//!    `-cubin -Xptxas -v --keep`, which leaves the PTX (embedded with `include_str!`) and the ptxas report
+//!    `-cubin -Xptxas -v --keep`: the cubin (embedded with `include_bytes!`, loaded on a GPU of that
+//!    architecture), the PTX it was assembled from (embedded with `include_str!`, which the driver compiles
+//!    on any other GPU) and the ptxas report
 //!    (written to `$OUT_DIR/ptxas-report.txt`; a `cargo:warning` is printed only for spills). Without nvcc the
 //!    build is CPU-only and `PTX_UNAVAILABLE_REASON` says why.
 //!
@@ -177,7 +179,7 @@ fn main() {
         Err(why) => Some(why.clone()),
         Ok(nvcc) => {
             let jobs: Vec<(&KernelFile, u32)> = files.iter().flat_map(|f| archs.iter().map(move |&a| (f, a))).collect();
-            let results: Vec<Result<(String, u32, PathBuf, String), String>> = std::thread::scope(|s| {
+            let results: Vec<Result<Compiled, String>> = std::thread::scope(|s| {
                 let hs: Vec<_> = jobs
                     .iter()
                     .map(|&(f, arch)| {
@@ -191,9 +193,9 @@ fn main() {
             let mut err = None;
             for r in results {
                 match r {
-                    Ok((stem, arch, ptx, rep)) => {
+                    Ok((stem, arch, ptx, cubin, rep)) => {
                         report.push_str(&rep);
-                        modules.push((stem, arch, ptx));
+                        modules.push((stem, arch, ptx, cubin));
                     }
                     Err(e) => err = Some(e),
                 }
@@ -216,8 +218,14 @@ fn main() {
     writeln!(rs, "pub const PTX_UNAVAILABLE_REASON: Option<&str> = {:?};", reason).unwrap();
     writeln!(rs, "/// Compiled modules: (kernel file stem, SM architecture, PTX text).").unwrap();
     writeln!(rs, "pub const PTX_MODULES: &[(&str, u32, &str)] = &[").unwrap();
-    for (stem, arch, ptx) in &modules {
+    for (stem, arch, ptx, _) in &modules {
         writeln!(rs, "    ({:?}, {}, include_str!({:?})),", stem, arch, ptx.display().to_string()).unwrap();
+    }
+    writeln!(rs, "];").unwrap();
+    writeln!(rs, "/// The same modules as machine code: (kernel file stem, SM architecture, cubin).").unwrap();
+    writeln!(rs, "pub const CUBIN_MODULES: &[(&str, u32, &[u8])] = &[").unwrap();
+    for (stem, arch, _, cubin) in &modules {
+        writeln!(rs, "    ({:?}, {}, include_bytes!({:?})),", stem, arch, cubin.display().to_string()).unwrap();
     }
     writeln!(rs, "];").unwrap();
     writeln!(rs, "/// Kernel files compiled into the simulator.").unwrap();
@@ -276,14 +284,11 @@ fn sim_recipe(cc: &cc::Tool, kdir: &Path, runtime: &[PathBuf], files: &[KernelFi
     )
 }
 
-/// nvcc -cubin -Xptxas -v --keep: returns (stem, arch, path of the kept PTX, ptxas report).
-fn compile_ptx(
-    nvcc: &Path,
-    kdir: &Path,
-    out: &Path,
-    f: &KernelFile,
-    arch: u32,
-) -> Result<(String, u32, PathBuf, String), String> {
+/// One kernel file compiled for one architecture: (stem, arch, path of the kept PTX, path of the cubin, ptxas report).
+type Compiled = (String, u32, PathBuf, PathBuf, String);
+
+/// nvcc -cubin -Xptxas -v --keep.
+fn compile_ptx(nvcc: &Path, kdir: &Path, out: &Path, f: &KernelFile, arch: u32) -> Result<Compiled, String> {
     let keep = out.join(format!("nvcc-{}-sm{}", f.stem, arch));
     fs::create_dir_all(&keep).map_err(|e| e.to_string())?;
     let cubin = keep.join(format!("{}.cubin", f.stem));
@@ -309,7 +314,10 @@ fn compile_ptx(
     if !ptx.is_file() {
         return Err(format!("nvcc --keep left no {}", ptx.display()));
     }
-    Ok((f.stem.clone(), arch, ptx, format!("== {} sm_{arch}\n{stderr}", f.stem)))
+    if !cubin.is_file() {
+        return Err(format!("nvcc left no {}", cubin.display()));
+    }
+    Ok((f.stem.clone(), arch, ptx, cubin, format!("== {} sm_{arch}\n{stderr}", f.stem)))
 }
 
 /// (kernel, "N bytes spill stores, M bytes spill loads") for every function of the report that spills.

@@ -4,7 +4,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn rlhf(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("run rlhf");
+    rlhf_env(args, &[])
+}
+
+fn rlhf_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).envs(env.iter().copied()).output().expect("run rlhf");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -66,8 +70,19 @@ fn gradcheck_and_bench_on_the_simulated_kernels() {
         text.contains("bf16 train step: every gradient") && text.contains("f32 attention backward (head size 64)"),
         "{text}"
     );
-    let (ok, text) = rlhf(&["bench", "--device", "cuda-sim", "--json"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let sections = tmp.path().join("sections.jsonl");
+    let (ok, text) = rlhf_env(
+        &["bench", "--device", "cuda-sim", "--json", "--sections", sections.to_str().unwrap()],
+        &[("RLHF_CUDA_PROFILE", "1")],
+    );
     assert!(ok, "{text}");
+    // One JSON line per section, written as each finished.
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&sections).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let done: Vec<&str> = lines.iter().map(|l| l["section"].as_str().unwrap()).collect();
+    assert_eq!(done[..2], ["ceilings (copy, bf16 GEMM)", "memory-bound kernels"], "{done:?}");
+    assert!(lines.iter().all(|l| l["ok"] == true && (l["result"].is_object() || l["result"].is_array())), "{lines:?}");
     let json = &text[text.find('{').unwrap()..=text.rfind('}').unwrap()];
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     let names: Vec<&str> = v["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
@@ -77,6 +92,13 @@ fn gradcheck_and_bench_on_the_simulated_kernels() {
     let att = &v["attention"][0];
     assert!(att["unfused_vs_fused_err"].as_f64().unwrap() < 2e-2, "unfused attention disagrees: {att}");
     assert!(v["train_step"][0]["loss_first"].as_f64().unwrap().is_finite(), "{text}");
+    // RLHF_CUDA_PROFILE=1: time per kernel name, kernels and products both, shares summing to 1.
+    let prof = v["profile"].as_array().unwrap();
+    let kernel = |n: &str| prof.iter().find(|r| r["kernel"].as_str().unwrap().starts_with(n));
+    assert!(kernel("gelu_forward_bf16").is_some_and(|r| r["calls"].as_u64().unwrap() >= 1), "{prof:?}");
+    assert!(kernel("gemm ").is_some(), "{prof:?}");
+    let share: f64 = prof.iter().map(|r| r["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "{share}");
 }
 
 #[test]

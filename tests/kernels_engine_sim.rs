@@ -15,6 +15,8 @@ use rlhf::ops::adamw::AdamWParams;
 use rlhf::util::rng::Rng;
 use std::path::Path;
 
+mod common;
+
 const TOL: f32 = 1e-4;
 
 fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
@@ -73,9 +75,12 @@ fn run<B: Backend<F = f32>>(be: &B, dir: &Path, tokens: &[u32], targets: &[u32],
 
 /// `run` on `be` and on the CPU engine for every parity fixture, with the same batch: (name, got, want).
 fn fixture_runs<B: Backend<F = f32>>(be: &B) -> Vec<(String, Run, Run)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
-    let mut dirs: Vec<_> =
-        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let root = common::fixtures().join("parity");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{} (set RLHF_FIXTURES to the tests/fixtures folder): {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     assert!(!dirs.is_empty());
     let cpu = Cpu::<f32>::new();
@@ -150,9 +155,10 @@ fn model_through_cuda_backend_matches_cpu_engine() {
 #[test]
 fn kernel_check_passes_in_both_precisions() {
     for be in [SimBackend::new(), SimBackend::mixed()] {
-        let rows = rlhf::check::kernels::run(&be, 1234).unwrap();
+        let rows = rlhf::check::kernels::run(&be, 1234, |_| {});
         print!("{}", rlhf::check::format_table(&rows));
         assert!(rows.len() >= 20, "every op and the training step are checked");
+        assert!(rows.iter().any(|r| r.op.contains("scalar head backward (oc = 1)")), "the n = 1 / k = 1 products");
         let failed: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| r.op.clone()).collect();
         assert!(failed.is_empty(), "failed: {failed:?}");
     }
@@ -242,4 +248,59 @@ fn multi_tensor_adamw_and_norm_match_per_tensor() {
         let got = be.sum_squares_all(&grads);
         assert!(((got - want) / want).abs() < 1e-12, "{}: sum of squares {got} vs {want}", be.name());
     }
+}
+
+/// The simulator, except that every product with one output column fails (as a GEMM with no usable
+/// algorithm or a faulting device would): for the check harness's handling of a failing group.
+#[derive(Default)]
+struct NoScalarGemm(rlhf::kernels::device::SimDevice);
+
+impl rlhf::kernels::device::Device for NoScalarGemm {
+    type Mem = <rlhf::kernels::device::SimDevice as rlhf::kernels::device::Device>::Mem;
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn launcher(&self) -> &dyn rlhf::kernels::Launcher {
+        self.0.launcher()
+    }
+    fn alloc(&self, bytes: usize) -> anyhow::Result<Self::Mem> {
+        self.0.alloc(bytes)
+    }
+    fn ptr(&self, m: &Self::Mem) -> rlhf::kernels::DevPtr {
+        self.0.ptr(m)
+    }
+    // SAFETY (all below): the trait's contracts, passed on to the simulator.
+    unsafe fn htod(&self, dst: rlhf::kernels::DevPtr, src: &[u8]) -> anyhow::Result<()> {
+        unsafe { self.0.htod(dst, src) }
+    }
+    unsafe fn dtoh(&self, dst: &mut [u8], src: rlhf::kernels::DevPtr) -> anyhow::Result<()> {
+        unsafe { self.0.dtoh(dst, src) }
+    }
+    unsafe fn dtod(&self, dst: rlhf::kernels::DevPtr, src: rlhf::kernels::DevPtr, bytes: usize) -> anyhow::Result<()> {
+        unsafe { self.0.dtod(dst, src, bytes) }
+    }
+    unsafe fn memset0(&self, dst: rlhf::kernels::DevPtr, bytes: usize) -> anyhow::Result<()> {
+        unsafe { self.0.memset0(dst, bytes) }
+    }
+    unsafe fn gemm(&self, g: &rlhf::kernels::device::Gemm) -> anyhow::Result<()> {
+        anyhow::ensure!(g.n != 1, "planted failure: GEMM {} x 1 x {}", g.m, g.k);
+        unsafe { self.0.gemm(g) }
+    }
+    fn synchronize(&self) -> anyhow::Result<()> {
+        self.0.synchronize()
+    }
+}
+
+/// A group of `gradcheck --device cuda` whose op panics (here: the scalar head's products fail) is one failed
+/// row naming the group and the error; the groups after it still run and pass.
+#[test]
+fn kernel_check_reports_a_failing_group_and_runs_the_rest() {
+    let be = rlhf::kernels::KernelBackend::with_device(NoScalarGemm::default(), rlhf::kernels::DType::F32);
+    let mut streamed = Vec::new();
+    let rows = rlhf::check::kernels::run(&be, 1234, |r| streamed.push(r.op.clone()));
+    assert_eq!(streamed, rows.iter().map(|r| r.op.clone()).collect::<Vec<_>>(), "every row is passed on as it is made");
+    let failed: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.op.as_str()).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].starts_with("f32 scalar head: panicked:") && failed[0].contains("planted failure"), "{failed:?}");
+    assert!(rows.iter().any(|r| r.op.starts_with("f32 train step: every gradient") && r.ok), "later groups ran");
 }

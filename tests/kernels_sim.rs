@@ -149,7 +149,9 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     assert!(sim::has_kernel("attention_backward_dkv_wmma_bf16"));
     assert!(!sim::has_kernel("no_such_kernel"));
     // The tensor-core attention forward really issues bf16 tensor-core MMAs (32 = 2 products x 4 x 4 tiles).
-    if let Some(ptx) = rlhf::kernels::ptx_for("attention", 90) {
+    if let Some(rlhf::kernels::Image::Ptx { text: ptx, .. }) =
+        rlhf::kernels::ptx_image(rlhf::kernels::PTX_MODULES, "attention", 90)
+    {
         let n = ptx.matches("wmma.mma.sync.aligned.row.col.m16n16k16.f32.bf16.bf16.f32").count()
             + ptx.matches("wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32").count();
         println!("attention PTX (sm_90): {n} bf16 wmma.mma.sync instructions");
@@ -165,6 +167,11 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         }
     } else {
         println!("no attention PTX in this build: tensor-core instruction check did not run");
+    }
+    // Every PTX module has its cubin (an ELF image) for the same architecture.
+    for (stem, arch, _) in rlhf::kernels::PTX_MODULES {
+        let cubin = rlhf::kernels::CUBIN_MODULES.iter().find(|(s, a, _)| s == stem && a == arch);
+        assert!(cubin.is_some_and(|(_, _, b)| b.starts_with(b"\x7fELF")), "{stem} sm_{arch}: no cubin");
     }
     // Every PTX module must come from a kernel file the simulator also runs, or a declared GPU-only file.
     for (stem, _, ptx) in rlhf::kernels::PTX_MODULES {

@@ -10,6 +10,12 @@
 //! - The whole training step (mixed precision) in tokens/s and MFU: 6N + 6LCT FLOPs per token over the
 //!   GPU's bf16 dense peak where the GPU is known, else over the measured GEMM ceiling.
 //!
+//! With `RLHF_CUDA_PROFILE=1`, a last section times every kernel and product over a few training steps
+//! (`crate::kernels::profile`), printed as a table at the end.
+//!
+//! Each section is reported as it finishes ([`Section`]; `rlhf bench --sections FILE` writes them as JSON
+//! lines), and one that fails is recorded with its error while the others still run.
+//!
 //! Written over [`Device`], so the same code runs in the simulator (tiny shapes, meaningless times) in tests.
 //!
 //! Every device pointer passed to an `unsafe` launch or copy here comes from an allocation of this module
@@ -19,11 +25,16 @@
 use crate::kernels::device::{Device, Gemm};
 use crate::kernels::engine::KernelBackend;
 use crate::kernels::launch::{self as kl, DType, DevPtr};
+use crate::kernels::profile::{self, ProfileRow};
 use crate::model::Config;
 use crate::ops::adamw::AdamWParams;
+use crate::util::guard;
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
+
+/// Training steps recorded for the per-kernel profile.
+const PROFILE_STEPS: usize = 3;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -128,10 +139,51 @@ pub struct StepRow {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub device: String,
-    pub ceilings: Ceilings,
+    /// None when that section failed (see `failed`).
+    pub ceilings: Option<Ceilings>,
     pub kernels: Vec<KernelRow>,
     pub attention: Vec<AttentionRow>,
     pub train_step: Vec<StepRow>,
+    /// With `RLHF_CUDA_PROFILE=1`: time per kernel over a few training steps (see `crate::kernels::profile`).
+    pub profile: Vec<ProfileRow>,
+    /// The sections that failed, with their errors; the others ran regardless.
+    pub failed: Vec<Section>,
+}
+
+/// One section of the report as it finished: its result as JSON, or the error (or panic) that stopped it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Section {
+    pub section: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+/// Runs the sections one by one, each reported to `on_section` as it finishes.
+struct Sections<'a, P: Fn(&str), S: FnMut(&Section)> {
+    progress: &'a P,
+    on_section: S,
+    failed: Vec<Section>,
+}
+
+impl<P: Fn(&str), S: FnMut(&Section)> Sections<'_, P, S> {
+    /// `f()`'s value, or None when it failed or panicked (recorded as failed).
+    fn run<T: Serialize>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Option<T> {
+        (self.progress)(name);
+        let r = guard::catch(f);
+        let sec = match &r {
+            Ok(v) => Section { section: name.into(), ok: true, error: None, result: serde_json::to_value(v).ok() },
+            Err(e) => Section { section: name.into(), ok: false, error: Some(format!("{e:#}")), result: None },
+        };
+        (self.on_section)(&sec);
+        if !sec.ok {
+            (self.progress)(&format!("{name}: FAILED: {}", sec.error.as_deref().unwrap_or("")));
+            self.failed.push(sec);
+        }
+        r.ok()
+    }
 }
 
 /// Published bf16 dense tensor-core peaks (TFLOP/s) of the GPUs this is run on, by name.
@@ -457,49 +509,75 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
     })
 }
 
-/// Everything above, then the training steps on `be` (mixed precision).
-pub fn run<D: Device>(be: &KernelBackend<D>, s: &BenchSizes, progress: impl Fn(&str)) -> Result<Report> {
+/// Everything above, then the training steps on `be` (mixed precision). Each section goes to `on_section`
+/// as soon as it is done; one that fails (an error, or an op's panic on a device error) is recorded as failed
+/// and the others still run.
+pub fn run<D: Device>(
+    be: &KernelBackend<D>,
+    s: &BenchSizes,
+    progress: impl Fn(&str),
+    on_section: impl FnMut(&Section),
+) -> Result<Report> {
     let dev = &be.dev;
     let cfg = Config::preset(&s.preset, s.vocab)?;
-    progress("ceilings (copy, bf16 GEMM)");
-    let ceilings = ceilings(dev, s)?;
-    progress("memory-bound kernels");
-    let kernels = memory_bound(dev, s, &cfg, ceilings.copy_gbps)?;
-    progress("attention, fused and unfused");
-    let attention = vec![attention(dev, s, &cfg)?];
+    let mut sec = Sections { progress: &progress, on_section, failed: Vec::new() };
+    let ceilings = sec.run("ceilings (copy, bf16 GEMM)", || ceilings(dev, s));
+    let copy_gbps = ceilings.as_ref().map_or(f64::NAN, |c| c.copy_gbps);
+    let kernels = sec.run("memory-bound kernels", || memory_bound(dev, s, &cfg, copy_gbps)).unwrap_or_default();
+    let attention: Vec<AttentionRow> =
+        sec.run("attention, fused and unfused", || attention(dev, s, &cfg)).into_iter().collect();
     let name = dev.name();
-    let (peak, known) = match datasheet_peak(&name) {
-        Some(p) => (p, true),
-        None => (ceilings.gemm_bf16_tflops, false),
+    let (peak, known) = match (datasheet_peak(&name), &ceilings) {
+        (Some(p), _) => (p, true),
+        (None, Some(c)) => (c.gemm_bf16_tflops, false),
+        (None, None) => (f64::NAN, false),
     };
     let mut train_step = Vec::new();
     for &(batch, seq) in &s.steps {
-        progress(&format!("training step {batch} x {seq}"));
-        let r = crate::bench::cpu::train_step(be, &s.preset, cfg, batch, seq, s.warmup_steps, s.train_steps)?;
-        let tflops = r.gflops_per_s / 1e3;
-        train_step.push(StepRow {
-            batch,
-            seq,
-            median_ms: r.median_ms,
-            tokens_per_s: r.tokens_per_s,
-            tflops,
-            mfu: tflops / peak,
-            peak_tflops: peak,
-            loss_first: r.loss_first,
-            loss_last: r.loss_last,
-        });
+        let step = || -> Result<StepRow> {
+            let r = crate::bench::cpu::train_step(be, &s.preset, cfg, batch, seq, s.warmup_steps, s.train_steps)?;
+            let tflops = r.gflops_per_s / 1e3;
+            Ok(StepRow {
+                batch,
+                seq,
+                median_ms: r.median_ms,
+                tokens_per_s: r.tokens_per_s,
+                tflops,
+                mfu: tflops / peak,
+                peak_tflops: peak,
+                loss_first: r.loss_first,
+                loss_last: r.loss_last,
+            })
+        };
+        train_step.extend(sec.run(&format!("training step {batch} x {seq}"), step));
+    }
+    let mut profile = Vec::new();
+    if let (true, Some(&(batch, seq))) = (profile::requested(), s.steps.first()) {
+        let steps = s.train_steps.min(PROFILE_STEPS);
+        let name = format!("profile: {steps} training steps {batch} x {seq} ({}=1)", profile::VAR);
+        profile = sec
+            .run(&name, || {
+                profile::start();
+                let r = crate::bench::cpu::train_step(be, &s.preset, cfg, batch, seq, 0, steps);
+                let synced = dev.synchronize();
+                let rows = profile::finish();
+                r.and(synced).and(rows)
+            })
+            .unwrap_or_default();
     }
     let device = if known { name } else { format!("{name} (peak unknown: MFU is over the measured GEMM ceiling)") };
-    Ok(Report { device, ceilings, kernels, attention, train_step })
+    Ok(Report { device, ceilings, kernels, attention, train_step, profile, failed: sec.failed })
 }
 
 /// The text report.
 pub fn format(r: &Report) -> String {
     let mut s = format!("device: {}\n", r.device);
-    s += &format!(
-        "ceilings: copy {:.0} GB/s; bf16 GEMM {:.1} TFLOP/s ({})\n\n",
-        r.ceilings.copy_gbps, r.ceilings.gemm_bf16_tflops, r.ceilings.gemm_shape
-    );
+    if let Some(c) = &r.ceilings {
+        s += &format!(
+            "ceilings: copy {:.0} GB/s; bf16 GEMM {:.1} TFLOP/s ({})\n\n",
+            c.copy_gbps, c.gemm_bf16_tflops, c.gemm_shape
+        );
+    }
     s += &format!("{:<28} {:<6} {:<18} {:>10} {:>10} {:>8}\n", "kernel", "dtype", "shape", "ms", "GB/s", "of copy");
     for k in &r.kernels {
         s += &format!(
@@ -524,6 +602,13 @@ pub fn format(r: &Report) -> String {
             "training step {} x {}: {:.1} ms, {:.0} tokens/s, {:.1} TFLOP/s, MFU {:.1}% of {:.0} TFLOP/s (loss {:.3} -> {:.3})\n",
             t.batch, t.seq, t.median_ms, t.tokens_per_s, t.tflops, 100.0 * t.mfu, t.peak_tflops, t.loss_first, t.loss_last
         );
+    }
+    if !r.profile.is_empty() {
+        s += &format!("\ntime per kernel over {PROFILE_STEPS} training steps at most ({}=1):\n", profile::VAR);
+        s += &profile::table(&r.profile);
+    }
+    for f in &r.failed {
+        s += &format!("FAILED {}: {}\n", f.section, f.error.as_deref().unwrap_or(""));
     }
     s
 }

@@ -20,6 +20,7 @@ use crate::check::CheckResult;
 use crate::kernels::{DType, KernelBackend};
 use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
 use crate::ops::adamw::AdamWParams;
+use crate::util::guard;
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -91,9 +92,22 @@ fn layernorm<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     ]
 }
 
-/// Matmul + bias forward and the three backward products (cuBLASLt on the GPU).
-fn linear<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
-    let (n, c, oc) = (17, 64, 96);
+/// Row names of the linear checks: forward, backward.
+const LINEAR_ROWS: [&str; 2] = ["linear forward", "linear backward"];
+/// The same with one output feature (PPO's value and reward heads): the forward product has n = 1, the
+/// input gradient k = 1.
+const SCALAR_HEAD_ROWS: [&str; 2] = ["scalar head forward (oc = 1)", "scalar head backward (oc = 1)"];
+
+/// Matmul + bias forward and the three backward products (cuBLASLt on the GPU), `n` rows of `c` inputs to
+/// `oc` outputs.
+fn linear<B: Backend<F = f32>>(
+    be: &B,
+    rng: &mut Rng,
+    n: usize,
+    c: usize,
+    oc: usize,
+    names: [&'static str; 2],
+) -> Vec<Out> {
     let (inp, w, bias, dout) = (
         act(be, &randn(rng, n * c, 1.0)),
         up(be, &randn(rng, c * oc, 0.2)),
@@ -105,10 +119,10 @@ fn linear<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (mut dinp, mut dw, mut db) = (zeros(be, n * c), zeros(be, c * oc), zeros(be, oc));
     be.linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, n, c, oc);
     vec![
-        out(be, "linear forward", "out", &o),
-        out(be, "linear backward", "dinp", &dinp),
-        out(be, "linear backward", "dw", &dw),
-        out(be, "linear backward", "dbias", &db),
+        out(be, names[0], "out", &o),
+        out(be, names[1], "dinp", &dinp),
+        out(be, names[1], "dw", &dw),
+        out(be, names[1], "dbias", &db),
     ]
 }
 
@@ -235,19 +249,41 @@ fn train_step<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
     Ok(outs)
 }
 
-fn all<B: Backend<F = f32>>(be: &B, seed: u64) -> Result<Vec<Out>> {
-    let r = |k: u64| Rng::stream(seed, k);
-    let mut v = embedding(be, &mut r(1));
-    v.extend(layernorm(be, &mut r(2)));
-    v.extend(linear(be, &mut r(3)));
-    v.extend(elementwise(be, &mut r(4)));
-    v.extend(attention(be, &mut r(5), 128, 2, "attention forward (head size 64)", "attention backward (head size 64)"));
-    v.extend(attention(be, &mut r(6), 32, 2, "attention forward (head size 16)", "attention backward (head size 16)"));
-    v.extend(crossentropy(be, &mut r(7)));
-    v.extend(entropy(be, &mut r(10)));
-    v.extend(adamw(be, &mut r(8)));
-    v.extend(train_step(be, &mut r(9))?);
-    Ok(v)
+/// The groups of rows, in the order they run, each with its random stream.
+const GROUPS: &[(&str, u64)] = &[
+    ("embedding", 1),
+    ("layernorm", 2),
+    ("linear", 3),
+    ("scalar head", 11),
+    ("elementwise", 4),
+    ("attention hs64", 5),
+    ("attention hs16", 6),
+    ("crossentropy", 7),
+    ("entropy", 10),
+    ("adamw", 8),
+    ("train step", 9),
+];
+
+/// The outputs of group `name` on `be`.
+fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<Out>> {
+    Ok(match name {
+        "embedding" => embedding(be, rng),
+        "layernorm" => layernorm(be, rng),
+        "linear" => linear(be, rng, 17, 64, 96, LINEAR_ROWS),
+        "scalar head" => linear(be, rng, 13, 64, 1, SCALAR_HEAD_ROWS),
+        "elementwise" => elementwise(be, rng),
+        "attention hs64" => {
+            attention(be, rng, 128, 2, "attention forward (head size 64)", "attention backward (head size 64)")
+        }
+        "attention hs16" => {
+            attention(be, rng, 32, 2, "attention forward (head size 16)", "attention backward (head size 16)")
+        }
+        "crossentropy" => crossentropy(be, rng),
+        "entropy" => entropy(be, rng),
+        "adamw" => adamw(be, rng),
+        "train step" => train_step(be, rng)?,
+        other => unreachable!("no check group {other}"),
+    })
 }
 
 /// The AdamW update entries whose reference gradient is clearly nonzero. Adam's first step moves each
@@ -283,19 +319,54 @@ fn tolerance(compute: DType, row: &str) -> f64 {
     }
 }
 
-/// Every check on `be` against the CPU engine; one result per row, named after its worst tensor.
-pub fn run<D: crate::kernels::device::Device>(be: &KernelBackend<D>, seed: u64) -> Result<Vec<CheckResult>> {
-    let want = all(&Cpu::<f32>::new(), seed)?;
-    let got = all(be, seed)?;
+/// Every check on `be` against the CPU engine, one group at a time; `on_row` gets each row as soon as its
+/// group has run. A group that fails on `be` (an op panics on a device error) is one failed row naming the
+/// group and the error, and the groups after it still run.
+pub fn run<D: crate::kernels::device::Device>(
+    be: &KernelBackend<D>,
+    seed: u64,
+    mut on_row: impl FnMut(&CheckResult),
+) -> Vec<CheckResult> {
     let prec = match be.compute {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
     };
     let mut rows: Vec<CheckResult> = Vec::new();
-    for ((row, name, g), (_, _, w)) in got.iter().zip(&want) {
-        let (g, w) = if *row == UPDATE_ROW { update_entries(&want, name, g, w) } else { (g.clone(), w.clone()) };
+    for &(name, stream) in GROUPS {
+        let outputs = guard::catch(|| {
+            let want = group(&Cpu::<f32>::new(), name, &mut Rng::stream(seed, stream))?;
+            let got = group(be, name, &mut Rng::stream(seed, stream))?;
+            Ok((want, got))
+        });
+        let new = match outputs {
+            Ok((want, got)) => compare(be.compute, prec, &want, &got),
+            Err(e) => vec![failed(prec, name, &e)],
+        };
+        new.iter().for_each(&mut on_row);
+        rows.extend(new);
+    }
+    rows
+}
+
+/// The row of a group that did not finish.
+fn failed(prec: &str, group: &str, e: &anyhow::Error) -> CheckResult {
+    CheckResult {
+        op: format!("{prec} {group}: {e:#}"),
+        entries: 0,
+        max_abs_err: f64::INFINITY,
+        max_rel_err: f64::INFINITY,
+        tolerance: 0.0,
+        ok: false,
+    }
+}
+
+/// One group's rows: each output compared with the CPU's, tensors of a row merged under its worst.
+fn compare(compute: DType, prec: &str, want: &[Out], got: &[Out]) -> Vec<CheckResult> {
+    let mut rows: Vec<CheckResult> = Vec::new();
+    for ((row, name, g), (_, _, w)) in got.iter().zip(want) {
+        let (g, w) = if *row == UPDATE_ROW { update_entries(want, name, g, w) } else { (g.clone(), w.clone()) };
         let (abs, rel) = scaled_err(&g, &w);
-        let tol = tolerance(be.compute, row);
+        let tol = tolerance(compute, row);
         let label = format!("{prec} {row}");
         match rows.iter_mut().find(|r| r.op.starts_with(&format!("{label} ["))) {
             Some(r) => {
@@ -314,5 +385,5 @@ pub fn run<D: crate::kernels::device::Device>(be: &KernelBackend<D>, seed: u64) 
             }),
         }
     }
-    Ok(rows)
+    rows
 }

@@ -324,20 +324,25 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
 
 /// The table `rlhf gradcheck` prints.
 pub fn format_table(results: &[CheckResult]) -> String {
-    let mut s = format!(
-        "{:<40} {:>8} {:>12} {:>12} {:>12}  {}\n",
-        "op", "entries", "max abs err", "max rel err", "tolerance", "ok"
-    );
-    for r in results {
-        s += &format!(
-            "{:<40} {:>8} {:>12.3e} {:>12.3e} {:>12.3e}  {}\n",
-            r.op,
-            r.entries,
-            r.max_abs_err,
-            r.max_rel_err,
-            r.tolerance,
-            if r.ok { "ok" } else { "FAIL" }
-        );
-    }
+    let mut s = table_header();
+    results.iter().for_each(|r| s += &table_row(r));
     s
+}
+
+/// The column titles of [`format_table`].
+pub fn table_header() -> String {
+    format!("{:<40} {:>8} {:>12} {:>12} {:>12}  {}\n", "op", "entries", "max abs err", "max rel err", "tolerance", "ok")
+}
+
+/// One line of [`format_table`].
+pub fn table_row(r: &CheckResult) -> String {
+    format!(
+        "{:<40} {:>8} {:>12.3e} {:>12.3e} {:>12.3e}  {}\n",
+        r.op,
+        r.entries,
+        r.max_abs_err,
+        r.max_rel_err,
+        r.tolerance,
+        if r.ok { "ok" } else { "FAIL" }
+    )
 }

@@ -5,10 +5,12 @@
 
 use crate::bench::cuda::{self as kbench, BenchSizes};
 use crate::cli::device::{self, Device, DeviceArg};
+use crate::kernels::device::Device as _;
 use crate::kernels::{CudaBackend, DType, SimBackend};
 use crate::model::Config;
 use crate::pipeline::run::check;
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::io::Write;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -35,6 +37,11 @@ pub struct BenchArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// `--device cuda`/`cuda-sim`: append each section of the report to FILE as one JSON line as soon as it
+    /// finishes (`{"section", "ok", "result"}` or `{"section", "ok": false, "error"}`), so that a run cut short
+    /// keeps what it measured.
+    #[arg(long, value_name = "FILE")]
+    pub sections: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -53,16 +60,39 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dev = device::select(args.device)?;
     if dev != Device::Cpu {
         let progress = |what: &str| eprintln!("bench: {what}");
+        let mut sink = match &args.sections {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("--sections {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let on_section = |sec: &kbench::Section| {
+            if let Some(f) = sink.as_mut() {
+                let line = serde_json::to_string(sec)
+                    .unwrap_or_else(|e| format!("{{\"section\": \"?\", \"error\": \"{e}\"}}"));
+                if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
+                    eprintln!("bench: writing --sections: {e}");
+                }
+            }
+        };
         let report = if dev == Device::Cuda {
-            kbench::run(&CudaBackend::cuda(0, DType::BF16)?, &BenchSizes::gpu(), progress)?
+            let be = CudaBackend::cuda(0, DType::BF16)?;
+            eprintln!("bench: {} ({})", be.dev.name(), be.dev.kernels_loaded());
+            kbench::run(&be, &BenchSizes::gpu(), progress, on_section)?
         } else {
-            kbench::run(&SimBackend::mixed(), &BenchSizes::smoke(), progress)?
+            kbench::run(&SimBackend::mixed(), &BenchSizes::smoke(), progress, on_section)?
         };
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", kbench::format(&report));
         }
+        let failed: Vec<&str> = report.failed.iter().map(|f| f.section.as_str()).collect();
+        anyhow::ensure!(failed.is_empty(), "bench sections failed: {}", failed.join(", "));
         return Ok(());
     }
     let r = crate::with_backend!(dev, |be| crate::bench::cpu::train_step(

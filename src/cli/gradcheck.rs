@@ -25,48 +25,68 @@ pub struct GradcheckArgs {
 
 pub fn run(args: GradcheckArgs) -> Result<()> {
     let dev = device::select(args.device)?;
-    let (header, results) = match dev {
-        Device::Cpu => (
-            format!(
-                "CPU backend in f64, central differences (h = 1e-6); pass when max abs err <= {:e} + {:e} * max|grad|",
-                check::ATOL,
-                check::RTOL
-            ),
-            check::run_all(args.seed),
-        ),
-        Device::Cuda | Device::CudaSim => {
-            let mut results: Vec<CheckResult> = Vec::new();
-            let mut name = String::new();
-            for dt in [DType::F32, DType::BF16] {
-                if dev == Device::Cuda {
-                    let be = CudaBackend::cuda(0, dt)?;
-                    name = be.dev.name();
-                    results.extend(kernels::run(&be, args.seed)?);
-                } else {
-                    let be = if dt == DType::F32 { SimBackend::new() } else { SimBackend::mixed() };
-                    name = be.dev.name();
-                    results.extend(kernels::run(&be, args.seed)?);
-                }
+    let results = match dev {
+        Device::Cpu => {
+            let results = check::run_all(args.seed);
+            if !args.json {
+                println!(
+                    "CPU backend in f64, central differences (h = 1e-6); pass when max abs err <= {:e} + {:e} * max|grad|",
+                    check::ATOL,
+                    check::RTOL
+                );
+                print!("{}", check::format_table(&results));
             }
-            let header = format!(
-                "CUDA kernels on {name} vs the CPU engine (same inputs); error = max|got - want| / max|want| per tensor, \
-                 the worst tensor of each row shown.\ntolerances: f32 {:e}; bf16 ops {:e}; bf16 whole step {:e} (see src/kernel_check.rs)",
-                kernels::F32_TOL,
-                kernels::BF16_OP_TOL,
-                kernels::BF16_STEP_TOL
-            );
-            (header, results)
+            results
         }
+        Device::Cuda | Device::CudaSim => kernel_rows(dev, &args)?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        println!("{header}");
-        print!("{}", check::format_table(&results));
     }
     let failed: Vec<&str> = results.iter().filter(|r| !r.ok).map(|r| r.op.as_str()).collect();
     if !failed.is_empty() {
         bail!("gradient check failed for: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The kernel checks in f32 then bf16, each row printed (without `--json`) as soon as it is known, so that a
+/// run cut short still shows every row before the cut.
+fn kernel_rows(dev: Device, args: &GradcheckArgs) -> Result<Vec<CheckResult>> {
+    let mut results: Vec<CheckResult> = Vec::new();
+    let print = |r: &CheckResult| {
+        if !args.json {
+            print!("{}", check::table_row(r));
+        }
+    };
+    for dt in [DType::F32, DType::BF16] {
+        let rows = if dev == Device::Cuda {
+            let be = CudaBackend::cuda(0, dt)?;
+            header(args, &be.dev.name(), dt, be.dev.kernels_loaded());
+            kernels::run(&be, args.seed, print)
+        } else {
+            let be = if dt == DType::F32 { SimBackend::new() } else { SimBackend::mixed() };
+            header(args, &be.dev.name(), dt, "the simulator's kernels");
+            kernels::run(&be, args.seed, print)
+        };
+        results.extend(rows);
+    }
+    Ok(results)
+}
+
+fn header(args: &GradcheckArgs, name: &str, dt: DType, loaded: &str) {
+    if args.json {
+        return;
+    }
+    if dt == DType::F32 {
+        println!(
+            "CUDA kernels on {name} ({loaded}) vs the CPU engine (same inputs); error = max|got - want| / max|want| per \
+             tensor, the worst tensor of each row shown.\ntolerances: f32 {:e}; bf16 ops {:e}; bf16 whole step {:e} \
+             (see src/check/kernels.rs)",
+            kernels::F32_TOL,
+            kernels::BF16_OP_TOL,
+            kernels::BF16_STEP_TOL
+        );
+        print!("{}", check::table_header());
+    }
 }

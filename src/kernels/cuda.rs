@@ -1,11 +1,13 @@
-//! The real-device [`Launcher`]: the embedded PTX loaded once per process into a CUDA context (through the
+//! The real-device [`Launcher`]: the embedded cubins (or, on another architecture, the PTX) loaded once per process into a CUDA context (through the
 //! driver API, via cudarc), kernels looked up by name and launched with cuLaunchKernel on one stream.
 //!
 //! Construction never panics on a machine without a GPU: it returns an error saying why (no PTX in this
-//! build, no driver library, no device, no PTX for the device's architecture).
+//! build, no driver library, no device, no cubin or PTX for the device's architecture). Which image each
+//! kernel file loaded from is in [`CudaLauncher::loaded`].
 
 use super::launch::{Arg, LaunchConfig, Launcher};
-use super::{ptx_for, PTX_MODULES, PTX_UNAVAILABLE_REASON};
+use super::{image_for, ptx_image, Image, CUBIN_MODULES, PTX_MODULES, PTX_UNAVAILABLE_REASON};
+use super::{profile, sync};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
 use std::collections::HashMap;
@@ -32,9 +34,42 @@ pub struct CudaLauncher {
     funcs: Mutex<HashMap<String, Func>>,
     /// Compute capability as 10 * major + minor (90 for an H100/H200).
     pub sm: u32,
+    /// What was loaded, e.g. "sm_90 cubins (10 files)" or "PTX for sm_80, JIT-compiled for sm_86".
+    pub loaded: String,
 }
 
 const DEFAULT_SMEM: u32 = 48 * 1024;
+
+/// Loads one kernel image into the current context.
+fn load(image: Image) -> Result<sys::CUmodule> {
+    let r = match image {
+        Image::Cubin { bytes, .. } => {
+            // An 8-byte-aligned copy: the driver reads the ELF image in place.
+            let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()].copy_from_slice(bytes);
+            // SAFETY: a complete cubin image that outlives the call (the driver copies it).
+            unsafe { result::module::load_data(aligned.as_ptr() as *const c_void) }
+        }
+        Image::Ptx { text, .. } => {
+            let src = CString::new(text)?;
+            // SAFETY: a NUL-terminated PTX image that outlives the call (the driver copies it).
+            unsafe { result::module::load_data(src.as_ptr() as *const c_void) }
+        }
+    };
+    r.map_err(|e| anyhow!("{e}"))
+}
+
+/// "10 x sm_90 cubin" or "9 x sm_90 cubin, 1 x sm_80 PTX (JIT; ...)": how many kernel files loaded each way.
+fn summarize(loaded: &[String]) -> String {
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for l in loaded {
+        match kinds.iter_mut().find(|(k, _)| k == l) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((l, 1)),
+        }
+    }
+    kinds.iter().map(|(k, n)| format!("{n} x {k}")).collect::<Vec<_>>().join(", ")
+}
 
 impl CudaLauncher {
     /// Open device `ordinal` and load every kernel module for its architecture.
@@ -53,17 +88,28 @@ impl CudaLauncher {
         let mut stems: Vec<&str> = PTX_MODULES.iter().map(|(s, _, _)| *s).collect();
         stems.dedup();
         let mut modules = Vec::new();
+        let mut loaded: Vec<String> = Vec::new();
         for stem in stems {
-            let ptx = ptx_for(stem, sm)
-                .ok_or_else(|| anyhow!("no PTX of {stem}.cu for sm_{sm} or older (built for RLHF_CUDA_ARCHS)"))?;
-            let src = CString::new(ptx)?;
-            // SAFETY: src is a NUL-terminated PTX image that outlives the call (the driver copies it).
-            let m = unsafe { result::module::load_data(src.as_ptr() as *const c_void) }
-                .map_err(|e| anyhow!("loading {stem}.cu PTX for sm_{sm}: {e}"))?;
+            let image = image_for(CUBIN_MODULES, PTX_MODULES, stem, sm).ok_or_else(|| {
+                anyhow!("no cubin or PTX of {stem}.cu for sm_{sm} or older (built for RLHF_CUDA_ARCHS)")
+            })?;
+            let (m, what) = match load(image) {
+                Ok(m) => (m, image.describe()),
+                // A cubin the driver refuses: the PTX still loads (JIT-compiled).
+                Err(e) if matches!(image, Image::Cubin { .. }) => {
+                    let ptx = ptx_image(PTX_MODULES, stem, sm).ok_or_else(|| anyhow!("{stem}.cu: {e}; no PTX"))?;
+                    let m = load(ptx)
+                        .map_err(|e2| anyhow!("loading {stem}.cu: {} refused ({e}), {e2}", image.describe()))?;
+                    (m, format!("{} (JIT; the {} was refused: {e})", ptx.describe(), image.describe()))
+                }
+                Err(e) => bail!("loading {stem}.cu {} for sm_{sm}: {e}", image.describe()),
+            };
             modules.push((stem.to_string(), Module(m)));
+            loaded.push(what);
         }
+        let loaded = summarize(&loaded);
         let stream = ctx.default_stream();
-        Ok(CudaLauncher { ctx, stream, modules, funcs: Mutex::new(HashMap::new()), sm })
+        Ok(CudaLauncher { ctx, stream, modules, funcs: Mutex::new(HashMap::new()), sm, loaded })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -75,7 +121,7 @@ impl CudaLauncher {
     }
 
     fn function(&self, name: &str) -> Result<Func> {
-        let mut funcs = self.funcs.lock().unwrap();
+        let mut funcs = self.funcs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = funcs.get(name) {
             return Ok(*f);
         }
@@ -90,6 +136,22 @@ impl CudaLauncher {
         bail!("no kernel named {name} in the loaded PTX modules")
     }
 
+    /// `op` (work queued on this launcher's stream), bracketed by two events while [`profile`] records.
+    pub fn timed(&self, name: &str, op: impl FnOnce() -> Result<()>) -> Result<()> {
+        if !profile::recording() {
+            return op();
+        }
+        let ev = || {
+            self.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| anyhow!("cuEventCreate: {e}"))
+        };
+        let (a, b) = (ev()?, ev()?);
+        a.record(&self.stream).map_err(|e| anyhow!("cuEventRecord: {e}"))?;
+        let r = op();
+        b.record(&self.stream).map_err(|e| anyhow!("cuEventRecord: {e}"))?;
+        profile::record(name, profile::Span::Events(a, b));
+        r
+    }
+
     /// Wait for every launched kernel; surfaces asynchronous launch errors.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| anyhow!("{e}"))
@@ -97,7 +159,22 @@ impl CudaLauncher {
 }
 
 impl Launcher for CudaLauncher {
+    /// With `RLHF_CUDA_SYNC=1`, waits for the kernel (see [`super::sync`]); errors name it and its grid.
     unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        // SAFETY: this function's contract, passed on.
+        let issued = self.timed(kernel, || unsafe { self.issue(kernel, cfg, args) });
+        let wait = || self.synchronize();
+        sync::finish(|| sync::launch_label(kernel, &cfg), issued, sync::enabled().then_some(&wait as _))
+    }
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+}
+
+impl CudaLauncher {
+    /// Queues the launch (the function's contract is [`Launcher::launch`]'s).
+    unsafe fn issue(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| anyhow!("{e}"))?;
         let mut func = self.function(kernel)?;
         if cfg.smem > func.smem_limit {
@@ -111,7 +188,7 @@ impl Launcher for CudaLauncher {
             }
             .map_err(|e| anyhow!("{kernel}: raising dynamic shared memory to {} bytes: {e}", cfg.smem))?;
             func.smem_limit = cfg.smem;
-            self.funcs.lock().unwrap().insert(kernel.to_string(), func);
+            self.funcs.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string(), func);
         }
         let mut params: Vec<*mut c_void> = args.iter().map(|a| a.value_ptr()).collect();
         // SAFETY: params point at values that live for the call and match the kernel's parameter list, and the
@@ -127,11 +204,7 @@ impl Launcher for CudaLauncher {
                 &mut params,
             )
         }
-        .map_err(|e| anyhow!("launching {kernel}: {e}"))
-    }
-
-    fn name(&self) -> &'static str {
-        "cuda"
+        .map_err(|e| anyhow!("cuLaunchKernel: {e}"))
     }
 }
 

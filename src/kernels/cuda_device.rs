@@ -1,46 +1,20 @@
 //! The [`Device`] on an NVIDIA GPU: one context and stream (through cudarc's driver API, loaded at run
-//! time), the kernels through [`CudaLauncher`], memory as `CudaSlice<u8>`, matrix products through
-//! cuBLASLt with f32 accumulation (and the bias added in its epilogue) (`CUBLAS_COMPUTE_32F`: bf16 inputs use the tensor cores; f32 inputs are
-//! true f32, never TF32, so the f32 engine can be checked tightly against the CPU).
-//!
-//! Row-major products are handed to cuBLASLt (column-major) as the transposed product:
-//! out^T [N,M] = op(b)^T [N,K] * op(a)^T [K,M], so cuBLASLt's "A" is our b and its "B" our a.
+//! time), the kernels through [`CudaLauncher`], memory as `CudaSlice<u8>` from the stream-ordered pool (which
+//! keeps freed memory), matrix products through [`Gemms`] (cuBLASLt, plain cuBLAS where it has no algorithm).
 
 use super::cuda::CudaLauncher;
+use super::cuda_gemm::{Gemms, WORKSPACE_BYTES};
 use super::device::{Device, Gemm};
-use super::launch::{DType, DevPtr, Launcher};
+use super::launch::{DevPtr, Launcher};
+use super::{profile, sync};
 use anyhow::{anyhow, Result};
-use cudarc::cublaslt::{result as lt, sys as ltsys};
-use cudarc::driver::{result as drv, CudaSlice, CudaStream, DevicePtr};
-use std::collections::HashMap;
+use cudarc::driver::{result as drv, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
-
-/// cuBLASLt workspace (the size NVIDIA recommends for Hopper).
-const WORKSPACE_BYTES: usize = 32 << 20;
-
-/// The shape-and-type key of a product, for the cache of chosen algorithms.
-type GemmKey = (usize, usize, usize, bool, bool, DType, DType, usize, bool, bool);
-
-struct Lt {
-    handle: ltsys::cublasLtHandle_t,
-    algos: Mutex<HashMap<GemmKey, ltsys::cublasLtMatmulAlgo_t>>,
-}
-// SAFETY: the handle is used from one stream at a time (every call goes through &CudaDevice on its stream);
-// cuBLASLt handles may be shared between threads.
-unsafe impl Send for Lt {}
-unsafe impl Sync for Lt {}
-
-impl Drop for Lt {
-    fn drop(&mut self) {
-        // SAFETY: created once in CudaDevice::new, destroyed once here.
-        let _ = unsafe { lt::destroy_handle(self.handle) };
-    }
-}
+use std::sync::Arc;
 
 pub struct CudaDevice {
     // Field order is drop order: cuBLASLt and the workspace go before the launcher's context.
-    lt: Lt,
+    gemms: Gemms,
     workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
     launcher: CudaLauncher,
@@ -51,63 +25,25 @@ fn cu<T, E: std::fmt::Display>(what: &str, r: std::result::Result<T, E>) -> Resu
     r.map_err(|e| anyhow!("CUDA {what}: {e}"))
 }
 
-fn lt_type(dt: DType) -> ltsys::cudaDataType {
-    match dt {
-        DType::F32 => ltsys::cudaDataType::CUDA_R_32F,
-        DType::BF16 => ltsys::cudaDataType::CUDA_R_16BF,
+/// Stream-ordered allocations come from the device's memory pool, which by default hands freed memory back
+/// to the driver at every synchronisation (release threshold 0), so each training step would allocate its
+/// activations from the driver again. An unlimited threshold keeps it in the pool.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    if !ctx.has_async_alloc() {
+        return Ok(());
     }
-}
-
-/// A column-major layout descriptor, destroyed on drop.
-struct Layout(ltsys::cublasLtMatrixLayout_t);
-
-impl Layout {
-    fn new(dt: DType, rows: usize, cols: usize, batch: usize, stride: usize) -> Result<Self> {
-        let l = Layout(cu(
-            "cublasLtMatrixLayoutCreate",
-            lt::create_matrix_layout(lt_type(dt), rows as u64, cols as u64, rows as i64),
-        )?);
-        if batch > 1 {
-            let (count, stride) = (batch as i32, stride as i64);
-            // SAFETY: l.0 is live; the attribute values have the types cuBLASLt documents (int32, int64).
-            unsafe {
-                cu(
-                    "batch count",
-                    lt::set_matrix_layout_attribute(
-                        l.0,
-                        ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                        &count as *const i32 as *const c_void,
-                        4,
-                    ),
-                )?;
-                cu(
-                    "batch stride",
-                    lt::set_matrix_layout_attribute(
-                        l.0,
-                        ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                        &stride as *const i64 as *const c_void,
-                        8,
-                    ),
-                )?;
-            }
-        }
-        Ok(l)
-    }
-}
-
-impl Drop for Layout {
-    fn drop(&mut self) {
-        // SAFETY: created in Layout::new, destroyed once.
-        let _ = unsafe { lt::destroy_matrix_layout(self.0) };
-    }
-}
-
-struct Desc(ltsys::cublasLtMatmulDesc_t);
-
-impl Drop for Desc {
-    fn drop(&mut self) {
-        // SAFETY: created once, destroyed once.
-        let _ = unsafe { lt::destroy_matmul_desc(self.0) };
+    let mut threshold = u64::MAX;
+    // SAFETY: the device is this context's; RELEASE_THRESHOLD is a cuuint64_t.
+    unsafe {
+        let pool = cu("cuDeviceGetMemPool", drv::device::get_mem_pool(ctx.cu_device()))?;
+        cu(
+            "setting the memory pool's release threshold",
+            drv::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut c_void,
+            ),
+        )
     }
 }
 
@@ -119,13 +55,10 @@ impl CudaDevice {
         unsafe { launcher.context().disable_event_tracking() };
         let stream = launcher.stream().clone();
         let gpu_name = launcher.context().name().unwrap_or_else(|_| "unknown GPU".into());
-        // SAFETY: only tries to dlopen the library (cudarc would panic on first use if it were missing).
-        if !unsafe { ltsys::is_culib_present() } {
-            anyhow::bail!("cuBLASLt could not be loaded: put the CUDA 13 libcublasLt.so.13 (CUDA toolkit, or the nvidia-cublas wheel) on LD_LIBRARY_PATH");
-        }
-        let handle = cu("cuBLASLt (is libcublasLt on the library path?)", lt::create_handle())?;
+        keep_pool_memory(launcher.context())?;
+        let gemms = Gemms::new()?;
         let workspace = cu("workspace", stream.alloc_zeros::<u8>(WORKSPACE_BYTES))?;
-        Ok(CudaDevice { lt: Lt { handle, algos: Mutex::new(HashMap::new()) }, workspace, stream, launcher, gpu_name })
+        Ok(CudaDevice { gemms, workspace, stream, launcher, gpu_name })
     }
 
     /// Makes this device's context current on the calling thread (the raw driver calls need it).
@@ -137,35 +70,9 @@ impl CudaDevice {
         self.launcher.sm
     }
 
-    /// The fastest algorithm cuBLASLt proposes for this shape, cached per shape.
-    fn algo(
-        &self,
-        key: GemmKey,
-        desc: &Desc,
-        a: &Layout,
-        b: &Layout,
-        c: &Layout,
-    ) -> Result<ltsys::cublasLtMatmulAlgo_t> {
-        if let Some(a) = self.lt.algos.lock().unwrap().get(&key) {
-            return Ok(*a);
-        }
-        let pref = cu("preference", lt::create_matmul_pref())?;
-        let ws = WORKSPACE_BYTES as u64;
-        // SAFETY: all descriptors are live; the workspace attribute is a uint64.
-        let found = unsafe {
-            let r = lt::set_matmul_pref_attribute(
-                pref,
-                ltsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const c_void,
-                8,
-            )
-            .and_then(|_| lt::get_matmul_algo_heuristic(self.lt.handle, desc.0, a.0, b.0, c.0, c.0, pref));
-            let _ = lt::destroy_matmul_pref(pref);
-            r
-        };
-        let algo = cu(&format!("no cuBLASLt algorithm for {key:?}"), found)?.algo;
-        self.lt.algos.lock().unwrap().insert(key, algo);
-        Ok(algo)
+    /// Which kernel images were loaded (cubins for this architecture, or PTX compiled by the driver).
+    pub fn kernels_loaded(&self) -> &str {
+        &self.launcher.loaded
     }
 }
 
@@ -205,106 +112,15 @@ impl Device for CudaDevice {
         self.bind()?;
         cu("memset", unsafe { drv::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) })
     }
+    /// With `RLHF_CUDA_SYNC=1`, waits for the product (see [`super::sync`]); errors name its shapes.
     unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
         self.bind()?;
-        let desc = Desc(cu(
-            "cublasLtMatmulDescCreate",
-            lt::create_matmul_desc(ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F, ltsys::cudaDataType::CUDA_R_32F),
-        )?);
-        let (ta, tb) = (g.ta as i32, g.tb as i32);
-        // SAFETY: desc is live; TRANSA/TRANSB are int32 cublasOperation_t values (0 = N, 1 = T).
-        unsafe {
-            cu(
-                "TRANSA",
-                lt::set_matmul_desc_attribute(
-                    desc.0,
-                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                    &tb as *const i32 as *const c_void,
-                    4,
-                ),
-            )?;
-            cu(
-                "TRANSB",
-                lt::set_matmul_desc_attribute(
-                    desc.0,
-                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-                    &ta as *const i32 as *const c_void,
-                    4,
-                ),
-            )?;
-        }
-        if g.bias != 0 {
-            // D's rows (column-major out^T [N, M]) are our output features: a bias of N elements, our type.
-            let (epi, ptr, ty) = (ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS, g.bias, lt_type(g.out_dt));
-            // SAFETY: desc is live; EPILOGUE is a uint32 enum, BIAS_POINTER a device pointer, BIAS_DATA_TYPE an int32.
-            unsafe {
-                cu(
-                    "EPILOGUE",
-                    lt::set_matmul_desc_attribute(
-                        desc.0,
-                        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                        &epi as *const _ as *const c_void,
-                        4,
-                    ),
-                )?;
-                cu(
-                    "BIAS_POINTER",
-                    lt::set_matmul_desc_attribute(
-                        desc.0,
-                        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                        &ptr as *const u64 as *const c_void,
-                        8,
-                    ),
-                )?;
-                cu(
-                    "BIAS_DATA_TYPE",
-                    lt::set_matmul_desc_attribute(
-                        desc.0,
-                        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                        &ty as *const _ as *const c_void,
-                        4,
-                    ),
-                )?;
-            }
-        }
-        // cuBLASLt's A = our b as stored, its B = our a as stored, its C = D = out^T [N,M].
-        let la = if g.tb {
-            Layout::new(g.in_dt, g.k, g.n, g.batch, g.stride_b)?
-        } else {
-            Layout::new(g.in_dt, g.n, g.k, g.batch, g.stride_b)?
-        };
-        let lb = if g.ta {
-            Layout::new(g.in_dt, g.m, g.k, g.batch, g.stride_a)?
-        } else {
-            Layout::new(g.in_dt, g.k, g.m, g.batch, g.stride_a)?
-        };
-        let lc = Layout::new(g.out_dt, g.n, g.m, g.batch, g.stride_out)?;
-        let key = (g.m, g.n, g.k, g.ta, g.tb, g.in_dt, g.out_dt, g.batch, g.beta != 0.0, g.bias != 0);
-        let algo = self.algo(key, &desc, &la, &lb, &lc)?;
         let ws = self.ptr(&self.workspace);
-        // SAFETY: the Gemm describes live device buffers of these shapes (the caller's contract); alpha and
-        // beta are f32 (the scale type); C and D are the same matrix, which cuBLASLt allows.
-        let r = unsafe {
-            lt::matmul(
-                self.lt.handle,
-                desc.0,
-                &g.alpha as *const f32 as *const c_void,
-                &g.beta as *const f32 as *const c_void,
-                g.b as *const c_void,
-                la.0,
-                g.a as *const c_void,
-                lb.0,
-                g.out as *const c_void,
-                lc.0,
-                g.out as *mut c_void,
-                lc.0,
-                &algo,
-                ws as *mut c_void,
-                WORKSPACE_BYTES,
-                self.stream.cu_stream() as ltsys::cudaStream_t,
-            )
-        };
-        r.map_err(|e| anyhow!("cuBLASLt matmul {}x{}x{} (batch {}): {e:?}", g.m, g.n, g.k, g.batch))
+        // SAFETY: the caller's contract; the workspace and stream are this device's.
+        let name = profile::gemm_name(g);
+        let issued = self.launcher.timed(&name, || unsafe { self.gemms.run(g, self.stream.cu_stream() as _, ws) });
+        let wait = || self.synchronize();
+        sync::finish(|| sync::gemm_label(g), issued, sync::enabled().then_some(&wait as _))
     }
     fn synchronize(&self) -> Result<()> {
         cu("synchronize", self.stream.synchronize())

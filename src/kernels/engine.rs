@@ -132,7 +132,7 @@ impl<D: Device> KernelBackend<D> {
     /// `bytes` on the device, from the cache of recent ones (valid until the next call: an evicted buffer
     /// is freed in stream order, after the kernels that read it).
     fn device_copy(&self, bytes: &[u8]) -> DevPtr {
-        let mut cache = self.consts.lock().unwrap();
+        let mut cache = self.consts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, m)) = cache.iter().find(|(b, _)| b == bytes) {
             return self.p(m);
         }

@@ -6,28 +6,74 @@
 //!   ([`launch::geometry`]). Launches and device copies take raw device pointers and are `unsafe`;
 //!   [`engine::KernelBackend`]'s methods check buffer sizes and stay safe.
 //! - [`cuda::CudaLauncher`]: the real-device launcher (PTX loaded once, kernels by name, cuLaunchKernel).
+//! - [`profile`]: `RLHF_CUDA_PROFILE=1`, time per kernel name (CUDA events; the host clock in the simulator).
+//! - [`sync`]: `RLHF_CUDA_SYNC=1`, a wait after every launch and product, errors naming the kernel.
 //! - [`sim`]: the simulator's entry points (the same `.cu` sources compiled as C++, see `kernels/sim/`).
+//! - [`cuda_gemm::Gemms`]: the GPU's matrix products (cuBLASLt plans per shape, plain cuBLAS fallback).
 //! - [`device::Device`]: memory, copies, launches and matrix products, on the GPU ([`cuda_device`]) or in
 //!   the simulator ([`device::SimDevice`]); [`engine::KernelBackend`], the engine's backend written once
 //!   over it (f32, or bf16 compute with f32 master weights).
-//! - The generated constants below: the embedded PTX per kernel file and architecture, why it is missing if
+//! - The generated constants below: the embedded cubins and PTX per kernel file and architecture ([`image_for`]
+//!   picks what a GPU loads), why it is missing if
 //!   it is, which kernel files the simulator runs and which kernels are GPU-only.
 
 pub mod cuda;
 pub mod cuda_device;
+pub mod cuda_gemm;
 pub mod device;
 pub mod engine;
 pub mod launch;
+pub mod profile;
 pub mod sim;
+pub mod sync;
 
 pub use engine::{CudaBackend, KernelBackend, SimBackend};
 pub use launch::{Arg, DType, DevPtr, LaunchConfig, Launcher};
 
 include!(concat!(env!("OUT_DIR"), "/kernels_gen.rs"));
 
-/// The PTX of kernel file `stem` for the best architecture not above `sm` (e.g. 90 for an H100).
-pub fn ptx_for(stem: &str, sm: u32) -> Option<&'static str> {
-    PTX_MODULES.iter().filter(|(s, a, _)| *s == stem && *a <= sm).max_by_key(|(_, a, _)| *a).map(|(_, _, p)| *p)
+/// A kernel file's code as the driver loads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Image<'a> {
+    /// Machine code for `arch`: runs on GPUs of the same major version and a minor version not below.
+    Cubin { arch: u32, bytes: &'a [u8] },
+    /// PTX for `arch`, compiled by the driver for the GPU at load (JIT).
+    Ptx { arch: u32, text: &'a str },
+}
+
+impl Image<'_> {
+    /// `sm_90 cubin` or `sm_80 PTX`.
+    pub fn describe(&self) -> String {
+        match self {
+            Image::Cubin { arch, .. } => format!("sm_{arch} cubin"),
+            Image::Ptx { arch, .. } => format!("sm_{arch} PTX"),
+        }
+    }
+}
+
+/// What to load of kernel file `stem` on a GPU of compute capability `sm` (10 * major + minor): the cubin
+/// of the newest architecture it runs on (same major version, minor not above), else the PTX of the newest
+/// architecture not above `sm`. `cubins` and `ptx` are tables like [`CUBIN_MODULES`] and [`PTX_MODULES`].
+pub fn image_for<'a>(
+    cubins: &[(&str, u32, &'a [u8])],
+    ptx: &[(&str, u32, &'a str)],
+    stem: &str,
+    sm: u32,
+) -> Option<Image<'a>> {
+    let cubin = cubins
+        .iter()
+        .filter(|(s, a, _)| *s == stem && a / 10 == sm / 10 && *a <= sm)
+        .max_by_key(|(_, a, _)| *a)
+        .map(|&(_, arch, bytes)| Image::Cubin { arch, bytes });
+    cubin.or_else(|| ptx_image(ptx, stem, sm))
+}
+
+/// The PTX of kernel file `stem` for the newest architecture not above `sm`.
+pub fn ptx_image<'a>(ptx: &[(&str, u32, &'a str)], stem: &str, sm: u32) -> Option<Image<'a>> {
+    ptx.iter()
+        .filter(|(s, a, _)| *s == stem && *a <= sm)
+        .max_by_key(|(_, a, _)| *a)
+        .map(|&(_, arch, text)| Image::Ptx { arch, text })
 }
 
 /// Per-kernel register/spill lines of the ptxas report: (file, arch, kernel, registers, spill stores, spill loads).
@@ -53,4 +99,27 @@ pub fn ptxas_summary() -> Vec<(String, String, String, u32, u32, u32)> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CUBINS: &[(&str, u32, &[u8])] = &[("gelu", 80, b"c80"), ("gelu", 90, b"c90")];
+    const PTX: &[(&str, u32, &str)] = &[("gelu", 80, "p80"), ("gelu", 90, "p90")];
+
+    #[test]
+    fn the_cubin_of_the_gpus_architecture_is_loaded() {
+        assert_eq!(image_for(CUBINS, PTX, "gelu", 90), Some(Image::Cubin { arch: 90, bytes: b"c90" }));
+        // sm_86 runs sm_80 machine code.
+        assert_eq!(image_for(CUBINS, PTX, "gelu", 86), Some(Image::Cubin { arch: 80, bytes: b"c80" }));
+    }
+
+    #[test]
+    fn another_major_version_gets_the_newest_ptx_below_it() {
+        assert_eq!(image_for(CUBINS, PTX, "gelu", 100), Some(Image::Ptx { arch: 90, text: "p90" }));
+        assert_eq!(image_for(&CUBINS[..1], PTX, "gelu", 90), Some(Image::Ptx { arch: 90, text: "p90" }));
+        assert_eq!(image_for(CUBINS, PTX, "gelu", 75), None);
+        assert_eq!(image_for(CUBINS, PTX, "layernorm", 90), None);
+    }
 }

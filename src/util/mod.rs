@@ -1,6 +1,7 @@
-//! Small pieces every layer uses: atomic file writes, the seeded generator, progress bars, sample means and
+//! Small pieces every layer uses: atomic file writes, a panic caught as one part's error, the seeded generator, progress bars, sample means and
 //! intervals, text tables, SVG line charts and the step summaries the report is built from.
 pub mod fs;
+pub mod guard;
 pub mod plot;
 pub mod progress;
 pub mod rng;

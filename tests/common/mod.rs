@@ -83,6 +83,15 @@ pub fn prepared_corpus(dir: &std::path::Path, bytes: usize) -> std::path::PathBu
     out
 }
 
+/// The test fixtures folder: `RLHF_FIXTURES` when set (a test binary run on another machine, where the source
+/// folder it was built in does not exist), else `tests/fixtures` of the source tree.
+pub fn fixtures() -> std::path::PathBuf {
+    match std::env::var_os("RLHF_FIXTURES").filter(|p| !p.is_empty()) {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
+}
+
 /// A tiny preference setup on disk (the reward model and DPO tests): a tokenizer, a policy to start from,
 /// ranked answers (pairs and K = 3 records), demonstrations.
 pub struct PreferenceFixture {
