@@ -131,7 +131,7 @@ fn model_through_simulated_kernels_matches_cpu_engine() {
 
 /// The same model-level comparison on a GPU through `CudaBackend`, in f32 (true f32 GEMMs; the GPU's fast
 /// exp and different summation orders: 1e-3 of scale) and in mixed bf16 (5e-2 of scale for logits and
-/// gradients, 1e-2 for the loss: see src/kernel_check.rs for the bf16 budget). Greedy continuations are
+/// gradients, 1e-2 for the loss: see src/check/kernels.rs for the bf16 budget). Greedy continuations are
 /// printed, not compared: near-ties may flip. Prints why it did not run where there is no GPU.
 #[test]
 fn model_through_cuda_backend_matches_cpu_engine() {
@@ -151,7 +151,7 @@ fn model_through_cuda_backend_matches_cpu_engine() {
 }
 
 /// `rlhf gradcheck --device cuda-sim`: every kernel op and one training step, f32 and mixed bf16, against
-/// the CPU engine within the tolerances documented in src/kernel_check.rs.
+/// the CPU engine within the tolerances documented in src/check/kernels.rs.
 #[test]
 fn kernel_check_passes_in_both_precisions() {
     for be in [SimBackend::new(), SimBackend::mixed()] {
