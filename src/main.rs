@@ -16,6 +16,7 @@ use rlhf::cli;
 ///   rlhf label --policy runs/sft --prompts prompts.jsonl -k 4 --judge "rlhf judge" --out ranked.jsonl
 ///   rlhf reward --base runs/sft --data ranked.jsonl --out runs/reward
 ///   rlhf ppo --policy runs/sft --reward runs/reward --prompts prompts.jsonl --out runs/ppo
+///   rlhf chat --checkpoint runs/ppo
 ///   rlhf eval --policy runs/ppo --sft runs/sft --reward runs/reward --prompts heldout.jsonl --out runs/eval
 ///   rlhf report --run runs
 ///
@@ -42,6 +43,9 @@ enum Command {
     Pretrain(cli::pretrain::PretrainArgs),
     /// Generate text from a checkpoint (KV cache; temperature, top-k, top-p).
     Sample(cli::sample::SampleArgs),
+    /// Chat with a policy in the terminal, several turns, answers streamed as they are sampled.
+    #[command(long_about = cli::chat::LONG_HELP)]
+    Chat(cli::chat::ChatArgs),
     /// Build the demo task's data from the corpus: SFT demonstrations, prompts, held-out prompts.
     DemoData(cli::demo_data::DemoDataArgs),
     /// The built-in gold judge as a program: JSONL {"prompt", "answer"} in, {"score"} out (sentiment).
@@ -82,6 +86,7 @@ fn main() {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Pretrain(args) => cli::pretrain::run(args),
         Command::Sample(args) => cli::sample::run(args),
+        Command::Chat(args) => cli::chat::run(args),
         Command::DemoData(args) => cli::demo_data::run(args),
         Command::Judge(args) => cli::judge::run(args),
         Command::Sft(args) => cli::sft::run(args),
