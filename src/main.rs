@@ -17,6 +17,7 @@ use rlhf::cli;
 ///   rlhf reward --base runs/sft --data ranked.jsonl --out runs/reward
 ///   rlhf ppo --policy runs/sft --reward runs/reward --prompts prompts.jsonl --out runs/ppo
 ///   rlhf dpo --base runs/sft --data ranked.jsonl --out runs/dpo       (instead of reward + ppo)
+///   rlhf chat --checkpoint runs/ppo
 ///   rlhf eval --policy runs/ppo --sft runs/sft --reward runs/reward --prompts heldout.jsonl --out runs/eval
 ///   rlhf report --run runs
 ///
@@ -43,6 +44,9 @@ enum Command {
     Pretrain(cli::pretrain::PretrainArgs),
     /// Generate text from a checkpoint (KV cache; temperature, top-k, top-p).
     Sample(cli::sample::SampleArgs),
+    /// Chat with a policy in the terminal, several turns, answers streamed as they are sampled.
+    #[command(long_about = cli::chat::LONG_HELP)]
+    Chat(cli::chat::ChatArgs),
     /// Build the demo task's data from the corpus: SFT demonstrations, prompts, held-out prompts.
     DemoData(cli::demo_data::DemoDataArgs),
     /// The built-in gold judge as a program: JSONL {"prompt", "answer"} in, {"score"} out (sentiment).
@@ -85,6 +89,7 @@ fn main() {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Pretrain(args) => cli::pretrain::run(args),
         Command::Sample(args) => cli::sample::run(args),
+        Command::Chat(args) => cli::chat::run(args),
         Command::DemoData(args) => cli::demo_data::run(args),
         Command::Judge(args) => cli::judge::run(args),
         Command::Sft(args) => cli::sft::run(args),

@@ -1,3 +1,5 @@
-//! Benchmarks behind `rlhf bench`: a training step on any backend ([`cpu`]) and the GPU report ([`cuda`]).
+//! Benchmarks behind `rlhf bench`: a training step on any backend ([`cpu`]), generation with the KV cache
+//! on any backend ([`generate`]) and the GPU report ([`cuda`]).
 pub mod cpu;
 pub mod cuda;
+pub mod generate;

@@ -2,6 +2,8 @@
 //! `--device cuda`, the GPU report of `crate::bench::cuda` (ceilings, every memory-bound kernel,
 //! attention fused vs unfused, training steps at 8 and 16 x 1024 with MFU). `cuda-sim` runs that report's
 //! code at tiny shapes in the simulator (a smoke test: the times mean nothing).
+//! `--section generation` times batched sampling with the KV cache instead, on any device
+//! (`crate::bench::generate`).
 
 use crate::bench::cuda::{self as kbench, BenchSizes};
 use crate::cli::device::{self, Device, DeviceArg};
@@ -34,6 +36,18 @@ pub struct BenchArgs {
     pub vocab: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// What to time: the training step (on a GPU, the whole kernel report) or generation.
+    #[arg(long, value_enum, default_value_t = Section::Train)]
+    pub section: Section,
+    /// Generation: batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub gen_batch: Vec<usize>,
+    /// Generation: prompt length in tokens (random ids).
+    #[arg(long, default_value_t = 16)]
+    pub prompt_len: usize,
+    /// Generation: new tokens per row (no stop token, so every row produces them all).
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -44,13 +58,27 @@ pub struct BenchArgs {
     pub sections: Option<std::path::PathBuf>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// One training step (forward, backward, AdamW); on a GPU the kernel report.
+    Train,
+    /// Batched sampling with the KV cache: new tokens/s and ms per decode step.
+    Generation,
+}
+
 impl BenchArgs {
     /// Refuses settings out of range, naming the flag.
     pub fn validate(&self) -> Result<()> {
         check::at_least("--batch", self.batch as u64, 1)?;
         check::at_least("--seq", self.seq as u64, 1)?;
         check::at_least("--steps", self.steps as u64, 1)?;
-        check::at_least("--vocab", self.vocab as u64, 1)
+        check::at_least("--vocab", self.vocab as u64, 1)?;
+        check::at_least("--prompt-len", self.prompt_len as u64, 1)?;
+        check::at_least("--new-tokens", self.new_tokens as u64, 1)?;
+        match self.gen_batch.iter().min() {
+            Some(&b) => check::at_least("--gen-batch", b as u64, 1),
+            None => anyhow::bail!("--gen-batch needs at least one batch size"),
+        }
     }
 }
 
@@ -58,6 +86,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     args.validate()?;
     let cfg = Config::preset(&args.preset, args.vocab)?;
     let dev = device::select(args.device)?;
+    if args.section == Section::Generation {
+        return generation(&args, cfg, dev);
+    }
     if dev != Device::Cpu {
         let progress = |what: &str| eprintln!("bench: {what}");
         let mut sink = match &args.sections {
@@ -123,6 +154,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!(
             "  loss       {:.3} -> {:.3} (random tokens; a sanity check that steps learn)",
             r.loss_first, r.loss_last
+        );
+    }
+    Ok(())
+}
+
+/// `--section generation`: one `generate` call per batch size.
+fn generation(args: &BenchArgs, cfg: Config, dev: Device) -> Result<()> {
+    let rows = crate::with_backend!(dev, |be| crate::bench::generate::generation(
+        be,
+        cfg,
+        &args.gen_batch,
+        args.prompt_len,
+        args.new_tokens
+    ))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "generation with the KV cache on {}: {} ({:.1}M parameters), prompt {} tokens, {} new tokens, \
+         temperature 1, no stop token",
+        rows[0].device,
+        args.preset,
+        cfg.num_params() as f64 / 1e6,
+        args.prompt_len,
+        args.new_tokens
+    );
+    println!("  {:>5}  {:>12}  {:>11}  {:>10}  {:>9}", "batch", "new tokens/s", "ms per step", "prefill ms", "total s");
+    for r in &rows {
+        println!(
+            "  {:>5}  {:>12.1}  {:>11.2}  {:>10.1}  {:>9.2}",
+            r.batch,
+            r.tokens_per_s,
+            r.step_ms,
+            r.prefill_ms,
+            r.total_ms / 1e3
         );
     }
     Ok(())

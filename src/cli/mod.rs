@@ -1,5 +1,6 @@
 //! Subcommand implementations: one clap `Args` struct and one `run` function per command.
 pub mod bench;
+pub mod chat;
 pub mod demo_data;
 pub mod device;
 pub mod dpo;

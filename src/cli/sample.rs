@@ -21,6 +21,15 @@ pub struct SampleArgs {
     /// How many samples to draw (in one batch).
     #[arg(long, default_value_t = 1)]
     pub num_samples: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+}
+
+/// The sampling flags shared by `rlhf sample` and `rlhf chat`.
+#[derive(clap::Args, Debug)]
+pub struct SamplingArgs {
     #[arg(long, default_value_t = 100)]
     pub max_new_tokens: usize,
     /// Softmax temperature; 0 = greedy.
@@ -34,14 +43,11 @@ pub struct SampleArgs {
     pub top_p: f64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
 }
 
-impl SampleArgs {
+impl SamplingArgs {
     /// Refuses settings out of range, naming the flag.
     pub fn validate(&self) -> Result<()> {
-        check::at_least("--num-samples", self.num_samples as u64, 1)?;
         check::at_least("--max-new-tokens", self.max_new_tokens as u64, 1)?;
         check::non_negative("--temperature", self.temperature)?;
         check::positive("--top-p", self.top_p)?;
@@ -49,6 +55,25 @@ impl SampleArgs {
             bail!("--top-p must be in (0, 1] (got {})", self.top_p);
         }
         Ok(())
+    }
+
+    /// The sampler's settings, stopping at `stop`.
+    pub fn config(&self, stop: u32) -> SampleConfig {
+        SampleConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl SampleArgs {
+    /// Refuses settings out of range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        check::at_least("--num-samples", self.num_samples as u64, 1)?;
+        self.sampling.validate()
     }
 }
 
@@ -62,14 +87,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &tf.source().display().to_string())?;
         let mut prompt = vec![tok.eot()];
         prompt.extend(tok.encode(&args.prompt));
-        let sc = SampleConfig {
-            max_new_tokens: args.max_new_tokens,
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            stop: Some(tok.eot()),
-        };
-        let gens = generate(be, &model, &vec![prompt; args.num_samples], &sc, &mut [Rng::new(args.seed)])?;
+        let sc = args.sampling.config(tok.eot());
+        let gens = generate(be, &model, &vec![prompt; args.num_samples], &sc, &mut [Rng::new(args.sampling.seed)])?;
         for (i, g) in gens.iter().enumerate() {
             let body = if g.ended { &g.tokens[..g.tokens.len() - 1] } else { &g.tokens[..] };
             let text = tok.decode(body);

@@ -124,12 +124,21 @@ pub fn generate<B: Backend>(
     sc: &SampleConfig,
     rngs: &mut [Rng],
 ) -> Result<Vec<Generation>> {
+    generate_with(be, model, prompts, sc, rngs, |_, _| Ok(()))
+}
+
+/// [`generate`], calling `on_token(row, token)` as each new token is chosen (step by step, rows in order).
+pub fn generate_with<B: Backend>(
+    be: &B,
+    model: &Gpt2<B>,
+    prompts: &[Vec<u32>],
+    sc: &SampleConfig,
+    rngs: &mut [Rng],
+    on_token: impl FnMut(usize, u32) -> Result<()>,
+) -> Result<Vec<Generation>> {
     let b = prompts.len();
     if b == 0 {
         return Ok(vec![]);
-    }
-    if rngs.len() != 1 && rngs.len() != b {
-        bail!("{} generators for {b} rows (one shared, or one per row)", rngs.len());
     }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         bail!("prompt {i} is empty: sampling needs at least one token");
@@ -142,7 +151,6 @@ pub fn generate<B: Backend>(
     }
     let mut cache = KvCache::new(be, &model.cfg, b, capacity)?;
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    let mut out: Vec<Generation> = vec![Generation { tokens: vec![], logprobs: vec![], ended: false }; b];
     // Prefill: all prompts, right-padded with their own last token (any valid id would do).
     let mut acts = Acts::new(be, &model.cfg, b, tp)?;
     let padded: Vec<u32> = prompts
@@ -151,7 +159,30 @@ pub fn generate<B: Backend>(
         .collect();
     model.forward(be, &mut acts, &padded, None, Some(&mut cache))?;
     let rows: Vec<usize> = (0..b).map(|i| i * tp + lens[i] - 1).collect();
-    let mut logits = model.logits_at(be, &acts, &rows)?;
+    let logits = model.logits_at(be, &acts, &rows)?;
+    decode(be, model, &mut cache, logits, &lens, sc, rngs, on_token)
+}
+
+/// The per-token loop of [`generate_with`] and [`Decoder::answer`]. Row i's next-token logits are
+/// `logits[i]` and its next token goes to position `next_pos[i]` of `cache`; each step picks a token per
+/// live row, reports it, and feeds the batch one token per row, until every row has ended or
+/// `max_new_tokens` are chosen. The last chosen token of a row is never fed (nothing reads its logits).
+#[allow(clippy::too_many_arguments)]
+fn decode<B: Backend>(
+    be: &B,
+    model: &Gpt2<B>,
+    cache: &mut KvCache<B>,
+    mut logits: Vec<Vec<f32>>,
+    next_pos: &[usize],
+    sc: &SampleConfig,
+    rngs: &mut [Rng],
+    mut on_token: impl FnMut(usize, u32) -> Result<()>,
+) -> Result<Vec<Generation>> {
+    let b = logits.len();
+    if rngs.len() != 1 && rngs.len() != b {
+        bail!("{} generators for {b} rows (one shared, or one per row)", rngs.len());
+    }
+    let mut out: Vec<Generation> = vec![Generation { tokens: vec![], logprobs: vec![], ended: false }; b];
     let mut step_acts = Acts::new(be, &model.cfg, b, 1)?;
     for step in 0..sc.max_new_tokens {
         let mut next = vec![0u32; b];
@@ -166,14 +197,116 @@ pub fn generate<B: Backend>(
             out[i].logprobs.push(lp);
             out[i].ended = sc.stop == Some(tok);
             next[i] = tok;
+            on_token(i, tok)?;
         }
         if out.iter().all(|g| g.ended) || step + 1 == sc.max_new_tokens {
             break;
         }
         // Rows that ended keep being fed (their outputs are ignored) so the batch stays rectangular.
-        let pos: Vec<u32> = (0..b).map(|i| (lens[i] + step) as u32).collect();
-        model.forward(be, &mut step_acts, &next, Some(&pos), Some(&mut cache))?;
+        let pos: Vec<u32> = (0..b).map(|i| (next_pos[i] + step) as u32).collect();
+        model.forward(be, &mut step_acts, &next, Some(&pos), Some(cache))?;
         logits = model.logits_at(be, &step_acts, &(0..b).collect::<Vec<_>>())?;
     }
     Ok(out)
+}
+
+/// Incremental decoding of one conversation: a one-row KV cache over the whole context and the tokens it
+/// stands for, so each new turn runs the forward over its own tokens only, never over the history again.
+pub struct Decoder<'m, B: Backend> {
+    model: &'m Gpt2<B>,
+    cache: KvCache<B>,
+    /// The conversation so far; the first `cached` are in the cache, the rest go in with the next feed.
+    tokens: Vec<u32>,
+    cached: usize,
+}
+
+impl<'m, B: Backend> Decoder<'m, B> {
+    /// An empty conversation with a cache of the model's whole context (n_positions).
+    pub fn new(be: &B, model: &'m Gpt2<B>) -> Result<Self> {
+        let cache = KvCache::new(be, &model.cfg, 1, model.cfg.n_positions)?;
+        Ok(Decoder { model, cache, tokens: vec![], cached: 0 })
+    }
+
+    /// Every token of the conversation so far (prompts and answers).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The model's context (n_positions): the most tokens a conversation can hold.
+    pub fn context(&self) -> usize {
+        self.model.cfg.n_positions
+    }
+
+    /// Append `tokens` to the conversation without running the model: they go in with the next feed.
+    pub fn append(&mut self, tokens: &[u32]) -> Result<()> {
+        if self.tokens.len() + tokens.len() > self.context() {
+            bail!(
+                "appending {} tokens to {} overflows the context of {}",
+                tokens.len(),
+                self.tokens.len(),
+                self.context()
+            );
+        }
+        self.tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// Forget the conversation (the cache's contents are overwritten by the next feed).
+    pub fn reset(&mut self) {
+        self.tokens.clear();
+        self.cached = 0;
+    }
+
+    /// Append `new` to the conversation and run the forward over the tokens not yet in the cache (the last
+    /// answer's final token, then `new`), at their positions. Returns the next-token logits [V] after the
+    /// last token.
+    pub fn feed(&mut self, be: &B, new: &[u32]) -> Result<Vec<f32>> {
+        let ctx = self.context();
+        if self.tokens.len() + new.len() > ctx {
+            bail!(
+                "{} tokens of conversation + {} new ones exceed the model's context of {ctx} tokens",
+                self.tokens.len(),
+                new.len()
+            );
+        }
+        let todo: Vec<u32> = self.tokens[self.cached..].iter().chain(new).copied().collect();
+        if todo.is_empty() {
+            bail!("nothing to feed: the conversation is empty");
+        }
+        let mut acts = Acts::new(be, &self.model.cfg, 1, todo.len())?;
+        self.model.forward(be, &mut acts, &todo, Some(&[self.cached as u32]), Some(&mut self.cache))?;
+        self.tokens.extend_from_slice(new);
+        self.cached = self.tokens.len();
+        Ok(self.model.logits_at(be, &acts, &[todo.len() - 1])?.remove(0))
+    }
+
+    /// Feed `prompt` and sample the answer, calling `on_token` with each token as it is chosen; the answer
+    /// joins the conversation. Refused (with the conversation unchanged) when the prompt and
+    /// `max_new_tokens` do not fit in the context.
+    pub fn answer(
+        &mut self,
+        be: &B,
+        prompt: &[u32],
+        sc: &SampleConfig,
+        rng: &mut Rng,
+        mut on_token: impl FnMut(u32) -> Result<()>,
+    ) -> Result<Generation> {
+        let (ctx, end) = (self.context(), self.tokens.len() + prompt.len());
+        if end + sc.max_new_tokens > ctx + 1 {
+            bail!(
+                "{end} tokens of conversation + {} new tokens exceed the model's context of {ctx} tokens",
+                sc.max_new_tokens
+            );
+        }
+        let logits = self.feed(be, prompt)?;
+        let next_pos = [self.tokens.len()];
+        let g =
+            decode(be, self.model, &mut self.cache, vec![logits], &next_pos, sc, std::slice::from_mut(rng), |_, t| {
+                on_token(t)
+            })?
+            .remove(0);
+        self.tokens.extend_from_slice(&g.tokens);
+        self.cached = self.tokens.len() - usize::from(!g.tokens.is_empty());
+        Ok(g)
+    }
 }

@@ -23,6 +23,7 @@
 
 pub mod file;
 pub mod gpt2;
+pub mod stream;
 
 pub use file::{TokenizerFile, TOKENIZER_FILE};
 
