@@ -61,7 +61,7 @@ for m in ${METHODS:-ppo}; do
     dpo)
       stage "3. DPO on the reward model's labels (every untied pair of the K = 4 ranked answers) against the SFT model"
       rlhf dpo --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" --out "$OUT/dpo" \
-        --lr 1e-4 --beta 0.1 --skip-bad ;;
+        --lr 3e-4 --beta 0.1 --epochs 2 --skip-bad ;;
     *) echo "unknown method '$m' in METHODS (ppo, dpo)" >&2; exit 2 ;;
   esac
   echo $((SECONDS - t0)) >"$OUT/$m/train-seconds"
