@@ -12,7 +12,6 @@ use rlhf::pipeline::ppo::{Hooks, PpoConfig};
 use rlhf::pipeline::pretrain::{pretrain, PretrainConfig};
 use rlhf::pipeline::run::LoopConfig;
 use rlhf::pipeline::sft::{sft, SftConfig};
-use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
 use rlhf::util::rng::Rng;
 use std::path::{Path, PathBuf};
 
@@ -84,25 +83,10 @@ struct SftFixture {
 
 fn sft_fixture() -> SftFixture {
     let dir = tempfile::tempdir().unwrap();
-    let words = ["good", "bad", "kind", "cruel", "bright", "dull", "warm", "cold", "happy", "sad"];
-    let corpus = dir.path().join("corpus.txt");
-    std::fs::write(&corpus, words.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>())
-        .unwrap();
-    let tok = Tokenizer::train(&[corpus], 300, &SPECIAL_TOKENS).unwrap();
-    let tokenizer = dir.path().join("tokenizer.json");
-    tok.save(&tokenizer).unwrap();
-    let be = Be::new();
-    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 32 };
-    let base = dir.path().join("base");
-    let ck = rlhf::checkpoint::Checkpoint::from_model(
-        &be,
-        &Gpt2::init(&be, cfg, 3).unwrap(),
-        rlhf::checkpoint::ModelKind::Policy,
-    );
-    rlhf::checkpoint::save(&base, &ck, None).unwrap();
+    let (tokenizer, base) = common::word_policy(dir.path(), 1, 32);
     let data = dir.path().join("sft.jsonl");
     let lines: String = (0..10)
-        .map(|i| format!("{{\"prompt\": \"q {i}\", \"completion\": \"a {} answer\"}}\n", words[i % 10]))
+        .map(|i| format!("{{\"prompt\": \"q {i}\", \"completion\": \"a {} answer\"}}\n", common::WORDS[i % 10]))
         .collect();
     std::fs::write(&data, lines).unwrap();
     SftFixture { dir, tokenizer, base, data }

@@ -102,30 +102,37 @@ pub struct PreferenceFixture {
     pub sft: std::path::PathBuf,
 }
 
-pub fn preference_fixture() -> PreferenceFixture {
+/// The ten words of the small fixtures' answers.
+pub const WORDS: [&str; 10] = ["good", "bad", "kind", "cruel", "bright", "dull", "warm", "cold", "happy", "sad"];
+
+/// In `dir`: a 300-id tokenizer (`tokenizer.json`) trained on "a WORD answer to the question" lines (the
+/// ten repeated `repeat` times), and a one-layer policy of context `ctx` with that vocabulary (`base/`).
+pub fn word_policy(dir: &std::path::Path, repeat: usize, ctx: usize) -> (std::path::PathBuf, std::path::PathBuf) {
     use rlhf::backend::Cpu;
     use rlhf::model::{Config, Gpt2};
     use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
-    let dir = tempfile::tempdir().unwrap();
-    let words = ["good", "bad", "kind", "cruel", "bright", "dull", "warm", "cold", "happy", "sad"];
-    let corpus = dir.path().join("corpus.txt");
-    std::fs::write(
-        &corpus,
-        words.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>().repeat(4),
-    )
-    .unwrap();
+    let corpus = dir.join("corpus.txt");
+    let text = WORDS.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>().repeat(repeat);
+    std::fs::write(&corpus, text).unwrap();
     let tok = Tokenizer::train(&[corpus], 300, &SPECIAL_TOKENS).unwrap();
-    let tokenizer = dir.path().join("tokenizer.json");
+    let tokenizer = dir.join("tokenizer.json");
     tok.save(&tokenizer).unwrap();
     let be = Cpu::<f32>::new();
-    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 48 };
-    let base = dir.path().join("base");
+    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: ctx };
+    let base = dir.join("base");
     let ck = rlhf::checkpoint::Checkpoint::from_model(
         &be,
         &Gpt2::init(&be, cfg, 3).unwrap(),
         rlhf::checkpoint::ModelKind::Policy,
     );
     rlhf::checkpoint::save(&base, &ck, None).unwrap();
+    (tokenizer, base)
+}
+
+pub fn preference_fixture() -> PreferenceFixture {
+    let dir = tempfile::tempdir().unwrap();
+    let words = WORDS;
+    let (tokenizer, base) = word_policy(dir.path(), 4, 48);
     // 10 prompts: 2 held out, 8 trained on (4 steps per epoch at 2 prompts per step).
     let mut ranked = String::new();
     for i in 0..10 {
