@@ -263,6 +263,45 @@ impl Run {
         anyhow!("{} stopped at {unit} {n}: {what}; nothing was saved: {keep}", self.name)
     }
 
+    /// After an AdamW update of `model` at step `step`: the error the run stops with when the gradient norm
+    /// or an updated weight is not finite (`name` names the model in the message).
+    pub fn check_update<B: Backend>(
+        &self,
+        be: &B,
+        step: u64,
+        norm: f64,
+        model: &Gpt2<B>,
+        name: &str,
+        lr: f64,
+    ) -> Result<()> {
+        if !norm.is_finite() {
+            let what = format!("the gradient norm became {norm} (lower --lr or check the data)");
+            return Err(self.stopped("step", step, what));
+        }
+        if let Err(sq) = finite_weights(be, &model.params.bufs) {
+            return Err(self.stopped("step", step, non_finite_weights(name, lr, sq, "--lr")));
+        }
+        Ok(())
+    }
+
+    /// Commit a policy checkpoint of `opt`'s step: the model with `tokenizer`, and the full training state
+    /// (moments, step, metrics length) with `args`, the command's own record.
+    pub fn commit_policy<B: Backend>(
+        &mut self,
+        be: &B,
+        model: &Gpt2<B>,
+        opt: &AdamW<B>,
+        args: Value,
+        tokenizer: &TokenizerFile,
+    ) -> Result<PathBuf> {
+        let ckpt = Checkpoint::from_model(be, model, ModelKind::Policy);
+        let state = TrainState::from_optimizer(be, &model.cfg, opt, args, self.metrics_len()?);
+        self.commit(opt.step, |dir| {
+            checkpoint::save(dir, &ckpt, Some(tokenizer))?;
+            checkpoint::save_train_state(dir, &state)
+        })
+    }
+
     /// End the loop: the newest checkpoint.
     pub fn finish(self) -> Result<PathBuf> {
         self.bar.finish();
@@ -489,13 +528,7 @@ pub fn fit<B: Backend>(
         }
         model.backward(be, &mut acts, &mut grads);
         let norm = opt.update(be, &mut model.params, &grads, lr);
-        if !norm.is_finite() {
-            let what = format!("the gradient norm became {norm} (lower --lr or check the data)");
-            return Err(run.stopped("step", step + 1, what));
-        }
-        if let Err(sq) = finite_weights(be, &model.params.bufs) {
-            return Err(run.stopped("step", step + 1, non_finite_weights("model's", lr, sq, "--lr")));
-        }
+        run.check_update(be, step + 1, norm, model, "model's", lr)?;
         last_loss = loss;
         let dt = t0.elapsed().as_secs_f64();
         let mut rec =
@@ -510,12 +543,7 @@ pub fn fit<B: Backend>(
             plot_losses(&lc.out, name, baseline)?;
         }
         if Run::save_due(opt.step, lc.save_every, end) {
-            let ckpt = Checkpoint::from_model(be, model, ModelKind::Policy);
-            let state = TrainState::from_optimizer(be, &mcfg, opt, record.clone(), run.metrics_len()?);
-            run.commit(opt.step, |dir| {
-                checkpoint::save(dir, &ckpt, Some(tokenizer))?;
-                checkpoint::save_train_state(dir, &state)
-            })?;
+            run.commit_policy(be, model, opt, record.clone(), tokenizer)?;
         }
     }
     let steps_run = opt.step - first_step;

@@ -17,8 +17,8 @@
 use super::math::{preference_loss, PreferenceLoss, PreferenceStats};
 use super::reference::{self, SeqLogprobs};
 use crate::backend::Backend;
+use crate::checkpoint;
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
-use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::batch::{epoch_order, slices, PaddedBatch};
 use crate::data::chat::ChatTokens;
 use crate::data::preference::{Group, Preferences};
@@ -26,10 +26,7 @@ use crate::model::logprobs::answer_logprobs;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics;
-use crate::pipeline::run::{
-    check, finite_weights, flag_of, non_finite_weights, refuse_changes, resume_point, setting_differences, Fingerprint,
-    Run,
-};
+use crate::pipeline::run::{check, flag_of, refuse_changes, resume_point, setting_differences, Fingerprint, Run};
 use crate::util::plot::{Figure, Panel};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -353,13 +350,7 @@ pub fn dpo<B: Backend>(be: &B, cfg: &DpoConfig, resume: bool) -> Result<DpoSumma
         model.backward(be, &mut acts, &mut grads);
         let lr = lr_schedule(step, cfg.lr, cfg.lr * 0.1, (steps / 10).max(1), steps);
         let norm = opt.update(be, &mut model.params, &grads, lr);
-        if !norm.is_finite() {
-            let what = format!("the gradient norm became {norm} (lower --lr or check the data)");
-            return Err(run.stopped("step", step + 1, what));
-        }
-        if let Err(sq) = finite_weights(be, &model.params.bufs) {
-            return Err(run.stopped("step", step + 1, non_finite_weights("policy's", lr, sq, "--lr")));
-        }
+        run.check_update(be, step + 1, norm, &model, "policy's", lr)?;
         last_loss = loss;
         let mut rec = json!({"step": opt.step, "lr": lr, "grad_norm": norm});
         train.fields("", &mut rec);
@@ -370,13 +361,7 @@ pub fn dpo<B: Backend>(be: &B, cfg: &DpoConfig, resume: bool) -> Result<DpoSumma
         run.log(&rec)?;
         run.tick(format!("loss {loss:.3} held-out accuracy {:.2}", eval.accuracy));
         if Run::save_due(opt.step, cfg.save_every, end) {
-            let ck = Checkpoint::from_model(be, &model, ModelKind::Policy);
-            let args = serde_json::to_value(record(last_loss))?;
-            let state = TrainState::from_optimizer(be, &mcfg, &opt, args, run.metrics_len()?);
-            run.commit(opt.step, |dir| {
-                checkpoint::save(dir, &ck, Some(&tok_file))?;
-                checkpoint::save_train_state(dir, &state)
-            })?;
+            run.commit_policy(be, &model, &opt, serde_json::to_value(record(last_loss))?, &tok_file)?;
         }
     }
     let complete = opt.step == steps;
