@@ -87,27 +87,11 @@ impl Layout {
             lt::create_matrix_layout(lt_type(dt), rows as u64, cols as u64, rows as i64),
         )?);
         if batch > 1 {
-            let (count, stride) = (batch as i32, stride as i64);
-            // SAFETY: l.0 is live; the attribute values have the types cuBLASLt documents (int32, int64).
+            use ltsys::cublasLtMatrixLayoutAttribute_t as A;
+            // SAFETY: l is live; the attribute values have the types cuBLASLt documents (int32, int64).
             unsafe {
-                cu(
-                    "batch count",
-                    lt::set_matrix_layout_attribute(
-                        l.0,
-                        ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                        &count as *const i32 as *const c_void,
-                        4,
-                    ),
-                )?;
-                cu(
-                    "batch stride",
-                    lt::set_matrix_layout_attribute(
-                        l.0,
-                        ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                        &stride as *const i64 as *const c_void,
-                        8,
-                    ),
-                )?;
+                set_layout(&l, A::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &(batch as i32), "batch count")?;
+                set_layout(&l, A::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &(stride as i64), "batch stride")?;
             }
         }
         Ok(l)
@@ -128,6 +112,16 @@ impl Drop for Desc {
         // SAFETY: created once, destroyed once.
         let _ = unsafe { lt::destroy_matmul_desc(self.0) };
     }
+}
+
+/// Sets one layout attribute from a value of its documented type.
+///
+/// # Safety
+/// `l` must be live and `T` the attribute's type.
+unsafe fn set_layout<T>(l: &Layout, attr: ltsys::cublasLtMatrixLayoutAttribute_t, v: &T, what: &str) -> Result<()> {
+    cu(what, unsafe {
+        lt::set_matrix_layout_attribute(l.0, attr, v as *const T as *const c_void, std::mem::size_of::<T>())
+    })
 }
 
 /// Sets one matmul-descriptor attribute from a value of its documented type.
