@@ -17,6 +17,7 @@ use rlhf::cli;
 ///   rlhf reward --base runs/sft --data ranked.jsonl --out runs/reward
 ///   rlhf ppo --policy runs/sft --reward runs/reward --prompts prompts.jsonl --out runs/ppo
 ///   rlhf dpo --base runs/sft --data ranked.jsonl --out runs/dpo       (instead of reward + ppo)
+///   rlhf grpo --policy runs/sft --reward runs/reward --prompts prompts.jsonl --out runs/grpo  (no value model)
 ///   rlhf chat --checkpoint runs/ppo
 ///   rlhf eval --policy runs/ppo --sft runs/sft --reward runs/reward --prompts heldout.jsonl --out runs/eval
 ///   rlhf report --run runs
@@ -63,6 +64,9 @@ enum Command {
     Ppo(cli::ppo::PpoArgs),
     /// Steps 2-3 in one: DPO on preference pairs or ranked answers against the frozen SFT model (no reward model).
     Dpo(cli::dpo::DpoArgs),
+    /// Step 3 without a value model: GRPO or RLOO, G answers per prompt scored by a reward model or a judge.
+    #[command(long_about = cli::grpo::LONG_HELP)]
+    Grpo(cli::grpo::GrpoArgs),
     /// Steps 2 and 3 repeated: rank the policy's answers, retrain the reward model, continue PPO (resumable).
     Iterate(cli::iterate::IterateArgs),
     /// Held-out win rate of a policy against the SFT model; the over-optimisation curve of a PPO run.
@@ -98,6 +102,7 @@ fn main() {
         Command::Score(args) => cli::reward::run_score(args),
         Command::Ppo(args) => cli::ppo::run(args),
         Command::Dpo(args) => cli::dpo::run(args),
+        Command::Grpo(args) => cli::grpo::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Gradcheck(args) => cli::gradcheck::run(args),
         Command::Bench(args) => cli::bench::run(args),

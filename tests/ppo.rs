@@ -1,6 +1,7 @@
 //! PPO: the per-token math against hand-computed values, gradient checks, and real tiny PPO iterations.
 
 use rlhf::pipeline::ppo::math::*;
+use rlhf::pipeline::surrogate::policy_loss;
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
@@ -164,11 +165,11 @@ mod tiny {
     }
 }
 
-use rlhf::pipeline::ppo::trainer::GoldHook;
 use rlhf::pipeline::ppo::trainer::{score_rollout, Models};
 use rlhf::pipeline::ppo::Hooks;
 use rlhf::pipeline::rollout::episode_batch;
 use rlhf::pipeline::rollout::Episode;
+use rlhf::pipeline::rollout::GoldHook;
 use tiny::*;
 
 fn ep(prompt: &[u32], answer: &[u32], ended: bool) -> Episode {
@@ -242,7 +243,8 @@ fn rollouts_stop_at_eos_and_a_real_iteration_has_ratio_one() {
     let out = dir.path().join("run");
     let c = ppo_cfg(&out, 1);
     let mut rng = rlhf::util::rng::Rng::new(5);
-    let eps = rlhf::pipeline::ppo::trainer::rollout(&be, &sft, &prompts(8), &c, &mut rng).unwrap();
+    let eps =
+        rlhf::pipeline::rollout::sample_episodes(&be, &sft, &prompts(8), &c.sample_config(), 16, &mut rng).unwrap();
     assert!(eps.iter().any(|e| e.ended) && eps.iter().any(|e| !e.ended), "want both kinds in this seed's rollout");
     for e in &eps {
         let stops = e.answer.iter().filter(|&&t| t == STOP).count();

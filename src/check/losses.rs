@@ -1,6 +1,6 @@
 //! The losses of the pipeline's steps against finite differences in f64 (the harness of [`super`]): the
 //! reward model's pairwise loss, PPO's clipped policy and value losses and entropy bonus, and the DPO
-//! losses, each alone and through the whole model (the trainers' own paths: per-token weights into
+//! losses and GRPO's (its clipped surrogate with the k3 KL), each alone and through the whole model (the trainers' own paths: per-token weights into
 //! `lm_loss`, the value head and trunk backward, the entropy bonus through the LM head). Inputs are kept away from the clip kinks, where
 //! finite differences straddle a corner.
 
@@ -10,9 +10,11 @@ use crate::data::jsonl::Ranked;
 use crate::model::logprobs::answer_logprobs;
 use crate::model::ScalarModel;
 use crate::pipeline::dpo::math::{preference_loss, PreferenceLoss};
-use crate::pipeline::ppo::math::{policy_loss, value_loss};
+use crate::pipeline::grpo::math::{grpo_loss, LossNorm};
+use crate::pipeline::ppo::math::value_loss;
 use crate::pipeline::reward::pairwise_loss;
 use crate::pipeline::rollout::{episode_batch, Episode};
+use crate::pipeline::surrogate::policy_loss;
 use crate::util::rng::Rng;
 
 /// The reward model's pairwise loss.
@@ -357,4 +359,79 @@ pub fn dpo() -> Vec<CheckResult> {
         out.push(check_preference_through_model(&mut rng, kind, &format!("{name} loss through the decoder")));
     }
     out
+}
+
+/// GRPO's loss over three answers of different lengths (ratios inside and outside the clip range, kept
+/// off its edges), with the k3 KL term, for each token normalisation.
+pub fn check_grpo_loss(rng: &mut Rng, norm: LossNorm, name: &str) -> CheckResult {
+    let (clip, beta, lens) = (0.2, 0.3, [3usize, 5, 2]);
+    let (logp, old, _) = policy_inputs(rng, lens.iter().sum(), clip);
+    let reference: Vec<f64> = logp.iter().map(|l| l + rng.normal() * 0.5).collect();
+    let adv = rng.normals(lens.len(), 1.0);
+    let ragged = |x: &[f64]| {
+        let mut off = 0;
+        lens.iter()
+            .map(|&n| {
+                off += n;
+                x[off - n..off].to_vec()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (old, reference) = (ragged(&old), ragged(&reference));
+    let loss = |lp: &[f64]| grpo_loss(&ragged(lp), &old, &reference, &adv, clip, beta, norm, 6).unwrap();
+    let g = loss(&logp).grad.concat();
+    compare(name, &vec![logp], |x| loss(&x[0]).loss, &vec![g], rng)
+}
+
+/// GRPO's loss through the decoder (the trainer's path): token log-probs from `lm_loss`, the per-token
+/// weights -dL/dlogp passed back into it, against finite differences of every parameter.
+pub fn check_grpo_through_model(rng: &mut Rng) -> CheckResult {
+    use crate::backend::Cpu;
+    use crate::model::{Acts, Tensors};
+    let be = Cpu::<f64>::new();
+    let (cfg, inputs, sb) = tiny_f64(rng);
+    let inv_temp = 1.0 / 0.8;
+    let logp_at = |x: &Vec<Vec<f64>>| {
+        let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
+        answer_logprobs(&be, &model_f64(cfg, x), &mut a, &sb, inv_temp).unwrap()
+    };
+    let lp0 = logp_at(&inputs);
+    // Old log-probs a little off the current ones so some ratios clip (away from the kinks); the
+    // reference further off, so the k3 term is not flat.
+    let old: Vec<Vec<f64>> = lp0
+        .iter()
+        .map(|v| {
+            v.iter()
+                .map(|&l| loop {
+                    let d: f64 = rng.normal() * 0.3;
+                    if ((d.exp() - 1.0).abs() - 0.2).abs() > 0.02 {
+                        break l - d;
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let reference: Vec<Vec<f64>> = lp0.iter().map(|v| v.iter().map(|&l| l + rng.normal() * 0.5).collect()).collect();
+    let adv = rng.normals(lp0.len(), 1.0);
+    let loss = |lp: &[Vec<f64>]| grpo_loss(lp, &old, &reference, &adv, 0.2, 0.1, LossNorm::Answer, 4).unwrap();
+    let m = model_f64(cfg, &inputs);
+    let mut a = Acts::new(&be, &cfg, sb.b, sb.t).unwrap();
+    let lp = answer_logprobs(&be, &m, &mut a, &sb, inv_temp).unwrap();
+    let weights: Vec<f32> = sb.scatter(&loss(&lp).grad).iter().map(|&g| -g as f32).collect();
+    let mut grads = Tensors::zeros(&be, &cfg).unwrap();
+    m.lm_loss(&be, &mut a, &sb.targets, &weights, inv_temp, Some(&mut grads)).unwrap();
+    m.backward(&be, &mut a, &mut grads);
+    let analytic = param_grads(&grads, &inputs);
+    compare("grpo loss through the decoder", &inputs, |x| loss(&logp_at(x)).loss, &analytic, rng)
+}
+
+/// Every GRPO gradient check: the loss alone for each normalisation, and through the decoder.
+pub fn grpo() -> Vec<CheckResult> {
+    let mut rng = Rng::new(6161);
+    vec![
+        check_grpo_loss(&mut rng, LossNorm::Answer, "grpo loss + k3 KL (answer mean)"),
+        check_grpo_loss(&mut rng, LossNorm::Token, "grpo loss + k3 KL (token mean)"),
+        check_grpo_loss(&mut rng, LossNorm::Constant, "grpo loss + k3 KL (constant, Dr. GRPO)"),
+        check_grpo_through_model(&mut rng),
+    ]
 }

@@ -319,6 +319,7 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
     results.push(losses::reward_pairwise());
     results.extend(losses::ppo());
     results.extend(losses::dpo());
+    results.extend(losses::grpo());
     results
 }
 

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod gpt2_tokenizer;
 pub mod gradcheck;
+pub mod grpo;
 pub mod iterate;
 pub mod judge;
 pub mod label;

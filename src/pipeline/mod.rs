@@ -2,12 +2,15 @@
 //!
 //! - [`run`]: the training-loop scaffold (run directory, resume, metrics, plots, checkpoints) and the
 //!   language-model loop that pretraining and SFT share.
-//! - [`rollout`]: sampled episodes as padded batches and their log-probabilities (PPO, evaluation).
-//! - [`pretrain`] (step 0), [`sft`] (step 1), [`label`] and [`reward`] (step 2), [`ppo`] and [`dpo`] (step 3),
+//! - [`rollout`]: sampled episodes as padded batches and their log-probabilities (PPO, GRPO, evaluation),
+//!   and the gold judge as the steps call it.
+//! - [`surrogate`]: the clipped policy-gradient objective and the first-minibatch ratio check (PPO, GRPO).
+//! - [`pretrain`] (step 0), [`sft`] (step 1), [`label`] and [`reward`] (step 2), [`ppo`], [`dpo`] and [`grpo`] (step 3),
 //!   [`eval`]; [`report`] gathers their summaries into one page.
 //! - [`metrics`]: `metrics.jsonl`, written and read back as series for the plots.
 pub mod dpo;
 pub mod eval;
+pub mod grpo;
 pub mod label;
 pub mod metrics;
 pub mod ppo;
@@ -17,3 +20,4 @@ pub mod reward;
 pub mod rollout;
 pub mod run;
 pub mod sft;
+pub mod surrogate;

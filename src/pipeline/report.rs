@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The steps in the order the report shows them; other stages follow in folder order.
-const ORDER: [&str; 9] = ["demo-data", "pretrain", "sft", "label", "reward", "ppo", "dpo", "iterate", "eval"];
+const ORDER: [&str; 10] = ["demo-data", "pretrain", "sft", "label", "reward", "ppo", "dpo", "grpo", "iterate", "eval"];
 
 /// One step's summary and the folder it came from (relative to the run folder).
 #[derive(Debug)]

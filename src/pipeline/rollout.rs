@@ -2,11 +2,61 @@
 //! right-padded [prompt + answer] batch ([`crate::data::batch::PaddedBatch`], whose doc gives the row of
 //! each answer token); their log-probabilities under a model are [`crate::model::answer_logprobs`].
 
+use crate::backend::Backend;
 use crate::data::batch::PaddedBatch;
-use anyhow::{bail, Result};
+use crate::model::sample::{generate, SampleConfig};
+use crate::model::Gpt2;
+use crate::util::rng::Rng;
+use anyhow::{bail, Context, Result};
 
 /// A gold judge as the steps call it: the scores of (prompt, answer) texts, one per pair.
 pub type GoldJudge<'a> = dyn FnMut(&[(String, String)]) -> Result<Vec<f64>> + 'a;
+
+/// Token ids -> text.
+pub type Decode<'a> = dyn Fn(&[u32]) -> String + 'a;
+
+/// The gold judge as the training steps call it: its scores of (prompt text, answer text) pairs, where the
+/// prompt text is the user's text (`prompt_text` of the chat-format ids, as `label` and `eval` give the
+/// judge), and the gold score of an answer that never ended (as in `eval`).
+pub struct GoldHook<'a> {
+    pub judge: &'a mut GoldJudge<'a>,
+    pub prompt_text: &'a Decode<'a>,
+    pub unended: f64,
+}
+
+impl GoldHook<'_> {
+    /// The judge's score of every episode (answers decoded by `decode`), each checked to be a number.
+    pub fn scores(&mut self, decode: &Decode<'_>, episodes: &[Episode]) -> Result<Vec<f64>> {
+        let pairs: Vec<(String, String)> =
+            episodes.iter().map(|e| ((self.prompt_text)(&e.prompt), decode(&e.answer))).collect();
+        let g = (self.judge)(&pairs).context("the gold judge failed")?;
+        crate::judge::check_scores("the gold judge", &g, pairs.len())?;
+        Ok(g)
+    }
+}
+
+/// One sampled answer per prompt with the policy (`chunk` prompts per batched generation), each token's
+/// log-probability under the tempered distribution kept.
+pub fn sample_episodes<B: Backend>(
+    be: &B,
+    policy: &Gpt2<B>,
+    prompts: &[Vec<u32>],
+    sc: &SampleConfig,
+    chunk: usize,
+    rng: &mut Rng,
+) -> Result<Vec<Episode>> {
+    let mut eps = Vec::with_capacity(prompts.len());
+    for part in prompts.chunks(chunk.max(1)) {
+        let gens = generate(be, policy, part, sc, std::slice::from_mut(rng))?;
+        eps.extend(part.iter().zip(gens).map(|(p, g)| Episode {
+            prompt: p.clone(),
+            answer: g.tokens,
+            logprobs: g.logprobs,
+            ended: g.ended,
+        }));
+    }
+    Ok(eps)
+}
 
 /// One sampled answer to one prompt.
 #[derive(Clone, Debug, PartialEq)]

@@ -292,12 +292,12 @@ impl Run {
         model: &Gpt2<B>,
         opt: &AdamW<B>,
         args: Value,
-        tokenizer: &TokenizerFile,
+        tokenizer: Option<&TokenizerFile>,
     ) -> Result<PathBuf> {
         let ckpt = Checkpoint::from_model(be, model, ModelKind::Policy);
         let state = TrainState::from_optimizer(be, &model.cfg, opt, args, self.metrics_len()?);
         self.commit(opt.step, |dir| {
-            checkpoint::save(dir, &ckpt, Some(tokenizer))?;
+            checkpoint::save(dir, &ckpt, tokenizer)?;
             checkpoint::save_train_state(dir, &state)
         })
     }
@@ -543,7 +543,7 @@ pub fn fit<B: Backend>(
             plot_losses(&lc.out, name, baseline)?;
         }
         if Run::save_due(opt.step, lc.save_every, end) {
-            run.commit_policy(be, model, opt, record.clone(), tokenizer)?;
+            run.commit_policy(be, model, opt, record.clone(), Some(tokenizer))?;
         }
     }
     let steps_run = opt.step - first_step;

@@ -361,7 +361,7 @@ pub fn dpo<B: Backend>(be: &B, cfg: &DpoConfig, resume: bool) -> Result<DpoSumma
         run.log(&rec)?;
         run.tick(format!("loss {loss:.3} held-out accuracy {:.2}", eval.accuracy));
         if Run::save_due(opt.step, cfg.save_every, end) {
-            run.commit_policy(be, &model, &opt, serde_json::to_value(record(last_loss))?, &tok_file)?;
+            run.commit_policy(be, &model, &opt, serde_json::to_value(record(last_loss))?, Some(&tok_file))?;
         }
     }
     let complete = opt.step == steps;

@@ -14,13 +14,11 @@
 //!              A_t = delta_t + gamma lambda A_{t+1},   A_n = 0;   returns R_t = A_t + v_t
 //! Whitening    A <- (A - mean) / sqrt(var + 1e-8), mean and (population) variance over every valid token of
 //!              the batch
-//! Policy loss  ratio = exp(logp - logp_old);  L = mean_t max(-A ratio, -A clip(ratio, 1-eps, 1+eps))
-//!              dL/dlogp_t = -A_t ratio_t / N where the unclipped term is the max (ties included), else 0
+//! Policy loss  the clipped surrogate with every token weighted 1/N ([`crate::pipeline::surrogate`])
 //! Value loss   vc = v_old + clip(v - v_old, -eps_v, eps_v);  L = 1/2 mean_t max((v-R)^2, (vc-R)^2)
 //!              dL/dv_t = (v_t - R_t) / N where the unclipped term is the max (ties included), else 0
 //!              (when the clipped term wins strictly, v is outside the clip range and vc is constant in v)
-//! Statistics   approx KL = mean((ratio - 1) - log ratio)  (k3 estimator: >= 0, unbiased for KL(old||new));
-//!              clip fraction = mean(|ratio - 1| > eps);  explained variance = 1 - Var(R - v) / Var(R)
+//! Statistics   explained variance = 1 - Var(R - v) / Var(R)
 //! KL control   adaptive (Ziegler et al. 2019):  e = clip(KL / target - 1, -0.2, 0.2);
 //!              beta <- beta (1 + e n / horizon)  with n the episodes of the batch;  or a fixed beta.
 
@@ -75,45 +73,6 @@ pub fn whiten(xs: &mut [Vec<f64>]) {
     let (mean, var) = mean_var(xs);
     let s = 1.0 / (var + 1e-8).sqrt();
     xs.iter_mut().flatten().for_each(|x| *x = (*x - mean) * s);
-}
-
-/// The clipped surrogate over N tokens (flat, valid tokens only): (loss, dloss/dlogp, clip fraction, approx KL).
-pub struct PolicyLoss {
-    pub loss: f64,
-    pub grad: Vec<f64>,
-    pub clip_frac: f64,
-    pub approx_kl: f64,
-    /// max_t |ratio_t - 1| (the first-minibatch check reads it).
-    pub max_ratio_dev: f64,
-}
-
-pub fn policy_loss(logp: &[f64], old_logp: &[f64], adv: &[f64], clip: f64) -> Result<PolicyLoss> {
-    let n = logp.len();
-    if old_logp.len() != n || adv.len() != n {
-        bail!("policy_loss: {n} logprobs, {} old logprobs, {} advantages", old_logp.len(), adv.len());
-    }
-    if n == 0 {
-        bail!("policy_loss: no valid tokens");
-    }
-    let inv = 1.0 / n as f64;
-    let (mut loss, mut clipped, mut akl, mut dev) = (0.0, 0usize, 0.0, 0.0f64);
-    let mut grad = vec![0.0; n];
-    for i in 0..n {
-        let log_ratio = logp[i] - old_logp[i];
-        let ratio = log_ratio.exp();
-        let l1 = -adv[i] * ratio;
-        let l2 = -adv[i] * ratio.clamp(1.0 - clip, 1.0 + clip);
-        if l1 >= l2 {
-            loss += l1;
-            grad[i] = -adv[i] * ratio * inv;
-        } else {
-            loss += l2;
-        }
-        clipped += ((ratio - 1.0).abs() > clip) as usize;
-        akl += (ratio - 1.0) - log_ratio;
-        dev = dev.max((ratio - 1.0).abs());
-    }
-    Ok(PolicyLoss { loss: loss * inv, grad, clip_frac: clipped as f64 * inv, approx_kl: akl * inv, max_ratio_dev: dev })
 }
 
 /// The clipped value loss over N tokens: (loss, dloss/dvalues, fraction of tokens where the clip won).

@@ -14,12 +14,9 @@
 //!      `lm_loss` as per-token weights (-dL/dlogp, since its per-token loss is -logp), backward, AdamW;
 //!      optionally the pretraining LM loss (PPO-ptx) on the same gradient; the clipped value loss through
 //!      the value head and trunk, AdamW. At the first minibatch of the first epoch the policy has not moved,
-//!      so every ratio must be 1: the trainer stops unless max |ratio - 1| < `ratio_tol` (1e-4 by default:
-//!      the rollout's logprobs come from the KV-cached sampler, the training ones from a full forward, which
-//!      differ by rounding only: ~1e-6 in f32. In bf16 compute (a GPU) an activation that rounds to the
-//!      other neighbour in one path moves a log-prob by a few bf16 steps, so the bound there is 16 units of
-//!      the compute type's roundoff (6%); the bugs this check is for (temperature, padding, shifted
-//!      positions) move log-probs by 0.1..1)
+//!      so every ratio must be 1: the trainer stops unless max |ratio - 1| is within rounding
+//!      ([`crate::pipeline::surrogate::check_first_ratio`]: the rollout's logprobs come from the KV-cached
+//!      sampler, the training ones from a full forward)
 //!   6. the KL controller updates beta from the batch's mean KL; metrics are logged and plotted
 //!
 //! Randomness is drawn from streams of the seed indexed by the iteration, so a resumed run (which restores
@@ -31,16 +28,19 @@ use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::batch::epoch_order;
 use crate::model::answer_logprobs;
-use crate::model::sample::{generate, SampleConfig};
+use crate::model::sample::SampleConfig;
 use crate::model::scalar::{clone_model, clone_trunk_head, head_step, HeadOpt};
 use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
-use crate::pipeline::rollout::{episode_batch, gold_score, penalised_score, Episode, GoldJudge};
+use crate::pipeline::rollout::{
+    episode_batch, gold_score, penalised_score, sample_episodes, Decode, Episode, GoldHook,
+};
 use crate::pipeline::run::{
     check, finite_head, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes,
     setting_differences, Fingerprint, Run,
 };
+use crate::pipeline::surrogate::{check_first_ratio, policy_loss, split_like};
 use crate::tokenizer::TokenizerFile;
 use crate::util::plot::{Figure, Panel};
 use crate::util::rng::Rng;
@@ -207,20 +207,8 @@ impl PpoConfig {
     }
 }
 
-/// Token ids -> text.
-pub type Decode<'a> = dyn Fn(&[u32]) -> String + 'a;
-
 /// PPO-ptx's pretraining batch `i`: (inputs, targets, rows, columns), a pure function of `i`.
 pub type PtxBatches<'a> = dyn Fn(u64) -> Result<(Vec<u32>, Vec<u32>, usize, usize)> + 'a;
-
-/// The gold judge as PPO calls it: its scores of (prompt text, answer text) pairs, where the prompt text
-/// is the user's text (`prompt_text` of the chat-format ids, as `label` and `eval` give the judge), and the
-/// gold score of an answer that never ended (as in `eval`).
-pub struct GoldHook<'a> {
-    pub judge: &'a mut GoldJudge<'a>,
-    pub prompt_text: &'a Decode<'a>,
-    pub unended: f64,
-}
 
 /// What the trainer gets from the other layers (text, judge, pretraining data) as plain functions.
 #[derive(Default)]
@@ -338,27 +326,6 @@ impl PpoConfig {
     }
 }
 
-/// Sample one answer per prompt with the policy.
-pub fn rollout<B: Backend>(
-    be: &B,
-    policy: &Gpt2<B>,
-    prompts: &[Vec<u32>],
-    cfg: &PpoConfig,
-    rng: &mut Rng,
-) -> Result<Vec<Episode>> {
-    let mut eps = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(cfg.minibatch.max(1) * 4) {
-        let gens = generate(be, policy, chunk, &cfg.sample_config(), std::slice::from_mut(rng))?;
-        eps.extend(chunk.iter().zip(gens).map(|(p, g)| Episode {
-            prompt: p.clone(),
-            answer: g.tokens,
-            logprobs: g.logprobs,
-            ended: g.ended,
-        }));
-    }
-    Ok(eps)
-}
-
 /// Statistics of the update phase of one iteration.
 #[derive(Default)]
 struct UpdateStats {
@@ -402,20 +369,10 @@ fn update<B: Backend>(
             let mut acts = Acts::new(be, &mcfg, sb.b, sb.t)?;
             let logp = answer_logprobs(be, &m.policy, &mut acts, &sb, inv_temp)?;
             let old: Vec<f64> = idx.iter().flat_map(|&i| ro.episodes[i].logprobs.iter().map(|&x| x as f64)).collect();
-            let pl = math::policy_loss(&logp.concat(), &old, &flat(&ro.advantages), cfg.cliprange)?;
+            let pl = policy_loss(&logp.concat(), &old, &flat(&ro.advantages), cfg.cliprange)?;
             if epoch == 0 && k == 0 {
                 s.first_ratio_dev = pl.max_ratio_dev;
-                // a compute type narrower than f32 (bf16 on a GPU) widens the bound (module docs)
-                let narrow = be.roundoff() > f32::EPSILON as f64;
-                let tol = if narrow { cfg.ratio_tol.max(RATIO_ROUNDOFFS * be.roundoff()) } else { cfg.ratio_tol };
-                if pl.max_ratio_dev.is_nan() || pl.max_ratio_dev >= tol {
-                    let (i, j, a, b) = worst_logprob(&logp, &eps);
-                    bail!(
-                        "ratio check failed at the first minibatch: max |ratio - 1| = {:.3e} >= {:.0e}; the training forward and the rollout disagree (episode {i} token {j}: training logprob {a:.6}, rollout {b:.6}); check temperature scaling and padding",
-                        pl.max_ratio_dev,
-                        tol
-                    );
-                }
+                check_first_ratio(be, pl.max_ratio_dev, cfg.ratio_tol, &logp, &eps)?;
             }
             // dL/dlogp -> per-token weights of lm_loss (its loss is -logp): w = -dL/dlogp.
             let grad_rows = sb.scatter(&split_like(&pl.grad, &logp));
@@ -489,36 +446,6 @@ fn update<B: Backend>(
     s.grad_norm /= d;
     s.entropy /= s.entropy_batches.max(1) as f64;
     Ok(s)
-}
-
-/// Units of the compute type's roundoff the first-minibatch ratio may deviate by (see the module docs).
-const RATIO_ROUNDOFFS: f64 = 16.0;
-
-/// Split a flat vector into the ragged shape of `like`.
-fn split_like(flat: &[f64], like: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let mut off = 0;
-    like.iter()
-        .map(|v| {
-            let r = flat[off..off + v.len()].to_vec();
-            off += v.len();
-            r
-        })
-        .collect()
-}
-
-fn worst_logprob(logp: &[Vec<f64>], eps: &[&Episode]) -> (usize, usize, f64, f64) {
-    let mut best = (0, 0, 0.0, 0.0);
-    let mut worst = -1.0;
-    for (i, (lp, e)) in logp.iter().zip(eps).enumerate() {
-        for (j, (&a, &b)) in lp.iter().zip(&e.logprobs).enumerate() {
-            let d = (a - b as f64).abs();
-            if d > worst {
-                worst = d;
-                best = (i, j, a, b as f64);
-            }
-        }
-    }
-    best
 }
 
 // ---- persistence ----
@@ -762,7 +689,8 @@ pub fn train_from<B: Backend>(
         let idx = epoch_order(cfg.seed ^ 0x5052_4f4d_5054, it, cfg.batch, prompts.len());
         let batch: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
         let t0 = std::time::Instant::now();
-        let eps = rollout(be, &m.policy, &batch, &cfg, &mut rng).map_err(|e| fail(&run, format!("{e:#}")))?;
+        let eps = sample_episodes(be, &m.policy, &batch, &cfg.sample_config(), cfg.minibatch * 4, &mut rng)
+            .map_err(|e| fail(&run, format!("{e:#}")))?;
         let t_roll = t0.elapsed().as_secs_f64();
         let ro = score_rollout(be, &m, &cfg, st.kl.beta, eps).map_err(|e| fail(&run, format!("{e:#}")))?;
         if let Some(i) = ro.rm_scores.iter().position(|s| !s.is_finite()) {
@@ -805,11 +733,7 @@ pub fn train_from<B: Backend>(
         });
         if let (Some(gold), Some(decode)) = (hooks.gold.as_mut(), hooks.decode) {
             if cfg.gold_every > 0 && (it % cfg.gold_every == 0 || st.iteration == cfg.iterations) {
-                let pairs: Vec<(String, String)> =
-                    ro.episodes.iter().map(|e| ((gold.prompt_text)(&e.prompt), decode(&e.answer))).collect();
-                let g = (gold.judge)(&pairs).map_err(|e| fail(&run, format!("the gold judge failed: {e:#}")))?;
-                crate::judge::check_scores("the gold judge", &g, pairs.len())
-                    .map_err(|e| fail(&run, format!("{e:#}")))?;
+                let g = gold.scores(decode, &ro.episodes).map_err(|e| fail(&run, format!("{e:#}")))?;
                 let g: Vec<f64> =
                     g.iter().zip(&ro.episodes).map(|(&g, e)| gold_score(g, e.ended, gold.unended)).collect();
                 rec["gold_score"] = json!(mean(&g));
