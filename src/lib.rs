@@ -11,6 +11,6 @@ pub mod judge; //      gold judges: the built-in lexicon and any program speakin
 pub mod kernels; //    the CUDA kernels' launch layer, the GPU and simulator devices, the kernel backend
 pub mod model; //      GPT-2 over any backend, the scalar (reward/value) model, AdamW, the sampler
 pub mod ops; //        every op's math, forward and backward, as CPU reference functions over slices
-pub mod pipeline; //   the steps: the run scaffold, pretrain, SFT, label, reward model, PPO, eval
+pub mod pipeline; //   the steps: the run scaffold, pretrain, SFT, label, reward model, PPO, DPO, GRPO, eval
 pub mod tokenizer; //  tokenizer.json loading and training, GPT-2's own vocabulary built offline
 pub mod util; //       small shared pieces: atomic file writes, the seeded generator, progress bars, statistics //        the command line: one thin adapter per subcommand

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: the whole pipeline on the demo task, end to end, on the CPU when no GPU is usable.
 #   bash tools/demo.sh        (everything under runs/demo; DEVICE=cuda|cpu|auto, default auto;
-#                              METHODS="ppo dpo" adds DPO on the same labels and compares the two)
+#                              METHODS="ppo dpo grpo rloo" adds DPO, GRPO and RLOO on the same SFT model and
+#                              labels and compares them)
 # The task: continue a Jane Austen passage; the labeller is the built-in gold judge, a fixed stand-in for a
 # person who prefers continuations that are fluent, on the passage's subject and cheerful (docs/demo.md).
 # Each stage prints the numbers that show it worked; the evaluation compares the PPO policy with the SFT
@@ -49,7 +50,7 @@ stage "2b. reward model (held-out pairwise accuracy against the gold judge)"
 rlhf reward --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" \
   --sft-data "$OUT/data/sft.jsonl" --out "$OUT/reward" --epochs 2 --lr 1e-3 --prompts-per-step 4 --skip-bad
 
-# METHODS="ppo dpo" runs every listed alternative for step 3 from the same SFT model and the same labels,
+# METHODS="ppo dpo grpo rloo" runs every listed alternative for step 3 from the same SFT model and the same labels,
 # times and evaluates each, and writes the comparison table to $OUT/compare.md (docs/demo.md).
 for m in ${METHODS:-ppo}; do
   t0=$SECONDS
@@ -62,7 +63,15 @@ for m in ${METHODS:-ppo}; do
       stage "3. DPO on the reward model's labels (every untied pair of the K = 4 ranked answers) against the SFT model"
       rlhf dpo --device "$DEVICE" --base "$OUT/sft" --data "$OUT/ranked.jsonl" --out "$OUT/dpo" \
         --lr 3e-4 --beta 0.1 --epochs 2 --skip-bad ;;
-    *) echo "unknown method '$m' in METHODS (ppo, dpo)" >&2; exit 2 ;;
+    grpo)
+      stage "3. GRPO on PPO's prompts against the reward model: 8 prompts x 4 answers per iteration, group-normalised advantages, k3 KL in the loss"
+      rlhf grpo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts "$OUT/data/ppo-prompts.jsonl" \
+        --out "$OUT/grpo" --judge gold --max-new-tokens "$MAX_NEW" --epochs 4 --beta 0.04 ;;
+    rloo)
+      stage "3. RLOO on PPO's prompts against the reward model: leave-one-out baseline over 4 answers, KL in the reward"
+      rlhf grpo --device "$DEVICE" --policy "$OUT/sft" --reward "$OUT/reward" --prompts "$OUT/data/ppo-prompts.jsonl" \
+        --out "$OUT/rloo" --judge gold --max-new-tokens "$MAX_NEW" --epochs 4 --baseline loo --kl-in reward --beta 0.05 ;;
+    *) echo "unknown method '$m' in METHODS (ppo, dpo, grpo, rloo)" >&2; exit 2 ;;
   esac
   echo $((SECONDS - t0)) >"$OUT/$m/train-seconds"
 done

@@ -5,9 +5,11 @@
 use crate::backend::Backend;
 use crate::data::batch::PaddedBatch;
 use crate::model::sample::{generate, SampleConfig};
-use crate::model::Gpt2;
+use crate::model::{Gpt2, ScalarModel};
+use crate::pipeline::run::{flag_of, Fingerprint};
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
 /// A gold judge as the steps call it: the scores of (prompt, answer) texts, one per pair.
 pub type GoldJudge<'a> = dyn FnMut(&[(String, String)]) -> Result<Vec<f64>> + 'a;
@@ -99,4 +101,62 @@ pub fn episode_batch(episodes: &[&Episode], pad: u32) -> Result<PaddedBatch> {
     }
     let pairs: Vec<(&[u32], &[u32])> = episodes.iter().map(|e| (e.prompt.as_slice(), e.answer.as_slice())).collect();
     PaddedBatch::fitted(&pairs, pad)
+}
+
+/// Fingerprints of what a sampling step (PPO, GRPO) was started with: the initial policy, the reference,
+/// what scores the answers, and the prompts. A resume refuses any difference, naming its flag.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+pub struct RunInputs {
+    policy: String,
+    reference: String,
+    /// The reward model's fingerprint ([`reward_model_fingerprint`]), or what else scores the answers.
+    reward: String,
+    prompts: String,
+}
+
+impl RunInputs {
+    pub fn of<B: Backend>(be: &B, init: &Gpt2<B>, sft: &Gpt2<B>, reward: String, prompts: &[Vec<u32>]) -> Self {
+        let model = |m: &Gpt2<B>| {
+            let mut fp = Fingerprint::new();
+            fp.model(be, m);
+            fp.hex()
+        };
+        let mut pr = Fingerprint::new();
+        pr.tokens(prompts.iter().map(Vec::as_slice));
+        RunInputs { policy: model(init), reference: model(sft), reward, prompts: pr.hex() }
+    }
+
+    /// What differs from `given`, naming the flag of each.
+    pub fn differences(&self, given: &RunInputs) -> Vec<String> {
+        [
+            ("--policy (the initial policy's weights)", &self.policy, &given.policy),
+            ("--reference (the reference model's weights)", &self.reference, &given.reference),
+            ("--reward (what scores the answers)", &self.reward, &given.reward),
+            ("--prompts (the encoded prompts)", &self.prompts, &given.prompts),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(flag, a, b)| format!("{flag}: fingerprint {a} in the run, {b} now"))
+        .collect()
+    }
+}
+
+/// A reward model's fingerprint: its trunk's weights and its head's.
+pub fn reward_model_fingerprint<B: Backend>(be: &B, rm: &ScalarModel<B>) -> String {
+    let mut fp = Fingerprint::new();
+    fp.model(be, &rm.trunk);
+    let (w, b) = rm.head.to_host(be);
+    w.iter().chain([&b]).for_each(|x| fp.bytes(&x.to_bits().to_le_bytes()));
+    fp.hex()
+}
+
+/// The flag of a sampling step's setting path: the settings that are not flags named for what they are.
+pub fn setting_flag(path: &str) -> String {
+    match path {
+        "stop_token" => "the tokenizer (its <|end|> id)".into(),
+        "pad_token" => "the tokenizer (its <|pad|> id)".into(),
+        "ratio_tol" => "ratio_tol (the first-minibatch ratio tolerance)".into(),
+        p if p.starts_with("adamw.") => format!("the optimizer's {}", &p["adamw.".len()..]),
+        p => flag_of(p),
+    }
 }

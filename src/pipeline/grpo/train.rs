@@ -34,11 +34,11 @@ use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
 use crate::pipeline::rollout::{
-    episode_batch, gold_score, penalised_score, sample_episodes, Decode, Episode, GoldHook,
+    episode_batch, gold_score, penalised_score, reward_model_fingerprint, sample_episodes, setting_flag, Decode,
+    Episode, GoldHook, RunInputs,
 };
 use crate::pipeline::run::{
-    check, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes, resume_point,
-    setting_differences, Fingerprint, Run,
+    check, finite_weights, flag_defaults, non_finite_weights, refuse_changes, resume_point, setting_differences, Run,
 };
 use crate::pipeline::surrogate::check_first_ratio;
 use crate::tokenizer::TokenizerFile;
@@ -217,6 +217,8 @@ pub struct Rollout {
     pub episodes: Vec<Episode>,
     /// The reward model's or judge's raw score of every answer.
     pub raw_scores: Vec<f64>,
+    /// The raw score minus the no-end penalty.
+    pub scores: Vec<f64>,
     /// The reward the advantages are computed from (penalties and, with `--kl-in reward`, the KL included).
     pub rewards: Vec<f64>,
     pub ref_logprobs: Vec<Vec<f64>>,
@@ -259,12 +261,9 @@ pub fn score_rollout<B: Backend>(
     let kl: Vec<f64> =
         episodes.iter().zip(&ref_lp).map(|(e, r)| e.logprobs.iter().zip(r).map(|(&a, b)| a as f64 - b).sum()).collect();
     let kl_coef = if cfg.kl_in == KlIn::Reward { cfg.beta } else { 0.0 };
-    let rewards: Vec<f64> = episodes
-        .iter()
-        .zip(&raw)
-        .zip(&kl)
-        .map(|((e, &s), k)| penalised_score(s, e.ended, cfg.no_eos_penalty) - kl_coef * k)
-        .collect();
+    let scores: Vec<f64> =
+        episodes.iter().zip(&raw).map(|(e, &s)| penalised_score(s, e.ended, cfg.no_eos_penalty)).collect();
+    let rewards: Vec<f64> = scores.iter().zip(&kl).map(|(s, k)| s - kl_coef * k).collect();
     let (mut advantages, mut stds, mut flat) = (vec![], vec![], 0usize);
     for g in rewards.chunks(cfg.group) {
         advantages.extend(group_advantages(g, cfg.baseline, !cfg.no_scale_std)?);
@@ -276,6 +275,7 @@ pub fn score_rollout<B: Backend>(
     Ok(Rollout {
         episodes,
         raw_scores: raw,
+        scores,
         rewards,
         ref_logprobs: ref_lp,
         kl,
@@ -372,64 +372,7 @@ fn update<B: Backend>(
 struct RunRecord {
     config: GrpoConfig,
     iteration: u64,
-    inputs: Inputs,
-}
-
-/// Fingerprints of a run's inputs: the models it was given and its prompts.
-#[derive(Serialize, Deserialize, Clone, PartialEq)]
-struct Inputs {
-    policy: String,
-    reference: String,
-    /// The reward model's fingerprint, or "judge".
-    reward: String,
-    prompts: String,
-}
-
-impl Inputs {
-    fn of<B: Backend>(be: &B, init: &Gpt2<B>, sft: &Gpt2<B>, reward: &Reward<'_, B>, prompts: &[Vec<u32>]) -> Inputs {
-        let model = |m: &Gpt2<B>| {
-            let mut fp = Fingerprint::new();
-            fp.model(be, m);
-            fp
-        };
-        let reward = match reward {
-            Reward::Model(rm) => {
-                let mut fp = model(&rm.trunk);
-                let (w, b) = rm.head.to_host(be);
-                w.iter().chain([&b]).for_each(|x| fp.bytes(&x.to_bits().to_le_bytes()));
-                fp.hex()
-            }
-            Reward::Judge(_) => "judge".into(),
-        };
-        let mut pr = Fingerprint::new();
-        pr.tokens(prompts.iter().map(Vec::as_slice));
-        Inputs { policy: model(init).hex(), reference: model(sft).hex(), reward, prompts: pr.hex() }
-    }
-
-    /// What differs from `given`, naming the flag of each.
-    fn differences(&self, given: &Inputs) -> Vec<String> {
-        [
-            ("--policy (the initial policy's weights)", &self.policy, &given.policy),
-            ("--reference (the reference model's weights)", &self.reference, &given.reference),
-            ("--reward / --judge (what scores the answers)", &self.reward, &given.reward),
-            ("--prompts (the encoded prompts)", &self.prompts, &given.prompts),
-        ]
-        .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .map(|(flag, a, b)| format!("{flag}: {a} in the run, {b} now"))
-        .collect()
-    }
-}
-
-/// The flag of a [`GrpoConfig`] setting's path.
-fn flag(path: &str) -> String {
-    match path {
-        "stop_token" => "the tokenizer (its <|end|> id)".into(),
-        "pad_token" => "the tokenizer (its <|pad|> id)".into(),
-        "ratio_tol" => "ratio_tol (the first-minibatch ratio tolerance)".into(),
-        p if p.starts_with("adamw.") => format!("the optimizer's {}", &p["adamw.".len()..]),
-        p => flag_of(p),
-    }
+    inputs: RunInputs,
 }
 
 /// Run (or, with `resume`, continue) GRPO / RLOO from the policy `init`, anchored to `sft` by the KL.
@@ -467,7 +410,11 @@ pub fn train<B: Backend>(
         }
         limits.push(rcfg.n_positions);
     }
-    let inputs = Inputs::of(be, init, sft, &reward, prompts);
+    let scorer = match &reward {
+        Reward::Model(rm) => reward_model_fingerprint(be, rm),
+        Reward::Judge(_) => "a judge".into(),
+    };
+    let inputs = RunInputs::of(be, init, sft, scorer, prompts);
     let (lock, start) = resume_point(&cfg.out, resume)?;
     let mut opt = AdamW::new(be, &pcfg, cfg.adamw)?;
     let (mut policy, mut iteration, log_len) = match start {
@@ -479,7 +426,7 @@ pub fn train<B: Backend>(
                 &serde_json::to_value(&saved.config)?,
                 &serde_json::to_value(&cfg)?,
                 &allowed,
-                &flag,
+                &setting_flag,
             );
             diffs.extend(saved.inputs.differences(&inputs));
             refuse_changes(&cfg.out, &diffs)?;
@@ -525,8 +472,9 @@ pub fn train<B: Backend>(
         let n_tok: usize = ro.episodes.iter().map(|e| e.answer.len()).sum();
         let mut rec = json!({
             "iteration": iteration,
-            "score": mean(&ro.rewards),
+            "score": mean(&ro.scores),
             "raw_score": mean(&ro.raw_scores),
+            "reward": mean(&ro.rewards),
             "kl": kl,
             "sqrt_kl": kl.max(0.0).sqrt(),
             "k3": us.k3,
@@ -565,7 +513,7 @@ pub fn train<B: Backend>(
         }
         run.log(&rec)?;
         last_kl = kl;
-        run.tick(format!("score {:.3} kl {kl:.3}", mean(&ro.rewards)));
+        run.tick(format!("score {:.3} kl {kl:.3}", mean(&ro.scores)));
         if let (true, Some(decode)) = (hooks.verbose, hooks.decode) {
             if cfg.sample_every > 0 && (it % cfg.sample_every == 0 || iteration == cfg.iterations) {
                 for (e, s) in ro.episodes.iter().zip(&ro.rewards).take(2) {
@@ -611,7 +559,12 @@ pub fn plot(out: &Path) -> Result<()> {
     let s = |k: &str| metrics::series(&recs, "iteration", k);
     Figure::new("GRPO: rewards and KL to the reference", "iteration")
         .whole_x()
-        .panel(Panel::new("reward").line("reward (penalties included)", s("score")).line("raw score", s("raw_score")))
+        .panel(
+            Panel::new("score")
+                .line("with no-end penalty", s("score"))
+                .line("raw", s("raw_score"))
+                .line("reward (KL included)", s("reward")),
+        )
         .panel(Panel::new("gold score").dotted_line("gold judge", s("gold_score")))
         .panel(Panel::new("KL (nats/answer)").line("KL to reference", s("kl")))
         .write(&out.join("grpo_scores.svg"))?;

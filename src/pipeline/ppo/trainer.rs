@@ -34,11 +34,11 @@ use crate::model::ScalarModel;
 use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
 use crate::pipeline::metrics;
 use crate::pipeline::rollout::{
-    episode_batch, gold_score, penalised_score, sample_episodes, Decode, Episode, GoldHook,
+    episode_batch, gold_score, penalised_score, reward_model_fingerprint, sample_episodes, setting_flag, Decode,
+    Episode, GoldHook, RunInputs,
 };
 use crate::pipeline::run::{
-    check, finite_head, finite_weights, flag_defaults, flag_of, non_finite_weights, refuse_changes,
-    setting_differences, Fingerprint, Run,
+    check, finite_head, finite_weights, flag_defaults, non_finite_weights, refuse_changes, setting_differences, Run,
 };
 use crate::pipeline::surrogate::{check_first_ratio, policy_loss, split_like};
 use crate::tokenizer::TokenizerFile;
@@ -460,57 +460,7 @@ struct RunRecord {
     value_step: u64,
     /// Fingerprints of what the run was started with (absent in runs saved before they were recorded).
     #[serde(default)]
-    inputs: Option<Inputs>,
-}
-
-/// Fingerprints of a run's inputs: the models it was given and its prompts.
-#[derive(Serialize, Deserialize, Clone, PartialEq)]
-struct Inputs {
-    policy: String,
-    reference: String,
-    reward: String,
-    prompts: String,
-}
-
-impl Inputs {
-    fn of<B: Backend>(be: &B, init: &Gpt2<B>, sft: &Gpt2<B>, reward: &ScalarModel<B>, prompts: &[Vec<u32>]) -> Inputs {
-        let model = |m: &Gpt2<B>| {
-            let mut fp = Fingerprint::new();
-            fp.model(be, m);
-            fp
-        };
-        let mut rm = model(&reward.trunk);
-        let (w, b) = reward.head.to_host(be);
-        w.iter().chain([&b]).for_each(|x| rm.bytes(&x.to_bits().to_le_bytes()));
-        let mut pr = Fingerprint::new();
-        pr.tokens(prompts.iter().map(Vec::as_slice));
-        Inputs { policy: model(init).hex(), reference: model(sft).hex(), reward: rm.hex(), prompts: pr.hex() }
-    }
-
-    /// What differs from `given`, naming the flag of each.
-    fn differences(&self, given: &Inputs) -> Vec<String> {
-        [
-            ("--policy (the initial policy's weights)", &self.policy, &given.policy),
-            ("--reference (the reference model's weights)", &self.reference, &given.reference),
-            ("--reward (the reward model's weights)", &self.reward, &given.reward),
-            ("--prompts (the encoded prompts)", &self.prompts, &given.prompts),
-        ]
-        .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .map(|(flag, a, b)| format!("{flag}: fingerprint {a} in the run, {b} now"))
-        .collect()
-    }
-}
-
-/// The flag of a [`PpoConfig`] setting's path.
-fn flag(path: &str) -> String {
-    match path {
-        "stop_token" => "the tokenizer (its <|end|> id)".into(),
-        "pad_token" => "the tokenizer (its <|pad|> id)".into(),
-        "ratio_tol" => "ratio_tol (the first-minibatch ratio tolerance)".into(),
-        p if p.starts_with("adamw.") => format!("the optimizer's {}", &p["adamw.".len()..]),
-        p => flag_of(p),
-    }
+    inputs: Option<RunInputs>,
 }
 
 const VALUE_DIR: &str = "value";
@@ -518,7 +468,7 @@ const VALUE_DIR: &str = "value";
 fn save<B: Backend>(
     be: &B,
     cfg: &PpoConfig,
-    inputs: &Inputs,
+    inputs: &RunInputs,
     m: &Models<B>,
     st: &State<B>,
     run: &mut Run,
@@ -557,7 +507,11 @@ fn save<B: Backend>(
 /// Restore a run from its latest checkpoint: (config, models' trainable parts, state, metrics length, the
 /// fingerprints of its inputs).
 #[allow(clippy::type_complexity)]
-fn load_state<B: Backend>(be: &B, dir: &Path, m: &mut Models<B>) -> Result<(PpoConfig, State<B>, u64, Option<Inputs>)> {
+fn load_state<B: Backend>(
+    be: &B,
+    dir: &Path,
+    m: &mut Models<B>,
+) -> Result<(PpoConfig, State<B>, u64, Option<RunInputs>)> {
     let pstate = checkpoint::load_train_state(dir)?;
     let rec: RunRecord = serde_json::from_value(pstate.args.clone())
         .with_context(|| format!("{}: not a PPO run's training state", dir.display()))?;
@@ -634,14 +588,14 @@ pub fn train_from<B: Backend>(
         reward: clone_trunk_head(be, reward)?,
         value: clone_trunk_head(be, reward)?,
     };
-    let inputs = Inputs::of(be, init, sft, reward, prompts);
+    let inputs = RunInputs::of(be, init, sft, reward_model_fingerprint(be, reward), prompts);
     let (lock, start) = Run::start_point(&cfg.out, resume)?;
     let (mut st, log_len) = if let Some(dir) = start {
         let (saved, st, len, was) = load_state(be, &dir, &mut m)?;
         // Where the run lives, how far it goes and when it saves or prints samples may change; nothing else.
         let allowed = ["out", "iterations", "save_every", "sample_every"];
         let mut diffs =
-            setting_differences(&serde_json::to_value(&saved)?, &serde_json::to_value(&cfg)?, &allowed, &flag);
+            setting_differences(&serde_json::to_value(&saved)?, &serde_json::to_value(&cfg)?, &allowed, &setting_flag);
         if let Some(was) = &was {
             diffs.extend(was.differences(&inputs));
         }
