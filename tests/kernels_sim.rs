@@ -126,6 +126,9 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         "residual_layernorm_forward",
         "layernorm_backward_dinp",
         "layernorm_backward_partial",
+        "rmsnorm_forward",
+        "rmsnorm_backward_dinp",
+        "rmsnorm_backward_partial",
         "encoder_forward",
         "encoder_backward_wte",
         "encoder_backward_wpe",
@@ -431,6 +434,51 @@ fn residual_layernorm_fused_forward() {
             check("residual_layernorm out", dt, &out.get(), &wo);
             check("residual_layernorm mean", DType::F32, &f64s(&mean), &wm);
             check("residual_layernorm rstd", DType::F32, &f64s(&rstd), &wr);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ rmsnorm
+
+fn rmsnorm_case(l: &dyn Launcher, dt: DType, n: usize, c: usize, eps: f64, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let x = DBuf::new(dt, &randn(&mut rng, n * c, 1.5));
+    let w = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+    let out = DBuf::poisoned(dt, n * c);
+    let rstd = SimBuf::<f32>::poisoned(n, 0xff);
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::rmsnorm_forward(l, dt, out.ptr(), rstd.ptr(), x.ptr(), w.ptr(), n, c, eps) }.unwrap();
+    let (mut wo, mut wr) = (vec![0.0; n * c], vec![0.0; n]);
+    ops::rmsnorm::forward::<f64>(&mut wo, &mut wr, &x.get(), &w.get(), c, eps);
+    check(&format!("rmsnorm_forward {n}x{c} out"), dt, &out.get(), &wo);
+    // the statistics are f32 whatever the storage type
+    check(&format!("rmsnorm_forward {n}x{c} rstd"), DType::F32, &f64s(&rstd), &wr);
+
+    let dout = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+    let dinp = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+    let dw = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+    let (mut wdi, mut wdw) = (dinp.get(), dw.get());
+    ops::rmsnorm::backward::<f64>(&mut wdi, &mut wdw, &dout.get(), &x.get(), &w.get(), &wr, c);
+    let s = scratch(kl::rmsnorm_backward_scratch_bytes(n, c));
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe {
+        kl::rmsnorm_backward(l, dt, dinp.ptr(), dw.ptr(), dout.ptr(), x.ptr(), w.ptr(), rstd.ptr(), n, c, s.ptr())
+    }
+    .unwrap();
+    check(&format!("rmsnorm_backward {n}x{c} dinp"), dt, &dinp.get(), &wdi);
+    check(&format!("rmsnorm_backward {n}x{c} dw"), dt, &dw.get(), &wdw);
+}
+
+#[test]
+fn rmsnorm_forward_backward() {
+    let l = launcher();
+    for dt in DTYPES {
+        // A warp per row (RMS_BLOCK / 32 rows per block: 37 rows end on a ragged block); rows of 3+ passes of 32
+        // lanes in single elements (67) and in 16-byte packs (ln_packed); dw's column sums over two COLSUM_ROWS
+        // row chunks, the last ragged (COLSUM_ROWS + 4 rows), and ragged COLSUM_COLS column blocks (67).
+        let shapes = [(1usize, 1usize), (5, 31), (37, 67), (g(COLSUM_ROWS) + 4, 96), (9, ln_packed())];
+        for (i, (n, c)) in shapes.into_iter().enumerate() {
+            rmsnorm_case(&l, dt, n, c, [1e-5, 1e-6][i % 2], 20 + i as u64);
         }
     }
 }

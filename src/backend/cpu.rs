@@ -96,6 +96,21 @@ impl<F: Float> Backend for Cpu<F> {
     ) {
         ops::layernorm::backward(dinp, dw, db, dout, inp, w, mean, rstd, c)
     }
+    fn rmsnorm_forward(&self, out: &mut Vec<F>, rstd: &mut Vec<F>, inp: &Vec<F>, w: &Vec<F>, c: usize, eps: f64) {
+        ops::rmsnorm::forward(out, rstd, inp, w, c, eps)
+    }
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut Vec<F>,
+        dw: &mut Vec<F>,
+        dout: &Vec<F>,
+        inp: &Vec<F>,
+        w: &Vec<F>,
+        rstd: &Vec<F>,
+        c: usize,
+    ) {
+        ops::rmsnorm::backward(dinp, dw, dout, inp, w, rstd, c)
+    }
     fn matmul(
         &self,
         out: &mut Vec<F>,

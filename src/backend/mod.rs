@@ -91,6 +91,29 @@ pub trait Backend: Sync {
         rstd: &Self::Buf,
         c: usize,
     );
+    /// out[N,C] = rmsnorm(inp) * w, rstd [N] (statistics: f32 on the kernel backend); eps is the model's
+    /// `rms_norm_eps` (see crate::ops::rmsnorm).
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        c: usize,
+        eps: f64,
+    );
+    /// dinp[N,C] += ..., dw[C] += ... from dout[N,C], the forward's inp, w and rstd.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        c: usize,
+    );
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,

@@ -92,6 +92,23 @@ fn layernorm<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     ]
 }
 
+/// RMSNorm with Llama's eps; 80 columns: the packed path in both dtypes, a ragged column block of the dw sums.
+fn rmsnorm<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (n, c) = (33, 80);
+    let (inp, w, dout) =
+        (act(be, &randn(rng, n * c, 2.0)), up(be, &randn(rng, c, 1.0)), act(be, &randn(rng, n * c, 1.0)));
+    let (mut o, mut rstd) = (zeros(be, n * c), zeros(be, n));
+    be.rmsnorm_forward(&mut o, &mut rstd, &inp, &w, c, 1e-5);
+    let (mut dinp, mut dw) = (zeros(be, n * c), zeros(be, c));
+    be.rmsnorm_backward(&mut dinp, &mut dw, &dout, &inp, &w, &rstd, c);
+    vec![
+        out(be, "rmsnorm forward", "out", &o),
+        out(be, "rmsnorm forward", "rstd", &rstd),
+        out(be, "rmsnorm backward", "dinp", &dinp),
+        out(be, "rmsnorm backward", "dw", &dw),
+    ]
+}
+
 /// Row names of the linear checks: forward, backward.
 const LINEAR_ROWS: [&str; 2] = ["linear forward", "linear backward"];
 /// The same with one output feature (PPO's value and reward heads): the forward product has n = 1, the
@@ -253,6 +270,7 @@ fn train_step<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
 const GROUPS: &[(&str, u64)] = &[
     ("embedding", 1),
     ("layernorm", 2),
+    ("rmsnorm", 12),
     ("linear", 3),
     ("scalar head", 11),
     ("elementwise", 4),
@@ -269,6 +287,7 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
     Ok(match name {
         "embedding" => embedding(be, rng),
         "layernorm" => layernorm(be, rng),
+        "rmsnorm" => rmsnorm(be, rng),
         "linear" => linear(be, rng, 17, 64, 96, LINEAR_ROWS),
         "scalar head" => linear(be, rng, 13, 64, 1, SCALAR_HEAD_ROWS),
         "elementwise" => elementwise(be, rng),

@@ -124,6 +124,24 @@ pub fn check_layernorm(rng: &mut Rng) -> CheckResult {
     compare("layernorm", &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
 }
 
+/// RMSNorm with Qwen2's eps, on rows of different scales.
+pub fn check_rmsnorm(rng: &mut Rng) -> CheckResult {
+    let (n, c, eps) = (5, 7, 1e-6);
+    let r = rng.normals(n * c, 1.0);
+    let x: Vec<f64> = rng.normals(n * c, 1.0).iter().enumerate().map(|(i, v)| v * (1 + i / c) as f64).collect();
+    let inputs = vec![x, rng.normals(c, 1.0)];
+    let fwd = |x: &Inputs| {
+        let (mut out, mut s) = (vec![0.0; n * c], vec![0.0; n]);
+        crate::ops::rmsnorm::forward(&mut out, &mut s, &x[0], &x[1], c, eps);
+        (out, s)
+    };
+    let (_, s) = fwd(&inputs);
+    let mut g = vec![vec![0.0; n * c], vec![0.0; c]];
+    let [dx, dw] = &mut g[..] else { unreachable!() };
+    crate::ops::rmsnorm::backward(dx, dw, &r, &inputs[0], &inputs[1], &s, c);
+    compare("rmsnorm", &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
+}
+
 pub fn check_linear(rng: &mut Rng) -> CheckResult {
     let be = Be::new();
     let (n, c, oc) = (5, 6, 7);
@@ -303,9 +321,10 @@ pub fn check_scalar_head(rng: &mut Rng) -> CheckResult {
 /// Every check, in a fixed order, from one seed.
 pub fn run_all(seed: u64) -> Vec<CheckResult> {
     let mut rng = Rng::new(seed);
-    let checks: [fn(&mut Rng) -> CheckResult; 10] = [
+    let checks: [fn(&mut Rng) -> CheckResult; 11] = [
         check_embedding,
         check_layernorm,
+        check_rmsnorm,
         check_linear,
         check_attention,
         check_gelu,

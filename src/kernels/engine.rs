@@ -424,6 +424,48 @@ impl<D: Device> Backend for KernelBackend<D> {
         };
         ok("layernorm_backward", res);
     }
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        c: usize,
+        eps: f64,
+    ) {
+        let (dt, n) = (out.dt, inp.n / c);
+        need("rmsnorm_forward", out, n * c);
+        need("rmsnorm_forward rstd", rstd, n);
+        need("rmsnorm_forward w", w, c);
+        let (vi, vw) = (self.view(inp, dt), self.view(w, dt));
+        let (o, r) = (self.target(out, dt), self.target(rstd, F32));
+        // SAFETY: live buffers of this backend, sizes checked above.
+        let res = unsafe { kl::rmsnorm_forward(self.l(), dt, o, r, vi.ptr(), vw.ptr(), n, c, eps) };
+        ok("rmsnorm_forward", res);
+    }
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        c: usize,
+    ) {
+        let (dt, n) = (dinp.dt, inp.n / c);
+        [&*dinp, dout].iter().for_each(|x| need("rmsnorm_backward", x, n * c));
+        [&*dw, w].iter().for_each(|x| need("rmsnorm_backward", x, c));
+        need("rmsnorm_backward rstd", rstd, n);
+        let (vd, vi, vw, vr) = (self.view(dout, dt), self.view(inp, dt), self.view(w, dt), self.view(rstd, F32));
+        let s = self.scratch(kl::rmsnorm_backward_scratch_bytes(n, c));
+        let (gi, gw) = (self.target(dinp, dt), self.target(dw, dt));
+        // SAFETY: live buffers of this backend, sizes checked above; `s` has the scratch size asked for.
+        let res = unsafe {
+            kl::rmsnorm_backward(self.l(), dt, gi, gw, vd.ptr(), vi.ptr(), vw.ptr(), vr.ptr(), n, c, self.p(&s))
+        };
+        ok("rmsnorm_backward", res);
+    }
     fn matmul(
         &self,
         out: &mut Self::Buf,
