@@ -116,6 +116,8 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     for op in [
         "gelu_forward",
         "gelu_backward",
+        "swiglu_forward",
+        "swiglu_backward",
         "add",
         "accumulate",
         "scale",
@@ -232,6 +234,34 @@ fn gelu_forward_backward() {
             unsafe { kl::gelu_backward(&l, dt, dx.ptr(), x.ptr(), dy.ptr(), n) }.unwrap();
             ops::gelu::backward::<f64>(&mut want, &x.get(), &dy.get());
             check(&format!("gelu_backward n={n}"), dt, &dx.get(), &want);
+        }
+    }
+}
+
+#[test]
+fn swiglu_forward_backward() {
+    let l = launcher();
+    let mut rng = Rng::new(5);
+    for dt in DTYPES {
+        // (rows, F): single elements (F = 1, 67) and 16-byte chunks (F = 4: f32 only; 120: both dtypes); the last
+        // two run more than two blocks of EW_BLOCK threads and end on a ragged block.
+        for (n, f) in [(3usize, 1usize), (5, 4), (9, 67), (37, 120)] {
+            // gates of std 3 reach both tails of the sigmoid
+            let x = DBuf::new(dt, &randn(&mut rng, n * 2 * f, 3.0));
+            let dy = DBuf::new(dt, &randn(&mut rng, n * f, 1.0));
+            let out = DBuf::poisoned(dt, n * f);
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::swiglu_forward(&l, dt, out.ptr(), x.ptr(), n, f) }.unwrap();
+            let mut want = vec![0.0; n * f];
+            ops::swiglu::forward::<f64>(&mut want, &x.get(), f);
+            check(&format!("swiglu_forward {n}x{f}"), dt, &out.get(), &want);
+
+            let dx = DBuf::poisoned(dt, n * 2 * f);
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::swiglu_backward(&l, dt, dx.ptr(), dy.ptr(), x.ptr(), n, f) }.unwrap();
+            let mut want = vec![0.0; n * 2 * f];
+            ops::swiglu::backward::<f64>(&mut want, &dy.get(), &x.get(), f);
+            check(&format!("swiglu_backward {n}x{f}"), dt, &dx.get(), &want);
         }
     }
 }

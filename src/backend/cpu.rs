@@ -137,6 +137,12 @@ impl<F: Float> Backend for Cpu<F> {
     fn gelu_backward(&self, dinp: &mut Vec<F>, inp: &Vec<F>, dout: &Vec<F>) {
         ops::gelu::backward(dinp, inp, dout)
     }
+    fn swiglu_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, f: usize) {
+        ops::swiglu::forward(out, inp, f)
+    }
+    fn swiglu_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, inp: &Vec<F>, f: usize) {
+        ops::swiglu::backward(dinp, dout, inp, f)
+    }
     fn add(&self, out: &mut Vec<F>, a: &Vec<F>, b: &Vec<F>) {
         ops::residual::add(out, a, b)
     }

@@ -131,6 +131,10 @@ pub trait Backend: Sync {
     fn bias_backward(&self, dbias: &mut Self::Buf, dout: &Self::Buf);
     fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf);
     fn gelu_backward(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf);
+    /// out[N,F] = silu(gate) * up of the packed inp [N,2F] = [gate | up] (see crate::ops::swiglu).
+    fn swiglu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, f: usize);
+    /// dinp[N,2F] = [dgate | dup] (overwrites) from dout [N,F] and the forward's inp.
+    fn swiglu_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, f: usize);
     fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf);
     fn accumulate(&self, dst: &mut Self::Buf, src: &Self::Buf);
     fn scale(&self, buf: &mut Self::Buf, s: f64);

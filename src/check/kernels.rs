@@ -161,6 +161,16 @@ fn elementwise<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     ]
 }
 
+/// SwiGLU on packed [gate | up] rows; F = 100: the 16-byte chunks in f32, single elements in bf16.
+fn swiglu<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (n, f) = (13, 100);
+    let (x, dout) = (act(be, &randn(rng, n * 2 * f, 2.0)), act(be, &randn(rng, n * f, 1.0)));
+    let (mut o, mut dx) = (zeros(be, n * f), zeros(be, n * 2 * f));
+    be.swiglu_forward(&mut o, &x, f);
+    be.swiglu_backward(&mut dx, &dout, &x, f);
+    vec![out(be, "swiglu forward", "out", &o), out(be, "swiglu backward", "dinp", &dx)]
+}
+
 /// Causal attention; head size 64 takes the tensor-core kernel in bf16, 16 the CUDA-core one.
 fn attention<B: Backend<F = f32>>(
     be: &B,
@@ -274,6 +284,7 @@ const GROUPS: &[(&str, u64)] = &[
     ("linear", 3),
     ("scalar head", 11),
     ("elementwise", 4),
+    ("swiglu", 13),
     ("attention hs64", 5),
     ("attention hs16", 6),
     ("crossentropy", 7),
@@ -291,6 +302,7 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
         "linear" => linear(be, rng, 17, 64, 96, LINEAR_ROWS),
         "scalar head" => linear(be, rng, 13, 64, 1, SCALAR_HEAD_ROWS),
         "elementwise" => elementwise(be, rng),
+        "swiglu" => swiglu(be, rng),
         "attention hs64" => {
             attention(be, rng, 128, 2, "attention forward (head size 64)", "attention backward (head size 64)")
         }

@@ -188,6 +188,21 @@ pub fn check_gelu(rng: &mut Rng) -> CheckResult {
     compare("gelu", &inputs, f, &g, rng)
 }
 
+/// SwiGLU on packed [gate | up] rows, gates spread wide enough to reach both tails of the sigmoid.
+pub fn check_swiglu(rng: &mut Rng) -> CheckResult {
+    let (n, f) = (4, 5);
+    let r = rng.normals(n * f, 1.0);
+    let inputs = vec![rng.normals(n * 2 * f, 2.5)];
+    let fwd = |x: &Inputs| {
+        let mut out = vec![0.0; n * f];
+        crate::ops::swiglu::forward(&mut out, &x[0], f);
+        out
+    };
+    let mut g = vec![vec![0.0; n * 2 * f]];
+    crate::ops::swiglu::backward(&mut g[0], &r, &inputs[0], f);
+    compare("swiglu", &inputs, |x| dot(&fwd(x), &r), &g, rng)
+}
+
 pub fn check_residual(rng: &mut Rng) -> CheckResult {
     let n = 20;
     let r = rng.normals(n, 1.0);
@@ -321,13 +336,14 @@ pub fn check_scalar_head(rng: &mut Rng) -> CheckResult {
 /// Every check, in a fixed order, from one seed.
 pub fn run_all(seed: u64) -> Vec<CheckResult> {
     let mut rng = Rng::new(seed);
-    let checks: [fn(&mut Rng) -> CheckResult; 11] = [
+    let checks: [fn(&mut Rng) -> CheckResult; 12] = [
         check_embedding,
         check_layernorm,
         check_rmsnorm,
         check_linear,
         check_attention,
         check_gelu,
+        check_swiglu,
         check_residual,
         check_crossentropy,
         check_adamw,

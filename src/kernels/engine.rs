@@ -571,6 +571,23 @@ impl<D: Device> Backend for KernelBackend<D> {
         // SAFETY: live buffers of this backend, sizes checked above.
         ok("gelu_backward", unsafe { kl::gelu_backward(self.l(), dt, g, vi.ptr(), vd.ptr(), inp.n) });
     }
+    fn swiglu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, f: usize) {
+        let (dt, n) = (out.dt, inp.n / (2 * f));
+        need("swiglu_forward", out, n * f);
+        let vi = self.view(inp, dt);
+        let o = self.target(out, dt);
+        // SAFETY: live buffers of this backend, sizes checked above (inp holds n * 2f by the choice of n).
+        ok("swiglu_forward", unsafe { kl::swiglu_forward(self.l(), dt, o, vi.ptr(), n, f) });
+    }
+    fn swiglu_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, f: usize) {
+        let (dt, n) = (dinp.dt, inp.n / (2 * f));
+        need("swiglu_backward dinp", dinp, n * 2 * f);
+        need("swiglu_backward dout", dout, n * f);
+        let (vd, vi) = (self.view(dout, dt), self.view(inp, dt));
+        let g = self.target(dinp, dt);
+        // SAFETY: live buffers of this backend, sizes checked above (inp holds n * 2f by the choice of n).
+        ok("swiglu_backward", unsafe { kl::swiglu_backward(self.l(), dt, g, vd.ptr(), vi.ptr(), n, f) });
+    }
     fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf) {
         let dt = out.dt;
         [&*out, b].iter().for_each(|x| need("add", x, a.n));

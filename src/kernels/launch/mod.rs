@@ -37,6 +37,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod residual;
 pub mod rmsnorm;
+pub mod swiglu;
 
 pub use adamw::*;
 pub use attention::*;
@@ -49,6 +50,7 @@ pub use layernorm::*;
 pub use linear::*;
 pub use residual::*;
 pub use rmsnorm::*;
+pub use swiglu::*;
 
 /// A device address (a host address in the simulator).
 pub type DevPtr = u64;
