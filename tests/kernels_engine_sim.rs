@@ -157,7 +157,7 @@ fn kernel_check_passes_in_both_precisions() {
     for be in [SimBackend::new(), SimBackend::mixed()] {
         let rows = rlhf::check::kernels::run(&be, 1234, |_| {});
         print!("{}", rlhf::check::format_table(&rows));
-        assert!(rows.len() >= 29, "every op and the training step are checked");
+        assert!(rows.len() >= 31, "every op and the training step are checked");
         assert!(rows.iter().any(|r| r.op.contains("scalar head backward (oc = 1)")), "the n = 1 / k = 1 products");
         let failed: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| r.op.clone()).collect();
         assert!(failed.is_empty(), "failed: {failed:?}");

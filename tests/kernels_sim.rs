@@ -131,6 +131,8 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         "rmsnorm_forward",
         "rmsnorm_backward_dinp",
         "rmsnorm_backward_partial",
+        "rope_forward",
+        "rope_backward",
         "encoder_forward",
         "encoder_backward_wte",
         "encoder_backward_wpe",
@@ -509,6 +511,68 @@ fn rmsnorm_forward_backward() {
         let shapes = [(1usize, 1usize), (5, 31), (37, 67), (g(COLSUM_ROWS) + 4, 96), (9, ln_packed())];
         for (i, (n, c)) in shapes.into_iter().enumerate() {
             rmsnorm_case(&l, dt, n, c, [1e-5, 1e-6][i % 2], 20 + i as u64);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ rope
+
+/// RoPE's f32 tolerance: the kernels take the angle as the f32 product of the f32 table and the position (as
+/// Hugging Face does), the reference in f64. At positions p * inv_freq < 4096 the product is off by at most half
+/// an ulp (1.2e-4 rad) plus p times the table's rounding (4000 * 6e-8 = 2.4e-4 rad), so each rotated element by
+/// at most ~3.7e-4 of its pair's norm: 1e-3 leaves room for the kernel's sin and cos (2e-7 absolute) and still
+/// fails a wrong sign, pair or position (errors of order 1). bf16: the storage rounding (TOL_BF16) dominates.
+const TOL_ROPE_F32: f64 = 1e-3;
+
+fn rope_case(l: &dyn Launcher, dt: DType, rope: &ops::rope::Rope, pos0: &[u32], shape: kl::RopeShape, seed: u64) {
+    let kl::RopeShape { b, t, nh, nkv, hs } = shape;
+    let tol = if dt == DType::F32 { TOL_ROPE_F32 } else { TOL_BF16 };
+    let what = format!("rope {dt:?} b={b} t={t} nh={nh} nkv={nkv} hs={hs} pos0={pos0:?}");
+    let mut rng = Rng::new(seed);
+    let n = b * t * (nh + 2 * nkv) * hs;
+    let inv: Vec<f32> = rope.inv_freq.iter().map(|&f| f as f32).collect();
+    let (fd, pd) = (SimBuf::from_slice(&inv), SimBuf::from_slice(pos0));
+    for (backward, name) in [(false, "forward"), (true, "backward")] {
+        let x = DBuf::new(dt, &randn(&mut rng, n, 1.0));
+        let mut want = x.get();
+        // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+        unsafe {
+            if backward {
+                ops::rope::backward::<f64>(&mut want, rope, pos0, b, t, nh, nkv);
+                kl::rope_backward(l, dt, x.ptr(), fd.ptr(), pd.ptr(), shape)
+            } else {
+                ops::rope::forward::<f64>(&mut want, rope, pos0, b, t, nh, nkv);
+                kl::rope_forward(l, dt, x.ptr(), fd.ptr(), pd.ptr(), shape)
+            }
+        }
+        .unwrap();
+        let e = rel_err(&x.get(), &want);
+        assert!(e <= tol, "{what} {name}: relative error {e:.3e} > {tol:.1e}");
+    }
+}
+
+#[test]
+fn rope_forward_backward() {
+    use ops::rope::{Llama3Scaling, Rope};
+    let l = launcher();
+    let llama3 = Llama3Scaling {
+        factor: 32.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
+    // (rope, pos0, shape): grouped heads (NKV < NH, and NKV = NH), head sizes 6, 64 and 128, positions up to
+    // ~4000 (where the f32 angle is least exact); each launch runs more than two blocks of EW_BLOCK threads and
+    // ends on a ragged one (3456, 6336 and 270 threads).
+    let s = |b, t, nh, nkv, hs| kl::RopeShape { b, t, nh, nkv, hs };
+    let cases = [
+        (Rope::new(500000.0, 64, Some(llama3)), vec![0u32, 3990], s(2, 9, 4, 2, 64)),
+        (Rope::new(100000.0, 128, None), vec![4000 - 33], s(1, 33, 2, 1, 128)),
+        (Rope::new(10000.0, 6, None), vec![0, 7, 1000], s(3, 5, 3, 3, 6)),
+    ];
+    for dt in DTYPES {
+        for (i, (rope, pos0, shape)) in cases.iter().enumerate() {
+            rope_case(&l, dt, rope, pos0, *shape, 30 + i as u64);
         }
     }
 }

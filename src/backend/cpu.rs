@@ -2,7 +2,7 @@
 //! `Cpu<f32>` is the engine's CPU device; `Cpu<f64>` runs the same model code for gradient checks.
 
 use super::Backend;
-use crate::ops::{self, adamw::AdamWParams, Float};
+use crate::ops::{self, adamw::AdamWParams, rope::Rope, Float};
 use anyhow::Result;
 use std::marker::PhantomData;
 
@@ -151,6 +151,12 @@ impl<F: Float> Backend for Cpu<F> {
     }
     fn scale(&self, buf: &mut Vec<F>, s: f64) {
         ops::residual::scale(buf, F::of(s))
+    }
+    fn rope_forward(&self, qkv: &mut Vec<F>, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize) {
+        ops::rope::forward(qkv, rope, pos0, b, t, nh, nkv)
+    }
+    fn rope_backward(&self, dqkv: &mut Vec<F>, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize) {
+        ops::rope::backward(dqkv, rope, pos0, b, t, nh, nkv)
     }
     fn attention_forward(
         &self,

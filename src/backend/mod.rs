@@ -8,6 +8,7 @@
 pub mod cpu;
 
 use crate::ops::adamw::AdamWParams;
+use crate::ops::rope::Rope;
 use crate::ops::Float;
 use anyhow::Result;
 
@@ -138,6 +139,13 @@ pub trait Backend: Sync {
     fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf);
     fn accumulate(&self, dst: &mut Self::Buf, src: &Self::Buf);
     fn scale(&self, buf: &mut Self::Buf, s: f64);
+    /// RoPE, in place on the q and k heads of qkv [B,T,(NH+2NKV)HS] at positions pos0[b] + t (see
+    /// crate::ops::rope; HS = the table's head size).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_forward(&self, qkv: &mut Self::Buf, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize);
+    /// The transposed rotation, in place on the q and k heads of dqkv (same shapes and positions).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_backward(&self, dqkv: &mut Self::Buf, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize);
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,

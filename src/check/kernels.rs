@@ -189,6 +189,25 @@ fn attention<B: Backend<F = f32>>(
     vec![out(be, fwd, "out", &o), out(be, fwd, "lse", &lse), out(be, bwd, "dqkv", &dqkv)]
 }
 
+/// RoPE on a grouped qkv (NH = 4, NKV = 2, head size 64) with Llama 3 scaling, one row at positions near 3000
+/// (the f32 angles of both engines are the same product; their sin and cos may differ by an ulp or two).
+fn rope<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    use crate::ops::rope::{Llama3Scaling, Rope};
+    let (b, t, nh, nkv, hs) = (2, 11, 4, 2, 64);
+    let scaling = Llama3Scaling {
+        factor: 32.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
+    let rope = Rope::new(500000.0, hs, Some(scaling));
+    let (pos0, n) = ([0u32, 2990], b * t * (nh + 2 * nkv) * hs);
+    let (mut x, mut dx) = (act(be, &randn(rng, n, 1.0)), act(be, &randn(rng, n, 1.0)));
+    be.rope_forward(&mut x, &rope, &pos0, b, t, nh, nkv);
+    be.rope_backward(&mut dx, &rope, &pos0, b, t, nh, nkv);
+    vec![out(be, "rope forward", "qkv", &x), out(be, "rope backward", "dqkv", &dx)]
+}
+
 /// Masked, temperature-scaled cross-entropy on padded rows (pad columns must come back zero).
 fn crossentropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (n, v, vp) = (9, 100, 128);
@@ -287,6 +306,7 @@ const GROUPS: &[(&str, u64)] = &[
     ("swiglu", 13),
     ("attention hs64", 5),
     ("attention hs16", 6),
+    ("rope", 14),
     ("crossentropy", 7),
     ("entropy", 10),
     ("adamw", 8),
@@ -309,6 +329,7 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
         "attention hs16" => {
             attention(be, rng, 32, 2, "attention forward (head size 16)", "attention backward (head size 16)")
         }
+        "rope" => rope(be, rng),
         "crossentropy" => crossentropy(be, rng),
         "entropy" => entropy(be, rng),
         "adamw" => adamw(be, rng),

@@ -174,6 +174,32 @@ pub fn check_attention(rng: &mut Rng) -> CheckResult {
     compare("attention", &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
 }
 
+/// RoPE on the q and k heads of a grouped qkv row (NH = 2, NKV = 1), rows at different start positions, with
+/// Llama 3 scaling whose bands each hold one of the three frequencies (kept, interpolated, divided).
+pub fn check_rope(rng: &mut Rng) -> CheckResult {
+    use crate::ops::rope::{Llama3Scaling, Rope};
+    let (b, t, nh, nkv, hs) = (2, 3, 2, 1, 6);
+    let scaling = Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 512.0,
+    };
+    let rope = Rope::new(10000.0, hs, Some(scaling));
+    let pos0 = [0u32, 5];
+    let n = b * t * (nh + 2 * nkv) * hs;
+    let r = rng.normals(n, 1.0);
+    let inputs = vec![rng.normals(n, 1.0)];
+    let f = |x: &Inputs| {
+        let mut y = x[0].clone();
+        crate::ops::rope::forward(&mut y, &rope, &pos0, b, t, nh, nkv);
+        dot(&y, &r)
+    };
+    let mut g = vec![r.clone()];
+    crate::ops::rope::backward(&mut g[0], &rope, &pos0, b, t, nh, nkv);
+    compare("rope (llama3 scaling, nkv < nh)", &inputs, f, &g, rng)
+}
+
 pub fn check_gelu(rng: &mut Rng) -> CheckResult {
     let n = 40;
     let r = rng.normals(n, 1.0);
@@ -336,12 +362,13 @@ pub fn check_scalar_head(rng: &mut Rng) -> CheckResult {
 /// Every check, in a fixed order, from one seed.
 pub fn run_all(seed: u64) -> Vec<CheckResult> {
     let mut rng = Rng::new(seed);
-    let checks: [fn(&mut Rng) -> CheckResult; 12] = [
+    let checks: [fn(&mut Rng) -> CheckResult; 13] = [
         check_embedding,
         check_layernorm,
         check_rmsnorm,
         check_linear,
         check_attention,
+        check_rope,
         check_gelu,
         check_swiglu,
         check_residual,

@@ -27,6 +27,7 @@ use super::device::{Device, Gemm, SimDevice};
 use super::launch::{self as kl, DType, DevPtr};
 use crate::backend::Backend;
 use crate::ops::adamw::AdamWParams;
+use crate::ops::rope::Rope;
 use anyhow::Result;
 use half::bf16;
 use std::sync::{Mutex, OnceLock};
@@ -207,6 +208,27 @@ impl<D: Device> KernelBackend<D> {
             b.dt = dt;
         }
         self.p(&b.mem)
+    }
+
+    /// RoPE forward (or, with `transposed`, backward) in place on `x`'s q and k heads.
+    fn rope(&self, x: &mut DevBuf<D::Mem>, rope: &Rope, pos0: &[u32], s: kl::RopeShape, transposed: bool) {
+        let what = if transposed { "rope_backward" } else { "rope_forward" };
+        assert!(pos0.len() >= s.b, "{what}: {} positions for {} rows", pos0.len(), s.b);
+        need(what, x, s.b * s.t * (s.nh + 2 * s.nkv) * s.hs);
+        let inv: Vec<f32> = rope.inv_freq.iter().map(|&f| f as f32).collect();
+        let (fd, pd) = (self.device_copy(bytemuck::cast_slice(&inv)), self.positions(pos0));
+        let dt = x.dt;
+        let p = self.target(x, dt);
+        // SAFETY: a live buffer of this backend, its size checked above; `fd` holds the hs/2 frequencies (the
+        // table's length is the head size's half by construction), `pd` pos0.
+        let r = unsafe {
+            if transposed {
+                kl::rope_backward(self.l(), dt, p, fd, pd, s)
+            } else {
+                kl::rope_forward(self.l(), dt, p, fd, pd, s)
+            }
+        };
+        ok(what, r);
     }
 
     fn scratch(&self, bytes: usize) -> D::Mem {
@@ -609,6 +631,21 @@ impl<D: Device> Backend for KernelBackend<D> {
         let p = self.target(buf, dt);
         // SAFETY: buf holds n elements of dt.
         ok("scale", unsafe { kl::scale(self.l(), dt, p, s as f32, n) });
+    }
+    fn rope_forward(&self, qkv: &mut Self::Buf, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize) {
+        self.rope(qkv, rope, pos0, kl::RopeShape { b, t, nh, nkv, hs: rope.head_dim() }, false)
+    }
+    fn rope_backward(
+        &self,
+        dqkv: &mut Self::Buf,
+        rope: &Rope,
+        pos0: &[u32],
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+    ) {
+        self.rope(dqkv, rope, pos0, kl::RopeShape { b, t, nh, nkv, hs: rope.head_dim() }, true)
     }
     fn attention_forward(
         &self,

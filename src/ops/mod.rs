@@ -21,6 +21,7 @@ pub mod linear;
 pub mod matmul;
 pub mod residual;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 
 pub use float::Float;

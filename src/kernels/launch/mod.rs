@@ -37,6 +37,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod residual;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 
 pub use adamw::*;
@@ -50,6 +51,7 @@ pub use layernorm::*;
 pub use linear::*;
 pub use residual::*;
 pub use rmsnorm::*;
+pub use rope::*;
 pub use swiglu::*;
 
 /// A device address (a host address in the simulator).
