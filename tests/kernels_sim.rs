@@ -962,7 +962,7 @@ fn attention_fwd_case_with(
     }
     .unwrap();
     let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
-    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh, nh);
     let what = format!("attention_forward[{imp:?}] B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
     check(&format!("{what} out"), dt, &out.get(), &wo);
     check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
@@ -1037,9 +1037,9 @@ fn attention_bwd_cases(
         .unwrap();
     // reference backward from the reference forward's out/lse (f64) on the same inputs
     let (mut wo, mut wl) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-    ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh, nh);
     let mut want = vec![f64::NAN; b * t * 3 * c];
-    ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh);
+    ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh, nh);
     let mut res = Vec::new();
     for &imp in imps {
         let dqkv = DBuf::poisoned(dt, b * t * 3 * c);

@@ -170,8 +170,9 @@ impl<F: Float> Backend for Cpu<F> {
         tk: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     ) {
-        ops::attention::forward(out, lse, q_src, kv, pos0, b, tq, tk, c, nh)
+        ops::attention::forward(out, lse, q_src, kv, pos0, b, tq, tk, c, nh, nkv)
     }
     fn attention_backward(
         &self,
@@ -184,8 +185,9 @@ impl<F: Float> Backend for Cpu<F> {
         t: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     ) {
-        ops::attention::backward(dqkv, dout, qkv, out, lse, b, t, c, nh)
+        ops::attention::backward(dqkv, dout, qkv, out, lse, b, t, c, nh, nkv)
     }
     fn crossentropy(
         &self,

@@ -146,6 +146,8 @@ pub trait Backend: Sync {
     /// The transposed rotation, in place on the q and k heads of dqkv (same shapes and positions).
     #[allow(clippy::too_many_arguments)]
     fn rope_backward(&self, dqkv: &mut Self::Buf, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize);
+    /// Causal attention of NH query heads over NKV key/value heads (NKV = NH: GPT-2): out [B,Tq,C],
+    /// lse [B,NH,Tq], q_src [B,Tq,W], kv [B,Tk,W] with W = C + 2 NKV C/NH (see crate::ops::attention).
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
@@ -159,7 +161,9 @@ pub trait Backend: Sync {
         tk: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     );
+    /// The training-form backward (pos0 = 0, kv = qkv): dqkv [B,T,W] (overwritten) from dout, out [B,T,C].
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -172,6 +176,7 @@ pub trait Backend: Sync {
         t: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     );
     #[allow(clippy::too_many_arguments)]
     fn crossentropy(

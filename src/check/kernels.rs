@@ -183,9 +183,9 @@ fn attention<B: Backend<F = f32>>(
     let (b, t) = (2, 19);
     let (qkv, dout) = (act(be, &randn(rng, b * t * 3 * c, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
     let (mut o, mut lse) = (zeros(be, b * t * c), zeros(be, b * nh * t));
-    be.attention_forward(&mut o, &mut lse, &qkv, &qkv, &[0, 0], b, t, t, c, nh);
+    be.attention_forward(&mut o, &mut lse, &qkv, &qkv, &[0, 0], b, t, t, c, nh, nh);
     let mut dqkv = zeros(be, b * t * 3 * c);
-    be.attention_backward(&mut dqkv, &dout, &qkv, &o, &lse, b, t, c, nh);
+    be.attention_backward(&mut dqkv, &dout, &qkv, &o, &lse, b, t, c, nh, nh);
     vec![out(be, fwd, "out", &o), out(be, fwd, "lse", &lse), out(be, bwd, "dqkv", &dqkv)]
 }
 

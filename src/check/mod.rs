@@ -165,13 +165,31 @@ pub fn check_attention(rng: &mut Rng) -> CheckResult {
     let pos0 = vec![0u32; b];
     let fwd = |x: &Inputs| {
         let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-        crate::ops::attention::forward(&mut out, &mut lse, &x[0], &x[0], &pos0, b, t, t, c, nh);
+        crate::ops::attention::forward(&mut out, &mut lse, &x[0], &x[0], &pos0, b, t, t, c, nh, nh);
         (out, lse)
     };
     let (out, lse) = fwd(&inputs);
     let mut g = vec![vec![0.0; b * t * 3 * c]];
-    crate::ops::attention::backward(&mut g[0], &r, &inputs[0], &out, &lse, b, t, c, nh);
+    crate::ops::attention::backward(&mut g[0], &r, &inputs[0], &out, &lse, b, t, c, nh, nh);
     compare("attention", &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
+}
+
+/// Grouped-query attention: NH query heads over NKV < NH key/value heads (dk, dv summed over each group).
+pub fn check_attention_gqa(rng: &mut Rng, nh: usize, nkv: usize, hs: usize) -> CheckResult {
+    let (b, t, c) = (2, 5, nh * hs);
+    let w = c + 2 * nkv * hs;
+    let r = rng.normals(b * t * c, 1.0);
+    let inputs = vec![rng.normals(b * t * w, 1.0)];
+    let pos0 = vec![0u32; b];
+    let fwd = |x: &Inputs| {
+        let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+        crate::ops::attention::forward(&mut out, &mut lse, &x[0], &x[0], &pos0, b, t, t, c, nh, nkv);
+        (out, lse)
+    };
+    let (out, lse) = fwd(&inputs);
+    let mut g = vec![vec![0.0; b * t * w]];
+    crate::ops::attention::backward(&mut g[0], &r, &inputs[0], &out, &lse, b, t, c, nh, nkv);
+    compare(&format!("attention gqa (nh {nh}, nkv {nkv}, hs {hs})"), &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
 }
 
 /// RoPE on the q and k heads of a grouped qkv row (NH = 2, NKV = 1), rows at different start positions, with
@@ -378,6 +396,9 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
         check_model,
     ];
     let mut results: Vec<CheckResult> = checks.iter().map(|c| c(&mut rng)).collect();
+    for (nh, nkv, hs) in [(4, 2, 64), (4, 1, 128), (6, 3, 4)] {
+        results.push(check_attention_gqa(&mut rng, nh, nkv, hs));
+    }
     results.push(losses::reward_pairwise());
     results.extend(losses::ppo());
     results.extend(losses::dpo());

@@ -659,7 +659,9 @@ impl<D: Device> Backend for KernelBackend<D> {
         tk: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     ) {
+        assert_eq!(nkv, nh, "attention_forward: the CUDA kernels take NKV = NH only (got NH {nh}, NKV {nkv})");
         let dt = out.dt;
         assert!(pos0.len() >= b, "attention_forward: {} positions for {b} rows", pos0.len());
         need("attention_forward out", out, b * tq * c);
@@ -683,7 +685,9 @@ impl<D: Device> Backend for KernelBackend<D> {
         t: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     ) {
+        assert_eq!(nkv, nh, "attention_backward: the CUDA kernels take NKV = NH only (got NH {nh}, NKV {nkv})");
         let dt = dqkv.dt;
         [&*dqkv, qkv].iter().for_each(|x| need("attention_backward", x, b * t * 3 * c));
         [dout, out].iter().for_each(|x| need("attention_backward", x, b * t * c));
