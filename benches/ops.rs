@@ -76,10 +76,10 @@ fn main() {
     let (mut att, mut lse) = (vec![0.0; n * c], vec![0.0; b * nh * t]);
     let pos0 = vec![0u32; b];
     let att_flops = (4 * b * nh * t * t * (c / nh)) as f64 / 2.0;
-    let s = median_secs(20, || be.attention_forward(&mut att, &mut lse, &qkv, &qkv, &pos0, b, t, t, c, nh));
+    let s = median_secs(20, || be.attention_forward(&mut att, &mut lse, &qkv, &qkv, &pos0, b, t, t, c, nh, nh));
     report("attention forward (causal)", s, att_flops, 0.0);
     let mut dqkv = vec![0.0; n * 3 * c];
-    let s = median_secs(20, || be.attention_backward(&mut dqkv, &att, &qkv, &att, &lse, b, t, c, nh));
+    let s = median_secs(20, || be.attention_backward(&mut dqkv, &att, &qkv, &att, &lse, b, t, c, nh, nh));
     report("attention backward", s, 2.5 * att_flops, 0.0);
 
     let hidden = randv(&mut rng, n * c);

@@ -1,4 +1,4 @@
-// Deterministic column sums over rows (no float atomics): used by the bias gradient and layernorm's dw/db.
+// Deterministic column sums over rows (no float atomics): the bias gradient, layernorm's dw/db, rmsnorm's dw.
 // Stage 1 (colsum_partial): grid (ceil(C/COLSUM_COLS), R), block (COLSUM_COLS, COLSUM_LANES) = (32, 8) (from
 //   geometry.cuh). Block (bx, r) sums rows of chunk r (rows r*rows_per .. min(N, (r+1)*rows_per)) for columns
 //   bx*32 .. bx*32+31 and writes partial[k][r][c] for each of its K (1 or 2) quantities, reducing its
@@ -10,7 +10,7 @@
 #include "common.cuh"
 #include "geometry.cuh"
 
-// Quantity per element: K=1 -> dout (bias gradient); K=2 -> (dout * xhat, dout) for layernorm (dw, db).
+// Per element: K=1 -> dout (bias), or dout * inp * rstd given inp (rmsnorm dw); K=2 -> (dout * xhat, dout) (layernorm).
 template <class T, int K>
 __device__ void colsum_partial(float* __restrict__ partial, const T* __restrict__ dout, const T* __restrict__ inp,
                                const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C,
@@ -29,7 +29,7 @@ __device__ void colsum_partial(float* __restrict__ partial, const T* __restrict_
         acc0 += g * xhat;
         acc1 += g;
       } else {
-        acc0 += g;
+        acc0 += inp ? g * to_f32(inp[(long long)n * C + c]) * rstd[n] : g;
       }
     }
   }

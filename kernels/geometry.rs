@@ -34,6 +34,8 @@ geometry! {
     EW_BLOCK = 256;
     /// Threads per block of the layernorm kernels (one warp per row).
     LN_BLOCK = 256;
+    /// Threads per block of the rmsnorm kernels (one warp per row).
+    RMS_BLOCK = 256;
     /// Threads per block of crossentropy (one block per row).
     CE_BLOCK = 256;
     /// Threads per block of entropy (one block per row).
@@ -122,7 +124,7 @@ geometry! {
 const _: () = assert!(CE_BLOCK.is_multiple_of(32) && CE_BLOCK <= 1024);
 const _: () = assert!(ENTROPY_BLOCK.is_multiple_of(32) && ENTROPY_BLOCK <= 1024);
 const _: () = assert!(SUMSQ_BLOCK.is_multiple_of(32) && SUMSQ_BLOCK <= 1024);
-const _: () = assert!(LN_BLOCK.is_multiple_of(32) && EW_BLOCK.is_multiple_of(32));
+const _: () = assert!(LN_BLOCK.is_multiple_of(32) && RMS_BLOCK.is_multiple_of(32) && EW_BLOCK.is_multiple_of(32));
 // colsum_partial: one column per lane of a warp.
 const _: () = assert!(COLSUM_COLS == 32);
 // The WMMA kernels: each warp owns 16 rows of a 64-row tile; the head size is 64.

@@ -157,7 +157,7 @@ fn kernel_check_passes_in_both_precisions() {
     for be in [SimBackend::new(), SimBackend::mixed()] {
         let rows = rlhf::check::kernels::run(&be, 1234, |_| {});
         print!("{}", rlhf::check::format_table(&rows));
-        assert!(rows.len() >= 20, "every op and the training step are checked");
+        assert!(rows.len() >= 31, "every op and the training step are checked");
         assert!(rows.iter().any(|r| r.op.contains("scalar head backward (oc = 1)")), "the n = 1 / k = 1 products");
         let failed: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| r.op.clone()).collect();
         assert!(failed.is_empty(), "failed: {failed:?}");
@@ -303,4 +303,17 @@ fn kernel_check_reports_a_failing_group_and_runs_the_rest() {
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].starts_with("f32 scalar head: panicked:") && failed[0].contains("planted failure"), "{failed:?}");
     assert!(rows.iter().any(|r| r.op.starts_with("f32 train step: every gradient") && r.ok), "later groups ran");
+}
+
+/// The fused attention kernels take the multi-head layout only: grouped-query attention (NKV < NH) is refused
+/// by name instead of reading the wrong columns.
+#[test]
+#[should_panic(expected = "attention_forward: the CUDA kernels take NKV = NH only (got NH 4, NKV 2)")]
+fn kernel_attention_refuses_grouped_kv_heads() {
+    let be = SimBackend::new();
+    let (b, t, nh, nkv, hs) = (1, 3, 4, 2, 16);
+    let c = nh * hs;
+    let qkv = be.upload(&vec![0.5; b * t * (c + 2 * nkv * hs)]).unwrap();
+    let (mut out, mut lse) = (be.zeros(b * t * c).unwrap(), be.zeros(b * nh * t).unwrap());
+    be.attention_forward(&mut out, &mut lse, &qkv, &qkv, &[0], b, t, t, c, nh, nkv);
 }

@@ -116,6 +116,8 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
     for op in [
         "gelu_forward",
         "gelu_backward",
+        "swiglu_forward",
+        "swiglu_backward",
         "add",
         "accumulate",
         "scale",
@@ -126,6 +128,11 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         "residual_layernorm_forward",
         "layernorm_backward_dinp",
         "layernorm_backward_partial",
+        "rmsnorm_forward",
+        "rmsnorm_backward_dinp",
+        "rmsnorm_backward_partial",
+        "rope_forward",
+        "rope_backward",
         "encoder_forward",
         "encoder_backward_wte",
         "encoder_backward_wpe",
@@ -229,6 +236,34 @@ fn gelu_forward_backward() {
             unsafe { kl::gelu_backward(&l, dt, dx.ptr(), x.ptr(), dy.ptr(), n) }.unwrap();
             ops::gelu::backward::<f64>(&mut want, &x.get(), &dy.get());
             check(&format!("gelu_backward n={n}"), dt, &dx.get(), &want);
+        }
+    }
+}
+
+#[test]
+fn swiglu_forward_backward() {
+    let l = launcher();
+    let mut rng = Rng::new(5);
+    for dt in DTYPES {
+        // (rows, F): single elements (F = 1, 67) and 16-byte chunks (F = 4: f32 only; 120: both dtypes); the last
+        // two run more than two blocks of EW_BLOCK threads and end on a ragged block.
+        for (n, f) in [(3usize, 1usize), (5, 4), (9, 67), (37, 120)] {
+            // gates of std 3 reach both tails of the sigmoid
+            let x = DBuf::new(dt, &randn(&mut rng, n * 2 * f, 3.0));
+            let dy = DBuf::new(dt, &randn(&mut rng, n * f, 1.0));
+            let out = DBuf::poisoned(dt, n * f);
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::swiglu_forward(&l, dt, out.ptr(), x.ptr(), n, f) }.unwrap();
+            let mut want = vec![0.0; n * f];
+            ops::swiglu::forward::<f64>(&mut want, &x.get(), f);
+            check(&format!("swiglu_forward {n}x{f}"), dt, &out.get(), &want);
+
+            let dx = DBuf::poisoned(dt, n * 2 * f);
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::swiglu_backward(&l, dt, dx.ptr(), dy.ptr(), x.ptr(), n, f) }.unwrap();
+            let mut want = vec![0.0; n * 2 * f];
+            ops::swiglu::backward::<f64>(&mut want, &dy.get(), &x.get(), f);
+            check(&format!("swiglu_backward {n}x{f}"), dt, &dx.get(), &want);
         }
     }
 }
@@ -431,6 +466,113 @@ fn residual_layernorm_fused_forward() {
             check("residual_layernorm out", dt, &out.get(), &wo);
             check("residual_layernorm mean", DType::F32, &f64s(&mean), &wm);
             check("residual_layernorm rstd", DType::F32, &f64s(&rstd), &wr);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ rmsnorm
+
+fn rmsnorm_case(l: &dyn Launcher, dt: DType, n: usize, c: usize, eps: f64, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let x = DBuf::new(dt, &randn(&mut rng, n * c, 1.5));
+    let w = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+    let out = DBuf::poisoned(dt, n * c);
+    let rstd = SimBuf::<f32>::poisoned(n, 0xff);
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::rmsnorm_forward(l, dt, out.ptr(), rstd.ptr(), x.ptr(), w.ptr(), n, c, eps) }.unwrap();
+    let (mut wo, mut wr) = (vec![0.0; n * c], vec![0.0; n]);
+    ops::rmsnorm::forward::<f64>(&mut wo, &mut wr, &x.get(), &w.get(), c, eps);
+    check(&format!("rmsnorm_forward {n}x{c} out"), dt, &out.get(), &wo);
+    // the statistics are f32 whatever the storage type
+    check(&format!("rmsnorm_forward {n}x{c} rstd"), DType::F32, &f64s(&rstd), &wr);
+
+    let dout = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+    let dinp = DBuf::new(dt, &randn(&mut rng, n * c, 1.0));
+    let dw = DBuf::new(dt, &randn(&mut rng, c, 1.0));
+    let (mut wdi, mut wdw) = (dinp.get(), dw.get());
+    ops::rmsnorm::backward::<f64>(&mut wdi, &mut wdw, &dout.get(), &x.get(), &w.get(), &wr, c);
+    let s = scratch(kl::rmsnorm_backward_scratch_bytes(n, c));
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe {
+        kl::rmsnorm_backward(l, dt, dinp.ptr(), dw.ptr(), dout.ptr(), x.ptr(), w.ptr(), rstd.ptr(), n, c, s.ptr())
+    }
+    .unwrap();
+    check(&format!("rmsnorm_backward {n}x{c} dinp"), dt, &dinp.get(), &wdi);
+    check(&format!("rmsnorm_backward {n}x{c} dw"), dt, &dw.get(), &wdw);
+}
+
+#[test]
+fn rmsnorm_forward_backward() {
+    let l = launcher();
+    for dt in DTYPES {
+        // A warp per row (RMS_BLOCK / 32 rows per block: 37 rows end on a ragged block); rows of 3+ passes of 32
+        // lanes in single elements (67) and in 16-byte packs (ln_packed); dw's column sums over two COLSUM_ROWS
+        // row chunks, the last ragged (COLSUM_ROWS + 4 rows), and ragged COLSUM_COLS column blocks (67).
+        let shapes = [(1usize, 1usize), (5, 31), (37, 67), (g(COLSUM_ROWS) + 4, 96), (9, ln_packed())];
+        for (i, (n, c)) in shapes.into_iter().enumerate() {
+            rmsnorm_case(&l, dt, n, c, [1e-5, 1e-6][i % 2], 20 + i as u64);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ rope
+
+/// RoPE's f32 tolerance: the kernels take the angle as the f32 product of the f32 table and the position (as
+/// Hugging Face does), the reference in f64. At positions p * inv_freq < 4096 the product is off by at most half
+/// an ulp (1.2e-4 rad) plus p times the table's rounding (4000 * 6e-8 = 2.4e-4 rad), so each rotated element by
+/// at most ~3.7e-4 of its pair's norm: 1e-3 leaves room for the kernel's sin and cos (2e-7 absolute) and still
+/// fails a wrong sign, pair or position (errors of order 1). bf16: the storage rounding (TOL_BF16) dominates.
+const TOL_ROPE_F32: f64 = 1e-3;
+
+fn rope_case(l: &dyn Launcher, dt: DType, rope: &ops::rope::Rope, pos0: &[u32], shape: kl::RopeShape, seed: u64) {
+    let kl::RopeShape { b, t, nh, nkv, hs } = shape;
+    let tol = if dt == DType::F32 { TOL_ROPE_F32 } else { TOL_BF16 };
+    let what = format!("rope {dt:?} b={b} t={t} nh={nh} nkv={nkv} hs={hs} pos0={pos0:?}");
+    let mut rng = Rng::new(seed);
+    let n = b * t * (nh + 2 * nkv) * hs;
+    let inv: Vec<f32> = rope.inv_freq.iter().map(|&f| f as f32).collect();
+    let (fd, pd) = (SimBuf::from_slice(&inv), SimBuf::from_slice(pos0));
+    for (backward, name) in [(false, "forward"), (true, "backward")] {
+        let x = DBuf::new(dt, &randn(&mut rng, n, 1.0));
+        let mut want = x.get();
+        // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+        unsafe {
+            if backward {
+                ops::rope::backward::<f64>(&mut want, rope, pos0, b, t, nh, nkv);
+                kl::rope_backward(l, dt, x.ptr(), fd.ptr(), pd.ptr(), shape)
+            } else {
+                ops::rope::forward::<f64>(&mut want, rope, pos0, b, t, nh, nkv);
+                kl::rope_forward(l, dt, x.ptr(), fd.ptr(), pd.ptr(), shape)
+            }
+        }
+        .unwrap();
+        let e = rel_err(&x.get(), &want);
+        assert!(e <= tol, "{what} {name}: relative error {e:.3e} > {tol:.1e}");
+    }
+}
+
+#[test]
+fn rope_forward_backward() {
+    use ops::rope::{Llama3Scaling, Rope};
+    let l = launcher();
+    let llama3 = Llama3Scaling {
+        factor: 32.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
+    // (rope, pos0, shape): grouped heads (NKV < NH, and NKV = NH), head sizes 6, 64 and 128, positions up to
+    // ~4000 (where the f32 angle is least exact); each launch runs more than two blocks of EW_BLOCK threads and
+    // ends on a ragged one (3456, 6336 and 270 threads).
+    let s = |b, t, nh, nkv, hs| kl::RopeShape { b, t, nh, nkv, hs };
+    let cases = [
+        (Rope::new(500000.0, 64, Some(llama3)), vec![0u32, 3990], s(2, 9, 4, 2, 64)),
+        (Rope::new(100000.0, 128, None), vec![4000 - 33], s(1, 33, 2, 1, 128)),
+        (Rope::new(10000.0, 6, None), vec![0, 7, 1000], s(3, 5, 3, 3, 6)),
+    ];
+    for dt in DTYPES {
+        for (i, (rope, pos0, shape)) in cases.iter().enumerate() {
+            rope_case(&l, dt, rope, pos0, *shape, 30 + i as u64);
         }
     }
 }
@@ -820,7 +962,7 @@ fn attention_fwd_case_with(
     }
     .unwrap();
     let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
-    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh, nh);
     let what = format!("attention_forward[{imp:?}] B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
     check(&format!("{what} out"), dt, &out.get(), &wo);
     check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
@@ -895,9 +1037,9 @@ fn attention_bwd_cases(
         .unwrap();
     // reference backward from the reference forward's out/lse (f64) on the same inputs
     let (mut wo, mut wl) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-    ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh, nh);
     let mut want = vec![f64::NAN; b * t * 3 * c];
-    ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh);
+    ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh, nh);
     let mut res = Vec::new();
     for &imp in imps {
         let dqkv = DBuf::poisoned(dt, b * t * 3 * c);

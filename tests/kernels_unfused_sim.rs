@@ -177,7 +177,7 @@ fn unfused_forward_matches_cpu_attention() {
             let got = unfused_forward(&l, dt, &qkv, b, t, nh, hs);
             let (mut want, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
             let x = qkv.get();
-            ops::attention::forward::<f64>(&mut want, &mut lse, &x, &x, &vec![0; b], b, t, t, c, nh);
+            ops::attention::forward::<f64>(&mut want, &mut lse, &x, &x, &vec![0; b], b, t, t, c, nh, nh);
             let e = max_rel_err(&got.out, &want);
             println!("unfused {dt:?} B={b} T={t} NH={nh} HS={hs}: max error {e:.3e} of max |out|");
             assert!(e <= tol(dt), "unfused attention {dt:?} B={b} T={t} NH={nh} HS={hs}: {e:.3e} > {:.1e}", tol(dt));

@@ -2,7 +2,7 @@
 //! `Cpu<f32>` is the engine's CPU device; `Cpu<f64>` runs the same model code for gradient checks.
 
 use super::Backend;
-use crate::ops::{self, adamw::AdamWParams, Float};
+use crate::ops::{self, adamw::AdamWParams, rope::Rope, Float};
 use anyhow::Result;
 use std::marker::PhantomData;
 
@@ -96,6 +96,21 @@ impl<F: Float> Backend for Cpu<F> {
     ) {
         ops::layernorm::backward(dinp, dw, db, dout, inp, w, mean, rstd, c)
     }
+    fn rmsnorm_forward(&self, out: &mut Vec<F>, rstd: &mut Vec<F>, inp: &Vec<F>, w: &Vec<F>, c: usize, eps: f64) {
+        ops::rmsnorm::forward(out, rstd, inp, w, c, eps)
+    }
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut Vec<F>,
+        dw: &mut Vec<F>,
+        dout: &Vec<F>,
+        inp: &Vec<F>,
+        w: &Vec<F>,
+        rstd: &Vec<F>,
+        c: usize,
+    ) {
+        ops::rmsnorm::backward(dinp, dw, dout, inp, w, rstd, c)
+    }
     fn matmul(
         &self,
         out: &mut Vec<F>,
@@ -122,6 +137,12 @@ impl<F: Float> Backend for Cpu<F> {
     fn gelu_backward(&self, dinp: &mut Vec<F>, inp: &Vec<F>, dout: &Vec<F>) {
         ops::gelu::backward(dinp, inp, dout)
     }
+    fn swiglu_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, f: usize) {
+        ops::swiglu::forward(out, inp, f)
+    }
+    fn swiglu_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, inp: &Vec<F>, f: usize) {
+        ops::swiglu::backward(dinp, dout, inp, f)
+    }
     fn add(&self, out: &mut Vec<F>, a: &Vec<F>, b: &Vec<F>) {
         ops::residual::add(out, a, b)
     }
@@ -130,6 +151,12 @@ impl<F: Float> Backend for Cpu<F> {
     }
     fn scale(&self, buf: &mut Vec<F>, s: f64) {
         ops::residual::scale(buf, F::of(s))
+    }
+    fn rope_forward(&self, qkv: &mut Vec<F>, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize) {
+        ops::rope::forward(qkv, rope, pos0, b, t, nh, nkv)
+    }
+    fn rope_backward(&self, dqkv: &mut Vec<F>, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize) {
+        ops::rope::backward(dqkv, rope, pos0, b, t, nh, nkv)
     }
     fn attention_forward(
         &self,
@@ -143,8 +170,9 @@ impl<F: Float> Backend for Cpu<F> {
         tk: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     ) {
-        ops::attention::forward(out, lse, q_src, kv, pos0, b, tq, tk, c, nh)
+        ops::attention::forward(out, lse, q_src, kv, pos0, b, tq, tk, c, nh, nkv)
     }
     fn attention_backward(
         &self,
@@ -157,8 +185,9 @@ impl<F: Float> Backend for Cpu<F> {
         t: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     ) {
-        ops::attention::backward(dqkv, dout, qkv, out, lse, b, t, c, nh)
+        ops::attention::backward(dqkv, dout, qkv, out, lse, b, t, c, nh, nkv)
     }
     fn crossentropy(
         &self,

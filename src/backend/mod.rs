@@ -8,6 +8,7 @@
 pub mod cpu;
 
 use crate::ops::adamw::AdamWParams;
+use crate::ops::rope::Rope;
 use crate::ops::Float;
 use anyhow::Result;
 
@@ -91,6 +92,29 @@ pub trait Backend: Sync {
         rstd: &Self::Buf,
         c: usize,
     );
+    /// out[N,C] = rmsnorm(inp) * w, rstd [N] (statistics: f32 on the kernel backend); eps is the model's
+    /// `rms_norm_eps` (see crate::ops::rmsnorm).
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        c: usize,
+        eps: f64,
+    );
+    /// dinp[N,C] += ..., dw[C] += ... from dout[N,C], the forward's inp, w and rstd.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        c: usize,
+    );
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
@@ -108,9 +132,22 @@ pub trait Backend: Sync {
     fn bias_backward(&self, dbias: &mut Self::Buf, dout: &Self::Buf);
     fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf);
     fn gelu_backward(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf);
+    /// out[N,F] = silu(gate) * up of the packed inp [N,2F] = [gate | up] (see crate::ops::swiglu).
+    fn swiglu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, f: usize);
+    /// dinp[N,2F] = [dgate | dup] (overwrites) from dout [N,F] and the forward's inp.
+    fn swiglu_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, f: usize);
     fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf);
     fn accumulate(&self, dst: &mut Self::Buf, src: &Self::Buf);
     fn scale(&self, buf: &mut Self::Buf, s: f64);
+    /// RoPE, in place on the q and k heads of qkv [B,T,(NH+2NKV)HS] at positions pos0[b] + t (see
+    /// crate::ops::rope; HS = the table's head size).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_forward(&self, qkv: &mut Self::Buf, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize);
+    /// The transposed rotation, in place on the q and k heads of dqkv (same shapes and positions).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_backward(&self, dqkv: &mut Self::Buf, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize);
+    /// Causal attention of NH query heads over NKV key/value heads (NKV = NH: GPT-2): out [B,Tq,C],
+    /// lse [B,NH,Tq], q_src [B,Tq,W], kv [B,Tk,W] with W = C + 2 NKV C/NH (see crate::ops::attention).
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
@@ -124,7 +161,9 @@ pub trait Backend: Sync {
         tk: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     );
+    /// The training-form backward (pos0 = 0, kv = qkv): dqkv [B,T,W] (overwritten) from dout, out [B,T,C].
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -137,6 +176,7 @@ pub trait Backend: Sync {
         t: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     );
     #[allow(clippy::too_many_arguments)]
     fn crossentropy(

@@ -92,6 +92,23 @@ fn layernorm<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     ]
 }
 
+/// RMSNorm with Llama's eps; 80 columns: the packed path in both dtypes, a ragged column block of the dw sums.
+fn rmsnorm<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (n, c) = (33, 80);
+    let (inp, w, dout) =
+        (act(be, &randn(rng, n * c, 2.0)), up(be, &randn(rng, c, 1.0)), act(be, &randn(rng, n * c, 1.0)));
+    let (mut o, mut rstd) = (zeros(be, n * c), zeros(be, n));
+    be.rmsnorm_forward(&mut o, &mut rstd, &inp, &w, c, 1e-5);
+    let (mut dinp, mut dw) = (zeros(be, n * c), zeros(be, c));
+    be.rmsnorm_backward(&mut dinp, &mut dw, &dout, &inp, &w, &rstd, c);
+    vec![
+        out(be, "rmsnorm forward", "out", &o),
+        out(be, "rmsnorm forward", "rstd", &rstd),
+        out(be, "rmsnorm backward", "dinp", &dinp),
+        out(be, "rmsnorm backward", "dw", &dw),
+    ]
+}
+
 /// Row names of the linear checks: forward, backward.
 const LINEAR_ROWS: [&str; 2] = ["linear forward", "linear backward"];
 /// The same with one output feature (PPO's value and reward heads): the forward product has n = 1, the
@@ -144,6 +161,16 @@ fn elementwise<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     ]
 }
 
+/// SwiGLU on packed [gate | up] rows; F = 100: the 16-byte chunks in f32, single elements in bf16.
+fn swiglu<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (n, f) = (13, 100);
+    let (x, dout) = (act(be, &randn(rng, n * 2 * f, 2.0)), act(be, &randn(rng, n * f, 1.0)));
+    let (mut o, mut dx) = (zeros(be, n * f), zeros(be, n * 2 * f));
+    be.swiglu_forward(&mut o, &x, f);
+    be.swiglu_backward(&mut dx, &dout, &x, f);
+    vec![out(be, "swiglu forward", "out", &o), out(be, "swiglu backward", "dinp", &dx)]
+}
+
 /// Causal attention; head size 64 takes the tensor-core kernel in bf16, 16 the CUDA-core one.
 fn attention<B: Backend<F = f32>>(
     be: &B,
@@ -156,10 +183,29 @@ fn attention<B: Backend<F = f32>>(
     let (b, t) = (2, 19);
     let (qkv, dout) = (act(be, &randn(rng, b * t * 3 * c, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
     let (mut o, mut lse) = (zeros(be, b * t * c), zeros(be, b * nh * t));
-    be.attention_forward(&mut o, &mut lse, &qkv, &qkv, &[0, 0], b, t, t, c, nh);
+    be.attention_forward(&mut o, &mut lse, &qkv, &qkv, &[0, 0], b, t, t, c, nh, nh);
     let mut dqkv = zeros(be, b * t * 3 * c);
-    be.attention_backward(&mut dqkv, &dout, &qkv, &o, &lse, b, t, c, nh);
+    be.attention_backward(&mut dqkv, &dout, &qkv, &o, &lse, b, t, c, nh, nh);
     vec![out(be, fwd, "out", &o), out(be, fwd, "lse", &lse), out(be, bwd, "dqkv", &dqkv)]
+}
+
+/// RoPE on a grouped qkv (NH = 4, NKV = 2, head size 64) with Llama 3 scaling, one row at positions near 3000
+/// (the f32 angles of both engines are the same product; their sin and cos may differ by an ulp or two).
+fn rope<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    use crate::ops::rope::{Llama3Scaling, Rope};
+    let (b, t, nh, nkv, hs) = (2, 11, 4, 2, 64);
+    let scaling = Llama3Scaling {
+        factor: 32.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
+    let rope = Rope::new(500000.0, hs, Some(scaling));
+    let (pos0, n) = ([0u32, 2990], b * t * (nh + 2 * nkv) * hs);
+    let (mut x, mut dx) = (act(be, &randn(rng, n, 1.0)), act(be, &randn(rng, n, 1.0)));
+    be.rope_forward(&mut x, &rope, &pos0, b, t, nh, nkv);
+    be.rope_backward(&mut dx, &rope, &pos0, b, t, nh, nkv);
+    vec![out(be, "rope forward", "qkv", &x), out(be, "rope backward", "dqkv", &dx)]
 }
 
 /// Masked, temperature-scaled cross-entropy on padded rows (pad columns must come back zero).
@@ -253,11 +299,14 @@ fn train_step<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
 const GROUPS: &[(&str, u64)] = &[
     ("embedding", 1),
     ("layernorm", 2),
+    ("rmsnorm", 12),
     ("linear", 3),
     ("scalar head", 11),
     ("elementwise", 4),
+    ("swiglu", 13),
     ("attention hs64", 5),
     ("attention hs16", 6),
+    ("rope", 14),
     ("crossentropy", 7),
     ("entropy", 10),
     ("adamw", 8),
@@ -269,15 +318,18 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
     Ok(match name {
         "embedding" => embedding(be, rng),
         "layernorm" => layernorm(be, rng),
+        "rmsnorm" => rmsnorm(be, rng),
         "linear" => linear(be, rng, 17, 64, 96, LINEAR_ROWS),
         "scalar head" => linear(be, rng, 13, 64, 1, SCALAR_HEAD_ROWS),
         "elementwise" => elementwise(be, rng),
+        "swiglu" => swiglu(be, rng),
         "attention hs64" => {
             attention(be, rng, 128, 2, "attention forward (head size 64)", "attention backward (head size 64)")
         }
         "attention hs16" => {
             attention(be, rng, 32, 2, "attention forward (head size 16)", "attention backward (head size 16)")
         }
+        "rope" => rope(be, rng),
         "crossentropy" => crossentropy(be, rng),
         "entropy" => entropy(be, rng),
         "adamw" => adamw(be, rng),

@@ -124,6 +124,24 @@ pub fn check_layernorm(rng: &mut Rng) -> CheckResult {
     compare("layernorm", &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
 }
 
+/// RMSNorm with Qwen2's eps, on rows of different scales.
+pub fn check_rmsnorm(rng: &mut Rng) -> CheckResult {
+    let (n, c, eps) = (5, 7, 1e-6);
+    let r = rng.normals(n * c, 1.0);
+    let x: Vec<f64> = rng.normals(n * c, 1.0).iter().enumerate().map(|(i, v)| v * (1 + i / c) as f64).collect();
+    let inputs = vec![x, rng.normals(c, 1.0)];
+    let fwd = |x: &Inputs| {
+        let (mut out, mut s) = (vec![0.0; n * c], vec![0.0; n]);
+        crate::ops::rmsnorm::forward(&mut out, &mut s, &x[0], &x[1], c, eps);
+        (out, s)
+    };
+    let (_, s) = fwd(&inputs);
+    let mut g = vec![vec![0.0; n * c], vec![0.0; c]];
+    let [dx, dw] = &mut g[..] else { unreachable!() };
+    crate::ops::rmsnorm::backward(dx, dw, &r, &inputs[0], &inputs[1], &s, c);
+    compare("rmsnorm", &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
+}
+
 pub fn check_linear(rng: &mut Rng) -> CheckResult {
     let be = Be::new();
     let (n, c, oc) = (5, 6, 7);
@@ -147,13 +165,57 @@ pub fn check_attention(rng: &mut Rng) -> CheckResult {
     let pos0 = vec![0u32; b];
     let fwd = |x: &Inputs| {
         let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-        crate::ops::attention::forward(&mut out, &mut lse, &x[0], &x[0], &pos0, b, t, t, c, nh);
+        crate::ops::attention::forward(&mut out, &mut lse, &x[0], &x[0], &pos0, b, t, t, c, nh, nh);
         (out, lse)
     };
     let (out, lse) = fwd(&inputs);
     let mut g = vec![vec![0.0; b * t * 3 * c]];
-    crate::ops::attention::backward(&mut g[0], &r, &inputs[0], &out, &lse, b, t, c, nh);
+    crate::ops::attention::backward(&mut g[0], &r, &inputs[0], &out, &lse, b, t, c, nh, nh);
     compare("attention", &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
+}
+
+/// Grouped-query attention: NH query heads over NKV < NH key/value heads (dk, dv summed over each group).
+pub fn check_attention_gqa(rng: &mut Rng, nh: usize, nkv: usize, hs: usize) -> CheckResult {
+    let (b, t, c) = (2, 5, nh * hs);
+    let w = c + 2 * nkv * hs;
+    let r = rng.normals(b * t * c, 1.0);
+    let inputs = vec![rng.normals(b * t * w, 1.0)];
+    let pos0 = vec![0u32; b];
+    let fwd = |x: &Inputs| {
+        let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+        crate::ops::attention::forward(&mut out, &mut lse, &x[0], &x[0], &pos0, b, t, t, c, nh, nkv);
+        (out, lse)
+    };
+    let (out, lse) = fwd(&inputs);
+    let mut g = vec![vec![0.0; b * t * w]];
+    crate::ops::attention::backward(&mut g[0], &r, &inputs[0], &out, &lse, b, t, c, nh, nkv);
+    compare(&format!("attention gqa (nh {nh}, nkv {nkv}, hs {hs})"), &inputs, |x| dot(&fwd(x).0, &r), &g, rng)
+}
+
+/// RoPE on the q and k heads of a grouped qkv row (NH = 2, NKV = 1), rows at different start positions, with
+/// Llama 3 scaling whose bands each hold one of the three frequencies (kept, interpolated, divided).
+pub fn check_rope(rng: &mut Rng) -> CheckResult {
+    use crate::ops::rope::{Llama3Scaling, Rope};
+    let (b, t, nh, nkv, hs) = (2, 3, 2, 1, 6);
+    let scaling = Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 512.0,
+    };
+    let rope = Rope::new(10000.0, hs, Some(scaling));
+    let pos0 = [0u32, 5];
+    let n = b * t * (nh + 2 * nkv) * hs;
+    let r = rng.normals(n, 1.0);
+    let inputs = vec![rng.normals(n, 1.0)];
+    let f = |x: &Inputs| {
+        let mut y = x[0].clone();
+        crate::ops::rope::forward(&mut y, &rope, &pos0, b, t, nh, nkv);
+        dot(&y, &r)
+    };
+    let mut g = vec![r.clone()];
+    crate::ops::rope::backward(&mut g[0], &rope, &pos0, b, t, nh, nkv);
+    compare("rope (llama3 scaling, nkv < nh)", &inputs, f, &g, rng)
 }
 
 pub fn check_gelu(rng: &mut Rng) -> CheckResult {
@@ -168,6 +230,21 @@ pub fn check_gelu(rng: &mut Rng) -> CheckResult {
     let mut g = vec![vec![0.0; n]];
     crate::ops::gelu::backward(&mut g[0], &inputs[0], &r);
     compare("gelu", &inputs, f, &g, rng)
+}
+
+/// SwiGLU on packed [gate | up] rows, gates spread wide enough to reach both tails of the sigmoid.
+pub fn check_swiglu(rng: &mut Rng) -> CheckResult {
+    let (n, f) = (4, 5);
+    let r = rng.normals(n * f, 1.0);
+    let inputs = vec![rng.normals(n * 2 * f, 2.5)];
+    let fwd = |x: &Inputs| {
+        let mut out = vec![0.0; n * f];
+        crate::ops::swiglu::forward(&mut out, &x[0], f);
+        out
+    };
+    let mut g = vec![vec![0.0; n * 2 * f]];
+    crate::ops::swiglu::backward(&mut g[0], &r, &inputs[0], f);
+    compare("swiglu", &inputs, |x| dot(&fwd(x), &r), &g, rng)
 }
 
 pub fn check_residual(rng: &mut Rng) -> CheckResult {
@@ -303,12 +380,15 @@ pub fn check_scalar_head(rng: &mut Rng) -> CheckResult {
 /// Every check, in a fixed order, from one seed.
 pub fn run_all(seed: u64) -> Vec<CheckResult> {
     let mut rng = Rng::new(seed);
-    let checks: [fn(&mut Rng) -> CheckResult; 10] = [
+    let checks: [fn(&mut Rng) -> CheckResult; 13] = [
         check_embedding,
         check_layernorm,
+        check_rmsnorm,
         check_linear,
         check_attention,
+        check_rope,
         check_gelu,
+        check_swiglu,
         check_residual,
         check_crossentropy,
         check_adamw,
@@ -316,6 +396,9 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
         check_model,
     ];
     let mut results: Vec<CheckResult> = checks.iter().map(|c| c(&mut rng)).collect();
+    for (nh, nkv, hs) in [(4, 2, 64), (4, 1, 128), (6, 3, 4)] {
+        results.push(check_attention_gqa(&mut rng, nh, nkv, hs));
+    }
     results.push(losses::reward_pairwise());
     results.extend(losses::ppo());
     results.extend(losses::dpo());

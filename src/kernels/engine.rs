@@ -27,6 +27,7 @@ use super::device::{Device, Gemm, SimDevice};
 use super::launch::{self as kl, DType, DevPtr};
 use crate::backend::Backend;
 use crate::ops::adamw::AdamWParams;
+use crate::ops::rope::Rope;
 use anyhow::Result;
 use half::bf16;
 use std::sync::{Mutex, OnceLock};
@@ -207,6 +208,27 @@ impl<D: Device> KernelBackend<D> {
             b.dt = dt;
         }
         self.p(&b.mem)
+    }
+
+    /// RoPE forward (or, with `transposed`, backward) in place on `x`'s q and k heads.
+    fn rope(&self, x: &mut DevBuf<D::Mem>, rope: &Rope, pos0: &[u32], s: kl::RopeShape, transposed: bool) {
+        let what = if transposed { "rope_backward" } else { "rope_forward" };
+        assert!(pos0.len() >= s.b, "{what}: {} positions for {} rows", pos0.len(), s.b);
+        need(what, x, s.b * s.t * (s.nh + 2 * s.nkv) * s.hs);
+        let inv: Vec<f32> = rope.inv_freq.iter().map(|&f| f as f32).collect();
+        let (fd, pd) = (self.device_copy(bytemuck::cast_slice(&inv)), self.positions(pos0));
+        let dt = x.dt;
+        let p = self.target(x, dt);
+        // SAFETY: a live buffer of this backend, its size checked above; `fd` holds the hs/2 frequencies (the
+        // table's length is the head size's half by construction), `pd` pos0.
+        let r = unsafe {
+            if transposed {
+                kl::rope_backward(self.l(), dt, p, fd, pd, s)
+            } else {
+                kl::rope_forward(self.l(), dt, p, fd, pd, s)
+            }
+        };
+        ok(what, r);
     }
 
     fn scratch(&self, bytes: usize) -> D::Mem {
@@ -424,6 +446,48 @@ impl<D: Device> Backend for KernelBackend<D> {
         };
         ok("layernorm_backward", res);
     }
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        c: usize,
+        eps: f64,
+    ) {
+        let (dt, n) = (out.dt, inp.n / c);
+        need("rmsnorm_forward", out, n * c);
+        need("rmsnorm_forward rstd", rstd, n);
+        need("rmsnorm_forward w", w, c);
+        let (vi, vw) = (self.view(inp, dt), self.view(w, dt));
+        let (o, r) = (self.target(out, dt), self.target(rstd, F32));
+        // SAFETY: live buffers of this backend, sizes checked above.
+        let res = unsafe { kl::rmsnorm_forward(self.l(), dt, o, r, vi.ptr(), vw.ptr(), n, c, eps) };
+        ok("rmsnorm_forward", res);
+    }
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        c: usize,
+    ) {
+        let (dt, n) = (dinp.dt, inp.n / c);
+        [&*dinp, dout].iter().for_each(|x| need("rmsnorm_backward", x, n * c));
+        [&*dw, w].iter().for_each(|x| need("rmsnorm_backward", x, c));
+        need("rmsnorm_backward rstd", rstd, n);
+        let (vd, vi, vw, vr) = (self.view(dout, dt), self.view(inp, dt), self.view(w, dt), self.view(rstd, F32));
+        let s = self.scratch(kl::rmsnorm_backward_scratch_bytes(n, c));
+        let (gi, gw) = (self.target(dinp, dt), self.target(dw, dt));
+        // SAFETY: live buffers of this backend, sizes checked above; `s` has the scratch size asked for.
+        let res = unsafe {
+            kl::rmsnorm_backward(self.l(), dt, gi, gw, vd.ptr(), vi.ptr(), vw.ptr(), vr.ptr(), n, c, self.p(&s))
+        };
+        ok("rmsnorm_backward", res);
+    }
     fn matmul(
         &self,
         out: &mut Self::Buf,
@@ -529,6 +593,23 @@ impl<D: Device> Backend for KernelBackend<D> {
         // SAFETY: live buffers of this backend, sizes checked above.
         ok("gelu_backward", unsafe { kl::gelu_backward(self.l(), dt, g, vi.ptr(), vd.ptr(), inp.n) });
     }
+    fn swiglu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, f: usize) {
+        let (dt, n) = (out.dt, inp.n / (2 * f));
+        need("swiglu_forward", out, n * f);
+        let vi = self.view(inp, dt);
+        let o = self.target(out, dt);
+        // SAFETY: live buffers of this backend, sizes checked above (inp holds n * 2f by the choice of n).
+        ok("swiglu_forward", unsafe { kl::swiglu_forward(self.l(), dt, o, vi.ptr(), n, f) });
+    }
+    fn swiglu_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, f: usize) {
+        let (dt, n) = (dinp.dt, inp.n / (2 * f));
+        need("swiglu_backward dinp", dinp, n * 2 * f);
+        need("swiglu_backward dout", dout, n * f);
+        let (vd, vi) = (self.view(dout, dt), self.view(inp, dt));
+        let g = self.target(dinp, dt);
+        // SAFETY: live buffers of this backend, sizes checked above (inp holds n * 2f by the choice of n).
+        ok("swiglu_backward", unsafe { kl::swiglu_backward(self.l(), dt, g, vd.ptr(), vi.ptr(), n, f) });
+    }
     fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf) {
         let dt = out.dt;
         [&*out, b].iter().for_each(|x| need("add", x, a.n));
@@ -551,6 +632,21 @@ impl<D: Device> Backend for KernelBackend<D> {
         // SAFETY: buf holds n elements of dt.
         ok("scale", unsafe { kl::scale(self.l(), dt, p, s as f32, n) });
     }
+    fn rope_forward(&self, qkv: &mut Self::Buf, rope: &Rope, pos0: &[u32], b: usize, t: usize, nh: usize, nkv: usize) {
+        self.rope(qkv, rope, pos0, kl::RopeShape { b, t, nh, nkv, hs: rope.head_dim() }, false)
+    }
+    fn rope_backward(
+        &self,
+        dqkv: &mut Self::Buf,
+        rope: &Rope,
+        pos0: &[u32],
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+    ) {
+        self.rope(dqkv, rope, pos0, kl::RopeShape { b, t, nh, nkv, hs: rope.head_dim() }, true)
+    }
     fn attention_forward(
         &self,
         out: &mut Self::Buf,
@@ -563,7 +659,9 @@ impl<D: Device> Backend for KernelBackend<D> {
         tk: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     ) {
+        assert_eq!(nkv, nh, "attention_forward: the CUDA kernels take NKV = NH only (got NH {nh}, NKV {nkv})");
         let dt = out.dt;
         assert!(pos0.len() >= b, "attention_forward: {} positions for {b} rows", pos0.len());
         need("attention_forward out", out, b * tq * c);
@@ -587,7 +685,9 @@ impl<D: Device> Backend for KernelBackend<D> {
         t: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
     ) {
+        assert_eq!(nkv, nh, "attention_backward: the CUDA kernels take NKV = NH only (got NH {nh}, NKV {nkv})");
         let dt = dqkv.dt;
         [&*dqkv, qkv].iter().for_each(|x| need("attention_backward", x, b * t * 3 * c));
         [dout, out].iter().for_each(|x| need("attention_backward", x, b * t * c));

@@ -361,9 +361,10 @@ impl<B: Backend> Gpt2<B> {
                         kv.capacity,
                         c,
                         nh,
+                        nh,
                     );
                 }
-                None => be.attention_forward(&mut la.atty, &mut la.lse, &la.qkv, &la.qkv, &a.pos0, b, t, t, c, nh),
+                None => be.attention_forward(&mut la.atty, &mut la.lse, &la.qkv, &la.qkv, &a.pos0, b, t, t, c, nh, nh),
             }
             be.linear_forward(&mut a.scratch, &la.atty, w.attn_proj_w, Some(w.attn_proj_b), n, c, c);
             be.residual_layernorm_forward(
@@ -572,7 +573,7 @@ impl<B: Backend> Gpt2<B> {
                 c,
                 c,
             );
-            be.attention_backward(&mut a.dqkv, &a.datty, &la.qkv, &la.atty, &la.lse, b, t, c, nh);
+            be.attention_backward(&mut a.dqkv, &a.datty, &la.qkv, &la.atty, &la.lse, b, t, c, nh, nh);
             be.linear_backward(
                 Some(&mut a.dln),
                 gw.c_attn_w,

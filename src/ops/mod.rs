@@ -3,8 +3,8 @@
 //! checks). The CUDA kernels in `kernels/*.cu` implement the same contracts and are tested against these.
 //!
 //! Conventions: tensors are row-major slices; `B` batch, `T` time, `C` channels, `NH` heads, `HS = C/NH`,
-//! `V` vocabulary, `Vp` padded vocabulary, `N = B*T` rows. A backward "+=" accumulates into its output
-//! (parameter gradients, and the residual stream's gradient); "=" overwrites.
+//! `V` vocabulary, `Vp` padded vocabulary, `F` MLP width (SwiGLU), `N = B*T` rows. A backward "+=" accumulates
+//! into its output (parameter gradients, and the residual stream's gradient); "=" overwrites.
 //!
 //! Parallel loops split work into chunks of a fixed size, never by the number of threads, and reduce the
 //! partial results in a fixed order: results are bit-identical whatever the thread count.
@@ -20,6 +20,9 @@ pub mod layernorm;
 pub mod linear;
 pub mod matmul;
 pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 
 pub use float::Float;
 

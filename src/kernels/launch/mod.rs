@@ -36,6 +36,9 @@ pub mod geometry;
 pub mod layernorm;
 pub mod linear;
 pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 
 pub use adamw::*;
 pub use attention::*;
@@ -47,6 +50,9 @@ pub use gelu::*;
 pub use layernorm::*;
 pub use linear::*;
 pub use residual::*;
+pub use rmsnorm::*;
+pub use rope::*;
+pub use swiglu::*;
 
 /// A device address (a host address in the simulator).
 pub type DevPtr = u64;
