@@ -30,7 +30,8 @@ macro_rules! geometry {
 geometry! {
     // ---- elementwise and row kernels
     /// Threads per block of the one-thread-per-element (or per 16-byte pack) kernels: gelu, residual, casts,
-    /// bias_add, colsum_finalize, encoder_forward, encoder_backward_wpe, attention_permute/unpermute, adamw_multi.
+    /// bias_add, colsum_finalize, encoder_forward, encoder_backward_wpe, attention_permute/unpermute, adamw_multi;
+    /// copy_rows (one block per row, striding).
     EW_BLOCK = 256;
     /// Threads per block of the layernorm kernels (one warp per row).
     LN_BLOCK = 256;

@@ -132,6 +132,7 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         "crossentropy",
         "adamw_multi",
         "sum_squares_multi_partial",
+        "copy_rows",
         "attention_forward_hs1",
         "attention_forward_hs2",
         "attention_forward_hs4",
@@ -653,6 +654,37 @@ fn entropy_forward_backward() {
             entropy_case(&l, dt, n, v, vp, 1.0, true, 130 + v as u64);
             entropy_case(&l, dt, n, v, vp, 0.7, true, 131 + v as u64);
             entropy_case(&l, dt, n, v, vp, 1.3, false, 132 + v as u64);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ row copies
+
+/// copy_rows (KV-cache append, logits-row gather, cache compaction) against the row-by-row copies it replaces:
+/// every listed row bit-exact, every other row untouched. Row widths: one element, a short row, and one that
+/// the block strides over twice and ends ragged.
+#[test]
+fn copy_rows_scatter_and_gather() {
+    let l = launcher();
+    let pairs: [(u32, u32); 5] = [(10, 0), (3, 6), (0, 6), (7, 2), (4, 5)];
+    let (src_rows, dst_rows) = (7, 11);
+    let table = SimBuf::from_slice(&pairs.iter().flat_map(|&(d, s)| [d, s]).collect::<Vec<u32>>());
+    for dt in DTYPES {
+        for w in [1, 48, 2 * g(EW_BLOCK) + 3] {
+            let src = DBuf::new(dt, &randn(&mut Rng::new(w as u64), src_rows * w, 1.0));
+            let dst = DBuf::poisoned(dt, dst_rows * w);
+            // SAFETY: `table` holds the pairs; every row they name lies inside `src` and `dst`.
+            unsafe { kl::copy_rows(&l, dt, dst.ptr(), src.ptr(), table.ptr(), pairs.len(), w) }.unwrap();
+            let (got, want, poison) = (dst.bits(), src.bits(), DBuf::poisoned(dt, 1).bits()[0]);
+            for r in 0..dst_rows {
+                let row = &got[r * w..(r + 1) * w];
+                match pairs.iter().find(|p| p.0 as usize == r) {
+                    Some(&(_, s)) => {
+                        assert_eq!(row, &want[s as usize * w..(s as usize + 1) * w], "row {r} {dt:?} w={w}")
+                    }
+                    None => assert!(row.iter().all(|&b| b == poison), "row {r} written ({dt:?}, w={w})"),
+                }
+            }
         }
     }
 }

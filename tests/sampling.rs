@@ -56,6 +56,26 @@ fn sampling_is_deterministic_for_a_seed_and_stops_at_eos() {
     }
 }
 
+/// Rows that stop leave the batch (the cache is compacted to the live rows): the rows still running get
+/// exactly what they get alone, with their own generator.
+#[test]
+fn rows_that_stop_early_leave_the_batch_without_changing_the_others() {
+    let be = Cpu::<f64>::new();
+    let m = Gpt2::init(&be, tiny(), 4).unwrap();
+    let prompts = vec![vec![1, 2], vec![3], vec![4, 5, 6], vec![7]];
+    let mut sc = SampleConfig { max_new_tokens: 14, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
+    let rngs = || (0..4).map(|i| Rng::new(20 + i)).collect::<Vec<_>>();
+    // Stop on row 0's third token: row 0 ends after three tokens.
+    sc.stop = Some(generate(&be, &m, &prompts, &sc, &mut rngs()).unwrap()[0].tokens[2]);
+    let batch = generate(&be, &m, &prompts, &sc, &mut rngs()).unwrap();
+    let lens: Vec<usize> = batch.iter().map(|g| g.tokens.len()).collect();
+    assert!(lens.iter().any(|&n| n < 14) && lens.contains(&14), "no row stopped early: {lens:?}");
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = generate(&be, &m, std::slice::from_ref(p), &sc, &mut [Rng::new(20 + i as u64)]).unwrap();
+        assert_eq!(alone[0], batch[i], "row {i}");
+    }
+}
+
 #[test]
 fn a_prompt_longer_than_the_context_is_an_error() {
     let be = Cpu::<f32>::new();

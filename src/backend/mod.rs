@@ -270,4 +270,14 @@ pub trait Backend: Sync {
             self.bias_backward(dbias, dout);
         }
     }
+
+    /// Row gather/scatter: for each (d, s) of `rows`, dst[d*w .. d*w+w] = src[s*w .. s*w+w] (rows of `w`
+    /// elements; the destination rows distinct, `dst` and `src` different buffers). The KV-cache append, the
+    /// gather of the rows whose logits are needed and the compaction of a cache to its live rows. The default
+    /// copies row by row; a device backend does all the rows in one launch.
+    fn copy_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, w: usize, rows: &[(u32, u32)]) {
+        for &(d, s) in rows {
+            self.copy(dst, d as usize * w, src, s as usize * w, w);
+        }
+    }
 }

@@ -184,6 +184,17 @@ fn entropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     vec![out(be, "entropy forward", "entropy", &ent), out(be, "entropy backward", "dlogits", &d)]
 }
 
+/// The row scatter of the KV-cache append: the qkv rows of two batch rows to their positions in a cache.
+fn rows<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (w, t, cap) = (3 * 40, 3, 9);
+    let src = act(be, &randn(rng, 2 * t * w, 1.0));
+    let mut cache = zeros(be, 2 * cap * w);
+    let pairs: Vec<(u32, u32)> =
+        (0..2).flat_map(|b| (0..t).map(move |j| ((b * cap + 2 + 4 * b + j) as u32, (b * t + j) as u32))).collect();
+    be.copy_rows(&mut cache, &src, w, &pairs);
+    vec![out(be, "copy rows (KV-cache append)", "cache", &cache)]
+}
+
 /// AdamW at step 3 from nonzero moments with clipping, and the sum of squares behind the clipping.
 fn adamw<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let n = 1003;
@@ -261,6 +272,7 @@ const GROUPS: &[(&str, u64)] = &[
     ("crossentropy", 7),
     ("entropy", 10),
     ("adamw", 8),
+    ("rows", 12),
     ("train step", 9),
 ];
 
@@ -281,6 +293,7 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
         "crossentropy" => crossentropy(be, rng),
         "entropy" => entropy(be, rng),
         "adamw" => adamw(be, rng),
+        "rows" => rows(be, rng),
         "train step" => train_step(be, rng)?,
         other => unreachable!("no check group {other}"),
     })

@@ -707,6 +707,20 @@ impl<D: Device> Backend for KernelBackend<D> {
             let _ = params[i].half.set(half);
         }
     }
+    /// One launch over every row; the table of pairs goes up as one small array.
+    fn copy_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, w: usize, rows: &[(u32, u32)]) {
+        let dt = dst.dt;
+        let (d_rows, s_rows) = (dst.n / w.max(1), src.n / w.max(1));
+        let (d, s): (Vec<u32>, Vec<u32>) = rows.iter().copied().unzip();
+        ids_below("copy_rows destination", &d, d_rows);
+        ids_below("copy_rows source", &s, s_rows);
+        let pairs: Vec<u32> = rows.iter().flat_map(|&(d, s)| [d, s]).collect();
+        let vs = self.view(src, dt);
+        let (table, o) = (self.device_copy(bytemuck::cast_slice(&pairs)), self.target(dst, dt));
+        // SAFETY: live buffers of this backend (distinct: `dst` is borrowed mutably), every row index checked
+        // above; `table` holds the pairs.
+        ok("copy_rows", unsafe { kl::copy_rows(self.l(), dt, o, vs.ptr(), table, rows.len(), w) });
+    }
     fn sum_squares(&self, buf: &Self::Buf) -> f64 {
         self.sum_squares_all(std::slice::from_ref(buf))
     }

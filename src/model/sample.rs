@@ -37,16 +37,30 @@ pub struct Generation {
 }
 
 impl<B: Backend> Gpt2<B> {
-    /// Logits [rows.len(), V] for the given flat positions (b*T + t) of the last forward.
-    pub fn logits_at(&self, be: &B, a: &Acts<B>, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
-        let (c, v, vp) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.padded_vocab());
-        let mut h = be.zeros(rows.len() * c)?;
-        for (i, &r) in rows.iter().enumerate() {
-            be.copy(&mut h, i * c, &a.lnf, r * c, c);
-        }
+    /// Logits [rows.len(), Vp] on the device for the given flat positions (b*T + t) of the last forward: the
+    /// hidden states of those rows gathered (one copy; none when they are all the rows, in order), then the
+    /// LM head over them alone.
+    fn logits_rows(&self, be: &B, a: &Acts<B>, rows: &[usize]) -> Result<B::Buf> {
+        let (c, vp) = (self.cfg.n_embd, self.cfg.padded_vocab());
+        let gathered;
+        let h = if rows.len() == a.b * a.t && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            &a.lnf
+        } else {
+            let mut g = be.zeros(rows.len() * c)?;
+            let pairs: Vec<(u32, u32)> = rows.iter().enumerate().map(|(i, &r)| (i as u32, r as u32)).collect();
+            be.copy_rows(&mut g, &a.lnf, c, &pairs);
+            gathered = g;
+            &gathered
+        };
         let mut logits = be.zeros_full(rows.len() * vp)?;
-        be.matmul(&mut logits, &h, self.params.named().wte, rows.len(), vp, c, false, true, false);
-        let host = be.download(&logits);
+        be.matmul(&mut logits, h, self.params.named().wte, rows.len(), vp, c, false, true, false);
+        Ok(logits)
+    }
+
+    /// Logits [rows.len(), V] for the given flat positions (b*T + t) of the last forward, on the host.
+    pub fn logits_at(&self, be: &B, a: &Acts<B>, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let (v, vp) = (self.cfg.vocab_size, self.cfg.padded_vocab());
+        let host = be.download(&self.logits_rows(be, a, rows)?);
         Ok(host.chunks(vp).map(|r| r[..v].iter().map(|x| x.f64() as f32).collect()).collect())
     }
 }
@@ -165,8 +179,10 @@ pub fn generate_with<B: Backend>(
 
 /// The per-token loop of [`generate_with`] and [`Decoder::answer`]. Row i's next-token logits are
 /// `logits[i]` and its next token goes to position `next_pos[i]` of `cache`; each step picks a token per
-/// live row, reports it, and feeds the batch one token per row, until every row has ended or
+/// live row, reports it, and feeds the live rows one token each, until every row has ended or
 /// `max_new_tokens` are chosen. The last chosen token of a row is never fed (nothing reads its logits).
+/// A row that ends leaves the batch: the cache is compacted to the live rows, so finished rows cost no
+/// work (each row's computation is independent of the others', so the results do not change).
 #[allow(clippy::too_many_arguments)]
 fn decode<B: Backend>(
     be: &B,
@@ -183,29 +199,34 @@ fn decode<B: Backend>(
         bail!("{} generators for {b} rows (one shared, or one per row)", rngs.len());
     }
     let mut out: Vec<Generation> = vec![Generation { tokens: vec![], logprobs: vec![], ended: false }; b];
+    // The rows still in the batch, in order: slot k of the cache and of `logits` is row live[k].
+    let mut live: Vec<usize> = (0..b).collect();
     let mut step_acts = Acts::new(be, &model.cfg, b, 1)?;
     for step in 0..sc.max_new_tokens {
-        let mut next = vec![0u32; b];
-        for i in 0..b {
-            if out[i].ended {
-                next[i] = *out[i].tokens.last().unwrap();
-                continue;
-            }
+        for (k, &i) in live.iter().enumerate() {
             let rng = if rngs.len() == 1 { &mut rngs[0] } else { &mut rngs[i] };
-            let (tok, lp) = pick(&logits[i], sc, rng)?;
+            let (tok, lp) = pick(&logits[k], sc, rng)?;
             out[i].tokens.push(tok);
             out[i].logprobs.push(lp);
             out[i].ended = sc.stop == Some(tok);
-            next[i] = tok;
             on_token(i, tok)?;
         }
-        if out.iter().all(|g| g.ended) || step + 1 == sc.max_new_tokens {
+        if step + 1 == sc.max_new_tokens {
             break;
         }
-        // Rows that ended keep being fed (their outputs are ignored) so the batch stays rectangular.
-        let pos: Vec<u32> = (0..b).map(|i| (next_pos[i] + step) as u32).collect();
+        let keep: Vec<usize> = (0..live.len()).filter(|&k| !out[live[k]].ended).collect();
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < live.len() {
+            cache.retain(be, &keep)?;
+            live = keep.iter().map(|&k| live[k]).collect();
+            step_acts = Acts::new(be, &model.cfg, live.len(), 1)?;
+        }
+        let next: Vec<u32> = live.iter().map(|&i| *out[i].tokens.last().unwrap()).collect();
+        let pos: Vec<u32> = live.iter().map(|&i| (next_pos[i] + step) as u32).collect();
         model.forward(be, &mut step_acts, &next, Some(&pos), Some(cache))?;
-        logits = model.logits_at(be, &step_acts, &(0..b).collect::<Vec<_>>())?;
+        logits = model.logits_at(be, &step_acts, &(0..live.len()).collect::<Vec<_>>())?;
     }
     Ok(out)
 }

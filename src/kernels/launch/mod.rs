@@ -36,6 +36,7 @@ pub mod geometry;
 pub mod layernorm;
 pub mod linear;
 pub mod residual;
+pub mod rows;
 
 pub use adamw::*;
 pub use attention::*;
@@ -47,6 +48,7 @@ pub use gelu::*;
 pub use layernorm::*;
 pub use linear::*;
 pub use residual::*;
+pub use rows::*;
 
 /// A device address (a host address in the simulator).
 pub type DevPtr = u64;
