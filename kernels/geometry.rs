@@ -117,6 +117,11 @@ geometry! {
     WBK_OFF_DS = WBK_OFF_P + WB_WH;
     /// Dynamic shared memory of attention_backward_dkv_wmma_bf16.
     WBK_SMEM = WBK_OFF_DS + WB_WH;
+
+    // ---- the sampler (sample.cu)
+    /// Threads per block of sample (one block per row; thread c owns chunk c of crate::ops::sample's
+    /// blocked sums, so this is crate::ops::sample::CHUNKS, asserted by the launcher).
+    SAMPLE_BLOCK = 256;
 }
 
 // The kernels' reductions keep one slot per warp in 32-entry shared arrays.

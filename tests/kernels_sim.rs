@@ -22,12 +22,14 @@ mod common;
 use common::{randn, DBuf};
 use half::bf16;
 use rlhf::kernels::launch::geometry::{
-    CE_BLOCK, COLSUM_COLS, COLSUM_ROWS, ENC_WTE_MAX_GRID, ENTROPY_BLOCK, EW_BLOCK, MULTI_CHUNK, SUMSQ_BLOCK, WA_K, WB_T,
+    CE_BLOCK, COLSUM_COLS, COLSUM_ROWS, ENC_WTE_MAX_GRID, ENTROPY_BLOCK, EW_BLOCK, MULTI_CHUNK, SAMPLE_BLOCK,
+    SUMSQ_BLOCK, WA_K, WB_T,
 };
 use rlhf::kernels::launch::{self as kl, DType};
 use rlhf::kernels::sim::{self, SimBuf, SimLauncher};
 use rlhf::kernels::{Arg, LaunchConfig, Launcher};
 use rlhf::ops;
+use rlhf::ops::sample::Sampling;
 use rlhf::util::rng::Rng;
 
 const TOL_F32: f64 = 1e-5;
@@ -133,6 +135,7 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         "adamw_multi",
         "sum_squares_multi_partial",
         "copy_rows",
+        "sample",
         "attention_forward_hs1",
         "attention_forward_hs2",
         "attention_forward_hs4",
@@ -684,6 +687,82 @@ fn copy_rows_scatter_and_gather() {
                     }
                     None => assert!(row.iter().all(|&b| b == poison), "row {r} written ({dt:?}, w={w})"),
                 }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ sampler
+
+/// The sampling kernel against `ops::sample::pick` on the same logits (bf16: the rounded values, read exactly
+/// as f32) and uniforms. Equality, not a tolerance: both form every f64 sum from the same terms in the same
+/// order (the reference's blocked order) and call the same libm `exp`/`ln` (the simulator runs on the host),
+/// so the ids must be the same and the log-probs the same f32. Rows carry planted ties at the maximum (and
+/// bf16 has many ties of its own), uniforms of 0 and just below 1, and one row a non-finite logit.
+fn sample_case(l: &dyn Launcher, dt: DType, rows: usize, v: usize, vp: usize, s: Sampling, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut x = randn(&mut rng, rows * vp, 3.0);
+    for r in 0..rows {
+        let row = &mut x[r * vp..r * vp + v];
+        let top = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        if r % 2 == 0 {
+            row[v - 1] = top + 1.0;
+            row[v / 2] = top + 1.0;
+        }
+    }
+    let bad_row = (rows > 2).then_some(rows - 1);
+    if let Some(r) = bad_row {
+        x[r * vp + v / 3] = f64::NAN;
+    }
+    let u: Vec<f64> = (0..rows)
+        .map(|r| {
+            if r == 0 {
+                0.0
+            } else if r == 1 {
+                1.0 - 1e-12
+            } else {
+                rng.uniform()
+            }
+        })
+        .collect();
+    let logits = DBuf::new(dt, &x);
+    let ud = SimBuf::from_slice(&u);
+    let (ids, lps) = (SimBuf::<u32>::poisoned(rows, 0xff), SimBuf::<f32>::poisoned(rows, 0xff));
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::sample(l, dt, ids.ptr(), lps.ptr(), logits.ptr(), ud.ptr(), rows, v, vp, &s) }.unwrap();
+    let stored = logits.get();
+    for r in 0..rows {
+        let row: Vec<f32> = stored[r * vp..r * vp + v].iter().map(|&x| x as f32).collect();
+        let (id, lp) = (ids.as_slice()[r], lps.as_slice()[r]);
+        let what = format!("sample {dt:?} row {r} V={v} Vp={vp} {s:?}");
+        match ops::sample::pick(&row, &s, u[r]) {
+            Ok((want_id, want_lp)) => {
+                assert_eq!(id, want_id, "{what}: id");
+                assert_eq!(lp.to_bits(), want_lp.to_bits(), "{what}: log-prob {lp} vs {want_lp}");
+            }
+            Err(_) => {
+                assert_eq!(Some(r), bad_row, "{what}");
+                assert_eq!(id as usize, v + v / 3, "{what}: the non-finite logit's id");
+                assert!(lp.is_nan(), "{what}: the non-finite logit");
+            }
+        }
+    }
+}
+
+#[test]
+fn sample_matches_the_reference_choice() {
+    let l = launcher();
+    let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
+    for dt in DTYPES {
+        for (n, v, vp) in row_shapes(g(SAMPLE_BLOCK)) {
+            let seed = 230 + v as u64;
+            sample_case(&l, dt, n.max(4), v, vp, plain, seed);
+            sample_case(&l, dt, n, v, vp, Sampling { temperature: 0.7, ..plain }, seed + 1);
+            sample_case(&l, dt, n, v, vp, Sampling { temperature: 0.0, ..plain }, seed + 2);
+            sample_case(&l, dt, n, v, vp, Sampling { top_k: 7, ..plain }, seed + 3);
+            sample_case(&l, dt, n, v, vp, Sampling { temperature: 1.3, top_k: 20, top_p: 0.8 }, seed + 4);
+            if v <= 300 {
+                sample_case(&l, dt, n, v, vp, Sampling { top_p: 0.5, ..plain }, seed + 5);
             }
         }
     }

@@ -113,6 +113,37 @@ fn non_finite_weights_and_logits_are_errors() {
     assert!(format!("{:#}", checkpoint::save(&dir.path().join("bad"), &bad, None).unwrap_err()).contains("non-finite"));
     // The sampler on a non-finite logit.
     let sc = SampleConfig { max_new_tokens: 1, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
-    let e = rlhf::model::sample::pick(&[0.5, f32::NAN, 1.0], &sc, &mut Rng::new(0)).unwrap_err().to_string();
+    let e = rlhf::ops::sample::pick(&[0.5, f32::NAN, 1.0], &sc.sampling(), 0.5).unwrap_err().to_string();
     assert!(e.contains("token 1") && e.contains("NaN"), "{e}");
+}
+
+/// The rollout on the simulated kernels (`--device cuda-sim`, f32) picks the CPU engine's tokens with the same
+/// seed, plain and filtered, and no logits cross to the host: what the simulated device sends back during a
+/// rollout is exactly the sampler's id and log-prob (8 bytes) per token. The vocabulary spans several of the
+/// sampler's chunks and ends on a ragged one. The log-probs agree to the engines' rounding (their logits
+/// differ by summation order, ~1e-6 here).
+#[test]
+fn cuda_sim_rollout_matches_the_cpu_engine_and_downloads_no_logits() {
+    use rlhf::kernels::engine::SimBackend;
+    let cfg = Config { vocab_size: 601, ..tiny() };
+    let (cpu, sim) = (Cpu::<f32>::new(), SimBackend::new());
+    let (mc, ms) = (Gpt2::init(&cpu, cfg, 5).unwrap(), Gpt2::init(&sim, cfg, 5).unwrap());
+    let prompts = vec![vec![1, 2, 3], vec![4], vec![5, 6]];
+    for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.8, 12, 0.9), (0.0, 0, 1.0)] {
+        let mut sc = SampleConfig { max_new_tokens: 9, temperature, top_k, top_p, stop: None };
+        sc.stop = Some(generate(&cpu, &mc, &prompts, &sc, &mut [Rng::new(3)]).unwrap()[1].tokens[3]);
+        let want = generate(&cpu, &mc, &prompts, &sc, &mut [Rng::new(3)]).unwrap();
+        let before = sim.dev.bytes_downloaded();
+        let got = generate(&sim, &ms, &prompts, &sc, &mut [Rng::new(3)]).unwrap();
+        let bytes = sim.dev.bytes_downloaded() - before;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!((&g.tokens, g.ended), (&w.tokens, w.ended), "row {i}, {sc:?}");
+            for (a, b) in g.logprobs.iter().zip(&w.logprobs) {
+                assert!((a - b).abs() < 1e-4, "row {i}: log-prob {a} vs {b}, {sc:?}");
+            }
+        }
+        assert!(want[1].ended && want.iter().any(|g| g.tokens.len() == 9), "{want:?}");
+        let tokens: usize = got.iter().map(|g| g.tokens.len()).sum();
+        assert_eq!(bytes, 8 * tokens as u64, "bytes downloaded for {tokens} tokens");
+    }
 }

@@ -8,6 +8,7 @@
 pub mod cpu;
 
 use crate::ops::adamw::AdamWParams;
+use crate::ops::sample::Sampling;
 use crate::ops::Float;
 use anyhow::Result;
 
@@ -279,5 +280,21 @@ pub trait Backend: Sync {
         for &(d, s) in rows {
             self.copy(dst, d as usize * w, src, s as usize * w, w);
         }
+    }
+
+    /// One token per row of `logits` [rows, vp] (the first `v` columns are the vocabulary), row i drawn with
+    /// the uniform number `u[i]` (rows = u.len(); unused when greedy): each row's id and temperature-scaled
+    /// log-probability, as `crate::ops::sample::pick` chooses them; a non-finite logit is an error naming
+    /// the token. The default runs that reference on the host (the CPU engine's own path); the kernel backend
+    /// samples on the device, and only the ids and log-probs cross to the host.
+    fn sample(&self, logits: &Self::Buf, v: usize, vp: usize, s: &Sampling, u: &[f64]) -> Result<Vec<(u32, f32)>> {
+        let host = self.download(logits);
+        u.iter()
+            .enumerate()
+            .map(|(i, &u)| {
+                let row: Vec<f32> = host[i * vp..i * vp + v].iter().map(|x| x.f64() as f32).collect();
+                crate::ops::sample::pick(&row, s, u)
+            })
+            .collect()
     }
 }

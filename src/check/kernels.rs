@@ -20,6 +20,7 @@ use crate::check::CheckResult;
 use crate::kernels::{DType, KernelBackend};
 use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
 use crate::ops::adamw::AdamWParams;
+use crate::ops::sample::Sampling;
 use crate::util::guard;
 use crate::util::rng::Rng;
 use anyhow::Result;
@@ -195,6 +196,30 @@ fn rows<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     vec![out(be, "copy rows (KV-cache append)", "cache", &cache)]
 }
 
+/// The sampler, plain, greedy and filtered, on the same logits (rounded to bf16 first, so that both engines
+/// read the very same values in either precision) and uniforms. The ids come as one-hot rows: any id that
+/// differs is an error of 1 (100%), whatever the tolerance.
+fn sample<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
+    let (n, v, vp) = (6, 300, 304);
+    let x: Vec<f32> = randn(rng, n * vp, 3.0).iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+    let logits = act(be, &x);
+    let u: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
+    let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
+    let mut outs = vec![];
+    for (row, s) in [
+        ("sample (plain)", plain),
+        ("sample (greedy)", Sampling { temperature: 0.0, ..plain }),
+        ("sample (top-k, top-p)", Sampling { temperature: 0.8, top_k: 9, top_p: 0.9 }),
+    ] {
+        let picks = be.sample(&logits, v, vp, &s, &u)?;
+        let mut ids = vec![0f32; n * v];
+        picks.iter().enumerate().for_each(|(i, &(id, _))| ids[i * v + id as usize] = 1.0);
+        outs.push((row, "ids".to_string(), ids));
+        outs.push((row, "logprobs".to_string(), picks.iter().map(|p| p.1).collect()));
+    }
+    Ok(outs)
+}
+
 /// AdamW at step 3 from nonzero moments with clipping, and the sum of squares behind the clipping.
 fn adamw<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let n = 1003;
@@ -273,6 +298,7 @@ const GROUPS: &[(&str, u64)] = &[
     ("entropy", 10),
     ("adamw", 8),
     ("rows", 12),
+    ("sample", 13),
     ("train step", 9),
 ];
 
@@ -294,6 +320,7 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
         "entropy" => entropy(be, rng),
         "adamw" => adamw(be, rng),
         "rows" => rows(be, rng),
+        "sample" => sample(be, rng)?,
         "train step" => train_step(be, rng)?,
         other => unreachable!("no check group {other}"),
     })

@@ -27,6 +27,7 @@ use super::device::{Device, Gemm, SimDevice};
 use super::launch::{self as kl, DType, DevPtr};
 use crate::backend::Backend;
 use crate::ops::adamw::AdamWParams;
+use crate::ops::sample::Sampling;
 use anyhow::Result;
 use half::bf16;
 use std::sync::{Mutex, OnceLock};
@@ -720,6 +721,31 @@ impl<D: Device> Backend for KernelBackend<D> {
         // SAFETY: live buffers of this backend (distinct: `dst` is borrowed mutably), every row index checked
         // above; `table` holds the pairs.
         ok("copy_rows", unsafe { kl::copy_rows(self.l(), dt, o, vs.ptr(), table, rows.len(), w) });
+    }
+    /// The sampling kernel on the logits where they are: only the uniforms go up and only the ids and
+    /// log-probs come down (8 bytes a row).
+    fn sample(&self, logits: &Self::Buf, v: usize, vp: usize, s: &Sampling, u: &[f64]) -> Result<Vec<(u32, f32)>> {
+        let (dt, rows) = (logits.dt, u.len());
+        need("sample logits", logits, rows * vp);
+        let vl = self.view(logits, dt);
+        let (ud, ids, lps) =
+            (self.upload_bytes(bytemuck::cast_slice(u)), self.scratch(rows * 4), self.scratch(rows * 4));
+        // SAFETY: `logits` is a live buffer of this backend holding rows * vp elements (checked above); `ud`,
+        // `ids` and `lps` were just allocated with rows f64, u32 and f32.
+        unsafe { kl::sample(self.l(), dt, self.p(&ids), self.p(&lps), vl.ptr(), self.p(&ud), rows, v, vp, s)? };
+        let (mut id, mut lp) = (vec![0u32; rows], vec![0f32; rows]);
+        // SAFETY: `ids` and `lps` hold rows u32 and f32, the lengths of `id` and `lp`.
+        unsafe {
+            self.dev.dtoh(bytemuck::cast_slice_mut(&mut id), self.p(&ids))?;
+            self.dev.dtoh(bytemuck::cast_slice_mut(&mut lp), self.p(&lps))?;
+        }
+        id.into_iter()
+            .zip(lp)
+            .map(|(i, lp)| match (i as usize).checked_sub(v) {
+                Some(bad) => Err(crate::ops::sample::non_finite(bad, lp)),
+                None => Ok((i, lp)),
+            })
+            .collect()
     }
     fn sum_squares(&self, buf: &Self::Buf) -> f64 {
         self.sum_squares_all(std::slice::from_ref(buf))

@@ -20,6 +20,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod matmul;
 pub mod residual;
+pub mod sample;
 
 pub use float::Float;
 

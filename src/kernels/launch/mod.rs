@@ -37,6 +37,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod residual;
 pub mod rows;
+pub mod sample;
 
 pub use adamw::*;
 pub use attention::*;
@@ -49,6 +50,7 @@ pub use layernorm::*;
 pub use linear::*;
 pub use residual::*;
 pub use rows::*;
+pub use sample::*;
 
 /// A device address (a host address in the simulator).
 pub type DevPtr = u64;
@@ -102,6 +104,7 @@ pub enum Arg {
     I32(i32),
     U32(u32),
     F32(f32),
+    F64(f64),
 }
 
 impl Arg {
@@ -112,6 +115,7 @@ impl Arg {
             Arg::I32(v) => v as *const i32 as *mut c_void,
             Arg::U32(v) => v as *const u32 as *mut c_void,
             Arg::F32(v) => v as *const f32 as *mut c_void,
+            Arg::F64(v) => v as *const f64 as *mut c_void,
         }
     }
 }
