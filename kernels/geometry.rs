@@ -122,6 +122,10 @@ geometry! {
     /// Threads per block of sample (one block per row; thread c owns chunk c of crate::ops::sample's
     /// blocked sums, so this is crate::ops::sample::CHUNKS, asserted by the launcher).
     SAMPLE_BLOCK = 256;
+
+    // ---- decode attention (attention_decode.cu)
+    /// Warps per block of attention_decode_hs* (one block per batch row and head; the keys split among them).
+    DEC_WARPS = 4;
 }
 
 // The kernels' reductions keep one slot per warp in 32-entry shared arrays.

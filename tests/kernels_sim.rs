@@ -22,8 +22,8 @@ mod common;
 use common::{randn, DBuf};
 use half::bf16;
 use rlhf::kernels::launch::geometry::{
-    CE_BLOCK, COLSUM_COLS, COLSUM_ROWS, ENC_WTE_MAX_GRID, ENTROPY_BLOCK, EW_BLOCK, MULTI_CHUNK, SAMPLE_BLOCK,
-    SUMSQ_BLOCK, WA_K, WB_T,
+    CE_BLOCK, COLSUM_COLS, COLSUM_ROWS, DEC_WARPS, ENC_WTE_MAX_GRID, ENTROPY_BLOCK, EW_BLOCK, MULTI_CHUNK,
+    SAMPLE_BLOCK, SUMSQ_BLOCK, WA_K, WB_T,
 };
 use rlhf::kernels::launch::{self as kl, DType};
 use rlhf::kernels::sim::{self, SimBuf, SimLauncher};
@@ -136,6 +136,9 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         "sum_squares_multi_partial",
         "copy_rows",
         "sample",
+        "attention_decode_hs1",
+        "attention_decode_hs2",
+        "attention_decode_hs4",
         "attention_forward_hs1",
         "attention_forward_hs2",
         "attention_forward_hs4",
@@ -974,6 +977,45 @@ fn attention_forward_training_and_kv_cache() {
         // sampling with a KV cache: few new queries at ragged absolute positions
         attention_fwd_case(&l, dt, 2, 5, 40, 64, 2, &[10, 35], 65);
         attention_fwd_case(&l, dt, 3, 1, 33, 96, 3, &[0, 32, 17], 66);
+    }
+}
+
+/// The decode attention kernel (one query row per batch row against a KV cache, what the engine runs when
+/// Tq = 1) against `ops::attention::forward` with Tq = 1. Caches long enough that every warp of a block takes
+/// two or more 32-key tiles and the last one ragged (Tk = 2 * 32 * DEC_WARPS + 13), positions that leave some
+/// warps without keys (0, 5), head sizes of one, two and four lane passes (16, 48, 96, 128). Tolerances as for
+/// the training kernel: f32 summation order over <= 269 keys, bf16 one rounding of the output.
+#[test]
+fn attention_decode_matches_reference() {
+    let l = launcher();
+    let tk = 2 * 32 * g(DEC_WARPS) + 13;
+    for dt in DTYPES {
+        for (i, (b, c, nh, pos0)) in [
+            (3, 64, 4, vec![0, tk as u32 - 1, 140]),
+            (2, 96, 2, vec![5, 200]),
+            (2, 128, 1, vec![tk as u32 - 1, 31]),
+            (1, 48, 3, vec![64]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rng = Rng::new(300 + i as u64);
+            let q_src = DBuf::new(dt, &randn(&mut rng, b * 3 * c, 1.0));
+            let kv = DBuf::new(dt, &randn(&mut rng, b * tk * 3 * c, 1.0));
+            let pd = SimBuf::from_slice(&pos0);
+            let out = DBuf::poisoned(dt, b * c);
+            let lse = SimBuf::<f32>::poisoned(b * nh, 0xff);
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe {
+                kl::attention_decode(&l, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tk, c, nh)
+            }
+            .unwrap();
+            let (mut wo, mut wl) = (vec![0.0; b * c], vec![0.0; b * nh]);
+            ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), &pos0, b, 1, tk, c, nh);
+            let what = format!("attention_decode B={b} Tk={tk} C={c} NH={nh} pos0={pos0:?}");
+            check(&format!("{what} out"), dt, &out.get(), &wo);
+            check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
+        }
     }
 }
 

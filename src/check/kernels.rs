@@ -163,6 +163,17 @@ fn attention<B: Backend<F = f32>>(
     vec![out(be, fwd, "out", &o), out(be, fwd, "lse", &lse), out(be, bwd, "dqkv", &dqkv)]
 }
 
+/// One decode step of attention: a query row per batch row against a KV cache at ragged positions (the
+/// engine's decode kernel, taken when Tq = 1), head size 16.
+fn attention_decode<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (b, tk, c, nh) = (2, 150, 32, 2);
+    let (q, kv) = (act(be, &randn(rng, b * 3 * c, 1.0)), act(be, &randn(rng, b * tk * 3 * c, 1.0)));
+    let (mut o, mut lse) = (zeros(be, b * c), zeros(be, b * nh));
+    be.attention_forward(&mut o, &mut lse, &q, &kv, &[7, 149], b, 1, tk, c, nh);
+    let row = "attention forward (decode, Tq = 1)";
+    vec![out(be, row, "out", &o), out(be, row, "lse", &lse)]
+}
+
 /// Masked, temperature-scaled cross-entropy on padded rows (pad columns must come back zero).
 fn crossentropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (n, v, vp) = (9, 100, 128);
@@ -299,6 +310,7 @@ const GROUPS: &[(&str, u64)] = &[
     ("adamw", 8),
     ("rows", 12),
     ("sample", 13),
+    ("attention decode", 14),
     ("train step", 9),
 ];
 
@@ -321,6 +333,7 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
         "adamw" => adamw(be, rng),
         "rows" => rows(be, rng),
         "sample" => sample(be, rng)?,
+        "attention decode" => attention_decode(be, rng),
         "train step" => train_step(be, rng)?,
         other => unreachable!("no check group {other}"),
     })

@@ -574,7 +574,14 @@ impl<D: Device> Backend for KernelBackend<D> {
         let (vq, vkv, pd) = (self.view(q_src, dt), self.view(kv, dt), self.positions(pos0));
         let (o, l) = (self.target(out, dt), self.target(lse, F32));
         // SAFETY: live buffers of this backend, sizes checked above; `pd` holds pos0.
-        let r = unsafe { kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh) };
+        let r = unsafe {
+            if tq == 1 {
+                // A decode step: the kernel that splits a row's keys among the warps of a block.
+                kl::attention_decode(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tk, c, nh)
+            } else {
+                kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh)
+            }
+        };
         ok("attention_forward", r);
     }
     fn attention_backward(

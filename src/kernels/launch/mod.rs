@@ -27,6 +27,7 @@ use std::ffi::c_void;
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_decode;
 pub mod attention_unfused;
 pub mod crossentropy;
 pub mod encoder;
@@ -41,6 +42,7 @@ pub mod sample;
 
 pub use adamw::*;
 pub use attention::*;
+pub use attention_decode::*;
 pub use attention_unfused::*;
 pub use crossentropy::*;
 pub use encoder::*;
