@@ -30,7 +30,8 @@ macro_rules! geometry {
 geometry! {
     // ---- elementwise and row kernels
     /// Threads per block of the one-thread-per-element (or per 16-byte pack) kernels: gelu, residual, casts,
-    /// bias_add, colsum_finalize, encoder_forward, encoder_backward_wpe, attention_permute/unpermute, adamw_multi.
+    /// bias_add, colsum_finalize, encoder_forward, encoder_backward_wpe, attention_permute/unpermute, adamw_multi;
+    /// copy_rows (one block per row, striding).
     EW_BLOCK = 256;
     /// Threads per block of the layernorm kernels (one warp per row).
     LN_BLOCK = 256;
@@ -118,6 +119,15 @@ geometry! {
     WBK_OFF_DS = WBK_OFF_P + WB_WH;
     /// Dynamic shared memory of attention_backward_dkv_wmma_bf16.
     WBK_SMEM = WBK_OFF_DS + WB_WH;
+
+    // ---- the sampler (sample.cu)
+    /// Threads per block of sample (one block per row; thread c owns chunk c of crate::ops::sample's
+    /// blocked sums, so this is crate::ops::sample::CHUNKS, asserted by the launcher).
+    SAMPLE_BLOCK = 256;
+
+    // ---- decode attention (attention_decode.cu)
+    /// Warps per block of attention_decode_hs* (one block per batch row and head; the keys split among them).
+    DEC_WARPS = 4;
 }
 
 // The kernels' reductions keep one slot per warp in 32-entry shared arrays.

@@ -22,12 +22,14 @@ mod common;
 use common::{randn, DBuf};
 use half::bf16;
 use rlhf::kernels::launch::geometry::{
-    CE_BLOCK, COLSUM_COLS, COLSUM_ROWS, ENC_WTE_MAX_GRID, ENTROPY_BLOCK, EW_BLOCK, MULTI_CHUNK, SUMSQ_BLOCK, WA_K, WB_T,
+    CE_BLOCK, COLSUM_COLS, COLSUM_ROWS, DEC_WARPS, ENC_WTE_MAX_GRID, ENTROPY_BLOCK, EW_BLOCK, MULTI_CHUNK,
+    SAMPLE_BLOCK, SUMSQ_BLOCK, WA_K, WB_T,
 };
 use rlhf::kernels::launch::{self as kl, DType};
 use rlhf::kernels::sim::{self, SimBuf, SimLauncher};
 use rlhf::kernels::{Arg, LaunchConfig, Launcher};
 use rlhf::ops;
+use rlhf::ops::sample::Sampling;
 use rlhf::util::rng::Rng;
 
 const TOL_F32: f64 = 1e-5;
@@ -139,6 +141,11 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         "crossentropy",
         "adamw_multi",
         "sum_squares_multi_partial",
+        "copy_rows",
+        "sample",
+        "attention_decode_hs1",
+        "attention_decode_hs2",
+        "attention_decode_hs4",
         "attention_forward_hs1",
         "attention_forward_hs2",
         "attention_forward_hs4",
@@ -799,6 +806,113 @@ fn entropy_forward_backward() {
     }
 }
 
+// ------------------------------------------------------------------------------------------------ row copies
+
+/// copy_rows (KV-cache append, logits-row gather, cache compaction) against the row-by-row copies it replaces:
+/// every listed row bit-exact, every other row untouched. Row widths: one element, a short row, and one that
+/// the block strides over twice and ends ragged.
+#[test]
+fn copy_rows_scatter_and_gather() {
+    let l = launcher();
+    let pairs: [(u32, u32); 5] = [(10, 0), (3, 6), (0, 6), (7, 2), (4, 5)];
+    let (src_rows, dst_rows) = (7, 11);
+    let table = SimBuf::from_slice(&pairs.iter().flat_map(|&(d, s)| [d, s]).collect::<Vec<u32>>());
+    for dt in DTYPES {
+        for w in [1, 48, 2 * g(EW_BLOCK) + 3] {
+            let src = DBuf::new(dt, &randn(&mut Rng::new(w as u64), src_rows * w, 1.0));
+            let dst = DBuf::poisoned(dt, dst_rows * w);
+            // SAFETY: `table` holds the pairs; every row they name lies inside `src` and `dst`.
+            unsafe { kl::copy_rows(&l, dt, dst.ptr(), src.ptr(), table.ptr(), pairs.len(), w) }.unwrap();
+            let (got, want, poison) = (dst.bits(), src.bits(), DBuf::poisoned(dt, 1).bits()[0]);
+            for r in 0..dst_rows {
+                let row = &got[r * w..(r + 1) * w];
+                match pairs.iter().find(|p| p.0 as usize == r) {
+                    Some(&(_, s)) => {
+                        assert_eq!(row, &want[s as usize * w..(s as usize + 1) * w], "row {r} {dt:?} w={w}")
+                    }
+                    None => assert!(row.iter().all(|&b| b == poison), "row {r} written ({dt:?}, w={w})"),
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ sampler
+
+/// The sampling kernel against `ops::sample::pick` on the same logits (bf16: the rounded values, read exactly
+/// as f32) and uniforms. Equality, not a tolerance: both form every f64 sum from the same terms in the same
+/// order (the reference's blocked order) and call the same libm `exp`/`ln` (the simulator runs on the host),
+/// so the ids must be the same and the log-probs the same f32. Rows carry planted ties at the maximum (and
+/// bf16 has many ties of its own), uniforms of 0 and just below 1, and one row a non-finite logit.
+fn sample_case(l: &dyn Launcher, dt: DType, rows: usize, v: usize, vp: usize, s: Sampling, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut x = randn(&mut rng, rows * vp, 3.0);
+    for r in 0..rows {
+        let row = &mut x[r * vp..r * vp + v];
+        let top = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        if r % 2 == 0 {
+            row[v - 1] = top + 1.0;
+            row[v / 2] = top + 1.0;
+        }
+    }
+    let bad_row = (rows > 2).then_some(rows - 1);
+    if let Some(r) = bad_row {
+        x[r * vp + v / 3] = f64::NAN;
+    }
+    let u: Vec<f64> = (0..rows)
+        .map(|r| {
+            if r == 0 {
+                0.0
+            } else if r == 1 {
+                1.0 - 1e-12
+            } else {
+                rng.uniform()
+            }
+        })
+        .collect();
+    let logits = DBuf::new(dt, &x);
+    let ud = SimBuf::from_slice(&u);
+    let (ids, lps) = (SimBuf::<u32>::poisoned(rows, 0xff), SimBuf::<f32>::poisoned(rows, 0xff));
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::sample(l, dt, ids.ptr(), lps.ptr(), logits.ptr(), ud.ptr(), rows, v, vp, &s) }.unwrap();
+    let stored = logits.get();
+    for r in 0..rows {
+        let row: Vec<f32> = stored[r * vp..r * vp + v].iter().map(|&x| x as f32).collect();
+        let (id, lp) = (ids.as_slice()[r], lps.as_slice()[r]);
+        let what = format!("sample {dt:?} row {r} V={v} Vp={vp} {s:?}");
+        match ops::sample::pick(&row, &s, u[r]) {
+            Ok((want_id, want_lp)) => {
+                assert_eq!(id, want_id, "{what}: id");
+                assert_eq!(lp.to_bits(), want_lp.to_bits(), "{what}: log-prob {lp} vs {want_lp}");
+            }
+            Err(_) => {
+                assert_eq!(Some(r), bad_row, "{what}");
+                assert_eq!(id as usize, v + v / 3, "{what}: the non-finite logit's id");
+                assert!(lp.is_nan(), "{what}: the non-finite logit");
+            }
+        }
+    }
+}
+
+#[test]
+fn sample_matches_the_reference_choice() {
+    let l = launcher();
+    let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
+    for dt in DTYPES {
+        for (n, v, vp) in row_shapes(g(SAMPLE_BLOCK)) {
+            let seed = 230 + v as u64;
+            sample_case(&l, dt, n.max(4), v, vp, plain, seed);
+            sample_case(&l, dt, n, v, vp, Sampling { temperature: 0.7, ..plain }, seed + 1);
+            sample_case(&l, dt, n, v, vp, Sampling { temperature: 0.0, ..plain }, seed + 2);
+            sample_case(&l, dt, n, v, vp, Sampling { top_k: 7, ..plain }, seed + 3);
+            sample_case(&l, dt, n, v, vp, Sampling { temperature: 1.3, top_k: 20, top_p: 0.8 }, seed + 4);
+            if v <= 300 {
+                sample_case(&l, dt, n, v, vp, Sampling { top_p: 0.5, ..plain }, seed + 5);
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------ AdamW
 
 /// AdamW over one tensor through the multi-tensor kernel (a one-tensor chunk table).
@@ -1005,6 +1119,45 @@ fn attention_forward_training_and_kv_cache() {
         // sampling with a KV cache: few new queries at ragged absolute positions
         attention_fwd_case(&l, dt, 2, 5, 40, 64, 2, &[10, 35], 65);
         attention_fwd_case(&l, dt, 3, 1, 33, 96, 3, &[0, 32, 17], 66);
+    }
+}
+
+/// The decode attention kernel (one query row per batch row against a KV cache, what the engine runs when
+/// Tq = 1) against `ops::attention::forward` with Tq = 1. Caches long enough that every warp of a block takes
+/// two or more 32-key tiles and the last one ragged (Tk = 2 * 32 * DEC_WARPS + 13), positions that leave some
+/// warps without keys (0, 5), head sizes of one, two and four lane passes (16, 48, 96, 128). Tolerances as for
+/// the training kernel: f32 summation order over <= 269 keys, bf16 one rounding of the output.
+#[test]
+fn attention_decode_matches_reference() {
+    let l = launcher();
+    let tk = 2 * 32 * g(DEC_WARPS) + 13;
+    for dt in DTYPES {
+        for (i, (b, c, nh, pos0)) in [
+            (3, 64, 4, vec![0, tk as u32 - 1, 140]),
+            (2, 96, 2, vec![5, 200]),
+            (2, 128, 1, vec![tk as u32 - 1, 31]),
+            (1, 48, 3, vec![64]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rng = Rng::new(300 + i as u64);
+            let q_src = DBuf::new(dt, &randn(&mut rng, b * 3 * c, 1.0));
+            let kv = DBuf::new(dt, &randn(&mut rng, b * tk * 3 * c, 1.0));
+            let pd = SimBuf::from_slice(&pos0);
+            let out = DBuf::poisoned(dt, b * c);
+            let lse = SimBuf::<f32>::poisoned(b * nh, 0xff);
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe {
+                kl::attention_decode(&l, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tk, c, nh)
+            }
+            .unwrap();
+            let (mut wo, mut wl) = (vec![0.0; b * c], vec![0.0; b * nh]);
+            ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), &pos0, b, 1, tk, c, nh, nh);
+            let what = format!("attention_decode B={b} Tk={tk} C={c} NH={nh} pos0={pos0:?}");
+            check(&format!("{what} out"), dt, &out.get(), &wo);
+            check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
+        }
     }
 }
 

@@ -56,6 +56,26 @@ fn sampling_is_deterministic_for_a_seed_and_stops_at_eos() {
     }
 }
 
+/// Rows that stop leave the batch (the cache is compacted to the live rows): the rows still running get
+/// exactly what they get alone, with their own generator.
+#[test]
+fn rows_that_stop_early_leave_the_batch_without_changing_the_others() {
+    let be = Cpu::<f64>::new();
+    let m = Gpt2::init(&be, tiny(), 4).unwrap();
+    let prompts = vec![vec![1, 2], vec![3], vec![4, 5, 6], vec![7]];
+    let mut sc = SampleConfig { max_new_tokens: 14, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
+    let rngs = || (0..4).map(|i| Rng::new(20 + i)).collect::<Vec<_>>();
+    // Stop on row 0's third token: row 0 ends after three tokens.
+    sc.stop = Some(generate(&be, &m, &prompts, &sc, &mut rngs()).unwrap()[0].tokens[2]);
+    let batch = generate(&be, &m, &prompts, &sc, &mut rngs()).unwrap();
+    let lens: Vec<usize> = batch.iter().map(|g| g.tokens.len()).collect();
+    assert!(lens.iter().any(|&n| n < 14) && lens.contains(&14), "no row stopped early: {lens:?}");
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = generate(&be, &m, std::slice::from_ref(p), &sc, &mut [Rng::new(20 + i as u64)]).unwrap();
+        assert_eq!(alone[0], batch[i], "row {i}");
+    }
+}
+
 #[test]
 fn a_prompt_longer_than_the_context_is_an_error() {
     let be = Cpu::<f32>::new();
@@ -93,6 +113,37 @@ fn non_finite_weights_and_logits_are_errors() {
     assert!(format!("{:#}", checkpoint::save(&dir.path().join("bad"), &bad, None).unwrap_err()).contains("non-finite"));
     // The sampler on a non-finite logit.
     let sc = SampleConfig { max_new_tokens: 1, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
-    let e = rlhf::model::sample::pick(&[0.5, f32::NAN, 1.0], &sc, &mut Rng::new(0)).unwrap_err().to_string();
+    let e = rlhf::ops::sample::pick(&[0.5, f32::NAN, 1.0], &sc.sampling(), 0.5).unwrap_err().to_string();
     assert!(e.contains("token 1") && e.contains("NaN"), "{e}");
+}
+
+/// The rollout on the simulated kernels (`--device cuda-sim`, f32) picks the CPU engine's tokens with the same
+/// seed, plain and filtered, and no logits cross to the host: what the simulated device sends back during a
+/// rollout is exactly the sampler's id and log-prob (8 bytes) per token. The vocabulary spans several of the
+/// sampler's chunks and ends on a ragged one. The log-probs agree to the engines' rounding (their logits
+/// differ by summation order, ~1e-6 here).
+#[test]
+fn cuda_sim_rollout_matches_the_cpu_engine_and_downloads_no_logits() {
+    use rlhf::kernels::engine::SimBackend;
+    let cfg = Config { vocab_size: 601, ..tiny() };
+    let (cpu, sim) = (Cpu::<f32>::new(), SimBackend::new());
+    let (mc, ms) = (Gpt2::init(&cpu, cfg, 5).unwrap(), Gpt2::init(&sim, cfg, 5).unwrap());
+    let prompts = vec![vec![1, 2, 3], vec![4], vec![5, 6]];
+    for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.8, 12, 0.9), (0.0, 0, 1.0)] {
+        let mut sc = SampleConfig { max_new_tokens: 9, temperature, top_k, top_p, stop: None };
+        sc.stop = Some(generate(&cpu, &mc, &prompts, &sc, &mut [Rng::new(3)]).unwrap()[1].tokens[3]);
+        let want = generate(&cpu, &mc, &prompts, &sc, &mut [Rng::new(3)]).unwrap();
+        let before = sim.dev.bytes_downloaded();
+        let got = generate(&sim, &ms, &prompts, &sc, &mut [Rng::new(3)]).unwrap();
+        let bytes = sim.dev.bytes_downloaded() - before;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!((&g.tokens, g.ended), (&w.tokens, w.ended), "row {i}, {sc:?}");
+            for (a, b) in g.logprobs.iter().zip(&w.logprobs) {
+                assert!((a - b).abs() < 1e-4, "row {i}: log-prob {a} vs {b}, {sc:?}");
+            }
+        }
+        assert!(want[1].ended && want.iter().any(|g| g.tokens.len() == 9), "{want:?}");
+        let tokens: usize = got.iter().map(|g| g.tokens.len()).sum();
+        assert_eq!(bytes, 8 * tokens as u64, "bytes downloaded for {tokens} tokens");
+    }
 }

@@ -9,6 +9,7 @@ pub mod cpu;
 
 use crate::ops::adamw::AdamWParams;
 use crate::ops::rope::Rope;
+use crate::ops::sample::Sampling;
 use crate::ops::Float;
 use anyhow::Result;
 
@@ -309,5 +310,31 @@ pub trait Backend: Sync {
         if let Some(dbias) = dbias {
             self.bias_backward(dbias, dout);
         }
+    }
+
+    /// Row gather/scatter: for each (d, s) of `rows`, dst[d*w .. d*w+w] = src[s*w .. s*w+w] (rows of `w`
+    /// elements; the destination rows distinct, `dst` and `src` different buffers). The KV-cache append, the
+    /// gather of the rows whose logits are needed and the compaction of a cache to its live rows. The default
+    /// copies row by row; a device backend does all the rows in one launch.
+    fn copy_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, w: usize, rows: &[(u32, u32)]) {
+        for &(d, s) in rows {
+            self.copy(dst, d as usize * w, src, s as usize * w, w);
+        }
+    }
+
+    /// One token per row of `logits` [rows, vp] (the first `v` columns are the vocabulary), row i drawn with
+    /// the uniform number `u[i]` (rows = u.len(); unused when greedy): each row's id and temperature-scaled
+    /// log-probability, as `crate::ops::sample::pick` chooses them; a non-finite logit is an error naming
+    /// the token. The default runs that reference on the host (the CPU engine's own path); the kernel backend
+    /// samples on the device, and only the ids and log-probs cross to the host.
+    fn sample(&self, logits: &Self::Buf, v: usize, vp: usize, s: &Sampling, u: &[f64]) -> Result<Vec<(u32, f32)>> {
+        let host = self.download(logits);
+        u.iter()
+            .enumerate()
+            .map(|(i, &u)| {
+                let row: Vec<f32> = host[i * vp..i * vp + v].iter().map(|x| x.f64() as f32).collect();
+                crate::ops::sample::pick(&row, s, u)
+            })
+            .collect()
     }
 }

@@ -20,6 +20,7 @@ use crate::check::CheckResult;
 use crate::kernels::{DType, KernelBackend};
 use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
 use crate::ops::adamw::AdamWParams;
+use crate::ops::sample::Sampling;
 use crate::util::guard;
 use crate::util::rng::Rng;
 use anyhow::Result;
@@ -208,6 +209,17 @@ fn rope<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     vec![out(be, "rope forward", "qkv", &x), out(be, "rope backward", "dqkv", &dx)]
 }
 
+/// One decode step of attention: a query row per batch row against a KV cache at ragged positions (the
+/// engine's decode kernel, taken when Tq = 1), head size 16.
+fn attention_decode<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (b, tk, c, nh) = (2, 150, 32, 2);
+    let (q, kv) = (act(be, &randn(rng, b * 3 * c, 1.0)), act(be, &randn(rng, b * tk * 3 * c, 1.0)));
+    let (mut o, mut lse) = (zeros(be, b * c), zeros(be, b * nh));
+    be.attention_forward(&mut o, &mut lse, &q, &kv, &[7, 149], b, 1, tk, c, nh, nh);
+    let row = "attention forward (decode, Tq = 1)";
+    vec![out(be, row, "out", &o), out(be, row, "lse", &lse)]
+}
+
 /// Masked, temperature-scaled cross-entropy on padded rows (pad columns must come back zero).
 fn crossentropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (n, v, vp) = (9, 100, 128);
@@ -228,6 +240,41 @@ fn entropy<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let (mut ent, mut d) = (zeros(be, n), zeros(be, n * vp));
     be.entropy(&mut ent, &mut d, &logits, &c, v, vp, 1.0 / 0.7, true).expect("entropy");
     vec![out(be, "entropy forward", "entropy", &ent), out(be, "entropy backward", "dlogits", &d)]
+}
+
+/// The row scatter of the KV-cache append: the qkv rows of two batch rows to their positions in a cache.
+fn rows<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
+    let (w, t, cap) = (3 * 40, 3, 9);
+    let src = act(be, &randn(rng, 2 * t * w, 1.0));
+    let mut cache = zeros(be, 2 * cap * w);
+    let pairs: Vec<(u32, u32)> =
+        (0..2).flat_map(|b| (0..t).map(move |j| ((b * cap + 2 + 4 * b + j) as u32, (b * t + j) as u32))).collect();
+    be.copy_rows(&mut cache, &src, w, &pairs);
+    vec![out(be, "copy rows (KV-cache append)", "cache", &cache)]
+}
+
+/// The sampler, plain, greedy and filtered, on the same logits (rounded to bf16 first, so that both engines
+/// read the very same values in either precision) and uniforms. The ids come as one-hot rows: any id that
+/// differs is an error of 1 (100%), whatever the tolerance.
+fn sample<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
+    let (n, v, vp) = (6, 300, 304);
+    let x: Vec<f32> = randn(rng, n * vp, 3.0).iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+    let logits = act(be, &x);
+    let u: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
+    let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
+    let mut outs = vec![];
+    for (row, s) in [
+        ("sample (plain)", plain),
+        ("sample (greedy)", Sampling { temperature: 0.0, ..plain }),
+        ("sample (top-k, top-p)", Sampling { temperature: 0.8, top_k: 9, top_p: 0.9 }),
+    ] {
+        let picks = be.sample(&logits, v, vp, &s, &u)?;
+        let mut ids = vec![0f32; n * v];
+        picks.iter().enumerate().for_each(|(i, &(id, _))| ids[i * v + id as usize] = 1.0);
+        outs.push((row, "ids".to_string(), ids));
+        outs.push((row, "logprobs".to_string(), picks.iter().map(|p| p.1).collect()));
+    }
+    Ok(outs)
 }
 
 /// AdamW at step 3 from nonzero moments with clipping, and the sum of squares behind the clipping.
@@ -310,6 +357,9 @@ const GROUPS: &[(&str, u64)] = &[
     ("crossentropy", 7),
     ("entropy", 10),
     ("adamw", 8),
+    ("rows", 12),
+    ("sample", 13),
+    ("attention decode", 14),
     ("train step", 9),
 ];
 
@@ -333,6 +383,9 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
         "crossentropy" => crossentropy(be, rng),
         "entropy" => entropy(be, rng),
         "adamw" => adamw(be, rng),
+        "rows" => rows(be, rng),
+        "sample" => sample(be, rng)?,
+        "attention decode" => attention_decode(be, rng),
         "train step" => train_step(be, rng)?,
         other => unreachable!("no check group {other}"),
     })

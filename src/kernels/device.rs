@@ -10,6 +10,7 @@ use super::launch::{DType, DevPtr, Launcher};
 use super::sim::{SimBuf, SimLauncher};
 use anyhow::Result;
 use half::bf16;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A batch of row-major products `out[M,N] = alpha * op(a) op(b) + beta * out`, where op(a) is [M,K] (a is
 /// stored [K,M] when `ta`) and op(b) is [K,N] (b stored [N,K] when `tb`). Product `i` of the batch reads
@@ -125,6 +126,15 @@ pub trait Device: Send + Sync {
 #[derive(Default)]
 pub struct SimDevice {
     pub launcher: SimLauncher,
+    /// Bytes copied device to host so far (what a test asserts does not cross, such as logits).
+    downloaded: AtomicU64,
+}
+
+impl SimDevice {
+    /// Bytes copied device to host since the device was made.
+    pub fn bytes_downloaded(&self) -> u64 {
+        self.downloaded.load(Ordering::Relaxed)
+    }
 }
 
 /// Reads `n` elements of type `dt` at host address `p` as f32.
@@ -171,6 +181,7 @@ impl Device for SimDevice {
         Ok(())
     }
     unsafe fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
+        self.downloaded.fetch_add(dst.len() as u64, Ordering::Relaxed);
         std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len());
         Ok(())
     }

@@ -28,6 +28,7 @@ use super::launch::{self as kl, DType, DevPtr};
 use crate::backend::Backend;
 use crate::ops::adamw::AdamWParams;
 use crate::ops::rope::Rope;
+use crate::ops::sample::Sampling;
 use anyhow::Result;
 use half::bf16;
 use std::sync::{Mutex, OnceLock};
@@ -671,7 +672,14 @@ impl<D: Device> Backend for KernelBackend<D> {
         let (vq, vkv, pd) = (self.view(q_src, dt), self.view(kv, dt), self.positions(pos0));
         let (o, l) = (self.target(out, dt), self.target(lse, F32));
         // SAFETY: live buffers of this backend, sizes checked above; `pd` holds pos0.
-        let r = unsafe { kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh) };
+        let r = unsafe {
+            if tq == 1 {
+                // A decode step: the kernel that splits a row's keys among the warps of a block.
+                kl::attention_decode(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tk, c, nh)
+            } else {
+                kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh)
+            }
+        };
         ok("attention_forward", r);
     }
     fn attention_backward(
@@ -806,6 +814,45 @@ impl<D: Device> Backend for KernelBackend<D> {
         for (i, half) in halves {
             let _ = params[i].half.set(half);
         }
+    }
+    /// One launch over every row; the table of pairs goes up as one small array.
+    fn copy_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, w: usize, rows: &[(u32, u32)]) {
+        let dt = dst.dt;
+        let (d_rows, s_rows) = (dst.n / w.max(1), src.n / w.max(1));
+        let (d, s): (Vec<u32>, Vec<u32>) = rows.iter().copied().unzip();
+        ids_below("copy_rows destination", &d, d_rows);
+        ids_below("copy_rows source", &s, s_rows);
+        let pairs: Vec<u32> = rows.iter().flat_map(|&(d, s)| [d, s]).collect();
+        let vs = self.view(src, dt);
+        let (table, o) = (self.device_copy(bytemuck::cast_slice(&pairs)), self.target(dst, dt));
+        // SAFETY: live buffers of this backend (distinct: `dst` is borrowed mutably), every row index checked
+        // above; `table` holds the pairs.
+        ok("copy_rows", unsafe { kl::copy_rows(self.l(), dt, o, vs.ptr(), table, rows.len(), w) });
+    }
+    /// The sampling kernel on the logits where they are: only the uniforms go up and only the ids and
+    /// log-probs come down (8 bytes a row).
+    fn sample(&self, logits: &Self::Buf, v: usize, vp: usize, s: &Sampling, u: &[f64]) -> Result<Vec<(u32, f32)>> {
+        let (dt, rows) = (logits.dt, u.len());
+        need("sample logits", logits, rows * vp);
+        let vl = self.view(logits, dt);
+        let (ud, ids, lps) =
+            (self.upload_bytes(bytemuck::cast_slice(u)), self.scratch(rows * 4), self.scratch(rows * 4));
+        // SAFETY: `logits` is a live buffer of this backend holding rows * vp elements (checked above); `ud`,
+        // `ids` and `lps` were just allocated with rows f64, u32 and f32.
+        unsafe { kl::sample(self.l(), dt, self.p(&ids), self.p(&lps), vl.ptr(), self.p(&ud), rows, v, vp, s)? };
+        let (mut id, mut lp) = (vec![0u32; rows], vec![0f32; rows]);
+        // SAFETY: `ids` and `lps` hold rows u32 and f32, the lengths of `id` and `lp`.
+        unsafe {
+            self.dev.dtoh(bytemuck::cast_slice_mut(&mut id), self.p(&ids))?;
+            self.dev.dtoh(bytemuck::cast_slice_mut(&mut lp), self.p(&lps))?;
+        }
+        id.into_iter()
+            .zip(lp)
+            .map(|(i, lp)| match (i as usize).checked_sub(v) {
+                Some(bad) => Err(crate::ops::sample::non_finite(bad, lp)),
+                None => Ok((i, lp)),
+            })
+            .collect()
     }
     fn sum_squares(&self, buf: &Self::Buf) -> f64 {
         self.sum_squares_all(std::slice::from_ref(buf))

@@ -221,6 +221,23 @@ impl<B: Backend> KvCache<B> {
         let layers = (0..cfg.n_layer).map(|_| be.zeros(b * capacity * 3 * cfg.n_embd)).collect::<Result<_>>()?;
         Ok(KvCache { b, capacity, layers })
     }
+
+    /// Keep only the rows `keep` (ascending indices of the current rows), which become rows 0, 1, ...: the
+    /// batch then runs on those rows alone. One copy per layer into a buffer of the new size.
+    pub fn retain(&mut self, be: &B, keep: &[usize]) -> Result<()> {
+        if let Some(&bad) = keep.iter().find(|&&r| r >= self.b) {
+            bail!("KV cache row {bad} kept out of {} rows", self.b);
+        }
+        let w = be.len(&self.layers[0]) / self.b;
+        let rows: Vec<(u32, u32)> = keep.iter().enumerate().map(|(i, &r)| (i as u32, r as u32)).collect();
+        for layer in &mut self.layers {
+            let mut kept = be.zeros(keep.len() * w)?;
+            be.copy_rows(&mut kept, layer, w, &rows);
+            *layer = kept;
+        }
+        self.b = keep.len();
+        Ok(())
+    }
 }
 
 impl<B: Backend> Gpt2<B> {
@@ -320,6 +337,17 @@ impl<B: Backend> Gpt2<B> {
         if let Some(p) = a.pos0.iter().find(|&&p| p as usize + t > limit) {
             bail!("positions {p}..{} exceed the context ({limit})", *p as usize + t);
         }
+        if let Some(kv) = cache.as_ref().filter(|kv| kv.b != b) {
+            bail!("forward: a KV cache of {} rows for a batch of {b}", kv.b);
+        }
+        // With a cache, row bi's qkv rows go to positions pos0[bi].. of its cache row (one copy per layer).
+        let append: Vec<(u32, u32)> = match cache {
+            Some(ref kv) => (0..b)
+                .flat_map(|bi| (0..t).map(move |j| (bi, j)))
+                .map(|(bi, j)| ((bi * kv.capacity + a.pos0[bi] as usize + j) as u32, (bi * t + j) as u32))
+                .collect(),
+            None => vec![],
+        };
         let p = self.params.named();
         let ids = be.upload_ids(tokens)?;
         be.encoder_forward(&mut a.encoded, &ids, p.wte, p.wpe, &a.pos0, t, c);
@@ -346,10 +374,7 @@ impl<B: Backend> Gpt2<B> {
             be.linear_forward(&mut la.qkv, &la.ln1, w.c_attn_w, Some(w.c_attn_b), n, c, 3 * c);
             match cache.as_deref_mut() {
                 Some(kv) => {
-                    for bi in 0..b {
-                        let dst = (bi * kv.capacity + a.pos0[bi] as usize) * 3 * c;
-                        be.copy(&mut kv.layers[l], dst, &la.qkv, bi * t * 3 * c, t * 3 * c);
-                    }
+                    be.copy_rows(&mut kv.layers[l], &la.qkv, 3 * c, &append);
                     be.attention_forward(
                         &mut la.atty,
                         &mut la.lse,

@@ -6,9 +6,17 @@
 //! its own position, so every new token costs one O(T) attention over the cache, not a re-run of the
 //! prefix. The log-probability of each chosen token is taken under the temperature-scaled distribution
 //! (before top-k / top-p filtering), which is what PPO's ratio needs.
+//!
+//! Tokens are chosen where the logits are (`Backend::sample`, the contract of `crate::ops::sample`): only the
+//! last position of each live row gets logits, the host draws one uniform number per row from the row's
+//! generator and uploads it, and only the ids and log-probs come back. The CPU engine and the kernels make
+//! the same choice for the same logits and number, so a rollout on `cuda-sim` follows the CPU engine's token
+//! for token with the same seed (unless the two engines' logits, which differ by rounding, put a draw on
+//! different sides of a boundary: about 1e-7 relative, so rarely).
 
 use crate::backend::Backend;
 use crate::model::{Acts, Gpt2, KvCache};
+use crate::ops::sample::Sampling;
 use crate::ops::Float;
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
@@ -26,6 +34,13 @@ pub struct SampleConfig {
     pub stop: Option<u32>,
 }
 
+impl SampleConfig {
+    /// How each token is chosen from its logits.
+    pub fn sampling(&self) -> Sampling {
+        Sampling { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generation {
     /// New tokens, ending with the stop token when `ended`.
@@ -37,81 +52,32 @@ pub struct Generation {
 }
 
 impl<B: Backend> Gpt2<B> {
-    /// Logits [rows.len(), V] for the given flat positions (b*T + t) of the last forward.
-    pub fn logits_at(&self, be: &B, a: &Acts<B>, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
-        let (c, v, vp) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.padded_vocab());
-        let mut h = be.zeros(rows.len() * c)?;
-        for (i, &r) in rows.iter().enumerate() {
-            be.copy(&mut h, i * c, &a.lnf, r * c, c);
-        }
+    /// Logits [rows.len(), Vp] on the device for the given flat positions (b*T + t) of the last forward: the
+    /// hidden states of those rows gathered (one copy; none when they are all the rows, in order), then the
+    /// LM head over them alone.
+    fn logits_rows(&self, be: &B, a: &Acts<B>, rows: &[usize]) -> Result<B::Buf> {
+        let (c, vp) = (self.cfg.n_embd, self.cfg.padded_vocab());
+        let gathered;
+        let h = if rows.len() == a.b * a.t && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            &a.lnf
+        } else {
+            let mut g = be.zeros(rows.len() * c)?;
+            let pairs: Vec<(u32, u32)> = rows.iter().enumerate().map(|(i, &r)| (i as u32, r as u32)).collect();
+            be.copy_rows(&mut g, &a.lnf, c, &pairs);
+            gathered = g;
+            &gathered
+        };
         let mut logits = be.zeros_full(rows.len() * vp)?;
-        be.matmul(&mut logits, &h, self.params.named().wte, rows.len(), vp, c, false, true, false);
-        let host = be.download(&logits);
+        be.matmul(&mut logits, h, self.params.named().wte, rows.len(), vp, c, false, true, false);
+        Ok(logits)
+    }
+
+    /// Logits [rows.len(), V] for the given flat positions (b*T + t) of the last forward, on the host.
+    pub fn logits_at(&self, be: &B, a: &Acts<B>, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let (v, vp) = (self.cfg.vocab_size, self.cfg.padded_vocab());
+        let host = be.download(&self.logits_rows(be, a, rows)?);
         Ok(host.chunks(vp).map(|r| r[..v].iter().map(|x| x.f64() as f32).collect()).collect())
     }
-}
-
-/// Pick a token from `logits` (one row) and return it with its temperature-scaled log-probability.
-/// Non-finite logits (a diverged model) are an error, not a token.
-///
-/// Cost per row: O(V) without top-k/top-p (one pass for the log-sum-exp, one inverse-CDF pass in id
-/// order); with top-k, a partial selection of the k largest (O(V)) and a sort of those k; with top-p
-/// alone, a sort of the ids by logit (the nucleus can be any size), and with both, the top-p cut is made
-/// on the sorted top-k set.
-pub fn pick(logits: &[f32], sc: &SampleConfig, rng: &mut Rng) -> Result<(u32, f32)> {
-    if let Some((i, x)) = logits.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        bail!("the model's logit for token {i} is {x}: its weights or activations are not finite");
-    }
-    let t = if sc.temperature > 0.0 { sc.temperature } else { 1.0 };
-    let z: Vec<f64> = logits.iter().map(|&x| x as f64 / t).collect();
-    let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let lse = mx + z.iter().map(|&x| (x - mx).exp()).sum::<f64>().ln();
-    let tok = if sc.temperature <= 0.0 {
-        // First maximum, so ties break towards the lower id (as torch.argmax does).
-        z.iter().enumerate().fold(0, |best, (i, &x)| if x > z[best] { i } else { best })
-    } else if sc.top_k == 0 && sc.top_p >= 1.0 {
-        let total: f64 = z.iter().map(|&x| (x - mx).exp()).sum();
-        draw((0..z.len()).map(|i| (i, (z[i] - mx).exp())), total, rng)
-    } else {
-        // Descending by logit, ties towards the lower id.
-        let order = |a: &usize, b: &usize| z[*b].total_cmp(&z[*a]).then(a.cmp(b));
-        let mut idx: Vec<usize> = (0..z.len()).collect();
-        let mut keep = idx.len();
-        if sc.top_k > 0 && sc.top_k < idx.len() {
-            idx.select_nth_unstable_by(sc.top_k - 1, order);
-            keep = sc.top_k;
-        }
-        idx[..keep].sort_unstable_by(order);
-        if sc.top_p < 1.0 {
-            let mut cum = 0.0;
-            for (n, &i) in idx[..keep].iter().enumerate() {
-                cum += (z[i] - lse).exp();
-                if cum >= sc.top_p {
-                    keep = n + 1;
-                    break;
-                }
-            }
-        }
-        let kept = &idx[..keep];
-        let total: f64 = kept.iter().map(|&i| (z[i] - mx).exp()).sum();
-        draw(kept.iter().map(|&i| (i, (z[i] - mx).exp())), total, rng)
-    };
-    Ok((tok as u32, (z[tok] - lse) as f32))
-}
-
-/// Inverse-CDF draw from (id, unnormalised weight) pairs summing to `total`: the first id at which the
-/// running sum reaches u * total (the last id if rounding leaves u above the sum).
-fn draw(weights: impl Iterator<Item = (usize, f64)>, total: f64, rng: &mut Rng) -> usize {
-    let mut u = rng.uniform() * total;
-    let mut last = 0;
-    for (i, w) in weights {
-        last = i;
-        u -= w;
-        if u <= 0.0 {
-            return i;
-        }
-    }
-    last
 }
 
 /// Sample a continuation for every prompt in one batch. `rngs` holds one generator shared by all rows
@@ -159,53 +125,66 @@ pub fn generate_with<B: Backend>(
         .collect();
     model.forward(be, &mut acts, &padded, None, Some(&mut cache))?;
     let rows: Vec<usize> = (0..b).map(|i| i * tp + lens[i] - 1).collect();
-    let logits = model.logits_at(be, &acts, &rows)?;
+    let logits = model.logits_rows(be, &acts, &rows)?;
     decode(be, model, &mut cache, logits, &lens, sc, rngs, on_token)
 }
 
 /// The per-token loop of [`generate_with`] and [`Decoder::answer`]. Row i's next-token logits are
-/// `logits[i]` and its next token goes to position `next_pos[i]` of `cache`; each step picks a token per
-/// live row, reports it, and feeds the batch one token per row, until every row has ended or
+/// row i of `logits` [B, Vp] (on the device) and its next token goes to position `next_pos[i]` of `cache`; each step picks a token per
+/// live row, reports it, and feeds the live rows one token each, until every row has ended or
 /// `max_new_tokens` are chosen. The last chosen token of a row is never fed (nothing reads its logits).
+/// A row that ends leaves the batch: the cache is compacted to the live rows, so finished rows cost no
+/// work (each row's computation is independent of the others', so the results do not change).
 #[allow(clippy::too_many_arguments)]
 fn decode<B: Backend>(
     be: &B,
     model: &Gpt2<B>,
     cache: &mut KvCache<B>,
-    mut logits: Vec<Vec<f32>>,
+    mut logits: B::Buf,
     next_pos: &[usize],
     sc: &SampleConfig,
     rngs: &mut [Rng],
     mut on_token: impl FnMut(usize, u32) -> Result<()>,
 ) -> Result<Vec<Generation>> {
-    let b = logits.len();
+    let (b, v, vp) = (next_pos.len(), model.cfg.vocab_size, model.cfg.padded_vocab());
     if rngs.len() != 1 && rngs.len() != b {
         bail!("{} generators for {b} rows (one shared, or one per row)", rngs.len());
     }
     let mut out: Vec<Generation> = vec![Generation { tokens: vec![], logprobs: vec![], ended: false }; b];
+    // The rows still in the batch, in order: slot k of the cache and of `logits` is row live[k].
+    let mut live: Vec<usize> = (0..b).collect();
     let mut step_acts = Acts::new(be, &model.cfg, b, 1)?;
     for step in 0..sc.max_new_tokens {
-        let mut next = vec![0u32; b];
-        for i in 0..b {
-            if out[i].ended {
-                next[i] = *out[i].tokens.last().unwrap();
-                continue;
-            }
-            let rng = if rngs.len() == 1 { &mut rngs[0] } else { &mut rngs[i] };
-            let (tok, lp) = pick(&logits[i], sc, rng)?;
+        let u: Vec<f64> = live
+            .iter()
+            .map(|&i| match (sc.sampling().draws(), rngs.len()) {
+                (false, _) => 0.0,
+                (true, 1) => rngs[0].uniform(),
+                (true, _) => rngs[i].uniform(),
+            })
+            .collect();
+        for (&i, (tok, lp)) in live.iter().zip(be.sample(&logits, v, vp, &sc.sampling(), &u)?) {
             out[i].tokens.push(tok);
             out[i].logprobs.push(lp);
             out[i].ended = sc.stop == Some(tok);
-            next[i] = tok;
             on_token(i, tok)?;
         }
-        if out.iter().all(|g| g.ended) || step + 1 == sc.max_new_tokens {
+        if step + 1 == sc.max_new_tokens {
             break;
         }
-        // Rows that ended keep being fed (their outputs are ignored) so the batch stays rectangular.
-        let pos: Vec<u32> = (0..b).map(|i| (next_pos[i] + step) as u32).collect();
+        let keep: Vec<usize> = (0..live.len()).filter(|&k| !out[live[k]].ended).collect();
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < live.len() {
+            cache.retain(be, &keep)?;
+            live = keep.iter().map(|&k| live[k]).collect();
+            step_acts = Acts::new(be, &model.cfg, live.len(), 1)?;
+        }
+        let next: Vec<u32> = live.iter().map(|&i| *out[i].tokens.last().unwrap()).collect();
+        let pos: Vec<u32> = live.iter().map(|&i| (next_pos[i] + step) as u32).collect();
         model.forward(be, &mut step_acts, &next, Some(&pos), Some(cache))?;
-        logits = model.logits_at(be, &step_acts, &(0..b).collect::<Vec<_>>())?;
+        logits = model.logits_rows(be, &step_acts, &(0..live.len()).collect::<Vec<_>>())?;
     }
     Ok(out)
 }
@@ -261,6 +240,12 @@ impl<'m, B: Backend> Decoder<'m, B> {
     /// answer's final token, then `new`), at their positions. Returns the next-token logits [V] after the
     /// last token.
     pub fn feed(&mut self, be: &B, new: &[u32]) -> Result<Vec<f32>> {
+        let v = self.model.cfg.vocab_size;
+        Ok(be.download(&self.feed_device(be, new)?)[..v].iter().map(|x| x.f64() as f32).collect())
+    }
+
+    /// [`Decoder::feed`], leaving the logits [1, Vp] on the device.
+    fn feed_device(&mut self, be: &B, new: &[u32]) -> Result<B::Buf> {
         let ctx = self.context();
         if self.tokens.len() + new.len() > ctx {
             bail!(
@@ -277,7 +262,7 @@ impl<'m, B: Backend> Decoder<'m, B> {
         self.model.forward(be, &mut acts, &todo, Some(&[self.cached as u32]), Some(&mut self.cache))?;
         self.tokens.extend_from_slice(new);
         self.cached = self.tokens.len();
-        Ok(self.model.logits_at(be, &acts, &[todo.len() - 1])?.remove(0))
+        self.model.logits_rows(be, &acts, &[todo.len() - 1])
     }
 
     /// Feed `prompt` and sample the answer, calling `on_token` with each token as it is chosen; the answer
@@ -298,13 +283,12 @@ impl<'m, B: Backend> Decoder<'m, B> {
                 sc.max_new_tokens
             );
         }
-        let logits = self.feed(be, prompt)?;
+        let logits = self.feed_device(be, prompt)?;
         let next_pos = [self.tokens.len()];
-        let g =
-            decode(be, self.model, &mut self.cache, vec![logits], &next_pos, sc, std::slice::from_mut(rng), |_, t| {
-                on_token(t)
-            })?
-            .remove(0);
+        let g = decode(be, self.model, &mut self.cache, logits, &next_pos, sc, std::slice::from_mut(rng), |_, t| {
+            on_token(t)
+        })?
+        .remove(0);
         self.tokens.extend_from_slice(&g.tokens);
         self.cached = self.tokens.len() - usize::from(!g.tokens.is_empty());
         Ok(g)

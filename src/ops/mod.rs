@@ -23,6 +23,7 @@ pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
+pub mod sample;
 
 pub use float::Float;
 

@@ -9,7 +9,7 @@ use super::{aligned16, i32_of, Arg, DType, DevPtr, LaunchConfig, Launcher};
 use anyhow::{bail, ensure, Result};
 
 /// The kernel variant for head size `hs`: lanes own hs/32 (rounded up to 1, 2, 4) dims each.
-fn att_variant(c: usize, nh: usize) -> Result<(usize, u32)> {
+pub(super) fn att_variant(c: usize, nh: usize) -> Result<(usize, u32)> {
     ensure!(nh > 0 && c.is_multiple_of(nh), "attention: C ({c}) must be a multiple of NH ({nh})");
     let hs = c / nh;
     let kpl = match hs {

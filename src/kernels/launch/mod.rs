@@ -27,6 +27,7 @@ use std::ffi::c_void;
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_decode;
 pub mod attention_unfused;
 pub mod crossentropy;
 pub mod encoder;
@@ -39,9 +40,12 @@ pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
+pub mod rows;
+pub mod sample;
 
 pub use adamw::*;
 pub use attention::*;
+pub use attention_decode::*;
 pub use attention_unfused::*;
 pub use crossentropy::*;
 pub use encoder::*;
@@ -53,6 +57,8 @@ pub use residual::*;
 pub use rmsnorm::*;
 pub use rope::*;
 pub use swiglu::*;
+pub use rows::*;
+pub use sample::*;
 
 /// A device address (a host address in the simulator).
 pub type DevPtr = u64;
@@ -106,6 +112,7 @@ pub enum Arg {
     I32(i32),
     U32(u32),
     F32(f32),
+    F64(f64),
 }
 
 impl Arg {
@@ -116,6 +123,7 @@ impl Arg {
             Arg::I32(v) => v as *const i32 as *mut c_void,
             Arg::U32(v) => v as *const u32 as *mut c_void,
             Arg::F32(v) => v as *const f32 as *mut c_void,
+            Arg::F64(v) => v as *const f64 as *mut c_void,
         }
     }
 }
