@@ -913,6 +913,47 @@ fn sample_matches_the_reference_choice() {
     }
 }
 
+/// The sampling kernel on rows built to sit on its edges, each against the reference's choice: two
+/// non-finite logits in the first chunk (the first is reported), greedy with the maximum at id 0 tied
+/// with id 1 in the same chunk (the first maximum wins), and uniforms that land exactly on a cumulative
+/// sum (equal logits, chunks of 4 ids: u * total = 2 inside the first chunk, = 4 at its end): the draw is
+/// the first id whose cumulative weight reaches the target; the same with top-k 8 (u * kept mass = 2);
+/// top-k 8 with padding columns far above every real logit (never drawn); top-k 2 on a maximum at id 0
+/// tied with id 1 (u = 0 draws the first kept id: the first maximum).
+#[test]
+fn sample_edges_first_bad_first_max_and_an_exact_cdf_boundary() {
+    let l = launcher();
+    let (v, vp) = (4 * g(SAMPLE_BLOCK), 4 * g(SAMPLE_BLOCK) + 8);
+    let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
+    let mut x = vec![0.0; 7 * vp];
+    x[0] = f64::NAN;
+    x[1] = f64::INFINITY;
+    x[vp] = 5.0;
+    x[vp + 1] = 5.0;
+    x[5 * vp + v..6 * vp].fill(100.0);
+    x[6 * vp] = 10.0;
+    x[6 * vp + 1] = 10.0;
+    let u = [0.5, 0.5, 2.0 / v as f64, 4.0 / v as f64, 0.25, 0.5, 0.0];
+    for dt in DTYPES {
+        let (greedy, top8) = (Sampling { temperature: 0.0, ..plain }, Sampling { top_k: 8, ..plain });
+        let top2 = Sampling { top_k: 2, ..plain };
+        for (r, s) in [(0, plain), (1, greedy), (2, plain), (3, plain), (4, top8), (5, top8), (6, top2)] {
+            let logits = DBuf::new(dt, &x[r * vp..(r + 1) * vp]);
+            let ud = SimBuf::from_slice(&u[r..r + 1]);
+            let (ids, lps) = (SimBuf::<u32>::poisoned(1, 0xff), SimBuf::<f32>::poisoned(1, 0xff));
+            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+            unsafe { kl::sample(&l, dt, ids.ptr(), lps.ptr(), logits.ptr(), ud.ptr(), 1, v, vp, &s) }.unwrap();
+            let row: Vec<f32> = x[r * vp..r * vp + v].iter().map(|&y| y as f32).collect();
+            let id = ids.as_slice()[0];
+            match ops::sample::pick(&row, &s, u[r]) {
+                Ok((want, _)) => assert_eq!(id, want, "{dt:?} row {r}"),
+                Err(_) => assert_eq!(id as usize, v, "{dt:?} row {r}: the first non-finite logit is id 0"),
+            }
+            assert_eq!([v as u32, 0, 1, 3, 1, 3, 0][r], id, "{dt:?} row {r}: by hand");
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------ AdamW
 
 /// AdamW over one tensor through the multi-tensor kernel (a one-tensor chunk table).
