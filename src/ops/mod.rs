@@ -22,8 +22,8 @@ pub mod matmul;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
-pub mod swiglu;
 pub mod sample;
+pub mod swiglu;
 
 pub use float::Float;
 

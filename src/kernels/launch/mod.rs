@@ -39,9 +39,9 @@ pub mod linear;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
-pub mod swiglu;
 pub mod rows;
 pub mod sample;
+pub mod swiglu;
 
 pub use adamw::*;
 pub use attention::*;
@@ -56,9 +56,9 @@ pub use linear::*;
 pub use residual::*;
 pub use rmsnorm::*;
 pub use rope::*;
-pub use swiglu::*;
 pub use rows::*;
 pub use sample::*;
+pub use swiglu::*;
 
 /// A device address (a host address in the simulator).
 pub type DevPtr = u64;
