@@ -2,9 +2,11 @@
 # Regenerates the PyTorch/transformers reference fixtures under tests/fixtures/ (committed; the Rust tests
 # read them and need no Python). Creates .venv-parity/ (git-ignored; VENV=DIR chooses another) with torch,
 # transformers, safetensors.
-#   tools/make-parity-fixtures.sh                      # write the fixtures
+#   tools/make-parity-fixtures.sh                      # write the fixtures: tests/fixtures/parity/ (GPT-2),
+#                                                      # tests/fixtures/parity_modern/ (Llama, Qwen2, Mistral),
+#                                                      # tests/fixtures/gpt2_tokenizer_ids.json
 #   tools/make-parity-fixtures.sh chat                 # tests/fixtures/hf_chat (builds and runs target/release/rlhf)
-#   tools/make-parity-fixtures.sh check-export DIR [--expected tests/fixtures/parity/NAME]
+#   tools/make-parity-fixtures.sh check-export DIR [--expected tests/fixtures/parity{,_modern}/NAME]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-parity}

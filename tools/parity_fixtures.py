@@ -4,10 +4,22 @@ Modes:
   fixtures [--out tests/fixtures]
       For a few small random GPT-2 shapes (fixed seeds, dropout 0) writes tests/fixtures/parity/<name>/:
         model.safetensors, config.json   as `save_pretrained` writes them
-        expected.json                     inputs [B][T], targets [B][T], mean loss, greedy prompt + tokens
+        expected.json                     inputs [B][T], targets [B][T], mean loss, greedy prompt, tokens and
+                                          margins (best minus second-best logit at each greedy step)
         expected.safetensors              "logits" [B, T, V] and "grad.<param>" for every parameter
                                           (names without `transformer.`, the engine's canonical names)
-      and tests/fixtures/gpt2_tokenizer_ids.json: GPT-2 token ids of a fixed text set, from transformers'
+      and the same files for small random Llama-family decoders (`MODERN`: every parameter perturbed by
+      0.1 * randn, f32, eager attention) in tests/fixtures/parity_modern/<name>/, there with "grad.<name>"
+      under the full names `named_parameters` gives (`model.layers.0.self_attn.q_proj.weight`, `lm_head.weight`
+      when untied; a tied lm_head is not a separate parameter), in HF's layout ([out, in] for a Linear):
+        llama_l2_h4_kv2_c64     LlamaForCausalLM, GQA 4/2, Llama 3 RoPE scaling that is active at this size
+                                (original_max_position_embeddings 16), untied
+        qwen2_l2_h4_kv1_c48     Qwen2ForCausalLM, one kv head, q/k/v biases, tied embeddings, rope_theta 1e6,
+                                saved in three shards with model.safetensors.index.json
+        mistral_l1_h4_kv2_c64   MistralForCausalLM, no sliding window, saved in bf16; every expected value is
+                                computed from the bf16-rounded weights upcast to f32 (the rest in f32)
+      Each greedy step of the modern fixtures is at least 1e-3 from a tie (else the script fails).
+      Also tests/fixtures/gpt2_tokenizer_ids.json: GPT-2 token ids of a fixed text set, from transformers'
       GPT-2 tokenizer and cross-checked against an independent implementation of GPT-2's original
       encoder (regex pre-tokenization + greedy lowest-rank BPE).
   chat [--rlhf target/release/rlhf] [--out tests/fixtures/hf_chat]
@@ -19,9 +31,11 @@ Modes:
       answers of different lengths. tests/hf_chat.rs compares them with the engine's chat encoder and
       `rlhf score`.
   check-export DIR [--expected FIXTURE_DIR]
-      Loads DIR (written by `rlhf export`) with GPT2LMHeadModel.from_pretrained, prints its logits on the
-      fixture inputs and compares them with FIXTURE_DIR/expected.safetensors; loads DIR/tokenizer.json with
-      PreTrainedTokenizerFast when present and compares the ids of the fixed text set.
+      Loads DIR (written by `rlhf export`, or a fixture folder itself) with the class its config.json names
+      in `architectures[0]`, in f32 whatever the file's dtype, prints the output of a head that is not a
+      language model, compares the logits on the fixture inputs with FIXTURE_DIR/expected.safetensors
+      (within 1e-4); loads DIR/tokenizer.json when present and, for GPT-2's vocabulary, compares the ids of
+      the fixed text set.
 """
 import argparse
 import gzip
@@ -42,6 +56,31 @@ SHAPES = [
     ("l2_h2_c32_v97_t16", 2, 2, 32, 97, 16, 2, 16, 4, 8, 1234),
     ("l1_h4_c64_v300_t32", 1, 4, 64, 300, 32, 2, 24, 5, 10, 5678),
     ("l3_h3_c48_v128_t20", 3, 3, 48, 128, 20, 1, 20, 3, 12, 91011),
+]
+
+# Llama-family decoders: name, class, config, batch, seq, greedy prompt length, new tokens, seed, how saved.
+# transformers 5 writes RoPE into config.json as "rope_parameters": {"rope_type", "rope_theta", and the
+# scaling keys of that type} (it reads the older "rope_theta" + "rope_scaling" too, and converts them).
+MODERN = [
+    ("llama_l2_h4_kv2_c64", "LlamaForCausalLM", dict(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+        vocab_size=131, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        attention_bias=False, mlp_bias=False,
+        # Llama 3 scaling with original_max_position_embeddings 16, so that at head_dim 16 it changes
+        # frequencies: some are divided by `factor`, one lies in the smoothed band.
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    ), 2, 24, 4, 10, 2024, {}),
+    ("qwen2_l2_h4_kv1_c48", "Qwen2ForCausalLM", dict(
+        num_hidden_layers=2, hidden_size=48, num_attention_heads=4, num_key_value_heads=1, intermediate_size=80,
+        vocab_size=97, max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        use_sliding_window=False, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ), 2, 20, 4, 10, 3036, {"max_shard_size": "70KB"}),  # three shards and model.safetensors.index.json
+    ("mistral_l1_h4_kv2_c64", "MistralForCausalLM", dict(
+        num_hidden_layers=1, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        vocab_size=120, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ), 1, 20, 4, 10, 4051, {"dtype": "bfloat16"}),
 ]
 
 TEXTS = [
@@ -153,6 +192,14 @@ def tokenizer_fixture(out_dir):
     print(f"wrote {path} ({len(cases)} texts)")
 
 
+def perturb(model):
+    """Every parameter += 0.1 * randn, so that biases and norm gains are not at their trivial init values."""
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
 def make_model(n_layer, n_head, n_embd, vocab, n_pos, seed):
     torch.manual_seed(seed)
     cfg = GPT2Config(
@@ -160,13 +207,7 @@ def make_model(n_layer, n_head, n_embd, vocab, n_pos, seed):
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5, activation_function="gelu_new",
         bos_token_id=None, eos_token_id=None,
     )
-    model = GPT2LMHeadModel(cfg).float()
-    # Perturb every parameter so that biases and LayerNorm gains are not at their trivial init values.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    model.eval()
-    return model
+    return perturb(GPT2LMHeadModel(cfg).float())
 
 
 def canonical(name):
@@ -186,33 +227,76 @@ def greedy(model, prompt, n_new):
     return toks[len(prompt):], margins
 
 
+def write_expected(d, model, vocab, batch, seq, prompt_len, n_new, seed, grad_name=lambda n: n):
+    """expected.safetensors ("logits" [B, T, V] and "grad.<grad_name(param)>" of the mean cross-entropy for
+    every parameter as `named_parameters` lists it, f32, in the module's own layout) and expected.json on
+    random tokens from `seed + 1`. A tied parameter is one tensor; its gradient is written once, under the
+    first name that `named_parameters` gives it."""
+    g = torch.Generator().manual_seed(seed + 1)
+    tokens = torch.randint(0, vocab, (batch, seq + 1), generator=g)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    model.zero_grad()
+    logits = model(inputs).logits
+    loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+    loss.backward()
+    tensors, seen = {"logits": logits.detach().float().contiguous()}, set()
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue  # tied (GPT-2's lm_head.weight is wte): its gradient is already accumulated there
+        seen.add(id(p))
+        tensors["grad." + grad_name(pname)] = p.grad.detach().float().contiguous()
+    save_file(tensors, os.path.join(d, "expected.safetensors"))
+    prompt = inputs[0, :prompt_len].tolist()
+    gen, margins = greedy(model, prompt, n_new)
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump({
+            "inputs": inputs.tolist(), "targets": targets.tolist(), "loss": loss.item(),
+            "greedy_prompt": prompt, "greedy_tokens": gen, "greedy_margins": margins,
+        }, f, indent=1)
+    print(f"wrote {d}: loss {loss.item():.6f}, greedy {gen}, min margin {min(margins):.2e}")
+    return loss.item(), margins
+
+
 def parity_fixtures(out_dir):
     for name, L, NH, C, V, T, B, S, P, N, seed in SHAPES:
         d = os.path.join(out_dir, "parity", name)
         os.makedirs(d, exist_ok=True)
         model = make_model(L, NH, C, V, T, seed)
         model.save_pretrained(d)
-        g = torch.Generator().manual_seed(seed + 1)
-        tokens = torch.randint(0, V, (B, S + 1), generator=g)
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        model.zero_grad()
-        logits = model(inputs).logits
-        loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
-        loss.backward()
-        tensors = {"logits": logits.detach().contiguous()}
-        for pname, p in model.named_parameters():
-            if pname == "lm_head.weight":
-                continue  # tied: its gradient is already accumulated into wte
-            tensors["grad." + canonical(pname)] = p.grad.detach().contiguous()
-        save_file(tensors, os.path.join(d, "expected.safetensors"))
-        prompt = inputs[0, :P].tolist()
-        gen, margins = greedy(model, prompt, N)
-        with open(os.path.join(d, "expected.json"), "w") as f:
-            json.dump({
-                "inputs": inputs.tolist(), "targets": targets.tolist(), "loss": loss.item(),
-                "greedy_prompt": prompt, "greedy_tokens": gen, "greedy_margins": margins,
-            }, f, indent=1)
-        print(f"wrote {d}: loss {loss.item():.6f}, greedy {gen}, min margin {min(margins):.2e}")
+        write_expected(d, model, V, B, S, P, N, seed, grad_name=canonical)
+
+
+def make_modern(arch, cfg, seed):
+    import transformers
+
+    torch.manual_seed(seed)
+    cls = getattr(transformers, arch)
+    config = cls.config_class(**cfg, attention_dropout=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config._attn_implementation = "eager"
+    return perturb(cls(config).float())
+
+
+def modern_fixtures(out_dir):
+    for name, arch, cfg, B, S, P, N, seed, save in MODERN:
+        d = os.path.join(out_dir, "parity_modern", name)
+        os.makedirs(d, exist_ok=True)
+        for f in os.listdir(d):
+            os.remove(os.path.join(d, f))  # no shard of an earlier run left beside the new index
+        model = make_modern(arch, cfg, seed)
+        bf16 = save.get("dtype") == "bfloat16"
+        if bf16:
+            # The file holds bf16; every expected value comes from those rounded weights upcast to f32, with
+            # the rest in f32 (not `model.to(bfloat16).float()`, which would round the RoPE frequencies too).
+            with torch.no_grad():
+                for _, p in model.named_parameters():
+                    p.copy_(p.bfloat16().float())
+        else:
+            model.save_pretrained(d, **{k: v for k, v in save.items() if k != "dtype"})
+        _, margins = write_expected(d, model, cfg["vocab_size"], B, S, P, N, seed)
+        if bf16:
+            model.to(torch.bfloat16).save_pretrained(d)
+        if min(margins) <= 1e-3:
+            sys.exit(f"{name}: a greedy step is within {min(margins):.1e} of a tie; choose another seed")
 
 
 def check_export(export_dir, expected_dir):
@@ -220,13 +304,14 @@ def check_export(export_dir, expected_dir):
 
     arch = json.load(open(os.path.join(export_dir, "config.json")))["architectures"][0]
     cls = getattr(transformers, arch)
-    model, info = cls.from_pretrained(export_dir, attn_implementation="eager", output_loading_info=True)
-    model = model.float().eval()
+    # In f32 whatever the file's dtype (bf16 weights are upcast as they load, buffers stay f32).
+    model, info = cls.from_pretrained(export_dir, attn_implementation="eager", dtype=torch.float32, output_loading_info=True)
+    model = model.eval()
     missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
     print(f"{arch}: missing keys {missing}, unexpected keys {unexpected}")
     # A reward model's score.bias has no place in GPT2ForSequenceClassification (documented in export.rs).
     ok = not missing and all(k == "score.bias" for k in unexpected)
-    if arch != "GPT2LMHeadModel":
+    if not arch.endswith(("LMHeadModel", "ForCausalLM")):
         with torch.no_grad():
             out = model(torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])).logits
         print(f"head output shape {tuple(out.shape)}: {out.flatten()[:8].tolist()}")
@@ -393,6 +478,7 @@ def main():
         os.makedirs(a.out, exist_ok=True)
         tokenizer_fixture(a.out)
         parity_fixtures(a.out)
+        modern_fixtures(a.out)
         return 0
     if a.mode == "chat":
         return chat_fixture(a.rlhf, a.out)
