@@ -81,7 +81,7 @@ fn prepared(out: &Path, val_fraction: f64, seed: u64) {
 
 /// A small random policy checkpoint of `vocab` ids.
 fn tiny_checkpoint(vocab: usize) -> Checkpoint {
-    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: vocab, n_positions: 32 };
+    let cfg = Config::gpt2(1, 2, 16, vocab, 32);
     let n = cfg.num_params();
     let params: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.04).collect();
     Checkpoint::from_flat(cfg, ModelKind::Policy, &params, vec![]).unwrap()

@@ -3,8 +3,8 @@
 
 use rlhf::backend::{Backend, Cpu};
 use rlhf::checkpoint::{self, Checkpoint, ModelKind};
-use rlhf::model::sample::{Decoder, SampleConfig};
-use rlhf::model::{Acts, Config, Gpt2};
+use rlhf::model::sample::{Conversation, SampleConfig};
+use rlhf::model::{Acts, Config, Decoder};
 use rlhf::tokenizer::{Tokenizer, TokenizerFile, SPECIAL_TOKENS};
 use rlhf::util::rng::Rng;
 use std::io::Write;
@@ -21,8 +21,8 @@ fn tiny_checkpoint(dir: &Path, ctx: usize) -> PathBuf {
     let tok_path = dir.join("tokenizer.json");
     tok.save(&tok_path).unwrap();
     let be = Cpu::<f32>::new();
-    let cfg = Config { n_layer: 2, n_head: 2, n_embd: 32, vocab_size: tok.vocab_size(), n_positions: ctx };
-    let model = Gpt2::init(&be, cfg, 5).unwrap();
+    let cfg = Config::gpt2(2, 2, 32, tok.vocab_size(), ctx);
+    let model = Decoder::init(&be, cfg, 5).unwrap();
     let out = dir.join("ck");
     let ck = Checkpoint::from_model(&be, &model, ModelKind::Policy);
     checkpoint::save(&out, &ck, Some(&TokenizerFile::read(&tok_path).unwrap())).unwrap();
@@ -95,7 +95,7 @@ fn a_full_context_drops_the_oldest_turns_and_a_too_long_turn_is_skipped() {
 }
 
 /// Next-token logits of `tokens` by one forward pass over all of them (no cache).
-fn full_logits<B: Backend>(be: &B, m: &Gpt2<B>, tokens: &[u32]) -> Vec<f32> {
+fn full_logits<B: Backend>(be: &B, m: &Decoder<B>, tokens: &[u32]) -> Vec<f32> {
     let mut a = Acts::new(be, &m.cfg, 1, tokens.len()).unwrap();
     m.forward(be, &mut a, tokens, None, None).unwrap();
     m.logits_at(be, &a, &[tokens.len() - 1]).unwrap().remove(0)
@@ -106,10 +106,10 @@ fn full_logits<B: Backend>(be: &B, m: &Gpt2<B>, tokens: &[u32]) -> Vec<f32> {
 #[test]
 fn incremental_decoding_across_turns_matches_a_full_forward() {
     let be = Cpu::<f64>::new();
-    let cfg = Config { n_layer: 2, n_head: 2, n_embd: 16, vocab_size: 37, n_positions: 40 };
-    let m = Gpt2::init(&be, cfg, 3).unwrap();
+    let cfg = Config::gpt2(2, 2, 16, 37, 40);
+    let m = Decoder::init(&be, cfg, 3).unwrap();
     let sc = SampleConfig { max_new_tokens: 5, temperature: 1.0, top_k: 0, top_p: 1.0, stop: Some(4) };
-    let mut dec = Decoder::new(&be, &m).unwrap();
+    let mut dec = Conversation::new(&be, &m).unwrap();
     let mut rng = Rng::new(1);
     for turn in [vec![2, 10, 11, 12, 3], vec![4, 2, 20, 3], vec![2, 30, 31, 32, 33, 3]] {
         let before = dec.tokens().len();

@@ -18,7 +18,7 @@ fn fixture() -> PathBuf {
 }
 
 fn tiny() -> Config {
-    Config { n_layer: 2, n_head: 2, n_embd: 8, vocab_size: 11, n_positions: 5 }
+    Config::gpt2(2, 2, 8, 11, 5)
 }
 
 fn random_checkpoint(cfg: Config, kind: ModelKind, seed: u64) -> Checkpoint {
@@ -185,7 +185,7 @@ fn hf_fixture_folder_loads_with_and_without_prefix() {
     let raw = fixture_raw();
     let ck = load(&fixture()).unwrap();
     assert_eq!(ck.kind, ModelKind::Policy);
-    assert_eq!(ck.config, Config { n_layer: 2, n_head: 2, n_embd: 32, vocab_size: 97, n_positions: 16 });
+    assert_eq!(ck.config, Config::gpt2(2, 2, 32, 97, 16));
     for r in &raw {
         let name = r.name.strip_prefix("transformer.").unwrap();
         let t = ck.get(name).unwrap_or_else(|| panic!("{name} not loaded"));
@@ -609,7 +609,7 @@ fn export_round_trips_hf_files_exactly() {
     assert_eq!(cfg["tie_word_embeddings"], true);
 
     // A GPT-2-vocabulary model gets GPT-2's tokenizer and its side files.
-    let cfg = Config { n_layer: 1, n_head: 1, n_embd: 4, vocab_size: 50257, n_positions: 8 };
+    let cfg = Config::gpt2(1, 1, 4, 50257, 8);
     let src = d.path().join("gpt2v");
     save(&src, &random_checkpoint(cfg, ModelKind::Reward, 5), None).unwrap();
     let out2 = d.path().join("hf2");

@@ -162,7 +162,7 @@ fn dpo_refuses_settings_out_of_range_naming_the_flag() {
     let other = f.dir.path().join("other-shape");
     let mut mcfg = rlhf::checkpoint::load(&f.base).unwrap().config;
     mcfg.n_embd = 8;
-    let m = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
+    let m = rlhf::model::Decoder::init(&be, mcfg, 1).unwrap();
     let ck = rlhf::checkpoint::Checkpoint::from_model(&be, &m, rlhf::checkpoint::ModelKind::Policy);
     rlhf::checkpoint::save(&other, &ck, None).unwrap();
     let cfg = DpoConfig { reference: Some(other), ..f.dpo_config("shape") };

@@ -7,7 +7,10 @@ use rlhf::util::rng::Rng;
 fn every_op_and_the_model_pass_gradcheck() {
     let results = check::run_all(1234);
     println!("{}", check::format_table(&results));
-    assert!(results.len() >= 29);
+    assert!(results.len() >= 31);
+    for row in ["gpt2 model", "llama model", "qwen2 model"] {
+        assert!(results.iter().any(|r| r.op.starts_with(row)), "no {row} row");
+    }
     for r in &results {
         assert!(r.ok, "{} failed: max abs err {:e} > tolerance {:e}", r.op, r.max_abs_err, r.tolerance);
         assert!(r.entries > 0);

@@ -2,7 +2,7 @@
 //! tiny runs (learning from a judge, resume, refusals, the kernels in the simulator against the CPU).
 
 use rlhf::backend::{Backend, Cpu};
-use rlhf::model::{Config, Gpt2, ScalarHead, ScalarModel};
+use rlhf::model::{Config, Decoder, ScalarHead, ScalarModel};
 use rlhf::pipeline::grpo::math::*;
 use rlhf::pipeline::grpo::{train, GrpoConfig, Hooks, Reward};
 use rlhf::pipeline::rollout::GoldHook;
@@ -77,7 +77,7 @@ const STOP: u32 = 1;
 const PAD: u32 = 0;
 
 fn cfg() -> Config {
-    Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 16, n_positions: 32 }
+    Config::gpt2(1, 2, 16, 16, 32)
 }
 
 fn prompts(n: usize) -> Vec<Vec<u32>> {
@@ -117,7 +117,7 @@ fn sevens(pairs: &[(String, String)]) -> anyhow::Result<Vec<f64>> {
 fn judged<B: Backend>(
     be: &B,
     c: GrpoConfig,
-    sft: &Gpt2<B>,
+    sft: &Decoder<B>,
     resume: bool,
 ) -> anyhow::Result<rlhf::pipeline::grpo::GrpoSummary> {
     let mut judge = sevens;
@@ -144,7 +144,7 @@ fn series(out: &Path, key: &str) -> Vec<f64> {
 #[test]
 fn grpo_learns_a_verifiable_reward_from_a_judge() {
     let be = Be::new();
-    let sft = Gpt2::init(&be, cfg(), 1).unwrap();
+    let sft = Decoder::init(&be, cfg(), 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let mut c = grpo_cfg(&out, 30);
@@ -164,7 +164,7 @@ fn grpo_learns_a_verifiable_reward_from_a_judge() {
 #[test]
 fn rloo_and_kl_in_reward_run_and_the_kl_penalty_holds_the_policy_back() {
     let be = Be::new();
-    let sft = Gpt2::init(&be, cfg(), 1).unwrap();
+    let sft = Decoder::init(&be, cfg(), 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, beta: f64| {
         let out = dir.path().join(name);
@@ -182,8 +182,8 @@ fn rloo_and_kl_in_reward_run_and_the_kl_penalty_holds_the_policy_back() {
 #[test]
 fn paused_and_resumed_equals_unbroken_and_changes_are_refused() {
     let be = Be::new();
-    let sft = Gpt2::init(&be, cfg(), 1).unwrap();
-    let rm = ScalarModel { trunk: Gpt2::init(&be, cfg(), 2).unwrap(), head: ScalarHead::init(&be, 16, 3).unwrap() };
+    let sft = Decoder::init(&be, cfg(), 1).unwrap();
+    let rm = ScalarModel { trunk: Decoder::init(&be, cfg(), 2).unwrap(), head: ScalarHead::init(&be, 16, 3).unwrap() };
     let run = |c: GrpoConfig, resume: bool| {
         train(&be, c, &prompts(6), &sft, &sft, Reward::Model(&rm), Hooks::default(), resume)
     };
@@ -204,7 +204,7 @@ fn paused_and_resumed_equals_unbroken_and_changes_are_refused() {
     };
     assert_eq!(w(&a), w(&k), "resumed weights differ from the unbroken run's");
     // Another reward model is another run.
-    let rm2 = ScalarModel { trunk: Gpt2::init(&be, cfg(), 5).unwrap(), head: ScalarHead::init(&be, 16, 3).unwrap() };
+    let rm2 = ScalarModel { trunk: Decoder::init(&be, cfg(), 5).unwrap(), head: ScalarHead::init(&be, 16, 3).unwrap() };
     let e = train(&be, grpo_cfg(&k, 6), &prompts(6), &sft, &sft, Reward::Model(&rm2), Hooks::default(), true)
         .unwrap_err()
         .to_string();
@@ -228,7 +228,7 @@ fn settings_out_of_range_are_refused_naming_the_flag() {
     }
     // A prompt that leaves no room for the answer.
     let be = Be::new();
-    let sft = Gpt2::init(&be, cfg(), 1).unwrap();
+    let sft = Decoder::init(&be, cfg(), 1).unwrap();
     let long = vec![vec![3u32; 30]];
     let mut judge = sevens;
     let hook = GoldHook { judge: &mut judge, prompt_text: &ids_text, unended: 0.0 };
@@ -246,11 +246,11 @@ fn grpo_on_the_simulated_kernels_follows_the_cpu_engine() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("cpu"), dir.path().join("sim"));
     let be = Be::new();
-    let sft = Gpt2::init(&be, cfg(), 1).unwrap();
+    let sft = Decoder::init(&be, cfg(), 1).unwrap();
     judged(&be, grpo_cfg(&a, 3), &sft, false).unwrap();
     let sim = rlhf::kernels::SimBackend::new();
     let host: Vec<Vec<f32>> = sft.to_host(&be).into_iter().map(|(_, v)| v).collect();
-    let sft_sim = Gpt2::from_host(&sim, cfg(), &host).unwrap();
+    let sft_sim = Decoder::from_host(&sim, cfg(), &host).unwrap();
     judged(&sim, grpo_cfg(&b, 3), &sft_sim, false).unwrap();
     let (x, y) = (metrics(&a), metrics(&b));
     assert_eq!(x.len(), 3);

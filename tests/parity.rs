@@ -1,17 +1,20 @@
 //! Parity with PyTorch + Hugging Face `transformers` (fixtures written by tools/make-parity-fixtures.sh):
-//! for each random GPT-2 in tests/fixtures/parity/, the CPU engine in f32 must reproduce the logits, the
-//! mean cross-entropy loss, the gradient of every parameter, and a greedy continuation.
+//! for each random GPT-2 in tests/fixtures/parity/ and each random Llama, Qwen2 (sharded, tied, q/k/v
+//! biases, one kv head) and Mistral (bf16 file) in tests/fixtures/parity_modern/, the CPU engine in f32 must
+//! reproduce the logits, the mean cross-entropy loss, the gradient of every parameter, and a greedy
+//! continuation. The Llama family's gradients are compared in the files' layout (q/k/v and gate/up apart,
+//! [out, in]) through `hf_llama::to_files`, the map the checkpoint writer uses.
 
 use rlhf::backend::{Backend, Cpu};
-use rlhf::checkpoint::{self, safetensors::SafeTensors};
+use rlhf::checkpoint::{self, hf_llama, safetensors::SafeTensors, NamedTensor};
 use rlhf::model::sample::{generate, SampleConfig};
-use rlhf::model::{gpt2::tensors_to_host, Acts, Gpt2, Tensors};
+use rlhf::model::{decoder::tensors_to_host, Acts, Decoder, Tensors};
 use rlhf::util::rng::Rng;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-fn fixture_dirs() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+fn fixture_dirs(set: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(set);
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .map(|e| e.unwrap().path())
@@ -48,9 +51,25 @@ const LOSS_TOL: f64 = 1e-4;
 const GRAD_TOL: f32 = 1e-4;
 
 #[test]
-fn forward_loss_backward_and_greedy_match_pytorch() {
+fn gpt2_forward_loss_backward_and_greedy_match_pytorch() {
+    fixture_dirs("parity").iter().for_each(|d| check_fixture(d));
+}
+
+#[test]
+fn llama_qwen2_mistral_forward_loss_backward_and_greedy_match_pytorch() {
+    let dirs = fixture_dirs("parity_modern");
+    for family in ["llama", "qwen2", "mistral"] {
+        assert!(
+            dirs.iter().any(|d| d.file_name().unwrap().to_string_lossy().starts_with(family)),
+            "no {family} fixture"
+        );
+    }
+    dirs.iter().for_each(|d| check_fixture(d));
+}
+
+fn check_fixture(dir: &Path) {
     let be = Cpu::<f32>::new();
-    for dir in fixture_dirs() {
+    {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let ck = checkpoint::load(&dir).unwrap();
         let cfg = ck.config;
@@ -62,7 +81,7 @@ fn forward_loss_backward_and_greedy_match_pytorch() {
         let (v, vp) = (cfg.vocab_size, cfg.padded_vocab());
 
         let host: Vec<Vec<f32>> = ck.tensors.iter().map(|x| x.data.clone()).collect();
-        let m = Gpt2::from_host(&be, cfg, &host).unwrap();
+        let m = Decoder::from_host(&be, cfg, &host).unwrap();
         let mut a = Acts::new(&be, &cfg, b, t).unwrap();
         let flat_in: Vec<u32> = inputs.concat();
         m.forward(&be, &mut a, &flat_in, None, None).unwrap();
@@ -87,20 +106,24 @@ fn forward_loss_backward_and_greedy_match_pytorch() {
         println!("{name}: loss {loss:.7} vs {want_loss:.7}");
         assert!(((loss - want_loss) / want_loss).abs() <= LOSS_TOL, "{name}: loss {loss} vs PyTorch {want_loss}");
 
-        let grads = tensors_to_host(&be, &cfg, &g);
+        let grads: Vec<NamedTensor> = tensors_to_host(&be, &cfg, &g)
+            .into_iter()
+            .map(|(spec, data)| NamedTensor::new(spec.name, spec.shape, data))
+            .collect();
         assert_eq!(grads.len(), cfg.param_specs().len());
+        let grads = if cfg.llama().is_some() { hf_llama::to_files(&cfg, &grads) } else { grads };
         let mut worst = (0.0f32, String::new());
-        for (spec, got) in &grads {
-            let key = format!("grad.{}", spec.name);
+        for t in &grads {
+            let key = format!("grad.{}", t.name);
             let entry = st.get(&key).unwrap_or_else(|| panic!("{name}: fixture lacks {key}"));
-            assert_eq!(entry.shape, spec.shape, "{name}: {key} shape");
+            assert_eq!(entry.shape, t.shape, "{name}: {key} shape");
             let want = st.read_f32(&key).unwrap();
             assert!(want.iter().any(|&x| x != 0.0), "{name}: {key} is all zeros in the fixture");
-            let e = scaled_err(got, &want, 1e-12);
+            let e = scaled_err(&t.data, &want, 1e-12);
             if e > worst.0 {
-                worst = (e, spec.name.clone());
+                worst = (e, t.name.clone());
             }
-            assert!(e <= GRAD_TOL, "{name}: gradient of {} differs from PyTorch by {e:.3e} of its scale", spec.name);
+            assert!(e <= GRAD_TOL, "{name}: gradient of {} differs from PyTorch by {e:.3e} of its scale", t.name);
         }
         println!("{name}: worst gradient error {:.2e} ({})", worst.0, worst.1);
 

@@ -115,7 +115,7 @@ fn ppo_gradchecks_pass() {
 mod tiny {
     use rlhf::backend::Cpu;
     use rlhf::model::ScalarModel;
-    use rlhf::model::{Config, Gpt2, ScalarHead};
+    use rlhf::model::{Config, Decoder, ScalarHead};
     use rlhf::pipeline::ppo::PpoConfig;
     use rlhf::util::rng::Rng;
     use std::path::Path;
@@ -125,12 +125,13 @@ mod tiny {
     pub const PAD: u32 = 0;
 
     pub fn cfg() -> Config {
-        Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 16, n_positions: 32 }
+        Config::gpt2(1, 2, 16, 16, 32)
     }
 
-    pub fn models(be: &Be) -> (Gpt2<Be>, ScalarModel<Be>) {
-        let sft = Gpt2::init(be, cfg(), 1).unwrap();
-        let rm = ScalarModel { trunk: Gpt2::init(be, cfg(), 2).unwrap(), head: ScalarHead::init(be, 16, 3).unwrap() };
+    pub fn models(be: &Be) -> (Decoder<Be>, ScalarModel<Be>) {
+        let sft = Decoder::init(be, cfg(), 1).unwrap();
+        let rm =
+            ScalarModel { trunk: Decoder::init(be, cfg(), 2).unwrap(), head: ScalarHead::init(be, 16, 3).unwrap() };
         (sft, rm)
     }
 
@@ -328,7 +329,7 @@ fn bad_inputs_give_clear_errors() {
     assert!(run("empty", &[], &rm, Hooks::default()).contains("no prompts"));
     let other = rlhf::model::Config { vocab_size: 20, ..cfg() };
     let rm20 = rlhf::model::ScalarModel {
-        trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(),
+        trunk: rlhf::model::Decoder::init(&be, other, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
     };
     let msg = run("vocab", &prompts(8), &rm20, Hooks::default());
@@ -523,7 +524,7 @@ impl rlhf::judge::Judge for WordCount {
 #[test]
 fn eval_reports_systems_baselines_and_strategies_on_tiny_models() {
     use rlhf::data::chat::ChatTokens;
-    use rlhf::model::{Gpt2, ScalarHead, ScalarModel};
+    use rlhf::model::{Decoder, ScalarHead, ScalarModel};
     use rlhf::pipeline::eval::{self, EvalConfig, HeldOut, Models};
     use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
     let dir = tempfile::tempdir().unwrap();
@@ -534,8 +535,8 @@ fn eval_reports_systems_baselines_and_strategies_on_tiny_models() {
     let ct = ChatTokens::from_tokenizer(&tok).unwrap();
     let be = Be::new();
     let cfg = rlhf::model::Config { vocab_size: tok.vocab_size(), n_positions: 48, ..tiny::cfg() };
-    let sft = Gpt2::init(&be, cfg, 1).unwrap();
-    let rm = ScalarModel { trunk: Gpt2::init(&be, cfg, 2).unwrap(), head: ScalarHead::init(&be, 16, 3).unwrap() };
+    let sft = Decoder::init(&be, cfg, 1).unwrap();
+    let rm = ScalarModel { trunk: Decoder::init(&be, cfg, 2).unwrap(), head: ScalarHead::init(&be, 16, 3).unwrap() };
     let heldout: Vec<HeldOut> = (0..5)
         .map(|i| HeldOut {
             prompt: format!("He walked {i} times."),
@@ -691,17 +692,17 @@ fn ppo_eval_and_label_commands_end_to_end() {
             .unwrap();
     tok.save(d("tok.json")).unwrap();
     let be = Be::new();
-    let mcfg = rlhf::model::Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: 64 };
-    let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
+    let mcfg = rlhf::model::Config::gpt2(1, 2, 16, tok.vocab_size(), 64);
+    let sft = rlhf::model::Decoder::init(&be, mcfg, 1).unwrap();
     checkpoint::save(&dir.path().join("sft"), &Checkpoint::from_model(&be, &sft, ModelKind::Policy), None).unwrap();
     let rm = rlhf::model::ScalarModel {
-        trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(),
+        trunk: rlhf::model::Decoder::init(&be, mcfg, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
     };
     checkpoint::save(&dir.path().join("rm"), &rm.to_checkpoint(&be).unwrap(), None).unwrap();
     let other = rlhf::model::Config { vocab_size: mcfg.vocab_size + 10, ..mcfg };
     let rm_other = rlhf::model::ScalarModel {
-        trunk: rlhf::model::Gpt2::init(&be, other, 2).unwrap(),
+        trunk: rlhf::model::Decoder::init(&be, other, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 16, 3).unwrap(),
     };
     checkpoint::save(&dir.path().join("rm_other"), &rm_other.to_checkpoint(&be).unwrap(), None).unwrap();
@@ -864,9 +865,9 @@ fn ppo_eval_and_label_commands_end_to_end() {
 fn tiny_preset_iteration_time() {
     let be = Be::new();
     let mcfg = rlhf::model::Config::preset("tiny", 4096).unwrap();
-    let sft = rlhf::model::Gpt2::init(&be, mcfg, 1).unwrap();
+    let sft = rlhf::model::Decoder::init(&be, mcfg, 1).unwrap();
     let rm = rlhf::model::ScalarModel {
-        trunk: rlhf::model::Gpt2::init(&be, mcfg, 2).unwrap(),
+        trunk: rlhf::model::Decoder::init(&be, mcfg, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, mcfg.n_embd, 3).unwrap(),
     };
     let mut rng = rlhf::util::rng::Rng::new(9);
@@ -887,7 +888,7 @@ fn a_reward_model_of_another_shape_works() {
     let (sft, _) = models(&be);
     let big = rlhf::model::Config { n_layer: 2, n_head: 3, n_embd: 24, ..cfg() };
     let rm = rlhf::model::ScalarModel {
-        trunk: rlhf::model::Gpt2::init(&be, big, 2).unwrap(),
+        trunk: rlhf::model::Decoder::init(&be, big, 2).unwrap(),
         head: rlhf::model::ScalarHead::init(&be, 24, 3).unwrap(),
     };
     let dir = tempfile::tempdir().unwrap();

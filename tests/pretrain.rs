@@ -18,7 +18,7 @@ fn config(data: &Path, out: &Path, steps: u64) -> PretrainConfig {
     PretrainConfig {
         data: data.to_owned(),
         tokenizer: Default::default(),
-        model: Config { n_layer: 2, n_head: 2, n_embd: 32, vocab_size: vocab, n_positions: 32 },
+        model: Config::gpt2(2, 2, 32, vocab, 32),
         batch: 4,
         seq: 16,
         eval_batches: 2,

@@ -7,7 +7,7 @@ mod common;
 
 use rlhf::backend::Cpu;
 use rlhf::checkpoint::run_dir::{self, RunLock};
-use rlhf::model::{AdamWConfig, Config, Gpt2, ScalarHead, ScalarModel};
+use rlhf::model::{AdamWConfig, Config, Decoder, ScalarHead, ScalarModel};
 use rlhf::pipeline::ppo::{Hooks, PpoConfig};
 use rlhf::pipeline::pretrain::{pretrain, PretrainConfig};
 use rlhf::pipeline::run::LoopConfig;
@@ -29,7 +29,7 @@ fn pre_cfg(data: &Path, out: &Path, steps: u64) -> PretrainConfig {
     PretrainConfig {
         data: data.to_owned(),
         tokenizer: Default::default(),
-        model: Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: vocab, n_positions: 16 },
+        model: Config::gpt2(1, 2, 16, vocab, 16),
         batch: 2,
         seq: 8,
         eval_batches: 1,
@@ -121,10 +121,10 @@ impl SftFixture {
 const STOP: u32 = 1;
 const PAD: u32 = 0;
 
-fn ppo_models(be: &Be, seed: u64) -> (Gpt2<Be>, ScalarModel<Be>) {
-    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 16, n_positions: 32 };
-    let sft = Gpt2::init(be, cfg, 1).unwrap();
-    let rm = ScalarModel { trunk: Gpt2::init(be, cfg, seed).unwrap(), head: ScalarHead::init(be, 16, 3).unwrap() };
+fn ppo_models(be: &Be, seed: u64) -> (Decoder<Be>, ScalarModel<Be>) {
+    let cfg = Config::gpt2(1, 2, 16, 16, 32);
+    let sft = Decoder::init(be, cfg, 1).unwrap();
+    let rm = ScalarModel { trunk: Decoder::init(be, cfg, seed).unwrap(), head: ScalarHead::init(be, 16, 3).unwrap() };
     (sft, rm)
 }
 
@@ -146,12 +146,18 @@ fn ppo_cfg(out: &Path, iterations: u64) -> PpoConfig {
     c
 }
 
-fn ppo(cfg: PpoConfig, prompts: &[Vec<u32>], sft: &Gpt2<Be>, rm: &ScalarModel<Be>, resume: bool) -> anyhow::Result<()> {
+fn ppo(
+    cfg: PpoConfig,
+    prompts: &[Vec<u32>],
+    sft: &Decoder<Be>,
+    rm: &ScalarModel<Be>,
+    resume: bool,
+) -> anyhow::Result<()> {
     rlhf::pipeline::ppo::train(&Be::new(), cfg, prompts, sft, rm, Hooks::default(), resume).map(|_| ())
 }
 
 /// A PPO run of one iteration in `TMP/ppo`, with the models and prompts it was started with.
-fn ppo_after_one_iteration() -> (Be, tempfile::TempDir, Gpt2<Be>, ScalarModel<Be>, Vec<Vec<u32>>) {
+fn ppo_after_one_iteration() -> (Be, tempfile::TempDir, Decoder<Be>, ScalarModel<Be>, Vec<Vec<u32>>) {
     let be = Be::new();
     let tmp = tempfile::tempdir().unwrap();
     let (sft_m, rm) = ppo_models(&be, 2);
@@ -440,7 +446,7 @@ fn d17_ppo_resume_refuses_other_models_prompts_and_settings() {
     assert!(e.contains("--reward") && !e.contains("--prompts"), "{e}");
     let e = format!("{:#}", ppo(ppo_cfg(&out, 2), &ppo_prompts(8, 10), &sft_m, &rm, true).unwrap_err());
     assert!(e.contains("--prompts") && !e.contains("--reward"), "{e}");
-    let other_ref = Gpt2::init(&be, sft_m.cfg, 11).unwrap();
+    let other_ref = Decoder::init(&be, sft_m.cfg, 11).unwrap();
     let e = format!(
         "{:#}",
         rlhf::pipeline::ppo::train_from(

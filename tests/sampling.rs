@@ -2,15 +2,15 @@
 
 use rlhf::backend::{Backend, Cpu};
 use rlhf::model::sample::{generate, SampleConfig};
-use rlhf::model::{Acts, Config, Gpt2};
+use rlhf::model::{Acts, Config, Decoder};
 use rlhf::util::rng::Rng;
 
 fn tiny() -> Config {
-    Config { n_layer: 2, n_head: 2, n_embd: 16, vocab_size: 37, n_positions: 24 }
+    Config::gpt2(2, 2, 16, 37, 24)
 }
 
 /// Next-token logits of `tokens` by a full forward pass (no cache).
-fn full_logits<B: Backend>(be: &B, m: &Gpt2<B>, tokens: &[u32]) -> Vec<f32> {
+fn full_logits<B: Backend>(be: &B, m: &Decoder<B>, tokens: &[u32]) -> Vec<f32> {
     let mut a = Acts::new(be, &m.cfg, 1, tokens.len()).unwrap();
     m.forward(be, &mut a, tokens, None, None).unwrap();
     m.logits_at(be, &a, &[tokens.len() - 1]).unwrap().remove(0)
@@ -19,7 +19,7 @@ fn full_logits<B: Backend>(be: &B, m: &Gpt2<B>, tokens: &[u32]) -> Vec<f32> {
 #[test]
 fn greedy_batched_cached_decoding_matches_full_forward() {
     let be = Cpu::<f64>::new();
-    let m = Gpt2::init(&be, tiny(), 3).unwrap();
+    let m = Decoder::init(&be, tiny(), 3).unwrap();
     let prompts = vec![vec![1, 2, 3, 4, 5], vec![7, 8], vec![9, 10, 11]];
     let sc = SampleConfig { max_new_tokens: 8, temperature: 0.0, top_k: 0, top_p: 1.0, stop: None };
     let gens = generate(&be, &m, &prompts, &sc, &mut [Rng::new(0)]).unwrap();
@@ -40,7 +40,7 @@ fn greedy_batched_cached_decoding_matches_full_forward() {
 #[test]
 fn sampling_is_deterministic_for_a_seed_and_stops_at_eos() {
     let be = Cpu::<f32>::new();
-    let m = Gpt2::init(&be, tiny(), 4).unwrap();
+    let m = Decoder::init(&be, tiny(), 4).unwrap();
     let prompts = vec![vec![1, 2], vec![3]];
     let sc = SampleConfig { max_new_tokens: 12, temperature: 1.0, top_k: 10, top_p: 0.95, stop: Some(5) };
     let a = generate(&be, &m, &prompts, &sc, &mut [Rng::new(9)]).unwrap();
@@ -61,7 +61,7 @@ fn sampling_is_deterministic_for_a_seed_and_stops_at_eos() {
 #[test]
 fn rows_that_stop_early_leave_the_batch_without_changing_the_others() {
     let be = Cpu::<f64>::new();
-    let m = Gpt2::init(&be, tiny(), 4).unwrap();
+    let m = Decoder::init(&be, tiny(), 4).unwrap();
     let prompts = vec![vec![1, 2], vec![3], vec![4, 5, 6], vec![7]];
     let mut sc = SampleConfig { max_new_tokens: 14, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
     let rngs = || (0..4).map(|i| Rng::new(20 + i)).collect::<Vec<_>>();
@@ -79,7 +79,7 @@ fn rows_that_stop_early_leave_the_batch_without_changing_the_others() {
 #[test]
 fn a_prompt_longer_than_the_context_is_an_error() {
     let be = Cpu::<f32>::new();
-    let m = Gpt2::init(&be, tiny(), 4).unwrap();
+    let m = Decoder::init(&be, tiny(), 4).unwrap();
     let sc = SampleConfig { max_new_tokens: 10, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
     let err = generate(&be, &m, &[vec![1; 20]], &sc, &mut [Rng::new(1)]).unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
@@ -91,7 +91,7 @@ fn a_prompt_longer_than_the_context_is_an_error() {
 fn non_finite_weights_and_logits_are_errors() {
     use rlhf::checkpoint::{self, Checkpoint, ModelKind};
     let be = Cpu::<f32>::new();
-    let m = Gpt2::init(&be, tiny(), 3).unwrap();
+    let m = Decoder::init(&be, tiny(), 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ck");
     checkpoint::save(&ck, &Checkpoint::from_model(&be, &m, ModelKind::Policy), None).unwrap();
@@ -127,7 +127,7 @@ fn cuda_sim_rollout_matches_the_cpu_engine_and_downloads_no_logits() {
     use rlhf::kernels::engine::SimBackend;
     let cfg = Config { vocab_size: 601, ..tiny() };
     let (cpu, sim) = (Cpu::<f32>::new(), SimBackend::new());
-    let (mc, ms) = (Gpt2::init(&cpu, cfg, 5).unwrap(), Gpt2::init(&sim, cfg, 5).unwrap());
+    let (mc, ms) = (Decoder::init(&cpu, cfg, 5).unwrap(), Decoder::init(&sim, cfg, 5).unwrap());
     let prompts = vec![vec![1, 2, 3], vec![4], vec![5, 6]];
     for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.8, 12, 0.9), (0.0, 0, 1.0)] {
         let mut sc = SampleConfig { max_new_tokens: 9, temperature, top_k, top_p, stop: None };

@@ -6,14 +6,14 @@ use common::{preference_fixture, PreferenceFixture};
 use rlhf::backend::Cpu;
 use rlhf::data::batch::{slices, PaddedBatch};
 use rlhf::data::jsonl::{read_ranked, read_sft, Ranked};
-use rlhf::model::{Acts, Config, Gpt2, Tensors};
+use rlhf::model::{Acts, Config, Decoder, Tensors};
 use rlhf::pipeline::reward::{pairwise_loss, score_pairs, RewardModel};
 
 type Be = Cpu<f64>;
 const PAD: u32 = 1;
 
-fn model(be: &Be) -> Gpt2<Be> {
-    Gpt2::init(be, Config { n_layer: 2, n_head: 2, n_embd: 16, vocab_size: 23, n_positions: 16 }, 5).unwrap()
+fn model(be: &Be) -> Decoder<Be> {
+    Decoder::init(be, Config::gpt2(2, 2, 16, 23, 16), 5).unwrap()
 }
 
 /// A change made to a batch's targets before the loss.
@@ -22,7 +22,7 @@ type EditTargets = dyn Fn(&mut Vec<u32>);
 /// Loss and every gradient of the SFT objective on a batch of (prompt, answer) pairs in rows of `t`.
 fn loss_and_grads(
     be: &Be,
-    m: &Gpt2<Be>,
+    m: &Decoder<Be>,
     pairs: &[(Vec<u32>, Vec<u32>)],
     b: usize,
     t: usize,
@@ -151,8 +151,8 @@ fn bad_jsonl_names_file_and_line() {
 fn reward_and_policy_checkpoints_are_not_interchangeable() {
     let be = Cpu::<f32>::new();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 20, n_positions: 8 };
-    let m = Gpt2::init(&be, cfg, 1).unwrap();
+    let cfg = Config::gpt2(1, 2, 8, 20, 8);
+    let m = Decoder::init(&be, cfg, 1).unwrap();
     let head = rlhf::model::ScalarHead::init(&be, 8, 1).unwrap();
     let rm = RewardModel { trunk: m, head };
     let rdir = dir.path().join("rm");
@@ -187,7 +187,7 @@ fn growing_the_vocabulary_keeps_existing_logits() {
     assert!(m.grow_vocab(&be, 10).is_err());
 }
 
-fn fwd(be: &Be, m: &Gpt2<Be>, tokens: &[u32]) -> Acts<Be> {
+fn fwd(be: &Be, m: &Decoder<Be>, tokens: &[u32]) -> Acts<Be> {
     let mut a = Acts::new(be, &m.cfg, 1, tokens.len()).unwrap();
     m.forward(be, &mut a, tokens, None, None).unwrap();
     a

@@ -312,10 +312,9 @@ fn sft_accepts_a_tokenizer_that_extends_the_base_models_own() {
     // A base "GPT-2" folder: a tokenizer with only <|endoftext|> as special token, and a model of its size.
     let base_tok = rlhf::tokenizer::Tokenizer::train(&[f.p("corpus.txt")], 280, &["<|endoftext|>"]).unwrap();
     let hf = tmp.path().join("hf-base");
-    let cfg =
-        rlhf::model::Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: base_tok.vocab_size(), n_positions: 64 };
+    let cfg = rlhf::model::Config::gpt2(1, 2, 16, base_tok.vocab_size(), 64);
     let be = rlhf::backend::Cpu::<f32>::new();
-    let m = rlhf::model::Gpt2::init(&be, cfg, 3).unwrap();
+    let m = rlhf::model::Decoder::init(&be, cfg, 3).unwrap();
     checkpoint::save(&hf, &Checkpoint::from_model(&be, &m, ModelKind::Policy), None).unwrap();
     base_tok.save(hf.join("tokenizer.json")).unwrap();
     // Its chat variant: the same tokenizer with the four chat tokens appended, as `tokenizer gpt2 --chat` does.

@@ -61,14 +61,14 @@ impl<F: Float> Backend for Cpu<F> {
     fn encoder_backward(
         &self,
         dwte: &mut Vec<F>,
-        dwpe: &mut Vec<F>,
+        dwpe: Option<&mut Vec<F>>,
         dout: &Vec<F>,
         tokens: &Vec<u32>,
         pos0: &[u32],
         t: usize,
         c: usize,
     ) {
-        ops::embedding::backward(dwte, dwpe, dout, tokens, pos0, t, c)
+        ops::embedding::backward(dwte, dwpe.map(|d| d.as_mut_slice()), dout, tokens, pos0, t, c)
     }
     fn layernorm_forward(
         &self,

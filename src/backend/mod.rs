@@ -58,11 +58,12 @@ pub trait Backend: Sync {
         t: usize,
         c: usize,
     );
+    /// dwte += scatter of dout by token; dwpe (None: a model without a position table) += dout by position.
     #[allow(clippy::too_many_arguments)]
     fn encoder_backward(
         &self,
         dwte: &mut Self::Buf,
-        dwpe: &mut Self::Buf,
+        dwpe: Option<&mut Self::Buf>,
         dout: &Self::Buf,
         tokens: &Self::Ids,
         pos0: &[u32],

@@ -4,7 +4,7 @@
 //! attention score and value products), so GFLOP/s compares with other implementations directly.
 
 use crate::backend::Backend;
-use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
+use crate::model::{Acts, AdamW, AdamWConfig, Config, Decoder, Tensors};
 use crate::util::rng::Rng;
 use anyhow::Result;
 use serde::Serialize;
@@ -37,7 +37,7 @@ pub fn train_step<B: Backend>(
     steps: usize,
 ) -> Result<StepBench> {
     let model_seed = 0;
-    let mut model = Gpt2::init(be, cfg, model_seed)?;
+    let mut model = Decoder::init(be, cfg, model_seed)?;
     let mut grads = Tensors::zeros(be, &cfg)?;
     let mut opt = AdamW::new(be, &cfg, AdamWConfig::default())?;
     let mut acts = Acts::new(be, &cfg, batch, seq)?;

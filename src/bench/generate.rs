@@ -9,7 +9,7 @@
 
 use crate::backend::Backend;
 use crate::model::sample::{generate_with, SampleConfig};
-use crate::model::{Config, Gpt2};
+use crate::model::{Config, Decoder};
 use crate::util::rng::Rng;
 use anyhow::Result;
 use serde::Serialize;
@@ -38,7 +38,7 @@ pub fn generation<B: Backend>(
     prompt_len: usize,
     new_tokens: usize,
 ) -> Result<Vec<GenBench>> {
-    let model = Gpt2::init(be, cfg, 0)?;
+    let model = Decoder::init(be, cfg, 0)?;
     let sc = SampleConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, stop: None };
     let mut rng = Rng::new(1);
     batches

@@ -18,7 +18,7 @@
 use crate::backend::{Backend, Cpu};
 use crate::check::CheckResult;
 use crate::kernels::{DType, KernelBackend};
-use crate::model::{Acts, AdamW, AdamWConfig, Config, Gpt2, Tensors};
+use crate::model::{Acts, AdamW, AdamWConfig, Config, Decoder, Tensors};
 use crate::ops::adamw::AdamWParams;
 use crate::ops::sample::Sampling;
 use crate::util::guard;
@@ -66,7 +66,7 @@ fn embedding<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     let mut o = zeros(be, b * t * c);
     be.encoder_forward(&mut o, &ids, &wte, &wpe, &pos0, t, c);
     let (mut dwte, mut dwpe) = (zeros(be, v * c), zeros(be, maxt * c));
-    be.encoder_backward(&mut dwte, &mut dwpe, &dout, &ids, &pos0, t, c);
+    be.encoder_backward(&mut dwte, Some(&mut dwpe), &dout, &ids, &pos0, t, c);
     vec![
         out(be, "embedding forward", "out", &o),
         out(be, "embedding backward", "dwte", &dwte),
@@ -310,14 +310,14 @@ const UPDATE_MIN_GRAD: f32 = 0.05;
 
 /// One whole training step of a 2-layer model (head size 64, padded vocabulary), as `rlhf pretrain` runs it.
 fn train_step<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
-    let cfg = Config { n_layer: 2, n_head: 2, n_embd: 128, vocab_size: 61, n_positions: 32 };
+    let cfg = Config::gpt2(2, 2, 128, 61, 32);
     let (b, t) = (2, 16);
-    let host: Vec<Vec<f32>> = Gpt2::init(&Cpu::<f32>::new(), cfg, rng.next_u64())?
+    let host: Vec<Vec<f32>> = Decoder::init(&Cpu::<f32>::new(), cfg, rng.next_u64())?
         .to_host(&Cpu::<f32>::new())
         .into_iter()
         .map(|(_, v)| v)
         .collect();
-    let mut model = Gpt2::from_host(be, cfg, &host)?;
+    let mut model = Decoder::from_host(be, cfg, &host)?;
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(61) as u32).collect();
     let targets: Vec<u32> = (0..b * t).map(|_| rng.below(61) as u32).collect();
     let weights: Vec<f32> = (0..b * t).map(|i| if i % 5 == 0 { 0.0 } else { 1.0 / 25.0 }).collect();
@@ -332,7 +332,7 @@ fn train_step<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
         ("train step: loss", "loss".into(), vec![loss as f32]),
         ("train step: gradient norm", "norm".into(), vec![norm as f32]),
     ];
-    for (spec, g) in crate::model::gpt2::tensors_to_host(be, &cfg, &grads) {
+    for (spec, g) in crate::model::decoder::tensors_to_host(be, &cfg, &grads) {
         outs.push((GRAD_ROW, spec.name.clone(), g));
     }
     for ((spec, p), before) in model.to_host(be).into_iter().zip(&host) {

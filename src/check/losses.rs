@@ -86,16 +86,16 @@ pub fn check_value_loss(rng: &mut Rng) -> CheckResult {
 /// back into `lm_loss` (the trainer's path), checked against finite differences of every parameter.
 pub fn check_policy_through_model(rng: &mut Rng) -> CheckResult {
     use crate::backend::{Backend, Cpu};
-    use crate::model::{Acts, Config, Gpt2, Tensors};
+    use crate::model::{Acts, Config, Decoder, Tensors};
     type Be = Cpu<f64>;
     let be = Be::new();
-    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 11, n_positions: 6 };
+    let cfg = Config::gpt2(1, 2, 8, 11, 6);
     let (b, t, clip, inv_temp) = (2, 5, 0.2, 1.0 / 0.8);
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(11) as u32).collect();
     let targets: Vec<u32> = (0..b * t).map(|_| rng.below(11) as u32).collect();
     // Valid (answer) positions; the others are prompt or padding and get weight 0.
     let valid: Vec<usize> = vec![2, 3, 4, 6, 7];
-    let base = Gpt2::<Be>::init(&be, cfg, rng.next_u64()).unwrap();
+    let base = Decoder::<Be>::init(&be, cfg, rng.next_u64()).unwrap();
     let inputs: Vec<Vec<f64>> = base
         .to_host(&be)
         .into_iter()
@@ -108,7 +108,7 @@ pub fn check_policy_through_model(rng: &mut Rng) -> CheckResult {
         }
         m
     };
-    let logp_of = |m: &Gpt2<Be>, a: &mut Acts<Be>| {
+    let logp_of = |m: &Decoder<Be>, a: &mut Acts<Be>| {
         m.forward(&be, a, &tokens, None, None).unwrap();
         m.lm_loss(&be, a, &targets, &vec![0.0; b * t], inv_temp, None).unwrap();
         let l = be.download(&a.losses);
@@ -151,9 +151,9 @@ fn base_clone(
     be: &crate::backend::Cpu<f64>,
     cfg: crate::model::Config,
     x: &[Vec<f64>],
-) -> crate::model::Gpt2<crate::backend::Cpu<f64>> {
+) -> crate::model::Decoder<crate::backend::Cpu<f64>> {
     let host: Vec<Vec<f32>> = x.iter().map(|v| v.iter().map(|&y| y as f32).collect()).collect();
-    crate::model::Gpt2::from_host(be, cfg, &host).unwrap()
+    crate::model::Decoder::from_host(be, cfg, &host).unwrap()
 }
 
 /// The entropy op (`crate::ops::entropy`, the entropy bonus): L = sum_i coef_i H_i wrt the logits,
@@ -175,9 +175,9 @@ pub fn check_entropy(rng: &mut Rng) -> CheckResult {
 /// A tiny f64 decoder, its parameters perturbed off the init (so every path is generic), and a two-episode
 /// batch with different prompt and answer lengths (padding included).
 fn tiny_f64(rng: &mut Rng) -> (crate::model::Config, Vec<Vec<f64>>, PaddedBatch) {
-    let cfg = crate::model::Config { n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 11, n_positions: 8 };
+    let cfg = crate::model::Config::gpt2(1, 2, 8, 11, 8);
     let be = crate::backend::Cpu::<f64>::new();
-    let base = crate::model::Gpt2::init(&be, cfg, rng.next_u64()).unwrap();
+    let base = crate::model::Decoder::init(&be, cfg, rng.next_u64()).unwrap();
     let params: Vec<Vec<f64>> = base
         .to_host(&be)
         .into_iter()
@@ -193,7 +193,7 @@ fn tiny_f64(rng: &mut Rng) -> (crate::model::Config, Vec<Vec<f64>>, PaddedBatch)
     (cfg, params, episode_batch(&[&e1, &e2], 0).unwrap())
 }
 
-fn model_f64(cfg: crate::model::Config, x: &[Vec<f64>]) -> crate::model::Gpt2<crate::backend::Cpu<f64>> {
+fn model_f64(cfg: crate::model::Config, x: &[Vec<f64>]) -> crate::model::Decoder<crate::backend::Cpu<f64>> {
     let be = crate::backend::Cpu::<f64>::new();
     let mut m = base_clone(&be, cfg, x);
     for (i, v) in x.iter().enumerate() {
@@ -262,7 +262,7 @@ pub fn check_value_through_model(rng: &mut Rng) -> CheckResult {
     compare("ppo value loss through head + decoder", &inputs, f, &analytic, rng)
 }
 
-/// The entropy bonus through the decoder (`Gpt2::entropy_bonus` after `lm_loss`, as the trainer calls it): L = -c mean H.
+/// The entropy bonus through the decoder (`Decoder::entropy_bonus` after `lm_loss`, as the trainer calls it): L = -c mean H.
 pub fn check_entropy_through_model(rng: &mut Rng) -> CheckResult {
     use crate::backend::Cpu;
     use crate::model::{Acts, Tensors};
@@ -314,7 +314,7 @@ pub fn check_preference_through_model(rng: &mut Rng, kind: PreferenceLoss, name:
     let be = Cpu::<f64>::new();
     let (cfg, inputs, sb) = tiny_f64(rng);
     let reference = rng.normals(2, 1.0);
-    let logratios = |m: &crate::model::Gpt2<Cpu<f64>>, a: &mut Acts<Cpu<f64>>| {
+    let logratios = |m: &crate::model::Decoder<Cpu<f64>>, a: &mut Acts<Cpu<f64>>| {
         let lp = answer_logprobs(&be, m, a, &sb, 1.0).unwrap();
         lp.iter().zip(&reference).map(|(l, r)| l.iter().sum::<f64>() - r).collect::<Vec<f64>>()
     };

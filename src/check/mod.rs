@@ -15,7 +15,7 @@ pub mod kernels;
 pub mod losses;
 
 use crate::backend::{Backend, Cpu};
-use crate::model::{Acts, Config, Gpt2, Tensors};
+use crate::model::{Acts, Config, Decoder, Tensors};
 use crate::util::rng::Rng;
 use serde::Serialize;
 
@@ -104,7 +104,7 @@ pub fn check_embedding(rng: &mut Rng) -> CheckResult {
     };
     let mut g = vec![vec![0.0; v * c], vec![0.0; maxt * c]];
     let (gw, gp) = g.split_at_mut(1);
-    crate::ops::embedding::backward(&mut gw[0], &mut gp[0], &r, &tokens, &pos0, t, c);
+    crate::ops::embedding::backward(&mut gw[0], Some(&mut gp[0]), &r, &tokens, &pos0, t, c);
     compare("embedding", &inputs, f, &g, rng)
 }
 
@@ -290,18 +290,59 @@ pub fn check_crossentropy(rng: &mut Rng) -> CheckResult {
     compare("crossentropy (masked)", &inputs, f, &g, rng)
 }
 
-/// The whole decoder: masked mean cross-entropy of a tiny model w.r.t. every parameter tensor.
+/// The whole GPT-2 decoder: masked mean cross-entropy of a tiny model w.r.t. every parameter tensor.
 pub fn check_model(rng: &mut Rng) -> CheckResult {
+    check_decoder(rng, Config::gpt2(2, 2, 8, 11, 6), "gpt2 model (all parameters)")
+}
+
+/// A tiny Llama-family decoder: 4 query heads over `nkv` kv heads of size 4, Llama 3 rotary scaling active
+/// at this context (original length 4: every wavelength past 4 positions is scaled), `qkv_bias` (Qwen2) or
+/// not, the LM head `tied` or its own.
+pub fn llama_tiny(family: crate::model::Family, nkv: usize, qkv_bias: bool, tied: bool) -> Config {
+    use crate::ops::rope::Llama3Scaling;
+    let scaling = Llama3Scaling {
+        factor: 4.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 2.0,
+        original_max_position_embeddings: 4.0,
+    };
+    Config {
+        arch: crate::model::Arch::Llama(crate::model::LlamaShape {
+            family,
+            n_kv_head: nkv,
+            intermediate_size: 12,
+            rope_theta: 10_000.0,
+            rope_scaling: (family == crate::model::Family::Llama).then_some(scaling),
+            rms_norm_eps: 1e-5,
+            qkv_bias,
+            tie_word_embeddings: tied,
+        }),
+        ..Config::gpt2(2, 4, 16, 11, 6)
+    }
+}
+
+/// The whole Llama-family decoder (GQA, RoPE with Llama 3 scaling, untied head; then Qwen2's q/k/v biases
+/// with one kv head and a tied head): masked mean cross-entropy w.r.t. every parameter tensor.
+pub fn check_llama_models(rng: &mut Rng) -> Vec<CheckResult> {
+    use crate::model::Family;
+    vec![
+        check_decoder(rng, llama_tiny(Family::Llama, 2, false, false), "llama model (gqa, llama3 rope, untied)"),
+        check_decoder(rng, llama_tiny(Family::Qwen2, 1, true, true), "qwen2 model (1 kv head, qkv bias, tied)"),
+    ]
+}
+
+/// Masked mean cross-entropy of a tiny decoder of shape `cfg` w.r.t. every parameter tensor, at a
+/// perturbed initialisation.
+fn check_decoder(rng: &mut Rng, cfg: Config, name: &str) -> CheckResult {
     let be = Be::new();
-    let cfg = Config { n_layer: 2, n_head: 2, n_embd: 8, vocab_size: 11, n_positions: 6 };
     let (b, t) = (2, 5);
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(11) as u32).collect();
     let targets: Vec<u32> = (0..b * t).map(|_| rng.below(11) as u32).collect();
     let mask: Vec<f32> = (0..b * t).map(|i| if i % 4 == 1 { 0.0 } else { 1.0 }).collect();
     let count: f32 = mask.iter().sum();
     let weights: Vec<f32> = mask.iter().map(|m| m / count).collect();
-    // Perturb the default init so layernorm gains, biases and the residual path are all generic.
-    let base = Gpt2::<Be>::init(&be, cfg, rng.next_u64()).unwrap();
+    // Perturb the default init so norm gains, biases and the residual path are all generic.
+    let base = Decoder::<Be>::init(&be, cfg, rng.next_u64()).unwrap();
     let inputs: Inputs = base
         .to_host(&be)
         .into_iter()
@@ -309,7 +350,7 @@ pub fn check_model(rng: &mut Rng) -> CheckResult {
         .collect();
     let model_at = |x: &Inputs| {
         let host: Vec<Vec<f32>> = x.iter().map(|v| v.iter().map(|&y| y as f32).collect()).collect();
-        let mut m = Gpt2::<Be>::from_host(&be, cfg, &host).unwrap();
+        let mut m = Decoder::<Be>::from_host(&be, cfg, &host).unwrap();
         // from_host goes through f32; restore the exact f64 values.
         for (i, v) in x.iter().enumerate() {
             m.params.bufs[i][..v.len()].copy_from_slice(v);
@@ -329,7 +370,7 @@ pub fn check_model(rng: &mut Rng) -> CheckResult {
     m.lm_loss(&be, &mut acts, &targets, &weights, 1.0, Some(&mut grads)).unwrap();
     m.backward(&be, &mut acts, &mut grads);
     let analytic = param_grads(&grads, &inputs);
-    compare("gpt2 model (all parameters)", &inputs, f, &analytic, rng)
+    compare(name, &inputs, f, &analytic, rng)
 }
 
 /// AdamW is not a gradient; it is checked against the closed form of one step from zero moments:
@@ -396,6 +437,7 @@ pub fn run_all(seed: u64) -> Vec<CheckResult> {
         check_model,
     ];
     let mut results: Vec<CheckResult> = checks.iter().map(|c| c(&mut rng)).collect();
+    results.extend(check_llama_models(&mut rng));
     for (nh, nkv, hs) in [(4, 2, 64), (4, 1, 128), (6, 3, 4)] {
         results.push(check_attention_gqa(&mut rng, nh, nkv, hs));
     }

@@ -110,7 +110,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     if vp < v {
         bail!("{p}: padded vocabulary Vp = {vp} is smaller than V = {v}");
     }
-    let cfg = Config { n_layer: l, n_head: nh, n_embd: c, vocab_size: v, n_positions: max_t };
+    let cfg = Config::gpt2(l, nh, c, v, max_t);
     cfg.validate().with_context(|| format!("{p}: invalid model shape in header"))?;
     let shapes = llmc_shapes(&cfg, vp);
     // Checked: a crafted header (huge Vp) must not wrap the size the file is compared with.

@@ -38,13 +38,14 @@
 //! `score.bias` [1] in memory, whatever the file calls them ([`Checkpoint::head`], [`head_tensors`]).
 
 pub mod export;
+pub mod hf_llama;
 pub mod llmc;
 pub mod persist;
 pub mod run_dir;
 pub mod safetensors;
 pub mod tokenizer;
 
-use crate::model::Config;
+use crate::model::{Config, Family};
 use crate::tokenizer::TokenizerFile;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,8 @@ use self::safetensors::{SafeTensors, TensorRef};
 
 /// The model file inside a checkpoint folder.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The index of a sharded Hugging Face checkpoint: `{"weight_map": {tensor name: shard file}}`.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// The config file inside a checkpoint folder.
 pub const CONFIG_FILE: &str = "config.json";
 /// Optimizer moments beside the model.
@@ -102,10 +105,11 @@ impl ModelKind {
         self != ModelKind::Policy
     }
 
-    /// File names of the head tensors for this kind (weight, bias).
-    fn head_file_names(self) -> (&'static str, &'static str) {
+    /// File names of the head tensors for this kind (weight, bias): `classifier.*` for a GPT-2 value model
+    /// (`GPT2ForTokenClassification`), `score.*` otherwise.
+    fn head_file_names(self, config: &Config) -> (&'static str, &'static str) {
         match self {
-            ModelKind::Value => (CLASSIFIER_WEIGHT, CLASSIFIER_BIAS),
+            ModelKind::Value if config.llama().is_none() => (CLASSIFIER_WEIGHT, CLASSIFIER_BIAS),
             _ => (SCORE_WEIGHT, SCORE_BIAS),
         }
     }
@@ -276,11 +280,55 @@ impl Checkpoint {
     }
 }
 
-/// The Hugging Face `config.json` we write for a checkpoint (GPT-2 keys + our `"rlhf"` section), recording
-/// the tokenizer `tok` stored beside it, if any.
+/// The Hugging Face `config.json` we write for a checkpoint (the family's keys + our `"rlhf"` section),
+/// recording the tokenizer `tok` stored beside it, if any.
 pub fn hf_config_json(ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Value {
     let c = &ck.config;
-    let mut v = json!({
+    let mut v = match c.llama() {
+        None => gpt2_config_json(ck),
+        Some(s) => {
+            let mut v = hf_llama::config_json(c);
+            v["architectures"] = json!([hf_llama::architecture(s.family, ck.kind)]);
+            v
+        }
+    };
+    v["rlhf"] = json!({"kind": ck.kind.as_str(), "format": FORMAT_VERSION});
+    // The tokenizer's special ids; without a tokenizer, GPT-2's end-of-text id where the vocabulary has it,
+    // otherwise none (transformers would default to 50256).
+    let special = tok.map(|t| tokenizer::hf_special_tokens(t.tokenizer()));
+    let (bos, eos, pad) = match &special {
+        Some(s) => (json!(s.bos.1), json!(s.eos.1), s.pad.as_ref().map_or(json!(s.eos.1), |p| json!(p.1))),
+        None if c.vocab_size > 50256 && c.llama().is_none() => (json!(50256), json!(50256), json!(50256)),
+        None => (Value::Null, Value::Null, Value::Null),
+    };
+    v["bos_token_id"] = bos;
+    v["eos_token_id"] = eos;
+    if let Some(t) = tok {
+        v["rlhf"]["tokenizer"] = tokenizer::record_json(t);
+    }
+    if ck.kind == ModelKind::Value && c.llama().is_none() {
+        v["classifier_dropout"] = json!(0.0);
+    }
+    if ck.kind.has_head() {
+        v["num_labels"] = json!(1);
+        v["id2label"] = json!({"0": "LABEL_0"});
+        v["label2id"] = json!({"LABEL_0": 0});
+        // GPT2ForSequenceClassification scores the last token that is not padding (with no pad id it
+        // refuses batches > 1): `<|pad|>` for a chat tokenizer, so a right-padded answer is scored at its
+        // `<|end|>`, the token the engine reads.
+        if !pad.is_null() {
+            v["pad_token_id"] = pad;
+        }
+    } else if let Some(p) = special.as_ref().and_then(|s| s.pad.as_ref()) {
+        v["pad_token_id"] = json!(p.1);
+    }
+    v
+}
+
+/// GPT-2's shape keys of config.json.
+fn gpt2_config_json(ck: &Checkpoint) -> Value {
+    let c = &ck.config;
+    json!({
         "model_type": "gpt2",
         "architectures": [match ck.kind {
             ModelKind::Policy => "GPT2LMHeadModel",
@@ -307,38 +355,7 @@ pub fn hf_config_json(ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Value {
         "tie_word_embeddings": true,
         "use_cache": true,
         "torch_dtype": "float32",
-        "rlhf": {"kind": ck.kind.as_str(), "format": FORMAT_VERSION},
-    });
-    // The tokenizer's special ids; without a tokenizer, GPT-2's end-of-text id where the vocabulary has it,
-    // otherwise none (transformers would default to 50256).
-    let special = tok.map(|t| tokenizer::hf_special_tokens(t.tokenizer()));
-    let (bos, eos, pad) = match &special {
-        Some(s) => (json!(s.bos.1), json!(s.eos.1), s.pad.as_ref().map_or(json!(s.eos.1), |p| json!(p.1))),
-        None if c.vocab_size > 50256 => (json!(50256), json!(50256), json!(50256)),
-        None => (Value::Null, Value::Null, Value::Null),
-    };
-    v["bos_token_id"] = bos;
-    v["eos_token_id"] = eos;
-    if let Some(t) = tok {
-        v["rlhf"]["tokenizer"] = tokenizer::record_json(t);
-    }
-    if ck.kind == ModelKind::Value {
-        v["classifier_dropout"] = json!(0.0);
-    }
-    if ck.kind.has_head() {
-        v["num_labels"] = json!(1);
-        v["id2label"] = json!({"0": "LABEL_0"});
-        v["label2id"] = json!({"LABEL_0": 0});
-        // GPT2ForSequenceClassification scores the last token that is not padding (with no pad id it
-        // refuses batches > 1): `<|pad|>` for a chat tokenizer, so a right-padded answer is scored at its
-        // `<|end|>`, the token the engine reads.
-        if !pad.is_null() {
-            v["pad_token_id"] = pad;
-        }
-    } else if let Some(p) = special.as_ref().and_then(|s| s.pad.as_ref()) {
-        v["pad_token_id"] = json!(p.1);
-    }
-    v
+    })
 }
 
 /// Saves `ck` as a checkpoint folder `dir` (created if missing): `model.safetensors`, the tokenizer it was
@@ -355,10 +372,15 @@ pub fn save(dir: &Path, ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Result<
         .context("refusing to save a checkpoint with another model's tokenizer")?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let names: Vec<String> = ck.tensors.iter().map(|t| format!("{HF_PREFIX}{}", t.name)).collect();
+    let files: Vec<NamedTensor> = match ck.config.llama() {
+        None => {
+            ck.tensors.iter().map(|t| NamedTensor { name: format!("{HF_PREFIX}{}", t.name), ..t.clone() }).collect()
+        }
+        Some(_) => hf_llama::to_files(&ck.config, &ck.tensors),
+    };
     let mut refs: Vec<TensorRef> =
-        ck.tensors.iter().zip(&names).map(|(t, n)| TensorRef { name: n, shape: &t.shape, data: &t.data }).collect();
-    let (hw, hb) = ck.kind.head_file_names();
+        files.iter().map(|t| TensorRef { name: &t.name, shape: &t.shape, data: &t.data }).collect();
+    let (hw, hb) = ck.kind.head_file_names(&ck.config);
     refs.extend(ck.extra.iter().map(|t| TensorRef {
         name: match t.name.as_str() {
             SCORE_WEIGHT => hw,
@@ -384,8 +406,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let meta = std::fs::metadata(path).with_context(|| format!("checkpoint {p} does not exist"))?;
     if meta.is_dir() {
         let model = path.join(MODEL_FILE);
+        if !model.exists() && path.join(INDEX_FILE).exists() {
+            return load_sharded(path);
+        }
         if !model.exists() {
-            bail!("{p} is not a checkpoint folder: it has no {MODEL_FILE}");
+            bail!("{p} is not a checkpoint folder: it has no {MODEL_FILE} (nor {INDEX_FILE})");
         }
         return load_safetensors(&model, &path.join(CONFIG_FILE));
     }
@@ -423,42 +448,76 @@ pub struct ParsedConfig {
     pub tie_word_embeddings: bool,
 }
 
-/// Parses and checks a Hugging Face GPT-2 `config.json` (errors name the file and the key).
+/// The `model_type` values [`parse_config`] accepts.
+const MODEL_TYPES: &str = "\"gpt2\", \"llama\", \"qwen2\", \"mistral\"";
+
+/// Parses and checks a Hugging Face `config.json` of a GPT-2 or a Llama-family model ([`hf_llama`]); errors
+/// name the file and the key.
 pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig> {
     let f = file.display();
     let v: Value = serde_json::from_str(text).with_context(|| format!("{f} is not valid JSON"))?;
     let o = v.as_object().ok_or_else(|| anyhow!("{f} is not a JSON object"))?;
-    match o.get("model_type") {
-        None => bail!("{f}: key 'model_type' is missing (expected \"gpt2\")"),
-        Some(Value::String(s)) if s == "gpt2" => {}
-        Some(other) => bail!("{f}: model_type is {other}, but only GPT-2 (\"gpt2\") models are supported"),
-    }
+    let family = match o.get("model_type") {
+        None => bail!("{f}: key 'model_type' is missing (expected one of {MODEL_TYPES})"),
+        Some(Value::String(s)) if s == "gpt2" => None,
+        Some(Value::String(s)) if Family::from_model_type(s).is_some() => Family::from_model_type(s),
+        Some(other) => bail!("{f}: model_type is {other}, but the engine supports {MODEL_TYPES}"),
+    };
     let mut kind_from_arch = None;
     if let Some(a) = o.get("architectures") {
         let arr = a.as_array().ok_or_else(|| anyhow!("{f}: key 'architectures' is not a list"))?;
         for a in arr {
             let s = a.as_str().ok_or_else(|| anyhow!("{f}: key 'architectures' holds a non-string {a}"))?;
-            match s {
-                "GPT2LMHeadModel" | "GPT2Model" | "GPT2DoubleHeadsModel" => kind_from_arch = Some(ModelKind::Policy),
-                "GPT2ForSequenceClassification" => kind_from_arch = Some(ModelKind::Reward),
-                "GPT2ForTokenClassification" => kind_from_arch = Some(ModelKind::Value),
-                s if s.starts_with("GPT2") => {}
-                s => bail!("{f}: architecture '{s}' is not a GPT-2 architecture"),
-            }
+            let kind = match family {
+                None => match s {
+                    "GPT2LMHeadModel" | "GPT2Model" | "GPT2DoubleHeadsModel" => Some(ModelKind::Policy),
+                    "GPT2ForSequenceClassification" => Some(ModelKind::Reward),
+                    "GPT2ForTokenClassification" => Some(ModelKind::Value),
+                    s if s.starts_with("GPT2") => None,
+                    s => bail!("{f}: architecture '{s}' is not a GPT-2 architecture"),
+                },
+                Some(fam) => match hf_llama::kind_of_architecture(fam, s) {
+                    Some(k) => Some(k),
+                    None if s.starts_with(fam.class_prefix()) => None,
+                    None => bail!("{f}: architecture '{s}' is not a {} architecture", fam.model_type()),
+                },
+            };
+            kind_from_arch = kind.or(kind_from_arch);
         }
     }
+    let (config, tie_word_embeddings) = match family {
+        None => parse_gpt2(o, &f.to_string())?,
+        Some(fam) => {
+            let c = hf_llama::parse(o, fam, &f.to_string())?;
+            (c, c.tied_lm_head())
+        }
+    };
+    config.validate().with_context(|| format!("{f}: invalid model shape"))?;
+    let kind = match o.get("rlhf") {
+        Some(r) => {
+            let k = r.get("kind").ok_or_else(|| anyhow!("{f}: key 'rlhf.kind' is missing"))?;
+            serde_json::from_value::<ModelKind>(k.clone())
+                .map_err(|_| anyhow!("{f}: rlhf.kind is {k}, expected \"policy\", \"reward\" or \"value\""))?
+        }
+        None => kind_from_arch.unwrap_or(ModelKind::Policy),
+    };
+    Ok(ParsedConfig { config, kind, tie_word_embeddings })
+}
+
+/// The shape of a GPT-2 config.json object and its `tie_word_embeddings`, refusing what the engine does not
+/// implement.
+fn parse_gpt2(o: &serde_json::Map<String, Value>, f: &str) -> Result<(Config, bool)> {
     let get_usize = |k: &str| -> Result<usize> {
         let x = o.get(k).ok_or_else(|| anyhow!("{f}: key '{k}' is missing"))?;
         x.as_u64().map(|x| x as usize).ok_or_else(|| anyhow!("{f}: key '{k}' is {x}, not a non-negative integer"))
     };
-    let config = Config {
-        n_layer: get_usize("n_layer")?,
-        n_head: get_usize("n_head")?,
-        n_embd: get_usize("n_embd")?,
-        vocab_size: get_usize("vocab_size")?,
-        n_positions: get_usize("n_positions")?,
-    };
-    config.validate().with_context(|| format!("{f}: invalid model shape"))?;
+    let config = Config::gpt2(
+        get_usize("n_layer")?,
+        get_usize("n_head")?,
+        get_usize("n_embd")?,
+        get_usize("vocab_size")?,
+        get_usize("n_positions")?,
+    );
     if let Some(x) = o.get("layer_norm_epsilon") {
         let e = x.as_f64().ok_or_else(|| anyhow!("{f}: key 'layer_norm_epsilon' is {x}, not a number"))?;
         if (e - 1e-5).abs() > 1e-9 {
@@ -490,72 +549,119 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig> {
         None => true,
         Some(x) => x.as_bool().ok_or_else(|| anyhow!("{f}: key 'tie_word_embeddings' is {x}, not a boolean"))?,
     };
-    let kind = match o.get("rlhf") {
-        Some(r) => {
-            let k = r.get("kind").ok_or_else(|| anyhow!("{f}: key 'rlhf.kind' is missing"))?;
-            serde_json::from_value::<ModelKind>(k.clone())
-                .map_err(|_| anyhow!("{f}: rlhf.kind is {k}, expected \"policy\", \"reward\" or \"value\""))?
-        }
-        None => kind_from_arch.unwrap_or(ModelKind::Policy),
-    };
-    Ok(ParsedConfig { config, kind, tie_word_embeddings })
+    Ok((config, tie_word_embeddings))
 }
 
 /// Loads a safetensors model file with the given `config.json`.
 pub fn load_safetensors(model: &Path, config_path: &Path) -> Result<Checkpoint> {
+    let pc = read_config(config_path)?;
+    let st = SafeTensors::open(model)?;
+    from_safetensors(std::slice::from_ref(&st), &pc)
+}
+
+fn read_config(config_path: &Path) -> Result<ParsedConfig> {
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("cannot read {} (the model's config.json)", config_path.display()))?;
-    let pc = parse_config(&text, config_path)?;
-    let st = SafeTensors::open(model)?;
-    from_safetensors(&st, &pc)
+    parse_config(&text, config_path)
+}
+
+/// Loads a sharded Hugging Face folder: [`INDEX_FILE`]'s `weight_map` names the shard of every tensor; each
+/// shard is read once, and a tensor in a shard other than the one the index names is an error.
+fn load_sharded(dir: &Path) -> Result<Checkpoint> {
+    let index_path = dir.join(INDEX_FILE);
+    let f = index_path.display();
+    let text = std::fs::read_to_string(&index_path).with_context(|| format!("cannot read {f}"))?;
+    let index: Value = serde_json::from_str(&text).with_context(|| format!("{f} is not valid JSON"))?;
+    let map = index
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| anyhow!("{f}: key 'weight_map' is missing or not an object"))?;
+    let mut shards: Vec<&str> = Vec::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| anyhow!("{f}: weight_map['{name}'] is {file}, not a file name"))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            bail!("{f}: weight_map['{name}'] names '{file}', not a file of this folder");
+        }
+        if !shards.contains(&file) {
+            shards.push(file);
+        }
+    }
+    shards.sort_unstable();
+    let pc = read_config(&dir.join(CONFIG_FILE))?;
+    let sts = shards.iter().map(|s| SafeTensors::open(&dir.join(s))).collect::<Result<Vec<_>>>()?;
+    for st in &sts {
+        let shard = st.path().file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if let Some(e) = st.entries().iter().find(|e| map.get(&e.name).and_then(Value::as_str) != Some(shard.as_str()))
+        {
+            bail!("{}: tensor '{}' is not where {f} says it is", st.path().display(), e.name);
+        }
+    }
+    from_safetensors(&sts, &pc)
 }
 
 fn is_ignored_buffer(name: &str) -> bool {
-    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with(".rotary_emb.inv_freq")
 }
 
-/// Maps a validated safetensors file onto the config: strips `transformer.`, drops mask buffers, checks a
-/// present `lm_head.weight` is tied, collects the reward head.
-pub fn from_safetensors(st: &SafeTensors, pc: &ParsedConfig) -> Result<Checkpoint> {
-    let f = st.path().display();
-    let mut by_name: HashMap<&str, &safetensors::Entry> = HashMap::new();
+/// Maps validated safetensors files (one, or the shards of one model) onto the config: strips the family's
+/// prefix (`transformer.`, `model.`), drops buffers, rebuilds the canonical tensors (for the Llama family
+/// through [`hf_llama::from_files`]), checks that a present `lm_head.weight` of a tied model is tied, and
+/// collects the reward or value head.
+pub fn from_safetensors(sts: &[SafeTensors], pc: &ParsedConfig) -> Result<Checkpoint> {
+    let f = sts.first().map_or("<no file>".to_string(), |st| st.path().display().to_string());
+    let cfg = &pc.config;
+    let prefix = if cfg.llama().is_some() { hf_llama::PREFIX } else { HF_PREFIX };
+    let mut by_name: HashMap<&str, (&SafeTensors, &safetensors::Entry)> = HashMap::new();
     let mut lm_head = None;
-    for e in st.entries() {
-        let n = e.name.strip_prefix(HF_PREFIX).unwrap_or(&e.name);
-        if is_ignored_buffer(n) {
-            continue;
-        }
-        if n == "lm_head.weight" {
-            lm_head = Some(e);
-            continue;
-        }
-        if by_name.insert(n, e).is_some() {
-            bail!("{f}: tensor '{n}' is present both with and without the '{HF_PREFIX}' prefix");
+    for st in sts {
+        for e in st.entries() {
+            let n = e.name.strip_prefix(prefix).unwrap_or(&e.name);
+            if is_ignored_buffer(n) {
+                continue;
+            }
+            if n == "lm_head.weight" && cfg.tied_lm_head() {
+                lm_head = Some((st, e));
+                continue;
+            }
+            if by_name.insert(n, (st, e)).is_some() {
+                bail!("{f}: tensor '{n}' is present twice (with and without '{prefix}', or in two shards)");
+            }
         }
     }
-    let mut tensors = Vec::new();
-    for s in pc.config.param_specs() {
-        let e = by_name.remove(s.name.as_str()).ok_or_else(|| anyhow!("{f}: tensor '{}' is missing", s.name))?;
-        if e.shape != s.shape {
-            bail!("{f}: tensor '{}' has shape {:?}, but config.json implies {:?}", s.name, e.shape, s.shape);
+    let mut read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let (st, e) = by_name.remove(name).ok_or_else(|| anyhow!("{f}: tensor '{name}' is missing"))?;
+        if e.shape != shape {
+            bail!("{f}: tensor '{name}' has shape {:?}, but config.json implies {shape:?}", e.shape);
         }
-        tensors.push(NamedTensor::new(s.name, s.shape, st.read_entry_f32(e)?));
-    }
-    if let Some(e) = lm_head {
-        if e.shape != tensors[0].shape {
-            bail!("{f}: tensor 'lm_head.weight' has shape {:?} but wte is {:?}", e.shape, tensors[0].shape);
+        st.read_entry_f32(e)
+    };
+    let tensors = match cfg.llama() {
+        None => cfg
+            .param_specs()
+            .into_iter()
+            .map(|s| Ok(NamedTensor::new(&s.name, s.shape.clone(), read(&s.name, &s.shape)?)))
+            .collect::<Result<Vec<_>>>()?,
+        Some(_) => hf_llama::from_files(cfg, |name, shape| read(name.strip_prefix(prefix).unwrap_or(name), shape))?,
+    };
+    if let Some((st, e)) = lm_head {
+        let embed = &tensors[0];
+        if e.shape != embed.shape {
+            bail!("{f}: tensor 'lm_head.weight' has shape {:?} but '{}' is {:?}", e.shape, embed.name, embed.shape);
         }
-        if st.read_entry_f32(e)? != tensors[0].data {
-            bail!("{f}: tensor 'lm_head.weight' differs from 'wte.weight'; untied LM heads are not supported");
+        if st.read_entry_f32(e)? != embed.data {
+            bail!(
+                "{f}: tensor 'lm_head.weight' differs from '{}', but config.json says tie_word_embeddings = true",
+                embed.name
+            );
         }
-    } else if !pc.tie_word_embeddings {
+    } else if !pc.tie_word_embeddings && cfg.llama().is_none() {
         bail!("{f}: config.json says tie_word_embeddings = false but there is no 'lm_head.weight'");
     }
     let mut extra = Vec::new();
     if pc.kind.has_head() {
-        let (hw, hb) = pc.kind.head_file_names();
+        let (hw, hb) = pc.kind.head_file_names(cfg);
         for (file_name, name) in [(hw, SCORE_WEIGHT), (hb, SCORE_BIAS)] {
-            if let Some(e) = by_name.remove(file_name) {
+            if let Some((st, e)) = by_name.remove(file_name) {
                 extra.push(NamedTensor::new(name, e.shape.clone(), st.read_entry_f32(e)?));
             } else if name == SCORE_WEIGHT || pc.kind == ModelKind::Value {
                 bail!("{f}: tensor '{file_name}' is missing (the head of a {} model)", pc.kind.as_str());
@@ -566,7 +672,8 @@ pub fn from_safetensors(st: &SafeTensors, pc: &ParsedConfig) -> Result<Checkpoin
         bail!("{f}: tensor '{n}' is a reward/value head but config.json describes a policy (language) model");
     }
     if let Some(n) = by_name.keys().min() {
-        bail!("{f}: unexpected tensor '{n}' (not part of a GPT-2 model of this config)");
+        let family = cfg.llama().map_or("GPT-2", |s| s.family.model_type());
+        bail!("{f}: unexpected tensor '{n}' (not part of a {family} model of this config)");
     }
     let ck = Checkpoint { config: pc.config, kind: pc.kind, tensors, extra };
     ck.validate().with_context(|| format!("{f}: inconsistent checkpoint"))?;

@@ -3,7 +3,7 @@
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint, ModelKind, NamedTensor, TrainState};
 use crate::model::scalar::{HeadOpt, ScalarModel};
-use crate::model::{AdamW, Config, Gpt2, ScalarHead, Tensors};
+use crate::model::{AdamW, Config, Decoder, ScalarHead, Tensors};
 use crate::ops::Float;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -11,21 +11,21 @@ use std::path::Path;
 
 impl Checkpoint {
     /// A policy-kind checkpoint of `model` (host f32 copies of every parameter).
-    pub fn from_model<B: Backend>(be: &B, model: &Gpt2<B>, kind: ModelKind) -> Checkpoint {
+    pub fn from_model<B: Backend>(be: &B, model: &Decoder<B>, kind: ModelKind) -> Checkpoint {
         let tensors = model.to_host(be).into_iter().map(|(s, data)| NamedTensor::new(s.name, s.shape, data)).collect();
         Checkpoint { config: model.cfg, kind, tensors, extra: vec![] }
     }
 
     /// The decoder of this checkpoint on `be`.
-    pub fn to_model<B: Backend>(&self, be: &B) -> Result<Gpt2<B>> {
+    pub fn to_model<B: Backend>(&self, be: &B) -> Result<Decoder<B>> {
         let host: Vec<Vec<f32>> = self.tensors.iter().map(|t| t.data.clone()).collect();
-        Gpt2::from_host(be, self.config, &host)
+        Decoder::from_host(be, self.config, &host)
     }
 }
 
 /// Load a language model (our checkpoint, a run directory, a Hugging Face GPT-2 folder or an llm.c file),
 /// refusing a reward model.
-pub fn load_policy<B: Backend>(be: &B, path: &Path) -> Result<Gpt2<B>> {
+pub fn load_policy<B: Backend>(be: &B, path: &Path) -> Result<Decoder<B>> {
     let dir = crate::checkpoint::run_dir::resolve_checkpoint(path)?;
     let ck = checkpoint::load(&dir)?;
     ck.expect_kind(ModelKind::Policy, &path.display().to_string())?;
@@ -34,7 +34,7 @@ pub fn load_policy<B: Backend>(be: &B, path: &Path) -> Result<Gpt2<B>> {
 
 /// Tensors (parameters, gradients or moments) as named host f32 tensors in canonical order.
 pub(crate) fn named<B: Backend>(be: &B, cfg: &Config, t: &Tensors<B>) -> Vec<NamedTensor> {
-    crate::model::gpt2::tensors_to_host(be, cfg, t)
+    crate::model::decoder::tensors_to_host(be, cfg, t)
         .into_iter()
         .map(|(s, d)| NamedTensor::new(s.name, s.shape, d))
         .collect()

@@ -3,7 +3,7 @@
 //!
 //! Every user line becomes a turn `<|user|>{line}<|assistant|>` and the answer runs to `<|end|>` (or
 //! `--max-new-tokens`, after which the turn is closed with `<|end|>`). The conversation lives in one
-//! [`Decoder`]: a turn runs the forward over its own tokens only. When a turn and its answer would not fit
+//! [`Conversation`]: a turn runs the forward over its own tokens only. When a turn and its answer would not fit
 //! in the model's context, the oldest whole turns are dropped and what remains is read again.
 
 use crate::backend::Backend;
@@ -11,8 +11,8 @@ use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::sample::SamplingArgs;
 use crate::data::chat::{encode_prompt, ChatTokens};
-use crate::model::sample::{Decoder, SampleConfig};
-use crate::model::Gpt2;
+use crate::model::sample::{Conversation, SampleConfig};
+use crate::model::Decoder;
 use crate::tokenizer::stream::TextStream;
 use crate::tokenizer::Tokenizer;
 use crate::util::rng::Rng;
@@ -80,7 +80,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
 /// One conversation: the decoder, where each turn starts in it, and the generator.
 struct Chat<'a, B: Backend> {
     be: &'a B,
-    dec: Decoder<'a, B>,
+    dec: Conversation<'a, B>,
     tok: &'a Tokenizer,
     ct: ChatTokens,
     sc: SampleConfig,
@@ -93,13 +93,13 @@ struct Chat<'a, B: Backend> {
 impl<'a, B: Backend> Chat<'a, B> {
     fn new(
         be: &'a B,
-        model: &'a Gpt2<B>,
+        model: &'a Decoder<B>,
         tok: &'a Tokenizer,
         ct: ChatTokens,
         sc: SampleConfig,
         seed: u64,
     ) -> Result<Self> {
-        Ok(Chat { be, dec: Decoder::new(be, model)?, tok, ct, sc, seed, rng: Rng::new(seed), starts: vec![] })
+        Ok(Chat { be, dec: Conversation::new(be, model)?, tok, ct, sc, seed, rng: Rng::new(seed), starts: vec![] })
     }
 
     /// Read lines until /quit or the end of the input, answering each user line on `out`.

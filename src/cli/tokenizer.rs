@@ -24,7 +24,7 @@ pub enum TokenizerCmd {
         out: PathBuf,
     },
     /// Write GPT-2's own tokenizer (its 50257-token byte-level BPE, built offline) as tokenizer.json.
-    Gpt2(crate::cli::gpt2_tokenizer::Gpt2TokenizerArgs),
+    Decoder(crate::cli::gpt2_tokenizer::Gpt2TokenizerArgs),
     /// Print the token ids of a text, space-separated.
     Encode {
         /// Tokenizer file (tokenizer.json).
@@ -51,7 +51,7 @@ pub enum TokenizerCmd {
 /// Runs one `tokenizer` subcommand.
 pub fn run(cmd: TokenizerCmd) -> Result<()> {
     match cmd {
-        TokenizerCmd::Gpt2(args) => crate::cli::gpt2_tokenizer::run(&args)?,
+        TokenizerCmd::Decoder(args) => crate::cli::gpt2_tokenizer::run(&args)?,
         TokenizerCmd::Train { input, vocab_size, out } => {
             let start = std::time::Instant::now();
             let tok = Tokenizer::train(&input, vocab_size, &SPECIAL_TOKENS)?;

@@ -29,7 +29,7 @@ use super::lexicon::{words, LexiconJudge};
 use super::Judge;
 use crate::backend::Cpu;
 use crate::checkpoint::{self, safetensors::SafeTensors};
-use crate::model::{pairs_logprobs, Gpt2};
+use crate::model::{pairs_logprobs, Decoder};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -114,7 +114,7 @@ pub struct Verdict {
 /// The gold judge: the gold language model on the CPU engine, its tokenizer and the lexicon.
 pub struct GoldJudge {
     be: Cpu<f32>,
-    lm: Gpt2<Cpu<f32>>,
+    lm: Decoder<Cpu<f32>>,
     tok: Tokenizer,
     lexicon: LexiconJudge,
     weights: Weights,
@@ -126,7 +126,8 @@ impl GoldJudge {
         let label = Path::new("<embedded gold model>");
         let st = SafeTensors::from_bytes(GOLD_MODEL.to_vec(), label)?;
         let pc = checkpoint::parse_config(GOLD_CONFIG, Path::new("<embedded gold config.json>"))?;
-        let ck = checkpoint::from_safetensors(&st, &pc).context("the embedded gold model is malformed")?;
+        let ck = checkpoint::from_safetensors(std::slice::from_ref(&st), &pc)
+            .context("the embedded gold model is malformed")?;
         let tok = Tokenizer::from_json(GOLD_TOKENIZER, "<embedded gold tokenizer.json>")?;
         crate::tokenizer::check_vocab(tok.vocab_size(), ck.config.vocab_size, "the embedded gold model")?;
         let be = Cpu::<f32>::new();

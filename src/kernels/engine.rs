@@ -339,7 +339,7 @@ impl<D: Device> Backend for KernelBackend<D> {
     fn encoder_backward(
         &self,
         dwte: &mut Self::Buf,
-        dwpe: &mut Self::Buf,
+        dwpe: Option<&mut Self::Buf>,
         dout: &Self::Buf,
         tokens: &Self::Ids,
         pos0: &[u32],
@@ -349,12 +349,14 @@ impl<D: Device> Backend for KernelBackend<D> {
         let (dt, bt) = (dwte.dt, pos0.len() * t);
         let ids = &tokens.host[..bt];
         ids_below("encoder_backward tokens", ids, dwte.n / c.max(1));
-        need("encoder_backward dwpe", dwpe, (pos0.iter().max().map_or(0, |&p| p as usize) + t) * c);
+        if let Some(dwpe) = dwpe.as_deref() {
+            need("encoder_backward dwpe", dwpe, (pos0.iter().max().map_or(0, |&p| p as usize) + t) * c);
+        }
         need("encoder_backward dout", dout, bt * c);
         let plan = kl::EncoderPlan::new(ids);
         let (plan_d, pd, vd) =
             (self.upload_bytes(bytemuck::cast_slice(&plan.data)), self.positions(pos0), self.view(dout, dt));
-        let (gw, gp) = (self.target(dwte, dt), self.target(dwpe, dt));
+        let (gw, gp) = (self.target(dwte, dt), dwpe.map(|d| self.target(d, dt)));
         // SAFETY: live buffers of this backend, sizes and token ids checked above; `plan_d` is the upload of
         // `plan` (built from those ids), `pd` of pos0.
         let r = unsafe {

@@ -5,7 +5,7 @@
 
 use crate::backend::Backend;
 use crate::data::batch::PaddedBatch;
-use crate::model::{Acts, Gpt2};
+use crate::model::{Acts, Decoder};
 use crate::ops::Float;
 use anyhow::Result;
 
@@ -13,7 +13,7 @@ use anyhow::Result;
 /// forward pass and the fused cross-entropy (no gradient). Leaves the forward's activations in `acts`.
 pub fn answer_logprobs<B: Backend>(
     be: &B,
-    model: &Gpt2<B>,
+    model: &Decoder<B>,
     acts: &mut Acts<B>,
     sb: &PaddedBatch,
     inv_temp: f64,
@@ -28,7 +28,7 @@ pub fn answer_logprobs<B: Backend>(
 /// pairs per forward pass, each batch as wide as its longest pair (right-padded with `pad`).
 pub fn pairs_logprobs<B: Backend>(
     be: &B,
-    model: &Gpt2<B>,
+    model: &Decoder<B>,
     pairs: &[(Vec<u32>, Vec<u32>)],
     pad: u32,
     batch: usize,

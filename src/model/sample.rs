@@ -15,7 +15,7 @@
 //! different sides of a boundary: about 1e-7 relative, so rarely).
 
 use crate::backend::Backend;
-use crate::model::{Acts, Gpt2, KvCache};
+use crate::model::{Acts, Decoder, KvCache};
 use crate::ops::sample::Sampling;
 use crate::ops::Float;
 use crate::util::rng::Rng;
@@ -51,7 +51,7 @@ pub struct Generation {
     pub ended: bool,
 }
 
-impl<B: Backend> Gpt2<B> {
+impl<B: Backend> Decoder<B> {
     /// Logits [rows.len(), Vp] on the device for the given flat positions (b*T + t) of the last forward: the
     /// hidden states of those rows gathered (one copy; none when they are all the rows, in order), then the
     /// LM head over them alone.
@@ -68,7 +68,7 @@ impl<B: Backend> Gpt2<B> {
             &gathered
         };
         let mut logits = be.zeros_full(rows.len() * vp)?;
-        be.matmul(&mut logits, h, self.params.named().wte, rows.len(), vp, c, false, true, false);
+        be.matmul(&mut logits, h, self.lm_head(), rows.len(), vp, c, false, true, false);
         Ok(logits)
     }
 
@@ -85,7 +85,7 @@ impl<B: Backend> Gpt2<B> {
 /// of the batch: a pure function of its prompt and its generator).
 pub fn generate<B: Backend>(
     be: &B,
-    model: &Gpt2<B>,
+    model: &Decoder<B>,
     prompts: &[Vec<u32>],
     sc: &SampleConfig,
     rngs: &mut [Rng],
@@ -96,7 +96,7 @@ pub fn generate<B: Backend>(
 /// [`generate`], calling `on_token(row, token)` as each new token is chosen (step by step, rows in order).
 pub fn generate_with<B: Backend>(
     be: &B,
-    model: &Gpt2<B>,
+    model: &Decoder<B>,
     prompts: &[Vec<u32>],
     sc: &SampleConfig,
     rngs: &mut [Rng],
@@ -129,7 +129,7 @@ pub fn generate_with<B: Backend>(
     decode(be, model, &mut cache, logits, &lens, sc, rngs, on_token)
 }
 
-/// The per-token loop of [`generate_with`] and [`Decoder::answer`]. Row i's next-token logits are
+/// The per-token loop of [`generate_with`] and [`Conversation::answer`]. Row i's next-token logits are
 /// row i of `logits` [B, Vp] (on the device) and its next token goes to position `next_pos[i]` of `cache`; each step picks a token per
 /// live row, reports it, and feeds the live rows one token each, until every row has ended or
 /// `max_new_tokens` are chosen. The last chosen token of a row is never fed (nothing reads its logits).
@@ -138,7 +138,7 @@ pub fn generate_with<B: Backend>(
 #[allow(clippy::too_many_arguments)]
 fn decode<B: Backend>(
     be: &B,
-    model: &Gpt2<B>,
+    model: &Decoder<B>,
     cache: &mut KvCache<B>,
     mut logits: B::Buf,
     next_pos: &[usize],
@@ -191,19 +191,19 @@ fn decode<B: Backend>(
 
 /// Incremental decoding of one conversation: a one-row KV cache over the whole context and the tokens it
 /// stands for, so each new turn runs the forward over its own tokens only, never over the history again.
-pub struct Decoder<'m, B: Backend> {
-    model: &'m Gpt2<B>,
+pub struct Conversation<'m, B: Backend> {
+    model: &'m Decoder<B>,
     cache: KvCache<B>,
     /// The conversation so far; the first `cached` are in the cache, the rest go in with the next feed.
     tokens: Vec<u32>,
     cached: usize,
 }
 
-impl<'m, B: Backend> Decoder<'m, B> {
+impl<'m, B: Backend> Conversation<'m, B> {
     /// An empty conversation with a cache of the model's whole context (n_positions).
-    pub fn new(be: &B, model: &'m Gpt2<B>) -> Result<Self> {
+    pub fn new(be: &B, model: &'m Decoder<B>) -> Result<Self> {
         let cache = KvCache::new(be, &model.cfg, 1, model.cfg.n_positions)?;
-        Ok(Decoder { model, cache, tokens: vec![], cached: 0 })
+        Ok(Conversation { model, cache, tokens: vec![], cached: 0 })
     }
 
     /// Every token of the conversation so far (prompts and answers).
@@ -244,7 +244,7 @@ impl<'m, B: Backend> Decoder<'m, B> {
         Ok(be.download(&self.feed_device(be, new)?)[..v].iter().map(|x| x.f64() as f32).collect())
     }
 
-    /// [`Decoder::feed`], leaving the logits [1, Vp] on the device.
+    /// [`Conversation::feed`], leaving the logits [1, Vp] on the device.
     fn feed_device(&mut self, be: &B, new: &[u32]) -> Result<B::Buf> {
         let ctx = self.context();
         if self.tokens.len() + new.len() > ctx {

@@ -3,7 +3,7 @@
 //! token). The trunk trains with [`AdamW`]; the head has its own moments ([`HeadOpt`]) and its own
 //! gradient-norm clip ([`head_step`], no weight decay).
 
-use super::{Acts, AdamWConfig, Config, Gpt2, HeadGrads, ScalarHead};
+use super::{Acts, AdamWConfig, Config, Decoder, HeadGrads, ScalarHead};
 use crate::backend::Backend;
 use crate::data::batch::PaddedBatch;
 use crate::ops::adamw::AdamWParams;
@@ -12,7 +12,7 @@ use anyhow::Result;
 /// A decoder with a scalar head: the reward model (read at each answer's last token) and PPO's value model
 /// (read before every answer token).
 pub struct ScalarModel<B: Backend> {
-    pub trunk: Gpt2<B>,
+    pub trunk: Decoder<B>,
     pub head: ScalarHead<B>,
 }
 
@@ -71,9 +71,9 @@ pub fn head_step<B: Backend>(
 }
 
 /// An exact copy of a model (through host f32, which is exact for an f32 backend).
-pub fn clone_model<B: Backend>(be: &B, model: &Gpt2<B>) -> Result<Gpt2<B>> {
+pub fn clone_model<B: Backend>(be: &B, model: &Decoder<B>) -> Result<Decoder<B>> {
     let host: Vec<Vec<f32>> = model.to_host(be).into_iter().map(|(_, d)| d).collect();
-    Gpt2::from_host(be, model.cfg, &host)
+    Decoder::from_host(be, model.cfg, &host)
 }
 
 pub fn clone_trunk_head<B: Backend>(be: &B, m: &ScalarModel<B>) -> Result<ScalarModel<B>> {

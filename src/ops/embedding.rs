@@ -1,7 +1,8 @@
 //! Token + position embedding.
 //!
 //! Forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[pos0[b]+t,:]
-//! Backward: dwte[tokens[b,t],:] += dout[b,t,:];  dwpe[pos0[b]+t,:] += dout[b,t,:]
+//! Backward: dwte[tokens[b,t],:] += dout[b,t,:];  dwpe[pos0[b]+t,:] += dout[b,t,:]  (no dwpe: a model without
+//!           a position table, whose forward is the row gather `Backend::copy_rows`)
 //!
 //! Shapes: tokens [B*T], wte [V(p),C], wpe [maxT,C], out/dout [B,T,C], pos0 [B] (the absolute position of
 //! each row's first token: 0 in training, the cache length when sampling with a KV cache).
@@ -24,7 +25,7 @@ pub fn forward<F: Float>(out: &mut [F], tokens: &[u32], wte: &[F], wpe: &[F], po
 
 pub fn backward<F: Float>(
     dwte: &mut [F],
-    dwpe: &mut [F],
+    mut dwpe: Option<&mut [F]>,
     dout: &[F],
     tokens: &[u32],
     pos0: &[u32],
@@ -36,7 +37,11 @@ pub fn backward<F: Float>(
         let pos = pos0[i / t] as usize + i % t;
         for k in 0..c {
             dwte[tok * c + k] += d[k];
-            dwpe[pos * c + k] += d[k];
+        }
+        if let Some(dwpe) = dwpe.as_deref_mut() {
+            for k in 0..c {
+                dwpe[pos * c + k] += d[k];
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use super::{Float, SharedMut};
 use rayon::prelude::*;
 
 /// Llama 3 frequency scaling (`rope_scaling` with `rope_type = "llama3"` in config.json).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Llama3Scaling {
     pub factor: f64,
     pub low_freq_factor: f64,

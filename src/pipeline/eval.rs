@@ -31,7 +31,7 @@ use crate::backend::Backend;
 use crate::data::chat::{self, ChatTokens};
 use crate::judge::{words, Judge};
 use crate::model::sample::{generate, SampleConfig};
-use crate::model::{answer_logprobs, pairs_logprobs, Acts, Gpt2, ScalarModel};
+use crate::model::{answer_logprobs, pairs_logprobs, Acts, Decoder, ScalarModel};
 use crate::pipeline::metrics;
 use crate::pipeline::reward::score_all;
 use crate::pipeline::rollout::{episode_batch, gold_score, penalised_score, Episode};
@@ -55,11 +55,11 @@ pub struct HeldOut {
 
 /// The models an evaluation reads.
 pub struct Models<'a, B: Backend> {
-    pub policy: &'a Gpt2<B>,
-    pub sft: &'a Gpt2<B>,
+    pub policy: &'a Decoder<B>,
+    pub sft: &'a Decoder<B>,
     pub reward: &'a ScalarModel<B>,
     /// The pretrained model before SFT, for the perplexity of answers (optional).
-    pub base: Option<&'a Gpt2<B>>,
+    pub base: Option<&'a Decoder<B>>,
 }
 
 /// How an evaluation samples and scores.
@@ -395,7 +395,7 @@ pub fn evaluate<'j, B: Backend>(
 #[allow(clippy::too_many_arguments)]
 fn sample<B: Backend>(
     be: &B,
-    model: &Gpt2<B>,
+    model: &Decoder<B>,
     name: &str,
     prompts: &[Vec<u32>],
     n: usize,
@@ -526,7 +526,7 @@ fn kl_to_sft<B: Backend>(be: &B, models: &Models<B>, policy: &Answers, cfg: &Eva
 #[allow(clippy::too_many_arguments)]
 fn system_row<B: Backend>(
     be: &B,
-    base: Option<&Gpt2<B>>,
+    base: Option<&Decoder<B>>,
     tok: &Tokenizer,
     heldout: &[HeldOut],
     sys: &Answers,
@@ -565,7 +565,13 @@ fn system_row<B: Backend>(
 
 /// exp(mean negative log-likelihood per token) of the answers as plain-text continuations of their
 /// prompts (`<|endoftext|>` prompt answer) under `model`; empty answers are left out.
-fn perplexity<B: Backend>(be: &B, model: &Gpt2<B>, tok: &Tokenizer, heldout: &[HeldOut], sys: &Answers) -> Result<f64> {
+fn perplexity<B: Backend>(
+    be: &B,
+    model: &Decoder<B>,
+    tok: &Tokenizer,
+    heldout: &[HeldOut],
+    sys: &Answers,
+) -> Result<f64> {
     let eot = tok.eot();
     let ctx = model.cfg.n_positions;
     let mut pairs = vec![];

@@ -9,7 +9,7 @@ use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::LmBatch;
 use crate::data::shards::Batch;
 use crate::data::shards::Dataset;
-use crate::model::{AdamW, AdamWConfig, Config, Gpt2};
+use crate::model::{AdamW, AdamWConfig, Config, Decoder};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -251,7 +251,7 @@ pub fn pretrain<B: Backend>(
                 cfg.model = m.cfg;
                 m
             }
-            None => Gpt2::init(be, cfg.model, cfg.run.seed)?,
+            None => Decoder::init(be, cfg.model, cfg.run.seed)?,
         },
     };
     let mcfg = model.cfg;

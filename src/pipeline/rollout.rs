@@ -5,7 +5,7 @@
 use crate::backend::Backend;
 use crate::data::batch::PaddedBatch;
 use crate::model::sample::{generate, SampleConfig};
-use crate::model::{Gpt2, ScalarModel};
+use crate::model::{Decoder, ScalarModel};
 use crate::pipeline::run::{flag_of, Fingerprint};
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -41,7 +41,7 @@ impl GoldHook<'_> {
 /// log-probability under the tempered distribution kept.
 pub fn sample_episodes<B: Backend>(
     be: &B,
-    policy: &Gpt2<B>,
+    policy: &Decoder<B>,
     prompts: &[Vec<u32>],
     sc: &SampleConfig,
     chunk: usize,
@@ -115,8 +115,8 @@ pub struct RunInputs {
 }
 
 impl RunInputs {
-    pub fn of<B: Backend>(be: &B, init: &Gpt2<B>, sft: &Gpt2<B>, reward: String, prompts: &[Vec<u32>]) -> Self {
-        let model = |m: &Gpt2<B>| {
+    pub fn of<B: Backend>(be: &B, init: &Decoder<B>, sft: &Decoder<B>, reward: String, prompts: &[Vec<u32>]) -> Self {
+        let model = |m: &Decoder<B>| {
             let mut fp = Fingerprint::new();
             fp.model(be, m);
             fp.hex()

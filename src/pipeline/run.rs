@@ -23,7 +23,7 @@ use crate::checkpoint::run_dir::{self, RunLock};
 use crate::checkpoint::{self, Checkpoint, ModelKind, TrainState};
 use crate::data::batch::LmBatch;
 use crate::data::preference::Group;
-use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
+use crate::model::{Acts, AdamW, AdamWConfig, Decoder, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics::{self, MetricsLog};
 use crate::tokenizer::TokenizerFile;
@@ -155,7 +155,7 @@ pub struct FitSummary {
 }
 
 /// Mean weighted loss over fixed batches.
-pub fn evaluate<B: Backend>(be: &B, model: &Gpt2<B>, acts: &mut Acts<B>, batches: &[LmBatch]) -> Result<f64> {
+pub fn evaluate<B: Backend>(be: &B, model: &Decoder<B>, acts: &mut Acts<B>, batches: &[LmBatch]) -> Result<f64> {
     let mut total = 0.0;
     for batch in batches {
         model.forward(be, acts, &batch.inputs, None, None)?;
@@ -270,7 +270,7 @@ impl Run {
         be: &B,
         step: u64,
         norm: f64,
-        model: &Gpt2<B>,
+        model: &Decoder<B>,
         name: &str,
         lr: f64,
     ) -> Result<()> {
@@ -289,7 +289,7 @@ impl Run {
     pub fn commit_policy<B: Backend>(
         &mut self,
         be: &B,
-        model: &Gpt2<B>,
+        model: &Decoder<B>,
         opt: &AdamW<B>,
         args: Value,
         tokenizer: Option<&TokenizerFile>,
@@ -446,7 +446,7 @@ impl Fingerprint {
     }
 
     /// A model's weights: shape and every value's bits.
-    pub fn model<B: Backend>(&mut self, be: &B, model: &Gpt2<B>) {
+    pub fn model<B: Backend>(&mut self, be: &B, model: &Decoder<B>) {
         for (spec, data) in model.to_host(be) {
             self.bytes(spec.name.as_bytes());
             self.u64(data.len() as u64);
@@ -493,7 +493,7 @@ pub fn fit<B: Backend>(
     be: &B,
     name: &str,
     lc: &LoopConfig,
-    model: &mut Gpt2<B>,
+    model: &mut Decoder<B>,
     opt: &mut AdamW<B>,
     src: &dyn BatchSource,
     record: &Value,

@@ -13,7 +13,7 @@ use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::{epoch_order, slices, LmBatch, PaddedBatch, Pair};
 use crate::data::chat::{self, ChatTokens};
 use crate::data::jsonl;
-use crate::model::{AdamW, AdamWConfig, Gpt2};
+use crate::model::{AdamW, AdamWConfig, Decoder};
 use crate::pipeline::run::{
     self, check, flag_of, refuse_changes, setting_differences, with_extra, BatchSource, Fingerprint, FitSummary,
     LoopConfig,
@@ -325,7 +325,7 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
 }
 
 /// The base model (reloaded when resuming, where `model` is already fine-tuned).
-fn base_model<B: Backend>(be: &B, cfg: &SftConfig, model: &Gpt2<B>) -> Result<Gpt2<B>> {
+fn base_model<B: Backend>(be: &B, cfg: &SftConfig, model: &Decoder<B>) -> Result<Decoder<B>> {
     let mut base = crate::checkpoint::persist::load_policy(be, Path::new(&cfg.base))?;
     if base.cfg.vocab_size < model.cfg.vocab_size {
         base = base.grow_vocab(be, model.cfg.vocab_size)?;

@@ -109,7 +109,7 @@ pub const WORDS: [&str; 10] = ["good", "bad", "kind", "cruel", "bright", "dull",
 /// ten repeated `repeat` times), and a one-layer policy of context `ctx` with that vocabulary (`base/`).
 pub fn word_policy(dir: &std::path::Path, repeat: usize, ctx: usize) -> (std::path::PathBuf, std::path::PathBuf) {
     use rlhf::backend::Cpu;
-    use rlhf::model::{Config, Gpt2};
+    use rlhf::model::{Config, Decoder};
     use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
     let corpus = dir.join("corpus.txt");
     let text = WORDS.iter().map(|w| format!("a {w} answer to the question\n")).collect::<String>().repeat(repeat);
@@ -118,11 +118,11 @@ pub fn word_policy(dir: &std::path::Path, repeat: usize, ctx: usize) -> (std::pa
     let tokenizer = dir.join("tokenizer.json");
     tok.save(&tokenizer).unwrap();
     let be = Cpu::<f32>::new();
-    let cfg = Config { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: tok.vocab_size(), n_positions: ctx };
+    let cfg = Config::gpt2(1, 2, 16, tok.vocab_size(), ctx);
     let base = dir.join("base");
     let ck = rlhf::checkpoint::Checkpoint::from_model(
         &be,
-        &Gpt2::init(&be, cfg, 3).unwrap(),
+        &Decoder::init(&be, cfg, 3).unwrap(),
         rlhf::checkpoint::ModelKind::Policy,
     );
     rlhf::checkpoint::save(&base, &ck, None).unwrap();

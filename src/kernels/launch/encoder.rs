@@ -71,7 +71,7 @@ impl EncoderPlan {
     }
 }
 
-/// dwte[V,C] += and dwpe[maxT,C] += (deterministic). `plan` is the device copy of
+/// dwte[V,C] += and, when given, dwpe[maxT,C] += (deterministic). `plan` is the device copy of
 /// `EncoderPlan::new(tokens).data` with `buckets` buckets; `pos0_host` the host copy of the device `pos0`
 /// (it fixes the range of positions to visit).
 ///
@@ -84,7 +84,7 @@ pub unsafe fn encoder_backward(
     l: &dyn Launcher,
     dt: DType,
     dwte: DevPtr,
-    dwpe: DevPtr,
+    dwpe: Option<DevPtr>,
     dout: DevPtr,
     plan: DevPtr,
     buckets: usize,
@@ -109,6 +109,7 @@ pub unsafe fn encoder_backward(
         },
         &[Arg::Ptr(dwte), Arg::Ptr(dout), Arg::Ptr(plan), Arg::I32(buckets as i32), Arg::I32(c as i32)],
     )?;
+    let Some(dwpe) = dwpe else { return Ok(()) };
     let lo = *pos0_host.iter().min().unwrap() as usize;
     let hi = *pos0_host.iter().max().unwrap() as usize + t;
     let p = hi - lo;

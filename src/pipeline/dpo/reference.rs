@@ -8,7 +8,7 @@
 
 use crate::backend::Backend;
 use crate::data::preference::Group;
-use crate::model::{logprobs::pairs_logprobs, Gpt2};
+use crate::model::{logprobs::pairs_logprobs, Decoder};
 use crate::pipeline::run::Fingerprint;
 use crate::util::fs::write_atomic;
 use anyhow::{bail, Context, Result};
@@ -23,7 +23,7 @@ pub struct SeqLogprobs(pub Vec<Vec<f64>>);
 
 impl SeqLogprobs {
     /// log model(y|x) = sum of y's token log-probs, for every answer of `groups` (`batch` answers per pass).
-    pub fn of<B: Backend>(be: &B, model: &Gpt2<B>, groups: &[Group], pad: u32, batch: usize) -> Result<SeqLogprobs> {
+    pub fn of<B: Backend>(be: &B, model: &Decoder<B>, groups: &[Group], pad: u32, batch: usize) -> Result<SeqLogprobs> {
         let pairs: Vec<_> = groups.iter().flat_map(|g| g.pairs.iter().cloned()).collect();
         let mut sums = pairs_logprobs(be, model, &pairs, pad, batch)?.into_iter().map(|lp| lp.iter().sum::<f64>());
         let out = SeqLogprobs(groups.iter().map(|g| sums.by_ref().take(g.pairs.len()).collect()).collect());

@@ -23,7 +23,7 @@ use crate::data::batch::{epoch_order, slices, PaddedBatch};
 use crate::data::chat::ChatTokens;
 use crate::data::preference::{Group, Preferences};
 use crate::model::logprobs::answer_logprobs;
-use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
+use crate::model::{Acts, AdamW, AdamWConfig, Decoder, Tensors};
 use crate::ops::adamw::lr_schedule;
 use crate::pipeline::metrics;
 use crate::pipeline::run::{check, flag_of, refuse_changes, resume_point, setting_differences, Fingerprint, Run};
@@ -207,7 +207,7 @@ fn config_differences(saved: &DpoConfig, given: &DpoConfig) -> Result<Vec<String
 /// Held-out loss, accuracy and margins of `model` over `groups`, against their reference log-probs.
 fn evaluate<B: Backend>(
     be: &B,
-    model: &Gpt2<B>,
+    model: &Decoder<B>,
     groups: &[Group],
     refs: &SeqLogprobs,
     kind: PreferenceLoss,

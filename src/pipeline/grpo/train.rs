@@ -31,7 +31,7 @@ use crate::model::answer_logprobs;
 use crate::model::sample::SampleConfig;
 use crate::model::scalar::clone_model;
 use crate::model::ScalarModel;
-use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
+use crate::model::{Acts, AdamW, AdamWConfig, Decoder, Tensors};
 use crate::pipeline::metrics;
 use crate::pipeline::rollout::{
     episode_batch, gold_score, penalised_score, reward_model_fingerprint, sample_episodes, setting_flag, Decode,
@@ -235,7 +235,7 @@ pub struct Rollout {
 /// Score a rollout (G consecutive episodes per prompt) and compute the advantages.
 pub fn score_rollout<B: Backend>(
     be: &B,
-    reference: &Gpt2<B>,
+    reference: &Decoder<B>,
     reward: &mut Reward<'_, B>,
     decode: Option<&Decode<'_>>,
     cfg: &GrpoConfig,
@@ -303,7 +303,7 @@ struct UpdateStats {
 /// `--epochs` passes over minibatches of a scored rollout.
 fn update<B: Backend>(
     be: &B,
-    policy: &mut Gpt2<B>,
+    policy: &mut Decoder<B>,
     opt: &mut AdamW<B>,
     cfg: &GrpoConfig,
     ro: &Rollout,
@@ -382,8 +382,8 @@ pub fn train<B: Backend>(
     be: &B,
     mut cfg: GrpoConfig,
     prompts: &[Vec<u32>],
-    init: &Gpt2<B>,
-    sft: &Gpt2<B>,
+    init: &Decoder<B>,
+    sft: &Decoder<B>,
     mut reward: Reward<'_, B>,
     mut hooks: Hooks,
     resume: bool,
@@ -543,7 +543,7 @@ fn restore<B: Backend>(
     opt: &mut AdamW<B>,
     shape: &crate::model::Config,
     out: &Path,
-) -> Result<(RunRecord, u64, Gpt2<B>)> {
+) -> Result<(RunRecord, u64, Decoder<B>)> {
     let rec: RunRecord = serde_json::from_value(state.args.clone())
         .with_context(|| format!("{}: not a GRPO run's training state", out.display()))?;
     ck.expect_kind(ModelKind::Policy, &out.display().to_string())?;

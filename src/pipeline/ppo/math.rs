@@ -1,6 +1,6 @@
 //! The pure pieces of PPO, per token, on host vectors (f64). Everything here is a formula; the trainer
 //! (`crate::pipeline::ppo::trainer`) feeds it the rollout's numbers and passes the gradients it returns into the
-//! model (the policy's through `Gpt2::lm_loss` weights, the value's through `ScalarHead::backward`).
+//! model (the policy's through `Decoder::lm_loss` weights, the value's through `ScalarHead::backward`).
 //!
 //! Notation for one answer of n tokens a_0..a_{n-1} (the last one is `<|end|>` when the answer ended;
 //! nothing after it exists, padding is never part of an answer):

@@ -31,7 +31,7 @@ use crate::model::answer_logprobs;
 use crate::model::sample::SampleConfig;
 use crate::model::scalar::{clone_model, clone_trunk_head, head_step, HeadOpt};
 use crate::model::ScalarModel;
-use crate::model::{Acts, AdamW, AdamWConfig, Gpt2, Tensors};
+use crate::model::{Acts, AdamW, AdamWConfig, Decoder, Tensors};
 use crate::pipeline::metrics;
 use crate::pipeline::rollout::{
     episode_batch, gold_score, penalised_score, reward_model_fingerprint, sample_episodes, setting_flag, Decode,
@@ -244,8 +244,8 @@ pub struct Rollout {
 
 /// The four models of a run.
 pub struct Models<B: Backend> {
-    pub policy: Gpt2<B>,
-    pub reference: Gpt2<B>,
+    pub policy: Decoder<B>,
+    pub reference: Decoder<B>,
     pub reward: ScalarModel<B>,
     pub value: ScalarModel<B>,
 }
@@ -542,7 +542,7 @@ pub fn train<B: Backend>(
     be: &B,
     cfg: PpoConfig,
     prompts: &[Vec<u32>],
-    sft: &Gpt2<B>,
+    sft: &Decoder<B>,
     reward: &ScalarModel<B>,
     hooks: Hooks,
     resume: bool,
@@ -557,8 +557,8 @@ pub fn train_from<B: Backend>(
     be: &B,
     mut cfg: PpoConfig,
     prompts: &[Vec<u32>],
-    init: &Gpt2<B>,
-    sft: &Gpt2<B>,
+    init: &Decoder<B>,
+    sft: &Decoder<B>,
     reward: &ScalarModel<B>,
     mut hooks: Hooks,
     resume: bool,
