@@ -408,9 +408,14 @@ fn bad_configs_name_the_key() {
     });
     assert_err_contains(load(d.path()), &["config.json", "n_head", "missing"]);
     let d = with_config(|c| {
+        c.insert("model_type".into(), json!("falcon"));
+    });
+    assert_err_contains(load(d.path()), &["model_type", "falcon", "llama"]);
+    // A GPT-2 folder that says it is a Llama.
+    let d = with_config(|c| {
         c.insert("model_type".into(), json!("llama"));
     });
-    assert_err_contains(load(d.path()), &["model_type", "llama"]);
+    assert_err_contains(load(d.path()), &["GPT2LMHeadModel", "not a llama architecture"]);
     let d = with_config(|c| {
         c.insert("architectures".into(), json!(["LlamaForCausalLM"]));
     });
@@ -673,4 +678,83 @@ fn train_state_round_trip_and_torn_state() {
     let mut s2 = state.clone();
     s2.v.pop();
     assert!(save_train_state(d.path(), &s2).is_err());
+}
+
+/// A copy of a Llama-family parity fixture with its config.json edited.
+fn modern_with_config(name: &str, edit: impl Fn(&mut serde_json::Map<String, Value>)) -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_modern").join(name);
+    let d = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, d.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let p = d.path().join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    d
+}
+
+/// The Llama family's config.json: the older top-level rope keys read as transformers 5's `rope_parameters`;
+/// what the engine does not implement is refused by key; a sliding window shorter than the context
+/// shortens the context; a missing shard, a shard the index does not list, and an untied model without
+/// its `lm_head.weight` are errors naming the tensor or file.
+#[test]
+fn llama_family_configs_and_shards() {
+    let llama = "llama_l2_h4_kv2_c64";
+    let base = load(&modern_with_config(llama, |_| {}).path()).unwrap();
+    let old_style = modern_with_config(llama, |c| {
+        let rp = c.remove("rope_parameters").unwrap();
+        c.insert("rope_theta".into(), rp["rope_theta"].clone());
+        c.insert("rope_scaling".into(), rp);
+    });
+    assert_eq!(load(old_style.path()).unwrap().config, base.config);
+    let s = base.config.llama().unwrap();
+    assert!(s.rope_scaling.is_some() && s.n_kv_head == 2 && !s.tie_word_embeddings);
+    let refused: [(&str, Value, &[&str]); 4] = [
+        ("hidden_act", json!("gelu"), &["hidden_act", "silu"]),
+        ("head_dim", json!(32), &["head_dim", "32"]),
+        ("rope_parameters", json!({"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}), &["yarn", "llama3"]),
+        ("num_key_value_heads", json!(3), &["num_key_value_heads", "3"]),
+    ];
+    for (key, value, needles) in refused {
+        let d = modern_with_config(llama, |c| {
+            c.insert(key.into(), value.clone());
+        });
+        assert_err_contains(load(d.path()), needles);
+    }
+    let windowed = modern_with_config("mistral_l1_h4_kv2_c64", |c| {
+        c.insert("sliding_window".into(), json!(24));
+    });
+    assert_eq!(load(windowed.path()).unwrap().config.n_positions, 24);
+    // The sharded Qwen2: a shard gone, a tensor where the index does not put it.
+    let qwen = modern_with_config("qwen2_l2_h4_kv1_c48", |_| {});
+    assert!(load(qwen.path()).unwrap().config.llama().unwrap().qkv_bias);
+    std::fs::remove_file(qwen.path().join("model-00002-of-00003.safetensors")).unwrap();
+    assert_err_contains(load(qwen.path()), &["model-00002-of-00003.safetensors"]);
+    let qwen = modern_with_config("qwen2_l2_h4_kv1_c48", |_| {});
+    let index = qwen.path().join("model.safetensors.index.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    v["weight_map"]["model.norm.weight"] = json!("model-00001-of-00003.safetensors");
+    std::fs::write(&index, v.to_string()).unwrap();
+    assert_err_contains(load(qwen.path()), &["model.norm.weight", "index"]);
+    // An untied model saved without its head.
+    let ck = load(&modern_with_config(llama, |_| {}).path()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    save(d.path(), &ck, None).unwrap();
+    assert_eq!(load(d.path()).unwrap(), ck, "a Llama checkpoint does not read back identical");
+    let mut short = ck.clone();
+    short.config = Config {
+        arch: rlhf::model::Arch::Llama(rlhf::model::LlamaShape { tie_word_embeddings: true, ..*s }),
+        ..ck.config
+    };
+    short.tensors.pop();
+    let d2 = tempfile::tempdir().unwrap();
+    save(d2.path(), &short, None).unwrap();
+    let cfg_path = d2.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
+    std::fs::write(&cfg_path, text).unwrap();
+    assert_err_contains(load(d2.path()), &["lm_head.weight", "missing"]);
 }

@@ -171,20 +171,28 @@ fn reward_and_policy_checkpoints_are_not_interchangeable() {
     assert!(rlhf::pipeline::reward::load(&be, &rdir).is_ok());
 }
 
-/// Growing the vocabulary (GPT-2 + chat tokens) keeps every existing token's logit exactly.
+/// Growing the vocabulary (GPT-2 + chat tokens) keeps every existing token's logit exactly, for GPT-2 and
+/// for a Llama-family model with an untied LM head (both tables grow) and a tied one.
 #[test]
 fn growing_the_vocabulary_keeps_existing_logits() {
+    use rlhf::model::Family;
     let be = Be::new();
-    let m = model(&be);
-    let grown = m.grow_vocab(&be, 27).unwrap();
-    assert_eq!(grown.cfg.vocab_size, 27);
-    let tokens = [2u32, 5, 7, 3];
-    let (a, b) = (
-        m.logits_at(&be, &fwd(&be, &m, &tokens), &[3]).unwrap(),
-        grown.logits_at(&be, &fwd(&be, &grown, &tokens), &[3]).unwrap(),
-    );
-    assert_eq!(a[0][..], b[0][..23]);
-    assert!(m.grow_vocab(&be, 10).is_err());
+    let llama = |tied| {
+        let cfg = Config { vocab_size: 23, ..rlhf::check::llama_tiny(Family::Llama, 2, false, tied) };
+        Decoder::init(&be, cfg, 4).unwrap()
+    };
+    for m in [model(&be), llama(false), llama(true)] {
+        let grown = m.grow_vocab(&be, 27).unwrap();
+        assert_eq!(grown.cfg.vocab_size, 27);
+        let tokens = [2u32, 5, 7, 3];
+        let (a, b) = (
+            m.logits_at(&be, &fwd(&be, &m, &tokens), &[3]).unwrap(),
+            grown.logits_at(&be, &fwd(&be, &grown, &tokens), &[3]).unwrap(),
+        );
+        assert_eq!(a[0][..], b[0][..23]);
+        assert!(b[0][23..].iter().all(|x| x.is_finite()));
+        assert!(m.grow_vocab(&be, 10).is_err());
+    }
 }
 
 fn fwd(be: &Be, m: &Decoder<Be>, tokens: &[u32]) -> Acts<Be> {

@@ -24,7 +24,25 @@ pub struct StepBench {
     pub gflops_per_s: f64,
     pub loss_first: f64,
     pub loss_last: f64,
+    /// Parameters, gradients and the two AdamW moments (4 tensors of N values of the backend's type).
+    pub state_mib: f64,
+    /// Activations and gradient scratch of one [batch, seq] step (`Acts::numel`).
+    pub acts_mib: f64,
+    /// The process's peak resident set after the steps (getrusage; 0 where unavailable).
+    pub peak_rss_mib: f64,
 }
+
+/// The process's peak resident memory in MiB (Linux reports ru_maxrss in KiB).
+fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage writes one rusage struct into the zeroed value it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    match unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } {
+        0 => u.ru_maxrss as f64 / 1024.0,
+        _ => 0.0,
+    }
+}
+
+const MIB: f64 = (1 << 20) as f64;
 
 /// Run `warmup + steps` training steps on random tokens and report the median step time.
 pub fn train_step<B: Backend>(
@@ -77,5 +95,8 @@ pub fn train_step<B: Backend>(
         gflops_per_s: flops / median / 1e9,
         loss_first: losses[0],
         loss_last: *losses.last().unwrap(),
+        state_mib: (4 * cfg.num_params() * std::mem::size_of::<B::F>()) as f64 / MIB,
+        acts_mib: (acts.numel(be) * std::mem::size_of::<B::F>()) as f64 / MIB,
+        peak_rss_mib: peak_rss_mib(),
     })
 }

@@ -16,7 +16,8 @@ use std::io::Write;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Model size: tiny, gpt2 (124M), gpt2-medium, gpt2-large, gpt2-xl (CPU; the GPU report uses gpt2).
+    /// Model shape: a GPT-2 preset (tiny, gpt2 = 124M, gpt2-medium, gpt2-large, gpt2-xl) or a Llama-family
+    /// one (llama-tiny, smollm2-135m, smollm2-360m, qwen2.5-0.5b, llama-3.2-1b). CPU; the GPU report uses gpt2.
     #[arg(long, default_value = "gpt2")]
     pub preset: String,
     /// Sequences per step.
@@ -31,9 +32,9 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Vocabulary size (GPT-2's by default).
-    #[arg(long, default_value_t = Config::GPT2_VOCAB)]
-    pub vocab: usize,
+    /// Vocabulary size (default: the preset's published one, GPT-2's for the GPT-2 and demo shapes).
+    #[arg(long)]
+    pub vocab: Option<usize>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// What to time: the training step (on a GPU, the whole kernel report) or generation.
@@ -67,12 +68,17 @@ pub enum Section {
 }
 
 impl BenchArgs {
+    /// `--vocab`, or the preset's own.
+    pub fn vocab(&self) -> usize {
+        self.vocab.unwrap_or_else(|| Config::preset_vocab(&self.preset))
+    }
+
     /// Refuses settings out of range, naming the flag.
     pub fn validate(&self) -> Result<()> {
         check::at_least("--batch", self.batch as u64, 1)?;
         check::at_least("--seq", self.seq as u64, 1)?;
         check::at_least("--steps", self.steps as u64, 1)?;
-        check::at_least("--vocab", self.vocab as u64, 1)?;
+        check::at_least("--vocab", self.vocab() as u64, 1)?;
         check::at_least("--prompt-len", self.prompt_len as u64, 1)?;
         check::at_least("--new-tokens", self.new_tokens as u64, 1)?;
         match self.gen_batch.iter().min() {
@@ -84,7 +90,7 @@ impl BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     args.validate()?;
-    let cfg = Config::preset(&args.preset, args.vocab)?;
+    let cfg = Config::preset(&args.preset, args.vocab())?;
     let dev = device::select(args.device)?;
     if args.section == Section::Generation {
         return generation(&args, cfg, dev);
@@ -154,6 +160,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!(
             "  loss       {:.3} -> {:.3} (random tokens; a sanity check that steps learn)",
             r.loss_first, r.loss_last
+        );
+        println!(
+            "  memory     {:.0} MiB of weights, gradients and AdamW moments + {:.0} MiB of activations; \
+             peak resident {:.0} MiB",
+            r.state_mib, r.acts_mib, r.peak_rss_mib
         );
     }
     Ok(())

@@ -12,10 +12,13 @@ pub struct PretrainArgs {
     // The run's settings (saved with each checkpoint): their flags and defaults are defined there.
     #[command(flatten)]
     pub settings: PretrainSettings,
-    /// Model size for a fresh model: tiny (CPU demo), gpt2 (124M), gpt2-medium, gpt2-large, gpt2-xl.
+    /// Shape of a fresh model. GPT-2: tiny (CPU demo), gold, gpt2 (124M), gpt2-medium, gpt2-large, gpt2-xl.
+    /// Llama family: llama-tiny (CPU demo), smollm2-135m, smollm2-360m, qwen2.5-0.5b, llama-3.2-1b (their
+    /// published shapes; the vocabulary is the tokenizer's).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
-    /// Start from this checkpoint instead of a fresh model (our checkpoint, or a Hugging Face GPT-2 folder).
+    /// Start from this checkpoint instead of a fresh model (our checkpoint, or a Hugging Face GPT-2, Llama,
+    /// Qwen2 or Mistral folder).
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
     /// Continue the run in --out from its latest checkpoint (same settings; --steps may be raised).

@@ -153,6 +153,50 @@ impl<B: Backend> Acts<B> {
     }
 }
 
+impl<B: Backend> Acts<B> {
+    /// Elements held (activations and gradient scratch; the logits in the backend's full precision): what
+    /// a batch costs beyond the parameters.
+    pub fn numel(&self, be: &B) -> usize {
+        let layer = |l: &LayerActs<B>| {
+            [
+                &l.norm1,
+                &l.norm1_mean,
+                &l.norm1_rstd,
+                &l.qkv,
+                &l.atty,
+                &l.lse,
+                &l.res2,
+                &l.norm2,
+                &l.norm2_mean,
+                &l.norm2_rstd,
+                &l.fc,
+                &l.fc_act,
+                &l.res3,
+            ]
+            .iter()
+            .map(|x| be.len(x))
+            .sum::<usize>()
+        };
+        let rest = [
+            &self.encoded,
+            &self.lnf,
+            &self.lnf_mean,
+            &self.lnf_rstd,
+            &self.logits,
+            &self.losses,
+            &self.scratch,
+            &self.dlnf,
+            &self.dres,
+            &self.dnorm,
+            &self.datty,
+            &self.dqkv,
+            &self.dfc,
+            &self.dfc_act,
+        ];
+        self.layers.iter().map(layer).sum::<usize>() + rest.iter().map(|x| be.len(x)).sum::<usize>()
+    }
+}
+
 /// Keys and values of every block for incremental decoding: per block a [B, maxT, W] buffer holding the
 /// qkv rows of every position seen so far (the q heads are unused; the layout matches the training qkv, so
 /// one attention op serves both; the k heads are stored rotated, as attention reads them).
