@@ -1,17 +1,21 @@
 // Fused causal multi-head attention (flash style: online softmax, the T x T scores never leave the chip;
 // only the log-sum-exp per query is saved for the backward).
 //
-// Forward, row b, head h, query t at absolute position p = pos0[b] + t, keys j = 0..min(p, Tk-1):
+// Grouped-query attention (contract of crate::ops::attention): NH query heads, NKV kv heads (NH % NKV == 0), a
+// qkv row W = C + 2 NKV HS wide (C = NH HS): q head h at columns h HS, k head g at C + g HS, v head g at
+// C + (NKV + g) HS; query head h reads kv head g = h / (NH / NKV). NKV = NH is multi-head attention (W = 3C).
+// Forward, row b, head h, query t at absolute position p = pos0[b] + t, keys j = 0..min(p, Tk-1) of kv head g:
 //   s_j = (q_t . k_j) / sqrt(HS);  lse[b,h,t] = log sum_j exp(s_j);  out[b,t,h*HS+d] = sum_j exp(s_j - lse) v_j[d]
-//   q from q_src[B,Tq,3C] columns 0..C; k, v from kv[B,Tk,3C] columns C..2C, 2C..3C; lse f32.
+//   q from q_src[B,Tq,W]; k, v from kv[B,Tk,W]; out [B,Tq,C]; lse f32 [B,NH,Tq].
 // Backward (training form: kv = q_src = qkv, Tq = Tk = T, pos0 = 0), D_t = dout_t . out_t, P = exp(s - lse):
 //   dP_tj = dout_t . v_j;  dS_tj = P_tj (dP_tj - D_t)
-//   dq_t = sum_j dS_tj k_j / sqrt(HS)          (attention_backward_dq: warp per query row; also writes D)
-//   dk_j = sum_t dS_tj q_t / sqrt(HS);  dv_j = sum_t P_tj dout_t     (attention_backward_dkv: warp per key row)
-//   dqkv [B,T,3C] is overwritten; no atomics, fixed summation order (deterministic).
+//   dq_t = sum_j dS_tj k_j / sqrt(HS)          (attention_backward_dq: warp per query row and head; also writes D)
+//   dk_j = sum_h sum_t dS_tj q_t / sqrt(HS);  dv_j = sum_h sum_t P_tj dout_t, h over kv head g's query heads
+//   in head order     (attention_backward_dkv: warp per key row and kv head)
+//   dqkv [B,T,W] is overwritten; no atomics, fixed summation order (deterministic).
 //
-// Layout of the work: one warp per (b, h, row), ATT_WARPS (4, geometry.cuh) warps per block; grid
-// (ceil(rows/4), NH, B). Within a warp, each lane takes one of 32 keys (or queries) at a time and computes its
+// Layout of the work: one warp per (b, head, row), ATT_WARPS (4, geometry.cuh) warps per block; grid
+// (ceil(rows/4), NH, B), NKV for the dkv kernels. Within a warp, each lane takes one of 32 keys (or queries) at a time and computes its
 // full dot product from the row vector staged in shared memory; the 32 probabilities are broadcast through
 // shared memory for the weighted sums, where each lane owns head dims d = lane + 32k (k < KPL, HS <= 32 * KPL).
 // Dynamic shared memory per warp (floats): forward HS + 32, backward_dq 2 HS + 32, backward_dkv 2 HS + 64.
@@ -27,19 +31,19 @@
 template <class T, int KPL>
 __device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q_src,
                                   const T* __restrict__ kv, const unsigned* __restrict__ pos0, int Tq, int Tk, int NH,
-                                  int C) {
+                                  int NKV, int C) {
   RLHF_DYN_SMEM(float, smem);
   const int HS = C / NH;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int t = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, b = blockIdx.z;
+  const int t = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, b = blockIdx.z, g = h / (NH / NKV);
   if (t >= Tq) return;
   float* qs = smem + warp * (HS + 32);
   float* ps = qs + HS;
   const float scale = rsqrtf((float)HS);
-  const long long C3 = 3LL * C;
-  const T* qrow = q_src + ((long long)b * Tq + t) * C3 + h * HS;
-  const T* kbase = kv + (long long)b * Tk * C3 + C + h * HS;
-  const T* vbase = kv + (long long)b * Tk * C3 + 2 * C + h * HS;
+  const long long W = C + 2LL * NKV * HS;
+  const T* qrow = q_src + ((long long)b * Tq + t) * W + h * HS;
+  const T* kbase = kv + (long long)b * Tk * W + C + g * HS;
+  const T* vbase = kbase + NKV * HS;
   for (int d = lane; d < HS; d += 32) qs[d] = to_f32(qrow[d]) * scale;
   __syncwarp();
   const int nkeys = min((int)pos0[b] + t + 1, Tk);
@@ -51,7 +55,7 @@ __device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, 
     const int j = j0 + lane;
     float s = -INFINITY;
     if (j < nkeys) {
-      const T* kr = kbase + (long long)j * C3;
+      const T* kr = kbase + (long long)j * W;
       s = 0.f;
       for (int d = 0; d < HS; d++) s += qs[d] * to_f32(kr[d]);
     }
@@ -67,7 +71,7 @@ __device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, 
       const int d = lane + 32 * k;
       float a = acc[k] * corr;
       if (d < HS)
-        for (int jj = 0; jj < nj; jj++) a += ps[jj] * to_f32(vbase[(long long)(j0 + jj) * C3 + d]);
+        for (int jj = 0; jj < nj; jj++) a += ps[jj] * to_f32(vbase[(long long)(j0 + jj) * W + d]);
       acc[k] = a;
     }
     __syncwarp();
@@ -85,22 +89,24 @@ __device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, 
 template <class T, int KPL>
 __device__ void attention_backward_dq(T* __restrict__ dqkv, float* __restrict__ Dbuf, const T* __restrict__ dout,
                                       const T* __restrict__ qkv, const T* __restrict__ out,
-                                      const float* __restrict__ lse, int Tn, int NH, int C) {
+                                      const float* __restrict__ lse, int Tn, int NH, int NKV, int C) {
   RLHF_DYN_SMEM(float, smem);
   const int HS = C / NH;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int t = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, b = blockIdx.z;
+  const int t = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, b = blockIdx.z, g = h / (NH / NKV);
   if (t >= Tn) return;
   float* qs = smem + warp * (2 * HS + 32);
   float* dos = qs + HS;
   float* ps = dos + HS;
   const float scale = rsqrtf((float)HS);
-  const long long C3 = 3LL * C;
-  const T* base = qkv + (long long)b * Tn * C3;
+  const long long W = C + 2LL * NKV * HS;
+  const T* base = qkv + (long long)b * Tn * W;
+  const T* kbase = base + C + g * HS;
+  const T* vbase = kbase + NKV * HS;
   const long long rowo = ((long long)b * Tn + t) * C + h * HS;
   float dd = 0.f;
   for (int d = lane; d < HS; d += 32) {
-    qs[d] = to_f32(base[t * C3 + h * HS + d]) * scale;
+    qs[d] = to_f32(base[t * W + h * HS + d]) * scale;
     const float g = to_f32(dout[rowo + d]);
     dos[d] = g;
     dd += g * to_f32(out[rowo + d]);
@@ -117,8 +123,8 @@ __device__ void attention_backward_dq(T* __restrict__ dqkv, float* __restrict__ 
     const int j = j0 + lane;
     float ds = 0.f;
     if (j < nkeys) {
-      const T* kr = base + (long long)j * C3 + C + h * HS;
-      const T* vr = base + (long long)j * C3 + 2 * C + h * HS;
+      const T* kr = kbase + (long long)j * W;
+      const T* vr = vbase + (long long)j * W;
       float s = 0.f, dp = 0.f;
       for (int d = 0; d < HS; d++) {
         s += qs[d] * to_f32(kr[d]);
@@ -133,11 +139,11 @@ __device__ void attention_backward_dq(T* __restrict__ dqkv, float* __restrict__ 
     for (int k = 0; k < KPL; k++) {
       const int d = lane + 32 * k;
       if (d < HS)
-        for (int jj = 0; jj < nj; jj++) acc[k] += ps[jj] * to_f32(base[(long long)(j0 + jj) * C3 + C + h * HS + d]);
+        for (int jj = 0; jj < nj; jj++) acc[k] += ps[jj] * to_f32(kbase[(long long)(j0 + jj) * W + d]);
     }
     __syncwarp();
   }
-  T* dq = dqkv + ((long long)b * Tn + t) * C3 + h * HS;
+  T* dq = dqkv + ((long long)b * Tn + t) * W + h * HS;
 #pragma unroll
   for (int k = 0; k < KPL; k++) {
     const int d = lane + 32 * k;
@@ -145,64 +151,69 @@ __device__ void attention_backward_dq(T* __restrict__ dqkv, float* __restrict__ 
   }
 }
 
+// Warp per (b, kv head g, key row j): dk_j, dv_j summed over g's query heads h = g G .. g G + G - 1 (G = NH / NKV)
+// in head order, each head's queries i = j..T-1 in passes of 32.
 template <class T, int KPL>
 __device__ void attention_backward_dkv(T* __restrict__ dqkv, const float* __restrict__ Dbuf, const T* __restrict__ dout,
                                        const T* __restrict__ qkv, const float* __restrict__ lse, int Tn, int NH,
-                                       int C) {
+                                       int NKV, int C) {
   RLHF_DYN_SMEM(float, smem);
-  const int HS = C / NH;
+  const int HS = C / NH, G = NH / NKV;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int j = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, b = blockIdx.z;
+  const int j = blockIdx.x * ATT_WARPS + warp, g = blockIdx.y, b = blockIdx.z;
   if (j >= Tn) return;
   float* ks = smem + warp * (2 * HS + 64);
   float* vs = ks + HS;
   float* ps = vs + HS;
   float* dss = ps + 32;
   const float scale = rsqrtf((float)HS);
-  const long long C3 = 3LL * C;
-  const T* base = qkv + (long long)b * Tn * C3;
-  const float* Lb = lse + ((long long)b * NH + h) * Tn;
-  const float* Db = Dbuf + ((long long)b * NH + h) * Tn;
+  const long long W = C + 2LL * NKV * HS;
+  const T* base = qkv + (long long)b * Tn * W;
+  const T* krow = base + (long long)j * W + C + g * HS;
   for (int d = lane; d < HS; d += 32) {
-    ks[d] = to_f32(base[(long long)j * C3 + C + h * HS + d]) * scale;
-    vs[d] = to_f32(base[(long long)j * C3 + 2 * C + h * HS + d]);
+    ks[d] = to_f32(krow[d]) * scale;
+    vs[d] = to_f32(krow[NKV * HS + d]);
   }
   __syncwarp();
   float dk[KPL], dv[KPL];
 #pragma unroll
   for (int k = 0; k < KPL; k++) dk[k] = dv[k] = 0.f;
-  for (int i0 = j; i0 < Tn; i0 += 32) {
-    const int i = i0 + lane;
-    float p = 0.f, ds = 0.f;
-    if (i < Tn) {
-      const T* qr = base + (long long)i * C3 + h * HS;
-      const T* dr = dout + ((long long)b * Tn + i) * C + h * HS;
-      float s = 0.f, dp = 0.f;
-      for (int d = 0; d < HS; d++) {
-        s += ks[d] * to_f32(qr[d]);
-        dp += vs[d] * to_f32(dr[d]);
-      }
-      p = __expf(s - Lb[i]);
-      ds = p * (dp - Db[i]);
-    }
-    ps[lane] = p;
-    dss[lane] = ds;
-    __syncwarp();
-    const int ni = min(32, Tn - i0);
-#pragma unroll
-    for (int k = 0; k < KPL; k++) {
-      const int d = lane + 32 * k;
-      if (d < HS)
-        for (int ii = 0; ii < ni; ii++) {
-          const long long r = (long long)b * Tn + i0 + ii;
-          dv[k] += ps[ii] * to_f32(dout[r * C + h * HS + d]);
-          dk[k] += dss[ii] * to_f32(qkv[r * C3 + h * HS + d]);
+  for (int h = g * G; h < g * G + G; h++) {
+    const float* Lb = lse + ((long long)b * NH + h) * Tn;
+    const float* Db = Dbuf + ((long long)b * NH + h) * Tn;
+    for (int i0 = j; i0 < Tn; i0 += 32) {
+      const int i = i0 + lane;
+      float p = 0.f, ds = 0.f;
+      if (i < Tn) {
+        const T* qr = base + (long long)i * W + h * HS;
+        const T* dr = dout + ((long long)b * Tn + i) * C + h * HS;
+        float s = 0.f, dp = 0.f;
+        for (int d = 0; d < HS; d++) {
+          s += ks[d] * to_f32(qr[d]);
+          dp += vs[d] * to_f32(dr[d]);
         }
+        p = __expf(s - Lb[i]);
+        ds = p * (dp - Db[i]);
+      }
+      ps[lane] = p;
+      dss[lane] = ds;
+      __syncwarp();
+      const int ni = min(32, Tn - i0);
+#pragma unroll
+      for (int k = 0; k < KPL; k++) {
+        const int d = lane + 32 * k;
+        if (d < HS)
+          for (int ii = 0; ii < ni; ii++) {
+            const long long r = (long long)b * Tn + i0 + ii;
+            dv[k] += ps[ii] * to_f32(dout[r * C + h * HS + d]);
+            dk[k] += dss[ii] * to_f32(qkv[r * W + h * HS + d]);
+          }
+      }
+      __syncwarp();
     }
-    __syncwarp();
   }
-  T* dkr = dqkv + ((long long)b * Tn + j) * C3 + C + h * HS;
-  T* dvr = dkr + C;
+  T* dkr = dqkv + ((long long)b * Tn + j) * W + C + g * HS;
+  T* dvr = dkr + NKV * HS;
 #pragma unroll
   for (int k = 0; k < KPL; k++) {
     const int d = lane + 32 * k;
@@ -217,20 +228,20 @@ __device__ void attention_backward_dkv(T* __restrict__ dqkv, const float* __rest
 #define ATT_INST_K(T, sfx, KPL)                                                                                \
   extern "C" __global__ void attention_forward_hs##KPL##_##sfx(                                               \
       T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q_src, const T* __restrict__ kv,    \
-      const unsigned* __restrict__ pos0, int Tq, int Tk, int NH, int C) {                                     \
-    attention_forward<T, KPL>(out, lse, q_src, kv, pos0, Tq, Tk, NH, C);                                      \
+      const unsigned* __restrict__ pos0, int Tq, int Tk, int NH, int NKV, int C) {                            \
+    attention_forward<T, KPL>(out, lse, q_src, kv, pos0, Tq, Tk, NH, NKV, C);                                 \
   }                                                                                                           \
   RLHF_EXPORT(attention_forward_hs##KPL##_##sfx)                                                              \
   extern "C" __global__ void attention_backward_dq_hs##KPL##_##sfx(                                           \
       T* __restrict__ dqkv, float* __restrict__ Dbuf, const T* __restrict__ dout, const T* __restrict__ qkv,   \
-      const T* __restrict__ out, const float* __restrict__ lse, int Tn, int NH, int C) {                      \
-    attention_backward_dq<T, KPL>(dqkv, Dbuf, dout, qkv, out, lse, Tn, NH, C);                                \
+      const T* __restrict__ out, const float* __restrict__ lse, int Tn, int NH, int NKV, int C) {             \
+    attention_backward_dq<T, KPL>(dqkv, Dbuf, dout, qkv, out, lse, Tn, NH, NKV, C);                           \
   }                                                                                                           \
   RLHF_EXPORT(attention_backward_dq_hs##KPL##_##sfx)                                                          \
   extern "C" __global__ void attention_backward_dkv_hs##KPL##_##sfx(                                          \
       T* __restrict__ dqkv, const float* __restrict__ Dbuf, const T* __restrict__ dout,                       \
-      const T* __restrict__ qkv, const float* __restrict__ lse, int Tn, int NH, int C) {                      \
-    attention_backward_dkv<T, KPL>(dqkv, Dbuf, dout, qkv, lse, Tn, NH, C);                                    \
+      const T* __restrict__ qkv, const float* __restrict__ lse, int Tn, int NH, int NKV, int C) {             \
+    attention_backward_dkv<T, KPL>(dqkv, Dbuf, dout, qkv, lse, Tn, NH, NKV, C);                               \
   }                                                                                                           \
   RLHF_EXPORT(attention_backward_dkv_hs##KPL##_##sfx)
 
@@ -240,7 +251,8 @@ ATT_INST(bf16, bf16)
 
 // ---------------------------------------------------------------------------------------------------------
 // Tensor-core forward (WMMA, bf16 inputs, f32 accumulation), head size 64: flash-attention-2 style.
-// Block: 4 warps, 64 query rows (16 per warp); key/value tiles of 64 rows staged in shared memory.
+// Block: 4 warps, 64 query rows (16 per warp) of query head h; key/value tiles of 64 rows of kv head
+// h / (NH / NKV) staged in shared memory.
 // Per key tile each warp computes S = Q_w K^T (16 x 64, f32) with WMMA, applies scale and the causal mask,
 // updates the running row max / sum (2 lanes per row), writes P (bf16) and rescales its O accumulator
 // (16 x 64 f32, kept in shared memory because a fragment's element-to-row mapping is unspecified), then
@@ -252,7 +264,7 @@ ATT_INST(bf16, bf16)
 extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
     attention_forward_wmma_bf16(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q_src,
                                 const bf16* __restrict__ kv, const unsigned* __restrict__ pos0, int Tq, int Tk, int NH,
-                                int C) {
+                                int NKV, int C) {
   using namespace nvcuda;
   RLHF_DYN_SMEM(unsigned char, sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -265,15 +277,15 @@ extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
   float* Ms = reinterpret_cast<float*>(sm + WA_OFF_M) + warp * 16;  // running max per row
   float* Ls = Ms + 64;                                               // running sum per row
   float* Cs = Ms + 128;                                              // this tile's rescale factor per row
-  const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * WA_Q;
-  const long long C3 = 3LL * C;
+  const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * WA_Q, g = h / (NH / NKV);
+  const long long W = C + 2LL * NKV * WA_D;
   const float scale = 0.125f;  // 1/sqrt(64)
   const int p0 = (int)pos0[b];
   const bf16 zero = __float2bfloat16(0.f);
 
   for (int i = threadIdx.x; i < WA_Q * WA_D; i += blockDim.x) {
     const int r = i / WA_D, d = i % WA_D, t = q0 + r;
-    Qs[r * WA_LDH + d] = t < Tq ? q_src[((long long)b * Tq + t) * C3 + h * WA_D + d] : zero;
+    Qs[r * WA_LDH + d] = t < Tq ? q_src[((long long)b * Tq + t) * W + h * WA_D + d] : zero;
   }
   for (int i = lane; i < 16 * WA_D; i += 32) Os[(i / WA_D) * WA_LDF + i % WA_D] = 0.f;
   if (lane < 16) {
@@ -288,9 +300,9 @@ extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
       const int r = i / WA_D, d = i % WA_D, j = k0 + r;
       bf16 kx = zero, vx = zero;
       if (j < Tk) {
-        const long long row = ((long long)b * Tk + j) * C3 + h * WA_D + d;
-        kx = kv[row + C];
-        vx = kv[row + 2 * C];
+        const long long row = ((long long)b * Tk + j) * W + C + g * WA_D + d;
+        kx = kv[row];
+        vx = kv[row + NKV * WA_D];
       }
       Ks[r * WA_LDH + d] = kx;
       Vs[r * WA_LDH + d] = vx;
@@ -381,8 +393,8 @@ RLHF_EXPORT(attention_forward_wmma_bf16)
 // diagonal. D_t = dout_t . out_t (f32, written to Dbuf [B,NH,T] for the dkv kernel);
 //   S = Q_w K^T, dP = dO_w V^T (WMMA), P = exp(S / 8 - lse) (causal), dS = P (dP - D) (bf16),
 //   dQ_w += dS K (WMMA, 4 accumulator fragments in registers); dq = dQ / 8.
-// attention_backward_dkv_wmma_bf16: block = 64 keys, loops over query tiles from the diagonal on; each warp
-// works on the transposed tiles of its 16 keys:
+// attention_backward_dkv_wmma_bf16: block = 64 keys of kv head g, loops over g's query heads in order and over
+// each one's query tiles from the diagonal on; each warp works on the transposed tiles of its 16 keys:
 //   S^T = K_w Q^T, dP^T = V_w dO^T (Q^T, dO^T: col_major loads), P^T, dS^T element-wise (lse, D per column),
 //   dV_w += P^T dO, dK_w += dS^T Q (8 accumulator fragments in registers); dk = dK / 8, dv = dV.
 // On the diagonal tile, 16-wide sub-tiles that the causal mask empties for a warp are skipped. Padding rows and
@@ -476,7 +488,7 @@ __device__ __forceinline__ void wb_write(bf16* __restrict__ dst, long long strid
 extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
     attention_backward_dq_wmma_bf16(bf16* __restrict__ dqkv, float* __restrict__ Dbuf, const bf16* __restrict__ dout,
                                     const bf16* __restrict__ qkv, const bf16* __restrict__ out,
-                                    const float* __restrict__ lse, int Tn, int NH, int C) {
+                                    const float* __restrict__ lse, int Tn, int NH, int NKV, int C) {
   using namespace nvcuda;
   RLHF_DYN_SMEM(unsigned char, sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -490,13 +502,14 @@ extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
   float* Lr = reinterpret_cast<float*>(sm + WBQ_OFF_L) + warp * 16;  // lse per row of the warp
   float* Dr = Lr + WB_T;                                             // D per row of the warp
   const int qt = gridDim.x - 1 - blockIdx.x;  // longest key loops first
-  const int h = blockIdx.y, b = blockIdx.z, q0 = qt * WB_T, r0 = q0 + warp * 16;
-  const long long C3 = 3LL * C;
+  const int h = blockIdx.y, b = blockIdx.z, q0 = qt * WB_T, r0 = q0 + warp * 16, g = h / (NH / NKV);
+  const long long W = C + 2LL * NKV * WA_D;
   const float scale = 0.125f;  // 1/sqrt(64)
-  const bf16* base = qkv + (long long)b * Tn * C3 + h * WA_D;
+  const bf16* base = qkv + (long long)b * Tn * W;
+  const bf16* kbase = base + C + g * WA_D;
   const long long bh = ((long long)b * NH + h) * Tn;
 
-  wb_stage(Qs, base, C3, q0, Tn);
+  wb_stage(Qs, base + h * WA_D, W, q0, Tn);
   wb_stage(dOs, dout + (long long)b * Tn * C + h * WA_D, C, q0, Tn);
   __syncthreads();
   {  // D = dout . out and lse for the warp's rows: 2 lanes per row, 32 dims each
@@ -526,8 +539,8 @@ extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
   for (int n = 0; n < WA_D / 16; n++) wmma::fill_fragment(dq[n], 0.f);
   for (int k0 = 0; k0 <= q0; k0 += WB_T) {
     __syncthreads();  // D, L written; previous tile's K/V no longer read
-    wb_stage(Ks, base + C, C3, k0, Tn);
-    wb_stage(Vs, base + 2 * C, C3, k0, Tn);
+    wb_stage(Ks, kbase, W, k0, Tn);
+    wb_stage(Vs, kbase + NKV * WA_D, W, k0, Tn);
     __syncthreads();
     const int nk = k0 == q0 ? warp + 1 : 4;  // 16-key blocks with any key <= the warp's last query
     wb_abt(Ss, Qs + warp * 16 * WA_LDH, Ks, 0, nk);
@@ -547,14 +560,14 @@ extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
     __syncwarp();
     wb_ab(dq, dSs, Ks, 0, nk);
   }
-  wb_write(dqkv + (long long)b * Tn * C3 + h * WA_D, C3, r0, Tn, dq, scale, Ss);
+  wb_write(dqkv + (long long)b * Tn * W + h * WA_D, W, r0, Tn, dq, scale, Ss);
 }
 RLHF_EXPORT(attention_backward_dq_wmma_bf16)
 
 extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
     attention_backward_dkv_wmma_bf16(bf16* __restrict__ dqkv, const float* __restrict__ Dbuf,
                                      const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
-                                     const float* __restrict__ lse, int Tn, int NH, int C) {
+                                     const float* __restrict__ lse, int Tn, int NH, int NKV, int C) {
   using namespace nvcuda;
   RLHF_DYN_SMEM(unsigned char, sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -566,51 +579,54 @@ extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
   float* dPs = reinterpret_cast<float*>(sm + WBK_OFF_DP) + warp * 16 * WA_LDF;
   bf16* Ps = reinterpret_cast<bf16*>(sm + WBK_OFF_P) + warp * 16 * WA_LDH;
   bf16* dSs = reinterpret_cast<bf16*>(sm + WBK_OFF_DS) + warp * 16 * WA_LDH;
-  const int h = blockIdx.y, b = blockIdx.z, k0 = blockIdx.x * WB_T, j0 = k0 + warp * 16;
-  const long long C3 = 3LL * C;
+  const int g = blockIdx.y, b = blockIdx.z, k0 = blockIdx.x * WB_T, j0 = k0 + warp * 16, G = NH / NKV;
+  const long long W = C + 2LL * NKV * WA_D;
   const float scale = 0.125f;  // 1/sqrt(64)
-  const bf16* base = qkv + (long long)b * Tn * C3 + h * WA_D;
-  const bf16* gbase = dout + (long long)b * Tn * C + h * WA_D;
-  const float* Lb = lse + ((long long)b * NH + h) * Tn;
-  const float* Db = Dbuf + ((long long)b * NH + h) * Tn;
+  const bf16* base = qkv + (long long)b * Tn * W;
+  bf16* dkr = dqkv + (long long)b * Tn * W + C + g * WA_D;  // dk of kv head g; its dv NKV heads on
 
-  wb_stage(Ks, base + C, C3, k0, Tn);
-  wb_stage(Vs, base + 2 * C, C3, k0, Tn);
+  wb_stage(Ks, base + C + g * WA_D, W, k0, Tn);
+  wb_stage(Vs, base + C + (NKV + g) * WA_D, W, k0, Tn);
   wb_acc dk[WA_D / 16], dv[WA_D / 16];
 #pragma unroll
   for (int n = 0; n < WA_D / 16; n++) {
     wmma::fill_fragment(dk[n], 0.f);
     wmma::fill_fragment(dv[n], 0.f);
   }
-  for (int q0 = k0; q0 < Tn; q0 += WB_T) {
-    __syncthreads();  // K/V staged; previous tile's Q/dO no longer read
-    wb_stage(Qs, base, C3, q0, Tn);
-    wb_stage(dOs, gbase, C, q0, Tn);
-    __syncthreads();
-    const int nq = q0 == k0 ? warp : 0;  // 16-query blocks below it hold no query >= the warp's first key
-    wb_abt(Ss, Ks + warp * 16 * WA_LDH, Qs, nq, 4);
-    wb_abt(dPs, Vs + warp * 16 * WA_LDH, dOs, nq, 4);
-    __syncwarp();
+  for (int h = g * G; h < g * G + G; h++) {  // kv head g's query heads, in order
+    const bf16* qbase = base + h * WA_D;
+    const bf16* gbase = dout + (long long)b * Tn * C + h * WA_D;
+    const float* Lb = lse + ((long long)b * NH + h) * Tn;
+    const float* Db = Dbuf + ((long long)b * NH + h) * Tn;
+    for (int q0 = k0; q0 < Tn; q0 += WB_T) {
+      __syncthreads();  // K/V staged; previous tile's Q/dO no longer read
+      wb_stage(Qs, qbase, W, q0, Tn);
+      wb_stage(dOs, gbase, C, q0, Tn);
+      __syncthreads();
+      const int nq = q0 == k0 ? warp : 0;  // 16-query blocks below it hold no query >= the warp's first key
+      wb_abt(Ss, Ks + warp * 16 * WA_LDH, Qs, nq, 4);
+      wb_abt(dPs, Vs + warp * 16 * WA_LDH, dOs, nq, 4);
+      __syncwarp();
 #pragma unroll
-    for (int hc = 0; hc < 2; hc++) {
-      const int c = lane + 32 * hc, i = q0 + c;
-      const float L = i < Tn ? Lb[i] : 0.f, D = i < Tn ? Db[i] : 0.f;
-      for (int r = 0; r < 16; r++) {
-        float p = 0.f, ds = 0.f;
-        if (i < Tn && i >= j0 + r) {
-          p = __expf(Ss[r * WA_LDF + c] * scale - L);
-          ds = p * (dPs[r * WA_LDF + c] - D);
+      for (int hc = 0; hc < 2; hc++) {
+        const int c = lane + 32 * hc, i = q0 + c;
+        const float L = i < Tn ? Lb[i] : 0.f, D = i < Tn ? Db[i] : 0.f;
+        for (int r = 0; r < 16; r++) {
+          float p = 0.f, ds = 0.f;
+          if (i < Tn && i >= j0 + r) {
+            p = __expf(Ss[r * WA_LDF + c] * scale - L);
+            ds = p * (dPs[r * WA_LDF + c] - D);
+          }
+          Ps[r * WA_LDH + c] = __float2bfloat16_rn(p);
+          dSs[r * WA_LDH + c] = __float2bfloat16_rn(ds);
         }
-        Ps[r * WA_LDH + c] = __float2bfloat16_rn(p);
-        dSs[r * WA_LDH + c] = __float2bfloat16_rn(ds);
       }
+      __syncwarp();
+      wb_ab(dv, Ps, dOs, nq, 4);
+      wb_ab(dk, dSs, Qs, nq, 4);
     }
-    __syncwarp();
-    wb_ab(dv, Ps, dOs, nq, 4);
-    wb_ab(dk, dSs, Qs, nq, 4);
   }
-  bf16* dst = dqkv + (long long)b * Tn * C3 + h * WA_D;
-  wb_write(dst + C, C3, j0, Tn, dk, scale, Ss);
-  wb_write(dst + 2 * C, C3, j0, Tn, dv, 1.f, Ss);
+  wb_write(dkr, W, j0, Tn, dk, scale, Ss);
+  wb_write(dkr + NKV * WA_D, W, j0, Tn, dv, 1.f, Ss);
 }
 RLHF_EXPORT(attention_backward_dkv_wmma_bf16)

@@ -1,8 +1,9 @@
 // Decode attention: one query row per (batch row, head) against a KV cache, the step of incremental
 // decoding (contract of crate::ops::attention::forward with Tq = 1):
-//   row b, head h, query at absolute position p = pos0[b], keys j = 0..min(p, Tk-1):
+//   row b, head h, query at absolute position p = pos0[b], keys j = 0..min(p, Tk-1) of kv head g = h / (NH / NKV):
 //   s_j = (q . k_j) / sqrt(HS);  lse[b,h] = log sum_j exp(s_j);  out[b,h*HS+d] = sum_j exp(s_j - lse) v_j[d]
-//   q from q_src[B,1,3C] columns 0..C; k, v from kv[B,Tk,3C] columns C..2C, 2C..3C; lse f32 [B,NH,1].
+//   q from q_src[B,1,W], k, v from kv[B,Tk,W] (W = C + 2 NKV HS: q head h at columns h HS, k head g at C + g HS,
+//   v head g at C + (NKV + g) HS, as in attention.cu); out [B,1,C]; lse f32 [B,NH,1].
 // The training kernel (attention.cu) gives a query row one warp, so a decode step would run one warp per
 // (b, h) over the whole cache; here the keys are split among the DEC_WARPS warps of a block (warp w takes the
 // 32-key tiles w, w + DEC_WARPS, ...), each keeps its own online softmax (max m_w, sum l_w, weighted sum
@@ -16,19 +17,20 @@
 
 template <class T, int KPL>
 __device__ void attention_decode(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q_src,
-                                 const T* __restrict__ kv, const unsigned* __restrict__ pos0, int Tk, int NH, int C) {
+                                 const T* __restrict__ kv, const unsigned* __restrict__ pos0, int Tk, int NH, int NKV,
+                                 int C) {
   RLHF_DYN_SMEM(float, smem);
   const int HS = C / NH;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int h = blockIdx.x, b = blockIdx.y;
+  const int h = blockIdx.x, b = blockIdx.y, g = h / (NH / NKV);
   float* qs = smem;
   float* ps = qs + HS + warp * 32;
   float* part = qs + HS + DEC_WARPS * 32;  // per warp: acc [HS], m, l
   const float scale = rsqrtf((float)HS);
-  const long long C3 = 3LL * C;
-  const T* qrow = q_src + (long long)b * C3 + h * HS;
-  const T* kbase = kv + (long long)b * Tk * C3 + C + h * HS;
-  const T* vbase = kv + (long long)b * Tk * C3 + 2 * C + h * HS;
+  const long long W = C + 2LL * NKV * HS;
+  const T* qrow = q_src + (long long)b * W + h * HS;
+  const T* kbase = kv + (long long)b * Tk * W + C + g * HS;
+  const T* vbase = kbase + NKV * HS;
   for (int d = threadIdx.x; d < HS; d += blockDim.x) qs[d] = to_f32(qrow[d]) * scale;
   __syncthreads();
   const int nkeys = min((int)pos0[b] + 1, Tk);
@@ -40,7 +42,7 @@ __device__ void attention_decode(T* __restrict__ out, float* __restrict__ lse, c
     const int j = j0 + lane;
     float s = -INFINITY;
     if (j < nkeys) {
-      const T* kr = kbase + (long long)j * C3;
+      const T* kr = kbase + (long long)j * W;
       s = 0.f;
       for (int d = 0; d < HS; d++) s += qs[d] * to_f32(kr[d]);
     }
@@ -56,7 +58,7 @@ __device__ void attention_decode(T* __restrict__ out, float* __restrict__ lse, c
       const int d = lane + 32 * k;
       float a = acc[k] * corr;
       if (d < HS)
-        for (int jj = 0; jj < nj; jj++) a += ps[jj] * to_f32(vbase[(long long)(j0 + jj) * C3 + d]);
+        for (int jj = 0; jj < nj; jj++) a += ps[jj] * to_f32(vbase[(long long)(j0 + jj) * W + d]);
       acc[k] = a;
     }
     __syncwarp();
@@ -92,12 +94,12 @@ __device__ void attention_decode(T* __restrict__ out, float* __restrict__ lse, c
   if (lane == 0) lse[(long long)b * NH + h] = M + logf(L);
 }
 
-#define DECODE_INSTANTIATE(T, sfx, KPL)                                                                          \
-  extern "C" __global__ void attention_decode_hs##KPL##_##sfx(T* __restrict__ out, float* __restrict__ lse,     \
-                                                              const T* __restrict__ q_src, const T* __restrict__ kv, \
-                                                              const unsigned* __restrict__ pos0, int Tk, int NH, int C) { \
-    attention_decode<T, KPL>(out, lse, q_src, kv, pos0, Tk, NH, C);                                             \
-  }                                                                                                              \
+#define DECODE_INSTANTIATE(T, sfx, KPL)                                                                     \
+  extern "C" __global__ void attention_decode_hs##KPL##_##sfx(                                              \
+      T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q_src, const T* __restrict__ kv, \
+      const unsigned* __restrict__ pos0, int Tk, int NH, int NKV, int C) {                                  \
+    attention_decode<T, KPL>(out, lse, q_src, kv, pos0, Tk, NH, NKV, C);                                    \
+  }                                                                                                         \
   RLHF_EXPORT(attention_decode_hs##KPL##_##sfx)
 
 DECODE_INSTANTIATE(float, f32, 1)

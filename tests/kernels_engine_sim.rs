@@ -305,15 +305,35 @@ fn kernel_check_reports_a_failing_group_and_runs_the_rest() {
     assert!(rows.iter().any(|r| r.op.starts_with("f32 train step: every gradient") && r.ok), "later groups ran");
 }
 
-/// The fused attention kernels take the multi-head layout only: grouped-query attention (NKV < NH) is refused
-/// by name instead of reading the wrong columns.
+/// Grouped-query attention through `KernelBackend` (NH 4 over NKV 2, head size 16) against the CPU engine:
+/// the forward in training form, a decode step (Tq = 1) at ragged positions of a longer KV cache, and the
+/// backward, whose dk, dv sum over each kv head's query heads.
 #[test]
-#[should_panic(expected = "attention_forward: the CUDA kernels take NKV = NH only (got NH 4, NKV 2)")]
-fn kernel_attention_refuses_grouped_kv_heads() {
-    let be = SimBackend::new();
-    let (b, t, nh, nkv, hs) = (1, 3, 4, 2, 16);
-    let c = nh * hs;
-    let qkv = be.upload(&vec![0.5; b * t * (c + 2 * nkv * hs)]).unwrap();
-    let (mut out, mut lse) = (be.zeros(b * t * c).unwrap(), be.zeros(b * nh * t).unwrap());
-    be.attention_forward(&mut out, &mut lse, &qkv, &qkv, &[0], b, t, t, c, nh, nkv);
+fn kernel_attention_grouped_kv_heads_matches_cpu() {
+    // (B, T, NH, NKV, HS, Tk)
+    const SHAPE: (usize, usize, usize, usize, usize, usize) = (2, 19, 4, 2, 16, 40);
+    let (b, t, nh, nkv, hs, tk) = SHAPE;
+    let (c, w) = (nh * hs, (nh + 2 * nkv) * hs);
+    let mut rng = Rng::new(7);
+    let mut randn = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+    let (qkv, dout, q1, cache) = (randn(b * t * w), randn(b * t * c), randn(b * w), randn(b * tk * w));
+    fn both<B: Backend<F = f32>>(be: &B, qkv: &[f32], dout: &[f32], q1: &[f32], cache: &[f32]) -> Vec<Vec<f32>> {
+        let (b, t, nh, nkv, hs, tk) = SHAPE;
+        let c = nh * hs;
+        let (x, d) = (be.upload(qkv).unwrap(), be.upload(dout).unwrap());
+        let (mut out, mut lse) = (be.zeros(b * t * c).unwrap(), be.zeros(b * nh * t).unwrap());
+        be.attention_forward(&mut out, &mut lse, &x, &x, &[0, 0], b, t, t, c, nh, nkv);
+        let mut dqkv = be.zeros(qkv.len()).unwrap();
+        be.attention_backward(&mut dqkv, &d, &x, &out, &lse, b, t, c, nh, nkv);
+        let (q, kv) = (be.upload(q1).unwrap(), be.upload(cache).unwrap());
+        let (mut o1, mut l1) = (be.zeros(b * c).unwrap(), be.zeros(b * nh).unwrap());
+        be.attention_forward(&mut o1, &mut l1, &q, &kv, &[11, tk as u32 - 1], b, 1, tk, c, nh, nkv);
+        [&out, &lse, &dqkv, &o1, &l1].iter().map(|x| be.download(x)).collect()
+    }
+    let got = both(&SimBackend::new(), &qkv, &dout, &q1, &cache);
+    let want = both(&Cpu::<f32>::new(), &qkv, &dout, &q1, &cache);
+    for (i, what) in ["out", "lse", "dqkv", "decode out", "decode lse"].iter().enumerate() {
+        let e = scaled_err(&got[i], &want[i]);
+        assert!(e < TOL, "grouped-query attention {what}: error {e:.3e}");
+    }
 }

@@ -111,6 +111,7 @@ fn gpu_kernels_match_reference() {
             t,
             c,
             nh,
+            nh,
         )
     }
     .unwrap();

@@ -1075,7 +1075,8 @@ fn adamw_and_sum_squares() {
 
 // ------------------------------------------------------------------------------------------------ attention
 
-/// Forward with keys from `kv` (Tk rows) and queries at positions pos0[b] + t; returns (out, lse).
+/// Forward with keys from `kv` (Tk rows) and queries at positions pos0[b] + t, NH query heads over NKV kv heads
+/// (qkv rows W = C + 2 NKV C / NH wide); returns (out, lse).
 #[allow(clippy::too_many_arguments)]
 fn attention_fwd_case(
     l: &dyn Launcher,
@@ -1084,11 +1085,16 @@ fn attention_fwd_case(
     tq: usize,
     tk: usize,
     c: usize,
-    nh: usize,
+    (nh, nkv): (usize, usize),
     pos0: &[u32],
     seed: u64,
 ) -> (Vec<f64>, Vec<f64>) {
-    attention_fwd_case_with(l, kl::AttentionImpl::Auto, dt, b, tq, tk, c, nh, pos0, seed)
+    attention_fwd_case_with(l, kl::AttentionImpl::Auto, dt, b, tq, tk, c, (nh, nkv), pos0, seed)
+}
+
+/// Row width W = C + 2 NKV HS of a grouped qkv.
+fn qkv_width(c: usize, nh: usize, nkv: usize) -> usize {
+    c + 2 * nkv * (c / nh)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1100,25 +1106,26 @@ fn attention_fwd_case_with(
     tq: usize,
     tk: usize,
     c: usize,
-    nh: usize,
+    (nh, nkv): (usize, usize),
     pos0: &[u32],
     seed: u64,
 ) -> (Vec<f64>, Vec<f64>) {
     let mut rng = Rng::new(seed);
-    let q_src = DBuf::new(dt, &randn(&mut rng, b * tq * 3 * c, 1.0));
-    let kv_vals = randn(&mut rng, b * tk * 3 * c, 1.0);
-    let kv = DBuf::new(dt, &kv_vals);
+    let w = qkv_width(c, nh, nkv);
+    let q_src = DBuf::new(dt, &randn(&mut rng, b * tq * w, 1.0));
+    let kv = DBuf::new(dt, &randn(&mut rng, b * tk * w, 1.0));
     let pd = SimBuf::from_slice(pos0);
     let out = DBuf::poisoned(dt, b * tq * c);
     let lse = SimBuf::<f32>::poisoned(b * nh * tq, 0xff);
     // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
     unsafe {
-        kl::attention_forward_with(l, imp, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tq, tk, c, nh)
+        let (q, k, p) = (q_src.ptr(), kv.ptr(), pd.ptr());
+        kl::attention_forward_with(l, imp, dt, out.ptr(), lse.ptr(), q, k, p, b, tq, tk, c, nh, nkv)
     }
     .unwrap();
     let (mut wo, mut wl) = (vec![0.0; b * tq * c], vec![0.0; b * nh * tq]);
-    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh, nh);
-    let what = format!("attention_forward[{imp:?}] B={b} Tq={tq} Tk={tk} C={c} NH={nh}");
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, tq, tk, c, nh, nkv);
+    let what = format!("attention_forward[{imp:?}] B={b} Tq={tq} Tk={tk} C={c} NH={nh} NKV={nkv}");
     check(&format!("{what} out"), dt, &out.get(), &wo);
     check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
     (out.get(), f64s(&lse))
@@ -1130,16 +1137,17 @@ fn attention_fwd_case_with(
 fn attention_forward_tensor_cores() {
     let l = launcher();
     for imp in [kl::AttentionImpl::Wmma, kl::AttentionImpl::Simt] {
-        attention_fwd_case_with(&l, imp, DType::BF16, 2, 37, 37, 128, 2, &[0, 0], 90);
+        attention_fwd_case_with(&l, imp, DType::BF16, 2, 37, 37, 128, (2, 2), &[0, 0], 90);
         // three query blocks and key tiles (WA_Q = WA_K rows), the last ragged
         let t = 2 * g(WA_K) + 22;
-        attention_fwd_case_with(&l, imp, DType::BF16, 1, t, t, 64, 1, &[0], 91);
-        attention_fwd_case_with(&l, imp, DType::BF16, 2, 3, 100, 128, 2, &[20, 97], 92);
+        attention_fwd_case_with(&l, imp, DType::BF16, 1, t, t, 64, (1, 1), &[0], 91);
+        attention_fwd_case_with(&l, imp, DType::BF16, 2, 3, 100, 128, (2, 2), &[20, 97], 92);
     }
     // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
-    let e =
-        unsafe { kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2) }
-            .unwrap_err();
+    let e = unsafe {
+        kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2, 2)
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("bf16"), "{e}");
 }
 
@@ -1149,61 +1157,116 @@ fn attention_forward_tensor_cores() {
 const ATT_SHAPES: [(usize, usize, usize, usize); 6] =
     [(2, 37, 64, 2), (1, 70, 128, 2), (2, 20, 48, 3), (1, 9, 192, 2), (1, 70, 96, 2), (1, 70, 160, 2)];
 
+/// (B, T, C, (NH, NKV)) of the grouped-query tests: four query heads over two kv heads and over one, head sizes
+/// 64 (the tensor-core kernels' and two lane passes) and 128 (four), ragged T; T = 70 gives the dkv kernels two
+/// query tiles (WB_T rows) and three passes of 32 queries per query head of the group.
+const GQA_SHAPES: [(usize, usize, usize, (usize, usize)); 4] =
+    [(2, 37, 256, (4, 2)), (1, 70, 256, (4, 1)), (2, 21, 512, (4, 2)), (1, 45, 512, (4, 1))];
+
 #[test]
 fn attention_forward_training_and_kv_cache() {
     let l = launcher();
     for dt in DTYPES {
         // training form: kv = q_src (here: separate random buffers of the same shape, pos0 = 0)
         for (i, (b, t, c, nh)) in ATT_SHAPES.into_iter().enumerate() {
-            attention_fwd_case(&l, dt, b, t, t, c, nh, &vec![0; b], 60 + i as u64);
+            attention_fwd_case(&l, dt, b, t, t, c, (nh, nh), &vec![0; b], 60 + i as u64);
         }
         // sampling with a KV cache: few new queries at ragged absolute positions
-        attention_fwd_case(&l, dt, 2, 5, 40, 64, 2, &[10, 35], 65);
-        attention_fwd_case(&l, dt, 3, 1, 33, 96, 3, &[0, 32, 17], 66);
+        attention_fwd_case(&l, dt, 2, 5, 40, 64, (2, 2), &[10, 35], 65);
+        attention_fwd_case(&l, dt, 3, 1, 33, 96, (3, 3), &[0, 32, 17], 66);
     }
+}
+
+/// Grouped-query attention forward (NKV < NH) against the reference: the CUDA-core kernels in f32 and bf16 and
+/// the tensor-core kernel (bf16, head size 64), in training form and with a KV cache longer than Tq at ragged
+/// positions (pos0 > 0; the tensor-core kernel over two key tiles).
+#[test]
+fn attention_forward_grouped_kv_heads() {
+    let l = launcher();
+    use kl::AttentionImpl::{Simt, Wmma};
+    for (dt, imp) in [(DType::F32, Simt), (DType::BF16, Simt), (DType::BF16, Wmma)] {
+        for (i, (b, t, c, heads)) in GQA_SHAPES.into_iter().enumerate() {
+            if imp == Simt || c / heads.0 == 64 {
+                attention_fwd_case_with(&l, imp, dt, b, t, t, c, heads, &vec![0; b], 400 + i as u64);
+            }
+        }
+        attention_fwd_case_with(&l, imp, dt, 2, 5, 90, 256, (4, 2), &[17, 85], 410);
+        attention_fwd_case_with(&l, imp, dt, 2, 3, 70, 256, (4, 1), &[0, 66], 411);
+        if imp == Simt {
+            attention_fwd_case_with(&l, imp, dt, 2, 4, 40, 512, (4, 1), &[9, 36], 412);
+        }
+    }
+    // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
+    let e = unsafe { kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 256, 4, 3) }.unwrap_err();
+    assert!(e.to_string().contains("multiple of NKV"), "{e}");
+}
+
+/// One decode step: `kl::attention_decode` against `ops::attention::forward` with Tq = 1.
+#[allow(clippy::too_many_arguments)]
+fn attention_decode_case(
+    l: &dyn Launcher,
+    dt: DType,
+    b: usize,
+    tk: usize,
+    c: usize,
+    (nh, nkv): (usize, usize),
+    pos0: &[u32],
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    let w = qkv_width(c, nh, nkv);
+    let q_src = DBuf::new(dt, &randn(&mut rng, b * w, 1.0));
+    let kv = DBuf::new(dt, &randn(&mut rng, b * tk * w, 1.0));
+    let pd = SimBuf::from_slice(pos0);
+    let out = DBuf::poisoned(dt, b * c);
+    let lse = SimBuf::<f32>::poisoned(b * nh, 0xff);
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::attention_decode(l, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tk, c, nh, nkv) }
+        .unwrap();
+    let (mut wo, mut wl) = (vec![0.0; b * c], vec![0.0; b * nh]);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), pos0, b, 1, tk, c, nh, nkv);
+    let what = format!("attention_decode B={b} Tk={tk} C={c} NH={nh} NKV={nkv} pos0={pos0:?}");
+    check(&format!("{what} out"), dt, &out.get(), &wo);
+    check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
 }
 
 /// The decode attention kernel (one query row per batch row against a KV cache, what the engine runs when
 /// Tq = 1) against `ops::attention::forward` with Tq = 1. Caches long enough that every warp of a block takes
 /// two or more 32-key tiles and the last one ragged (Tk = 2 * 32 * DEC_WARPS + 13), positions that leave some
-/// warps without keys (0, 5), head sizes of one, two and four lane passes (16, 48, 96, 128). Tolerances as for
-/// the training kernel: f32 summation order over <= 269 keys, bf16 one rounding of the output.
+/// warps without keys (0, 5), head sizes of one, two and four lane passes (16, 48, 96, 128), grouped kv heads
+/// (NH 4 over NKV 2 and 1, head sizes 64 and 128). Tolerances as for the training kernel: f32 summation order
+/// over <= 269 keys, bf16 one rounding of the output.
 #[test]
 fn attention_decode_matches_reference() {
     let l = launcher();
     let tk = 2 * 32 * g(DEC_WARPS) + 13;
     for dt in DTYPES {
-        for (i, (b, c, nh, pos0)) in [
-            (3, 64, 4, vec![0, tk as u32 - 1, 140]),
-            (2, 96, 2, vec![5, 200]),
-            (2, 128, 1, vec![tk as u32 - 1, 31]),
-            (1, 48, 3, vec![64]),
+        for (i, (b, c, heads, pos0)) in [
+            (3, 64, (4, 4), vec![0, tk as u32 - 1, 140]),
+            (2, 96, (2, 2), vec![5, 200]),
+            (2, 128, (1, 1), vec![tk as u32 - 1, 31]),
+            (1, 48, (3, 3), vec![64]),
+            (2, 256, (4, 2), vec![tk as u32 - 1, 5]),
+            (2, 512, (4, 1), vec![140, tk as u32 - 1]),
         ]
         .into_iter()
         .enumerate()
         {
-            let mut rng = Rng::new(300 + i as u64);
-            let q_src = DBuf::new(dt, &randn(&mut rng, b * 3 * c, 1.0));
-            let kv = DBuf::new(dt, &randn(&mut rng, b * tk * 3 * c, 1.0));
-            let pd = SimBuf::from_slice(&pos0);
-            let out = DBuf::poisoned(dt, b * c);
-            let lse = SimBuf::<f32>::poisoned(b * nh, 0xff);
-            // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
-            unsafe {
-                kl::attention_decode(&l, dt, out.ptr(), lse.ptr(), q_src.ptr(), kv.ptr(), pd.ptr(), b, tk, c, nh)
-            }
-            .unwrap();
-            let (mut wo, mut wl) = (vec![0.0; b * c], vec![0.0; b * nh]);
-            ops::attention::forward::<f64>(&mut wo, &mut wl, &q_src.get(), &kv.get(), &pos0, b, 1, tk, c, nh, nh);
-            let what = format!("attention_decode B={b} Tk={tk} C={c} NH={nh} pos0={pos0:?}");
-            check(&format!("{what} out"), dt, &out.get(), &wo);
-            check(&format!("{what} lse"), DType::F32, &f64s(&lse), &wl);
+            attention_decode_case(&l, dt, b, tk, c, heads, &pos0, 300 + i as u64);
         }
     }
 }
 
-fn attention_bwd_case(l: &dyn Launcher, dt: DType, b: usize, t: usize, c: usize, nh: usize, seed: u64) -> Vec<f64> {
-    attention_bwd_cases(l, &[kl::AttentionImpl::Auto], dt, b, t, c, nh, seed).remove(0)
+fn attention_bwd_case(
+    l: &dyn Launcher,
+    dt: DType,
+    b: usize,
+    t: usize,
+    c: usize,
+    heads: (usize, usize),
+    seed: u64,
+) -> Vec<f64> {
+    attention_bwd_cases(l, &[kl::AttentionImpl::Auto], dt, b, t, c, heads, seed).remove(0)
 }
 
 /// The backward with each kernel choice in `imps` on the same inputs (one forward), each checked against the
@@ -1216,27 +1279,28 @@ fn attention_bwd_cases(
     b: usize,
     t: usize,
     c: usize,
-    nh: usize,
+    (nh, nkv): (usize, usize),
     seed: u64,
 ) -> Vec<Vec<f64>> {
     let mut rng = Rng::new(seed);
-    let qkv = DBuf::new(dt, &randn(&mut rng, b * t * 3 * c, 1.0));
+    let w = qkv_width(c, nh, nkv);
+    let qkv = DBuf::new(dt, &randn(&mut rng, b * t * w, 1.0));
     let dout = DBuf::new(dt, &randn(&mut rng, b * t * c, 1.0));
     let pos0 = vec![0u32; b];
     let pd = SimBuf::from_slice(&pos0);
     let out = DBuf::poisoned(dt, b * t * c);
     let lse = SimBuf::<f32>::poisoned(b * nh * t, 0xff);
     // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
-    unsafe { kl::attention_forward(l, dt, out.ptr(), lse.ptr(), qkv.ptr(), qkv.ptr(), pd.ptr(), b, t, t, c, nh) }
+    unsafe { kl::attention_forward(l, dt, out.ptr(), lse.ptr(), qkv.ptr(), qkv.ptr(), pd.ptr(), b, t, t, c, nh, nkv) }
         .unwrap();
     // reference backward from the reference forward's out/lse (f64) on the same inputs
     let (mut wo, mut wl) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-    ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh, nh);
-    let mut want = vec![f64::NAN; b * t * 3 * c];
-    ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh, nh);
+    ops::attention::forward::<f64>(&mut wo, &mut wl, &qkv.get(), &qkv.get(), &pos0, b, t, t, c, nh, nkv);
+    let mut want = vec![f64::NAN; b * t * w];
+    ops::attention::backward::<f64>(&mut want, &dout.get(), &qkv.get(), &wo, &wl, b, t, c, nh, nkv);
     let mut res = Vec::new();
     for &imp in imps {
-        let dqkv = DBuf::poisoned(dt, b * t * 3 * c);
+        let dqkv = DBuf::poisoned(dt, b * t * w);
         let s = scratch(kl::attention_backward_scratch_bytes(b, t, nh));
         // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
         unsafe {
@@ -1253,11 +1317,12 @@ fn attention_bwd_cases(
                 t,
                 c,
                 nh,
+                nkv,
                 s.ptr(),
             )
         }
         .unwrap();
-        check(&format!("attention_backward[{imp:?}] B={b} T={t} C={c} NH={nh}"), dt, &dqkv.get(), &want);
+        check(&format!("attention_backward[{imp:?}] B={b} T={t} C={c} NH={nh} NKV={nkv}"), dt, &dqkv.get(), &want);
         res.push(dqkv.get());
     }
     res
@@ -1268,14 +1333,39 @@ fn attention_backward_matches_reference() {
     let l = launcher();
     for dt in DTYPES {
         for (i, (b, t, c, nh)) in ATT_SHAPES.into_iter().chain([(1, 45, 128, 2), (1, 7, 192, 2)]).enumerate() {
-            attention_bwd_case(&l, dt, b, t, c, nh, 70 + i as u64);
+            attention_bwd_case(&l, dt, b, t, c, (nh, nh), 70 + i as u64);
         }
     }
     assert!(
         // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
-        unsafe { kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2) }.is_err(),
+        unsafe { kl::attention_forward(&l, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 2 * 160, 2, 2) }.is_err(),
         "head size 160 must be refused"
     );
+}
+
+/// Grouped-query attention backward (NKV < NH): dk, dv of a kv head summed over its query heads. The CUDA-core
+/// kernels in f32 and bf16 and the tensor-core ones (bf16, head size 64, checked against the CUDA-core result as
+/// in `attention_backward_tensor_cores`), each against the reference; and bit-identical under race mode.
+#[test]
+fn attention_backward_grouped_kv_heads() {
+    let l = launcher();
+    use kl::AttentionImpl::{Simt, Wmma};
+    for (i, (b, t, c, heads)) in GQA_SHAPES.into_iter().enumerate() {
+        attention_bwd_cases(&l, &[Simt], DType::F32, b, t, c, heads, 420 + i as u64);
+        let imps: &[kl::AttentionImpl] = if c / heads.0 == 64 { &[Wmma, Simt] } else { &[Simt] };
+        let r = attention_bwd_cases(&l, imps, DType::BF16, b, t, c, heads, 420 + i as u64);
+        if let [wmma, simt] = &r[..] {
+            let e = rel_err(wmma, simt);
+            assert!(
+                e <= 2.0 * TOL_BF16,
+                "attention_backward B={b} T={t} {heads:?}: tensor cores vs CUDA cores {e:.3e}"
+            );
+        }
+    }
+    let (b, t, c, heads) = GQA_SHAPES[0];
+    let want = attention_bwd_cases(&SimLauncher::ordered(), &[Wmma, Simt], DType::BF16, b, t, c, heads, 430);
+    let got = attention_bwd_cases(&SimLauncher::racy(1), &[Wmma, Simt], DType::BF16, b, t, c, heads, 430);
+    assert_eq!(got, want, "grouped-query attention backward differs under race mode");
 }
 
 /// The tensor-core (WMMA) backward: bf16, head size 64, ragged T (one row; below, at and above the 64-row
@@ -1297,7 +1387,7 @@ fn attention_backward_tensor_cores() {
         let c = 64 * nh;
         // Auto takes the tensor-core kernels for bf16 / head size 64
         let imps: &[kl::AttentionImpl] = if i == 1 { &[Wmma, Simt, Auto] } else { &[Wmma, Simt] };
-        let r = attention_bwd_cases(&l, imps, DType::BF16, b, t, c, nh, 100 + i as u64);
+        let r = attention_bwd_cases(&l, imps, DType::BF16, b, t, c, (nh, nh), 100 + i as u64);
         let e = rel_err(&r[0], &r[1]);
         println!("attention_backward B={b} T={t} NH={nh}: tensor cores vs CUDA cores relative difference {e:.3e}");
         assert!(e <= 2.0 * TOL_BF16, "attention_backward B={b} T={t} NH={nh}: tensor cores vs CUDA cores {e:.3e}");
@@ -1306,19 +1396,20 @@ fn attention_backward_tensor_cores() {
         }
     }
     // deterministic: bit-identical under random block order and thread interleaving (several tiles each way)
-    let want = attention_bwd_cases(&SimLauncher::ordered(), &[Wmma], DType::BF16, 1, 70, 128, 2, 110);
+    let want = attention_bwd_cases(&SimLauncher::ordered(), &[Wmma], DType::BF16, 1, 70, 128, (2, 2), 110);
     for seed in [1u64, 2] {
-        let got = attention_bwd_cases(&SimLauncher::racy(seed), &[Wmma], DType::BF16, 1, 70, 128, 2, 110);
+        let got = attention_bwd_cases(&SimLauncher::racy(seed), &[Wmma], DType::BF16, 1, 70, 128, (2, 2), 110);
         assert_eq!(got, want, "attention_backward (tensor cores) differs under race mode seed {seed}");
     }
     // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
-    let e =
-        unsafe { kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 0) }
-            .unwrap_err();
+    let e = unsafe {
+        kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 2, 0)
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("bf16"), "{e}");
     // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
     let e = unsafe {
-        kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 0)
+        kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 2, 0)
     }
     .unwrap_err();
     assert!(e.to_string().contains("aligned"), "{e}");
@@ -1334,7 +1425,7 @@ fn race_mode_same_bits() {
         let a = layernorm_case(&SimLauncher::ordered(), dt, 37, 67, 77);
         let e = encoder_case(&SimLauncher::ordered(), dt, 37, 78);
         let c = crossentropy_case(&SimLauncher::ordered(), dt, 5, 300, 304, 0.9, true, 79);
-        let att = attention_bwd_case(&SimLauncher::ordered(), dt, 2, 37, 64, 2, 80);
+        let att = attention_bwd_case(&SimLauncher::ordered(), dt, 2, 37, 64, (2, 2), 80);
         for seed in [1u64, 2, 3] {
             let r = SimLauncher::racy(seed);
             assert_eq!(layernorm_case(&r, dt, 37, 67, 77), a, "layernorm differs under race mode seed {seed}");
@@ -1345,7 +1436,7 @@ fn race_mode_same_bits() {
                 "crossentropy differs under race mode seed {seed}"
             );
             assert_eq!(
-                attention_bwd_case(&r, dt, 2, 37, 64, 2, 80),
+                attention_bwd_case(&r, dt, 2, 37, 64, (2, 2), 80),
                 att,
                 "attention differs under race mode seed {seed}"
             );

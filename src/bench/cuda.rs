@@ -418,13 +418,13 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
     let (po, pl) = (dev.ptr(&out), dev.ptr(&lse));
     // SAFETY (the attention launches and products below): qkv, dqkv hold B x T x 3C bf16, dout, out, q, k,
     // v, y, out2 B x T x C, lse B x NH x T f32, sbuf B x NH x T x T bf16, pos0 B zeros, scratch its size.
-    let fwd = || unsafe { kl::attention_forward(l, bf, po, pl, qkv.ptr, qkv.ptr, dev.ptr(&pos0), b, t, t, c, nh) };
+    let fwd = || unsafe { kl::attention_forward(l, bf, po, pl, qkv.ptr, qkv.ptr, dev.ptr(&pos0), b, t, t, c, nh, nh) };
     let t_fwd = time(dev, s.iters, |_| fwd())?;
     let scratch = dev.alloc(kl::attention_backward_scratch_bytes(b, t, nh))?;
     let t_both = time(dev, s.iters, |_| {
         fwd()?;
         unsafe {
-            kl::attention_backward(l, bf, dev.ptr(&dqkv), dout.ptr, qkv.ptr, po, pl, b, t, c, nh, dev.ptr(&scratch))
+            kl::attention_backward(l, bf, dev.ptr(&dqkv), dout.ptr, qkv.ptr, po, pl, b, t, c, nh, nh, dev.ptr(&scratch))
         }
     })?;
     // unfused: q, k, v [B*NH, T, hs]; S = q k^T [B*NH, T, T]; P = causal softmax(S / sqrt(hs)); y = P v

@@ -172,21 +172,22 @@ fn swiglu<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
     vec![out(be, "swiglu forward", "out", &o), out(be, "swiglu backward", "dinp", &dx)]
 }
 
-/// Causal attention; head size 64 takes the tensor-core kernel in bf16, 16 the CUDA-core one.
+/// Causal attention, NH query heads over NKV kv heads (qkv rows C + 2 NKV C / NH wide); head size 64 takes the
+/// tensor-core kernel in bf16, 16 the CUDA-core one.
 fn attention<B: Backend<F = f32>>(
     be: &B,
     rng: &mut Rng,
     c: usize,
-    nh: usize,
+    (nh, nkv): (usize, usize),
     fwd: &'static str,
     bwd: &'static str,
 ) -> Vec<Out> {
-    let (b, t) = (2, 19);
-    let (qkv, dout) = (act(be, &randn(rng, b * t * 3 * c, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
+    let (b, t, w) = (2, 19, c + 2 * nkv * (c / nh));
+    let (qkv, dout) = (act(be, &randn(rng, b * t * w, 1.0)), act(be, &randn(rng, b * t * c, 1.0)));
     let (mut o, mut lse) = (zeros(be, b * t * c), zeros(be, b * nh * t));
-    be.attention_forward(&mut o, &mut lse, &qkv, &qkv, &[0, 0], b, t, t, c, nh, nh);
-    let mut dqkv = zeros(be, b * t * 3 * c);
-    be.attention_backward(&mut dqkv, &dout, &qkv, &o, &lse, b, t, c, nh, nh);
+    be.attention_forward(&mut o, &mut lse, &qkv, &qkv, &[0, 0], b, t, t, c, nh, nkv);
+    let mut dqkv = zeros(be, b * t * w);
+    be.attention_backward(&mut dqkv, &dout, &qkv, &o, &lse, b, t, c, nh, nkv);
     vec![out(be, fwd, "out", &o), out(be, fwd, "lse", &lse), out(be, bwd, "dqkv", &dqkv)]
 }
 
@@ -210,13 +211,18 @@ fn rope<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
 }
 
 /// One decode step of attention: a query row per batch row against a KV cache at ragged positions (the
-/// engine's decode kernel, taken when Tq = 1), head size 16.
-fn attention_decode<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
-    let (b, tk, c, nh) = (2, 150, 32, 2);
-    let (q, kv) = (act(be, &randn(rng, b * 3 * c, 1.0)), act(be, &randn(rng, b * tk * 3 * c, 1.0)));
+/// engine's decode kernel, taken when Tq = 1), NH query heads over NKV kv heads.
+fn attention_decode<B: Backend<F = f32>>(
+    be: &B,
+    rng: &mut Rng,
+    c: usize,
+    (nh, nkv): (usize, usize),
+    row: &'static str,
+) -> Vec<Out> {
+    let (b, tk, w) = (2, 150, c + 2 * nkv * (c / nh));
+    let (q, kv) = (act(be, &randn(rng, b * w, 1.0)), act(be, &randn(rng, b * tk * w, 1.0)));
     let (mut o, mut lse) = (zeros(be, b * c), zeros(be, b * nh));
-    be.attention_forward(&mut o, &mut lse, &q, &kv, &[7, 149], b, 1, tk, c, nh, nh);
-    let row = "attention forward (decode, Tq = 1)";
+    be.attention_forward(&mut o, &mut lse, &q, &kv, &[7, 149], b, 1, tk, c, nh, nkv);
     vec![out(be, row, "out", &o), out(be, row, "lse", &lse)]
 }
 
@@ -360,6 +366,7 @@ const GROUPS: &[(&str, u64)] = &[
     ("rows", 12),
     ("sample", 13),
     ("attention decode", 14),
+    ("attention gqa", 15),
     ("train step", 9),
 ];
 
@@ -374,10 +381,10 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
         "elementwise" => elementwise(be, rng),
         "swiglu" => swiglu(be, rng),
         "attention hs64" => {
-            attention(be, rng, 128, 2, "attention forward (head size 64)", "attention backward (head size 64)")
+            attention(be, rng, 128, (2, 2), "attention forward (head size 64)", "attention backward (head size 64)")
         }
         "attention hs16" => {
-            attention(be, rng, 32, 2, "attention forward (head size 16)", "attention backward (head size 16)")
+            attention(be, rng, 32, (2, 2), "attention forward (head size 16)", "attention backward (head size 16)")
         }
         "rope" => rope(be, rng),
         "crossentropy" => crossentropy(be, rng),
@@ -385,7 +392,14 @@ fn group<B: Backend<F = f32>>(be: &B, name: &str, rng: &mut Rng) -> Result<Vec<O
         "adamw" => adamw(be, rng),
         "rows" => rows(be, rng),
         "sample" => sample(be, rng)?,
-        "attention decode" => attention_decode(be, rng),
+        "attention decode" => attention_decode(be, rng, 32, (2, 2), "attention forward (decode, Tq = 1)"),
+        // grouped-query attention: head size 64 (tensor cores in bf16) over NKV 2, the decode step over NKV 1
+        "attention gqa" => {
+            let (fwd, bwd) = ("attention forward (NH 4, NKV 2, head size 64)", "attention backward (NH 4, NKV 2)");
+            let mut rows = attention(be, rng, 256, (4, 2), fwd, bwd);
+            rows.extend(attention_decode(be, rng, 128, (4, 1), "attention forward (decode, NH 4, NKV 1)"));
+            rows
+        }
         "train step" => train_step(be, rng)?,
         other => unreachable!("no check group {other}"),
     })

@@ -112,6 +112,13 @@ fn need<M>(what: &str, b: &DevBuf<M>, n: usize) {
     assert!(b.n >= n, "{what}: a buffer of {} elements where {n} are needed", b.n);
 }
 
+/// Width W = C + 2 NKV HS of a grouped qkv row (C = NH HS channels of query heads, NKV kv heads); the
+/// launchers check that NKV divides NH and NH divides C.
+fn qkv_width(c: usize, nh: usize, nkv: usize) -> usize {
+    assert!(nh > 0, "attention: NH = 0");
+    c + 2 * nkv * (c / nh)
+}
+
 /// Panics unless every id is below `bound` (ids index rows of another buffer in the kernels).
 fn ids_below(what: &str, ids: &[u32], bound: usize) {
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= bound) {
@@ -664,22 +671,22 @@ impl<D: Device> Backend for KernelBackend<D> {
         nh: usize,
         nkv: usize,
     ) {
-        assert_eq!(nkv, nh, "attention_forward: the CUDA kernels take NKV = NH only (got NH {nh}, NKV {nkv})");
         let dt = out.dt;
         assert!(pos0.len() >= b, "attention_forward: {} positions for {b} rows", pos0.len());
+        let w = qkv_width(c, nh, nkv);
         need("attention_forward out", out, b * tq * c);
         need("attention_forward lse", lse, b * nh * tq);
-        need("attention_forward q_src", q_src, b * tq * 3 * c);
-        need("attention_forward kv", kv, b * tk * 3 * c);
+        need("attention_forward q_src", q_src, b * tq * w);
+        need("attention_forward kv", kv, b * tk * w);
         let (vq, vkv, pd) = (self.view(q_src, dt), self.view(kv, dt), self.positions(pos0));
         let (o, l) = (self.target(out, dt), self.target(lse, F32));
         // SAFETY: live buffers of this backend, sizes checked above; `pd` holds pos0.
         let r = unsafe {
             if tq == 1 {
                 // A decode step: the kernel that splits a row's keys among the warps of a block.
-                kl::attention_decode(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tk, c, nh)
+                kl::attention_decode(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tk, c, nh, nkv)
             } else {
-                kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh)
+                kl::attention_forward(self.l(), dt, o, l, vq.ptr(), vkv.ptr(), pd, b, tq, tk, c, nh, nkv)
             }
         };
         ok("attention_forward", r);
@@ -697,9 +704,9 @@ impl<D: Device> Backend for KernelBackend<D> {
         nh: usize,
         nkv: usize,
     ) {
-        assert_eq!(nkv, nh, "attention_backward: the CUDA kernels take NKV = NH only (got NH {nh}, NKV {nkv})");
         let dt = dqkv.dt;
-        [&*dqkv, qkv].iter().for_each(|x| need("attention_backward", x, b * t * 3 * c));
+        let w = qkv_width(c, nh, nkv);
+        [&*dqkv, qkv].iter().for_each(|x| need("attention_backward", x, b * t * w));
         [dout, out].iter().for_each(|x| need("attention_backward", x, b * t * c));
         need("attention_backward lse", lse, b * nh * t);
         let (vd, vq, vo, vl) = (self.view(dout, dt), self.view(qkv, dt), self.view(out, dt), self.view(lse, F32));
@@ -707,7 +714,21 @@ impl<D: Device> Backend for KernelBackend<D> {
         let g = self.target(dqkv, dt);
         // SAFETY: live buffers of this backend, sizes checked above; `s` has the scratch size asked for.
         let r = unsafe {
-            kl::attention_backward(self.l(), dt, g, vd.ptr(), vq.ptr(), vo.ptr(), vl.ptr(), b, t, c, nh, self.p(&s))
+            kl::attention_backward(
+                self.l(),
+                dt,
+                g,
+                vd.ptr(),
+                vq.ptr(),
+                vo.ptr(),
+                vl.ptr(),
+                b,
+                t,
+                c,
+                nh,
+                nkv,
+                self.p(&s),
+            )
         };
         ok("attention_backward", r);
     }

@@ -1,4 +1,4 @@
-//! Launchers of `kernels/attention.cu`: the fused causal attention on CUDA cores
+//! Launchers of `kernels/attention.cu`: the fused causal grouped-query attention on CUDA cores
 //! (`attention_forward_hs{1,2,4}_*`, `attention_backward_dq_hs*_*`, `attention_backward_dkv_hs*_*`, one warp per
 //! row, [`ATT_WARPS`] per block) and on tensor cores for bf16 / head size 64 (`attention_forward_wmma_bf16`,
 //! `attention_backward_dq_wmma_bf16`, `attention_backward_dkv_wmma_bf16`; tiles and shared memory from
@@ -8,9 +8,11 @@ use super::geometry::{ATT_WARPS, WA_Q, WA_SMEM, WA_WARPS, WBK_SMEM, WBQ_SMEM, WB
 use super::{aligned16, i32_of, Arg, DType, DevPtr, LaunchConfig, Launcher};
 use anyhow::{bail, ensure, Result};
 
-/// The kernel variant for head size `hs`: lanes own hs/32 (rounded up to 1, 2, 4) dims each.
-pub(super) fn att_variant(c: usize, nh: usize) -> Result<(usize, u32)> {
+/// (head size HS, kernel variant, qkv row width W = C + 2 NKV HS) of C channels in NH query heads and NKV kv
+/// heads; the variant: lanes own HS/32 (rounded up to 1, 2, 4) dims each.
+pub(super) fn att_variant(c: usize, nh: usize, nkv: usize) -> Result<(usize, u32, usize)> {
     ensure!(nh > 0 && c.is_multiple_of(nh), "attention: C ({c}) must be a multiple of NH ({nh})");
+    ensure!(nkv > 0 && nh.is_multiple_of(nkv), "attention: NH ({nh}) must be a multiple of NKV ({nkv})");
     let hs = c / nh;
     let kpl = match hs {
         1..=32 => 1,
@@ -18,12 +20,12 @@ pub(super) fn att_variant(c: usize, nh: usize) -> Result<(usize, u32)> {
         65..=128 => 4,
         _ => bail!("attention: head size {hs} not supported by the kernels (max 128)"),
     };
-    Ok((hs, kpl))
+    Ok((hs, kpl, c + 2 * nkv * hs))
 }
 
-fn att_cfg(rows: usize, nh: usize, b: usize, smem_floats_per_warp: usize) -> LaunchConfig {
+fn att_cfg(rows: usize, heads: usize, b: usize, smem_floats_per_warp: usize) -> LaunchConfig {
     LaunchConfig {
-        grid: [rows.div_ceil(ATT_WARPS as usize) as u32, nh as u32, b as u32],
+        grid: [rows.div_ceil(ATT_WARPS as usize) as u32, heads as u32, b as u32],
         block: [32 * ATT_WARPS, 1, 1],
         smem: (ATT_WARPS as usize * smem_floats_per_warp * 4) as u32,
     }
@@ -43,8 +45,9 @@ pub enum AttentionImpl {
 /// Dynamic shared memory of attention_forward_wmma_bf16 ([`WA_SMEM`]).
 pub const ATTENTION_WMMA_SMEM: u32 = WA_SMEM;
 
-/// Causal attention forward (contract of `crate::ops::attention::forward`): out [B,Tq,C], lse f32 [B,NH,Tq],
-/// q_src [B,Tq,3C], kv [B,Tk,3C], pos0 u32 [B] (device).
+/// Causal attention forward (contract of `crate::ops::attention::forward`): NH query heads over NKV kv heads
+/// (NH % NKV == 0), out [B,Tq,C], lse f32 [B,NH,Tq], q_src [B,Tq,W], kv [B,Tk,W] with W = C + 2 NKV HS,
+/// pos0 u32 [B] (device).
 ///
 /// # Safety
 /// As [`attention_forward_with`].
@@ -62,15 +65,16 @@ pub unsafe fn attention_forward(
     tk: usize,
     c: usize,
     nh: usize,
+    nkv: usize,
 ) -> Result<()> {
-    attention_forward_with(l, AttentionImpl::Auto, dt, out, lse, q_src, kv, pos0, b, tq, tk, c, nh)
+    attention_forward_with(l, AttentionImpl::Auto, dt, out, lse, q_src, kv, pos0, b, tq, tk, c, nh, nkv)
 }
 
 /// [`attention_forward`] with an explicit kernel choice.
 ///
 /// # Safety
 /// The [module contract](super) for `out` (`b * tq * c` elements of `dt`), `lse` (`b * nh * tq` f32),
-/// `q_src` (`b * tq * 3c`), `kv` (`b * tk * 3c`) and `pos0` (`b` u32).
+/// `q_src` (`b * tq * w`), `kv` (`b * tk * w`, w = c + 2 nkv c / nh) and `pos0` (`b` u32).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn attention_forward_with(
     l: &dyn Launcher,
@@ -86,9 +90,10 @@ pub unsafe fn attention_forward_with(
     tk: usize,
     c: usize,
     nh: usize,
+    nkv: usize,
 ) -> Result<()> {
-    let (hs, kpl) = att_variant(c, nh)?;
-    i32_of(b * tq.max(tk) * 3 * c, "B*T*3C")?;
+    let (hs, kpl, w) = att_variant(c, nh, nkv)?;
+    i32_of(b * tq.max(tk) * w, "B*T*W")?;
     if b == 0 || tq == 0 {
         return Ok(());
     }
@@ -118,6 +123,7 @@ pub unsafe fn attention_forward_with(
                 Arg::I32(tq as i32),
                 Arg::I32(tk as i32),
                 Arg::I32(nh as i32),
+                Arg::I32(nkv as i32),
                 Arg::I32(c as i32),
             ],
         );
@@ -134,6 +140,7 @@ pub unsafe fn attention_forward_with(
             Arg::I32(tq as i32),
             Arg::I32(tk as i32),
             Arg::I32(nh as i32),
+            Arg::I32(nkv as i32),
             Arg::I32(c as i32),
         ],
     )
@@ -149,8 +156,9 @@ pub fn attention_backward_scratch_bytes(b: usize, t: usize, nh: usize) -> usize 
 pub const ATTENTION_BWD_DQ_WMMA_SMEM: u32 = WBQ_SMEM;
 pub const ATTENTION_BWD_DKV_WMMA_SMEM: u32 = WBK_SMEM;
 
-/// Causal attention backward, training form (contract of `crate::ops::attention::backward`): dqkv [B,T,3C]
-/// is overwritten; lse f32 from the forward.
+/// Causal attention backward, training form (contract of `crate::ops::attention::backward`): dqkv [B,T,W]
+/// (W = C + 2 NKV HS) is overwritten, dk and dv of a kv head summed over its NH / NKV query heads in order (no
+/// atomics: deterministic); lse f32 from the forward.
 ///
 /// # Safety
 /// As [`attention_backward_with`].
@@ -167,16 +175,17 @@ pub unsafe fn attention_backward(
     t: usize,
     c: usize,
     nh: usize,
+    nkv: usize,
     scratch: DevPtr,
 ) -> Result<()> {
-    attention_backward_with(l, AttentionImpl::Auto, dt, dqkv, dout, qkv, out, lse, b, t, c, nh, scratch)
+    attention_backward_with(l, AttentionImpl::Auto, dt, dqkv, dout, qkv, out, lse, b, t, c, nh, nkv, scratch)
 }
 
 /// [`attention_backward`] with an explicit kernel choice. The tensor-core pair reads 16-byte packs, so it
 /// also needs 16-byte-aligned dqkv, dout, qkv, out (Auto falls back to CUDA cores otherwise).
 ///
 /// # Safety
-/// The [module contract](super) for `dqkv`, `qkv` (`b * t * 3c` elements of `dt`), `dout`, `out`
+/// The [module contract](super) for `dqkv`, `qkv` (`b * t * w` elements of `dt`, w = c + 2 nkv c / nh), `dout`, `out`
 /// (`b * t * c`), `lse` (`b * nh * t` f32) and `scratch` ([`attention_backward_scratch_bytes`] bytes).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn attention_backward_with(
@@ -192,14 +201,15 @@ pub unsafe fn attention_backward_with(
     t: usize,
     c: usize,
     nh: usize,
+    nkv: usize,
     scratch: DevPtr,
 ) -> Result<()> {
-    let (hs, kpl) = att_variant(c, nh)?;
-    i32_of(b * t * 3 * c, "B*T*3C")?;
+    let (hs, kpl, w) = att_variant(c, nh, nkv)?;
+    i32_of(b * t * w, "B*T*W")?;
     if b == 0 || t == 0 {
         return Ok(());
     }
-    let (ti, nhi, ci) = (t as i32, nh as i32, c as i32);
+    let (ti, nhi, nkvi, ci) = (t as i32, nh as i32, nkv as i32, c as i32);
     let wmma_ok = dt == DType::BF16 && hs == 64;
     let aligned = [dqkv, dout, qkv, out].iter().all(|p| p % 16 == 0);
     let use_wmma = match imp {
@@ -211,20 +221,22 @@ pub unsafe fn attention_backward_with(
             true
         }
     };
+    // dq: a block per (row tile, query head); dkv: per (row tile, kv head).
     let (dq_name, dkv_name, dq_cfg, dkv_cfg) = if use_wmma {
-        let grid = [t.div_ceil(WB_T as usize) as u32, nh as u32, b as u32];
+        let tiles = t.div_ceil(WB_T as usize) as u32;
+        let block = [32 * WA_WARPS, 1, 1];
         (
             "attention_backward_dq_wmma_bf16".to_string(),
             "attention_backward_dkv_wmma_bf16".to_string(),
-            LaunchConfig { grid, block: [32 * WA_WARPS, 1, 1], smem: ATTENTION_BWD_DQ_WMMA_SMEM },
-            LaunchConfig { grid, block: [32 * WA_WARPS, 1, 1], smem: ATTENTION_BWD_DKV_WMMA_SMEM },
+            LaunchConfig { grid: [tiles, nh as u32, b as u32], block, smem: ATTENTION_BWD_DQ_WMMA_SMEM },
+            LaunchConfig { grid: [tiles, nkv as u32, b as u32], block, smem: ATTENTION_BWD_DKV_WMMA_SMEM },
         )
     } else {
         (
             format!("attention_backward_dq_hs{kpl}_{}", dt.suffix()),
             format!("attention_backward_dkv_hs{kpl}_{}", dt.suffix()),
             att_cfg(t, nh, b, 2 * hs + 32),
-            att_cfg(t, nh, b, 2 * hs + 64),
+            att_cfg(t, nkv, b, 2 * hs + 64),
         )
     };
     l.launch(
@@ -239,6 +251,7 @@ pub unsafe fn attention_backward_with(
             Arg::Ptr(lse),
             Arg::I32(ti),
             Arg::I32(nhi),
+            Arg::I32(nkvi),
             Arg::I32(ci),
         ],
     )?;
@@ -253,6 +266,7 @@ pub unsafe fn attention_backward_with(
             Arg::Ptr(lse),
             Arg::I32(ti),
             Arg::I32(nhi),
+            Arg::I32(nkvi),
             Arg::I32(ci),
         ],
     )

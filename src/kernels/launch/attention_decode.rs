@@ -7,11 +7,12 @@ use super::{i32_of, Arg, DType, DevPtr, LaunchConfig, Launcher};
 use anyhow::Result;
 
 /// Causal attention forward for one query row per batch row (contract of `crate::ops::attention::forward`
-/// with Tq = 1): out [B,1,C], lse f32 [B,NH,1], q_src [B,1,3C], kv [B,Tk,3C], pos0 u32 [B] (device).
+/// with Tq = 1): NH query heads over NKV kv heads (NH % NKV == 0), out [B,1,C], lse f32 [B,NH,1], q_src [B,1,W],
+/// kv [B,Tk,W] with W = C + 2 NKV HS, pos0 u32 [B] (device).
 ///
 /// # Safety
 /// The [module contract](super) for `out` (`b * c` elements of `dt`), `lse` (`b * nh` f32), `q_src`
-/// (`b * 3c`), `kv` (`b * tk * 3c`) and `pos0` (`b` u32).
+/// (`b * w`), `kv` (`b * tk * w`, w = c + 2 nkv c / nh) and `pos0` (`b` u32).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn attention_decode(
     l: &dyn Launcher,
@@ -25,9 +26,10 @@ pub unsafe fn attention_decode(
     tk: usize,
     c: usize,
     nh: usize,
+    nkv: usize,
 ) -> Result<()> {
-    let (hs, kpl) = att_variant(c, nh)?;
-    i32_of(b * tk * 3 * c, "B*Tk*3C")?;
+    let (hs, kpl, w) = att_variant(c, nh, nkv)?;
+    i32_of(b * tk * w, "B*Tk*W")?;
     if b == 0 {
         return Ok(());
     }
@@ -48,6 +50,7 @@ pub unsafe fn attention_decode(
             Arg::Ptr(pos0),
             Arg::I32(tk as i32),
             Arg::I32(nh as i32),
+            Arg::I32(nkv as i32),
             Arg::I32(c as i32),
         ],
     )
