@@ -702,7 +702,7 @@ fn modern_with_config(name: &str, edit: impl Fn(&mut serde_json::Map<String, Val
 #[test]
 fn llama_family_configs_and_shards() {
     let llama = "llama_l2_h4_kv2_c64";
-    let base = load(&modern_with_config(llama, |_| {}).path()).unwrap();
+    let base = load(modern_with_config(llama, |_| {}).path()).unwrap();
     let old_style = modern_with_config(llama, |c| {
         let rp = c.remove("rope_parameters").unwrap();
         c.insert("rope_theta".into(), rp["rope_theta"].clone());
@@ -739,7 +739,7 @@ fn llama_family_configs_and_shards() {
     std::fs::write(&index, v.to_string()).unwrap();
     assert_err_contains(load(qwen.path()), &["model.norm.weight", "index"]);
     // An untied model saved without its head.
-    let ck = load(&modern_with_config(llama, |_| {}).path()).unwrap();
+    let ck = load(modern_with_config(llama, |_| {}).path()).unwrap();
     let d = tempfile::tempdir().unwrap();
     save(d.path(), &ck, None).unwrap();
     assert_eq!(load(d.path()).unwrap(), ck, "a Llama checkpoint does not read back identical");

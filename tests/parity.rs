@@ -69,69 +69,67 @@ fn llama_qwen2_mistral_forward_loss_backward_and_greedy_match_pytorch() {
 
 fn check_fixture(dir: &Path) {
     let be = Cpu::<f32>::new();
-    {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let ck = checkpoint::load(&dir).unwrap();
-        let cfg = ck.config;
-        let exp: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-        let st = SafeTensors::open(&dir.join("expected.safetensors")).unwrap();
-        let inputs: Vec<Vec<u32>> = exp["inputs"].as_array().unwrap().iter().map(ids).collect();
-        let targets: Vec<Vec<u32>> = exp["targets"].as_array().unwrap().iter().map(ids).collect();
-        let (b, t) = (inputs.len(), inputs[0].len());
-        let (v, vp) = (cfg.vocab_size, cfg.padded_vocab());
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let ck = checkpoint::load(dir).unwrap();
+    let cfg = ck.config;
+    let exp: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let st = SafeTensors::open(&dir.join("expected.safetensors")).unwrap();
+    let inputs: Vec<Vec<u32>> = exp["inputs"].as_array().unwrap().iter().map(ids).collect();
+    let targets: Vec<Vec<u32>> = exp["targets"].as_array().unwrap().iter().map(ids).collect();
+    let (b, t) = (inputs.len(), inputs[0].len());
+    let (v, vp) = (cfg.vocab_size, cfg.padded_vocab());
 
-        let host: Vec<Vec<f32>> = ck.tensors.iter().map(|x| x.data.clone()).collect();
-        let m = Decoder::from_host(&be, cfg, &host).unwrap();
-        let mut a = Acts::new(&be, &cfg, b, t).unwrap();
-        let flat_in: Vec<u32> = inputs.concat();
-        m.forward(&be, &mut a, &flat_in, None, None).unwrap();
+    let host: Vec<Vec<f32>> = ck.tensors.iter().map(|x| x.data.clone()).collect();
+    let m = Decoder::from_host(&be, cfg, &host).unwrap();
+    let mut a = Acts::new(&be, &cfg, b, t).unwrap();
+    let flat_in: Vec<u32> = inputs.concat();
+    m.forward(&be, &mut a, &flat_in, None, None).unwrap();
 
-        // Logits (the engine's rows are Vp wide; columns V.. are padding).
-        m.logits(&be, &mut a);
-        let got_logits: Vec<f32> = be.download(&a.logits);
-        let got_logits: Vec<f32> = got_logits.chunks(vp).flat_map(|row| row[..v].to_vec()).collect();
-        let want_logits = st.read_f32("logits").unwrap();
-        assert_eq!(st.get("logits").unwrap().shape, vec![b, t, v]);
-        let e = scaled_err(&got_logits, &want_logits, 1.0);
-        println!("{name}: logits error {e:.2e}");
-        assert!(e <= LOGITS_TOL, "{name}: logits differ from PyTorch by {e:.3e} (scaled)");
+    // Logits (the engine's rows are Vp wide; columns V.. are padding).
+    m.logits(&be, &mut a);
+    let got_logits: Vec<f32> = be.download(&a.logits);
+    let got_logits: Vec<f32> = got_logits.chunks(vp).flat_map(|row| row[..v].to_vec()).collect();
+    let want_logits = st.read_f32("logits").unwrap();
+    assert_eq!(st.get("logits").unwrap().shape, vec![b, t, v]);
+    let e = scaled_err(&got_logits, &want_logits, 1.0);
+    println!("{name}: logits error {e:.2e}");
+    assert!(e <= LOGITS_TOL, "{name}: logits differ from PyTorch by {e:.3e} (scaled)");
 
-        // Mean loss and its gradient.
-        let n = b * t;
-        let weights = vec![1.0 / n as f32; n];
-        let mut g = Tensors::zeros(&be, &cfg).unwrap();
-        let loss = m.lm_loss(&be, &mut a, &targets.concat(), &weights, 1.0, Some(&mut g)).unwrap();
-        m.backward(&be, &mut a, &mut g);
-        let want_loss = exp["loss"].as_f64().unwrap();
-        println!("{name}: loss {loss:.7} vs {want_loss:.7}");
-        assert!(((loss - want_loss) / want_loss).abs() <= LOSS_TOL, "{name}: loss {loss} vs PyTorch {want_loss}");
+    // Mean loss and its gradient.
+    let n = b * t;
+    let weights = vec![1.0 / n as f32; n];
+    let mut g = Tensors::zeros(&be, &cfg).unwrap();
+    let loss = m.lm_loss(&be, &mut a, &targets.concat(), &weights, 1.0, Some(&mut g)).unwrap();
+    m.backward(&be, &mut a, &mut g);
+    let want_loss = exp["loss"].as_f64().unwrap();
+    println!("{name}: loss {loss:.7} vs {want_loss:.7}");
+    assert!(((loss - want_loss) / want_loss).abs() <= LOSS_TOL, "{name}: loss {loss} vs PyTorch {want_loss}");
 
-        let grads: Vec<NamedTensor> = tensors_to_host(&be, &cfg, &g)
-            .into_iter()
-            .map(|(spec, data)| NamedTensor::new(spec.name, spec.shape, data))
-            .collect();
-        assert_eq!(grads.len(), cfg.param_specs().len());
-        let grads = if cfg.llama().is_some() { hf_llama::to_files(&cfg, &grads) } else { grads };
-        let mut worst = (0.0f32, String::new());
-        for t in &grads {
-            let key = format!("grad.{}", t.name);
-            let entry = st.get(&key).unwrap_or_else(|| panic!("{name}: fixture lacks {key}"));
-            assert_eq!(entry.shape, t.shape, "{name}: {key} shape");
-            let want = st.read_f32(&key).unwrap();
-            assert!(want.iter().any(|&x| x != 0.0), "{name}: {key} is all zeros in the fixture");
-            let e = scaled_err(&t.data, &want, 1e-12);
-            if e > worst.0 {
-                worst = (e, t.name.clone());
-            }
-            assert!(e <= GRAD_TOL, "{name}: gradient of {} differs from PyTorch by {e:.3e} of its scale", t.name);
+    let grads: Vec<NamedTensor> = tensors_to_host(&be, &cfg, &g)
+        .into_iter()
+        .map(|(spec, data)| NamedTensor::new(spec.name, spec.shape, data))
+        .collect();
+    assert_eq!(grads.len(), cfg.param_specs().len());
+    let grads = if cfg.llama().is_some() { hf_llama::to_files(&cfg, &grads) } else { grads };
+    let mut worst = (0.0f32, String::new());
+    for t in &grads {
+        let key = format!("grad.{}", t.name);
+        let entry = st.get(&key).unwrap_or_else(|| panic!("{name}: fixture lacks {key}"));
+        assert_eq!(entry.shape, t.shape, "{name}: {key} shape");
+        let want = st.read_f32(&key).unwrap();
+        assert!(want.iter().any(|&x| x != 0.0), "{name}: {key} is all zeros in the fixture");
+        let e = scaled_err(&t.data, &want, 1e-12);
+        if e > worst.0 {
+            worst = (e, t.name.clone());
         }
-        println!("{name}: worst gradient error {:.2e} ({})", worst.0, worst.1);
-
-        // Greedy continuation through the sampler (KV cache) equals PyTorch's.
-        let prompt = ids(&exp["greedy_prompt"]);
-        let want_gen = ids(&exp["greedy_tokens"]);
-        let sc = SampleConfig { max_new_tokens: want_gen.len(), temperature: 0.0, top_k: 0, top_p: 1.0, stop: None };
-        let gens = generate(&be, &m, std::slice::from_ref(&prompt), &sc, &mut [Rng::new(0)]).unwrap();
-        assert_eq!(gens[0].tokens, want_gen, "{name}: greedy continuation of {prompt:?}");
+        assert!(e <= GRAD_TOL, "{name}: gradient of {} differs from PyTorch by {e:.3e} of its scale", t.name);
     }
+    println!("{name}: worst gradient error {:.2e} ({})", worst.0, worst.1);
+
+    // Greedy continuation through the sampler (KV cache) equals PyTorch's.
+    let prompt = ids(&exp["greedy_prompt"]);
+    let want_gen = ids(&exp["greedy_tokens"]);
+    let sc = SampleConfig { max_new_tokens: want_gen.len(), temperature: 0.0, top_k: 0, top_p: 1.0, stop: None };
+    let gens = generate(&be, &m, std::slice::from_ref(&prompt), &sc, &mut [Rng::new(0)]).unwrap();
+    assert_eq!(gens[0].tokens, want_gen, "{name}: greedy continuation of {prompt:?}");
 }

@@ -233,9 +233,8 @@ impl Config {
             if !self.head_size().is_multiple_of(2) {
                 bail!("head size {} is odd: rotary embeddings rotate pairs of dimensions", self.head_size());
             }
-            if !(s.rope_theta.is_finite() && s.rope_theta > 1.0)
-                || !(s.rms_norm_eps.is_finite() && s.rms_norm_eps > 0.0)
-            {
+            let finite = s.rope_theta.is_finite() && s.rms_norm_eps.is_finite();
+            if !(finite && s.rope_theta > 1.0 && s.rms_norm_eps > 0.0) {
                 bail!("rope_theta ({}) must be > 1 and rms_norm_eps ({}) > 0", s.rope_theta, s.rms_norm_eps);
             }
             if let Some(r) = s.rope_scaling {
