@@ -394,11 +394,16 @@ fn missing_or_misshapen_tensors_are_named() {
 
 fn with_config(edit: impl Fn(&mut serde_json::Map<String, Value>)) -> tempfile::TempDir {
     let d = hf_folder(&fixture_raw(), 0, |_| {});
-    let p = d.path().join("config.json");
+    edit_config(d.path(), edit);
+    d
+}
+
+/// Rewrites `dir/config.json` through `edit`.
+fn edit_config(dir: &Path, edit: impl Fn(&mut serde_json::Map<String, Value>)) {
+    let p = dir.join("config.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     edit(v.as_object_mut().unwrap());
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
-    d
 }
 
 #[test]
@@ -688,10 +693,7 @@ fn modern_with_config(name: &str, edit: impl Fn(&mut serde_json::Map<String, Val
         let p = e.unwrap().path();
         std::fs::copy(&p, d.path().join(p.file_name().unwrap())).unwrap();
     }
-    let p = d.path().join("config.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    edit(v.as_object_mut().unwrap());
-    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    edit_config(d.path(), edit);
     d
 }
 
@@ -751,10 +753,8 @@ fn llama_family_configs_and_shards() {
     short.tensors.pop();
     let d2 = tempfile::tempdir().unwrap();
     save(d2.path(), &short, None).unwrap();
-    let cfg_path = d2.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg_path)
-        .unwrap()
-        .replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
-    std::fs::write(&cfg_path, text).unwrap();
+    edit_config(d2.path(), |c| {
+        c.insert("tie_word_embeddings".into(), json!(false));
+    });
     assert_err_contains(load(d2.path()), &["lm_head.weight", "missing"]);
 }
