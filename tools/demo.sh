@@ -2,7 +2,8 @@
 # The main job: the whole pipeline on the demo task, end to end, on the CPU when no GPU is usable.
 #   bash tools/demo.sh        (everything under runs/demo; DEVICE=cuda|cpu|auto, default auto;
 #                              METHODS="ppo dpo grpo rloo" adds DPO, GRPO and RLOO on the same SFT model and
-#                              labels and compares them)
+#                              labels and compares them; PRESET=llama-tiny runs the pipeline on a Llama-family
+#                              model pretrained here first, as PRETRAIN=1 does for the default tiny GPT-2)
 # The task: continue a Jane Austen passage; the labeller is the built-in gold judge, a fixed stand-in for a
 # person who prefers continuations that are fluent, on the passage's subject and cheerful (docs/demo.md).
 # Each stage prints the numbers that show it worked; the evaluation compares the PPO policy with the SFT
@@ -23,12 +24,15 @@ MAX_NEW=32
 stage "demo data: passages of Austen's novels; the evaluation pool (one paragraph in ten) is kept out of everything trained"
 rlhf demo-data --corpus data/corpus/austen.txt.gz --out "$OUT/data"
 
+PRESET=${PRESET:-tiny}
+# The shipped base (data/demo/base) is the tiny GPT-2: any other preset is pretrained here.
+[ "$PRESET" = tiny ] || PRETRAIN=1
 if [ "${PRETRAIN:-0}" = 1 ]; then
   stage "0. tokenizer (byte-level BPE) and token shards of the training text (the evaluation pool left out)"
   rlhf tokenizer train --input "$OUT/data/pretrain.txt" --vocab-size 4096 --out "$OUT/tokenizer.json"
   rlhf prepare --tokenizer "$OUT/tokenizer.json" --input "$OUT/data/pretrain.txt" --out "$OUT/tokens"
-  stage "0. pretrain the tiny preset as tools/train-shipped-model.sh base does (val loss vs the unigram baseline; ~25 min)"
-  rlhf pretrain --device "$DEVICE" --data "$OUT/tokens" --out "$OUT/pretrain" --preset tiny \
+  stage "0. pretrain the $PRESET preset as tools/train-shipped-model.sh base does (val loss vs the unigram baseline; ~25 min)"
+  rlhf pretrain --device "$DEVICE" --data "$OUT/tokens" --out "$OUT/pretrain" --preset "$PRESET" \
     --steps 1500 --batch 32 --seq 128 --lr 2e-3 --warmup 100 --eval-every 100 --save-every 250
   BASE="$OUT/pretrain"
 else
