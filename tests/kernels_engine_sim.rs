@@ -361,3 +361,31 @@ fn grouped_case(shape: (usize, usize, usize, usize, usize, usize), sim: &SimBack
         assert!(e < tol, "grouped-query attention {what} ({}, HS {hs}): error {e:.3e}", sim.name());
     }
 }
+
+/// A constant the kernel backend keeps on the device (a rope table, positions, a row table) stays valid while
+/// the op that asked for it runs: a rope whose table is the oldest of a full cache, and whose positions are
+/// not cached yet, rotates as the CPU engine does. (Uploading the positions once evicted the table just
+/// returned; the freed memory then held the positions, and a decode step of the Llama fixture went NaN.)
+#[test]
+fn cached_constants_outlive_the_op_that_uses_them() {
+    use rlhf::ops::rope::Rope;
+    let (sim, cpu) = (SimBackend::new(), Cpu::<f32>::new());
+    let rope = Rope::new(10_000.0, 16, None);
+    let (t, nh, nkv) = (3, 2, 1);
+    let x: Vec<f32> = (0..t * (nh + 2 * nkv) * 16).map(|i| (i as f32 * 0.37).sin()).collect();
+    let rotate = |pos: u32| {
+        let mut a = sim.upload(&x).unwrap();
+        sim.rope_forward(&mut a, &rope, &[pos], 1, t, nh, nkv);
+        sim.download(&a)
+    };
+    rotate(0); // caches the table (now the oldest entry) and the positions [0]
+    let (mut dst, src) = (sim.zeros(1).unwrap(), sim.upload(&[0.5f32; 32]).unwrap());
+    for k in 0..14 {
+        sim.copy_rows(&mut dst, &src, 1, &[(0, k)]); // fills the cache with 14 distinct row tables
+    }
+    let got = rotate(5);
+    let mut want = cpu.upload(&x).unwrap();
+    cpu.rope_forward(&mut want, &rope, &[5], 1, t, nh, nkv);
+    let e = scaled_err(&got, &want);
+    assert!(e < TOL, "rope with a table at the end of the constant cache: error {e:.3e}");
+}

@@ -138,20 +138,26 @@ impl<D: Device> KernelBackend<D> {
         KernelBackend { dev, compute, consts: Mutex::new(Vec::new()) }
     }
 
-    /// `bytes` on the device, from the cache of recent ones (valid until the next call: an evicted buffer
-    /// is freed in stream order, after the kernels that read it).
+    /// `bytes` on the device, from the cache of the most recently used ones (the least recently used is
+    /// evicted, and freed in stream order, after the kernels that read it). The pointer stays valid for the
+    /// next CONSTS_KEPT - 1 calls, so one op may hold several (rope: its table and the positions); a hit
+    /// becomes the most recent entry, so the call after it cannot evict it.
     fn device_copy(&self, bytes: &[u8]) -> DevPtr {
         let mut cache = self.consts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, m)) = cache.iter().find(|(b, _)| b == bytes) {
-            return self.p(m);
+        match cache.iter().position(|(b, _)| b == bytes) {
+            Some(i) => {
+                let hit = cache.remove(i);
+                cache.push(hit);
+            }
+            None => {
+                if cache.len() >= CONSTS_KEPT {
+                    cache.remove(0);
+                }
+                let m = self.upload_bytes(bytes);
+                cache.push((bytes.to_vec(), m));
+            }
         }
-        if cache.len() >= CONSTS_KEPT {
-            cache.remove(0);
-        }
-        let m = self.upload_bytes(bytes);
-        let p = self.p(&m);
-        cache.push((bytes.to_vec(), m));
-        p
+        self.p(&cache.last().expect("an entry was just pushed").1)
     }
 
     fn positions(&self, pos0: &[u32]) -> DevPtr {

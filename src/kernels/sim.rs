@@ -381,8 +381,12 @@ impl<T: bytemuck::Pod> SimBuf<T> {
 }
 
 impl<T: bytemuck::Pod> Drop for SimBuf<T> {
+    /// Checks the guards, then poisons the elements (0xff: NaN for f32/bf16) before freeing them, so that a
+    /// kernel reading memory already freed (a dangling device pointer) reads NaN rather than the old values.
     fn drop(&mut self) {
         let guards = self.check_guards();
+        // SAFETY: the elements lie inside the allocation, which is still live.
+        unsafe { std::ptr::write_bytes(self.data(), 0xff, Self::bytes(self.len)) };
         // SAFETY: allocated in zeros() with the same layout.
         unsafe { std::alloc::dealloc(self.base, Self::layout(self.len)) }
         if let Err(e) = guards {

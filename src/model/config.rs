@@ -329,6 +329,21 @@ mod tests {
         assert_eq!(cfg.padded_vocab(), 50304);
     }
 
+    /// The Llama-family presets have the parameter counts their models publish (embeddings tied).
+    #[test]
+    fn llama_family_presets_have_their_published_parameter_counts() {
+        for (name, params) in [
+            ("smollm2-135m", 134_515_008),
+            ("smollm2-360m", 361_821_120),
+            ("qwen2.5-0.5b", 494_032_768),
+            ("llama-3.2-1b", 1_235_814_400),
+        ] {
+            let cfg = Config::preset(name, Config::preset_vocab(name)).unwrap();
+            assert_eq!(cfg.num_params(), params, "{name}");
+            assert_eq!(cfg.param_specs().iter().map(ParamSpec::numel).sum::<usize>(), params, "{name}");
+        }
+    }
+
     #[test]
     fn bad_presets_and_shapes_are_rejected() {
         assert!(Config::preset("gpt5", 100).is_err());
