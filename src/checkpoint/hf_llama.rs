@@ -35,15 +35,15 @@ pub const PREFIX: &str = "model.";
 
 /// One file tensor: columns [c0, c1) of a canonical tensor (its only dimension for a 1-D one), stored
 /// transposed ([c1 - c0, rows]) when the canonical tensor is a linear weight.
-pub struct Piece {
-    pub file: String,
-    pub c0: usize,
-    pub c1: usize,
-    pub transpose: bool,
+struct Piece {
+    file: String,
+    c0: usize,
+    c1: usize,
+    transpose: bool,
 }
 
 /// Every canonical tensor with the file tensors it is made of, in canonical order.
-pub fn pieces(cfg: &Config) -> Vec<(ParamSpec, Vec<Piece>)> {
+fn pieces(cfg: &Config) -> Vec<(ParamSpec, Vec<Piece>)> {
     let (c, kv, f) = (cfg.n_embd, cfg.n_kv_head() * cfg.head_size(), cfg.mlp_widths().1);
     cfg.param_specs()
         .into_iter()
@@ -51,21 +51,21 @@ pub fn pieces(cfg: &Config) -> Vec<(ParamSpec, Vec<Piece>)> {
             let file = |name: String| if name == "lm_head.weight" { name } else { format!("{PREFIX}{name}") };
             let cols = *s.shape.last().expect("a shaped tensor");
             let transpose = s.name.ends_with("_proj.weight");
-            let split = |names: &[&str], widths: &[usize]| {
+            let split = |packed: &str, names: &[&str], widths: &[usize]| {
                 let mut c0 = 0;
                 names
                     .iter()
                     .zip(widths)
                     .map(|(n, w)| {
                         c0 += w;
-                        Piece { file: file(s.name.replace(names_of(&s.name), n)), c0: c0 - w, c1: c0, transpose }
+                        Piece { file: file(s.name.replace(packed, n)), c0: c0 - w, c1: c0, transpose }
                     })
                     .collect()
             };
             let p = if s.name.contains("qkv_proj") {
-                split(&["q_proj", "k_proj", "v_proj"], &[c, kv, kv])
+                split("qkv_proj", &["q_proj", "k_proj", "v_proj"], &[c, kv, kv])
             } else if s.name.contains("gate_up_proj") {
-                split(&["gate_proj", "up_proj"], &[f, f])
+                split("gate_up_proj", &["gate_proj", "up_proj"], &[f, f])
             } else {
                 vec![Piece { file: file(s.name.clone()), c0: 0, c1: cols, transpose }]
             };
@@ -74,17 +74,8 @@ pub fn pieces(cfg: &Config) -> Vec<(ParamSpec, Vec<Piece>)> {
         .collect()
 }
 
-/// The packed projection named in a canonical tensor name.
-fn names_of(name: &str) -> &'static str {
-    if name.contains("qkv_proj") {
-        "qkv_proj"
-    } else {
-        "gate_up_proj"
-    }
-}
-
 /// The shape of a piece in the file.
-pub fn piece_shape(spec: &ParamSpec, p: &Piece) -> Vec<usize> {
+fn piece_shape(spec: &ParamSpec, p: &Piece) -> Vec<usize> {
     match spec.shape.as_slice() {
         [_] => vec![p.c1 - p.c0],
         [rows, _] if p.transpose => vec![p.c1 - p.c0, *rows],
@@ -132,11 +123,6 @@ pub fn from_files(cfg: &Config, mut read: impl FnMut(&str, &[usize]) -> Result<V
         out.push(NamedTensor::new(spec.name, spec.shape, data));
     }
     Ok(out)
-}
-
-/// The names of every file tensor of `cfg`'s decoder.
-pub fn file_names(cfg: &Config) -> Vec<String> {
-    pieces(cfg).into_iter().flat_map(|(_, ps)| ps.into_iter().map(|p| p.file)).collect()
 }
 
 /// The class a checkpoint of `kind` is in Hugging Face.
@@ -204,26 +190,26 @@ pub fn config_json(cfg: &Config) -> Value {
 
 /// Reads the shape of a Llama-family config.json object (`f` names the file in errors).
 pub fn parse(o: &Map<String, Value>, family: Family, f: &str) -> Result<Config> {
-    let num = |k: &str| -> Result<Option<&Value>> { Ok(o.get(k).filter(|x| !x.is_null())) };
+    let num = |k: &str| o.get(k).filter(|x| !x.is_null());
     let get_usize = |k: &str| -> Result<usize> {
-        let x = num(k)?.ok_or_else(|| anyhow!("{f}: key '{k}' is missing"))?;
+        let x = num(k).ok_or_else(|| anyhow!("{f}: key '{k}' is missing"))?;
         x.as_u64().map(|x| x as usize).ok_or_else(|| anyhow!("{f}: key '{k}' is {x}, not a non-negative integer"))
     };
     let get_f64 = |k: &str, default: f64| -> Result<f64> {
-        match num(k)? {
+        match num(k) {
             None => Ok(default),
             Some(x) => x.as_f64().ok_or_else(|| anyhow!("{f}: key '{k}' is {x}, not a number")),
         }
     };
     let get_bool = |k: &str, default: bool| -> Result<bool> {
-        match num(k)? {
+        match num(k) {
             None => Ok(default),
             Some(x) => x.as_bool().ok_or_else(|| anyhow!("{f}: key '{k}' is {x}, not a boolean")),
         }
     };
     let (c, nh) = (get_usize("hidden_size")?, get_usize("num_attention_heads")?);
-    let nkv = if num("num_key_value_heads")?.is_some() { get_usize("num_key_value_heads")? } else { nh };
-    if let Some(x) = num("hidden_act")? {
+    let nkv = if num("num_key_value_heads").is_some() { get_usize("num_key_value_heads")? } else { nh };
+    if let Some(x) = num("hidden_act") {
         if x.as_str() != Some("silu") {
             bail!("{f}: hidden_act is {x}, but the engine's MLP is SwiGLU with \"silu\"");
         }
@@ -231,7 +217,7 @@ pub fn parse(o: &Map<String, Value>, family: Family, f: &str) -> Result<Config> 
     if get_bool("mlp_bias", false)? {
         bail!("{f}: mlp_bias is true, which the engine does not implement");
     }
-    if num("head_dim")?.is_some() && nh > 0 && get_usize("head_dim")? * nh != c {
+    if num("head_dim").is_some() && nh > 0 && get_usize("head_dim")? * nh != c {
         bail!(
             "{f}: head_dim is {}, but the engine's head size is hidden_size / num_attention_heads = {c} / {nh}",
             get_usize("head_dim")?
@@ -243,13 +229,13 @@ pub fn parse(o: &Map<String, Value>, family: Family, f: &str) -> Result<Config> 
         Family::Mistral => false,
     };
     // The rotary base and scaling: transformers 5's `rope_parameters`, else the older top-level keys.
-    let (theta, scaling) = match num("rope_parameters")? {
+    let (theta, scaling) = match num("rope_parameters") {
         Some(rp) => {
             let rp = rp.as_object().ok_or_else(|| anyhow!("{f}: key 'rope_parameters' is not an object"))?;
             let theta = rp.get("rope_theta").and_then(Value::as_f64).unwrap_or(get_f64("rope_theta", 10_000.0)?);
             (theta, rope_scaling(Some(&Value::Object(rp.clone())), f, "rope_parameters")?)
         }
-        None => (get_f64("rope_theta", 10_000.0)?, rope_scaling(num("rope_scaling")?, f, "rope_scaling")?),
+        None => (get_f64("rope_theta", 10_000.0)?, rope_scaling(num("rope_scaling"), f, "rope_scaling")?),
     };
     let mut n_positions = get_usize("max_position_embeddings")?;
     let windowed = match family {
@@ -257,7 +243,7 @@ pub fn parse(o: &Map<String, Value>, family: Family, f: &str) -> Result<Config> 
         Family::Qwen2 => get_bool("use_sliding_window", false)?,
         Family::Llama => false,
     };
-    if windowed && num("sliding_window")?.is_some() {
+    if windowed && num("sliding_window").is_some() {
         n_positions = n_positions.min(get_usize("sliding_window")?);
     }
     let cfg = Config {
