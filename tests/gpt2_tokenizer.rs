@@ -66,5 +66,5 @@ fn gpt2_chat_tokenizer_appends_the_chat_tokens() {
     let ids = chat.encode("<|user|>Hi<|assistant|>Yes<|end|><|pad|>");
     assert_eq!(ids.first(), Some(&50258));
     assert!(ids.contains(&50259) && ids.contains(&50260) && ids.last() == Some(&50257));
-    rlhf::data::chat::ChatTokens::from_tokenizer(&chat).unwrap();
+    rlhf::data::chat::ChatFormat::from_tokenizer(&chat).unwrap();
 }

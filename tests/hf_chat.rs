@@ -9,7 +9,7 @@
 
 use rlhf::backend::Cpu;
 use rlhf::checkpoint::tokenizer::{recorded, TokenizerArgs};
-use rlhf::data::chat::{self, ChatTokens, Message};
+use rlhf::data::chat::{self, ChatFormat, Message};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +47,7 @@ fn the_fixture_is_what_export_writes_now() {
     let tc = json(&model.join("tokenizer_config.json"));
     assert_eq!(tc["chat_template"], chat::CHAT_TEMPLATE);
     let tok = recorded(&model).unwrap().expect("the export records its tokenizer");
-    let ct = ChatTokens::from_tokenizer(tok.tokenizer()).unwrap();
+    let ct = ChatFormat::from_tokenizer(tok.tokenizer()).unwrap();
     let cfg = json(&model.join("config.json"));
     assert_eq!(cfg["pad_token_id"].as_u64(), Some(ct.pad as u64));
     assert_eq!(cfg["eos_token_id"].as_u64(), Some(ct.end as u64));
@@ -59,7 +59,7 @@ fn the_fixture_is_what_export_writes_now() {
 fn apply_chat_template_gives_the_chat_encoders_ids() {
     let tf = recorded(&fixture_dir().join("model")).unwrap().unwrap();
     let tok = tf.tokenizer();
-    let ct = ChatTokens::from_tokenizer(tok).unwrap();
+    let ct = ChatFormat::from_tokenizer(tok).unwrap();
     let convs = expected()["conversations"].as_array().unwrap().clone();
     assert!(convs.len() >= 3);
     for c in &convs {
@@ -82,7 +82,7 @@ fn a_padded_batch_scores_in_transformers_as_rlhf_score_does() {
     let model = fixture_dir().join("model");
     let tf = recorded(&model).unwrap().unwrap();
     let tok = tf.tokenizer();
-    let ct = ChatTokens::from_tokenizer(tok).unwrap();
+    let ct = ChatFormat::from_tokenizer(tok).unwrap();
     let be = Cpu::<f32>::new();
     let rm = rlhf::pipeline::reward::load(&be, &model).unwrap();
     let bias = exp["score_bias"].as_f64().unwrap();

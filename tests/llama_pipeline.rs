@@ -1,7 +1,9 @@
 //! A Llama-family model through the whole pipeline, as a user runs it: tokenizer, token shards, pretraining
 //! of the `llama-tiny` preset (grouped-query attention, RoPE, RMSNorm, SwiGLU), SFT, K = 3 answers ranked by
 //! a judge command, the reward model, PPO against it, DPO on the same rankings, and the export of the PPO
-//! policy as a Hugging Face `LlamaForCausalLM` folder that reads back identical. Every run is a few steps:
+//! policy as a Hugging Face `LlamaForCausalLM` folder that reads back identical; once with our chat tokens
+//! and once with ChatML's (`<|im_start|>`, `<|im_end|>`, as SmolLM2 and Qwen2.5 have them), then a turn of
+//! `rlhf chat`. Every run is a few steps:
 //! this checks that each step accepts the model, trains it (finite losses, checkpoints of the right class)
 //! and hands it to the next, not that it learns (tests/ppo.rs and docs/demo.md do that on GPT-2).
 
@@ -39,11 +41,22 @@ fn finite_metric(run: &Path, key: &str) {
 
 #[test]
 fn llama_tiny_through_pretraining_sft_reward_ppo_dpo_and_export() {
+    pipeline("rlhf", "<|end|>");
+}
+
+#[test]
+fn llama_tiny_with_chatml_tokens_through_the_pipeline() {
+    pipeline("chatml", "<|im_end|>");
+}
+
+/// The pipeline with a tokenizer of `chat_format`, whose answers end with `end`.
+fn pipeline(chat_format: &str, end: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let d = |p: &str| tmp.path().join(p).display().to_string();
     let text = rlhf::tokenizer::read_text(Path::new("data/corpus/austen.txt.gz")).unwrap();
     std::fs::write(d("corpus.txt"), &text[..30_000]).unwrap();
-    rlhf(&["tokenizer", "train", "--input", &d("corpus.txt"), "--vocab-size", "300", "--out", &d("tok.json")]);
+    let tok = ["tokenizer", "train", "--input", &d("corpus.txt"), "--vocab-size", "300", "--out", &d("tok.json")];
+    rlhf(&[&tok[..], &["--chat-format", chat_format]].concat());
     rlhf(&["prepare", "--tokenizer", &d("tok.json"), "--input", &d("corpus.txt"), "--out", &d("tokens")]);
     let steps = ["--steps", "3", "--batch", "2", "--seq", "32", "--eval-every", "3", "--device", "cpu"];
     rlhf(&[&["pretrain", "--preset", "llama-tiny", "--data", &d("tokens"), "--out", &d("pre")][..], &steps].concat());
@@ -112,4 +125,27 @@ fn llama_tiny_through_pretraining_sft_reward_ppo_dpo_and_export() {
         rlhf::checkpoint::load(&rlhf::checkpoint::run_dir::resolve_checkpoint(&ppo_dir).unwrap()).unwrap(),
     );
     assert!(a == b, "the exported PPO policy does not read back identical");
+    // The export names the format's end token as EOS, and its chat template is the format's.
+    let tc = json(&tmp.path().join("hf/tokenizer_config.json"));
+    assert_eq!(tc["eos_token"], end);
+    let tok = rlhf::tokenizer::Tokenizer::load(tmp.path().join("hf/tokenizer.json")).unwrap();
+    let ct = rlhf::data::chat::ChatFormat::from_tokenizer(&tok).unwrap();
+    assert_eq!(ct.style.name(), chat_format);
+    assert_eq!(tc["chat_template"], ct.chat_template());
+    assert_eq!(cfg["eos_token_id"].as_u64(), Some(ct.end as u64));
+
+    // Two turns of `rlhf chat` on the PPO policy, each answer on its own line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["chat", "--checkpoint", &d("ppo"), "--max-new-tokens", "5", "--device", "cpu"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"Mr. Darcy\nthe ball\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.lines().count() >= 2 && said.ends_with('\n'), "{said}");
 }

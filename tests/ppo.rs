@@ -523,7 +523,7 @@ impl rlhf::judge::Judge for WordCount {
 
 #[test]
 fn eval_reports_systems_baselines_and_strategies_on_tiny_models() {
-    use rlhf::data::chat::ChatTokens;
+    use rlhf::data::chat::ChatFormat;
     use rlhf::model::{Decoder, ScalarHead, ScalarModel};
     use rlhf::pipeline::eval::{self, EvalConfig, HeldOut, Models};
     use rlhf::tokenizer::{Tokenizer, SPECIAL_TOKENS};
@@ -532,7 +532,7 @@ fn eval_reports_systems_baselines_and_strategies_on_tiny_models() {
     std::fs::write(&text, "She was glad to see him. He walked to the house. It rained all day and night.\n".repeat(20))
         .unwrap();
     let tok = Tokenizer::train(&[text], 300, &SPECIAL_TOKENS).unwrap();
-    let ct = ChatTokens::from_tokenizer(&tok).unwrap();
+    let ct = ChatFormat::from_tokenizer(&tok).unwrap();
     let be = Be::new();
     let cfg = rlhf::model::Config { vocab_size: tok.vocab_size(), n_positions: 48, ..tiny::cfg() };
     let sft = Decoder::init(&be, cfg, 1).unwrap();

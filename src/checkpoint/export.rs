@@ -14,11 +14,12 @@
 //! The tokenizer is the one stored with the checkpoint (`crate::checkpoint::tokenizer`; `--tokenizer` only
 //! where none is, checked against it like every command's), else GPT-2's (built offline) when the
 //! vocabulary has GPT-2's 50257 tokens; otherwise the model is exported alone and a note says so. For a
-//! chat tokenizer (one with `<|user|>`, `<|assistant|>`, `<|end|>`, `<|pad|>`), `tokenizer_config.json`
-//! carries the chat format as a Jinja `chat_template` (`crate::data::chat::CHAT_TEMPLATE`, so
-//! `tokenizer.apply_chat_template` gives the engine's ids), `eos_token` `<|end|>` and `pad_token` `<|pad|>`,
-//! and `config.json` the matching `eos_token_id` and `pad_token_id`: `GPT2ForSequenceClassification` then
-//! scores a right-padded batch at each answer's `<|end|>`, the token `rlhf score` reads. The export is
+//! chat tokenizer (any `crate::data::chat::ChatFormat`: ours, ChatML, Llama 3), `tokenizer_config.json`
+//! carries the chat format as a Jinja `chat_template` (`ChatFormat::chat_template`, so
+//! `tokenizer.apply_chat_template` gives the engine's ids), `eos_token` the format's end token (`<|end|>`)
+//! and `pad_token` its padding (`<|pad|>`), and `config.json` the matching `eos_token_id` and
+//! `pad_token_id`: `GPT2ForSequenceClassification` then scores a right-padded batch at each answer's end
+//! token, the token `rlhf score` reads. The export is
 //! itself a checkpoint that records its tokenizer. A tokenizer whose vocabulary differs from the model's is
 //! refused, as is a model holding NaN or infinite values; a failed export leaves no partial folder.
 
@@ -181,7 +182,7 @@ fn install(tmp: &Path, out: &Path) -> Result<()> {
 }
 
 /// `tokenizer_config.json` and `special_tokens_map.json` for the `tokenizer.json` in `out`; the chat
-/// template and `<|pad|>` for a chat tokenizer. Returns whether the chat template was written.
+/// template and the padding token for a chat tokenizer. Returns whether the chat template was written.
 fn write_tokenizer_side_files(out: &Path, tf: &TokenizerFile, max_len: usize) -> Result<bool> {
     let sp = ck_tok::hf_special_tokens(tf.tokenizer());
     let mut cfg = json!({
@@ -191,7 +192,7 @@ fn write_tokenizer_side_files(out: &Path, tf: &TokenizerFile, max_len: usize) ->
         "add_prefix_space": false,
     });
     let mut special = json!({});
-    let unk = crate::tokenizer::EOT.to_string();
+    let unk = tf.tokenizer().eot_token();
     for (k, tok) in [("bos_token", &sp.bos.0), ("eos_token", &sp.eos.0), ("unk_token", &unk)] {
         cfg[k] = json!(tok);
         special[k] = json!(tok);
@@ -200,12 +201,12 @@ fn write_tokenizer_side_files(out: &Path, tf: &TokenizerFile, max_len: usize) ->
         cfg["pad_token"] = json!(pad);
         special["pad_token"] = json!(pad);
     }
-    if sp.chat {
-        cfg["chat_template"] = json!(crate::data::chat::CHAT_TEMPLATE);
+    if let Some(template) = sp.chat_template {
+        cfg["chat_template"] = json!(template);
     }
     for (name, v) in [("tokenizer_config.json", cfg), ("special_tokens_map.json", special)] {
         let text = serde_json::to_string_pretty(&v)? + "\n";
         crate::util::fs::write_atomic(&out.join(name), text.as_bytes())?;
     }
-    Ok(sp.chat)
+    Ok(sp.chat_template.is_some())
 }

@@ -21,7 +21,7 @@
 //!   with the chat tokens, whose embedding SFT grows).
 
 use crate::checkpoint::{run_dir, CONFIG_FILE};
-use crate::data::chat::ChatTokens;
+use crate::data::chat::ChatFormat;
 use crate::tokenizer::{Tokenizer, TokenizerFile, TOKENIZER_FILE};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -221,28 +221,28 @@ fn resolve_with(args: &TokenizerArgs, sources: &[Source], growing: bool) -> Resu
 }
 
 /// The special tokens Hugging Face reads from a model's files (`config.json`'s `*_token_id`,
-/// `tokenizer_config.json`), as (token, id). A chat tokenizer (one with `<|user|>`, `<|assistant|>`,
-/// `<|end|>`, `<|pad|>`): BOS `<|endoftext|>`, EOS `<|end|>` (where answers stop), padding `<|pad|>`. Any
-/// other: BOS and EOS `<|endoftext|>` and no padding token.
+/// `tokenizer_config.json`), as (token, id). A chat tokenizer ([`ChatFormat`]): BOS the conversation's start
+/// token (Llama 3) or the end-of-text token, EOS the end token (where answers stop), padding the format's;
+/// and the chat template. Any other: BOS and EOS the end-of-text token, no padding token, no template.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HfSpecialTokens {
     pub bos: (String, u32),
     pub eos: (String, u32),
     pub pad: Option<(String, u32)>,
-    /// Whether the tokenizer has the chat tokens (then the export carries the chat template).
-    pub chat: bool,
+    /// The chat format as a Jinja template, for a chat tokenizer (the export carries it).
+    pub chat_template: Option<&'static str>,
 }
 
 pub fn hf_special_tokens(tok: &Tokenizer) -> HfSpecialTokens {
-    use crate::data::chat::{END, PAD};
-    let eot = (crate::tokenizer::EOT.to_string(), tok.eot());
-    match ChatTokens::from_tokenizer(tok) {
+    let named = |id: u32| (tok.id_token(id).unwrap_or_default(), id);
+    let eot = named(tok.eot());
+    match ChatFormat::from_tokenizer(tok) {
         Ok(ct) => HfSpecialTokens {
-            bos: eot,
-            eos: (END.to_string(), ct.end),
-            pad: Some((PAD.to_string(), ct.pad)),
-            chat: true,
+            bos: ct.start().first().map_or(eot, |&id| named(id)),
+            eos: named(ct.end),
+            pad: Some(named(ct.pad)),
+            chat_template: Some(ct.chat_template()),
         },
-        Err(_) => HfSpecialTokens { bos: eot.clone(), eos: eot, pad: None, chat: false },
+        Err(_) => HfSpecialTokens { bos: eot.clone(), eos: eot, pad: None, chat_template: None },
     }
 }

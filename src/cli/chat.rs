@@ -1,8 +1,9 @@
 //! `rlhf chat`: a multi-turn conversation with a policy in the terminal, each answer streamed as it is
 //! sampled.
 //!
-//! Every user line becomes a turn `<|user|>{line}<|assistant|>` and the answer runs to `<|end|>` (or
-//! `--max-new-tokens`, after which the turn is closed with `<|end|>`). The conversation lives in one
+//! Every user line becomes a turn in the tokenizer's chat format (`<|user|>{line}<|assistant|>` in ours,
+//! `crate::data::chat`) and the answer runs to the format's end token (or `--max-new-tokens`, after which the
+//! turn is closed with it). The conversation lives in one
 //! [`Conversation`]: a turn runs the forward over its own tokens only. When a turn and its answer would not fit
 //! in the model's context, the oldest whole turns are dropped and what remains is read again.
 
@@ -10,7 +11,7 @@ use crate::backend::Backend;
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::sample::SamplingArgs;
-use crate::data::chat::{encode_prompt, ChatTokens};
+use crate::data::chat::ChatFormat;
 use crate::model::sample::{Conversation, SampleConfig};
 use crate::model::Decoder;
 use crate::tokenizer::stream::TextStream;
@@ -55,15 +56,15 @@ pub fn run(args: ChatArgs) -> Result<()> {
     args.sampling.validate()?;
     let tf = ck_tok::resolve(&args.tokenizer, &[Source::Model("--checkpoint", &args.checkpoint)])?;
     let tok = tf.tokenizer();
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let ct = ChatFormat::from_tokenizer(tok)?;
     let dev = device::select(args.device)?;
     let interactive = std::io::stdin().is_terminal();
     crate::with_backend!(dev, |be| {
         let model = crate::checkpoint::persist::load_policy(be, &args.checkpoint)?;
         crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &tf.source().display().to_string())?;
         let ctx = model.cfg.n_positions;
-        // The smallest turn is <|user|><|assistant|>, and the answer needs room for its closing <|end|>.
-        if args.sampling.max_new_tokens + 3 > ctx {
+        // The smallest turn is its markers, and the answer needs room for its end token and what follows it.
+        if args.sampling.max_new_tokens + ct.min_prompt() + 1 + ct.after_end().len() > ctx {
             bail!(
                 "--max-new-tokens {} leaves no room for a user turn in the model's context of {ctx} tokens",
                 args.sampling.max_new_tokens
@@ -72,7 +73,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
         if interactive {
             eprintln!("chatting with {} ({HELP})", args.checkpoint.display());
         }
-        let mut chat = Chat::new(be, &model, tok, ct, args.sampling.config(ct.end), args.sampling.seed)?;
+        let sc = args.sampling.config(ct.end);
+        let mut chat = Chat::new(be, &model, tok, ct.clone(), sc, args.sampling.seed)?;
         chat.converse(std::io::stdin().lock(), &mut std::io::stdout(), interactive)
     })
 }
@@ -82,11 +84,11 @@ struct Chat<'a, B: Backend> {
     be: &'a B,
     dec: Conversation<'a, B>,
     tok: &'a Tokenizer,
-    ct: ChatTokens,
+    ct: ChatFormat,
     sc: SampleConfig,
     seed: u64,
     rng: Rng,
-    /// Index in `dec.tokens()` of each turn's first token.
+    /// Index in `dec.tokens()` of each turn's first token (after the conversation's start tokens).
     starts: Vec<usize>,
 }
 
@@ -95,7 +97,7 @@ impl<'a, B: Backend> Chat<'a, B> {
         be: &'a B,
         model: &'a Decoder<B>,
         tok: &'a Tokenizer,
-        ct: ChatTokens,
+        ct: ChatFormat,
         sc: SampleConfig,
         seed: u64,
     ) -> Result<Self> {
@@ -138,34 +140,38 @@ impl<'a, B: Backend> Chat<'a, B> {
     /// Answer one user line, streaming the answer to `out`. A line too long for the context is reported on
     /// stderr and skipped.
     fn turn(&mut self, line: &str, out: &mut impl Write) -> Result<()> {
-        let turn = encode_prompt(self.tok, &self.ct, line)?;
+        let turn = self.ct.encode_turn(self.tok, line)?;
+        let start = self.ct.start();
         let ctx = self.dec.context();
-        let room = ctx - self.sc.max_new_tokens - 1; // the answer and its closing <|end|>
-        if turn.len() > room {
+        // the answer, its end token and what follows it
+        let room = ctx - self.sc.max_new_tokens - 1 - self.ct.after_end().len();
+        if start.len() + turn.len() > room {
             eprintln!(
-                "error: this message is {} tokens; with --max-new-tokens {} only {room} fit in the model's \
+                "error: this message is {} tokens; with --max-new-tokens {} only {} fit in the model's \
                  context of {ctx} tokens (shorten it or lower --max-new-tokens)",
                 turn.len(),
-                self.sc.max_new_tokens
+                self.sc.max_new_tokens,
+                room - start.len()
             );
             return Ok(());
         }
-        let mut prompt = turn;
+        let mut prompt = if self.dec.tokens().is_empty() { [start, &turn].concat() } else { turn.clone() };
         if self.dec.tokens().len() + prompt.len() > room {
-            let keep = room - prompt.len();
+            let keep = room - start.len() - turn.len();
             let history = self.dec.tokens();
             let first_kept = self.starts.iter().position(|&s| history.len() - s <= keep).unwrap_or(self.starts.len());
             let cut = self.starts.get(first_kept).copied().unwrap_or(history.len());
             eprintln!(
-                "(context full: dropped the {} oldest turns ({cut} tokens), reading the {} tokens left again)",
+                "(context full: dropped the {} oldest turns ({} tokens), reading the {} tokens left again)",
                 first_kept,
+                cut - start.len(),
                 history.len() - cut
             );
-            prompt = history[cut..].iter().chain(&prompt).copied().collect();
-            self.starts = self.starts[first_kept..].iter().map(|s| s - cut).collect();
+            prompt = [start, &history[cut..], &turn].concat();
+            self.starts = self.starts[first_kept..].iter().map(|s| s - cut + start.len()).collect();
             self.dec.reset();
         }
-        self.starts.push(self.dec.tokens().len());
+        self.starts.push(self.dec.tokens().len() + prompt.len() - turn.len());
         let mut stream = TextStream::new(self.tok);
         let end = self.ct.end;
         let g = self.dec.answer(self.be, &prompt, &self.sc, &mut self.rng, |t| {
@@ -177,9 +183,8 @@ impl<'a, B: Backend> Chat<'a, B> {
         })?;
         writeln!(out, "{}", stream.finish())?;
         out.flush()?;
-        if !g.ended {
-            self.dec.append(&[end])?;
-        }
+        let close = if g.ended { vec![] } else { vec![end] };
+        self.dec.append(&[&close, self.ct.after_end()].concat())?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::{JudgeChoice, DEFAULT_JUDGE};
-use crate::data::chat::ChatTokens;
+use crate::data::chat::ChatFormat;
 use crate::data::jsonl;
 use crate::model::sample::SampleConfig;
 use crate::pipeline::eval::{self, EvalConfig, HeldOut, Models};
@@ -95,7 +95,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let tf = ck_tok::resolve(&args.tokenizer, &sources)?;
     let tok = tf.tokenizer();
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let ct = ChatFormat::from_tokenizer(tok)?;
     let heldout: Vec<HeldOut> = jsonl::read_heldout(&args.prompts, false)?
         .records
         .into_iter()

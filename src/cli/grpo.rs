@@ -3,7 +3,7 @@
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
-use crate::data::chat::{self, ChatTokens};
+use crate::data::chat::{self, ChatFormat};
 use crate::data::jsonl;
 use crate::pipeline::grpo::{train, GrpoConfig, GrpoSummary, Hooks, Reward};
 use crate::pipeline::metrics;
@@ -78,7 +78,7 @@ pub fn run(args: GrpoArgs) -> Result<()> {
     }
     let tf = ck_tok::resolve(&args.tokenizer, &sources)?;
     let tok = tf.tokenizer();
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let ct = ChatFormat::from_tokenizer(tok)?;
     let cfg = GrpoConfig { stop_token: ct.end, pad_token: ct.pad, ..args.config };
     cfg.validate(tok.vocab_size())?;
     check::finite("--unended-gold", args.unended_gold)?;

@@ -4,7 +4,7 @@
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
-use crate::data::chat::{self, ChatTokens};
+use crate::data::chat::{self, ChatFormat};
 use crate::data::jsonl;
 use crate::model::sample::{generate, SampleConfig};
 use crate::pipeline::label;
@@ -59,7 +59,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
     args.validate()?;
     let tf = ck_tok::resolve(&args.tokenizer, &[Source::Model("--policy", &args.policy)])?;
     let tok = tf.tokenizer();
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let ct = ChatFormat::from_tokenizer(tok)?;
     let end = ct.end;
     let prompts = jsonl::read_prompts(&args.prompts, false)?.records;
     let mut judge = args.judge.build()?;
@@ -67,7 +67,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
         let policy = crate::checkpoint::persist::load_policy(be, &args.policy)?;
-        if args.max_new_tokens + 2 > policy.cfg.n_positions {
+        if args.max_new_tokens + ct.min_prompt() > policy.cfg.n_positions {
             bail!(
                 "--max-new-tokens {} leaves no room for a prompt in the context of {}",
                 args.max_new_tokens,
@@ -90,7 +90,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
                 // a resumed session (whose batches hold other prompts) draws the same answers.
                 let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
                 let mut prompt = chat::encode_prompt(tok, &ct, p)?;
-                chat::fit_prompt(&mut prompt, policy.cfg.n_positions - args.max_new_tokens);
+                chat::fit_prompt(&ct, &mut prompt, policy.cfg.n_positions - args.max_new_tokens);
                 for j in 0..args.k {
                     ids.push(prompt.clone());
                     rngs.push(Rng::stream(args.seed ^ h, j as u64));

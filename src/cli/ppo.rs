@@ -3,7 +3,7 @@
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
-use crate::data::chat::{self, ChatTokens};
+use crate::data::chat::{self, ChatFormat};
 use crate::data::jsonl;
 use crate::pipeline::metrics;
 use crate::pipeline::ppo::trainer::{train_from, Hooks, PpoConfig, PpoSummary};
@@ -64,7 +64,7 @@ pub fn run(args: PpoArgs) -> Result<()> {
     }
     let tf = ck_tok::resolve(&args.tokenizer, &sources)?;
     let tok = tf.tokenizer();
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let ct = ChatFormat::from_tokenizer(tok)?;
     let (end, pad) = (ct.end, ct.pad);
     let cfg = PpoConfig { stop_token: end, pad_token: pad, ..args.config };
     cfg.validate(tok.vocab_size())?;

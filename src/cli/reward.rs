@@ -2,7 +2,7 @@
 
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
-use crate::data::chat::{self, ChatTokens};
+use crate::data::chat::{self, ChatFormat};
 use crate::pipeline::reward::{self, RewardConfig};
 use crate::util::summary::Summary;
 use anyhow::{Context, Result};
@@ -99,7 +99,7 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
     }
     let tf = ck_tok::resolve(&a.tokenizer, &[Source::Model("--reward", &a.reward)])?;
     let tok = tf.tokenizer();
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let ct = ChatFormat::from_tokenizer(tok)?;
     let dev = device::select(a.device)?;
     let scores = crate::with_backend!(dev, |be| {
         let rm = reward::load(be, &a.reward)?;
@@ -107,7 +107,7 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
         let mut pairs = vec![];
         for (_, p, ans) in &records {
             let (mut pt, mut at) = (chat::encode_prompt(tok, &ct, p)?, chat::encode_answer(tok, &ct, ans)?);
-            chat::fit_context(&mut pt, &mut at, rm.trunk.cfg.n_positions);
+            chat::fit_context(&ct, &mut pt, &mut at, rm.trunk.cfg.n_positions);
             pairs.push((pt, at));
         }
         reward::score_all(be, &rm, &pairs, ct.pad, 16).with_context(|| format!("scoring {}", a.data.display()))

@@ -4,14 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::tokenizer::{Tokenizer, SPECIAL_TOKENS};
+use crate::data::chat::ChatStyle;
+use crate::tokenizer::Tokenizer;
 
 /// Train, inspect and use tokenizers.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum TokenizerCmd {
     /// Train a GPT-2-style byte-level BPE tokenizer on text files and save it as tokenizer.json.
     ///
-    /// The special tokens <|endoftext|>, <|pad|>, <|user|>, <|assistant|>, <|end|> get ids 0..4.
+    /// The special tokens get the first ids: with the default --chat-format rlhf, <|endoftext|>, <|pad|>,
+    /// <|user|>, <|assistant|>, <|end|> (ids 0..4).
     Train {
         /// Training text: one or more .txt or .txt.gz (gzip) files, UTF-8.
         #[arg(long, required = true, num_args = 1..)]
@@ -22,6 +24,12 @@ pub enum TokenizerCmd {
         /// Where to write the tokenizer (a Hugging Face tokenizer.json; written atomically).
         #[arg(long)]
         out: PathBuf,
+        /// The chat format its special tokens are for: rlhf (ours: <|user|>...<|assistant|>...<|end|>), chatml
+        /// (<|endoftext|> <|im_start|> <|im_end|>, as SmolLM2 and Qwen2.5) or llama3 (<|begin_of_text|>
+        /// <|end_of_text|> <|start_header_id|> <|end_header_id|> <|eot_id|>). Every command that reads a
+        /// chat finds the format from these tokens.
+        #[arg(long, value_enum, default_value_t = ChatStyle::Rlhf)]
+        chat_format: ChatStyle,
     },
     /// Write GPT-2's own tokenizer (its 50257-token byte-level BPE, built offline) as tokenizer.json.
     Decoder(crate::cli::gpt2_tokenizer::Gpt2TokenizerArgs),
@@ -52,9 +60,9 @@ pub enum TokenizerCmd {
 pub fn run(cmd: TokenizerCmd) -> Result<()> {
     match cmd {
         TokenizerCmd::Decoder(args) => crate::cli::gpt2_tokenizer::run(&args)?,
-        TokenizerCmd::Train { input, vocab_size, out } => {
+        TokenizerCmd::Train { input, vocab_size, out, chat_format } => {
             let start = std::time::Instant::now();
-            let tok = Tokenizer::train(&input, vocab_size, &SPECIAL_TOKENS)?;
+            let tok = Tokenizer::train(&input, vocab_size, chat_format.training_tokens())?;
             tok.save(&out).with_context(|| format!("cannot save the tokenizer to {}", out.display()))?;
             println!(
                 "trained a byte-level BPE of {} ids on {} file(s) in {:.1}s -> {}",

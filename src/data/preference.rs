@@ -4,7 +4,7 @@
 //! text ([`split_by_prompt`]).
 
 use crate::data::batch::Pair;
-use crate::data::chat::{self, ChatTokens};
+use crate::data::chat::{self, ChatFormat};
 use crate::data::jsonl::{self, Ranked};
 use crate::data::shards::fnv1a64;
 use crate::tokenizer::Tokenizer;
@@ -20,7 +20,7 @@ pub struct Group {
     pub better_worse: Vec<(usize, usize)>,
 }
 
-pub fn encode_groups(tok: &Tokenizer, ct: &ChatTokens, recs: &[Ranked], ctx: usize) -> Result<Vec<Group>> {
+pub fn encode_groups(tok: &Tokenizer, ct: &ChatFormat, recs: &[Ranked], ctx: usize) -> Result<Vec<Group>> {
     recs.iter()
         .map(|r| {
             let prompt = chat::encode_prompt(tok, ct, &r.prompt)?;
@@ -32,7 +32,7 @@ pub fn encode_groups(tok: &Tokenizer, ct: &ChatTokens, recs: &[Ranked], ctx: usi
                     // An answer cut at the length limit is scored at its last token, without an <|end|>.
                     let a = if ended { chat::encode_answer(tok, ct, c)? } else { tok.try_encode(c)? };
                     let (mut p, mut a) = (prompt.clone(), a);
-                    chat::fit_context(&mut p, &mut a, ctx);
+                    chat::fit_context(ct, &mut p, &mut a, ctx);
                     Ok((p, a))
                 })
                 .collect::<Result<_>>()?;
@@ -74,7 +74,7 @@ impl Preferences {
         path: &Path,
         skip_bad: bool,
         tok: &Tokenizer,
-        ct: &ChatTokens,
+        ct: &ChatFormat,
         ctx: usize,
         eval_fraction: f64,
         seed: u64,

@@ -28,7 +28,7 @@
 //! fewer than half of its comparisons.
 
 use crate::backend::Backend;
-use crate::data::chat::{self, ChatTokens};
+use crate::data::chat::{self, ChatFormat};
 use crate::judge::{words, Judge};
 use crate::model::sample::{generate, SampleConfig};
 use crate::model::{answer_logprobs, pairs_logprobs, Acts, Decoder, ScalarModel};
@@ -289,7 +289,7 @@ pub fn evaluate<'j, B: Backend>(
     be: &B,
     models: &Models<B>,
     tok: &Tokenizer,
-    ct: &ChatTokens,
+    ct: &ChatFormat,
     heldout: &[HeldOut],
     cfg: &EvalConfig,
     judge: Option<&mut (dyn Judge + 'j)>,
@@ -402,7 +402,7 @@ fn sample<B: Backend>(
     cfg: &EvalConfig,
     tag: u64,
     tok: &Tokenizer,
-    ct: &ChatTokens,
+    ct: &ChatFormat,
 ) -> Result<Answers> {
     const ROWS: usize = 64;
     let rows: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|p| (0..n).map(move |j| (p, j))).collect();
@@ -443,7 +443,7 @@ fn fixed_rm_scores<B: Backend>(
     be: &B,
     rm: &ScalarModel<B>,
     tok: &Tokenizer,
-    ct: &ChatTokens,
+    ct: &ChatFormat,
     prompts: &[Vec<u32>],
     sys: &Answers,
 ) -> Result<Vec<Vec<f64>>> {
@@ -452,7 +452,7 @@ fn fixed_rm_scores<B: Backend>(
     for (p, texts) in prompts.iter().zip(&sys.texts) {
         for t in texts {
             let (mut p, mut a) = (p.clone(), chat::encode_answer(tok, ct, t)?);
-            chat::fit_context(&mut p, &mut a, ctx);
+            chat::fit_context(ct, &mut p, &mut a, ctx);
             pairs.push((p, a));
         }
     }

@@ -19,7 +19,7 @@ use crate::backend::Backend;
 use crate::checkpoint;
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::{epoch_order, slices, PaddedBatch, Pair};
-use crate::data::chat::{self, ChatTokens};
+use crate::data::chat::{self, ChatFormat};
 use crate::data::jsonl;
 use crate::data::preference::{Group, Preferences};
 use crate::model::scalar::{head_step, HeadOpt, ScalarModel};
@@ -290,7 +290,7 @@ pub fn train<B: Backend>(be: &B, cfg: &RewardConfig, resume: bool) -> Result<Rew
     let tok_file = ck_tok::resolve(&cfg.tokenizer, &[source])?;
     let tok = tok_file.tokenizer();
     crate::tokenizer::check_vocab(tok.vocab_size(), mcfg.vocab_size, &tok_file.source().display().to_string())?;
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let ct = ChatFormat::from_tokenizer(tok)?;
     let data = Preferences::load(&cfg.data, cfg.skip_bad, tok, &ct, mcfg.n_positions, cfg.eval_fraction, cfg.seed)?;
     let (t, k_max) = data.widths();
     let (train_groups, eval_groups) = (&data.train, &data.eval);

@@ -11,7 +11,7 @@
 use crate::backend::Backend;
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::{epoch_order, slices, LmBatch, PaddedBatch, Pair};
-use crate::data::chat::{self, ChatTokens};
+use crate::data::chat::{self, ChatFormat};
 use crate::data::jsonl;
 use crate::model::{AdamW, AdamWConfig, Decoder};
 use crate::pipeline::run::{
@@ -227,10 +227,8 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         Some(_) => ck_tok::resolve(&cfg.tokenizer, &[Source::Model("--out (the run resumed)", &cfg.run.out)])?,
     };
     let tok = tok_file.tokenizer();
-    if tok.vocab_size() > model.cfg.vocab_size
-        && opt_state.is_none()
-        && tok.token_id(chat::USER).is_some_and(|id| id as usize >= model.cfg.vocab_size)
-    {
+    let ct = ChatFormat::from_tokenizer(tok)?;
+    if tok.vocab_size() > model.cfg.vocab_size && opt_state.is_none() && ct.max_id() as usize >= model.cfg.vocab_size {
         // A base model without the chat tokens (e.g. GPT-2 with `rlhf tokenizer gpt2 --chat`): grow it.
         eprintln!(
             "sft: growing the base model's vocabulary from {} to {} tokens for the chat tokens",
@@ -240,7 +238,6 @@ pub fn sft<B: Backend>(be: &B, mut cfg: SftConfig, resume: bool) -> Result<SftSu
         model = model.grow_vocab(be, tok.vocab_size())?;
     }
     crate::tokenizer::check_vocab(tok.vocab_size(), model.cfg.vocab_size, &tok_file.source().display().to_string())?;
-    let ct = ChatTokens::from_tokenizer(tok)?;
     let read = jsonl::read_sft(&cfg.data, cfg.skip_bad)?;
     let (pairs, truncated) = chat::encode_examples(tok, &ct, &read.records, model.cfg.n_positions)?;
     // Held-out split: a seeded shuffle, the first eval_fraction held out.

@@ -44,6 +44,10 @@ pub const SPECIAL_TOKENS: [&str; 5] = ["<|endoftext|>", "<|pad|>", "<|user|>", "
 /// The end-of-text token: separates documents and ends generations.
 pub const EOT: &str = "<|endoftext|>";
 
+/// The names a tokenizer's end-of-text token goes by, in the order they are looked for: ours and GPT-2's
+/// (also SmolLM2's and Qwen2.5's), Llama 3's, and SentencePiece's (Mistral, TinyLlama).
+pub const EOT_TOKENS: [&str; 3] = [EOT, "<|end_of_text|>", "</s>"];
+
 /// A loaded or trained tokenizer; cheap queries, lossless for byte-level BPE.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -91,11 +95,14 @@ const PROBE: &str = "Hello, world!\n\n  \"Über\" naïve café — 日本語 �
 
 impl Tokenizer {
     fn from_inner(mut inner: tokenizers::Tokenizer, what: &str) -> Result<Self> {
-        // A tokenizer whose model vocabulary has <|endoftext|> but does not declare it as an added token
-        // would split the literal text into pieces; mark it special (same id) so it is one token in text.
-        if let Some(id) = inner.token_to_id(EOT) {
+        let eot_name = EOT_TOKENS.into_iter().find(|t| inner.token_to_id(t).is_some()).ok_or_else(|| {
+            anyhow!("{what}: the tokenizer has none of the end-of-text tokens {EOT_TOKENS:?} (needed to separate documents)")
+        })?;
+        // A tokenizer whose model vocabulary has the end-of-text token but does not declare it as an added
+        // token would split the literal text into pieces; mark it special (same id) so it is one token in text.
+        if let Some(id) = inner.token_to_id(eot_name) {
             if !inner.get_added_tokens_decoder().contains_key(&id) {
-                inner.add_special_tokens(&[AddedToken::from(EOT.to_string(), true)]);
+                inner.add_special_tokens(&[AddedToken::from(eot_name.to_string(), true)]);
             }
         }
         let vocab = inner.get_vocab(true);
@@ -107,9 +114,7 @@ impl Tokenizer {
                 crate::model::Config::MAX_VOCAB
             );
         }
-        let eot = inner
-            .token_to_id(EOT)
-            .ok_or_else(|| anyhow!("{what}: the tokenizer has no {EOT} token (needed to separate documents)"))?;
+        let eot = inner.token_to_id(eot_name).expect("found above");
         let tok = Tokenizer { inner, vocab_size: max_id as usize + 1, eot };
         let ids = tok.try_encode(PROBE).with_context(|| format!("{what}: the tokenizer cannot encode text"))?;
         let back = tok.try_decode(&ids).with_context(|| format!("{what}: the tokenizer cannot decode its own ids"))?;
@@ -119,7 +124,8 @@ impl Tokenizer {
         Ok(tok)
     }
 
-    /// Loads a Hugging Face `tokenizer.json`; it must contain `<|endoftext|>` and round-trip text.
+    /// Loads a Hugging Face `tokenizer.json`; it must have an end-of-text token ([`EOT_TOKENS`]) and
+    /// round-trip text.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let json = std::fs::read(path).with_context(|| format!("cannot read tokenizer file {}", path.display()))?;
@@ -155,8 +161,8 @@ impl Tokenizer {
         if unique.len() != special_tokens.len() {
             bail!("special tokens {special_tokens:?} contain duplicates");
         }
-        if !special_tokens.contains(&EOT) {
-            bail!("special tokens {special_tokens:?} must include {EOT}");
+        if !special_tokens.iter().any(|t| EOT_TOKENS.contains(t)) {
+            bail!("special tokens {special_tokens:?} must include an end-of-text token (one of {EOT_TOKENS:?})");
         }
         let min = special_tokens.len() + 256;
         if vocab_size < min {
@@ -236,12 +242,18 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// Id of `<|endoftext|>`.
+    /// Id of the end-of-text token (`<|endoftext|>`, or another of [`EOT_TOKENS`]).
     pub fn eot(&self) -> u32 {
         self.eot
     }
 
-    /// Id of `<|pad|>` if present, otherwise `<|endoftext|>` (as for GPT-2, which has no pad token).
+    /// The end-of-text token's string.
+    pub fn eot_token(&self) -> String {
+        self.inner.id_to_token(self.eot).expect("the id was looked up by name")
+    }
+
+    /// Id of `<|pad|>` if present, otherwise the end-of-text token (GPT-2, SmolLM2, Qwen2.5 and Llama 3 have
+    /// no pad token of their own).
     pub fn pad(&self) -> u32 {
         self.token_id("<|pad|>").unwrap_or(self.eot)
     }
@@ -258,10 +270,12 @@ impl Tokenizer {
 }
 
 /// Errors unless a tokenizer with `tokenizer_vocab` ids is the one for a model with `model_vocab` embedding
-/// rows. The sizes must be equal: a smaller tokenizer would encode with ids the model learnt for other
-/// tokens (a different tokenizer), a larger one would produce ids the model has no row for.
+/// rows. The sizes must be equal, but for padding: a model may have up to [`VOCAB_PADDING`] more rows than
+/// its tokenizer has ids, rounding its table up (Qwen2.5's 151,936 rows for 151,665 ids; those rows are never
+/// read). A tokenizer further short of the model is another tokenizer (it would encode with ids the model
+/// learnt for other tokens), a larger one would produce ids the model has no row for.
 pub fn check_vocab(tokenizer_vocab: usize, model_vocab: usize, what: &str) -> Result<()> {
-    if tokenizer_vocab != model_vocab {
+    if tokenizer_vocab > model_vocab || model_vocab - tokenizer_vocab > VOCAB_PADDING {
         bail!(
             "{what}: the tokenizer has {tokenizer_vocab} ids but the model's vocabulary has {model_vocab}: \
              this is not the tokenizer the model was trained with"
@@ -270,6 +284,9 @@ pub fn check_vocab(tokenizer_vocab: usize, model_vocab: usize, what: &str) -> Re
     Ok(())
 }
 
+/// How many more embedding rows than tokenizer ids [`check_vocab`] takes as padding.
+pub const VOCAB_PADDING: usize = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,7 +294,9 @@ mod tests {
     #[test]
     fn check_vocab_accepts_only_the_same_size() {
         assert!(check_vocab(100, 100, "m").is_ok());
-        assert!(check_vocab(100, 128, "m").is_err());
+        assert!(check_vocab(151_665, 151_936, "qwen2.5").is_ok(), "a padded embedding");
+        assert!(check_vocab(100, 100 + VOCAB_PADDING + 1, "m").is_err());
+        assert!(check_vocab(101, 100, "m").is_err());
         let e = check_vocab(50257, 4096, "model.safetensors").unwrap_err().to_string();
         assert!(e.contains("model.safetensors") && e.contains("50257") && e.contains("4096"), "{e}");
     }

@@ -20,7 +20,7 @@ use crate::backend::Backend;
 use crate::checkpoint;
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::data::batch::{epoch_order, slices, PaddedBatch};
-use crate::data::chat::ChatTokens;
+use crate::data::chat::ChatFormat;
 use crate::data::preference::{Group, Preferences};
 use crate::model::logprobs::answer_logprobs;
 use crate::model::{Acts, AdamW, AdamWConfig, Decoder, Tensors};
@@ -261,7 +261,7 @@ pub fn dpo<B: Backend>(be: &B, cfg: &DpoConfig, resume: bool) -> Result<DpoSumma
     let tok_file = ck_tok::resolve(&cfg.tokenizer, &sources)?;
     let tok = tok_file.tokenizer();
     crate::tokenizer::check_vocab(tok.vocab_size(), mcfg.vocab_size, &tok_file.source().display().to_string())?;
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let ct = ChatFormat::from_tokenizer(tok)?;
     let data = Preferences::load(&cfg.data, cfg.skip_bad, tok, &ct, mcfg.n_positions, cfg.eval_fraction, cfg.seed)?;
     let (t, k_max) = data.widths();
     let data_fingerprint = Fingerprint::groups(data.eval.iter().chain(&data.train));
