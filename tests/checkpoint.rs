@@ -598,7 +598,7 @@ fn export_round_trips_hf_files_exactly() {
     // The fixture's vocabulary (97) is smaller than GPT-2's: a GPT-2 tokenizer does not fit it.
     assert_err_contains(
         rlhf::checkpoint::export::export(&fixture(), &out, &TokenizerArgs::path(&tok)),
-        &["50257 tokens", "vocab_size is 97"],
+        &["50257 ids", "vocabulary has 97"],
     );
     let r = rlhf::checkpoint::export::export(&fixture(), &out, &TokenizerArgs::default()).unwrap();
     assert_eq!(r.kind, ModelKind::Policy);
@@ -757,4 +757,48 @@ fn llama_family_configs_and_shards() {
         c.insert("tie_word_embeddings".into(), json!(false));
     });
     assert_err_contains(load(d2.path()), &["lm_head.weight", "missing"]);
+}
+
+/// `rlhf export --dtype bf16 | f16`: half the bytes, the header and `torch_dtype` say so, the folder reads
+/// back as the source rounded to that type (each value within half a unit in the last place), and a weight
+/// beyond F16's range is refused by name.
+#[test]
+fn half_precision_exports() {
+    use rlhf::checkpoint::export::{export_as, StoredAs};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_modern/llama_l2_h4_kv2_c64");
+    let f32_model = load(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let size = |d: &Path| std::fs::metadata(d.join("model.safetensors")).unwrap().len();
+    let full = tmp.path().join("f32");
+    export_as(&src, &full, &TokenizerArgs::default(), StoredAs::F32).unwrap();
+    for (stored, name, torch, ulp) in
+        [(StoredAs::Bf16, "BF16", "bfloat16", 2f32.powi(-8)), (StoredAs::F16, "F16", "float16", 2f32.powi(-11))]
+    {
+        let out = tmp.path().join(name);
+        export_as(&src, &out, &TokenizerArgs::default(), stored).unwrap();
+        let st = rlhf::checkpoint::safetensors::SafeTensors::open(&out.join("model.safetensors")).unwrap();
+        assert!(st.entries().iter().all(|e| e.dtype.name() == name), "{name}: every tensor stored as {name}");
+        let (half, whole) = (size(&out), size(&full));
+        assert!(half * 2 < whole + 4096 && half * 2 > whole - 4096, "{name}: {half} bytes against {whole} in F32");
+        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["torch_dtype"], torch);
+        let back = load(&out).unwrap();
+        assert_eq!(back.config, f32_model.config);
+        let mut changed = 0;
+        for (a, b) in back.tensors.iter().zip(&f32_model.tensors) {
+            for (&x, &y) in a.data.iter().zip(&b.data) {
+                assert!((x - y).abs() <= y.abs() * ulp + 1e-7, "{name} {}: {x} for {y}", a.name);
+                changed += (x != y) as usize;
+            }
+        }
+        assert!(changed > 0, "{name}: nothing was rounded");
+    }
+    // A weight F16 cannot hold.
+    let mut big = f32_model.clone();
+    big.tensors[1].data[0] = 1e5;
+    let big_dir = tmp.path().join("big");
+    checkpoint::save(&big_dir, &big, None).unwrap();
+    let e = err_text(export_as(&big_dir, &tmp.path().join("big-f16"), &TokenizerArgs::default(), StoredAs::F16));
+    assert!(e.contains(&big.tensors[1].name) && e.contains("F16"), "{e}");
+    assert!(export_as(&big_dir, &tmp.path().join("big-bf16"), &TokenizerArgs::default(), StoredAs::Bf16).is_ok());
 }

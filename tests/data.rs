@@ -90,9 +90,7 @@ fn tokenizer_special_tokens_come_first_and_count_in_vocab_size() {
     let text = sample_text();
     assert!(tok.encode(&text).len() * 2 < text.len());
     assert!(check_vocab(tok.vocab_size(), tok.vocab_size(), "model").is_ok());
-    // A model's table rounded up past the tokenizer is padding; far past it, another tokenizer.
-    assert!(check_vocab(tok.vocab_size(), tok.vocab_size().next_multiple_of(128), "model").is_ok());
-    assert!(check_vocab(tok.vocab_size(), tok.vocab_size() + 5000, "model").is_err());
+    assert!(check_vocab(tok.vocab_size(), tok.vocab_size() + 10, "model").is_err(), "more than padding");
     assert!(check_vocab(tok.vocab_size(), 100, "model").is_err());
 }
 

@@ -23,6 +23,7 @@
 //! itself a checkpoint that records its tokenizer. A tokenizer whose vocabulary differs from the model's is
 //! refused, as is a model holding NaN or infinite values; a failed export leaves no partial folder.
 
+use crate::checkpoint::safetensors::Dtype;
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::checkpoint::{self, ModelKind};
 use crate::tokenizer::TokenizerFile;
@@ -42,6 +43,37 @@ pub struct ExportArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub tokenizer: TokenizerArgs,
+    /// How the weights are stored: f32 (exact), or bf16 / f16 (half the size, each value rounded to the
+    /// nearest; the export then reads back as the rounded model, which is checked).
+    #[arg(long, value_enum, default_value_t = StoredAs::F32)]
+    pub dtype: StoredAs,
+}
+
+/// The element types an export can store its weights in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredAs {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl StoredAs {
+    fn dtype(self) -> Dtype {
+        match self {
+            StoredAs::F32 => Dtype::F32,
+            StoredAs::Bf16 => Dtype::BF16,
+            StoredAs::F16 => Dtype::F16,
+        }
+    }
+
+    /// `x` as it reads back after being stored.
+    fn round(self, x: f32) -> f32 {
+        match self {
+            StoredAs::F32 => x,
+            StoredAs::Bf16 => half::bf16::from_f32(x).to_f32(),
+            StoredAs::F16 => half::f16::from_f32(x).to_f32(),
+        }
+    }
 }
 
 /// What [`export`] wrote.
@@ -55,8 +87,14 @@ pub struct ExportReport {
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    let r = export(&args.checkpoint, &args.out, &args.tokenizer)?;
-    println!("exported {} model {} to {}", r.kind.as_str(), args.checkpoint.display(), args.out.display());
+    let r = export_as(&args.checkpoint, &args.out, &args.tokenizer, args.dtype)?;
+    println!(
+        "exported {} model {} to {} ({})",
+        r.kind.as_str(),
+        args.checkpoint.display(),
+        args.out.display(),
+        args.dtype.dtype().name()
+    );
     match &r.tokenizer {
         Some(t) if r.chat_template => println!("tokenizer: {} (with the chat template)", t.display()),
         Some(t) => println!("tokenizer: {}", t.display()),
@@ -78,13 +116,29 @@ const EXPORT_FILES: [&str; 5] = [
 ];
 
 /// Exports `checkpoint` (a checkpoint, or a run folder through its `latest`) to the Hugging Face folder
-/// `out`, then reloads the written model and checks it is bit-identical to the source. Everything is
-/// checked and written in a temporary folder beside `out` first and moved into `out` only at the end, so a
-/// failed export leaves no partial folder (and an existing `out` as it was).
+/// `out` in F32, then reloads the written model and checks it is bit-identical to the source. Everything
+/// is checked and written in a temporary folder beside `out` first and moved into `out` only at the end, so
+/// a failed export leaves no partial folder (and an existing `out` as it was).
 pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: &TokenizerArgs) -> Result<ExportReport> {
+    export_as(checkpoint_path, out, tokenizer, StoredAs::F32)
+}
+
+/// As [`export`], the weights stored as `stored`; the written model must read back bit-identical to the
+/// source rounded to that type.
+pub fn export_as(
+    checkpoint_path: &Path,
+    out: &Path,
+    tokenizer: &TokenizerArgs,
+    stored: StoredAs,
+) -> Result<ExportReport> {
     let source = checkpoint::run_dir::resolve_checkpoint(checkpoint_path)?;
-    let ck = checkpoint::load(&source)?;
+    let mut ck = checkpoint::load(&source)?;
     check_finite(&ck, &source)?;
+    for t in ck.tensors.iter_mut().chain(&mut ck.extra) {
+        t.data.iter_mut().for_each(|x| *x = stored.round(*x));
+    }
+    // F16's range ends at 65504: a larger weight would be stored as infinite.
+    check_finite(&ck, &source).with_context(|| format!("the model does not fit in {}", stored.dtype().name()))?;
     if out.exists() && !out.is_dir() {
         bail!("--out {} exists and is not a folder", out.display());
     }
@@ -99,14 +153,8 @@ pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: &TokenizerArgs) -> 
         None => None,
     };
     if let Some(tf) = &shipped {
-        let n = tf.tokenizer().vocab_size();
-        if n != ck.config.vocab_size {
-            bail!(
-                "tokenizer {} has {n} tokens but the model's vocab_size is {}: it is not the model's tokenizer",
-                tf.source().display(),
-                ck.config.vocab_size
-            );
-        }
+        let what = format!("tokenizer {}", tf.source().display());
+        crate::tokenizer::check_vocab(tf.tokenizer().vocab_size(), ck.config.vocab_size, &what)?;
     }
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -117,7 +165,8 @@ pub fn export(checkpoint_path: &Path, out: &Path, tokenizer: &TokenizerArgs) -> 
     }
     let mut chat_template = false;
     let written = (|| -> Result<()> {
-        checkpoint::save(&tmp, &ck, shipped.as_ref()).with_context(|| format!("exporting to {}", out.display()))?;
+        checkpoint::save_as(&tmp, &ck, shipped.as_ref(), stored.dtype())
+            .with_context(|| format!("exporting to {}", out.display()))?;
         let back = checkpoint::load(&tmp).with_context(|| format!("re-reading the export {}", tmp.display()))?;
         if back != ck {
             bail!("the export in {} does not read back identical to {}", tmp.display(), source.display());

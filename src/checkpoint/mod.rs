@@ -53,7 +53,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use self::safetensors::{SafeTensors, TensorRef};
+use self::safetensors::{Dtype, SafeTensors, TensorRef};
 
 /// The model file inside a checkpoint folder.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -362,6 +362,11 @@ fn gpt2_config_json(ck: &Checkpoint) -> Value {
 /// trained with as `tokenizer.json` (when given; `None` writes a model that records no tokenizer), then
 /// `config.json` recording it, each atomically.
 pub fn save(dir: &Path, ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Result<()> {
+    save_as(dir, ck, tok, Dtype::F32)
+}
+
+/// As [`save`], the tensors stored as `dtype` (F32, BF16 or F16: `rlhf export --dtype`).
+pub fn save_as(dir: &Path, ck: &Checkpoint, tok: Option<&TokenizerFile>, dtype: Dtype) -> Result<()> {
     ck.validate().context("refusing to save an inconsistent checkpoint")?;
     if let Some(t) = tok {
         crate::tokenizer::check_vocab(
@@ -391,11 +396,17 @@ pub fn save(dir: &Path, ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Result<
         data: &t.data,
     }));
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::save_f32(&dir.join(MODEL_FILE), &refs, &meta)?;
+    safetensors::save(&dir.join(MODEL_FILE), &refs, &meta, dtype)?;
     if let Some(t) = tok {
         t.write(&dir.join(crate::tokenizer::TOKENIZER_FILE))?;
     }
-    let text = serde_json::to_string_pretty(&hf_config_json(ck, tok))? + "\n";
+    let mut config = hf_config_json(ck, tok);
+    config["torch_dtype"] = json!(match dtype {
+        Dtype::BF16 => "bfloat16",
+        Dtype::F16 => "float16",
+        _ => "float32",
+    });
+    let text = serde_json::to_string_pretty(&config)? + "\n";
     crate::util::fs::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
     Ok(())
 }
@@ -760,7 +771,7 @@ pub fn save_train_state(dir: &Path, state: &TrainState) -> Result<()> {
         refs.push(TensorRef { name: vn, shape: &v.shape, data: &v.data });
     }
     let meta = BTreeMap::from([("step".to_string(), state.step.to_string())]);
-    safetensors::save_f32(&dir.join(TRAIN_STATE_FILE), &refs, &meta)?;
+    safetensors::save(&dir.join(TRAIN_STATE_FILE), &refs, &meta, Dtype::F32)?;
     let j = TrainStateJson {
         step: state.step,
         rng: state.rng.clone(),

@@ -338,13 +338,20 @@ pub struct TensorRef<'a> {
     pub data: &'a [f32],
 }
 
-/// Serialises F32 tensors (in the given order) to a writer. The header is space-padded so the data buffer
-/// starts 8-byte aligned.
-pub fn write_f32<W: Write + ?Sized>(
+/// Serialises f32 tensors (in the given order) to a writer, stored as `dtype` (F32, or rounded to the
+/// nearest BF16 or F16). The header is space-padded so the data buffer starts 8-byte aligned.
+pub fn write<W: Write + ?Sized>(
     w: &mut W,
     tensors: &[TensorRef],
     metadata: &BTreeMap<String, String>,
+    dtype: Dtype,
 ) -> Result<()> {
+    let encode: fn(f32, &mut Vec<u8>) = match dtype {
+        Dtype::F32 => |x, b| b.extend_from_slice(&x.to_le_bytes()),
+        Dtype::BF16 => |x, b| b.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
+        Dtype::F16 => |x, b| b.extend_from_slice(&half::f16::from_f32(x).to_le_bytes()),
+        other => bail!("cannot write tensors as {}: only F32, BF16 and F16", other.name()),
+    };
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
@@ -358,10 +365,10 @@ pub fn write_f32<W: Write + ?Sized>(
         if header.contains_key(t.name) {
             bail!("tensor '{}' is given twice", t.name);
         }
-        let end = offset + 4 * numel;
+        let end = offset + dtype.size() * numel;
         header.insert(
             t.name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+            serde_json::json!({"dtype": dtype.name(), "shape": t.shape, "data_offsets": [offset, end]}),
         );
         offset = end;
     }
@@ -375,8 +382,8 @@ pub fn write_f32<W: Write + ?Sized>(
     for t in tensors {
         for chunk in t.data.chunks(1 << 14) {
             buf.clear();
-            for x in chunk {
-                buf.extend_from_slice(&x.to_le_bytes());
+            for &x in chunk {
+                encode(x, &mut buf);
             }
             w.write_all(&buf)?;
         }
@@ -384,7 +391,7 @@ pub fn write_f32<W: Write + ?Sized>(
     Ok(())
 }
 
-/// Writes F32 tensors to `path` atomically.
-pub fn save_f32(path: &Path, tensors: &[TensorRef], metadata: &BTreeMap<String, String>) -> Result<()> {
-    crate::util::fs::atomic_write(path, |w| write_f32(w, tensors, metadata))
+/// Writes tensors to `path` atomically, stored as `dtype` ([`write`]).
+pub fn save(path: &Path, tensors: &[TensorRef], metadata: &BTreeMap<String, String>, dtype: Dtype) -> Result<()> {
+    crate::util::fs::atomic_write(path, |w| write(w, tensors, metadata, dtype))
 }
