@@ -101,6 +101,25 @@ fn gradcheck_and_bench_on_the_simulated_kernels() {
     assert!((share - 1.0).abs() < 1e-9, "{share}");
 }
 
+/// The GPU report at a Llama-family preset (simulated): the family's own kernel rows and grouped-query
+/// attention, and its training step.
+#[test]
+fn the_gpu_report_of_a_llama_preset_on_the_simulated_kernels() {
+    let (ok, text) = rlhf(&["bench", "--device", "cuda-sim", "--preset", "llama-tiny", "--json"]);
+    assert!(ok, "{text}");
+    let json = &text[text.find('{').unwrap()..=text.rfind('}').unwrap()];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let names: Vec<&str> = v["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    for k in ["rmsnorm_forward", "rmsnorm_backward", "swiglu_forward", "swiglu_backward", "rope_forward"] {
+        assert!(names.contains(&k), "{k} missing from {names:?}");
+    }
+    assert!(names.contains(&"copy_rows (embedding)") && !names.contains(&"layernorm_forward"), "{names:?}");
+    let att = &v["attention"][0];
+    assert_eq!((att["nh"].as_u64(), att["nkv"].as_u64()), (Some(4), Some(2)), "{att}");
+    assert!(att["fused_fwd_bwd_ms"].as_f64().unwrap() > 0.0, "{att}");
+    assert!(v["train_step"][0]["loss_first"].as_f64().unwrap().is_finite(), "{text}");
+}
+
 #[test]
 fn tokenizer_prepare_pretrain_sample_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();

@@ -71,6 +71,18 @@ impl BenchSizes {
             train_steps: 10,
         }
     }
+    /// These sizes for `preset` (`vocab` ids), the sequences cut to its context.
+    pub fn at(self, preset: &str, vocab: usize, cfg: &Config) -> Self {
+        let ctx = cfg.n_positions;
+        BenchSizes {
+            preset: preset.into(),
+            vocab,
+            seq: self.seq.min(ctx),
+            steps: self.steps.iter().map(|&(b, t)| (b, t.min(ctx))).collect(),
+            ..self
+        }
+    }
+
     /// Tiny shapes for the simulator: checks the code path, not the speed.
     pub fn smoke() -> Self {
         BenchSizes {
@@ -111,6 +123,8 @@ pub struct AttentionRow {
     pub b: usize,
     pub t: usize,
     pub nh: usize,
+    /// Key/value heads (fewer than `nh`: grouped-query attention, where the unfused route is not run).
+    pub nkv: usize,
     pub hs: usize,
     pub fused_fwd_ms: f64,
     pub fused_fwd_bwd_ms: f64,
@@ -285,77 +299,149 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
     // N x C, or the whole for the 4C-wide ops), w, b, dbias 4C, dw, db C, mean, rstd N f32, the scratches
     // the sizes their functions give.
 
-    let t = time(dev, s.iters, |i| unsafe {
-        kl::layernorm_forward(l, bf, sl(po, i), pm, pr, sl(x.ptr, i), w.ptr, b.ptr, n, c)
-    })?;
-    row(bf, "layernorm_forward", &shape, 2 * nc * 2 + 8 * n, t);
-    let res = dev.alloc(4 * nc * 2)?;
-    let t = time(dev, s.iters, |i| unsafe {
-        kl::residual_layernorm_forward(
-            l,
-            bf,
-            sl(dev.ptr(&res), i),
-            sl(po, i),
-            pm,
-            pr,
-            sl(x.ptr, i),
-            sl(y.ptr, i),
-            w.ptr,
-            b.ptr,
-            n,
-            c,
-        )
-    })?;
-    row(bf, "residual_layernorm_forward", &shape, 4 * nc * 2 + 8 * n, t);
-    let (dw, db, scratch) =
-        (dev.alloc(c * 2)?, dev.alloc(c * 2)?, dev.alloc(kl::layernorm_backward_scratch_bytes(n, c))?);
-    let t = time(dev, s.iters, |i| unsafe {
-        kl::layernorm_backward(
-            l,
-            bf,
-            sl(po, i),
-            dev.ptr(&dw),
-            dev.ptr(&db),
-            sl(dy.ptr, i),
-            sl(x.ptr, i),
-            w.ptr,
-            pm,
-            pr,
-            n,
-            c,
-            dev.ptr(&scratch),
-        )
-    })?;
-    row(bf, "layernorm_backward", &shape, 4 * nc * 2 + 8 * n, t);
-    let shape4 = format!("{}x{}x{}", s.batch, s.seq, 4 * c);
-    let t = time(dev, s.iters, |_| unsafe { kl::gelu_forward(l, bf, po, x.ptr, 4 * nc) })?;
-    row(bf, "gelu_forward", &shape4, 2 * 4 * nc * 2, t);
-    let t = time(dev, s.iters, |_| unsafe { kl::gelu_backward(l, bf, po, x.ptr, dy.ptr, 4 * nc) })?;
-    row(bf, "gelu_backward", &shape4, 3 * 4 * nc * 2, t);
+    match cfg.llama() {
+        None => {
+            let t = time(dev, s.iters, |i| unsafe {
+                kl::layernorm_forward(l, bf, sl(po, i), pm, pr, sl(x.ptr, i), w.ptr, b.ptr, n, c)
+            })?;
+            row(bf, "layernorm_forward", &shape, 2 * nc * 2 + 8 * n, t);
+            let res = dev.alloc(4 * nc * 2)?;
+            let t = time(dev, s.iters, |i| unsafe {
+                kl::residual_layernorm_forward(
+                    l,
+                    bf,
+                    sl(dev.ptr(&res), i),
+                    sl(po, i),
+                    pm,
+                    pr,
+                    sl(x.ptr, i),
+                    sl(y.ptr, i),
+                    w.ptr,
+                    b.ptr,
+                    n,
+                    c,
+                )
+            })?;
+            row(bf, "residual_layernorm_forward", &shape, 4 * nc * 2 + 8 * n, t);
+            let (dw, db, scratch) =
+                (dev.alloc(c * 2)?, dev.alloc(c * 2)?, dev.alloc(kl::layernorm_backward_scratch_bytes(n, c))?);
+            let t = time(dev, s.iters, |i| unsafe {
+                kl::layernorm_backward(
+                    l,
+                    bf,
+                    sl(po, i),
+                    dev.ptr(&dw),
+                    dev.ptr(&db),
+                    sl(dy.ptr, i),
+                    sl(x.ptr, i),
+                    w.ptr,
+                    pm,
+                    pr,
+                    n,
+                    c,
+                    dev.ptr(&scratch),
+                )
+            })?;
+            row(bf, "layernorm_backward", &shape, 4 * nc * 2 + 8 * n, t);
+            let shape4 = format!("{}x{}x{}", s.batch, s.seq, 4 * c);
+            let t = time(dev, s.iters, |_| unsafe { kl::gelu_forward(l, bf, po, x.ptr, 4 * nc) })?;
+            row(bf, "gelu_forward", &shape4, 2 * 4 * nc * 2, t);
+            let t = time(dev, s.iters, |_| unsafe { kl::gelu_backward(l, bf, po, x.ptr, dy.ptr, 4 * nc) })?;
+            row(bf, "gelu_backward", &shape4, 3 * 4 * nc * 2, t);
+        }
+        Some(ls) => {
+            // SAFETY (the launches of this arm): xf, yf hold N x 2F bf16 (the SwiGLU input and its gradient),
+            // of N x F (its output and the incoming gradient), qkv N x W, inv_freq HS/2 f32, pos0 B zeros, and
+            // the [N,C] slices, w, rstd (in `mean`), dw and the scratch as above.
+            let t = time(dev, s.iters, |i| unsafe {
+                kl::rmsnorm_forward(l, bf, sl(po, i), pm, sl(x.ptr, i), w.ptr, n, c, ls.rms_norm_eps)
+            })?;
+            row(bf, "rmsnorm_forward", &shape, 2 * nc * 2 + 4 * n, t);
+            let (dw, scratch) = (dev.alloc(c * 2)?, dev.alloc(kl::rmsnorm_backward_scratch_bytes(n, c))?);
+            let t = time(dev, s.iters, |i| unsafe {
+                kl::rmsnorm_backward(
+                    l,
+                    bf,
+                    sl(po, i),
+                    dev.ptr(&dw),
+                    sl(dy.ptr, i),
+                    sl(x.ptr, i),
+                    w.ptr,
+                    pm,
+                    n,
+                    c,
+                    dev.ptr(&scratch),
+                )
+            })?;
+            row(bf, "rmsnorm_backward", &shape, 3 * nc * 2 + 4 * n, t);
+            let f = ls.intermediate_size;
+            let (xf, yf, of) = (rand(dev, 2 * n * f, bf, 14)?, dev.alloc(2 * n * f * 2)?, rand(dev, n * f, bf, 15)?);
+            let shape_f = format!("{}x{}x{f}", s.batch, s.seq);
+            let t = time(dev, s.iters, |_| unsafe { kl::swiglu_forward(l, bf, dev.ptr(&yf), xf.ptr, n, f) })?;
+            row(bf, "swiglu_forward", &shape_f, 3 * n * f * 2, t);
+            let t = time(dev, s.iters, |_| unsafe { kl::swiglu_backward(l, bf, dev.ptr(&yf), of.ptr, xf.ptr, n, f) })?;
+            row(bf, "swiglu_backward", &shape_f, 5 * n * f * 2, t);
+            drop((xf, yf, of));
+            let (nh, nkv, hs) = (cfg.n_head, cfg.n_kv_head(), c / cfg.n_head);
+            let width = cfg.qkv_width();
+            let (qkv, inv_freq, pos0) =
+                (rand(dev, n * width, bf, 16)?, rand(dev, hs / 2, DType::F32, 17)?, dev.alloc(s.batch * 4)?);
+            let rs = kl::RopeShape { b: s.batch, t: s.seq, nh, nkv, hs };
+            let rotated = n * (nh + nkv) * hs;
+            let shape_r = format!("{}x{}x({nh}+{nkv})x{hs}", s.batch, s.seq);
+            let t =
+                time(dev, s.iters, |_| unsafe { kl::rope_forward(l, bf, qkv.ptr, inv_freq.ptr, dev.ptr(&pos0), rs) })?;
+            row(bf, "rope_forward", &shape_r, 2 * rotated * 2, t);
+            let t =
+                time(dev, s.iters, |_| unsafe { kl::rope_backward(l, bf, qkv.ptr, inv_freq.ptr, dev.ptr(&pos0), rs) })?;
+            row(bf, "rope_backward", &shape_r, 2 * rotated * 2, t);
+        }
+    }
     let t = time(dev, s.iters, |i| unsafe { kl::add(l, bf, sl(po, i), sl(x.ptr, i), sl(y.ptr, i), nc) })?;
     row(bf, "add", &shape, 3 * nc * 2, t);
     let (dbias, bscratch) = (dev.alloc(4 * c * 2)?, dev.alloc(kl::bias_backward_scratch_bytes(n, 4 * c))?);
     let t = time(dev, s.iters, |_| unsafe {
         kl::bias_backward(l, bf, dev.ptr(&dbias), dy.ptr, n, 4 * c, dev.ptr(&bscratch))
     })?;
-    row(bf, "bias_backward", &shape4, 4 * nc * 2, t);
-    drop((x, y, dy, out, res));
+    row(bf, "bias_backward", &format!("{}x{}x{}", s.batch, s.seq, 4 * c), 4 * nc * 2, t);
+    drop((x, y, dy, out));
 
-    // token + position embedding: the gathered rows are read once each
+    // the embedding: the gathered rows are read once each (GPT-2 adds its position table)
     let mut rng = crate::util::rng::Rng::new(8);
     let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let tok = dev.alloc(n * 4)?;
     // SAFETY: tok holds n u32.
     unsafe { dev.htod(dev.ptr(&tok), bytemuck::cast_slice(&tokens))? };
-    let pos0 = dev.alloc(s.batch * 4)?;
-    let (wte, wpe, enc) = (rand(dev, vp * c, bf, 9)?, rand(dev, cfg.n_positions * c, bf, 10)?, dev.alloc(nc * 2)?);
-    // SAFETY: enc holds N x C bf16, tok N ids below vocab_size <= Vp (the rows of wte), wpe n_positions rows
-    // (>= seq), pos0 B zeros.
-    let t = time(dev, s.iters, |_| unsafe {
-        kl::encoder_forward(l, bf, dev.ptr(&enc), dev.ptr(&tok), wte.ptr, wpe.ptr, dev.ptr(&pos0), s.batch, s.seq, c)
-    })?;
-    row(bf, "encoder_forward", &shape, 3 * nc * 2 + 4 * n, t);
-    drop((wte, wpe, enc));
+    let (wte, enc) = (rand(dev, vp * c, bf, 9)?, dev.alloc(nc * 2)?);
+    if cfg.llama().is_none() {
+        let (pos0, wpe) = (dev.alloc(s.batch * 4)?, rand(dev, cfg.n_positions * c, bf, 10)?);
+        // SAFETY: enc holds N x C bf16, tok N ids below vocab_size <= Vp (the rows of wte), wpe n_positions
+        // rows (>= seq), pos0 B zeros.
+        let t = time(dev, s.iters, |_| unsafe {
+            kl::encoder_forward(
+                l,
+                bf,
+                dev.ptr(&enc),
+                dev.ptr(&tok),
+                wte.ptr,
+                wpe.ptr,
+                dev.ptr(&pos0),
+                s.batch,
+                s.seq,
+                c,
+            )
+        })?;
+        row(bf, "encoder_forward", &shape, 3 * nc * 2 + 4 * n, t);
+    } else {
+        let pairs: Vec<u32> = tokens.iter().enumerate().flat_map(|(i, &t)| [i as u32, t]).collect();
+        let pd = dev.alloc(2 * n * 4)?;
+        // SAFETY: pd holds the 2N u32 pairs (row i of enc, a row of wte below vocab_size): every destination
+        // row distinct; enc and wte do not overlap.
+        unsafe { dev.htod(dev.ptr(&pd), bytemuck::cast_slice(&pairs))? };
+        let t = time(dev, s.iters, |_| unsafe { kl::copy_rows(l, bf, dev.ptr(&enc), wte.ptr, dev.ptr(&pd), n, c) })?;
+        row(bf, "copy_rows (embedding)", &shape, 2 * nc * 2 + 8 * n, t);
+    }
+    drop((wte, enc));
 
     // fused softmax-cross-entropy, forward and backward: logits read once, dlogits written in place; bf16
     // logits (comparable with other frameworks) and f32 logits (what mixed-precision training keeps)
@@ -410,23 +496,55 @@ fn memory_bound<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config, copy_gbps: f64
 fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<AttentionRow> {
     let l = dev.launcher();
     let bf = DType::BF16;
-    let (b, t, c, nh) = (s.batch, s.seq, cfg.n_embd, cfg.n_head);
-    let hs = c / nh;
-    let (qkv, dout) = (rand(dev, b * t * 3 * c, bf, 20)?, rand(dev, b * t * c, bf, 21)?);
-    let (out, lse, dqkv) = (dev.alloc(b * t * c * 2)?, dev.alloc(b * nh * t * 4)?, dev.alloc(b * t * 3 * c * 2)?);
+    let (b, t, c, nh, nkv) = (s.batch, s.seq, cfg.n_embd, cfg.n_head, cfg.n_kv_head());
+    let (hs, w) = (c / nh, cfg.qkv_width());
+    let (qkv, dout) = (rand(dev, b * t * w, bf, 20)?, rand(dev, b * t * c, bf, 21)?);
+    let (out, lse, dqkv) = (dev.alloc(b * t * c * 2)?, dev.alloc(b * nh * t * 4)?, dev.alloc(b * t * w * 2)?);
     let pos0 = dev.alloc(b * 4)?;
     let (po, pl) = (dev.ptr(&out), dev.ptr(&lse));
-    // SAFETY (the attention launches and products below): qkv, dqkv hold B x T x 3C bf16, dout, out, q, k,
+    // SAFETY (the attention launches and products below): qkv, dqkv hold B x T x W bf16, dout, out, q, k,
     // v, y, out2 B x T x C, lse B x NH x T f32, sbuf B x NH x T x T bf16, pos0 B zeros, scratch its size.
-    let fwd = || unsafe { kl::attention_forward(l, bf, po, pl, qkv.ptr, qkv.ptr, dev.ptr(&pos0), b, t, t, c, nh, nh) };
+    let fwd = || unsafe { kl::attention_forward(l, bf, po, pl, qkv.ptr, qkv.ptr, dev.ptr(&pos0), b, t, t, c, nh, nkv) };
     let t_fwd = time(dev, s.iters, |_| fwd())?;
     let scratch = dev.alloc(kl::attention_backward_scratch_bytes(b, t, nh))?;
     let t_both = time(dev, s.iters, |_| {
         fwd()?;
         unsafe {
-            kl::attention_backward(l, bf, dev.ptr(&dqkv), dout.ptr, qkv.ptr, po, pl, b, t, c, nh, nh, dev.ptr(&scratch))
+            kl::attention_backward(
+                l,
+                bf,
+                dev.ptr(&dqkv),
+                dout.ptr,
+                qkv.ptr,
+                po,
+                pl,
+                b,
+                t,
+                c,
+                nh,
+                nkv,
+                dev.ptr(&scratch),
+            )
         }
     })?;
+    let flops = 2.0 * (b * nh * t * t * hs) as f64;
+    let mut row = AttentionRow {
+        b,
+        t,
+        nh,
+        nkv,
+        hs,
+        fused_fwd_ms: t_fwd * 1e3,
+        fused_fwd_bwd_ms: t_both * 1e3,
+        unfused_fwd_ms: f64::NAN,
+        fused_fwd_tflops: flops / t_fwd / 1e12,
+        fused_fwd_bwd_tflops: 3.5 * flops / t_both / 1e12,
+        speedup_fwd_vs_unfused: f64::NAN,
+        unfused_vs_fused_err: f64::NAN,
+    };
+    if nkv != nh {
+        return Ok(row); // the unfused route's permute reads as many key/value heads as query heads
+    }
     // unfused: q, k, v [B*NH, T, hs]; S = q k^T [B*NH, T, T]; P = causal softmax(S / sqrt(hs)); y = P v
     let (q, k, v, y, out2) = (
         dev.alloc(b * t * c * 2)?,
@@ -493,20 +611,10 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
         .zip(&unfused)
         .fold(0f32, |m, (a, b)| if b.is_finite() { m.max((a - b).abs()) } else { f32::INFINITY })
         / scale;
-    let flops = 2.0 * (b * nh * t * t * hs) as f64;
-    Ok(AttentionRow {
-        b,
-        t,
-        nh,
-        hs,
-        fused_fwd_ms: t_fwd * 1e3,
-        fused_fwd_bwd_ms: t_both * 1e3,
-        unfused_fwd_ms: t_unf * 1e3,
-        fused_fwd_tflops: flops / t_fwd / 1e12,
-        fused_fwd_bwd_tflops: 3.5 * flops / t_both / 1e12,
-        speedup_fwd_vs_unfused: t_unf / t_fwd,
-        unfused_vs_fused_err: err as f64,
-    })
+    row.unfused_fwd_ms = t_unf * 1e3;
+    row.speedup_fwd_vs_unfused = t_unf / t_fwd;
+    row.unfused_vs_fused_err = err as f64;
+    Ok(row)
 }
 
 /// Everything above, then the training steps on `be` (mixed precision). Each section goes to `on_section`
@@ -592,9 +700,17 @@ pub fn format(r: &Report) -> String {
     }
     for a in &r.attention {
         s += &format!(
-            "\nattention B{} T{} NH{} hs{}: fused fwd {:.3} ms ({:.0} TFLOP/s), fwd+bwd {:.3} ms ({:.0} TFLOP/s); unfused cuBLAS fwd {:.3} ms: fused is {:.2}x (outputs agree to {:.1e})\n",
-            a.b, a.t, a.nh, a.hs, a.fused_fwd_ms, a.fused_fwd_tflops, a.fused_fwd_bwd_ms, a.fused_fwd_bwd_tflops, a.unfused_fwd_ms, a.speedup_fwd_vs_unfused, a.unfused_vs_fused_err
+            "\nattention B{} T{} NH{} KV{} hs{}: fused fwd {:.3} ms ({:.0} TFLOP/s), fwd+bwd {:.3} ms ({:.0} TFLOP/s)",
+            a.b, a.t, a.nh, a.nkv, a.hs, a.fused_fwd_ms, a.fused_fwd_tflops, a.fused_fwd_bwd_ms, a.fused_fwd_bwd_tflops
         );
+        s += &if a.unfused_fwd_ms.is_nan() {
+            "; grouped-query heads: no unfused route to compare\n".to_string()
+        } else {
+            format!(
+                "; unfused cuBLAS fwd {:.3} ms: fused is {:.2}x (outputs agree to {:.1e})\n",
+                a.unfused_fwd_ms, a.speedup_fwd_vs_unfused, a.unfused_vs_fused_err
+            )
+        };
     }
     s += "\n";
     for t in &r.train_step {

@@ -17,7 +17,9 @@ use std::io::Write;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Model shape: a GPT-2 preset (tiny, gpt2 = 124M, gpt2-medium, gpt2-large, gpt2-xl) or a Llama-family
-    /// one (llama-tiny, smollm2-135m, smollm2-360m, qwen2.5-0.5b, llama-3.2-1b). CPU; the GPU report uses gpt2.
+    /// one (llama-tiny, smollm2-135m, smollm2-360m, qwen2.5-0.5b, llama-3.2-1b). On a GPU the whole report
+    /// runs at its shapes (the Llama family's rows: RMSNorm, SwiGLU, RoPE, the row-gather embedding and
+    /// grouped-query attention); cuda-sim runs it at tiny shapes (tiny for gpt2).
     #[arg(long, default_value = "gpt2")]
     pub preset: String,
     /// Sequences per step.
@@ -119,9 +121,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let report = if dev == Device::Cuda {
             let be = CudaBackend::cuda(0, DType::BF16)?;
             eprintln!("bench: {} ({})", be.dev.name(), be.dev.kernels_loaded());
-            kbench::run(&be, &BenchSizes::gpu(), progress, on_section)?
+            kbench::run(&be, &BenchSizes::gpu().at(&args.preset, args.vocab(), &cfg), progress, on_section)?
         } else {
-            kbench::run(&SimBackend::mixed(), &BenchSizes::smoke(), progress, on_section)?
+            let smoke = BenchSizes::smoke();
+            let sizes = if args.preset == "gpt2" { smoke } else { smoke.at(&args.preset, 300, &cfg) };
+            kbench::run(&SimBackend::mixed(), &sizes, progress, on_section)?
         };
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
