@@ -91,6 +91,8 @@ fn gradcheck_and_bench_on_the_simulated_kernels() {
     }
     let att = &v["attention"][0];
     assert!(att["unfused_vs_fused_err"].as_f64().unwrap() < 2e-2, "unfused attention disagrees: {att}");
+    let dec = &v["decode"][0];
+    assert!(dec["decode_vs_fused_err"].as_f64().unwrap() < 2e-2, "the decode kernel disagrees: {dec}");
     assert!(v["train_step"][0]["loss_first"].as_f64().unwrap().is_finite(), "{text}");
     // RLHF_CUDA_PROFILE=1: time per kernel name, kernels and products both, shares summing to 1.
     let prof = v["profile"].as_array().unwrap();
@@ -117,6 +119,9 @@ fn the_gpu_report_of_a_llama_preset_on_the_simulated_kernels() {
     let att = &v["attention"][0];
     assert_eq!((att["nh"].as_u64(), att["nkv"].as_u64()), (Some(4), Some(2)), "{att}");
     assert!(att["fused_fwd_bwd_ms"].as_f64().unwrap() > 0.0, "{att}");
+    let dec = &v["decode"][0];
+    assert_eq!((dec["nkv"].as_u64(), dec["tk"].as_u64()), (Some(2), Some(64)), "{dec}");
+    assert!(dec["decode_vs_fused_err"].as_f64().unwrap() < 2e-2, "the decode kernel disagrees: {dec}");
     assert!(v["train_step"][0]["loss_first"].as_f64().unwrap().is_finite(), "{text}");
 }
 

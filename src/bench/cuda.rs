@@ -136,6 +136,24 @@ pub struct AttentionRow {
     pub unfused_vs_fused_err: f64,
 }
 
+/// One decode step's attention: a query row per batch row against a KV cache of `tk` positions, by the decode
+/// kernel and by the training kernel (which computes one of its 64-row query tile there).
+#[derive(Debug, Serialize)]
+pub struct DecodeRow {
+    pub b: usize,
+    pub tk: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hs: usize,
+    pub decode_ms: f64,
+    pub fused_ms: f64,
+    /// The cache's keys and values read per millisecond by the decode kernel.
+    pub decode_gbps: f64,
+    pub speedup_vs_fused: f64,
+    /// max|fused - decode| / max|fused|.
+    pub decode_vs_fused_err: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct StepRow {
     pub batch: usize,
@@ -157,6 +175,7 @@ pub struct Report {
     pub ceilings: Option<Ceilings>,
     pub kernels: Vec<KernelRow>,
     pub attention: Vec<AttentionRow>,
+    pub decode: Vec<DecodeRow>,
     pub train_step: Vec<StepRow>,
     /// With `RLHF_CUDA_PROFILE=1`: time per kernel over a few training steps (see `crate::kernels::profile`).
     pub profile: Vec<ProfileRow>,
@@ -617,6 +636,44 @@ fn attention<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<Attenti
     Ok(row)
 }
 
+fn decode<D: Device>(dev: &D, s: &BenchSizes, cfg: &Config) -> Result<DecodeRow> {
+    let l = dev.launcher();
+    let bf = DType::BF16;
+    let (b, tk, c, nh, nkv) = (s.batch, s.seq, cfg.n_embd, cfg.n_head, cfg.n_kv_head());
+    let (hs, w) = (c / nh, cfg.qkv_width());
+    let (q, kv) = (rand(dev, b * w, bf, 30)?, rand(dev, b * tk * w, bf, 31)?);
+    let (out, out2, lse) = (dev.alloc(b * c * 2)?, dev.alloc(b * c * 2)?, dev.alloc(b * nh * 4)?);
+    // the query row is the cache's last position, so it reads every key
+    let pos: Vec<u32> = vec![(tk - 1) as u32; b];
+    let pos0 = dev.alloc(b * 4)?;
+    let (po, po2, pl, pp) = (dev.ptr(&out), dev.ptr(&out2), dev.ptr(&lse), dev.ptr(&pos0));
+    // SAFETY (this function's launches): q holds B x W bf16, kv B x Tk x W, out, out2 B x C, lse B x NH f32,
+    // pos0 B u32 (Tk - 1 each).
+    unsafe { dev.htod(pp, bytemuck::cast_slice(&pos))? };
+    let t_dec =
+        time(dev, s.iters, |_| unsafe { kl::attention_decode(l, bf, po, pl, q.ptr, kv.ptr, pp, b, tk, c, nh, nkv) })?;
+    let t_fused = time(dev, s.iters, |_| unsafe {
+        kl::attention_forward(l, bf, po2, pl, q.ptr, kv.ptr, pp, b, 1, tk, c, nh, nkv)
+    })?;
+    // SAFETY: out and out2 hold B x C bf16.
+    let (a, f) = unsafe { (download_bf16(dev, po, b * c)?, download_bf16(dev, po2, b * c)?) };
+    let scale = f.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
+    let err = a.iter().zip(&f).fold(0f32, |m, (x, y)| if x.is_finite() { m.max((x - y).abs()) } else { f32::INFINITY });
+    let bytes = (b * tk * 2 * nkv * hs * 2) as f64;
+    Ok(DecodeRow {
+        b,
+        tk,
+        nh,
+        nkv,
+        hs,
+        decode_ms: t_dec * 1e3,
+        fused_ms: t_fused * 1e3,
+        decode_gbps: bytes / t_dec / 1e9,
+        speedup_vs_fused: t_fused / t_dec,
+        decode_vs_fused_err: (err / scale) as f64,
+    })
+}
+
 /// Everything above, then the training steps on `be` (mixed precision). Each section goes to `on_section`
 /// as soon as it is done; one that fails (an error, or an op's panic on a device error) is recorded as failed
 /// and the others still run.
@@ -634,6 +691,8 @@ pub fn run<D: Device>(
     let kernels = sec.run("memory-bound kernels", || memory_bound(dev, s, &cfg, copy_gbps)).unwrap_or_default();
     let attention: Vec<AttentionRow> =
         sec.run("attention, fused and unfused", || attention(dev, s, &cfg)).into_iter().collect();
+    let decode: Vec<DecodeRow> =
+        sec.run("decode attention against the KV cache", || decode(dev, s, &cfg)).into_iter().collect();
     let name = dev.name();
     let (peak, known) = match (datasheet_peak(&name), &ceilings) {
         (Some(p), _) => (p, true),
@@ -674,7 +733,7 @@ pub fn run<D: Device>(
             .unwrap_or_default();
     }
     let device = if known { name } else { format!("{name} (peak unknown: MFU is over the measured GEMM ceiling)") };
-    Ok(Report { device, ceilings, kernels, attention, train_step, profile, failed: sec.failed })
+    Ok(Report { device, ceilings, kernels, attention, decode, train_step, profile, failed: sec.failed })
 }
 
 /// The text report.
@@ -711,6 +770,12 @@ pub fn format(r: &Report) -> String {
                 a.unfused_fwd_ms, a.speedup_fwd_vs_unfused, a.unfused_vs_fused_err
             )
         };
+    }
+    for d in &r.decode {
+        s += &format!(
+            "decode attention B{} Tk{} NH{} KV{} hs{}: {:.3} ms ({:.0} GB/s of cache), the training kernel {:.3} ms: {:.2}x (outputs agree to {:.1e})\n",
+            d.b, d.tk, d.nh, d.nkv, d.hs, d.decode_ms, d.decode_gbps, d.fused_ms, d.speedup_vs_fused, d.decode_vs_fused_err
+        );
     }
     s += "\n";
     for t in &r.train_step {
