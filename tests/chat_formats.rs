@@ -158,3 +158,46 @@ fn special_tokens_of_each_format() {
         assert_eq!(sp.chat_template, Some(ChatFormat::from_tokenizer(&tok).unwrap().chat_template()));
     }
 }
+
+/// Tokenizers built as Qwen2.5's and Llama 3's are (their pre-tokenizer regexes, special tokens after the
+/// vocabulary; `tools/make-parity-fixtures.sh chat-formats`): they load, the format is found from them, the
+/// fixture's template is the engine's, and the engine's ids are transformers' `apply_chat_template` ids:
+/// the prompt exactly, and prompt + answer as the whole conversation (less ChatML's closing newline) where
+/// the answer starts with a word; an answer starting with whitespace is the model's own tokens after the
+/// prompt (encoded alone), so only its text is compared.
+#[test]
+fn hugging_face_style_tokenizers_match_apply_chat_template() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_chat_formats");
+    for (name, style) in [("qwen2_style", ChatStyle::Chatml), ("llama3_style", ChatStyle::Llama3)] {
+        let dir = root.join(name);
+        let tok = Tokenizer::load(dir.join("tokenizer.json")).unwrap();
+        let ct = ChatFormat::from_tokenizer(&tok).unwrap();
+        assert_eq!(ct.style, style, "{name}");
+        let read = |f: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+        };
+        assert_eq!(read("tokenizer_config.json")["chat_template"], ct.chat_template(), "{name}");
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        };
+        let expected = read("expected.json");
+        for c in expected["conversations"].as_array().unwrap() {
+            let messages: Vec<Message> = serde_json::from_value(c["messages"].clone()).unwrap();
+            let (prompt, answer) = chat::encode_messages(&tok, &ct, &messages).unwrap();
+            assert_eq!(prompt, ids(&c["prompt_ids"]), "{name}: the prompt of {:?}", c["text"]);
+            let whole = ids(&c["ids"]);
+            let last = &messages.last().unwrap().content;
+            if last.starts_with(char::is_alphabetic) {
+                let ours = [&prompt[..], &answer].concat();
+                assert_eq!(&whole[..ours.len()], &ours[..], "{name}: {:?}", c["text"]);
+                let rest = tok.decode(&whole[ours.len()..]);
+                assert_eq!(rest, if style == ChatStyle::Chatml { "\n" } else { "" }, "{name}");
+            }
+            assert_eq!(chat::answer_text(&tok, &answer, ct.end), *last);
+            assert_eq!(
+                tok.decode(&[&prompt[..], &answer].concat()),
+                c["text"].as_str().unwrap().trim_end_matches('\n')
+            );
+        }
+    }
+}

@@ -6,6 +6,7 @@
 #                                                      # tests/fixtures/parity_modern/ (Llama, Qwen2, Mistral),
 #                                                      # tests/fixtures/gpt2_tokenizer_ids.json
 #   tools/make-parity-fixtures.sh chat                 # tests/fixtures/hf_chat (builds and runs target/release/rlhf)
+#   tools/make-parity-fixtures.sh chat-formats         # tests/fixtures/hf_chat_formats (Qwen2- and Llama 3-style tokenizers)
 #   tools/make-parity-fixtures.sh check-export DIR [--expected tests/fixtures/parity{,_modern}/NAME]
 set -euo pipefail
 cd "$(dirname "$0")/.."

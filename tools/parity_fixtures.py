@@ -30,6 +30,13 @@ Modes:
       conversations (with and without `add_generation_prompt`) and the scores of a right-padded batch of
       answers of different lengths. tests/hf_chat.rs compares them with the engine's chat encoder and
       `rlhf score`.
+  chat-formats [--out tests/fixtures/hf_chat_formats]
+      Tokenizers built the way Qwen2.5's and Llama 3's are (the `tokenizers` library: their published
+      pre-tokenizer regex, then byte-level; a small BPE trained on the demo corpus; their special tokens
+      added after the vocabulary), each in OUT/<name>/tokenizer.json with the chat template of the engine's
+      format for it in tokenizer_config.json, and in OUT/<name>/expected.json the ids transformers'
+      `apply_chat_template` gives for a few conversations (the prompt with `add_generation_prompt`, and the
+      whole conversation). tests/chat_formats.rs compares them with the engine's chat encoder.
   check-export DIR [--expected FIXTURE_DIR]
       Loads DIR (written by `rlhf export`, or a fixture folder itself) with the class its config.json names
       in `architectures[0]`, in f32 whatever the file's dtype, prints the output of a head that is not a
@@ -461,6 +468,85 @@ def chat_fixture(rlhf, out_dir):
     return 0 if diff <= 1e-4 else 1
 
 
+# The published pre-tokenizer regexes of Qwen2 (also Qwen2.5) and Llama 3 (they differ in \p{N} vs \p{N}{1,3}).
+CHAT_FORMAT_TOKENIZERS = {
+    "qwen2_style": (
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "chatml",
+    ),
+    "llama3_style": (
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "llama3",
+    ),
+}
+
+# The engine's templates (src/data/chat.rs CHATML_TEMPLATE, LLAMA3_TEMPLATE); the test checks they are equal.
+CHAT_TEMPLATES = {
+    "chatml": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    "llama3": "{{ '<|begin_of_text|>' }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+}
+
+CHAT_CONVERSATIONS = [
+    [{"role": "user", "content": "Who is Mr. Darcy?"}, {"role": "assistant", "content": "A proud man of 10,000 a year."}],
+    [
+        {"role": "system", "content": "You answer as Miss Bennet would."},
+        {"role": "user", "content": "  Who is Mr. Darcy?\nTell me."},
+        {"role": "assistant", "content": " A proud man, très riche."},
+        {"role": "user", "content": "And Mr. Bingley?"},
+        {"role": "assistant", "content": "His friend; all amiability. 123456"},
+    ],
+    [{"role": "user", "content": "Write two lines.\n\n"}, {"role": "assistant", "content": "\n\nOne.\nTwo."}],
+]
+
+
+def chat_formats_fixture(out_dir):
+    import gzip
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    with gzip.open(os.path.join(ROOT, "data/corpus/austen.txt.gz"), "rt", encoding="utf-8") as f:
+        text = f.read()[:300_000]
+    for name, (pattern, specials, style) in CHAT_FORMAT_TOKENIZERS.items():
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(pattern), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(text.split("\n\n"), trainer)
+        tok.add_special_tokens(specials)
+        d = os.path.join(out_dir, name)
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, "tokenizer.json")
+        tok.save(path)
+        hf = PreTrainedTokenizerFast(tokenizer_file=path)
+        hf.chat_template = CHAT_TEMPLATES[style]
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHAT_TEMPLATES[style]}, f, indent=1)
+            f.write("\n")
+
+        def ids(messages, gen):
+            out = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen)
+            return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+        cases = [
+            {
+                "messages": m,
+                "prompt_ids": ids(m[:-1], True),
+                "ids": ids(m, False),
+                "text": hf.apply_chat_template(m, tokenize=False),
+            }
+            for m in CHAT_CONVERSATIONS
+        ]
+        with open(os.path.join(d, "expected.json"), "w", encoding="utf-8") as f:
+            json.dump({"style": style, "vocab": tok.get_vocab_size(), "conversations": cases}, f, ensure_ascii=False, indent=1)
+        print(f"wrote {d} ({tok.get_vocab_size()} ids, {len(cases)} conversations)")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -469,6 +555,8 @@ def main():
     h = sub.add_parser("chat")
     h.add_argument("--rlhf", default=os.path.join(ROOT, "target/release/rlhf"))
     h.add_argument("--out", default=os.path.join(ROOT, "tests/fixtures/hf_chat"))
+    cf = sub.add_parser("chat-formats")
+    cf.add_argument("--out", default=os.path.join(ROOT, "tests/fixtures/hf_chat_formats"))
     c = sub.add_parser("check-export")
     c.add_argument("dir")
     c.add_argument("--expected")
@@ -482,6 +570,8 @@ def main():
         return 0
     if a.mode == "chat":
         return chat_fixture(a.rlhf, a.out)
+    if a.mode == "chat-formats":
+        return chat_formats_fixture(a.out)
     return check_export(a.dir, a.expected)
 
 
