@@ -488,8 +488,9 @@ CHAT_TEMPLATES = {
     "llama3": "{{ '<|begin_of_text|>' }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
 }
 
-CHAT_CONVERSATIONS = [
-    [{"role": "user", "content": "Who is Mr. Darcy?"}, {"role": "assistant", "content": "A proud man of 10,000 a year."}],
+# The conversations of the chat fixture, and two more: digits (the regexes split numbers differently), an
+# answer and a user turn starting or ending with blank lines.
+CHAT_FORMAT_CONVERSATIONS = CHAT_CONVERSATIONS + [
     [
         {"role": "system", "content": "You answer as Miss Bennet would."},
         {"role": "user", "content": "  Who is Mr. Darcy?\nTell me."},
@@ -539,7 +540,7 @@ def chat_formats_fixture(out_dir):
                 "ids": ids(m, False),
                 "text": hf.apply_chat_template(m, tokenize=False),
             }
-            for m in CHAT_CONVERSATIONS
+            for m in CHAT_FORMAT_CONVERSATIONS
         ]
         with open(os.path.join(d, "expected.json"), "w", encoding="utf-8") as f:
             json.dump({"style": style, "vocab": tok.get_vocab_size(), "conversations": cases}, f, ensure_ascii=False, indent=1)
