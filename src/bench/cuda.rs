@@ -137,7 +137,7 @@ pub struct AttentionRow {
 }
 
 /// One decode step's attention: a query row per batch row against a KV cache of `tk` positions, by the decode
-/// kernel and by the training kernel (which computes one of its 64-row query tile there).
+/// kernel and by the training kernel (which computes one row of a 64-row query tile there).
 #[derive(Debug, Serialize)]
 pub struct DecodeRow {
     pub b: usize,
@@ -147,7 +147,7 @@ pub struct DecodeRow {
     pub hs: usize,
     pub decode_ms: f64,
     pub fused_ms: f64,
-    /// The cache's keys and values read per millisecond by the decode kernel.
+    /// The decode kernel's reads of the cache's keys and values, in GB/s.
     pub decode_gbps: f64,
     pub speedup_vs_fused: f64,
     /// max|fused - decode| / max|fused|.

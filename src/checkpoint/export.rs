@@ -134,11 +134,13 @@ pub fn export_as(
     let source = checkpoint::run_dir::resolve_checkpoint(checkpoint_path)?;
     let mut ck = checkpoint::load(&source)?;
     check_finite(&ck, &source)?;
-    for t in ck.tensors.iter_mut().chain(&mut ck.extra) {
-        t.data.iter_mut().for_each(|x| *x = stored.round(*x));
+    if stored != StoredAs::F32 {
+        for t in ck.tensors.iter_mut().chain(&mut ck.extra) {
+            t.data.iter_mut().for_each(|x| *x = stored.round(*x));
+        }
+        // F16's range ends at 65504: a larger weight would be stored as infinite.
+        check_finite(&ck, &source).with_context(|| format!("the model does not fit in {}", stored.dtype().name()))?;
     }
-    // F16's range ends at 65504: a larger weight would be stored as infinite.
-    check_finite(&ck, &source).with_context(|| format!("the model does not fit in {}", stored.dtype().name()))?;
     if out.exists() && !out.is_dir() {
         bail!("--out {} exists and is not a folder", out.display());
     }

@@ -175,7 +175,6 @@ pub fn config_json(cfg: &Config) -> Value {
         "initializer_range": 0.02,
         "attention_dropout": 0.0,
         "use_cache": true,
-        "torch_dtype": "float32",
     });
     match s.family {
         Family::Llama => {

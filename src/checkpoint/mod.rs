@@ -280,9 +280,9 @@ impl Checkpoint {
     }
 }
 
-/// The Hugging Face `config.json` we write for a checkpoint (the family's keys + our `"rlhf"` section),
-/// recording the tokenizer `tok` stored beside it, if any.
-pub fn hf_config_json(ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Value {
+/// The Hugging Face `config.json` we write for a checkpoint (the family's keys + our `"rlhf"` section) whose
+/// weights are stored as `dtype`, recording the tokenizer `tok` stored beside it, if any.
+pub fn hf_config_json(ck: &Checkpoint, tok: Option<&TokenizerFile>, dtype: Dtype) -> Value {
     let c = &ck.config;
     let mut v = match c.llama() {
         None => gpt2_config_json(ck),
@@ -293,6 +293,11 @@ pub fn hf_config_json(ck: &Checkpoint, tok: Option<&TokenizerFile>) -> Value {
         }
     };
     v["rlhf"] = json!({"kind": ck.kind.as_str(), "format": FORMAT_VERSION});
+    v["torch_dtype"] = json!(match dtype {
+        Dtype::BF16 => "bfloat16",
+        Dtype::F16 => "float16",
+        _ => "float32",
+    });
     // The tokenizer's special ids; without a tokenizer, GPT-2's end-of-text id where the vocabulary has it,
     // otherwise none (transformers would default to 50256).
     let special = tok.map(|t| tokenizer::hf_special_tokens(t.tokenizer()));
@@ -354,7 +359,6 @@ fn gpt2_config_json(ck: &Checkpoint) -> Value {
         "reorder_and_upcast_attn": false,
         "tie_word_embeddings": true,
         "use_cache": true,
-        "torch_dtype": "float32",
     })
 }
 
@@ -400,13 +404,7 @@ pub fn save_as(dir: &Path, ck: &Checkpoint, tok: Option<&TokenizerFile>, dtype: 
     if let Some(t) = tok {
         t.write(&dir.join(crate::tokenizer::TOKENIZER_FILE))?;
     }
-    let mut config = hf_config_json(ck, tok);
-    config["torch_dtype"] = json!(match dtype {
-        Dtype::BF16 => "bfloat16",
-        Dtype::F16 => "float16",
-        _ => "float32",
-    });
-    let text = serde_json::to_string_pretty(&config)? + "\n";
+    let text = serde_json::to_string_pretty(&hf_config_json(ck, tok, dtype))? + "\n";
     crate::util::fs::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
     Ok(())
 }

@@ -183,8 +183,8 @@ impl<'a, B: Backend> Chat<'a, B> {
         })?;
         writeln!(out, "{}", stream.finish())?;
         out.flush()?;
-        let close = if g.ended { vec![] } else { vec![end] };
-        self.dec.append(&[&close, self.ct.after_end()].concat())?;
+        let close: &[u32] = if g.ended { &[] } else { &[end] };
+        self.dec.append(&[close, self.ct.after_end()].concat())?;
         Ok(())
     }
 }

@@ -108,6 +108,11 @@ impl ChatStyle {
             ChatStyle::Rlhf | ChatStyle::Chatml => "",
         }
     }
+
+    /// The opening of every prompt: the conversation's start and the first user turn's marker.
+    fn opening(self) -> String {
+        format!("{}{}", self.start(), self.open("user"))
+    }
 }
 
 /// One tokenizer's chat format: its [`ChatStyle`] and the ids it needs.
@@ -164,7 +169,7 @@ impl ChatFormat {
         Ok(ChatFormat {
             style,
             start: tok.try_encode(style.start())?,
-            head: tok.try_encode(&format!("{}{}", style.start(), style.open("user")))?.len(),
+            head: tok.try_encode(&style.opening())?.len(),
             min_prompt: tok.try_encode(&Self::render(style, &[], Some(""))?)?.len(),
             max_id,
             end,
@@ -288,9 +293,8 @@ pub fn answer_text(tok: &Tokenizer, answer: &[u32], end: u32) -> String {
 /// judge reads; for a conversation, every turn's text, with the markers between them).
 pub fn prompt_text(tok: &Tokenizer, ct: &ChatFormat, prompt: &[u32]) -> String {
     let text = tok.decode(prompt);
-    let head = format!("{}{}", ct.style.start(), ct.style.open("user"));
     let tail = format!("{}{}", ct.style.close().0, ct.style.open("assistant"));
-    let body = text.strip_prefix(&head).unwrap_or(&text);
+    let body = text.strip_prefix(&ct.style.opening()).unwrap_or(&text);
     body.strip_suffix(&tail).unwrap_or(body).to_string()
 }
 

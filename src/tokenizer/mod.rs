@@ -95,15 +95,13 @@ const PROBE: &str = "Hello, world!\n\n  \"Über\" naïve café — 日本語 �
 
 impl Tokenizer {
     fn from_inner(mut inner: tokenizers::Tokenizer, what: &str) -> Result<Self> {
-        let eot_name = EOT_TOKENS.into_iter().find(|t| inner.token_to_id(t).is_some()).ok_or_else(|| {
+        let (eot_name, eot) = EOT_TOKENS.into_iter().find_map(|t| Some((t, inner.token_to_id(t)?))).ok_or_else(|| {
             anyhow!("{what}: the tokenizer has none of the end-of-text tokens {EOT_TOKENS:?} (needed to separate documents)")
         })?;
         // A tokenizer whose model vocabulary has the end-of-text token but does not declare it as an added
         // token would split the literal text into pieces; mark it special (same id) so it is one token in text.
-        if let Some(id) = inner.token_to_id(eot_name) {
-            if !inner.get_added_tokens_decoder().contains_key(&id) {
-                inner.add_special_tokens(&[AddedToken::from(eot_name.to_string(), true)]);
-            }
+        if !inner.get_added_tokens_decoder().contains_key(&eot) {
+            inner.add_special_tokens(&[AddedToken::from(eot_name.to_string(), true)]);
         }
         let vocab = inner.get_vocab(true);
         let max_id =
@@ -114,7 +112,6 @@ impl Tokenizer {
                 crate::model::Config::MAX_VOCAB
             );
         }
-        let eot = inner.token_to_id(eot_name).expect("found above");
         let tok = Tokenizer { inner, vocab_size: max_id as usize + 1, eot };
         let ids = tok.try_encode(PROBE).with_context(|| format!("{what}: the tokenizer cannot encode text"))?;
         let back = tok.try_decode(&ids).with_context(|| format!("{what}: the tokenizer cannot decode its own ids"))?;
