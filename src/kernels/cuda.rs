@@ -6,7 +6,7 @@
 //! kernel file loaded from is in [`CudaLauncher::loaded`].
 
 use super::launch::{Arg, LaunchConfig, Launcher};
-use super::{image_for, ptx_image, Image, CUBIN_MODULES, PTX_MODULES, PTX_UNAVAILABLE_REASON};
+use super::{image_for, ptx_entries, ptx_image, Image, CUBIN_MODULES, PTX_MODULES, PTX_UNAVAILABLE_REASON};
 use super::{profile, sync};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
@@ -30,7 +30,11 @@ unsafe impl Sync for Module {}
 pub struct CudaLauncher {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: Vec<(String, Module)>,
+    modules: Vec<Module>,
+    /// Which of `modules` defines each kernel (from the `.entry` names of its file's PTX): a lookup asks
+    /// only the module that has the kernel, so the driver reports no failed lookups (compute-sanitizer
+    /// counts each one as an error).
+    module_of: HashMap<&'static str, usize>,
     funcs: Mutex<HashMap<String, Func>>,
     /// Compute capability as 10 * major + minor (90 for an H100/H200).
     pub sm: u32,
@@ -88,6 +92,7 @@ impl CudaLauncher {
         let mut stems: Vec<&str> = PTX_MODULES.iter().map(|(s, _, _)| *s).collect();
         stems.dedup();
         let mut modules = Vec::new();
+        let mut module_of = HashMap::new();
         let mut loaded: Vec<String> = Vec::new();
         for stem in stems {
             let image = image_for(CUBIN_MODULES, PTX_MODULES, stem, sm).ok_or_else(|| {
@@ -104,12 +109,15 @@ impl CudaLauncher {
                 }
                 Err(e) => bail!("loading {stem}.cu {} for sm_{sm}: {e}", image.describe()),
             };
-            modules.push((stem.to_string(), Module(m)));
+            // Every architecture's PTX of a file defines the same kernels: the first one names them.
+            let text = PTX_MODULES.iter().find(|(s, _, _)| *s == stem).map_or("", |(_, _, t)| *t);
+            module_of.extend(ptx_entries(text).map(|name| (name, modules.len())));
+            modules.push(Module(m));
             loaded.push(what);
         }
         let loaded = summarize(&loaded);
         let stream = ctx.default_stream();
-        Ok(CudaLauncher { ctx, stream, modules, funcs: Mutex::new(HashMap::new()), sm, loaded })
+        Ok(CudaLauncher { ctx, stream, modules, module_of, funcs: Mutex::new(HashMap::new()), sm, loaded })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -125,15 +133,15 @@ impl CudaLauncher {
         if let Some(f) = funcs.get(name) {
             return Ok(*f);
         }
-        for (_, m) in &self.modules {
-            // SAFETY: m is a loaded module (unloaded only on drop).
-            if let Ok(f) = unsafe { result::module::get_function(m.0, CString::new(name)?) } {
-                let func = Func { f, smem_limit: DEFAULT_SMEM };
-                funcs.insert(name.to_string(), func);
-                return Ok(func);
-            }
-        }
-        bail!("no kernel named {name} in the loaded PTX modules")
+        let Some(&i) = self.module_of.get(name) else {
+            bail!("no kernel named {name} in the loaded kernel files");
+        };
+        // SAFETY: the module is loaded (unloaded only on drop).
+        let f = unsafe { result::module::get_function(self.modules[i].0, CString::new(name)?) }
+            .map_err(|e| anyhow!("kernel {name}: {e}"))?;
+        let func = Func { f, smem_limit: DEFAULT_SMEM };
+        funcs.insert(name.to_string(), func);
+        Ok(func)
     }
 
     /// `op` (work queued on this launcher's stream), bracketed by two events while [`profile`] records.
@@ -212,7 +220,7 @@ impl Drop for CudaLauncher {
     fn drop(&mut self) {
         let _ = self.ctx.bind_to_thread();
         let _ = self.stream.synchronize();
-        for (_, m) in self.modules.drain(..) {
+        for m in self.modules.drain(..) {
             // SAFETY: each module is unloaded once, after the stream has drained.
             let _ = unsafe { result::module::unload(m.0) };
         }

@@ -76,6 +76,14 @@ pub fn ptx_image<'a>(ptx: &[(&str, u32, &'a str)], stem: &str, sm: u32) -> Optio
         .map(|&(_, arch, text)| Image::Ptx { arch, text })
 }
 
+/// The kernels a PTX text defines: the names of its `.entry` directives (`.visible .entry NAME(`).
+pub fn ptx_entries(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter_map(|l| {
+        let rest = l.trim_start().strip_prefix(".visible ").unwrap_or(l.trim_start()).strip_prefix(".entry ")?;
+        rest.split(|c: char| c == '(' || c.is_whitespace()).next().filter(|n| !n.is_empty())
+    })
+}
+
 /// Per-kernel register/spill lines of the ptxas report: (file, arch, kernel, registers, spill stores, spill loads).
 pub fn ptxas_summary() -> Vec<(String, String, String, u32, u32, u32)> {
     let mut v = Vec::new();
@@ -121,5 +129,22 @@ mod tests {
         assert_eq!(image_for(&CUBINS[..1], PTX, "gelu", 90), Some(Image::Ptx { arch: 90, text: "p90" }));
         assert_eq!(image_for(CUBINS, PTX, "gelu", 75), None);
         assert_eq!(image_for(CUBINS, PTX, "layernorm", 90), None);
+    }
+
+    #[test]
+    fn a_ptx_text_names_the_kernels_it_defines() {
+        let text = "//\n.version 9.0\n.visible .entry gelu_forward_f32(\n\t.param .u64 out\n)\n\
+                    .func helper(\n.entry local_kernel (\n";
+        assert_eq!(ptx_entries(text).collect::<Vec<_>>(), ["gelu_forward_f32", "local_kernel"]);
+        // The embedded modules (built with nvcc): every file defines kernels, each name in one file only.
+        let mut seen = std::collections::HashMap::new();
+        for &(stem, arch, text) in PTX_MODULES {
+            let names: Vec<&str> = ptx_entries(text).collect();
+            assert!(!names.is_empty(), "{stem}.cu (sm_{arch}) defines no kernel");
+            for n in names {
+                let first = *seen.entry(n).or_insert(stem);
+                assert_eq!(first, stem, "kernel {n} is defined in {first}.cu and {stem}.cu");
+            }
+        }
     }
 }
