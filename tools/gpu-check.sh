@@ -11,16 +11,17 @@
 # compares the C library versions the binaries need (recorded by the build) with the machine's and prints a
 # verdict (it stops there when the binary cannot start). Each step has its own limit: kernels_gpu 45 s, engine_cuda
 # 45 s, gradcheck 50 s (these three with RLHF_CUDA_SYNC=1: a fault is reported by the kernel that caused it),
-# bench 75 s, sanitizer 40 s (compute-sanitizer on kernels_gpu; skipped with a note when the tool is not there),
+# bench 75 s (with RLHF_CUDA_PROFILE=1: the time per kernel), generation 40 s, sanitizer 40 s and racecheck 40 s (compute-sanitizer's memcheck and racecheck on kernels_gpu; skipped with a note when the tool is not there),
 # torch 70 s (one training batch size; the PyTorch script keeps to its own limit and still prints its JSON),
 # table 10 s; and the whole run stops itself after GPU_CHECK_DEADLINE_S seconds (default 300: a step's limit is
 # cut to what is left). RLHF_FIXTURES points the test binaries at tests/fixtures of this tree.
 #
-# What it writes to OUT_DIR (10 files): env.log (the library verdict, nvidia-smi, how libcuda and
+# What it writes to OUT_DIR (11 files): env.log (the library verdict, nvidia-smi, how libcuda and
 # cuBLASLt were found), tests.log (both test binaries), gradcheck.log (rows as they finish; its header says
 # whether cubins or PTX were loaded), bench.log (stderr of `rlhf bench`), rlhf_bench.json, bench_sections.jsonl
-# (each bench section as it finished), sanitizer.log, torch.log (progress of the PyTorch reference), torch.json, table.txt (the comparison table,
-# then one summary line per step). The run exits nonzero when any step failed; every step runs regardless.
+# (each bench section as it finished), generation.log (sampling tokens/s), sanitizer.log, torch.log (progress of the PyTorch reference), torch.json, table.txt (the comparison table,
+# then one summary line per step). At the end all but table.txt go into OUT_DIR/logs.tar.gz (the run's
+# output is then two files). The run exits nonzero when any step failed; every step runs regardless.
 #
 # The run needs: nvidia-smi, python3 with PyTorch (CUDA), the NVIDIA driver's libcuda, and a cuBLASLt for
 # CUDA 13 (the CUDA toolkit's, or the one in the nvidia-* Python wheels next to PyTorch). The binaries load both
@@ -387,14 +388,21 @@ run() {
   : > "$out/bench.log"
   rm -f "$out/rlhf_bench.json" "$out/bench_sections.jsonl"
   # stdout (the JSON) to its file, stderr to the log; each section to bench_sections.jsonl as it finishes.
-  step bench 75 "$out/bench.log" bash -c '"$1" bench --device cuda --json --sections "$3" 2>&1 1>"$2"' _ "$GPU_DIR/rlhf" "$out/rlhf_bench.json" "$out/bench_sections.jsonl" \
+  # RLHF_CUDA_PROFILE=1: the report ends with the time per kernel over a few training steps (bench.log).
+  step bench 75 "$out/bench.log" env RLHF_CUDA_PROFILE=1 bash -c '"$1" bench --device cuda --json --sections "$3" 2>&1 1>"$2"' _ "$GPU_DIR/rlhf" "$out/rlhf_bench.json" "$out/bench_sections.jsonl" \
     && { python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$out/rlhf_bench.json" 2>/dev/null || fail_last "rlhf_bench.json is not JSON"; }
+
+  # Rollouts: batched sampling with the KV cache on the device (GPT-2 small, 16-token prompts, 128 new tokens).
+  : > "$out/generation.log"
+  step generation 40 "$out/generation.log" "$GPU_DIR/rlhf" bench --section generation --device cuda --gen-batch 1,16,64,256
 
   # compute-sanitizer (memcheck) over the kernel test, where the machine has it.
   : > "$out/sanitizer.log"
   local san; san="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
   if [[ -n "$san" && -n "$kgpu" ]]; then
     step sanitizer 40 "$out/sanitizer.log" "$san" --tool memcheck --error-exitcode 3 "$kgpu" --nocapture --test-threads 1
+    # Shared-memory hazards on the real GPU (the simulator's race checker covers the same kernels here).
+    step racecheck 40 "$out/sanitizer.log" "$san" --tool racecheck --error-exitcode 3 "$kgpu" --nocapture --test-threads 1
   else
     echo "== sanitizer: SKIPPED (no compute-sanitizer on PATH or under /usr/local/cuda*/bin)" | tee -a "$out/sanitizer.log"
     STEP_NAMES+=(sanitizer); STEP_STATUS+=("ok (skipped: no compute-sanitizer)"); STEP_SECS+=(0)
@@ -420,6 +428,10 @@ run() {
   } | tee -a "$out/table.txt"
   for i in "${!STEP_STATUS[@]}"; do [[ "${STEP_STATUS[$i]}" == ok* ]] || failed=1; done
   rm -rf "$LIBS_DIR"
+  # The logs in one archive beside the table: two files to copy back from the GPU machine.
+  (cd "$out" && tar -czf logs.tar.gz --exclude=logs.tar.gz --exclude=table.txt -- * \
+    && find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name table.txt -delete) \
+    || echo "gpu-check: packing the logs into $out/logs.tar.gz failed; they stay as they are"
   if (( failed )); then echo "gpu-check: FAILED (see the summary above and the logs in $out)"; exit 1; fi
   echo "gpu-check: all steps passed (logs in $out)"
 }

@@ -152,6 +152,9 @@ def build_table(ours, torch_):
     return tab
 
 
+PROFILE_ROWS = 30
+
+
 def render(rlhf_path, torch_path):
     ours, e1 = load(rlhf_path)
     torch_, e2 = load(torch_path)
@@ -168,6 +171,16 @@ def render(rlhf_path, torch_path):
     if notes:
         out.append("")
         out += [f"note: {n}" for n in notes]
+    prof = [r for r in ours.get("profile") or [] if isinstance(r, dict)]
+    if prof:
+        out.append("")
+        out.append(f"time per kernel (RLHF_CUDA_PROFILE=1), the {min(len(prof), PROFILE_ROWS)} largest of {len(prof)}:")
+        out.append(f"  {'kernel':<48} {'calls':>6} {'total ms':>9} {'mean us':>9} {'share':>6}")
+        for r in prof[:PROFILE_ROWS]:
+            tot, mean, share = num(r.get("total_ms")), num(r.get("mean_us")), num(r.get("share"))
+            out.append(f"  {str(r.get('kernel'))[:48]:<48} {r.get('calls', '?'):>6} "
+                       f"{'n/a' if tot is None else f'{tot:.3f}':>9} {'n/a' if mean is None else f'{mean:.1f}':>9} "
+                       f"{'n/a' if share is None else f'{100 * share:.1f}%':>6}")
     out.append("")
     if tab.misses:
         out.append(f"{tab.misses} of {tab.misses + tab.passes} compared rows miss their target")
@@ -191,6 +204,7 @@ def selftest():
         "attention": [{"b": 8, "t": 1024, "nh": 12, "hs": 64, "fused_fwd_ms": 0.040, "fused_fwd_bwd_ms": 0.150,
                        "unfused_fwd_ms": 0.2, "fused_fwd_tflops": 322.0, "fused_fwd_bwd_tflops": 300.0, "speedup_fwd_vs_unfused": 5.0}],
         "train_step": [{"batch": 8, "seq": 1024, "median_ms": 20.0, "tokens_per_s": 409600.0, "tflops": 360.0, "mfu": 0.45}],
+        "profile": [{"kernel": "gemm 8192x2304x768", "calls": 36, "total_ms": 3.5, "mean_us": 97.2, "share": 0.41}],
     }
     torch_ = {
         "device": "NVIDIA H200 (fake)", "torch": "0.0-fake",
@@ -222,6 +236,7 @@ def selftest():
         assert rows["copy ceiling: gelu_forward bf16"][5] == "PASS"
         assert rows["MFU B8 T1024"][1] == "45.0%"
         assert tab.misses == 2, tab.misses
+        assert "gemm 8192x2304x768" in text and "41.0%" in text, text
         # Missing and broken inputs: everything n/a, nothing raises.
         with open(b, "w") as f:
             f.write("{not json")
