@@ -23,10 +23,11 @@
 // kernels/mutants-allowed.txt): a pass of 32 keys or queries that starts at the bound adds nothing (nj, ni = 0);
 // a key at j = nkeys has s = -inf, so p = 0 unguarded; a dim d = HS (k = KPL) is computed but never stored.
 //
-// These kernels use CUDA cores (FFMA). At the bottom: the tensor-core (WMMA) forward and backward for bf16 with
-// head size 64 (attention_forward_wmma_bf16, attention_backward_dq_wmma_bf16, attention_backward_dkv_wmma_bf16).
+// These kernels use CUDA cores (FFMA). At the bottom: the tensor-core forward (mma.sync) and backward (WMMA)
+// for bf16 with head size 64 (attention_forward_mma_bf16, attention_backward_dq_wmma_bf16,
+// attention_backward_dkv_wmma_bf16).
 #include "common.cuh"
-#include "geometry.cuh"  // ATT_WARPS; the WMMA kernels' tiles and shared-memory layouts
+#include "geometry.cuh"  // ATT_WARPS; the tensor-core kernels' tiles and shared-memory layouts
 
 template <class T, int KPL>
 __device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q_src,
@@ -250,135 +251,153 @@ ATT_INST(float, f32)
 ATT_INST(bf16, bf16)
 
 // ---------------------------------------------------------------------------------------------------------
-// Tensor-core forward (WMMA, bf16 inputs, f32 accumulation), head size 64: flash-attention-2 style.
-// Block: 4 warps, 64 query rows (16 per warp) of query head h; key/value tiles of 64 rows of kv head
-// h / (NH / NKV) staged in shared memory.
-// Per key tile each warp computes S = Q_w K^T (16 x 64, f32) with WMMA, applies scale and the causal mask,
-// updates the running row max / sum (2 lanes per row), writes P (bf16) and rescales its O accumulator
-// (16 x 64 f32, kept in shared memory because a fragment's element-to-row mapping is unspecified), then
-// O += P V with WMMA. Epilogue: out = O / l, lse = m + log l.
-// Dynamic shared memory: WA_SMEM (72448) bytes, above the 48 KiB default: the device launcher opts in.
-// Tile sizes (WA_Q, WA_K, WA_D, row strides WA_LDH, WA_LDF) and the shared-memory layout (WA_OFF_*, WA_SMEM)
-// come from geometry.cuh (kernels/geometry.rs).
+// Tensor-core kernels for bf16 with head size 64: the forward below (mma.sync through PTX, accumulators in
+// registers) and the backward further down (WMMA).
 
+// Stage rows row0 .. row0+63 (64 bf16 each, row stride `stride` elements) of src into a padded tile; rows at
+// or beyond n are zero. 16-byte packs: src and stride must keep 16-byte alignment (checked by the launcher).
+__device__ __forceinline__ void wb_stage(bf16* dst, const bf16* __restrict__ src, long long stride, int row0, int n) {
+  for (int i = threadIdx.x; i < WB_T * (WA_D / 8); i += blockDim.x) {
+    const int r = i / (WA_D / 8), c = (i % (WA_D / 8)) * 8;
+    Pack<bf16> p;
+    if (row0 + r < n) {
+      p = load_pack(src + (long long)(row0 + r) * stride + c);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; k++) p.v[k] = __float2bfloat16(0.f);
+    }
+    store_pack(dst + r * WA_LDH + c, p);
+  }
+}
+
+// Tensor-core forward, head size 64: flash-attention-2 style with the accumulators in registers (mma.sync
+// m16n8k16 bf16, f32 accumulation; common.cuh's mma_bf16_16816 and its fragment layout).
+// Block: 4 warps, 64 query rows (16 per warp) of query head h, the heaviest (last) query tiles first; key/value
+// tiles of 64 rows of kv head g = h / (NH / NKV) staged in shared memory (bf16, row stride WA_LDH).
+// Lane (gq, t4) = (lane / 4, lane % 4) owns rows gq and gq + 8 of its warp's 16: per key tile it computes
+// S = Q K^T (8 blocks of 8 keys, s[n][0..1] at row gq, keys 8n + 2 t4 + {0, 1}; s[n][2..3] the same at row gq + 8),
+// scales and masks it (causal: key j <= pos0 + query row), takes the row max over the tile (the 4 lanes of a row
+// exchange theirs), rescales O and its own part of the running sum l by exp(m_old - m_new), and adds P V with
+// P = exp(S - m_new) rounded to bf16: the accumulator layout of two S blocks is the A-operand layout of 16 keys,
+// so P never leaves the registers. Epilogue: l summed over the row's 4 lanes; out = O / l, lse = m + log l.
+// Shared memory: WA_SMEM (27648) bytes: Q, K, V tiles (WA_OFF_K, WA_OFF_V; geometry.cuh, kernels/geometry.rs).
 extern "C" __global__ void __launch_bounds__(32 * WA_WARPS)
-    attention_forward_wmma_bf16(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q_src,
-                                const bf16* __restrict__ kv, const unsigned* __restrict__ pos0, int Tq, int Tk, int NH,
-                                int NKV, int C) {
-  using namespace nvcuda;
+    attention_forward_mma_bf16(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q_src,
+                               const bf16* __restrict__ kv, const unsigned* __restrict__ pos0, int Tq, int Tk, int NH,
+                               int NKV, int C) {
   RLHF_DYN_SMEM(unsigned char, sm);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   bf16* Qs = reinterpret_cast<bf16*>(sm);
   bf16* Ks = reinterpret_cast<bf16*>(sm + WA_OFF_K);
   bf16* Vs = reinterpret_cast<bf16*>(sm + WA_OFF_V);
-  float* Ss = reinterpret_cast<float*>(sm + WA_OFF_S) + warp * 16 * WA_LDF;
-  bf16* Ps = reinterpret_cast<bf16*>(sm + WA_OFF_P) + warp * 16 * WA_LDH;
-  float* Os = reinterpret_cast<float*>(sm + WA_OFF_O) + warp * 16 * WA_LDF;
-  float* Ms = reinterpret_cast<float*>(sm + WA_OFF_M) + warp * 16;  // running max per row
-  float* Ls = Ms + 64;                                               // running sum per row
-  float* Cs = Ms + 128;                                              // this tile's rescale factor per row
-  const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * WA_Q, g = h / (NH / NKV);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, t4 = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z, q0 = (gridDim.x - 1 - blockIdx.x) * WA_Q, g = h / (NH / NKV);
   const long long W = C + 2LL * NKV * WA_D;
   const float scale = 0.125f;  // 1/sqrt(64)
   const int p0 = (int)pos0[b];
-  const bf16 zero = __float2bfloat16(0.f);
+  const bf16* kbase = kv + (long long)b * Tk * W + C + g * WA_D;
 
-  for (int i = threadIdx.x; i < WA_Q * WA_D; i += blockDim.x) {
-    const int r = i / WA_D, d = i % WA_D, t = q0 + r;
-    Qs[r * WA_LDH + d] = t < Tq ? q_src[((long long)b * Tq + t) * W + h * WA_D + d] : zero;
+  wb_stage(Qs, q_src + (long long)b * Tq * W + h * WA_D, W, q0, Tq);
+  __syncthreads();
+  // The warp's Q rows as A operands: 4 chunks of 16 head dims.
+  unsigned qa[WA_D / 16][4];
+  const bf16* qw = Qs + warp * 16 * WA_LDH;
+#pragma unroll
+  for (int kc = 0; kc < WA_D / 16; kc++) {
+    qa[kc][0] = load_bf16x2(qw + gq * WA_LDH + kc * 16 + 2 * t4);
+    qa[kc][1] = load_bf16x2(qw + (gq + 8) * WA_LDH + kc * 16 + 2 * t4);
+    qa[kc][2] = load_bf16x2(qw + gq * WA_LDH + kc * 16 + 8 + 2 * t4);
+    qa[kc][3] = load_bf16x2(qw + (gq + 8) * WA_LDH + kc * 16 + 8 + 2 * t4);
   }
-  for (int i = lane; i < 16 * WA_D; i += 32) Os[(i / WA_D) * WA_LDF + i % WA_D] = 0.f;
-  if (lane < 16) {
-    Ms[lane] = -INFINITY;
-    Ls[lane] = 0.f;
-  }
+  float o[WA_D / 8][4];
+#pragma unroll
+  for (int n = 0; n < WA_D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // rows gq, gq + 8 (l: this lane's keys only)
+  const int pabs0 = p0 + q0 + warp * 16 + gq;               // absolute position of row gq (row gq + 8: + 8)
   const int last_q = min(q0 + WA_Q, Tq) - 1;
   const int nkeys = min(p0 + last_q + 1, Tk);
   for (int k0 = 0; k0 < nkeys; k0 += WA_K) {
-    __syncthreads();  // Q staged; previous tile's K/V no longer read
-    for (int i = threadIdx.x; i < WA_K * WA_D; i += blockDim.x) {
-      const int r = i / WA_D, d = i % WA_D, j = k0 + r;
-      bf16 kx = zero, vx = zero;
-      if (j < Tk) {
-        const long long row = ((long long)b * Tk + j) * W + C + g * WA_D + d;
-        kx = kv[row];
-        vx = kv[row + NKV * WA_D];
-      }
-      Ks[r * WA_LDH + d] = kx;
-      Vs[r * WA_LDH + d] = vx;
-    }
+    __syncthreads();  // Q fragments loaded; previous tile's K/V no longer read
+    wb_stage(Ks, kbase + (long long)k0 * W, W, 0, Tk - k0);
+    wb_stage(Vs, kbase + (long long)k0 * W + NKV * WA_D, W, 0, Tk - k0);
     __syncthreads();
-    // S = Q_w K^T
-    for (int n = 0; n < WA_K / 16; n++) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
-      wmma::fill_fragment(s, 0.f);
-      for (int kk = 0; kk < WA_D / 16; kk++) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kt;
-        wmma::load_matrix_sync(a, Qs + warp * 16 * WA_LDH + kk * 16, WA_LDH);
-        wmma::load_matrix_sync(kt, Ks + n * 16 * WA_LDH + kk * 16, WA_LDH);
-        wmma::mma_sync(s, a, kt, s);
-      }
-      wmma::store_matrix_sync(Ss + n * 16, s, WA_LDF, wmma::mem_row_major);
-    }
-    __syncwarp();
-    {
-      const int r = lane / 2, half = lane % 2;
-      const int pabs = p0 + q0 + warp * 16 + r;
-      float mx = -INFINITY;
-      for (int c = half * 32; c < half * 32 + 32; c++) {
-        const int j = k0 + c;
-        const float sv = (j <= pabs && j < Tk) ? Ss[r * WA_LDF + c] * scale : -INFINITY;
-        Ss[r * WA_LDF + c] = sv;
-        mx = fmaxf(mx, sv);
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      const float m_old = Ms[r];
-      const float m_new = fmaxf(m_old, mx);
-      const float base = m_new == -INFINITY ? 0.f : m_new;  // a row with no visible key yet (padding rows)
-      float sum = 0.f;
-      for (int c = half * 32; c < half * 32 + 32; c++) {
-        const float pv = __expf(Ss[r * WA_LDF + c] - base);
-        Ps[r * WA_LDH + c] = __float2bfloat16_rn(pv);
-        sum += pv;
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      const float corr = __expf(m_old - base);
-      __syncwarp();  // both lanes of the row have read Ms[r]
-      if (half == 0) {
-        Ms[r] = m_new;
-        Ls[r] = Ls[r] * corr + sum;
-        Cs[r] = corr;
+    // S = Q K^T: B operand of key block n = K rows 8n + gq, head dims 2 t4 (+ 8) of chunk kc.
+    float s[WA_K / 8][4];
+#pragma unroll
+    for (int n = 0; n < WA_K / 8; n++) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+      const bf16* krow = Ks + (n * 8 + gq) * WA_LDH + 2 * t4;
+#pragma unroll
+      for (int kc = 0; kc < WA_D / 16; kc++) {
+        const unsigned kb[2] = {load_bf16x2(krow + kc * 16), load_bf16x2(krow + kc * 16 + 8)};
+        mma_bf16_16816(s[n], qa[kc], kb);
       }
     }
-    __syncwarp();
-    for (int i = lane; i < 16 * WA_D; i += 32) Os[(i / WA_D) * WA_LDF + i % WA_D] *= Cs[i / WA_D];
-    __syncwarp();
-    // O += P V
-    for (int n = 0; n < WA_D / 16; n++) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
-      wmma::load_matrix_sync(o, Os + n * 16, WA_LDF, wmma::mem_row_major);
-      for (int kk = 0; kk < WA_K / 16; kk++) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> p;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> v;
-        wmma::load_matrix_sync(p, Ps + kk * 16, WA_LDH);
-        wmma::load_matrix_sync(v, Vs + kk * 16 * WA_LDH + n * 16, WA_LDH);
-        wmma::mma_sync(o, p, v, o);
+    // Scale, causal mask, online softmax per row (i = 0: row gq, i = 1: row gq + 8).
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < WA_K / 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int j = k0 + n * 8 + 2 * t4 + (e & 1), i = e >> 1;
+        s[n][e] = (j <= pabs0 + 8 * i && j < Tk) ? s[n][e] * scale : -INFINITY;
+        mx[i] = fmaxf(mx[i], s[n][e]);
       }
-      wmma::store_matrix_sync(Os + n * 16, o, WA_LDF, wmma::mem_row_major);
+    float corr[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      const float m_new = fmaxf(m[i], mx[i]);  // finite: key 0 is visible to every row
+      corr[i] = __expf(m[i] - m_new);
+      m[i] = m_new;
+      l[i] *= corr[i];
     }
-    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < WA_D / 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) o[n][e] *= corr[e >> 1];
+    // O += P V, 16 keys at a time: A = two S blocks as probabilities (bf16), B = V rows 16 kc + 2 t4 (+ 1,
+    // + 8, + 9), head dim 8 n + gq.
+#pragma unroll
+    for (int kc = 0; kc < WA_K / 16; kc++) {
+      unsigned pa[4];
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        float* sb = s[2 * kc + half];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          sb[e] = __expf(sb[e] - m[e >> 1]);
+          l[e >> 1] += sb[e];
+        }
+        pa[2 * half] = bf16x2(__float2bfloat16_rn(sb[0]), __float2bfloat16_rn(sb[1]));
+        pa[2 * half + 1] = bf16x2(__float2bfloat16_rn(sb[2]), __float2bfloat16_rn(sb[3]));
+      }
+      const bf16* vrow = Vs + (kc * 16 + 2 * t4) * WA_LDH + gq;
+#pragma unroll
+      for (int n = 0; n < WA_D / 8; n++) {
+        const bf16* v = vrow + n * 8;
+        const unsigned vb[2] = {bf16x2(v[0], v[WA_LDH]), bf16x2(v[8 * WA_LDH], v[9 * WA_LDH])};
+        mma_bf16_16816(o[n], pa, vb);
+      }
+    }
   }
-  for (int i = lane; i < 16 * WA_D; i += 32) {
-    const int r = i / WA_D, d = i % WA_D, t = q0 + warp * 16 + r;
-    if (t < Tq) out[((long long)b * Tq + t) * C + h * WA_D + d] = __float2bfloat16_rn(Os[r * WA_LDF + d] / Ls[r]);
-  }
-  if (lane < 16) {
-    const int t = q0 + warp * 16 + lane;
-    if (t < Tq) lse[((long long)b * NH + h) * Tq + t] = Ms[lane] + logf(Ls[lane]);
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    const int t = q0 + warp * 16 + gq + 8 * i;
+    if (t < Tq) {
+      bf16* orow = out + ((long long)b * Tq + t) * C + h * WA_D + 2 * t4;
+#pragma unroll
+      for (int n = 0; n < WA_D / 8; n++) {
+        orow[n * 8] = __float2bfloat16_rn(o[n][2 * i] / l[i]);
+        orow[n * 8 + 1] = __float2bfloat16_rn(o[n][2 * i + 1] / l[i]);
+      }
+      if (t4 == 0) lse[((long long)b * NH + h) * Tq + t] = m[i] + logf(l[i]);
+    }
   }
 }
-RLHF_EXPORT(attention_forward_wmma_bf16)
+RLHF_EXPORT(attention_forward_mma_bf16)
 
 // ---------------------------------------------------------------------------------------------------------
 // Tensor-core backward (WMMA, bf16 inputs, f32 accumulation), head size 64, training form; same contract and
@@ -404,22 +423,6 @@ RLHF_EXPORT(attention_forward_wmma_bf16)
 // Dynamic shared memory: dq WBQ_SMEM (81408) bytes, dkv WBK_SMEM (90112) bytes.
 // Layouts (geometry.cuh, from kernels/geometry.rs): dq: Q, dO, K, V tiles, then S, dP (f32), dS (bf16), L, D
 // (WBQ_OFF_*, WBQ_SMEM); dkv: K, V, Q, dO tiles, then S^T, dP^T (f32), P^T, dS^T (bf16) (WBK_OFF_*, WBK_SMEM).
-
-// Stage rows row0 .. row0+63 (64 bf16 each, row stride `stride` elements) of src into a padded tile; rows at
-// or beyond n are zero. 16-byte packs: src and stride must keep 16-byte alignment (checked by the launcher).
-__device__ __forceinline__ void wb_stage(bf16* dst, const bf16* __restrict__ src, long long stride, int row0, int n) {
-  for (int i = threadIdx.x; i < WB_T * (WA_D / 8); i += blockDim.x) {
-    const int r = i / (WA_D / 8), c = (i % (WA_D / 8)) * 8;
-    Pack<bf16> p;
-    if (row0 + r < n) {
-      p = load_pack(src + (long long)(row0 + r) * stride + c);
-    } else {
-#pragma unroll
-      for (int k = 0; k < 8; k++) p.v[k] = __float2bfloat16(0.f);
-    }
-    store_pack(dst + r * WA_LDH + c, p);
-  }
-}
 
 // One warp: acc (16 x 64 f32, row-major, stride WA_LDF) = A (16 x 64 bf16, row-major) B^T, where B is a
 // 64 x 64 bf16 row-major tile read as col_major; only the 16-column blocks n0 <= n < n1 are computed.

@@ -91,6 +91,29 @@ __device__ __forceinline__ void store_chunk(T* p, const Chunk<T, W>& x) {
     call;                                 \
   }
 
+// ---- tensor cores through PTX: D (16 x 8 f32) += A (16 x 16 bf16, row-major) B (16 x 8 bf16, column-major),
+// one warp, fragments in registers in the PTX ISA's layout for mma.m16n8k16 (g = lane / 4, t = lane % 4; two bf16
+// per register, the lower index in the low half): a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1],
+// a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9]; b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g];
+// d[0], d[1] = D[g][2t, 2t+1], d[2], d[3] = D[g+8][2t, 2t+1]. Unlike WMMA's, this mapping is specified, so a
+// kernel can apply per-row work (a softmax) to the accumulators in registers. sm_80 and later.
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+#ifdef RLHF_SIM
+  ::sim::mma_m16n8k16_bf16(d, a, b);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+// Two bf16 as one register (lo in the low half), and two consecutive bf16 of memory (4-byte aligned) as one.
+__device__ __forceinline__ unsigned bf16x2(bf16 lo, bf16 hi) {
+  return (unsigned)__bfloat16_as_ushort(lo) | ((unsigned)__bfloat16_as_ushort(hi) << 16);
+}
+__device__ __forceinline__ unsigned load_bf16x2(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
+
 // ---- reductions
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

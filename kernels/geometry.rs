@@ -67,9 +67,9 @@ geometry! {
     // ---- tensor-core (WMMA) attention, bf16, head size 64 (attention.cu); shared-memory offsets in bytes
     /// Warps per block of the WMMA attention kernels (16 rows each).
     WA_WARPS = 4;
-    /// Query rows per block of attention_forward_wmma_bf16.
+    /// Query rows per block of attention_forward_mma_bf16.
     WA_Q = 16 * WA_WARPS;
-    /// Key rows per tile of attention_forward_wmma_bf16.
+    /// Key rows per tile of attention_forward_mma_bf16.
     WA_K = 64;
     /// Head size of the WMMA kernels.
     WA_D = 64;
@@ -81,16 +81,8 @@ geometry! {
     WA_OFF_K = WA_Q * WA_LDH * 2;
     /// Forward: offset of the V tile.
     WA_OFF_V = WA_OFF_K + WA_K * WA_LDH * 2;
-    /// Forward: offset of the warps' S tiles (16 x 64 f32 each).
-    WA_OFF_S = WA_OFF_V + WA_K * WA_LDH * 2;
-    /// Forward: offset of the warps' P tiles (16 x 64 bf16 each).
-    WA_OFF_P = WA_OFF_S + WA_WARPS * 16 * WA_LDF * 4;
-    /// Forward: offset of the warps' O accumulators (16 x 64 f32 each).
-    WA_OFF_O = WA_OFF_P + WA_WARPS * 16 * WA_LDH * 2;
-    /// Forward: offset of the running max, sum and correction per row (3 x 16 f32 per warp).
-    WA_OFF_M = WA_OFF_O + WA_WARPS * 16 * WA_LDF * 4;
-    /// Dynamic shared memory of attention_forward_wmma_bf16 (above the 48 KiB default: the launcher opts in).
-    WA_SMEM = WA_OFF_M + 3 * WA_WARPS * 16 * 4;
+    /// Dynamic shared memory of attention_forward_mma_bf16.
+    WA_SMEM = WA_OFF_V + WA_K * WA_LDH * 2;
     /// Backward: rows per tile (queries or keys) and per block of the dq and dkv kernels.
     WB_T = 16 * WA_WARPS;
     /// Backward: bytes of a staged bf16 tile.

@@ -120,6 +120,6 @@ fn gpu_kernels_match_reference() {
     let (mut wo, mut wl) = (vec![0.0; bb * t * c], vec![0.0; bb * nh * t]);
     ops::attention::forward::<f64>(&mut wo, &mut wl, &q64, &q64, &pos0, bb, t, t, c, nh, nh);
     let e = rel_err(&got, &wo);
-    assert!(e < 6e-3, "attention_forward_wmma_bf16 on GPU: {e:e}");
+    assert!(e < 6e-3, "attention_forward_mma_bf16 on GPU: {e:e}");
     l.synchronize().unwrap();
 }

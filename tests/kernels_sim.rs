@@ -158,22 +158,27 @@ fn inventory_lists_simulated_and_gpu_only_kernels() {
         }
     }
     assert!(sim::has_kernel("sum_squares_final"));
-    assert!(sim::has_kernel("attention_forward_wmma_bf16"));
+    assert!(sim::has_kernel("attention_forward_mma_bf16"));
     assert!(sim::has_kernel("attention_backward_dq_wmma_bf16"));
     assert!(sim::has_kernel("attention_backward_dkv_wmma_bf16"));
     assert!(!sim::has_kernel("no_such_kernel"));
-    // The tensor-core attention forward really issues bf16 tensor-core MMAs (32 = 2 products x 4 x 4 tiles).
+    // The tensor-core attention kernels really issue bf16 tensor-core MMAs: the forward's mma.sync (8 + 8 per
+    // 16 keys of a tile, the loops unrolled), the backward's WMMA.
     if let Some(rlhf::kernels::Image::Ptx { text: ptx, .. }) =
         rlhf::kernels::ptx_image(rlhf::kernels::PTX_MODULES, "attention", 90)
     {
-        let n = ptx.matches("wmma.mma.sync.aligned.row.col.m16n16k16.f32.bf16.bf16.f32").count()
-            + ptx.matches("wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32").count();
-        println!("attention PTX (sm_90): {n} bf16 wmma.mma.sync instructions");
-        assert!(n >= 2, "attention_forward_wmma_bf16 PTX has no bf16 wmma.mma.sync");
-        for k in ["attention_backward_dq_wmma_bf16", "attention_backward_dkv_wmma_bf16"] {
+        let body_of = |k: &str| {
             let start = ptx.find(&format!(".entry {k}(")).unwrap_or_else(|| panic!("{k} not in the attention PTX"));
             let body = &ptx[start + 1..];
-            let body = &body[..body.find(".entry ").unwrap_or(body.len())];
+            &body[..body.find(".entry ").unwrap_or(body.len())]
+        };
+        let n = body_of("attention_forward_mma_bf16")
+            .matches("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
+            .count();
+        println!("attention_forward_mma_bf16 PTX (sm_90): {n} bf16 mma.sync instructions");
+        assert!(n >= 64, "attention_forward_mma_bf16 PTX has too few bf16 mma.sync ({n})");
+        for k in ["attention_backward_dq_wmma_bf16", "attention_backward_dkv_wmma_bf16"] {
+            let body = body_of(k);
             let n = body.matches("wmma.mma.sync.aligned.row.col.m16n16k16.f32.bf16.bf16.f32").count()
                 + body.matches("wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32").count();
             println!("{k} PTX (sm_90): {n} bf16 wmma.mma.sync instructions");
@@ -1136,7 +1141,7 @@ fn attention_fwd_case_with(
 #[test]
 fn attention_forward_tensor_cores() {
     let l = launcher();
-    for imp in [kl::AttentionImpl::Wmma, kl::AttentionImpl::Simt] {
+    for imp in [kl::AttentionImpl::TensorCores, kl::AttentionImpl::Simt] {
         attention_fwd_case_with(&l, imp, DType::BF16, 2, 37, 37, 128, (2, 2), &[0, 0], 90);
         // three query blocks and key tiles (WA_Q = WA_K rows), the last ragged
         let t = 2 * g(WA_K) + 22;
@@ -1145,7 +1150,7 @@ fn attention_forward_tensor_cores() {
     }
     // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
     let e = unsafe {
-        kl::attention_forward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2, 2)
+        kl::attention_forward_with(&l, kl::AttentionImpl::TensorCores, DType::F32, 0, 0, 0, 0, 0, 1, 1, 1, 128, 2, 2)
     }
     .unwrap_err();
     assert!(e.to_string().contains("bf16"), "{e}");
@@ -1184,8 +1189,8 @@ fn attention_forward_training_and_kv_cache() {
 #[test]
 fn attention_forward_grouped_kv_heads() {
     let l = launcher();
-    use kl::AttentionImpl::{Simt, Wmma};
-    for (dt, imp) in [(DType::F32, Simt), (DType::BF16, Simt), (DType::BF16, Wmma)] {
+    use kl::AttentionImpl::{Simt, TensorCores};
+    for (dt, imp) in [(DType::F32, Simt), (DType::BF16, Simt), (DType::BF16, TensorCores)] {
         for (i, (b, t, c, heads)) in GQA_SHAPES.into_iter().enumerate() {
             if imp == Simt || c / heads.0 == 64 {
                 attention_fwd_case_with(&l, imp, dt, b, t, t, c, heads, &vec![0; b], 400 + i as u64);
@@ -1350,10 +1355,10 @@ fn attention_backward_matches_reference() {
 #[test]
 fn attention_backward_grouped_kv_heads() {
     let l = launcher();
-    use kl::AttentionImpl::{Simt, Wmma};
+    use kl::AttentionImpl::{Simt, TensorCores};
     for (i, (b, t, c, heads)) in GQA_SHAPES.into_iter().enumerate() {
         attention_bwd_cases(&l, &[Simt], DType::F32, b, t, c, heads, 420 + i as u64);
-        let imps: &[kl::AttentionImpl] = if c / heads.0 == 64 { &[Wmma, Simt] } else { &[Simt] };
+        let imps: &[kl::AttentionImpl] = if c / heads.0 == 64 { &[TensorCores, Simt] } else { &[Simt] };
         let r = attention_bwd_cases(&l, imps, DType::BF16, b, t, c, heads, 420 + i as u64);
         if let [wmma, simt] = &r[..] {
             let e = rel_err(wmma, simt);
@@ -1364,8 +1369,8 @@ fn attention_backward_grouped_kv_heads() {
         }
     }
     let (b, t, c, heads) = GQA_SHAPES[0];
-    let want = attention_bwd_cases(&SimLauncher::ordered(), &[Wmma, Simt], DType::BF16, b, t, c, heads, 430);
-    let got = attention_bwd_cases(&SimLauncher::racy(1), &[Wmma, Simt], DType::BF16, b, t, c, heads, 430);
+    let want = attention_bwd_cases(&SimLauncher::ordered(), &[TensorCores, Simt], DType::BF16, b, t, c, heads, 430);
+    let got = attention_bwd_cases(&SimLauncher::racy(1), &[TensorCores, Simt], DType::BF16, b, t, c, heads, 430);
     assert_eq!(got, want, "grouped-query attention backward differs under race mode");
 }
 
@@ -1380,14 +1385,14 @@ fn attention_backward_grouped_kv_heads() {
 #[test]
 fn attention_backward_tensor_cores() {
     let l = launcher();
-    use kl::AttentionImpl::{Auto, Simt, Wmma};
+    use kl::AttentionImpl::{Auto, Simt, TensorCores};
     for (i, (b, t, nh)) in [(2usize, 1usize, 2usize), (2, 37, 2), (1, g(WB_T), 3), (2, 100, 2), (1, 2 * g(WB_T) + 2, 2)]
         .into_iter()
         .enumerate()
     {
         let c = 64 * nh;
         // Auto takes the tensor-core kernels for bf16 / head size 64
-        let imps: &[kl::AttentionImpl] = if i == 1 { &[Wmma, Simt, Auto] } else { &[Wmma, Simt] };
+        let imps: &[kl::AttentionImpl] = if i == 1 { &[TensorCores, Simt, Auto] } else { &[TensorCores, Simt] };
         let r = attention_bwd_cases(&l, imps, DType::BF16, b, t, c, (nh, nh), 100 + i as u64);
         let e = rel_err(&r[0], &r[1]);
         println!("attention_backward B={b} T={t} NH={nh}: tensor cores vs CUDA cores relative difference {e:.3e}");
@@ -1397,20 +1402,20 @@ fn attention_backward_tensor_cores() {
         }
     }
     // deterministic: bit-identical under random block order and thread interleaving (several tiles each way)
-    let want = attention_bwd_cases(&SimLauncher::ordered(), &[Wmma], DType::BF16, 1, 70, 128, (2, 2), 110);
+    let want = attention_bwd_cases(&SimLauncher::ordered(), &[TensorCores], DType::BF16, 1, 70, 128, (2, 2), 110);
     for seed in [1u64, 2] {
-        let got = attention_bwd_cases(&SimLauncher::racy(seed), &[Wmma], DType::BF16, 1, 70, 128, (2, 2), 110);
+        let got = attention_bwd_cases(&SimLauncher::racy(seed), &[TensorCores], DType::BF16, 1, 70, 128, (2, 2), 110);
         assert_eq!(got, want, "attention_backward (tensor cores) differs under race mode seed {seed}");
     }
     // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
     let e = unsafe {
-        kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 2, 0)
+        kl::attention_backward_with(&l, kl::AttentionImpl::TensorCores, DType::F32, 0, 0, 0, 0, 0, 1, 1, 128, 2, 2, 0)
     }
     .unwrap_err();
     assert!(e.to_string().contains("bf16"), "{e}");
     // SAFETY: the arguments fail the launch layer's checks, so nothing is launched.
     let e = unsafe {
-        kl::attention_backward_with(&l, kl::AttentionImpl::Wmma, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 2, 0)
+        kl::attention_backward_with(&l, kl::AttentionImpl::TensorCores, DType::BF16, 0, 0, 8, 0, 0, 1, 1, 128, 2, 2, 0)
     }
     .unwrap_err();
     assert!(e.to_string().contains("aligned"), "{e}");

@@ -17,7 +17,9 @@
 // internals that kernel code calls (thread indices, warp exchanges, atomics, WMMA arithmetic) are
 // RLHF_SIM_NOCHECK: not inlined into the kernels, so not instrumented.
 //
-// Not simulated (must stay out of simulated code, behind `#ifndef RLHF_SIM`): inline PTX, cp.async, wgmma, TMA.
+// Not simulated (must stay out of simulated code, behind `#ifndef RLHF_SIM`): inline PTX, cp.async, wgmma, TMA;
+// the one tensor-core instruction used through inline PTX, mma.sync m16n8k16 bf16, has a simulated twin
+// (sim::mma_m16n8k16_bf16).
 #pragma once
 
 #include <cstddef>
@@ -332,6 +334,36 @@ inline float __half2float(__half h) {
 }
 inline __half2 __floats2half2_rn(float a, float b) { return {__float2half_rn(a), __float2half_rn(b)}; }
 inline float2 __half22float2(__half2 h) { return {__half2float(h.x), __half2float(h.y)}; }
+
+// ---------------------------------------------------------------------------------------------------------
+// The warp-wide tensor-core product mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (inline PTX on the
+// GPU, common.cuh's mma_bf16_16816), from the lanes' fragments in the PTX ISA's layout: D (16 x 8 f32) += A
+// (16 x 16 bf16) B (16 x 8 bf16), with g = lane / 4, t = lane % 4 and two bf16 per register (the lower index in
+// the low half): a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9];
+// b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]; d[0], d[1] = D[g][2t, 2t+1], d[2], d[3] = D[g+8][2t, 2t+1].
+// Each lane gathers the rows of A and the columns of B it needs through warp exchanges (f32 sums over k).
+namespace sim {
+RLHF_SIM_NOCHECK inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
+  const unsigned lane = g_cur->lane, g = lane / 4, t = lane % 4;
+  const uint4 av = {a[0], a[1], a[2], a[3]};
+  const uint2 bv = {b[0], b[1]};
+  auto lo = [](unsigned x) { return __uint_as_float(x << 16); };
+  auto hi = [](unsigned x) { return __uint_as_float(x & 0xffff0000u); };
+  // Row pair (x: k = 2j, 2j+1; z: k = 2j+8, 2j+9) times column (x, y: the same k).
+  auto dot = [&](unsigned x, unsigned z, uint2 c) { return lo(x) * lo(c.x) + hi(x) * hi(c.x) + lo(z) * lo(c.y) + hi(z) * hi(c.y); };
+  float acc[4] = {d[0], d[1], d[2], d[3]};
+  for (unsigned j = 0; j < 4; j++) {
+    const uint4 ar = exchange(av, 4 * g + j);           // lane (g, j): rows g, g+8 at k = 2j.. and 2j+8..
+    const uint2 b0 = exchange(bv, 4 * (2 * t) + j);     // lane (2t, j): column 2t
+    const uint2 b1 = exchange(bv, 4 * (2 * t + 1) + j); // lane (2t+1, j): column 2t+1
+    acc[0] += dot(ar.x, ar.z, b0);
+    acc[1] += dot(ar.x, ar.z, b1);
+    acc[2] += dot(ar.y, ar.w, b0);
+    acc[3] += dot(ar.y, ar.w, b1);
+  }
+  for (int i = 0; i < 4; i++) d[i] = acc[i];
+}
+}  // namespace sim
 
 // ---------------------------------------------------------------------------------------------------------
 // WMMA (nvcuda::wmma): every lane holds the whole tile; elementwise access through x[]/num_elements works

@@ -106,7 +106,7 @@ extern "C" __global__ void planted_early_exit_ok(float* out, const float* inp, i
 }
 RLHF_EXPORT(planted_early_exit_ok)
 
-// The key-tile loop of attention_forward_wmma_bf16 in small: per tile, 64 threads stage a tile of 64 keys in
+// The key-tile loop of attention_forward_mma_bf16 in small: per tile, 64 threads stage a tile of 64 keys in
 // shared memory, then every warp reads the whole tile in several warp-level steps (the reads interleaved with
 // shuffles, as P.V reads Vs between WMMA steps). out[t] = sum over tiles and keys of key * (warp + 1), via the
 // warp sums. 128 threads (4 warps); inp holds ntiles * 64 keys.

@@ -1,6 +1,6 @@
 //! Launchers of `kernels/attention.cu`: the fused causal grouped-query attention on CUDA cores
 //! (`attention_forward_hs{1,2,4}_*`, `attention_backward_dq_hs*_*`, `attention_backward_dkv_hs*_*`, one warp per
-//! row, [`ATT_WARPS`] per block) and on tensor cores for bf16 / head size 64 (`attention_forward_wmma_bf16`,
+//! row, [`ATT_WARPS`] per block) and on tensor cores for bf16 / head size 64 (`attention_forward_mma_bf16`,
 //! `attention_backward_dq_wmma_bf16`, `attention_backward_dkv_wmma_bf16`; tiles and shared memory from
 //! [`super::geometry`]).
 
@@ -34,16 +34,16 @@ fn att_cfg(rows: usize, heads: usize, b: usize, smem_floats_per_warp: usize) -> 
 /// Which attention kernels to run (forward, backward).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionImpl {
-    /// Tensor cores (WMMA) where available (bf16, head size 64), else CUDA cores.
+    /// Tensor cores where available (bf16, head size 64, 16-byte aligned rows), else CUDA cores.
     Auto,
     /// CUDA cores (any dtype, head size <= 128).
     Simt,
-    /// Tensor cores: bf16, head size 64 only.
-    Wmma,
+    /// Tensor cores (forward mma.sync, backward WMMA): bf16, head size 64 only.
+    TensorCores,
 }
 
-/// Dynamic shared memory of attention_forward_wmma_bf16 ([`WA_SMEM`]).
-pub const ATTENTION_WMMA_SMEM: u32 = WA_SMEM;
+/// Dynamic shared memory of attention_forward_mma_bf16 ([`WA_SMEM`]).
+pub const ATTENTION_MMA_SMEM: u32 = WA_SMEM;
 
 /// Causal attention forward (contract of `crate::ops::attention::forward`): NH query heads over NKV kv heads
 /// (NH % NKV == 0), out [B,Tq,C], lse f32 [B,NH,Tq], q_src [B,Tq,W], kv [B,Tk,W] with W = C + 2 NKV HS,
@@ -97,22 +97,25 @@ pub unsafe fn attention_forward_with(
     if b == 0 || tq == 0 {
         return Ok(());
     }
-    let wmma_ok = dt == DType::BF16 && hs == 64;
-    let use_wmma = match imp {
-        AttentionImpl::Auto => wmma_ok,
+    let tc_ok = dt == DType::BF16 && hs == 64;
+    // The tiles are staged in 16-byte packs (the rows of q_src and kv are then aligned: W is a multiple of 64).
+    let aligned = [q_src, kv].iter().all(|p| p % 16 == 0);
+    let use_tc = match imp {
+        AttentionImpl::Auto => tc_ok && aligned,
         AttentionImpl::Simt => false,
-        AttentionImpl::Wmma => {
-            ensure!(wmma_ok, "attention_forward_wmma needs bf16 and head size 64 (got {dt:?}, {hs})");
+        AttentionImpl::TensorCores => {
+            ensure!(tc_ok, "attention_forward_mma needs bf16 and head size 64 (got {dt:?}, {hs})");
+            aligned16(&[q_src, kv], "attention_forward_mma")?;
             true
         }
     };
-    if use_wmma {
+    if use_tc {
         return l.launch(
-            "attention_forward_wmma_bf16",
+            "attention_forward_mma_bf16",
             LaunchConfig {
                 grid: [tq.div_ceil(WA_Q as usize) as u32, nh as u32, b as u32],
                 block: [32 * WA_WARPS, 1, 1],
-                smem: ATTENTION_WMMA_SMEM,
+                smem: ATTENTION_MMA_SMEM,
             },
             &[
                 Arg::Ptr(out),
@@ -215,7 +218,7 @@ pub unsafe fn attention_backward_with(
     let use_wmma = match imp {
         AttentionImpl::Auto => wmma_ok && aligned,
         AttentionImpl::Simt => false,
-        AttentionImpl::Wmma => {
+        AttentionImpl::TensorCores => {
             ensure!(wmma_ok, "attention_backward_wmma needs bf16 and head size 64 (got {dt:?}, {hs})");
             aligned16(&[dqkv, dout, qkv, out], "attention_backward_wmma")?;
             true
