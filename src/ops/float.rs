@@ -54,6 +54,16 @@ impl Float for f64 {
     const NAME: &'static str = "f64";
 }
 
+/// `x` as `f32` when `F` is `f32` (for the paths written for the engine's own type), else None.
+pub fn as_f32<F: Float>(x: &[F]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()).then(|| bytemuck::cast_slice(x))
+}
+
+/// [`as_f32`] for a mutable slice.
+pub fn as_f32_mut<F: Float>(x: &mut [F]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()).then(|| bytemuck::cast_slice_mut(x))
+}
+
 /// Sum with 16 independent accumulators (vectorisable; the same fixed order every time).
 #[inline]
 pub fn lanes_sum<F: Float>(x: &[F]) -> F {

@@ -23,6 +23,8 @@ pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+pub mod skinny_gemm;
 pub mod swiglu;
 
 pub use float::Float;
