@@ -2,8 +2,9 @@
 //! `Cpu<f32>` is the engine's CPU device; `Cpu<f64>` runs the same model code for gradient checks.
 
 use super::Backend;
-use crate::ops::{self, adamw::AdamWParams, rope::Rope, Float};
+use crate::ops::{self, adamw::AdamWParams, rope::Rope, sample::Sampling, Float};
 use anyhow::Result;
+use rayon::prelude::*;
 use std::marker::PhantomData;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -207,6 +208,10 @@ impl<F: Float> Backend for Cpu<F> {
     }
     fn sum_squares(&self, buf: &Vec<F>) -> f64 {
         ops::adamw::sum_squares(buf)
+    }
+    /// The rows in parallel (each is a pass of exp over the vocabulary), read where they lie.
+    fn sample(&self, logits: &Vec<F>, v: usize, vp: usize, s: &Sampling, u: &[f64]) -> Result<Vec<(u32, f32)>> {
+        u.par_iter().enumerate().map(|(i, &u)| ops::sample::pick(&logits[i * vp..i * vp + v], s, u)).collect()
     }
 }
 

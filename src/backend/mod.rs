@@ -326,16 +326,7 @@ pub trait Backend: Sync {
     /// One token per row of `logits` [rows, vp] (the first `v` columns are the vocabulary), row i drawn with
     /// the uniform number `u[i]` (rows = u.len(); unused when greedy): each row's id and temperature-scaled
     /// log-probability, as `crate::ops::sample::pick` chooses them; a non-finite logit is an error naming
-    /// the token. The default runs that reference on the host (the CPU engine's own path); the kernel backend
-    /// samples on the device, and only the ids and log-probs cross to the host.
-    fn sample(&self, logits: &Self::Buf, v: usize, vp: usize, s: &Sampling, u: &[f64]) -> Result<Vec<(u32, f32)>> {
-        let host = self.download(logits);
-        u.iter()
-            .enumerate()
-            .map(|(i, &u)| {
-                let row: Vec<f32> = host[i * vp..i * vp + v].iter().map(|x| x.f64() as f32).collect();
-                crate::ops::sample::pick(&row, s, u)
-            })
-            .collect()
-    }
+    /// the token. The CPU runs that reference on each row, the kernel backend samples on the device, and only
+    /// the ids and log-probs cross to the host.
+    fn sample(&self, logits: &Self::Buf, v: usize, vp: usize, s: &Sampling, u: &[f64]) -> Result<Vec<(u32, f32)>>;
 }

@@ -1,8 +1,9 @@
 //! Choosing one token from a row of logits: the reference of the device sampler (`Backend::sample`,
 //! `kernels/sample.cu`), which makes the same choice for the same logits and uniform number.
 //!
-//! A row x [V] (f32; bf16 storage is read exactly as f32), temperature t (0 = greedy), top-k k (0 = off),
-//! top-p p (1 = off) and u, uniform in [0, 1) (drawn on the host, one per row):
+//! A row x [V] (f32; bf16 storage is read exactly as f32, the f64 CPU backend's rows rounded to f32),
+//! temperature t (0 = greedy), top-k k (0 = off), top-p p (1 = off) and u, uniform in [0, 1) (drawn on the
+//! host, one per row):
 //!   z_i = x_i / t in f64 (t = 1 when greedy),  m = max_i z_i,  w_i = exp(z_i - m)
 //!   S = sum_i w_i (in the blocked order below),  lse = m + ln S
 //!   logprob = z_tok - lse, rounded to f32: under the temperature-scaled distribution, before any filtering
@@ -28,6 +29,7 @@
 //! CUDA's f64 `exp` (within 1 ulp) may differ from it in the last bit, which changes a choice only when the
 //! target falls within ~1e-16 (relative) of a chunk or id boundary.
 
+use super::Float;
 use anyhow::{anyhow, Result};
 
 /// Chunks of the blocked sums (the kernel's threads per row: `SAMPLE_BLOCK`, asserted equal at compile time).
@@ -53,23 +55,27 @@ impl Sampling {
 
 /// The token chosen from the row `x` [V] with uniform `u`, and its temperature-scaled log-probability (see
 /// the module docs). Non-finite logits (a diverged model) are an error naming the first, not a token.
-pub fn pick(x: &[f32], s: &Sampling, u: f64) -> Result<(u32, f32)> {
+pub fn pick<F: Float>(x: &[F], s: &Sampling, u: f64) -> Result<(u32, f32)> {
     if let Some((i, &x)) = x.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        return Err(non_finite(i, x));
+        return Err(non_finite(i, x.f64() as f32));
     }
     let t = if s.draws() { s.temperature } else { 1.0 };
-    let z: Vec<f64> = x.iter().map(|&x| x as f64 / t).collect();
-    let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = z.iter().map(|&z| (z - m).exp()).collect();
-    let len = w.len().div_ceil(CHUNKS);
-    let sums: Vec<f64> = w.chunks(len).map(|c| c.iter().fold(0.0, |a, &b| a + b)).collect();
+    // Nothing is stored per id on the plain and greedy paths: z and w are recomputed where needed (the same
+    // f64 values each time).
+    let z = |i: usize| (x[i].f64() as f32) as f64 / t;
+    let m = (0..x.len()).map(z).fold(f64::NEG_INFINITY, f64::max);
+    let w = |i: usize| (z(i) - m).exp();
+    let len = x.len().div_ceil(CHUNKS);
+    let sums: Vec<f64> =
+        (0..x.len()).step_by(len).map(|c| (c..(c + len).min(x.len())).fold(0.0, |a, i| a + w(i))).collect();
     let total = sums.iter().fold(0.0, |a, &b| a + b);
     let lse = m + total.ln();
     let tok = if !s.draws() {
-        z.iter().enumerate().fold(0, |best, (i, &x)| if x > z[best] { i } else { best })
+        (0..x.len()).fold(0, |best, i| if z(i) > z(best) { i } else { best })
     } else if s.top_k == 0 && s.top_p >= 1.0 {
-        draw_blocked(&w, len, &sums, u * total)
+        draw_blocked(w, x.len(), len, &sums, u * total)
     } else {
+        let z: Vec<f64> = (0..x.len()).map(z).collect();
         // Descending by logit, ties towards the lower id.
         let order = |a: &usize, b: &usize| z[*b].total_cmp(&z[*a]).then(a.cmp(b));
         let mut idx: Vec<usize> = (0..z.len()).collect();
@@ -90,16 +96,16 @@ pub fn pick(x: &[f32], s: &Sampling, u: f64) -> Result<(u32, f32)> {
             }
         }
         let kept = &idx[..keep];
-        let mut left = u * kept.iter().fold(0.0, |a, &i| a + w[i]);
+        let mut left = u * kept.iter().fold(0.0, |a, &i| a + w(i));
         *kept
             .iter()
             .find(|&&i| {
-                left -= w[i];
+                left -= w(i);
                 left <= 0.0
             })
             .unwrap_or(&kept[keep - 1])
     };
-    Ok((tok as u32, (z[tok] - lse) as f32))
+    Ok((tok as u32, (z(tok) - lse) as f32))
 }
 
 /// The error for a non-finite logit `x` at token `i` (a diverged model).
@@ -107,19 +113,24 @@ pub fn non_finite(i: usize, x: f32) -> anyhow::Error {
     anyhow!("the model's logit for token {i} is {x}: its weights or activations are not finite")
 }
 
-/// The plain inverse-CDF draw in the blocked order (module docs): `w` in chunks of `len` with sums `sums`.
-fn draw_blocked(w: &[f64], len: usize, sums: &[f64], target: f64) -> usize {
+/// The plain inverse-CDF draw in the blocked order (module docs): `w(i)` for the `v` ids, in chunks of `len`
+/// with sums `sums`.
+fn draw_blocked(w: impl Fn(usize) -> f64, v: usize, len: usize, sums: &[f64], target: f64) -> usize {
     let mut before = 0.0;
-    for (c, (chunk, &s)) in w.chunks(len).zip(sums).enumerate() {
+    for (c, &s) in sums.iter().enumerate() {
         if before + s >= target {
             let mut run = before;
-            let at = chunk.iter().position(|&wi| {
-                run += wi;
-                run >= target
-            });
-            return c * len + at.unwrap_or(chunk.len() - 1);
+            let ids = c * len..((c + 1) * len).min(v);
+            let last = ids.end - 1;
+            return ids
+                .into_iter()
+                .find(|&i| {
+                    run += w(i);
+                    run >= target
+                })
+                .unwrap_or(last);
         }
         before += s;
     }
-    w.len() - 1
+    v - 1
 }
