@@ -91,6 +91,8 @@ pub struct Acts<B: Backend> {
     /// Per-token -log p(target) [B,T] from the last `lm_loss`.
     pub losses: B::Buf,
     pub(super) scratch: B::Buf, // [B,T,C]
+    /// Made by [`Acts::new`] (every block kept, logits, gradient scratch), not [`Acts::for_inference`].
+    pub(super) train: bool,
     // gradient scratch
     /// Gradient of the final hidden states [B,T,C]; heads add into it before `backward`.
     pub dlnf: B::Buf,
@@ -103,14 +105,28 @@ pub struct Acts<B: Backend> {
 }
 
 impl<B: Backend> Acts<B> {
+    /// Activations for training: every block's kept for the backward, the logits and the gradient scratch.
     pub fn new(be: &B, cfg: &Config, b: usize, t: usize) -> Result<Self> {
+        Self::alloc(be, cfg, b, t, cfg.n_layer, true)
+    }
+
+    /// Activations for a forward alone (sampling): no logits, no gradient scratch, and three blocks' buffers
+    /// used in turn (block l in set l mod 3: a block reads only its predecessor's output and writes its
+    /// successor's first norm), so a prefill of a large batch holds 3 blocks' activations, not n_layer.
+    pub fn for_inference(be: &B, cfg: &Config, b: usize, t: usize) -> Result<Self> {
+        Self::alloc(be, cfg, b, t, cfg.n_layer.min(3), false)
+    }
+
+    fn alloc(be: &B, cfg: &Config, b: usize, t: usize, sets: usize, train: bool) -> Result<Self> {
         if t > cfg.n_positions {
             bail!("sequence length {t} exceeds the model's context n_positions = {}", cfg.n_positions);
         }
         let (c, n, w, (h1, h2)) = (cfg.n_embd, b * t, cfg.qkv_width(), cfg.mlp_widths());
         let mean = if cfg.llama().is_some() { 0 } else { n };
         let z = |k: usize| be.zeros(k);
-        let layers = (0..cfg.n_layer)
+        // Training-only buffers: empty for a forward alone.
+        let g = |k: usize| be.zeros(if train { k } else { 0 });
+        let layers = (0..sets)
             .map(|_| {
                 Ok(LayerActs {
                     norm1: z(n * c)?,
@@ -139,17 +155,46 @@ impl<B: Backend> Acts<B> {
             lnf: z(n * c)?,
             lnf_mean: z(mean)?,
             lnf_rstd: z(n)?,
-            logits: be.zeros_full(n * cfg.padded_vocab())?,
+            logits: be.zeros_full(if train { n * cfg.padded_vocab() } else { 0 })?,
             losses: z(n)?,
             scratch: z(n * c)?,
-            dlnf: z(n * c)?,
-            dres: z(n * c)?,
-            dnorm: z(n * c)?,
-            datty: z(n * c)?,
-            dqkv: z(n * w)?,
-            dfc: z(n * h1)?,
-            dfc_act: z(n * h2)?,
+            train,
+            dlnf: g(n * c)?,
+            dres: g(n * c)?,
+            dnorm: g(n * c)?,
+            datty: g(n * c)?,
+            dqkv: g(n * w)?,
+            dfc: g(n * h1)?,
+            dfc_act: g(n * h2)?,
         })
+    }
+
+    /// Block l's activations with its input (the embedding output for block 0, else block l-1's output) and
+    /// the next block's activations (None after the last); `layers` holds every block's or sets used in turn.
+    pub(super) fn block<'a>(
+        layers: &'a mut [LayerActs<B>],
+        encoded: &'a B::Buf,
+        l: usize,
+        n_layer: usize,
+    ) -> (&'a B::Buf, &'a mut LayerActs<B>, Option<&'a mut LayerActs<B>>) {
+        let k = layers.len();
+        let (prev, cur, next) = ((l + k - 1) % k, l % k, (l + 1) % k);
+        let distinct = "a block's activation sets are distinct (3 or n_layer of them)";
+        match (l > 0, l + 1 < n_layer) {
+            (false, false) => (encoded, &mut layers[cur], None),
+            (false, true) => {
+                let [c, n] = layers.get_disjoint_mut([cur, next]).expect(distinct);
+                (encoded, c, Some(n))
+            }
+            (true, false) => {
+                let [p, c] = layers.get_disjoint_mut([prev, cur]).expect(distinct);
+                (&p.res3, c, None)
+            }
+            (true, true) => {
+                let [p, c, n] = layers.get_disjoint_mut([prev, cur, next]).expect(distinct);
+                (&p.res3, c, Some(n))
+            }
+        }
     }
 }
 
@@ -365,6 +410,7 @@ impl<B: Backend> Decoder<B> {
     /// Backward from `a.dlnf` (the gradient of the final hidden states) to every parameter, accumulating
     /// into `g`. Call after `forward` (without a KV cache) and after whatever filled `a.dlnf`.
     pub fn backward(&self, be: &B, a: &mut Acts<B>, g: &mut Tensors<B>) {
+        assert!(a.train, "backward needs the activations of Acts::new, not Acts::for_inference");
         match &self.rope {
             None => gpt2::backward(be, &self.cfg, &self.params, a, g),
             Some(rope) => llama::backward(be, &self.cfg, rope, &self.params, a, g),
@@ -373,6 +419,7 @@ impl<B: Backend> Decoder<B> {
 
     /// logits [B,T,Vp] = h @ W_head^T.
     pub fn logits(&self, be: &B, a: &mut Acts<B>) {
+        assert!(a.train, "the logits of every position need Acts::new (Acts::for_inference holds none)");
         let (n, c, vp) = (a.b * a.t, self.cfg.n_embd, self.cfg.padded_vocab());
         be.matmul(&mut a.logits, &a.lnf, self.lm_head(), n, vp, c, false, true, false);
     }

@@ -88,9 +88,7 @@ pub(super) fn forward<B: Backend>(
         );
     }
     for l in 0..cfg.n_layer {
-        let (done, rest) = a.layers.split_at_mut(l);
-        let x = if l == 0 { &a.encoded } else { &done[l - 1].res3 };
-        let (la, next) = rest.split_first_mut().expect("layer l exists");
+        let (x, la, next) = Acts::block(&mut a.layers, &a.encoded, l, cfg.n_layer);
         let w = &p.blocks[l];
         be.linear_forward(&mut la.qkv, &la.norm1, w.c_attn_w, Some(w.c_attn_b), n, c, 3 * c);
         match cache.as_deref_mut() {
@@ -127,7 +125,7 @@ pub(super) fn forward<B: Backend>(
         be.linear_forward(&mut la.fc, &la.norm2, w.c_fc_w, Some(w.c_fc_b), n, c, 4 * c);
         be.gelu_forward(&mut la.fc_act, &la.fc);
         be.linear_forward(&mut a.scratch, &la.fc_act, w.mlp_proj_w, Some(w.mlp_proj_b), n, 4 * c, c);
-        match next.first_mut() {
+        match next {
             Some(nl) => {
                 let (w, bias) = (p.blocks[l + 1].ln_1_w, p.blocks[l + 1].ln_1_b);
                 be.residual_layernorm_forward(

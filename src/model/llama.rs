@@ -71,9 +71,8 @@ pub(super) fn forward<B: Backend>(
     let rows: Vec<(u32, u32)> = tokens.iter().enumerate().map(|(i, &tok)| (i as u32, tok)).collect();
     be.copy_rows(&mut a.encoded, p.embed, c, &rows);
     for l in 0..cfg.n_layer {
-        let (done, rest) = a.layers.split_at_mut(l);
-        let x = if l == 0 { &a.encoded } else { &done[l - 1].res3 };
-        let (la, wl) = (&mut rest[0], &p.blocks[l]);
+        let (x, la, _) = Acts::block(&mut a.layers, &a.encoded, l, cfg.n_layer);
+        let wl = &p.blocks[l];
         // x2 = x + o_proj(attention(rope(qkv_proj(rmsnorm(x)))))
         be.rmsnorm_forward(&mut la.norm1, &mut la.norm1_rstd, x, wl.input_norm, c, eps);
         be.linear_forward(&mut la.qkv, &la.norm1, wl.qkv_w, wl.qkv_b, n, c, w);
@@ -95,7 +94,7 @@ pub(super) fn forward<B: Backend>(
         be.linear_forward(&mut a.scratch, &la.fc_act, wl.down_w, None, n, f, c);
         be.add(&mut la.res3, &la.res2, &a.scratch);
     }
-    let last = &a.layers[cfg.n_layer - 1].res3;
+    let last = &a.layers[(cfg.n_layer - 1) % a.layers.len()].res3; // the last block's output (a set in turn)
     be.rmsnorm_forward(&mut a.lnf, &mut a.lnf_rstd, last, p.norm, c, eps);
 }
 

@@ -118,7 +118,7 @@ pub fn generate_with<B: Backend>(
     let mut cache = KvCache::new(be, &model.cfg, b, capacity)?;
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     // Prefill: all prompts, right-padded with their own last token (any valid id would do).
-    let mut acts = Acts::new(be, &model.cfg, b, tp)?;
+    let mut acts = Acts::for_inference(be, &model.cfg, b, tp)?;
     let padded: Vec<u32> = prompts
         .iter()
         .flat_map(|p| p.iter().copied().chain(std::iter::repeat_n(*p.last().unwrap(), tp - p.len())))
@@ -153,7 +153,7 @@ fn decode<B: Backend>(
     let mut out: Vec<Generation> = vec![Generation { tokens: vec![], logprobs: vec![], ended: false }; b];
     // The rows still in the batch, in order: slot k of the cache and of `logits` is row live[k].
     let mut live: Vec<usize> = (0..b).collect();
-    let mut step_acts = Acts::new(be, &model.cfg, b, 1)?;
+    let mut step_acts = Acts::for_inference(be, &model.cfg, b, 1)?;
     for step in 0..sc.max_new_tokens {
         let u: Vec<f64> = live
             .iter()
@@ -179,7 +179,7 @@ fn decode<B: Backend>(
         if keep.len() < live.len() {
             cache.retain(be, &keep)?;
             live = keep.iter().map(|&k| live[k]).collect();
-            step_acts = Acts::new(be, &model.cfg, live.len(), 1)?;
+            step_acts = Acts::for_inference(be, &model.cfg, live.len(), 1)?;
         }
         let next: Vec<u32> = live.iter().map(|&i| *out[i].tokens.last().unwrap()).collect();
         let pos: Vec<u32> = live.iter().map(|&i| (next_pos[i] + step) as u32).collect();
@@ -258,7 +258,7 @@ impl<'m, B: Backend> Conversation<'m, B> {
         if todo.is_empty() {
             bail!("nothing to feed: the conversation is empty");
         }
-        let mut acts = Acts::new(be, &self.model.cfg, 1, todo.len())?;
+        let mut acts = Acts::for_inference(be, &self.model.cfg, 1, todo.len())?;
         self.model.forward(be, &mut acts, &todo, Some(&[self.cached as u32]), Some(&mut self.cache))?;
         self.tokens.extend_from_slice(new);
         self.cached = self.tokens.len();
