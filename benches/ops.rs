@@ -4,6 +4,7 @@
 
 use rlhf::backend::{Backend, Cpu};
 use rlhf::ops::adamw::AdamWParams;
+use rlhf::ops::sample::Sampling;
 use rlhf::util::rng::Rng;
 use std::time::Instant;
 
@@ -96,6 +97,20 @@ fn main() {
         be.crossentropy(&mut losses, &mut logits, &targets, &weights, v, vp, 1.0, true)
     });
     report("softmax-cross-entropy fwd+bwd", s, 0.0, (3 * n * vp * 4) as f64);
+
+    // One row of next-token logits (GPT-2-like spread), one token chosen per call.
+    let row: Vec<f32> = randv(&mut rng, v).iter().map(|x| 3.0 * x).collect();
+    for (name, top_k, top_p) in
+        [("plain", 0, 1.0), ("top-k 40", 40, 1.0), ("top-p 0.9", 0, 0.9), ("top-k 40, top-p 0.9", 40, 0.9)]
+    {
+        let sp = Sampling { temperature: 1.0, top_k, top_p };
+        let mut u = 0.0;
+        let s = median_secs(20, || {
+            u = (u + 0.618_033_988_75) % 1.0;
+            rlhf::ops::sample::pick(&row, &sp, u).unwrap();
+        });
+        report(&format!("sample one row, {name}"), s, 0.0, (v * 4) as f64);
+    }
 
     let np = 124_439_808 / 4;
     let (mut p, gr, mut m, mut vv) = (randv(&mut rng, np), randv(&mut rng, np), vec![0.0; np], vec![0.0; np]);

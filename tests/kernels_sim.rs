@@ -847,7 +847,7 @@ fn copy_rows_scatter_and_gather() {
 /// The sampling kernel against `ops::sample::pick` on the same logits (bf16: the rounded values, read exactly
 /// as f32) and uniforms. Equality, not a tolerance: both form every f64 sum from the same terms in the same
 /// order (the reference's blocked order) and call the same libm `exp`/`ln` (the simulator runs on the host),
-/// so the ids must be the same and the log-probs the same f32. Rows carry planted ties at the maximum (and
+/// so the ids must be the same and the log-probs the same f32. Rows carry three planted ties at the maximum (and
 /// bf16 has many ties of its own), uniforms of 0 and just below 1, and one row a non-finite logit.
 fn sample_case(l: &dyn Launcher, dt: DType, rows: usize, v: usize, vp: usize, s: Sampling, seed: u64) {
     let mut rng = Rng::new(seed);
@@ -858,6 +858,7 @@ fn sample_case(l: &dyn Launcher, dt: DType, rows: usize, v: usize, vp: usize, s:
         if r % 2 == 0 {
             row[v - 1] = top + 1.0;
             row[v / 2] = top + 1.0;
+            row[v / 4] = top + 1.0;
         }
     }
     let bad_row = (rows > 2).then_some(rows - 1);
@@ -911,9 +912,11 @@ fn sample_matches_the_reference_choice() {
             sample_case(&l, dt, n, v, vp, Sampling { temperature: 0.0, ..plain }, seed + 2);
             sample_case(&l, dt, n, v, vp, Sampling { top_k: 7, ..plain }, seed + 3);
             sample_case(&l, dt, n, v, vp, Sampling { temperature: 1.3, top_k: 20, top_p: 0.8 }, seed + 4);
-            if v <= 300 {
-                sample_case(&l, dt, n, v, vp, Sampling { top_p: 0.5, ..plain }, seed + 5);
-            }
+            sample_case(&l, dt, n, v, vp, Sampling { top_p: 0.5, ..plain }, seed + 5);
+            // A nucleus of most of the row (a large top-p at a high temperature), and a top-k cut inside
+            // the planted tie at the maximum (the bisection on the id).
+            sample_case(&l, dt, n, v, vp, Sampling { temperature: 3.0, top_k: 0, top_p: 0.95 }, seed + 6);
+            sample_case(&l, dt, n, v, vp, Sampling { top_k: 2, ..plain }, seed + 7);
         }
     }
 }
@@ -924,13 +927,14 @@ fn sample_matches_the_reference_choice() {
 /// sum (equal logits, chunks of 4 ids: u * total = 2 inside the first chunk, = 4 at its end): the draw is
 /// the first id whose cumulative weight reaches the target; the same with top-k 8 (u * kept mass = 2);
 /// top-k 8 with padding columns far above every real logit (never drawn); top-k 2 on a maximum at id 0
-/// tied with id 1 (u = 0 draws the first kept id: the first maximum).
+/// tied with id 1 (u = 0 draws the first kept id: the first maximum); top-k 1 on a maximum at id 0 tied with
+/// id 5 of the next chunk (only id 0 is kept, so even u = 0.9 draws it).
 #[test]
 fn sample_edges_first_bad_first_max_and_an_exact_cdf_boundary() {
     let l = launcher();
     let (v, vp) = (4 * g(SAMPLE_BLOCK), 4 * g(SAMPLE_BLOCK) + 8);
     let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
-    let mut x = vec![0.0; 7 * vp];
+    let mut x = vec![0.0; 8 * vp];
     x[0] = f64::NAN;
     x[1] = f64::INFINITY;
     x[vp] = 5.0;
@@ -938,11 +942,13 @@ fn sample_edges_first_bad_first_max_and_an_exact_cdf_boundary() {
     x[5 * vp + v..6 * vp].fill(100.0);
     x[6 * vp] = 10.0;
     x[6 * vp + 1] = 10.0;
-    let u = [0.5, 0.5, 2.0 / v as f64, 4.0 / v as f64, 0.25, 0.5, 0.0];
+    x[7 * vp] = 10.0;
+    x[7 * vp + 5] = 10.0;
+    let u = [0.5, 0.5, 2.0 / v as f64, 4.0 / v as f64, 0.25, 0.5, 0.0, 0.9];
     for dt in DTYPES {
         let (greedy, top8) = (Sampling { temperature: 0.0, ..plain }, Sampling { top_k: 8, ..plain });
-        let top2 = Sampling { top_k: 2, ..plain };
-        for (r, s) in [(0, plain), (1, greedy), (2, plain), (3, plain), (4, top8), (5, top8), (6, top2)] {
+        let (top2, top1) = (Sampling { top_k: 2, ..plain }, Sampling { top_k: 1, ..plain });
+        for (r, s) in [(0, plain), (1, greedy), (2, plain), (3, plain), (4, top8), (5, top8), (6, top2), (7, top1)] {
             let logits = DBuf::new(dt, &x[r * vp..(r + 1) * vp]);
             let ud = SimBuf::from_slice(&u[r..r + 1]);
             let (ids, lps) = (SimBuf::<u32>::poisoned(1, 0xff), SimBuf::<f32>::poisoned(1, 0xff));
@@ -954,9 +960,32 @@ fn sample_edges_first_bad_first_max_and_an_exact_cdf_boundary() {
                 Ok((want, _)) => assert_eq!(id, want, "{dt:?} row {r}"),
                 Err(_) => assert_eq!(id as usize, v, "{dt:?} row {r}: the first non-finite logit is id 0"),
             }
-            assert_eq!([v as u32, 0, 1, 3, 1, 3, 0][r], id, "{dt:?} row {r}: by hand");
+            assert_eq!([v as u32, 0, 1, 3, 1, 3, 0, 0][r], id, "{dt:?} row {r}: by hand");
         }
     }
+}
+
+/// Top-p exactly reached: p set to the mass of the three most likely ids, summed as the contract sums it
+/// (V <= SAMPLE_BLOCK: one id per chunk, so the blocked order is id order), keeps those three and not the
+/// fourth; a uniform near 1 then draws the kept id last in id order, 30, where keeping the fourth (id 199,
+/// the last id) would draw that.
+#[test]
+fn sample_top_p_reached_exactly_keeps_no_more() {
+    let l = launcher();
+    let v = 200;
+    let mut row: Vec<f32> = (0..v).map(|i| -0.01 * i as f32).collect();
+    (row[10], row[20], row[30], row[199]) = (5.0, 4.0, 3.0, 2.5);
+    let x: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+    let lse = 5.0 + x.iter().fold(0.0, |a, &x| a + (x - 5.0).exp()).ln();
+    let p = [10, 20, 30].iter().fold(0.0, |a, &i| a + (x[i] - lse).exp());
+    let s = Sampling { temperature: 1.0, top_k: 0, top_p: p };
+    let logits = DBuf::new(DType::F32, &x);
+    let ud = SimBuf::from_slice(&[1.0 - 1e-9]);
+    let (ids, lps) = (SimBuf::<u32>::poisoned(1, 0xff), SimBuf::<f32>::poisoned(1, 0xff));
+    // SAFETY: every pointer is a live simulator buffer of the length the shapes passed require.
+    unsafe { kl::sample(&l, DType::F32, ids.ptr(), lps.ptr(), logits.ptr(), ud.ptr(), 1, v, v, &s) }.unwrap();
+    assert_eq!(ops::sample::pick(&row, &s, 1.0 - 1e-9).unwrap().0, 30, "the reference");
+    assert_eq!(ids.as_slice()[0], 30, "the kernel");
 }
 
 // ------------------------------------------------------------------------------------------------ AdamW

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # CI check of the CUDA kernels with the pinned nvcc (tools/install-nvcc.sh): compiles every kernels/*.cu to a
-# cubin with `-Xptxas -v` for each architecture in RLHF_CUDA_ARCHS (default 90), prints registers, shared
-# memory and spills per kernel, and FAILS on any nvcc/ptxas warning or on any spill (every kernel in
-# kernels/*.cu is on a hot path: the engine launches each per layer per step).
+# cubin with `-Xptxas -v` for each architecture in RLHF_CUDA_ARCHS (default 80,90: the cubins build.rs
+# embeds), prints registers, shared memory and spills per kernel, and FAILS on any nvcc/ptxas warning or
+# on any spill (every kernel in kernels/*.cu is on a hot path: the engine launches each per layer per step).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/tools/install-nvcc.sh" >/dev/null
 NVCC="$(cat "$ROOT/.toolchain/nvcc-path")"
-ARCHS="${RLHF_CUDA_ARCHS:-90}"
+ARCHS="${RLHF_CUDA_ARCHS:-80,90}"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 # geometry.cuh, as build.rs writes it: generated from kernels/geometry.rs by a two-line program.
