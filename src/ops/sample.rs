@@ -26,11 +26,13 @@
 //! in id order, and the chunk sums are added in chunk order: P_c = s_0 + ... + s_{c-1}, S = P_CHUNKS. The
 //! draw, with target = u * S, takes the first chunk c with s_c > 0 and P_c + s_c >= target, then in it the
 //! running sum P_c + w_i in id order, the first id of weight > 0 where it reaches the target (the chunk's
-//! last such id if rounding leaves it short). In the kernel each thread owns one chunk and thread 0 adds the chunk sums in order, so
-//! every sum is formed from the same f64 terms in the same order and both choose the same token. What can
-//! still differ is `exp` and `ln` themselves: in the simulator both sides call the host's libm, on a GPU
-//! CUDA's f64 `exp` (within 1 ulp) may differ from it in the last bit, which changes a choice only when the
-//! target falls within ~1e-16 (relative) of a chunk or id boundary.
+//! last such id if rounding leaves it short). In the kernel each thread owns one chunk and thread 0 adds
+//! the chunk sums in order, so every sum is formed from the same f64 terms in the same order and both choose
+//! the same token. (This reference starts the cut's bisection closer, from a key known to be enough, so
+//! that its probes read only the ids above it: the cut found is the same.) What can still differ is `exp`
+//! and `ln` themselves: in the simulator both sides call the host's libm, on a GPU CUDA's f64 `exp` (within
+//! 1 ulp) may differ from it in the last bit, which changes a choice only when the target falls within
+//! ~1e-16 (relative) of a chunk or id boundary, or a top-p mass within ~1e-16 of p.
 
 use super::Float;
 use anyhow::{anyhow, Result};
