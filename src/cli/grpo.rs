@@ -3,6 +3,7 @@
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
+use crate::cli::ppo::{load_policy_and_prompts, Start};
 use crate::data::chat::{self, ChatFormat};
 use crate::data::jsonl;
 use crate::pipeline::grpo::{train, GrpoConfig, GrpoSummary, Hooks, Reward};
@@ -89,17 +90,8 @@ pub fn run(args: GrpoArgs) -> Result<()> {
     let texts = jsonl::read_prompts(&args.prompts, false)?.records;
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
-        let init = crate::checkpoint::persist::load_policy(be, &args.policy)?;
-        crate::tokenizer::check_vocab(tok.vocab_size(), init.cfg.vocab_size, &args.policy.display().to_string())?;
-        let (prompts, cut) =
-            chat::encode_prompts_to_sample(tok, &ct, &texts, init.cfg.n_positions, cfg.max_new_tokens)?;
-        if cut > 0 {
-            println!("{cut} of {} prompts cut at the left to fit the context with the answer", prompts.len());
-        }
-        let reference = match &args.reference {
-            Some(p) => crate::checkpoint::persist::load_policy(be, p)?,
-            None => crate::model::scalar::clone_model(be, &init)?,
-        };
+        let Start { policy: init, reference, prompts } =
+            load_policy_and_prompts(be, &args.policy, args.reference.as_deref(), tok, &ct, &texts, cfg.max_new_tokens)?;
         let rm = args.reward.as_ref().map(|p| crate::pipeline::reward::load(be, p)).transpose()?;
         let decode = |ids: &[u32]| chat::answer_text(tok, ids, ct.end);
         let prompt_text = |ids: &[u32]| chat::prompt_text(tok, &ct, ids);

@@ -1,14 +1,17 @@
 //! `rlhf ppo`: PPO against a reward model (`crate::pipeline::ppo`).
 
+use crate::backend::Backend;
 use crate::checkpoint::tokenizer::{self as ck_tok, Source, TokenizerArgs};
 use crate::cli::device::{self, DeviceArg};
 use crate::cli::judge::JudgeChoice;
 use crate::data::chat::{self, ChatFormat};
 use crate::data::jsonl;
+use crate::model::Decoder;
 use crate::pipeline::metrics;
 use crate::pipeline::ppo::trainer::{train_from, Hooks, PpoConfig, PpoSummary};
 use crate::pipeline::rollout::GoldHook;
 use crate::pipeline::run::check;
+use crate::tokenizer::Tokenizer;
 use crate::util::summary::Summary;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -85,17 +88,8 @@ pub fn run(args: PpoArgs) -> Result<()> {
     let has_judge = judge.is_some();
     let dev = device::select(args.device)?;
     crate::with_backend!(dev, |be| {
-        let init = crate::checkpoint::persist::load_policy(be, &args.policy)?;
-        crate::tokenizer::check_vocab(tok.vocab_size(), init.cfg.vocab_size, &args.policy.display().to_string())?;
-        let (prompts, cut) =
-            chat::encode_prompts_to_sample(tok, &ct, &texts, init.cfg.n_positions, cfg.max_new_tokens)?;
-        if cut > 0 {
-            println!("{cut} of {} prompts cut at the left to fit the context with the answer", prompts.len());
-        }
-        let reference = match &args.reference {
-            Some(p) => crate::checkpoint::persist::load_policy(be, p)?,
-            None => crate::model::scalar::clone_model(be, &init)?,
-        };
+        let Start { policy: init, reference, prompts } =
+            load_policy_and_prompts(be, &args.policy, args.reference.as_deref(), tok, &ct, &texts, cfg.max_new_tokens)?;
         let reward = crate::pipeline::reward::load(be, &args.reward)?;
         let decode = |ids: &[u32]| chat::answer_text(tok, ids, end);
         let ptx = |i: u64| -> Result<(Vec<u32>, Vec<u32>, usize, usize)> {
@@ -120,6 +114,38 @@ pub fn run(args: PpoArgs) -> Result<()> {
         let s = train_from(be, cfg, &prompts, &init, &reference, &reward, hooks, args.resume)?;
         summary(&out, &s)
     })
+}
+
+/// What PPO and GRPO start from (see [`load_policy_and_prompts`]).
+pub(crate) struct Start<B: Backend> {
+    pub policy: Decoder<B>,
+    pub reference: Decoder<B>,
+    pub prompts: Vec<Vec<u32>>,
+}
+
+/// What PPO and GRPO start from: the policy (its vocabulary checked against the tokenizer's), the frozen
+/// reference (`reference`, else a copy of the policy) and the prompts in the chat format, each cut at the
+/// left where it would leave no room for `max_new_tokens` in the context (how many were cut is printed).
+pub(crate) fn load_policy_and_prompts<B: Backend>(
+    be: &B,
+    policy: &Path,
+    reference: Option<&Path>,
+    tok: &Tokenizer,
+    ct: &ChatFormat,
+    texts: &[String],
+    max_new_tokens: usize,
+) -> Result<Start<B>> {
+    let init = crate::checkpoint::persist::load_policy(be, policy)?;
+    crate::tokenizer::check_vocab(tok.vocab_size(), init.cfg.vocab_size, &policy.display().to_string())?;
+    let (prompts, cut) = chat::encode_prompts_to_sample(tok, ct, texts, init.cfg.n_positions, max_new_tokens)?;
+    if cut > 0 {
+        println!("{cut} of {} prompts cut at the left to fit the context with the answer", prompts.len());
+    }
+    let reference = match reference {
+        Some(p) => crate::checkpoint::persist::load_policy(be, p)?,
+        None => crate::model::scalar::clone_model(be, &init)?,
+    };
+    Ok(Start { policy: init, reference, prompts })
 }
 
 /// Summary names read back by `rlhf iterate`.
