@@ -260,20 +260,22 @@ fn rows<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Vec<Out> {
 }
 
 /// The sampler, plain, greedy and filtered, on the same logits (rounded to bf16 first, so that both engines
-/// read the very same values in either precision) and uniforms. The ids come as one-hot rows: any id that
-/// differs is an error of 1 (100%), whatever the tolerance.
+/// read the very same values in either precision) and uniforms; the last two at GPT-2's vocabulary, where a
+/// top-p nucleus holds thousands of ids. The ids come as one-hot rows: any id that differs is an error of 1
+/// (100%), whatever the tolerance.
 fn sample<B: Backend<F = f32>>(be: &B, rng: &mut Rng) -> Result<Vec<Out>> {
-    let (n, v, vp) = (6, 300, 304);
-    let x: Vec<f32> = randn(rng, n * vp, 3.0).iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
-    let logits = act(be, &x);
-    let u: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
     let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
     let mut outs = vec![];
-    for (row, s) in [
-        ("sample (plain)", plain),
-        ("sample (greedy)", Sampling { temperature: 0.0, ..plain }),
-        ("sample (top-k, top-p)", Sampling { temperature: 0.8, top_k: 9, top_p: 0.9 }),
+    for (row, (n, v, vp), s) in [
+        ("sample (plain)", (6, 300, 304), plain),
+        ("sample (greedy)", (6, 300, 304), Sampling { temperature: 0.0, ..plain }),
+        ("sample (top-k, top-p)", (6, 300, 304), Sampling { temperature: 0.8, top_k: 9, top_p: 0.9 }),
+        ("sample (top-p, V = 50257)", (3, 50257, 50304), Sampling { top_p: 0.95, ..plain }),
+        ("sample (top-k, V = 50257)", (3, 50257, 50304), Sampling { top_k: 50, ..plain }),
     ] {
+        let x: Vec<f32> = randn(rng, n * vp, 3.0).iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+        let logits = act(be, &x);
+        let u: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
         let picks = be.sample(&logits, v, vp, &s, &u)?;
         let mut ids = vec![0f32; n * v];
         picks.iter().enumerate().for_each(|(i, &(id, _))| ids[i * v + id as usize] = 1.0);
