@@ -44,7 +44,10 @@ fn peak_rss_mib() -> f64 {
 
 const MIB: f64 = (1 << 20) as f64;
 
-/// Run `warmup + steps` training steps on random tokens and report the median step time.
+/// Run `warmup + steps` training steps on random tokens and report the median step time; `measuring` is
+/// called once, when the warmup is over (the first steps of a fresh model do one-time work: on a GPU the
+/// weights' bf16 copies, cuBLASLt's algorithm search).
+#[allow(clippy::too_many_arguments)]
 pub fn train_step<B: Backend>(
     be: &B,
     preset: &str,
@@ -53,6 +56,7 @@ pub fn train_step<B: Backend>(
     seq: usize,
     warmup: usize,
     steps: usize,
+    measuring: &mut dyn FnMut(),
 ) -> Result<StepBench> {
     let model_seed = 0;
     let mut model = Decoder::init(be, cfg, model_seed)?;
@@ -67,6 +71,9 @@ pub fn train_step<B: Backend>(
     let mut times = Vec::new();
     let mut losses = Vec::new();
     for i in 0..warmup + steps {
+        if i == warmup {
+            measuring();
+        }
         let t0 = Instant::now();
         grads.fill_zero(be);
         model.forward(be, &mut acts, &tokens, None, None)?;

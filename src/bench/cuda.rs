@@ -702,7 +702,16 @@ pub fn run<D: Device>(
     let mut train_step = Vec::new();
     for &(batch, seq) in &s.steps {
         let step = || -> Result<StepRow> {
-            let r = crate::bench::cpu::train_step(be, &s.preset, cfg, batch, seq, s.warmup_steps, s.train_steps)?;
+            let r = crate::bench::cpu::train_step(
+                be,
+                &s.preset,
+                cfg,
+                batch,
+                seq,
+                s.warmup_steps,
+                s.train_steps,
+                &mut || {},
+            )?;
             let tflops = r.gflops_per_s / 1e3;
             Ok(StepRow {
                 batch,
@@ -724,8 +733,8 @@ pub fn run<D: Device>(
         let name = format!("profile: {steps} training steps {batch} x {seq} ({}=1)", profile::VAR);
         profile = sec
             .run(&name, || {
-                profile::start();
-                let r = crate::bench::cpu::train_step(be, &s.preset, cfg, batch, seq, 0, steps);
+                // Recorded after one warmup step, so the table shows the steady state.
+                let r = crate::bench::cpu::train_step(be, &s.preset, cfg, batch, seq, 1, steps, &mut profile::start);
                 let synced = dev.synchronize();
                 let rows = profile::finish();
                 r.and(synced).and(rows)

@@ -143,7 +143,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.batch,
         args.seq,
         args.warmup,
-        args.steps
+        args.steps,
+        &mut || {}
     ))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -28,6 +28,11 @@ impl<B: Backend> Tensors<B> {
         let bufs = device_shapes(cfg).iter().map(|&n| be.zeros(n)).collect::<Result<_>>()?;
         Ok(Tensors { bufs })
     }
+    /// In full precision ([`Backend::zeros_full`]): AdamW's moments, which the update keeps in f32.
+    pub fn zeros_full(be: &B, cfg: &Config) -> Result<Self> {
+        let bufs = device_shapes(cfg).iter().map(|&n| be.zeros_full(n)).collect::<Result<_>>()?;
+        Ok(Tensors { bufs })
+    }
     pub fn fill_zero(&mut self, be: &B) {
         self.bufs.iter_mut().for_each(|b| be.fill_zero(b));
     }

@@ -35,8 +35,8 @@ impl<B: Backend> AdamW<B> {
     pub fn new(be: &B, cfg: &Config, hp: AdamWConfig) -> Result<Self> {
         Ok(AdamW {
             hp,
-            m: Tensors::zeros(be, cfg)?,
-            v: Tensors::zeros(be, cfg)?,
+            m: Tensors::zeros_full(be, cfg)?,
+            v: Tensors::zeros_full(be, cfg)?,
             step: 0,
             decay: cfg.param_specs().iter().map(|s| s.decay).collect(),
         })

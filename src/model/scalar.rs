@@ -48,8 +48,10 @@ pub struct HeadOpt<B: Backend> {
 }
 
 impl<B: Backend> HeadOpt<B> {
+    /// Zeroed, in full precision (the update keeps moments in f32).
     pub fn zeros(be: &B, c: usize) -> Result<Self> {
-        Ok(HeadOpt { m_w: be.zeros(c)?, v_w: be.zeros(c)?, m_b: be.zeros(1)?, v_b: be.zeros(1)? })
+        let z = |n| be.zeros_full(n);
+        Ok(HeadOpt { m_w: z(c)?, v_w: z(c)?, m_b: z(1)?, v_b: z(1)? })
     }
 }
 
